@@ -1,0 +1,230 @@
+"""The shapes plugins contribute. Hook specifications (``hookspecs.py``) pass these around.
+
+Each contribution is a plain object with a ``name``; the host checks it when it is registered
+and remembers which plugin gave it. Protocols are structural: a plugin needs no base class.
+Methods are synchronous; the host runs them off the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+# Chat and generation -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+@dataclass
+class GenerationParams:
+    """Sampling settings of one request, as the OpenAI API names them."""
+
+    max_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 1.0
+    n: int = 1
+    stop: Sequence[str] = ()
+    seed: int | None = None
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: Literal["stop", "length", "cancelled", "content_filter"]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class TokenDelta:
+    """One streamed piece of candidate ``index``; ``finish_reason`` is set on its last piece."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model as an operator described it (see ``espalier models add``)."""
+
+    name: str
+    provider: str
+    source: str
+    dtype: str = "auto"
+    context_window: int | None = None
+    adapter: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ChatModel(Protocol):
+    """A loaded model. ``cancel`` is polled between tokens; when it returns True, stop."""
+
+    context_window: int
+
+    def count_tokens(self, messages: Sequence[ChatMessage]) -> int: ...
+
+    def generate(
+        self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: Callable[[], bool] | None = None
+    ) -> list[Generation]: ...
+
+    def stream(
+        self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: Callable[[], bool] | None = None
+    ) -> Iterator[TokenDelta]: ...
+
+
+@runtime_checkable
+class ModelProvider(Protocol):
+    """Turns a :class:`ModelSpec` into a loaded :class:`ChatModel` (e.g. ``transformers``, ``remote``)."""
+
+    name: str
+
+    def load(self, spec: ModelSpec, *, cache_dir: str) -> ChatModel: ...
+
+
+# Embeddings and retrieval --------------------------------------------------------------------
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    name: str
+    dimensions: int
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+
+@dataclass
+class RetrievedChunk:
+    document_id: str
+    chunk_id: str
+    text: str
+    score: float
+    source: str = ""
+    span: tuple[int, int] | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    name: str
+
+    def search(
+        self, query: str, *, collection: str, k: int = 5, filters: Mapping[str, Any] | None = None
+    ) -> list[RetrievedChunk]: ...
+
+
+# Tools and agents ----------------------------------------------------------------------------
+
+
+@dataclass
+class ToolResult:
+    output: str
+    data: Any = None
+    is_error: bool = False
+
+
+@runtime_checkable
+class Tool(Protocol):
+    """Something a model or an operator can call. ``parameters`` is a JSON Schema object."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+    def invoke(self, arguments: Mapping[str, Any]) -> ToolResult: ...
+
+
+@runtime_checkable
+class Agent(Protocol):
+    name: str
+    description: str
+
+    def run(self, question: str, *, context: Any) -> Any: ...
+
+
+# Guardrails ----------------------------------------------------------------------------------
+
+Direction = Literal["input", "output", "retrieved", "tool"]
+
+
+@dataclass
+class GuardrailScore:
+    """Scores in [0, 1] per category, from one scorer."""
+
+    scorer: str
+    scores: Mapping[str, float]
+    version: str = ""
+
+
+@runtime_checkable
+class Guardrail(Protocol):
+    name: str
+    categories: Sequence[str]
+
+    def score(self, texts: Sequence[str], *, direction: Direction) -> list[GuardrailScore]: ...
+
+
+# Training ------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class JobContext(Protocol):
+    """What a running job sees: report progress, write logs, notice cancellation, save artifacts."""
+
+    job_id: str
+    params: Mapping[str, Any]
+    artifact_dir: str
+
+    def progress(self, fraction: float, message: str = "") -> None: ...
+
+    def log(self, message: str) -> None: ...
+
+    def cancelled(self) -> bool: ...
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """A kind of training run (reward model, policy, guardrail classifier...)."""
+
+    name: str
+    description: str
+
+    def train(self, job: JobContext) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """A kind of background job: ``run`` receives the job's context and returns a JSON result."""
+
+    name: str
+    run: Callable[[JobContext], Any]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Command:
+    """A CLI command contributed by a plugin: a Typer app (a group) or a plain function."""
+
+    name: str
+    target: Any
+    help: str = ""
+
+
+# Feedback events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeedbackEvent:
+    """Sent to ``on_feedback`` after a feedback record is durably stored."""
+
+    feedback_id: str
+    kind: str
+    completion_id: str | None
+    payload: Mapping[str, Any]
+    api_key_id: str | None

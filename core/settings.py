@@ -1,0 +1,108 @@
+"""One typed settings object: ``ESPALIER_*`` environment variables over an optional TOML file.
+
+Created by the app factory and the CLI, never read at import time, so tests and several apps in
+one process can hold different settings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+Role = Literal["admin", "operator", "user"]
+
+
+def _default_home() -> Path:
+    return Path.home() / ".espalier"
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Each field is ``ESPALIER_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="ESPALIER_", extra="forbid", validate_default=True)
+
+    home: Path = Field(default_factory=_default_home, description="Data folder: SQLite file, chromadb, model caches, artifacts.")
+    config_file: Path | None = Field(default=None, description="Optional TOML file read under the environment.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite in ESPALIER_HOME when unset.")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    plugins: list[str] | None = Field(
+        default=None,
+        description="Allow-list of distributions whose entry-point plugins load; unset loads all, empty loads none.",
+    )
+    disable_plugins: list[str] = Field(default_factory=list, description="Plugin names to block, built-ins included.")
+    strict_plugins: bool = Field(default=False, description="Fail start-up when a plugin fails to load.")
+
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    rate_limit_per_minute: int = Field(default=600, ge=1, description="Requests per key (or client address) per minute.")
+    redis_url: str | None = Field(default=None, description="Shared store for rate limits between workers.")
+
+    job_workers: int = Field(default=1, ge=1, le=16)
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("plugins", "disable_plugins", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        # ``ESPALIER_PLUGINS=a,b`` as well as JSON lists; ``ESPALIER_PLUGINS=`` means "none".
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return value
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("ESPALIER_CONFIG_FILE")
+        if config_file:
+            path = Path(config_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"ESPALIER_CONFIG_FILE points at {path}, which is not a file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    # Derived locations -------------------------------------------------------------------
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'espalier.db'}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def chroma_dir(self) -> Path:
+        return self.home / "chroma"
+
+    def ensure_dirs(self) -> None:
+        for path in (self.home, self.artifacts_dir, self.models_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment (and TOML file), with explicit overrides on top."""
+    return Settings(**overrides)
