@@ -1,0 +1,119 @@
+"""The app factory. ``create_app()`` builds settings (unless given), the platform, the routes of
+every domain and of every plugin, and the cross-cutting pieces: auth guard, rate limits, request
+size limit, error mapping, request logging, OpenAPI and Prometheus."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from litestar import Litestar, Request
+from litestar.config.app import AppConfig
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.middleware.rate_limit import RateLimitConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.prometheus import PrometheusConfig
+from litestar.stores.memory import MemoryStore
+
+from espalier import __version__
+from espalier.core.logs import configure_logging
+from espalier.core.platform import Platform
+from espalier.core.security import parse_key_id
+from espalier.core.settings import Settings, load_settings
+
+from .admin.routes import ROUTES as ADMIN_ROUTES
+from .errors import EXCEPTION_HANDLERS
+from .guards import auth_guard, bearer_token, check_route_access, provide_principal
+from .jobs.routes import ROUTES as JOB_ROUTES
+from .middleware import RequestLogMiddleware
+from .system.routes import ROUTES as SYSTEM_ROUTES
+
+CORE_ROUTES: list[Any] = [*SYSTEM_ROUTES, *ADMIN_ROUTES, *JOB_ROUTES]
+UNLIMITED_PATHS = ["/healthz", "/readyz"]
+
+
+def rate_limit_identity(request: Request) -> str:
+    """Rate limits count per key (by its public id); anonymous calls count per client address."""
+    token = bearer_token(request)
+    key_id = parse_key_id(token) if token else None
+    if key_id:
+        return f"key:{key_id}"
+    if token:  # malformed keys share one bucket per address, never per random string
+        return "badkey:" + (request.client.host if request.client else "unknown")
+    return "addr:" + hashlib.sha256((request.client.host if request.client else "unknown").encode()).hexdigest()[:16]
+
+
+def _rate_limit_store(settings: Settings) -> Any:
+    if settings.redis_url:
+        from litestar.stores.redis import RedisStore
+
+        return RedisStore.with_client(url=settings.redis_url, namespace="espalier-rate-limit")
+    return MemoryStore()
+
+
+def create_app(settings: Settings | None = None, *, platform: Platform | None = None, **platform_args: Any) -> Litestar:
+    settings = settings or (platform.settings if platform else load_settings())
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    platform = platform or Platform(settings, **platform_args)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(platform.start)
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(platform.close)
+
+    plugin_routes = [item for item, _plugin in platform.routes]
+    rate_limit = RateLimitConfig(
+        rate_limit=("minute", settings.rate_limit_per_minute),
+        identifier_for_request=rate_limit_identity,
+        exclude=UNLIMITED_PATHS,
+    )
+    prometheus = PrometheusConfig(app_name="espalier", prefix="espalier", group_path=True, exclude=UNLIMITED_PATHS)
+
+    app = Litestar(
+        route_handlers=[*CORE_ROUTES, *plugin_routes],
+        guards=[auth_guard],
+        dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        middleware=[
+            DefineMiddleware(RequestLogMiddleware),
+            rate_limit.middleware,
+            prometheus.middleware,
+        ],
+        stores={"rate_limit": _rate_limit_store(settings)},
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Espalier",
+            version=__version__,
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="Espalier API key")}
+            ),
+            security=[{"bearer": []}],
+        ),
+        lifespan=[lifespan],
+        state=None,
+        debug=False,
+        on_app_init=[],
+    )
+    app.state.platform = platform
+    app.state.settings = settings
+    check_route_access(app)
+    return app
+
+
+def app_factory() -> Litestar:
+    """For ``uvicorn --factory espalier.api.app:app_factory``."""
+    return create_app()
+
+
+__all__ = ["AppConfig", "create_app", "app_factory"]

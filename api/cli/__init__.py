@@ -1,0 +1,226 @@
+"""The ``espalier`` command line (Typer + rich). Plugins add commands through ``register_commands``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from espalier import __version__
+from espalier.core.errors import EspalierError
+
+console = Console()
+err = Console(stderr=True)
+
+app = typer.Typer(
+    name="espalier",
+    help="Espalier: a self-hosted LLM platform that learns from its users.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Background jobs.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
+app.add_typer(jobs_app, name="jobs")
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"espalier {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    pass
+
+
+def platform(*, migrate: bool = True):
+    """The platform for one CLI command: settings from the environment, schema brought up to date."""
+    from espalier.core.platform import Platform
+    from espalier.core.settings import load_settings
+
+    settings = load_settings()
+    settings.ensure_dirs()
+    instance = Platform(settings)
+    if migrate:
+        instance.migrate()
+    return instance
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+# serve ---------------------------------------------------------------------------------------
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (ESPALIER_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (ESPALIER_PORT).")] = None,
+) -> None:
+    """Upgrade the database, print a bootstrap admin key on first start, and serve the API."""
+    import uvicorn
+
+    from espalier.api.app import create_app
+
+    instance = platform()
+    if not instance.keys.list():
+        created = instance.keys.create(name="bootstrap-admin", role="admin")
+        console.rule("[bold]First start")
+        console.print("An admin API key was created. It is shown [bold]once[/]; store it now:\n")
+        console.print(f"    [bold green]{created.key}[/]\n", soft_wrap=True)
+        console.print("Use it as: Authorization: Bearer <key>   (create more with 'espalier keys create')")
+        console.rule()
+    settings = instance.settings
+    application = create_app(settings, platform=instance)
+    console.print(f"Serving on http://{host or settings.host}:{port or settings.port}  (API docs at /schema)")
+    uvicorn.run(application, host=host or settings.host, port=port or settings.port, log_level="warning")
+
+
+# db ------------------------------------------------------------------------------------------
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every pending migration."""
+    from espalier.core.db.migrate import current_revision
+
+    instance = platform(migrate=False)
+    instance.migrate()
+    console.print(f"database at revision {current_revision(instance.engine)}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the schema revision and whether it is up to date."""
+    from espalier.core.db.migrate import current_revision, head_revision
+
+    instance = platform(migrate=False)
+    current, head = current_revision(instance.engine), head_revision()
+    console.print(f"current: {current}  head: {head}  {'(up to date)' if current == head else '(run: espalier db upgrade)'}")
+
+
+# keys ----------------------------------------------------------------------------------------
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A name for the key (who or what uses it).")],
+    role: Annotated[str, typer.Option(help="admin, operator or user.")] = "user",
+) -> None:
+    """Create a key and print it (shown only once)."""
+    created = platform().keys.create(name=name, role=role)
+    err.print(f"created key {created.record.id} ({created.record.role}); it is shown only once:")
+    sys.stdout.write(created.key + "\n")
+
+
+@keys_app.command("list")
+def keys_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List keys (never their secrets)."""
+    keys = platform().keys.list()
+    if as_json:
+        print_json({"keys": [record.model_dump(exclude={"secret_hash"}) for record in keys]})
+        return
+    table = Table("id", "name", "role", "created", "last used", "revoked")
+    for record in keys:
+        table.add_row(
+            record.id, record.name, record.role, f"{record.created_at:%Y-%m-%d %H:%M}",
+            f"{record.last_used_at:%Y-%m-%d %H:%M}" if record.last_used_at else "-",
+            f"{record.revoked_at:%Y-%m-%d %H:%M}" if record.revoked_at else "",
+        )  # fmt: skip
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (see 'espalier keys list').")]) -> None:
+    """Revoke a key: it answers 401 from now on."""
+    record = platform().keys.revoke(key_id)
+    console.print(f"revoked key {record.id} ({record.name})")
+
+
+# plugins -------------------------------------------------------------------------------------
+@app.command("plugins")
+def plugins_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List loaded plugins with versions and the hooks they implement."""
+    instance = platform(migrate=False)
+    rows = instance.plugins.describe()
+    failures = [vars(failure) for failure in instance.plugins.failures]
+    if as_json:
+        print_json({"espalier_version": __version__, "plugins": rows, "failures": failures})
+        return
+    table = Table("plugin", "version", "distribution", "hooks")
+    for row in rows:
+        table.add_row(row["name"], row["version"] or "-", row["distribution"] or "-", ", ".join(row["hooks"]))
+    console.print(table)
+    for failure in failures:
+        err.print(f"[red]failed to load[/] {failure['name']}: {failure['error']}")
+
+
+# jobs ----------------------------------------------------------------------------------------
+def _job_dict(job: Any) -> dict[str, Any]:
+    return job.model_dump()
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[str | None, typer.Option(help="queued, running, succeeded, failed, cancelled")] = None,
+    limit: int = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List jobs, newest first."""
+    jobs = platform().jobs.list(status=status, limit=limit)
+    if as_json:
+        print_json({"jobs": [_job_dict(job) for job in jobs]})
+        return
+    table = Table("id", "kind", "status", "progress", "message", "created")
+    for job in jobs:
+        table.add_row(job.id, job.kind, job.status, f"{job.progress:.0%}", job.message[:60], f"{job.created_at:%Y-%m-%d %H:%M:%S}")
+    console.print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str) -> None:
+    """Show one job and its log."""
+    instance = platform()
+    print_json({"job": _job_dict(instance.jobs.get(job_id)), "logs": [line.message for line in instance.jobs.logs(job_id)]})
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str) -> None:
+    """Cancel a queued or running job."""
+    job = platform().jobs.cancel(job_id)
+    console.print(f"job {job.id}: {'cancelled' if job.status == 'cancelled' else 'cancellation requested'}")
+
+
+def _add_plugin_commands() -> None:
+    """Mount commands from plugins. Settings errors here are reported when a command runs."""
+    try:
+        instance = platform(migrate=False)
+        commands = instance.commands
+    except Exception as exc:  # a broken environment must not hide --help
+        err.print(f"[yellow]plugin commands unavailable:[/] {exc}")
+        return
+    for entry in commands:
+        command = entry.item
+        if isinstance(command.target, typer.Typer):
+            app.add_typer(command.target, name=command.name, help=command.help or None)
+        else:
+            app.command(name=command.name, help=command.help or None)(command.target)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] not in ("--version", "--help", "serve", "db", "keys", "jobs"):
+        _add_plugin_commands()
+    try:
+        app()
+    except EspalierError as exc:
+        err.print(f"[red]error:[/] {exc.message}")
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

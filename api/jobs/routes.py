@@ -1,0 +1,85 @@
+"""Background jobs: submit, watch, read logs, cancel."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.params import FromQuery, JSONBody, Parameter
+
+from espalier.api.guards import CurrentPrincipal, access
+
+
+class JobSubmit(msgspec.Struct, forbid_unknown_fields=True):
+    kind: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    params: dict[str, Any] = {}
+
+
+class JobOut(msgspec.Struct):
+    id: str
+    kind: str
+    status: str
+    progress: float
+    message: str
+    params: dict[str, Any]
+    result: Any
+    error: str | None
+    created_by: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobLogOut(msgspec.Struct):
+    id: int
+    at: datetime
+    message: str
+
+
+def job_out(job: Any) -> JobOut:
+    return JobOut(**{field: getattr(job, field) for field in JobOut.__struct_fields__})
+
+
+class JobsController(Controller):
+    path = "/api/jobs"
+    tags = ["jobs"]
+    opt = access("operator")
+
+    @get(sync_to_thread=True, summary="List jobs, newest first")
+    def list_jobs(
+        self,
+        request: Request,
+        status: FromQuery[str | None] = None,
+        kind: FromQuery[str | None] = None,
+        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+    ) -> dict[str, Any]:
+        jobs = request.app.state.platform.jobs.list(status=status, kind=kind, limit=limit)
+        return {"jobs": [job_out(job) for job in jobs], "kinds": request.app.state.platform.job_kinds.names()}
+
+    @post(sync_to_thread=True, summary="Submit a job")
+    def submit_job(self, request: Request, data: JSONBody[JobSubmit], principal: CurrentPrincipal) -> JobOut:
+        platform = request.app.state.platform
+        job = platform.jobs.submit(data.kind, data.params, created_by=principal.key_id)
+        platform.audit.record(principal, "job.submit", job.id, kind=data.kind)
+        return job_out(job)
+
+    @get("/{job_id:str}", sync_to_thread=True, summary="One job with its progress")
+    def get_job(self, request: Request, job_id: str) -> JobOut:
+        return job_out(request.app.state.platform.jobs.get(job_id))
+
+    @get("/{job_id:str}/logs", sync_to_thread=True, summary="A job's log lines")
+    def get_logs(self, request: Request, job_id: str, after_id: FromQuery[int] = 0) -> dict[str, list[JobLogOut]]:
+        logs = request.app.state.platform.jobs.logs(job_id, after_id=after_id)
+        return {"logs": [JobLogOut(id=line.id, at=line.at, message=line.message) for line in logs]}
+
+    @post("/{job_id:str}/cancel", status_code=200, sync_to_thread=True, summary="Cancel a job")
+    def cancel_job(self, request: Request, job_id: str, principal: CurrentPrincipal) -> JobOut:
+        platform = request.app.state.platform
+        job = platform.jobs.cancel(job_id)
+        platform.audit.record(principal, "job.cancel", job_id)
+        return job_out(job)
+
+
+ROUTES = [JobsController]

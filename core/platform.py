@@ -1,0 +1,151 @@
+"""The running platform: settings, database, plugins and their contributions, jobs.
+
+One object the server and the CLI both build. Everything a service or a plugin needs hangs off
+it; nothing is global.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from . import contracts
+from .db.engine import create_db_engine
+from .db.migrate import is_up_to_date, upgrade
+from .errors import PluginError, Unavailable
+from .jobs import JobService, JobWorker
+from .plugins import PluginHost, create_plugin_manager
+from .registry import Registry
+from .security import AuditLog, KeyService
+from .settings import Settings
+
+log = logging.getLogger("espalier.platform")
+
+
+class Platform:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        extra_plugins: list[tuple[str, Any]] | None = None,
+        load_entry_points: bool = True,
+    ):
+        self.settings = settings
+        self.state: dict[str, Any] = {}
+        self.plugins: PluginHost = create_plugin_manager(
+            settings, extra_plugins=extra_plugins, load_entry_points=load_entry_points
+        )
+        self.engine: Engine = create_db_engine(settings.resolved_database_url)
+        self.keys = KeyService(self.engine)
+        self.audit = AuditLog(self.engine)
+        self.worker: JobWorker | None = None
+        self.started = False
+
+    # Contributions, collected once on first use ------------------------------------------
+    @cached_property
+    def model_providers(self) -> Registry[contracts.ModelProvider]:
+        return self.plugins.collect("register_model_providers", "model provider", contracts.ModelProvider)
+
+    @cached_property
+    def embedders(self) -> Registry[contracts.Embedder]:
+        return self.plugins.collect("register_embedders", "embedder", contracts.Embedder)
+
+    @cached_property
+    def retrievers(self) -> Registry[contracts.Retriever]:
+        return self.plugins.collect("register_retrievers", "retriever", contracts.Retriever)
+
+    @cached_property
+    def tools(self) -> Registry[contracts.Tool]:
+        return self.plugins.collect("register_tools", "tool", contracts.Tool)
+
+    @cached_property
+    def agents(self) -> Registry[contracts.Agent]:
+        return self.plugins.collect("register_agents", "agent", contracts.Agent)
+
+    @cached_property
+    def guardrails(self) -> Registry[contracts.Guardrail]:
+        return self.plugins.collect("register_guardrails", "guardrail", contracts.Guardrail)
+
+    @cached_property
+    def trainers(self) -> Registry[contracts.Trainer]:
+        return self.plugins.collect("register_trainers", "trainer", contracts.Trainer)
+
+    @cached_property
+    def job_kinds(self) -> Registry[contracts.JobKind]:
+        kinds = self.plugins.collect("register_job_kinds", "job kind", contracts.JobKind)
+        for entry in self.trainers:
+            trainer = entry.item
+            kinds.add(
+                contracts.JobKind(f"train:{trainer.name}", run=trainer.train, description=trainer.description),
+                plugin=entry.plugin,
+            )
+        return kinds
+
+    @cached_property
+    def commands(self) -> Registry[contracts.Command]:
+        return self.plugins.collect("register_commands", "command", contracts.Command)
+
+    @cached_property
+    def routes(self) -> list[tuple[Any, str]]:
+        return self.plugins.collect_list("register_routes")
+
+    @cached_property
+    def jobs(self) -> JobService:
+        return JobService(self.engine, self.job_kinds, self.settings.artifacts_dir)
+
+    def collect_all(self) -> None:
+        """Collect every contribution now, so duplicate names fail at start-up, not on first use."""
+        for name in (
+            "model_providers", "embedders", "retrievers", "tools", "agents",
+            "guardrails", "trainers", "job_kinds", "commands", "routes",
+        ):  # fmt: skip
+            getattr(self, name)
+
+    # Life cycle ---------------------------------------------------------------------------
+    def migrate(self) -> None:
+        upgrade(self.engine)
+
+    def start(self, *, migrate: bool = True, run_jobs: bool = True) -> Platform:
+        if self.started:
+            return self
+        self.settings.ensure_dirs()
+        if migrate:
+            self.migrate()
+        elif not is_up_to_date(self.engine):
+            raise Unavailable("the database schema is not up to date: run 'espalier db upgrade'")
+        self.collect_all()
+        try:
+            self.plugins.pm.hook.startup(platform=self)
+        except Exception as exc:
+            if self.settings.strict_plugins:
+                raise PluginError(f"a plugin's startup failed: {exc!r}") from exc
+            log.exception("a plugin's startup hook failed; carrying on (ESPALIER_STRICT_PLUGINS is off)")
+        if run_jobs:
+            self.worker = JobWorker(self.jobs, threads=self.settings.job_workers)
+            self.worker.start()
+        self.started = True
+        return self
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+        if self.started:
+            try:
+                self.plugins.pm.hook.shutdown(platform=self)
+            except Exception:
+                log.exception("a plugin's shutdown hook failed")
+        self.started = False
+        self.engine.dispose()
+
+    def database_ok(self) -> bool:
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
