@@ -1,0 +1,3 @@
+from espalier.api.cli import main
+
+main()

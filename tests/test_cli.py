@@ -1,0 +1,116 @@
+"""The command line, run as a real process; `espalier serve` as a real server on loopback."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+
+def run(*args, home, check=True, env=None):
+    environment = {**os.environ, "ESPALIER_HOME": str(home), "ESPALIER_LOG_JSON": "false", **(env or {})}
+    result = subprocess.run([sys.executable, "-m", "espalier.api.cli", *args], env=environment, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"espalier {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_version(tmp_path):
+    from espalier import __version__
+
+    assert run("--version", home=tmp_path).stdout.strip() == f"espalier {__version__}"
+
+
+def test_db_upgrade_and_current(tmp_path):
+    assert "revision 0001" in run("db", "upgrade", home=tmp_path).stdout
+    assert "(up to date)" in run("db", "current", home=tmp_path).stdout
+    assert (tmp_path / "espalier.db").exists()
+
+
+def test_keys_create_list_revoke(tmp_path):
+    created = run("keys", "create", "--name", "ci-bot", "--role", "operator", home=tmp_path)
+    key = created.stdout.strip()
+    assert re.fullmatch(r"esp_[0-9a-f]{12}_[A-Za-z0-9-]+", key)
+    listing = json.loads(run("keys", "list", "--json", home=tmp_path).stdout)["keys"]
+    assert [(k["name"], k["role"]) for k in listing] == [("ci-bot", "operator")]
+    assert key.split("_")[2] not in json.dumps(listing) and "secret_hash" not in json.dumps(listing)
+    key_id = listing[0]["id"]
+    assert "revoked" in run("keys", "revoke", key_id, home=tmp_path).stdout
+    assert json.loads(run("keys", "list", "--json", home=tmp_path).stdout)["keys"][0]["revoked_at"]
+
+
+def test_bad_input_gives_clear_errors(tmp_path):
+    result = run("keys", "create", "--name", "x", "--role", "root", home=tmp_path, check=False)
+    assert result.returncode == 2 and "unknown role 'root'" in result.stderr
+    result = run("keys", "revoke", "nope", home=tmp_path, check=False)
+    assert result.returncode == 2 and "no API key with id 'nope'" in result.stderr
+    result = run("jobs", "show", "job_x", home=tmp_path, check=False)
+    assert result.returncode == 2 and "no job" in result.stderr
+
+
+def test_jobs_list_empty(tmp_path):
+    assert json.loads(run("jobs", "list", "--json", home=tmp_path).stdout) == {"jobs": []}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(home):
+    port = free_port()
+    env = {**os.environ, "ESPALIER_HOME": str(home), "ESPALIER_PORT": str(port), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "espalier.api.cli", "serve"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    lines = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "Serving on" in line:
+            break
+    base = f"http://127.0.0.1:{port}"
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    return base, "".join(lines), process
+
+
+def stop(process):
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+
+
+def test_serve_prints_bootstrap_key_once_and_serves(tmp_path):
+    base, output, process = start_server(tmp_path / "home")
+    try:
+        match = re.search(r"esp_[0-9a-f]{12}_[A-Za-z0-9-]+", output)
+        assert match, output
+        headers = {"Authorization": f"Bearer {match.group(0)}"}
+        response = httpx.get(base + "/api/plugins", headers=headers)
+        assert response.status_code == 200
+        assert "calculator" in {p["name"] for p in response.json()["plugins"]}
+        assert httpx.get(base + "/api/plugins").status_code == 401
+    finally:
+        stop(process)
+    base, output, process = start_server(tmp_path / "home")
+    try:
+        assert "Serving on" in output and "esp_" not in output  # shown once, on the first start only
+        assert httpx.get(base + "/api/me", headers=headers).json()["role"] == "admin"
+    finally:
+        stop(process)

@@ -1,0 +1,308 @@
+"""One test per hook (a meta-test keeps it that way), and the docs checked against the specs."""
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from litestar import get
+from typer.testing import CliRunner
+
+from espalier import hookimpl
+from espalier.api.guards import access
+from espalier.api.testing import build_harness
+from espalier.core import contracts, hookdocs
+from espalier.core.contracts import Command, FeedbackEvent, GuardrailScore, JobKind, ToolResult
+from espalier.core.events import notify_feedback
+from espalier.core.platform import Platform
+from espalier.core.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def platform_with(tmp_path, plugin, **settings):
+    return Platform(Settings(home=tmp_path / "home", **settings), extra_plugins=[("probe", plugin)], load_entry_points=False)
+
+
+# Documentation ---------------------------------------------------------------------------------
+def test_every_hook_is_fully_documented():
+    assert hookdocs.missing_docs() == {}
+
+
+def test_plugin_reference_is_generated_from_the_specs():
+    text = (REPO / "docs" / "plugins.md").read_text()
+    assert hookdocs.rewrite(text) == text, "run: python -m espalier.core.hookdocs --write docs/plugins.md"
+
+
+def test_every_hook_has_a_test_of_its_own():
+    tests = {name for name in globals() if name.startswith("test_hook_")}
+    missing = {f"test_hook_{name}" for name in hookdocs.hook_functions()} - tests
+    assert not missing, f"hooks without a test: {sorted(missing)}"
+
+
+def test_hookimpl_is_importable_from_the_package_root():
+    import espalier
+
+    assert espalier.hookimpl.project_name == "espalier"
+
+
+# One test per hook -----------------------------------------------------------------------------
+class Model:
+    context_window = 64
+
+    def count_tokens(self, messages):
+        return sum(len(m.content.split()) for m in messages)
+
+    def generate(self, messages, params, cancel=None):
+        return [contracts.Generation("echo: " + messages[-1].content, "stop", 1, 2)]
+
+    def stream(self, messages, params, cancel=None):
+        yield contracts.TokenDelta(0, "echo", "stop")
+
+
+class Provider:
+    name = "echo"
+
+    def load(self, spec, *, cache_dir):
+        return Model()
+
+
+def test_hook_register_model_providers(tmp_path):
+    class Plugin:
+        @hookimpl
+        def register_model_providers(self, register):
+            register(Provider())
+
+    platform = platform_with(tmp_path, Plugin())
+    provider = platform.model_providers.get("echo")
+    model = provider.load(contracts.ModelSpec("m", "echo", "x"), cache_dir=str(tmp_path))
+    assert isinstance(model, contracts.ChatModel)
+    assert model.generate([contracts.ChatMessage("user", "hi")], contracts.GenerationParams())[0].text == "echo: hi"
+    assert platform.model_providers.entry("echo").plugin == "probe"
+
+
+def test_hook_register_embedders(tmp_path):
+    class Embedder:
+        name = "lengths"
+        dimensions = 1
+
+        def embed(self, texts):
+            return [[float(len(text))] for text in texts]
+
+    class Plugin:
+        @hookimpl
+        def register_embedders(self, register):
+            register(Embedder())
+
+    assert platform_with(tmp_path, Plugin()).embedders.get("lengths").embed(["abc"]) == [[3.0]]
+
+
+def test_hook_register_retrievers(tmp_path):
+    class Retriever:
+        name = "static"
+
+        def search(self, query, *, collection, k=5, filters=None):
+            return [contracts.RetrievedChunk("d1", "c1", f"about {query}", 1.0)][:k]
+
+    class Plugin:
+        @hookimpl
+        def register_retrievers(self, register):
+            register(Retriever())
+
+    [chunk] = platform_with(tmp_path, Plugin()).retrievers.get("static").search("trees", collection="c")
+    assert chunk.text == "about trees"
+
+
+def test_hook_register_tools(tmp_path):
+    class Shout:
+        name = "shout"
+        description = "upper-case"
+        parameters = {"type": "object", "properties": {"text": {"type": "string"}}}
+
+        def invoke(self, arguments):
+            return ToolResult(arguments["text"].upper())
+
+    class Plugin:
+        @hookimpl
+        def register_tools(self, register):
+            register(Shout())
+
+    tools = platform_with(tmp_path, Plugin()).tools
+    assert tools.get("shout").invoke({"text": "hi"}).output == "HI"
+    assert tools.get("calculator").invoke({"expression": "6*7"}).data == 42  # built-ins alongside
+
+
+def test_hook_register_agents(tmp_path):
+    class Agent:
+        name = "parrot"
+        description = "repeats"
+
+        def run(self, question, *, context):
+            return question
+
+    class Plugin:
+        @hookimpl
+        def register_agents(self, register):
+            register(Agent())
+
+    assert platform_with(tmp_path, Plugin()).agents.get("parrot").run("q", context=None) == "q"
+
+
+def test_hook_register_guardrails(tmp_path):
+    class Shouting:
+        name = "shouting"
+        categories = ["caps"]
+
+        def score(self, texts, *, direction):
+            return [GuardrailScore(self.name, {"caps": float(text.isupper())}) for text in texts]
+
+    class Plugin:
+        @hookimpl
+        def register_guardrails(self, register):
+            register(Shouting())
+
+    scores = platform_with(tmp_path, Plugin()).guardrails.get("shouting").score(["HEY", "hey"], direction="input")
+    assert [s.scores["caps"] for s in scores] == [1.0, 0.0]
+
+
+def wait_for(platform, job_id):
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        job = platform.jobs.get(job_id)
+        if job.status not in ("queued", "running"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError("job did not finish")
+
+
+def test_hook_register_trainers(tmp_path):
+    class Trainer:
+        name = "mean"
+        description = "learns the mean"
+
+        def train(self, job):
+            values = job.params["values"]
+            job.progress(0.5, "halfway")
+            return {"mean": sum(values) / len(values)}
+
+    class Plugin:
+        @hookimpl
+        def register_trainers(self, register):
+            register(Trainer())
+
+    platform = platform_with(tmp_path, Plugin()).start()
+    try:
+        job = platform.jobs.submit("train:mean", {"values": [1, 2, 3]})
+        assert wait_for(platform, job.id).result == {"mean": 2.0}
+    finally:
+        platform.close()
+
+
+def test_hook_register_job_kinds(tmp_path):
+    class Plugin:
+        @hookimpl
+        def register_job_kinds(self, register):
+            register(JobKind("double", run=lambda job: job.params["x"] * 2))
+
+    platform = platform_with(tmp_path, Plugin()).start()
+    try:
+        assert wait_for(platform, platform.jobs.submit("double", {"x": 21}).id).result == 42
+    finally:
+        platform.close()
+
+
+def test_hook_register_routes(tmp_path):
+    @get("/api/probe", opt=access("operator"))
+    async def probe() -> dict:
+        return {"probe": True}
+
+    class Plugin:
+        @hookimpl
+        def register_routes(self, register):
+            register(probe)
+
+    for harness in build_harness(tmp_path / "h", [Plugin()]):
+        assert harness.client.get("/api/probe", headers=harness.headers("operator")).json() == {"probe": True}
+        assert harness.client.get("/api/probe", headers=harness.headers("user")).status_code == 403
+
+
+def test_hook_register_commands(tmp_path, monkeypatch):
+    import espalier.api.cli as cli
+
+    def greet(name: str = "world") -> None:
+        print(f"hello {name}")
+
+    class Plugin:
+        @hookimpl
+        def register_commands(self, register):
+            register(Command("greet", greet, help="Say hello"))
+
+    original = cli.platform
+    monkeypatch.setattr(cli, "platform", lambda migrate=True: platform_with(tmp_path, Plugin()))
+    monkeypatch.setattr(sys, "argv", ["espalier", "greet"])
+    cli._add_plugin_commands()
+    monkeypatch.setattr(cli, "platform", original)
+    result = CliRunner().invoke(cli.app, ["greet", "--name", "Ada"])
+    assert result.exit_code == 0, result.output
+    assert "hello Ada" in result.output
+
+
+def test_hook_startup(tmp_path):
+    class Plugin:
+        @hookimpl
+        def startup(self, platform):
+            platform.state["warmed"] = platform.database_ok()
+
+    platform = platform_with(tmp_path, Plugin()).start(run_jobs=False)
+    try:
+        assert platform.state["warmed"] is True
+    finally:
+        platform.close()
+
+
+def test_hook_shutdown(tmp_path):
+    closed = []
+
+    class Plugin:
+        @hookimpl
+        def shutdown(self, platform):
+            closed.append(platform.settings.home)
+
+    platform = platform_with(tmp_path, Plugin()).start(run_jobs=False)
+    platform.close()
+    assert closed == [tmp_path / "home"]
+
+
+def test_hook_on_feedback(tmp_path):
+    received = []
+
+    class Listener:
+        @hookimpl
+        def on_feedback(self, event, platform):
+            received.append((event.feedback_id, event.payload["value"]))
+
+    class Broken:
+        @hookimpl
+        def on_feedback(self, event):
+            raise RuntimeError("listener bug")
+
+    platform = Platform(
+        Settings(home=tmp_path / "home"),
+        extra_plugins=[("listener", Listener()), ("broken", Broken())],
+        load_entry_points=False,
+    )
+    event = FeedbackEvent("fb_1", "thumbs", "cmp_1", {"value": "up"}, "key1")
+    errors = notify_feedback(platform, event)
+    assert received == [("fb_1", "up")]  # a broken listener does not stop the others
+    assert [str(e) for e in errors] == ["listener bug"]
+
+
+def test_startup_failure_is_fatal_only_in_strict_mode(tmp_path):
+    class Plugin:
+        @hookimpl
+        def startup(self, platform):
+            raise RuntimeError("cannot warm up")
+
+    platform_with(tmp_path, Plugin()).start(run_jobs=False).close()
+    with pytest.raises(Exception, match="cannot warm up"):
+        platform_with(tmp_path / "strict", Plugin(), strict_plugins=True).start(run_jobs=False)

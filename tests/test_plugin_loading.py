@@ -1,0 +1,198 @@
+"""Loading plugins: built-ins, entry points (a real installed example), the allow-list, broken
+plugins, duplicate names, misspelt hooks, strict mode, introspection."""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from espalier import hookimpl
+from espalier.core.errors import PluginError
+from espalier.core.platform import Platform
+from espalier.core.plugins import create_plugin_manager
+from espalier.core.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def example_site(tmp_path_factory) -> Path:
+    """The example plugin, really installed (pip, from its own pyproject) into a private folder."""
+    target = tmp_path_factory.mktemp("example-site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(REPO / "examples" / "espalier-hello")],
+        check=True,
+    )  # fmt: skip
+    return target
+
+
+@pytest.fixture
+def with_example(example_site, monkeypatch):
+    monkeypatch.syspath_prepend(str(example_site))
+    importlib.invalidate_caches()
+    yield example_site
+    sys.modules.pop("espalier_hello", None)
+
+
+def fake_distribution(root: Path, dist: str, module: str, source: str, ep_name: str | None = None) -> None:
+    """A minimal installed distribution: a module plus its dist-info with one `espalier` entry point."""
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist.replace('-', '_')}-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text(f"[espalier]\n{ep_name or module} = {module}\n")
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    root = tmp_path / "site"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    yield root
+    importlib.invalidate_caches()
+
+
+def names(host):
+    return {row["name"] for row in host.describe()}
+
+
+def test_builtins_load_without_entry_points(settings):
+    host = create_plugin_manager(settings, load_entry_points=False)
+    rows = {row["name"]: row for row in host.describe()}
+    assert rows["calculator"]["builtin"] and rows["calculator"]["hooks"] == ["register_tools"]
+
+
+def test_example_plugin_loads_through_its_entry_point(with_example, tmp_path):
+    platform = Platform(Settings(home=tmp_path))
+    rows = {row["name"]: row for row in platform.plugins.describe()}
+    assert rows["hello"] == {
+        "name": "hello", "version": "0.1.0", "distribution": "espalier-hello", "builtin": False,
+        "hooks": ["register_routes", "register_tools"],
+    }  # fmt: skip
+    assert platform.tools.entry("word_count").plugin == "hello"
+
+
+def test_example_plugin_route_and_tool_work_in_the_app(with_example, tmp_path):
+    from espalier.api.testing import build_harness
+
+    for harness in build_harness(tmp_path / "h", [], load_entry_points=True):
+        response = harness.client.get("/api/hello", headers=harness.headers("user"))
+        assert response.json()["message"] == "Hello, world!"
+        plugins = harness.client.get("/api/plugins", headers=harness.headers("operator")).json()
+        assert {"calculator", "hello"} <= {p["name"] for p in plugins["plugins"]}
+        assert harness.platform.tools.get("word_count").invoke({"text": "a b"}).data == 2
+
+
+def test_allow_list_restricts_entry_points(with_example, tmp_path):
+    assert "hello" not in names(create_plugin_manager(Settings(home=tmp_path, plugins=[])))
+    assert "hello" in names(create_plugin_manager(Settings(home=tmp_path, plugins=["espalier_hello"])))
+    assert "hello" not in names(create_plugin_manager(Settings(home=tmp_path, plugins=["something-else"])))
+    # the allow-list governs third parties; built-ins stay
+    assert "calculator" in names(create_plugin_manager(Settings(home=tmp_path, plugins=[])))
+
+
+def test_broken_plugin_is_reported_by_name_and_skipped(site, tmp_path):
+    fake_distribution(site, "espalier-broken", "espalier_broken", "raise ImportError('needs libfoo')\n")
+    host = create_plugin_manager(Settings(home=tmp_path))
+    assert "espalier_broken" not in names(host)
+    [failure] = [f for f in host.failures if f.name == "espalier_broken"]
+    assert failure.distribution == "espalier-broken" and "needs libfoo" in failure.error
+
+
+def test_broken_plugin_fails_start_up_in_strict_mode(site, tmp_path):
+    fake_distribution(site, "espalier-broken", "espalier_broken", "raise ImportError('needs libfoo')\n")
+    with pytest.raises(PluginError, match="espalier_broken.*needs libfoo"):
+        create_plugin_manager(Settings(home=tmp_path, strict_plugins=True))
+
+
+def test_misspelt_hook_is_rejected(site, tmp_path):
+    fake_distribution(
+        site, "espalier-typo", "espalier_typo",
+        "from espalier import hookimpl\n\n@hookimpl\ndef register_tool(register):\n    pass\n",
+    )  # fmt: skip
+    with pytest.raises(PluginError, match="register_tool"):
+        create_plugin_manager(Settings(home=tmp_path))
+
+
+def test_wrong_hook_arguments_are_rejected(site, tmp_path):
+    fake_distribution(
+        site, "espalier-args", "espalier_args",
+        "from espalier import hookimpl\n\n@hookimpl\ndef register_tools(register, extra):\n    pass\n",
+    )  # fmt: skip
+    host = create_plugin_manager(Settings(home=tmp_path))
+    assert "espalier_args" not in names(host)
+    assert "extra" in host.failures[0].error
+
+
+class Tool:
+    description = "d"
+    parameters = {"type": "object"}
+
+    def __init__(self, name):
+        self.name = name
+
+    def invoke(self, arguments):
+        return None
+
+
+def test_duplicate_names_fail_naming_both_plugins(tmp_path):
+    class First:
+        @hookimpl
+        def register_tools(self, register):
+            register(Tool("calculator"))
+
+    platform = Platform(Settings(home=tmp_path), extra_plugins=[("imposter", First())], load_entry_points=False)
+    with pytest.raises(PluginError, match="tool 'calculator' is registered by both plugin") as error:
+        platform.start()
+    assert "'imposter'" in str(error.value) and "'calculator'" in str(error.value)
+
+
+def test_a_disabled_builtin_can_be_replaced(tmp_path):
+    class Mine:
+        @hookimpl
+        def register_tools(self, register):
+            register(Tool("calculator"))
+
+    settings = Settings(home=tmp_path, disable_plugins=["calculator"])
+    platform = Platform(settings, extra_plugins=[("mine", Mine())], load_entry_points=False)
+    assert platform.tools.entry("calculator").plugin == "mine"
+
+
+def test_invalid_contributions_are_refused(tmp_path):
+    class Bad:
+        @hookimpl
+        def register_tools(self, register):
+            register(object())
+
+    platform = Platform(Settings(home=tmp_path), extra_plugins=[("bad", Bad())], load_entry_points=False)
+    with pytest.raises(PluginError, match="plugin 'bad' registered a tool with an invalid name"):
+        platform.tools
+
+
+def test_hook_implementation_may_take_fewer_arguments(tmp_path):
+    seen = []
+
+    class Quiet:
+        @hookimpl
+        def on_feedback(self, event):  # the spec also offers `platform`
+            seen.append(event)
+
+    host = create_plugin_manager(Settings(home=tmp_path), extra_plugins=[("quiet", Quiet())], load_entry_points=False)
+    host.pm.hook.on_feedback(event="e", platform=None)
+    assert seen == ["e"]
+
+
+def test_plugins_command_lists_json(with_example, tmp_path):
+    env = {**os.environ, "ESPALIER_HOME": str(tmp_path), "PYTHONPATH": str(with_example)}
+    result = subprocess.run(
+        [sys.executable, "-m", "espalier.api.cli", "plugins", "--json"], env=env, capture_output=True, text=True, check=True
+    )
+    data = json.loads(result.stdout)
+    assert {row["name"] for row in data["plugins"]} >= {"calculator", "hello"}
+    assert data["failures"] == []
