@@ -22,6 +22,7 @@ class Limits:
     result_bytes: int = 1024 * 1024
     scratch_mb: int = 16
     max_files: int = 256
+    code_bytes: int = 256 * 1024
     answer_var: str = "answer"
 
 

@@ -1,6 +1,7 @@
 """Runs INSIDE the sandbox (CPython-on-WASI or bubblewrap), never in the server.
 
-Usage: ``python -I -S runner.py PROGRAM RESULT ANSWER_VAR [SETUP_JSON]``.
+Usage: ``python -I -S runner.py PROGRAM RESULT ANSWER_VAR [SETUP_JSON]``; RESULT is a path or
+``fd:N`` for an inherited file descriptor.
 
 It executes PROGRAM, then writes ``{"value": ...}`` or ``{"error": ...}`` as JSON to RESULT.
 The host reads only RESULT (size-capped, parsed as JSON) for the value; stdout is just text.
@@ -119,7 +120,11 @@ def main():
         sys.stderr.flush()
     except BaseException:  # noqa: BLE001 - a full or closed stdout must not lose the result
         pass
-    with open(result_path, "w", encoding="utf-8") as f:
+    if result_path.startswith("fd:"):  # an inherited pipe (bwrap); re-opening it would need its owner
+        f = open(int(result_path[3:]), "w", encoding="utf-8", closefd=True)
+    else:
+        f = open(result_path, "w", encoding="utf-8")
+    with f:
         f.write(text)
 
 
