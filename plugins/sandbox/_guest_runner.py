@@ -90,6 +90,12 @@ def main():
 
     with open(program_path, encoding="utf-8") as f:
         source = f.read()
+    import os
+
+    try:
+        os.chdir("/scratch")  # WASI starts in "/", where nothing is mounted
+    except OSError:
+        pass
     namespace = {"__name__": "__main__", "__builtins__": __builtins__}
     encode, quote = _to_json, __import__("_json").encode_basestring_ascii
     text = None

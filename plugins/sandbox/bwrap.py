@@ -19,9 +19,11 @@ Layers, outermost first:
   that forbids ``execve`` before the program starts.
 * **rlimits**, set by the runner before the program: CPU seconds, address space, processes,
   file size, open files, no core dumps.
-* **The parent**: a new process group killed with SIGKILL at ``timeout_s`` plus a grace period
-  (bubblewrap's pid-1 then takes the whole pid namespace with it), stdout and stderr read with
-  a cap, and the result read from a dedicated pipe with a cap and parsed as JSON.
+* **The parent**: bubblewrap runs under a small reaper (:mod:`._reaper`) that kills it at
+  ``timeout_s`` plus a grace period (bubblewrap's pid 1 then takes the whole pid namespace with
+  it) and reaps the orphans bubblewrap leaves; the server kills the reaper's process group with
+  SIGKILL shortly after as a backstop. stdout and stderr are read with a cap, the result from a
+  dedicated pipe with a cap, parsed as JSON.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from ._process import RESULT_FD, Outcome, run_capped
 from .result import SandboxResult, SandboxUnavailable
 
 SITE = "/sandbox/site"
+REAPER = Path(__file__).with_name("_reaper.py")
 
 
 def _package_dirs(packages: Sequence[str], python: str) -> list[tuple[str, str]]:
@@ -186,9 +189,11 @@ class BwrapBackend:
             run_dir.root.chmod(0o755)  # bwrap binds as root, but the runner reads as `uid`
             seccomp_fd = os.open(self._filters / "sandbox.bpf", os.O_RDONLY)
             try:
+                argv = [sys.executable, "-I", "-S", str(REAPER), str(limits.timeout_s + self.grace_s),
+                        *self._argv(run_dir, limits, seccomp_fd)]
                 outcome = run_capped(
-                    self._argv(run_dir, limits, seccomp_fd),
-                    timeout_s=limits.timeout_s + self.grace_s,
+                    argv,
+                    timeout_s=limits.timeout_s + self.grace_s + 0.4,
                     output_cap=limits.output_bytes,
                     result_cap=limits.result_bytes,
                     pass_fds=(seccomp_fd,),
@@ -201,7 +206,8 @@ class BwrapBackend:
         value, error, produced = parse_envelope(outcome.result, outcome.result_truncated, limits.answer_var)
         stderr = decode(outcome.stderr)
         rc = outcome.returncode
-        if outcome.timed_out:
+        timed_out = outcome.timed_out or rc == 124
+        if timed_out:
             error = f"timed out after {limits.timeout_s:g} s"
         elif rc is not None and rc < 0:
             error = f"the program was killed by signal {-rc}"
@@ -220,7 +226,7 @@ class BwrapBackend:
             error=error,
             duration_s=round(outcome.duration_s, 4),
             backend=self.name,
-            timed_out=outcome.timed_out,
+            timed_out=timed_out,
             truncated=outcome.stdout_truncated or outcome.stderr_truncated,
             exit_code=rc,
         )
