@@ -71,7 +71,7 @@ def test_unknown_backend_is_refused(sandbox):
         sandbox.run("answer = 1", backend="docker")
 
 
-def test_module_cache_makes_the_second_sandbox_fast(cache_dir):
+def test_module_cache_makes_the_second_sandbox_fast(sandbox, cache_dir):
     assert list(cache_dir.glob("*.cwasm")), "the first Sandbox should have serialised the module"
     started = time.monotonic()
     second = Sandbox(cache_dir)
