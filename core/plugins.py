@@ -29,6 +29,7 @@ ENTRY_POINT_GROUP = "espalier"
 #: Built-in plugins, registered through the same hooks a third party uses.
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "espalier.plugins.calculator",
+    "espalier.plugins.sandbox",
 )
 
 #: Built-ins that cannot be disabled: the platform is not itself without them.

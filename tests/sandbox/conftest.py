@@ -50,5 +50,5 @@ def bwrap_reason(sandbox) -> str | None:
 @pytest.fixture(params=["wasm", "bwrap"])
 def backend(request, sandbox, bwrap_reason) -> str:
     if request.param == "bwrap" and bwrap_reason:
-        pytest.skip(f"bwrap backend unavailable here: {bwrap_reason}")
+        pytest.fail(f"bwrap backend unavailable here ({bwrap_reason}); `make test` installs bubblewrap")
     return request.param
