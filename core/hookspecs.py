@@ -27,11 +27,13 @@ if TYPE_CHECKING:
         Guardrail,
         JobKind,
         ModelProvider,
+        ModelSpec,
         Retriever,
         Tool,
         Trainer,
     )
     from .platform import Platform
+    from .templates import TemplateSpec
 
 hookspec = pluggy.HookspecMarker("espalier")
 
@@ -52,6 +54,49 @@ def register_model_providers(register: Callable[[ModelProvider], None]) -> None:
         @hookimpl
         def register_model_providers(register):
             register(MyVLLMProvider(name="my-vllm"))
+    """
+
+
+@hookspec
+def register_models(register: Callable[[ModelSpec], None]) -> None:
+    """Ship ready-to-serve models with your plugin (for example weights inside your package).
+
+    Each appears in ``GET /v1/models`` without an operator adding it, cannot be removed (disable
+    the plugin instead), and is loaded by the provider its ``provider`` field names.
+
+    :param register: call ``register(ModelSpec(name, provider, source, ...))`` for each model.
+    :returns: nothing.
+    :since: 0.1.0
+
+    Example::
+
+        @hookimpl
+        def register_models(register):
+            register(ModelSpec(name="tiny-llama", provider="transformers",
+                               source=str(Path(__file__).parent / "tiny-llama.gguf")))
+    """
+
+
+@hookspec
+def register_prompt_templates(register: Callable[[TemplateSpec], None]) -> None:
+    """Ship prompt templates (for example chain-of-thought few-shot prompts for a domain).
+
+    Each is saved as version 1 on first start unless a template of that name exists; operators
+    can then save newer versions. Requests select one with ``espalier.template``.
+
+    :param register: call ``register(TemplateSpec(name, user, system, examples, description))``;
+        ``user`` and ``system`` are Jinja2 (sandboxed) with the request's variables.
+    :returns: nothing.
+    :since: 0.1.0
+
+    Example::
+
+        @hookimpl
+        def register_prompt_templates(register):
+            register(TemplateSpec(
+                name="translate-fr", system="You translate into French.", user="{{ input }}",
+                examples=[{"question": "Good morning", "answer": "Bonjour"}],
+            ))
     """
 
 

@@ -18,6 +18,8 @@ from .db.engine import create_db_engine
 from .db.migrate import is_up_to_date, upgrade
 from .errors import PluginError, Unavailable
 from .jobs import JobService, JobWorker
+from .models import ModelService
+from .templates import TemplateService, TemplateSpec
 from .plugins import PluginHost, create_plugin_manager
 from .registry import Registry
 from .security import AuditLog, KeyService
@@ -49,6 +51,23 @@ class Platform:
     @cached_property
     def model_providers(self) -> Registry[contracts.ModelProvider]:
         return self.plugins.collect("register_model_providers", "model provider", contracts.ModelProvider)
+
+    @cached_property
+    def builtin_models(self) -> Registry[contracts.ModelSpec]:
+        return self.plugins.collect("register_models", "model", contracts.ModelSpec)
+
+    @cached_property
+    def models(self) -> ModelService:
+        return ModelService(self.engine, self.model_providers, self.builtin_models,
+                            str(self.settings.models_dir), self.audit)  # fmt: skip
+
+    @cached_property
+    def builtin_templates(self) -> Registry[TemplateSpec]:
+        return self.plugins.collect("register_prompt_templates", "prompt template", TemplateSpec)
+
+    @cached_property
+    def templates(self) -> TemplateService:
+        return TemplateService(self.engine, self.audit)
 
     @cached_property
     def embedders(self) -> Registry[contracts.Embedder]:
@@ -100,7 +119,7 @@ class Platform:
     def collect_all(self) -> None:
         """Collect every contribution now, so duplicate names fail at start-up, not on first use."""
         for name in (
-            "model_providers", "embedders", "retrievers", "tools", "agents",
+            "model_providers", "builtin_models", "builtin_templates", "embedders", "retrievers", "tools", "agents",
             "guardrails", "trainers", "job_kinds", "commands", "routes",
         ):  # fmt: skip
             getattr(self, name)
@@ -118,6 +137,9 @@ class Platform:
         elif not is_up_to_date(self.engine):
             raise Unavailable("the database schema is not up to date: run 'espalier db upgrade'")
         self.collect_all()
+        self.models.sync_builtins()
+        for entry in self.builtin_templates:
+            self.templates.ensure(entry.item)
         try:
             self.plugins.pm.hook.startup(platform=self)
         except Exception as exc:

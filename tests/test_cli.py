@@ -12,6 +12,8 @@ import time
 import httpx
 import pytest
 
+from espalier.core.db.migrate import head_revision
+
 
 def run(*args, home, check=True, env=None):
     environment = {**os.environ, "ESPALIER_HOME": str(home), "ESPALIER_LOG_JSON": "false", **(env or {})}
@@ -28,7 +30,7 @@ def test_version(tmp_path):
 
 
 def test_db_upgrade_and_current(tmp_path):
-    assert "revision 0001" in run("db", "upgrade", home=tmp_path).stdout
+    assert f"revision {head_revision()}" in run("db", "upgrade", home=tmp_path).stdout
     assert "(up to date)" in run("db", "current", home=tmp_path).stdout
     assert (tmp_path / "espalier.db").exists()
 

@@ -6,7 +6,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Text
+from sqlalchemy import JSON, DateTime, Text, UniqueConstraint
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -91,3 +91,97 @@ class JobLog(SQLModel, table=True):
     job_id: str = Field(foreign_key="jobs.id", index=True, max_length=40, ondelete="CASCADE")
     at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     message: str = Field(sa_type=Text)
+
+
+# Models ----------------------------------------------------------------------------------------
+class ModelRecord(SQLModel, table=True):
+    """A registered model. Its serving version is one of its :class:`ModelVersion` rows."""
+
+    __tablename__ = "models"
+
+    name: str = Field(primary_key=True, max_length=100)
+    provider: str = Field(max_length=100)
+    source: str = Field(sa_type=Text)
+    dtype: str = Field(default="auto", max_length=20)
+    context_window: int | None = None
+    options: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    description: str = Field(default="", sa_type=Text)
+    serving_version: str | None = Field(default=None, max_length=40)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class ModelVersion(SQLModel, table=True):
+    """The base weights (``adapter`` empty) or base plus a LoRA adapter (a trained version)."""
+
+    __tablename__ = "model_versions"
+
+    id: str = Field(primary_key=True, max_length=40)
+    model: str = Field(foreign_key="models.name", index=True, max_length=100, ondelete="CASCADE")
+    label: str = Field(max_length=100)
+    adapter: str | None = Field(default=None, sa_type=Text)
+    status: str = Field(default="ready", max_length=20)
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+# Conversations and what was shown ------------------------------------------------------------------
+class Conversation(SQLModel, table=True):
+    __tablename__ = "conversations"
+
+    id: str = Field(primary_key=True, max_length=80)
+    owner_key_id: str | None = Field(default=None, max_length=40, index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class ChatRequestRecord(SQLModel, table=True):
+    """One API call: the messages sent to the model, how it sampled, what it cost."""
+
+    __tablename__ = "chat_requests"
+
+    id: str = Field(primary_key=True, max_length=60)
+    conversation_id: str = Field(foreign_key="conversations.id", index=True, max_length=80)
+    owner_key_id: str | None = Field(default=None, max_length=40, index=True)
+    kind: str = Field(default="chat", max_length=20)
+    model: str = Field(max_length=100, index=True)
+    model_version: str | None = Field(default=None, max_length=40)
+    messages: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    params: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    template: str | None = Field(default=None, max_length=200)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    status: str = Field(default="ok", max_length=20)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+
+
+class CompletionRecord(SQLModel, table=True):
+    """One candidate shown to the consumer (``n`` > 1 gives several per request)."""
+
+    __tablename__ = "completions"
+
+    id: str = Field(primary_key=True, max_length=60)
+    request_id: str = Field(foreign_key="chat_requests.id", index=True, max_length=60, ondelete="CASCADE")
+    index: int = 0
+    text: str = Field(default="", sa_type=Text)
+    finish_reason: str = Field(default="stop", max_length=20)
+    completion_tokens: int = 0
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class PromptTemplate(SQLModel, table=True):
+    """A named, versioned prompt: optional system text, worked examples, and a user template."""
+
+    __tablename__ = "prompt_templates"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_prompt_templates_name_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100, index=True)
+    version: int = 1
+    description: str = Field(default="", sa_type=Text)
+    system: str | None = Field(default=None, sa_type=Text)
+    examples: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    user: str = Field(default="{{ input }}", sa_type=Text)
+    variables: list[str] = Field(default_factory=list, sa_type=JSON)
+    created_by: str | None = Field(default=None, max_length=40)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

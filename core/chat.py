@@ -1,0 +1,243 @@
+"""Chat and text completions: validate, expand templates, generate, and store exactly what was
+shown (so feedback can point at it).
+
+Everything here blocks (model calls, database writes); the API calls it off the event loop.
+Streaming hands back a :class:`StreamSession` whose ``deltas()`` is consumed in a worker thread
+and whose ``finish()`` stores what was actually delivered, also when the client went away.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy.engine import Engine
+
+from .contracts import ChatMessage, ChatModel, Generation, GenerationParams, TokenDelta
+from .db.engine import session_scope
+from .db.tables import ChatRequestRecord, CompletionRecord, Conversation, ModelVersion, utcnow
+from .errors import InvalidInput, NotFound
+from .models import ModelService
+from .security import Principal
+from .templates import TemplateService, render
+
+ROLES = ("system", "user", "assistant", "tool")
+MAX_MESSAGES = 500
+MAX_STOP = 4
+
+
+@dataclass
+class ChatRequest:
+    model: str
+    messages: list[ChatMessage] = field(default_factory=list)
+    prompt: str | None = None  # plain completions: no chat template
+    params: GenerationParams = field(default_factory=GenerationParams)
+    kind: Literal["chat", "completion"] = "chat"
+    conversation_id: str | None = None
+    template: str | None = None
+    variables: Mapping[str, Any] | None = None
+    version: str | None = None
+
+
+@dataclass
+class ChatResult:
+    request_id: str
+    conversation_id: str
+    created: int
+    model: str
+    model_version: str
+    generations: list[Generation]
+    completion_ids: list[str]
+    prompt_tokens: int
+    completion_tokens: int
+    template: str | None = None
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+def new_request_id(kind: str) -> str:
+    return ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
+
+
+def validate_params(params: GenerationParams) -> None:
+    if not 0 <= params.temperature <= 2:
+        raise InvalidInput(f"temperature must be between 0 and 2 (got {params.temperature})", code="invalid_temperature")
+    if not 0 < params.top_p <= 1:
+        raise InvalidInput(f"top_p must be in (0, 1] (got {params.top_p})", code="invalid_top_p")
+    if params.max_tokens < 1:
+        raise InvalidInput(f"max_tokens must be at least 1 (got {params.max_tokens})", code="invalid_max_tokens")
+    if not 1 <= params.n <= 16:
+        raise InvalidInput(f"n must be between 1 and 16 (got {params.n})", code="invalid_n")
+    if len(params.stop) > MAX_STOP or any(not stop for stop in params.stop):
+        raise InvalidInput(f"stop takes at most {MAX_STOP} non-empty strings", code="invalid_stop")
+
+
+class StreamSession:
+    """One streamed request: iterate ``deltas()`` (blocking), then call ``finish()`` once."""
+
+    def __init__(self, service: ChatService, request: ChatRequest, principal: Principal | None,
+                 model: ChatModel, version: ModelVersion, messages: list[ChatMessage], iterator: Iterator[TokenDelta],
+                 prompt_tokens: int, conversation_id: str):  # fmt: skip
+        self.service = service
+        self.request = request
+        self.principal = principal
+        self.model = model
+        self.version = version
+        self.messages = messages
+        self.request_id = new_request_id(request.kind)
+        self.conversation_id = conversation_id
+        self.completion_ids = [f"cmp_{secrets.token_hex(10)}" for _ in range(request.params.n)]
+        self.created = int(time.time())
+        self.prompt_tokens = prompt_tokens
+        self.texts = [""] * request.params.n
+        self.tokens = [0] * request.params.n
+        self.finish_reasons: list[str | None] = [None] * request.params.n
+        self._iterator = iterator
+        self._started = time.perf_counter()
+
+    def deltas(self) -> Iterator[TokenDelta]:
+        for delta in self._iterator:
+            if delta.text:
+                self.texts[delta.index] += delta.text
+                self.tokens[delta.index] += 1
+            if delta.finish_reason:
+                self.finish_reasons[delta.index] = delta.finish_reason
+            yield delta
+
+    def finish(self) -> ChatResult:
+        generations = [
+            Generation(text, reason or "cancelled", self.prompt_tokens, tokens)
+            for text, reason, tokens in zip(self.texts, self.finish_reasons, self.tokens, strict=True)
+        ]
+        status = "cancelled" if any(reason is None or reason == "cancelled" for reason in self.finish_reasons) else "ok"
+        return self.service._store(
+            self.request, self.principal, self.version, self.messages, generations, self.request_id,
+            self.completion_ids, self.conversation_id, self.created, self._started, status,
+        )  # fmt: skip
+
+
+class ChatService:
+    def __init__(self, engine: Engine, models: ModelService, templates: TemplateService):
+        self.engine = engine
+        self.models = models
+        self.templates = templates
+
+    # Preparation -------------------------------------------------------------------------------
+    def _prepare(self, request: ChatRequest, principal: Principal | None) -> tuple[list[ChatMessage], str]:
+        validate_params(request.params)
+        conversation_id = self._conversation(request.conversation_id, principal)
+        if request.kind == "completion":
+            if request.prompt is None or not request.prompt.strip():
+                raise InvalidInput("prompt must be a non-empty string", code="invalid_prompt")
+            return [], conversation_id
+        messages = list(request.messages)
+        if request.template:
+            template = self.templates.get(request.template)
+            variables = dict(request.variables or {})
+            history = messages
+            if "input" in template.variables and "input" not in variables:
+                if not messages or messages[-1].role != "user":
+                    raise InvalidInput(f"template '{template.name}' fills 'input' from the last user message; send one or pass variables.input")
+                variables["input"] = messages[-1].content
+                history = messages[:-1]
+            messages = render(template, variables, history)
+        if not messages:
+            raise InvalidInput("messages must contain at least one message", code="empty_messages")
+        if len(messages) > MAX_MESSAGES:
+            raise InvalidInput(f"at most {MAX_MESSAGES} messages per request")
+        for number, message in enumerate(messages):
+            if message.role not in ROLES:
+                raise InvalidInput(f"messages[{number}].role must be one of {', '.join(ROLES)}")
+        return messages, conversation_id
+
+    def _conversation(self, conversation_id: str | None, principal: Principal | None) -> str:
+        owner = principal.key_id if principal else None
+        if conversation_id is None:
+            conversation_id = f"conv_{secrets.token_hex(10)}"
+        elif not (1 <= len(conversation_id) <= 80) or not conversation_id.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise InvalidInput("conversation_id must be 1-80 letters, digits, '-', '_' or '.'")
+        with session_scope(self.engine) as session:
+            conversation = session.get(Conversation, conversation_id)
+            if conversation is None:
+                session.add(Conversation(id=conversation_id, owner_key_id=owner))
+            elif conversation.owner_key_id != owner and not (principal and principal.has_role("admin")):
+                raise NotFound(f"no conversation '{conversation_id}' for this key")
+        return conversation_id
+
+    # Generation --------------------------------------------------------------------------------
+    def complete(self, request: ChatRequest, principal: Principal | None,
+                 cancel: Callable[[], bool] | None = None) -> ChatResult:  # fmt: skip
+        messages, conversation_id = self._prepare(request, principal)
+        model, version = self.models.load(request.model, request.version)
+        started = time.perf_counter()
+        if request.kind == "completion":
+            generations = _text_model(model, request.model).generate_text(request.prompt, request.params, cancel)
+        else:
+            generations = model.generate(messages, request.params, cancel)
+        return self._store(request, principal, version, messages, generations, new_request_id(request.kind),
+                           [f"cmp_{secrets.token_hex(10)}" for _ in generations], conversation_id,
+                           int(time.time()), started, "ok")  # fmt: skip
+
+    def stream(self, request: ChatRequest, principal: Principal | None,
+               cancel: Callable[[], bool] | None = None) -> StreamSession:  # fmt: skip
+        messages, conversation_id = self._prepare(request, principal)
+        model, version = self.models.load(request.model, request.version)
+        if request.kind == "completion":
+            text_model = _text_model(model, request.model)
+            iterator = text_model.stream_text(request.prompt, request.params, cancel)
+            prompt_tokens = text_model.count_text_tokens(request.prompt)
+        else:
+            iterator = model.stream(messages, request.params, cancel)  # validates before returning
+            prompt_tokens = model.count_tokens(messages)
+        return StreamSession(self, request, principal, model, version, messages, iterator, prompt_tokens, conversation_id)
+
+    def _store(self, request: ChatRequest, principal: Principal | None, version: ModelVersion,
+               messages: Sequence[ChatMessage], generations: list[Generation], request_id: str,
+               completion_ids: list[str], conversation_id: str, created: int, started: float,
+               status: str) -> ChatResult:  # fmt: skip
+        prompt_tokens = generations[0].prompt_tokens if generations else 0
+        completion_tokens = sum(g.completion_tokens for g in generations)
+        params = request.params
+        stored_messages = (
+            [{"role": m.role, "content": m.content} for m in messages]
+            if request.kind == "chat" else [{"role": "prompt", "content": request.prompt}]
+        )  # fmt: skip
+        with session_scope(self.engine) as session:
+            session.add(ChatRequestRecord(
+                id=request_id, conversation_id=conversation_id, owner_key_id=principal.key_id if principal else None,
+                kind=request.kind, model=request.model, model_version=version.id, messages=stored_messages,
+                params={"temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_tokens,
+                        "n": params.n, "stop": list(params.stop), "seed": params.seed},
+                template=request.template, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                latency_ms=round((time.perf_counter() - started) * 1000, 2), status=status,
+            ))  # fmt: skip
+            session.flush()
+            for index, (generation, completion_id) in enumerate(zip(generations, completion_ids, strict=True)):
+                session.add(CompletionRecord(
+                    id=completion_id, request_id=request_id, index=index, text=generation.text,
+                    finish_reason=generation.finish_reason, completion_tokens=generation.completion_tokens,
+                ))  # fmt: skip
+            conversation = session.get(Conversation, conversation_id)
+            if conversation is not None:
+                conversation.updated_at = utcnow()
+                session.add(conversation)
+        return ChatResult(
+            request_id=request_id, conversation_id=conversation_id, created=created, model=request.model,
+            model_version=version.label, generations=generations, completion_ids=completion_ids,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, template=request.template,
+        )  # fmt: skip
+
+
+def _text_model(model: ChatModel, name: str) -> Any:
+    if not all(hasattr(model, attr) for attr in ("generate_text", "stream_text", "count_text_tokens")):
+        raise InvalidInput(f"model '{name}' serves chat only; use /v1/chat/completions", code="unsupported_model")
+    return model
