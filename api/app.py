@@ -32,9 +32,10 @@ from .errors import EXCEPTION_HANDLERS
 from .guards import auth_guard, bearer_token, check_route_access, provide_principal
 from .jobs.routes import ROUTES as JOB_ROUTES
 from .middleware import RequestLogMiddleware
+from .openai.routes import ROUTES as OPENAI_ROUTES
 from .system.routes import ROUTES as SYSTEM_ROUTES
 
-CORE_ROUTES: list[Any] = [*SYSTEM_ROUTES, *ADMIN_ROUTES, *JOB_ROUTES]
+CORE_ROUTES: list[Any] = [*SYSTEM_ROUTES, *ADMIN_ROUTES, *JOB_ROUTES, *OPENAI_ROUTES]
 UNLIMITED_PATHS = ["/healthz", "/readyz"]
 
 

@@ -27,6 +27,7 @@ from .templates import TemplateService, render
 ROLES = ("system", "user", "assistant", "tool")
 MAX_MESSAGES = 500
 MAX_STOP = 4
+DEFAULT_MAX_TOKENS = 512
 
 
 @dataclass
@@ -68,12 +69,13 @@ def new_request_id(kind: str) -> str:
     return ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
 
 
-def validate_params(params: GenerationParams) -> None:
+def validate_params(params: GenerationParams, *, auto_ok: bool = True) -> None:
+    """Checks a consumer's sampling settings. ``max_tokens == 0`` means "fit the context"."""
     if not 0 <= params.temperature <= 2:
         raise InvalidInput(f"temperature must be between 0 and 2 (got {params.temperature})", code="invalid_temperature")
     if not 0 < params.top_p <= 1:
         raise InvalidInput(f"top_p must be in (0, 1] (got {params.top_p})", code="invalid_top_p")
-    if params.max_tokens < 1:
+    if params.max_tokens < 0 or params.max_tokens == 0 and not auto_ok:
         raise InvalidInput(f"max_tokens must be at least 1 (got {params.max_tokens})", code="invalid_max_tokens")
     if not 1 <= params.n <= 16:
         raise InvalidInput(f"n must be between 1 and 16 (got {params.n})", code="invalid_n")
@@ -159,6 +161,24 @@ class ChatService:
                 raise InvalidInput(f"messages[{number}].role must be one of {', '.join(ROLES)}")
         return messages, conversation_id
 
+    @staticmethod
+    def _fit_max_tokens(model: ChatModel, request: ChatRequest, messages: list[ChatMessage]) -> None:
+        if request.params.max_tokens:
+            return
+        if request.kind == "completion":
+            used = _text_model(model, request.model).count_text_tokens(request.prompt)
+        else:
+            used = model.count_tokens(messages)
+        room = model.context_window - used
+        if room < 1:
+            raise InvalidInput(
+                f"This model's context window is {model.context_window} tokens and the prompt alone has {used}; "
+                "shorten the messages.",
+                code="context_length_exceeded",
+                details={"context_window": model.context_window, "prompt_tokens": used},
+            )
+        request.params.max_tokens = min(DEFAULT_MAX_TOKENS, room)
+
     def _conversation(self, conversation_id: str | None, principal: Principal | None) -> str:
         owner = principal.key_id if principal else None
         if conversation_id is None:
@@ -178,6 +198,7 @@ class ChatService:
                  cancel: Callable[[], bool] | None = None) -> ChatResult:  # fmt: skip
         messages, conversation_id = self._prepare(request, principal)
         model, version = self.models.load(request.model, request.version)
+        self._fit_max_tokens(model, request, messages)
         started = time.perf_counter()
         if request.kind == "completion":
             generations = _text_model(model, request.model).generate_text(request.prompt, request.params, cancel)
@@ -191,6 +212,7 @@ class ChatService:
                cancel: Callable[[], bool] | None = None) -> StreamSession:  # fmt: skip
         messages, conversation_id = self._prepare(request, principal)
         model, version = self.models.load(request.model, request.version)
+        self._fit_max_tokens(model, request, messages)
         if request.kind == "completion":
             text_model = _text_model(model, request.model)
             iterator = text_model.stream_text(request.prompt, request.params, cancel)

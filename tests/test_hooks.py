@@ -306,3 +306,46 @@ def test_startup_failure_is_fatal_only_in_strict_mode(tmp_path):
     platform_with(tmp_path, Plugin()).start(run_jobs=False).close()
     with pytest.raises(Exception, match="cannot warm up"):
         platform_with(tmp_path / "strict", Plugin(), strict_plugins=True).start(run_jobs=False)
+
+
+def test_hook_register_models(tmp_path):
+    class Plugin:
+        @hookimpl
+        def register_model_providers(self, register):
+            register(Provider())
+
+        @hookimpl
+        def register_models(self, register):
+            register(contracts.ModelSpec(name="echo-1", provider="echo", source="memory"))
+
+    platform = platform_with(tmp_path, Plugin()).start(run_jobs=False)
+    try:
+        info = platform.models.info("echo-1")
+        assert (info.builtin, info.plugin, info.serving_version) == (True, "probe", "base")
+        model, version = platform.models.load("echo-1")
+        assert version.label == "base" and model.context_window == 64
+        with pytest.raises(Exception, match="cannot be removed"):
+            platform.models.remove("echo-1")
+    finally:
+        platform.close()
+
+
+def test_hook_register_prompt_templates(tmp_path):
+    from espalier.core.templates import TemplateSpec, render
+
+    class Plugin:
+        @hookimpl
+        def register_prompt_templates(self, register):
+            register(TemplateSpec(name="shout", system="Answer in capitals.", user="{{ input | upper }}",
+                                  examples=[{"question": "hi", "answer": "HELLO"}]))  # fmt: skip
+
+    platform = platform_with(tmp_path, Plugin()).start(run_jobs=False)
+    try:
+        template = platform.templates.get("shout")
+        assert (template.version, template.variables) == (1, ["input"])
+        messages = render(template, {"input": "tree"})
+        assert [(m.role, m.content) for m in messages] == [
+            ("system", "Answer in capitals."), ("user", "hi"), ("assistant", "HELLO"), ("user", "TREE"),
+        ]
+    finally:
+        platform.close()

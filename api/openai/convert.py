@@ -1,0 +1,188 @@
+"""OpenAI request bodies to Espalier's chat requests, and results back to OpenAI's shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from espalier.core.chat import ChatRequest, ChatResult
+from espalier.core.contracts import ChatMessage, GenerationParams, TokenDelta
+from espalier.core.errors import InvalidInput
+
+from .schemas import ChatCompletionRequest, CompletionRequest, Message
+
+
+def unsupported(field: str, why: str) -> InvalidInput:
+    return InvalidInput(f"'{field}' is not supported: {why}", code="unsupported_parameter", details={"param": field})
+
+
+def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    return (stop,) if isinstance(stop, str) else tuple(stop)
+
+
+def _common_checks(body: ChatCompletionRequest | CompletionRequest) -> None:
+    if body.presence_penalty not in (None, 0, 0.0):
+        raise unsupported("presence_penalty", "Espalier's samplers have no penalties; leave it at 0")
+    if body.frequency_penalty not in (None, 0, 0.0):
+        raise unsupported("frequency_penalty", "Espalier's samplers have no penalties; leave it at 0")
+    if body.logit_bias:
+        raise unsupported("logit_bias", "not implemented")
+
+
+def message_text(message: Message, number: int) -> str:
+    content = message.content
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if part.type != "text" or part.text is None:
+            raise InvalidInput(f"messages[{number}]: only text content parts are supported, not '{part.type}'",
+                               details={"param": f"messages[{number}].content"})  # fmt: skip
+        texts.append(part.text)
+    return "".join(texts)
+
+
+def chat_request(body: ChatCompletionRequest) -> ChatRequest:
+    _common_checks(body)
+    if body.logprobs or body.top_logprobs:
+        raise unsupported("logprobs", "not implemented")
+    if body.tools:
+        raise unsupported("tools", "tool calling arrives with Espalier's agents; call /api/tools meanwhile")
+    if body.response_format and body.response_format.get("type") not in (None, "text"):
+        raise unsupported("response_format", "only {'type': 'text'} is supported")
+    roles = {"system", "developer", "user", "assistant", "tool", "function"}
+    messages = []
+    for number, message in enumerate(body.messages):
+        if message.role not in roles:
+            raise InvalidInput(f"messages[{number}].role '{message.role}' is not one of {', '.join(sorted(roles))}",
+                               details={"param": f"messages[{number}].role"})  # fmt: skip
+        role = {"developer": "system", "function": "tool"}.get(message.role, message.role)
+        messages.append(ChatMessage(role, message_text(message, number)))  # type: ignore[arg-type]
+    if not messages:
+        raise InvalidInput("messages must contain at least one message", code="empty_messages", details={"param": "messages"})
+    options = body.espalier
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    return ChatRequest(
+        model=body.model,
+        messages=messages,
+        params=GenerationParams(
+            max_tokens=max_tokens if max_tokens is not None else 0,
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            n=1 if body.n is None else body.n,
+            stop=_stops(body.stop),
+            seed=body.seed,
+        ),
+        kind="chat",
+        conversation_id=options.conversation_id if options else None,
+        template=options.template if options else None,
+        variables=options.variables if options else None,
+        version=options.version if options else None,
+    )
+
+
+def completion_requests(body: CompletionRequest) -> list[ChatRequest]:
+    _common_checks(body)
+    if body.echo:
+        raise unsupported("echo", "not implemented")
+    if body.best_of not in (None, 1):
+        raise unsupported("best_of", "use n and rank the candidates, or a best-of-n model alias")
+    if body.suffix:
+        raise unsupported("suffix", "not implemented")
+    if body.logprobs:
+        raise unsupported("logprobs", "not implemented")
+    prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+    if not prompts or len(prompts) > 16:
+        raise InvalidInput("prompt must be a string or a list of 1-16 strings", details={"param": "prompt"})
+    options = body.espalier
+    return [
+        ChatRequest(
+            model=body.model,
+            prompt=prompt,
+            params=GenerationParams(
+                max_tokens=body.max_tokens if body.max_tokens is not None else 16,  # OpenAI's default here
+                temperature=1.0 if body.temperature is None else body.temperature,
+                top_p=1.0 if body.top_p is None else body.top_p,
+                n=1 if body.n is None else body.n,
+                stop=_stops(body.stop),
+                seed=body.seed,
+            ),
+            kind="completion",
+            conversation_id=options.conversation_id if options else None,
+            version=options.version if options else None,
+        )
+        for prompt in prompts
+    ]
+
+
+def _finish(reason: str | None) -> str | None:
+    return None if reason is None else ("stop" if reason == "cancelled" else reason)
+
+
+def espalier_extension(result: ChatResult) -> dict[str, Any]:
+    return {
+        "conversation_id": result.conversation_id,
+        "model_version": result.model_version,
+        "completion_ids": result.completion_ids,
+        "template": result.template,
+    }
+
+
+def chat_response(result: ChatResult) -> dict[str, Any]:
+    return {
+        "id": result.request_id,
+        "object": "chat.completion",
+        "created": result.created,
+        "model": result.model,
+        "system_fingerprint": f"espalier-{result.model_version}",
+        "choices": [
+            {
+                "index": index,
+                "message": {"role": "assistant", "content": generation.text, "refusal": None},
+                "finish_reason": _finish(generation.finish_reason),
+                "logprobs": None,
+            }
+            for index, generation in enumerate(result.generations)
+        ],
+        "usage": result.usage,
+        "espalier": espalier_extension(result),
+    }
+
+
+def completion_response(results: list[ChatResult]) -> dict[str, Any]:
+    first = results[0]
+    choices = []
+    for result in results:
+        for generation in result.generations:
+            choices.append({"index": len(choices), "text": generation.text, "logprobs": None,
+                            "finish_reason": _finish(generation.finish_reason)})  # fmt: skip
+    prompt_tokens = sum(r.prompt_tokens for r in results)
+    completion_tokens = sum(r.completion_tokens for r in results)
+    return {
+        "id": first.request_id,
+        "object": "text_completion",
+        "created": first.created,
+        "model": first.model,
+        "system_fingerprint": f"espalier-{first.model_version}",
+        "choices": choices,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},  # fmt: skip
+        "espalier": {
+            "conversation_id": first.conversation_id,
+            "model_version": first.model_version,
+            "completion_ids": [cid for r in results for cid in r.completion_ids],
+        },
+    }
+
+
+def chat_chunk(base: dict[str, Any], delta: TokenDelta) -> dict[str, Any]:
+    return {**base, "choices": [{"index": delta.index, "delta": {"content": delta.text} if delta.text else {},
+                                 "finish_reason": _finish(delta.finish_reason), "logprobs": None}]}  # fmt: skip
+
+
+def completion_chunk(base: dict[str, Any], delta: TokenDelta) -> dict[str, Any]:
+    return {**base, "choices": [{"index": delta.index, "text": delta.text, "logprobs": None,
+                                 "finish_reason": _finish(delta.finish_reason)}]}  # fmt: skip

@@ -1,0 +1,173 @@
+"""The OpenAI-compatible API: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
+``/v1/models``. Point the official ``openai`` SDK's ``base_url`` at ``http://host:8000/v1``."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from typing import Any
+
+import anyio
+import numpy as np
+from litestar import Request, Response, Router, get, post
+from litestar.params import JSONBody
+from litestar.response import Stream
+
+from espalier.api.guards import CurrentPrincipal, access
+from espalier.core.chat import StreamSession
+from espalier.core.errors import InvalidInput, NotFound
+
+from . import convert
+from .errors import OPENAI_EXCEPTION_HANDLERS
+from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from .streaming import stream_events
+
+MAX_EMBEDDING_INPUTS = 2048
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _stream_response(session: StreamSession, cancel: threading.Event, kind: str, include_usage: bool) -> Stream:
+    base = {
+        "id": session.request_id,
+        "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+        "created": session.created,
+        "model": session.request.model,
+        "system_fingerprint": f"espalier-{session.version.label}",
+    }
+    extension = {
+        "conversation_id": session.conversation_id,
+        "model_version": session.version.label,
+        "completion_ids": session.completion_ids,
+    }
+    if kind == "chat":
+        first = [
+            {**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
+                                  "finish_reason": None, "logprobs": None}], "espalier": extension}  # fmt: skip
+            for index in range(session.request.params.n)
+        ]
+        chunk = lambda delta: convert.chat_chunk(base, delta)  # noqa: E731
+    else:
+        first = []
+        chunk = lambda delta: convert.completion_chunk(base, delta)  # noqa: E731
+
+    def usage() -> dict[str, Any]:
+        completion_tokens = sum(session.tokens)
+        return {**base, "choices": [], "espalier": extension, "usage": {
+            "prompt_tokens": session.prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": session.prompt_tokens + completion_tokens}}  # fmt: skip
+
+    return Stream(
+        stream_events(session, cancel, first, chunk, usage if include_usage else None),
+        media_type="text/event-stream",
+        headers={**SSE_HEADERS, "x-espalier-model-version": session.version.label},
+    )
+
+
+@post("/chat/completions", opt=access("user"), summary="Chat completion (OpenAI-compatible)", status_code=200)
+async def chat_completions(request: Request, data: JSONBody[ChatCompletionRequest], principal: CurrentPrincipal) -> Any:
+    platform = request.app.state.platform
+    chat_request = convert.chat_request(data)
+    if data.stream:
+        cancel = threading.Event()
+        session = await anyio.to_thread.run_sync(lambda: platform.chat.stream(chat_request, principal, cancel.is_set))
+        include_usage = bool(data.stream_options and data.stream_options.include_usage)
+        return _stream_response(session, cancel, "chat", include_usage)
+    result = await anyio.to_thread.run_sync(lambda: platform.chat.complete(chat_request, principal))
+    return Response(convert.chat_response(result), headers={"x-espalier-model-version": result.model_version})
+
+
+@post("/completions", opt=access("user"), summary="Text completion of a plain prompt (OpenAI-compatible)", status_code=200)
+async def completions(request: Request, data: JSONBody[CompletionRequest], principal: CurrentPrincipal) -> Any:
+    platform = request.app.state.platform
+    requests = convert.completion_requests(data)
+    if data.stream:
+        if len(requests) != 1:
+            raise InvalidInput("streaming takes a single prompt", details={"param": "prompt"})
+        cancel = threading.Event()
+        session = await anyio.to_thread.run_sync(lambda: platform.chat.stream(requests[0], principal, cancel.is_set))
+        include_usage = bool(data.stream_options and data.stream_options.include_usage)
+        return _stream_response(session, cancel, "completion", include_usage)
+
+    def run_all() -> list:
+        return [platform.chat.complete(item, principal) for item in requests]
+
+    results = await anyio.to_thread.run_sync(run_all)
+    return Response(convert.completion_response(results), headers={"x-espalier-model-version": results[0].model_version})
+
+
+@post("/embeddings", opt=access("user"), summary="Embeddings (OpenAI-compatible)", status_code=200)
+async def embeddings(request: Request, data: JSONBody[EmbeddingRequest]) -> dict[str, Any]:
+    platform = request.app.state.platform
+    if data.model not in platform.embedders:
+        raise NotFound(
+            f"no embedding model '{data.model}' (available: {', '.join(platform.embedders.names()) or 'none'})",
+            code="model_not_found", details={"param": "model"},
+        )  # fmt: skip
+    embedder = platform.embedders.get(data.model)
+    texts = [data.input] if isinstance(data.input, str) else data.input
+    if not texts:
+        raise InvalidInput("input must not be empty", details={"param": "input"})
+    if not all(isinstance(text, str) for text in texts):
+        raise InvalidInput("input must be a string or a list of strings; token arrays are not supported",
+                           details={"param": "input"})  # fmt: skip
+    if len(texts) > MAX_EMBEDDING_INPUTS:
+        raise InvalidInput(f"at most {MAX_EMBEDDING_INPUTS} inputs per request", details={"param": "input"})
+    if any(not text for text in texts):
+        raise InvalidInput("inputs must be non-empty strings", details={"param": "input"})
+    if data.dimensions is not None and data.dimensions != embedder.dimensions:
+        raise InvalidInput(f"'{data.model}' has {embedder.dimensions} dimensions; omit 'dimensions' or pass {embedder.dimensions}",
+                           details={"param": "dimensions"})  # fmt: skip
+    vectors = await anyio.to_thread.run_sync(embedder.embed, texts)
+    count = getattr(embedder, "count_tokens", None)
+    tokens = sum(count(texts)) if callable(count) else sum(len(text.split()) for text in texts)
+    items = []
+    for index, vector in enumerate(vectors):
+        if data.encoding_format == "base64":
+            encoded: Any = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+        else:
+            encoded = [float(value) for value in vector]
+        items.append({"object": "embedding", "index": index, "embedding": encoded})
+    return {"object": "list", "data": items, "model": data.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def _model_entry(info: Any) -> dict[str, Any]:
+    return {
+        "id": info.name,
+        "object": "model",
+        "created": int(info.created_at.timestamp()) if info.created_at else 0,
+        "owned_by": info.plugin or "espalier",
+        "espalier": {
+            "type": "chat",
+            "provider": info.provider,
+            "serving_version": info.serving_version,
+            "versions": [v["label"] for v in info.versions],
+            "context_window": info.context_window,
+            "loaded": info.loaded,
+        },
+    }
+
+
+@get("/models", opt=access("user"), summary="Models that can be served (OpenAI-compatible)", sync_to_thread=True)
+def list_models(request: Request) -> dict[str, Any]:
+    platform = request.app.state.platform
+    data = [_model_entry(info) for info in platform.models.list()]
+    for entry in platform.embedders:
+        data.append({"id": entry.name, "object": "model", "created": int(time.time()), "owned_by": entry.plugin,
+                     "espalier": {"type": "embedding", "dimensions": entry.item.dimensions}})  # fmt: skip
+    return {"object": "list", "data": data}
+
+
+@get("/models/{model_id:str}", opt=access("user"), summary="One model (OpenAI-compatible)", sync_to_thread=True)
+def get_model(request: Request, model_id: str) -> dict[str, Any]:
+    return _model_entry(request.app.state.platform.models.info(model_id))
+
+
+openai_router = Router(
+    path="/v1",
+    route_handlers=[chat_completions, completions, embeddings, list_models, get_model],
+    exception_handlers=OPENAI_EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+    tags=["openai"],
+)
+
+ROUTES = [openai_router]

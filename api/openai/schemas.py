@@ -1,0 +1,95 @@
+"""Request bodies of the OpenAI-compatible API. Unknown fields are refused (a typo must not be
+silently ignored); OpenAI fields Espalier cannot honour are refused with a message saying so."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Text = Annotated[str, msgspec.Meta(max_length=2_000_000)]
+
+
+class ContentPart(msgspec.Struct, forbid_unknown_fields=False):
+    type: str
+    text: str | None = None
+
+
+class Message(msgspec.Struct, forbid_unknown_fields=True):
+    role: str
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class StreamOptions(msgspec.Struct, forbid_unknown_fields=True):
+    include_usage: bool = False
+    include_obfuscation: bool | None = None
+
+
+class EspalierOptions(msgspec.Struct, forbid_unknown_fields=True):
+    """The ``espalier`` extension object (``extra_body={"espalier": {...}}`` in the openai SDK)."""
+
+    conversation_id: str | None = None
+    template: str | None = None
+    variables: dict[str, Any] | None = None
+    version: str | None = None
+
+
+class ChatCompletionRequest(msgspec.Struct, forbid_unknown_fields=True):
+    model: str
+    messages: list[Message]
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    user: str | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    espalier: EspalierOptions | None = None
+
+
+class CompletionRequest(msgspec.Struct, forbid_unknown_fields=True):
+    model: str
+    prompt: str | list[str]
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: int | None = None
+    echo: bool | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+    user: str | None = None
+    espalier: EspalierOptions | None = None
+
+
+class EmbeddingRequest(msgspec.Struct, forbid_unknown_fields=True):
+    model: str
+    input: str | list[Any]  # strings; token arrays are refused with a clear message
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
