@@ -263,3 +263,59 @@ def _text_model(model: ChatModel, name: str) -> Any:
     if not all(hasattr(model, attr) for attr in ("generate_text", "stream_text", "count_text_tokens")):
         raise InvalidInput(f"model '{name}' serves chat only; use /v1/chat/completions", code="unsupported_model")
     return model
+
+
+class ConversationService:
+    """Reading what was asked and shown. A key sees its own conversations; admins see all."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def list(self, principal: Principal, *, limit: int = 50, everyone: bool = False) -> list[Conversation]:
+        from sqlmodel import select
+
+        with session_scope(self.engine) as session:
+            query = select(Conversation).order_by(Conversation.updated_at.desc()).limit(limit)
+            if not (everyone and principal.has_role("admin")):
+                query = query.where(Conversation.owner_key_id == principal.key_id)
+            return list(session.exec(query))
+
+    def get(self, conversation_id: str, principal: Principal) -> dict[str, Any]:
+        from sqlmodel import select
+
+        with session_scope(self.engine) as session:
+            conversation = session.get(Conversation, conversation_id)
+            if conversation is None or (
+                conversation.owner_key_id != principal.key_id and not principal.has_role("admin")
+            ):
+                raise NotFound(f"no conversation '{conversation_id}' for this key")
+            requests = list(session.exec(
+                select(ChatRequestRecord).where(ChatRequestRecord.conversation_id == conversation_id)
+                .order_by(ChatRequestRecord.created_at)
+            ))  # fmt: skip
+            completions = list(session.exec(
+                select(CompletionRecord).where(CompletionRecord.request_id.in_([r.id for r in requests]))
+                .order_by(CompletionRecord.index)
+            ))  # fmt: skip
+        by_request: dict[str, list[CompletionRecord]] = {}
+        for completion in completions:
+            by_request.setdefault(completion.request_id, []).append(completion)
+        return {
+            "id": conversation.id,
+            "created_at": conversation.created_at,
+            "updated_at": conversation.updated_at,
+            "requests": [
+                {
+                    "id": r.id, "kind": r.kind, "model": r.model, "model_version": r.model_version,
+                    "messages": r.messages, "params": r.params, "template": r.template, "status": r.status,
+                    "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                    "latency_ms": r.latency_ms, "created_at": r.created_at,
+                    "completions": [
+                        {"id": c.id, "index": c.index, "text": c.text, "finish_reason": c.finish_reason,
+                         "completion_tokens": c.completion_tokens}
+                        for c in by_request.get(r.id, [])
+                    ],
+                }  # fmt: skip
+                for r in requests
+            ],
+        }

@@ -18,7 +18,7 @@ from .db.engine import create_db_engine
 from .db.migrate import is_up_to_date, upgrade
 from .errors import PluginError, Unavailable
 from .jobs import JobService, JobWorker
-from .chat import ChatService
+from .chat import ChatService, ConversationService
 from .models import ModelService
 from .templates import TemplateService, TemplateSpec
 from .plugins import PluginHost, create_plugin_manager
@@ -73,6 +73,10 @@ class Platform:
     @cached_property
     def chat(self) -> ChatService:
         return ChatService(self.engine, self.models, self.templates)
+
+    @cached_property
+    def conversations(self) -> ConversationService:
+        return ConversationService(self.engine)
 
     @cached_property
     def embedders(self) -> Registry[contracts.Embedder]:

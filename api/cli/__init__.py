@@ -27,7 +27,9 @@ keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Background jobs.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(models_app, name="models")
 
 
 def _version(value: bool) -> None:
@@ -196,6 +198,55 @@ def jobs_cancel(job_id: str) -> None:
     console.print(f"job {job.id}: {'cancelled' if job.status == 'cancelled' else 'cancellation requested'}")
 
 
+# models --------------------------------------------------------------------------------------
+@models_app.command("list")
+def models_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Registered models, their provider, source and serving version."""
+    from dataclasses import asdict
+
+    instance = platform()
+    instance.models.sync_builtins()
+    models = instance.models.list()
+    if as_json:
+        print_json({"models": [asdict(info) for info in models]})
+        return
+    table = Table("name", "provider", "serving", "versions", "source")
+    for info in models:
+        table.add_row(info.name + (" (built-in)" if info.builtin else ""), info.provider, info.serving_version,
+                      ", ".join(v["label"] for v in info.versions), info.source)  # fmt: skip
+    console.print(table)
+
+
+@models_app.command("add")
+def models_add(
+    name: Annotated[str, typer.Argument(help="The name consumers will use as `model`.")],
+    source: Annotated[str, typer.Option(help="A .gguf file, a Hugging Face folder, or a remote base URL.")],
+    provider: Annotated[str, typer.Option(help="transformers (local) or remote (OpenAI-compatible server).")] = "transformers",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16")] = "auto",
+    context_window: Annotated[int | None, typer.Option(help="Override the model's context window.")] = None,
+    option: Annotated[list[str] | None, typer.Option(help="Provider option KEY=VALUE (repeatable).")] = None,
+) -> None:
+    """Register a model."""
+    from espalier.core.contracts import ModelSpec
+
+    options = {}
+    for item in option or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--option takes KEY=VALUE, got {item!r}")
+        options[key] = value
+    spec = ModelSpec(name=name, provider=provider, source=source, dtype=dtype, context_window=context_window, options=options)
+    info = platform().models.add(spec)
+    console.print(f"added model {info.name} ({info.provider}, version {info.serving_version})")
+
+
+@models_app.command("remove")
+def models_remove(name: str) -> None:
+    """Remove a model (built-in models cannot be removed)."""
+    platform().models.remove(name)
+    console.print(f"removed model {name}")
+
+
 def _add_plugin_commands() -> None:
     """Mount commands from plugins. Settings errors here are reported when a command runs."""
     try:
@@ -213,7 +264,7 @@ def _add_plugin_commands() -> None:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] not in ("--version", "--help", "serve", "db", "keys", "jobs"):
+    if len(sys.argv) > 1 and sys.argv[1] not in ("--version", "--help", "serve", "db", "keys", "jobs", "models"):
         _add_plugin_commands()
     try:
         app()
