@@ -30,6 +30,7 @@ ENTRY_POINT_GROUP = "espalier"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "espalier.plugins.calculator",
     "espalier.plugins.sandbox",
+    "espalier.plugins.remote_models",
 )
 
 #: Built-ins that cannot be disabled: the platform is not itself without them.

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=600, ge=1, description="Requests per key (or client address) per minute.")
     redis_url: str | None = Field(default=None, description="Shared store for rate limits between workers.")
 
+    model_cache_dir: Path | None = Field(
+        default=None, description="Where converted model weights are cached; ESPALIER_HOME/models when unset."
+    )
+    default_model: str = Field(default="smollm2-135m-instruct", description="The model used when a feature needs one.")
+
     job_workers: int = Field(default=1, ge=1, le=16)
     log_level: str = "INFO"
     log_json: bool = True
@@ -92,7 +97,7 @@ class Settings(BaseSettings):
 
     @property
     def models_dir(self) -> Path:
-        return self.home / "models"
+        return self.model_cache_dir or self.home / "models"
 
     @property
     def chroma_dir(self) -> Path:
