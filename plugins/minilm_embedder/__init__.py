@@ -1,0 +1,17 @@
+"""Built-in plugin: the ``minilm`` embedder (all-MiniLM-L6-v2, 384 dimensions, shipped weights).
+
+``MiniLMEmbedder().embed(texts)``; for chromadb collections use
+:class:`espalier.plugins.minilm_embedder.chroma.MiniLMEmbeddingFunction` (imported on demand, so
+loading the plugin does not import chromadb).
+"""
+
+from espalier import hookimpl
+
+from .embedder import DIMENSIONS, MODEL_NAME, MiniLMEmbedder
+
+__all__ = ["DIMENSIONS", "MODEL_NAME", "MiniLMEmbedder"]
+
+
+@hookimpl
+def register_embedders(register):
+    register(MiniLMEmbedder())

@@ -1,0 +1,29 @@
+"""Built-in plugin: local chat models through transformers (provider name ``transformers``).
+
+Get the default model with::
+
+    from espalier.plugins.transformers_models import DEFAULT_MODEL, TransformersProvider
+    model = TransformersProvider().load(DEFAULT_MODEL, cache_dir=str(settings.home / "models"))
+"""
+
+from espalier import hookimpl
+
+from .loader import pick_dtype, unload_all
+from .model import TransformersChatModel
+from .provider import DEFAULT_MODEL, TransformersProvider
+from .sources import BUILTIN_MODELS, resolve_source
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "DEFAULT_MODEL",
+    "TransformersChatModel",
+    "TransformersProvider",
+    "pick_dtype",
+    "resolve_source",
+    "unload_all",
+]
+
+
+@hookimpl
+def register_model_providers(register):
+    register(TransformersProvider())

