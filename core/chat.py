@@ -110,6 +110,9 @@ class StreamSession:
         for delta in self._iterator:
             if delta.text:
                 self.texts[delta.index] += delta.text
+            if delta.tokens is not None:
+                self.tokens[delta.index] = delta.tokens
+            elif delta.text:
                 self.tokens[delta.index] += 1
             if delta.finish_reason:
                 self.finish_reasons[delta.index] = delta.finish_reason

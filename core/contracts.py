@@ -42,11 +42,16 @@ class Generation:
 
 @dataclass
 class TokenDelta:
-    """One streamed piece of candidate ``index``; ``finish_reason`` is set on its last piece."""
+    """One streamed piece of candidate ``index``; ``finish_reason`` is set on its last piece.
+
+    ``tokens`` is how many tokens that candidate has generated so far, when the model knows it
+    (pieces may hold several tokens, or none of a token held back); else the host counts pieces.
+    """
 
     index: int
     text: str
     finish_reason: str | None = None
+    tokens: int | None = None
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "espalier.plugins.calculator",
     "espalier.plugins.sandbox",
     "espalier.plugins.remote_models",
+    "espalier.plugins.transformers_models",
+    "espalier.plugins.minilm_embedder",
 )
 
 #: Built-ins that cannot be disabled: the platform is not itself without them.

@@ -27,3 +27,8 @@ __all__ = [
 @hookimpl
 def register_model_providers(register):
     register(TransformersProvider())
+
+
+@hookimpl
+def register_models(register):
+    register(DEFAULT_MODEL)

