@@ -33,6 +33,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "espalier.plugins.remote_models",
     "espalier.plugins.transformers_models",
     "espalier.plugins.minilm_embedder",
+    "espalier.plugins.prompt_library",
 )
 
 #: Built-ins that cannot be disabled: the platform is not itself without them.
