@@ -129,7 +129,7 @@ class TransformersChatModel:
             input_ids = torch.tensor([prompt], dtype=torch.long, device=self.model.device)
             with lock:
                 output = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
-            cache = output.past_key_values
+            cache = getattr(output, self._cache_arg)
             logits = output.logits[:, -1, :]
             if n > 1:
                 cache.batch_repeat_interleave(n)
