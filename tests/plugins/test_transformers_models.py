@@ -157,7 +157,10 @@ def test_stop_string_spanning_tokens_when_streaming(model):
 def test_stream_adds_up_to_generate(model):
     params = GenerationParams(max_tokens=24, temperature=0)
     expected = model.generate(STORY, params)[0]
-    deltas = list(model.stream(STORY, params))
+    deltas = []
+    for delta in model.stream(STORY, params):
+        assert not torch.is_inference_mode_enabled(), "inference mode leaked into the consumer"
+        deltas.append(delta)
     assert len([delta for delta in deltas if delta.text]) > 5
     assert "".join(delta.text for delta in deltas) == expected.text
     assert [delta.finish_reason for delta in deltas[:-1]] == [None] * (len(deltas) - 1)
