@@ -171,7 +171,9 @@ def _apply_adapter(model: Any, adapter: str) -> Any:
         from peft import PeftModel
     except ImportError:
         raise InvalidInput("Loading a LoRA adapter needs the peft package: `pip install peft`.") from None
-    return PeftModel.from_pretrained(model, str(path), is_trainable=False)
+    # This base copy belongs to this (source, dtype, adapter) alone, so the adapter is merged into
+    # it: serving then costs what the base model costs.
+    return PeftModel.from_pretrained(model, str(path), is_trainable=False).merge_and_unload()
 
 
 # One copy per process ------------------------------------------------------------------------

@@ -42,6 +42,8 @@ class TransformersChatModel:
         # transformers 5.x renamed ``past_key_values`` to ``cache``; older versions know only the former.
         forward_args = inspect.signature(self.model.forward).parameters
         self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
+        # Only the last position's logits are needed from the prompt.
+        self._prefill_args = {"logits_to_keep": 1} if "logits_to_keep" in forward_args else {}
 
     def __repr__(self) -> str:
         return f"TransformersChatModel(name={self.name!r}, dtype={self.dtype}, context_window={self.context_window})"
@@ -150,47 +152,54 @@ class TransformersChatModel:
         ``finish_reason``. Deltas with no text are only yielded when they finish a candidate."""
         n = len(candidates)
         sampler = _Sampler(params, self.model.device)
-        lock = self.loaded.lock
-        with torch.inference_mode():
-            if cancel is not None and cancel():
-                yield from _finish_all(candidates, "cancelled")
+        # Inference mode is entered per step, never across a ``yield``: it is thread-local state
+        # and must not leak into the consumer's code (or into another thread that resumes us).
+        if cancel is not None and cancel():
+            yield from _finish_all(candidates, "cancelled")
+            return
+        next_tokens, cache = self._prefill(prompt, n, sampler)
+        for step in range(params.max_tokens):
+            if step:
+                if cancel is not None and cancel():
+                    yield from _finish_all(candidates, "cancelled")
+                    return
+                next_tokens = self._next(next_tokens, cache, sampler)
+            for index, token in enumerate(next_tokens.tolist()):
+                candidate = candidates[index]
+                if candidate.done:
+                    continue
+                if token in self.eos_token_ids:
+                    candidate.completion_tokens += 1
+                    yield TokenDelta(index, candidate.finish("stop"), "stop", candidate.completion_tokens)
+                    continue
+                text = candidate.push(token)
+                if candidate.done:
+                    yield TokenDelta(index, text, candidate.finish_reason, candidate.completion_tokens)
+                elif text:
+                    yield TokenDelta(index, text, None, candidate.completion_tokens)
+            if all(candidate.done for candidate in candidates):
                 return
+        yield from _finish_all(candidates, "length")
+
+    def _prefill(self, prompt: list[int], n: int, sampler: _Sampler):
+        """Run the prompt once and sample each candidate's first token; the cache is repeated for
+        the ``n`` candidates afterwards."""
+        with torch.inference_mode():
             input_ids = torch.tensor([prompt], dtype=torch.long, device=self.model.device)
-            with lock:
-                output = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
-            cache = output.past_key_values
+            with self.loaded.lock:
+                output = self.model(input_ids=input_ids, use_cache=True, **self._prefill_args)
+            cache = getattr(output, self._cache_arg)
             logits = output.logits[:, -1, :]
             if n > 1:
                 cache.batch_repeat_interleave(n)
                 logits = logits.expand(n, -1)
-            del output
-            for step in range(params.max_tokens):
-                if cancel is not None and cancel():
-                    yield from _finish_all(candidates, "cancelled")
-                    return
-                next_tokens = sampler(logits)
-                for index, token in enumerate(next_tokens.tolist()):
-                    candidate = candidates[index]
-                    if candidate.done:
-                        continue
-                    if token in self.eos_token_ids:
-                        candidate.completion_tokens += 1
-                        yield TokenDelta(index, candidate.finish("stop"), "stop", candidate.completion_tokens)
-                        continue
-                    text = candidate.push(token)
-                    if candidate.done:
-                        yield TokenDelta(index, text, candidate.finish_reason, candidate.completion_tokens)
-                    elif text:
-                        yield TokenDelta(index, text, None, candidate.completion_tokens)
-                if all(candidate.done for candidate in candidates):
-                    return
-                if step == params.max_tokens - 1:
-                    break
-                with lock:
-                    output = self.model(input_ids=next_tokens[:, None], use_cache=True, **{self._cache_arg: cache})
-                logits = output.logits[:, -1, :]
-                del output
-        yield from _finish_all(candidates, "length")
+            return sampler(logits), cache
+
+    def _next(self, tokens: torch.Tensor, cache, sampler: _Sampler) -> torch.Tensor:
+        with torch.inference_mode():
+            with self.loaded.lock:
+                output = self.model(input_ids=tokens[:, None], use_cache=True, **{self._cache_arg: cache})
+            return sampler(output.logits[:, -1, :])
 
 
 def _finish_all(candidates: list[CandidateText], reason: str) -> Iterator[TokenDelta]:

@@ -157,7 +157,10 @@ def test_stop_string_spanning_tokens_when_streaming(model):
 def test_stream_adds_up_to_generate(model):
     params = GenerationParams(max_tokens=24, temperature=0)
     expected = model.generate(STORY, params)[0]
-    deltas = list(model.stream(STORY, params))
+    deltas = []
+    for delta in model.stream(STORY, params):
+        assert not torch.is_inference_mode_enabled(), "inference mode leaked into the consumer"
+        deltas.append(delta)
     assert len([delta for delta in deltas if delta.text]) > 5
     assert "".join(delta.text for delta in deltas) == expected.text
     assert [delta.finish_reason for delta in deltas[:-1]] == [None] * (len(deltas) - 1)
@@ -241,3 +244,23 @@ def test_stop_matcher_holds_back_possible_starts(pieces, stops, released, stoppe
     out.append(matcher.flush())
     assert "".join(out) == released
     assert matcher.stopped is stopped
+
+
+def test_lora_adapter_is_applied_on_top_of_the_base(model, model_cache, tmp_path):
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(
+        str(gguf_cache_folder(resolve_source(DEFAULT_MODEL.source), model_cache)), dtype=torch.float32
+    )
+    # init_lora_weights=False starts the adapter away from zero, so it visibly changes the output.
+    config = peft.LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft.get_peft_model(base, config).save_pretrained(tmp_path / "adapter")
+    del base
+
+    adapted = TransformersProvider().load(replace(DEFAULT_MODEL, adapter=str(tmp_path / "adapter")), cache_dir=str(model_cache))
+    assert adapted.loaded is not model.loaded
+    params = GenerationParams(max_tokens=8, temperature=0)
+    assert adapted.generate(FRANCE, params)[0].text != model.generate(FRANCE, params)[0].text
+    with pytest.raises(NotFound, match="adapter_config.json"):
+        TransformersProvider().load(replace(DEFAULT_MODEL, adapter=str(tmp_path)), cache_dir=str(model_cache))
