@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+import os
 from typing import Any
 
 import pytest
@@ -56,6 +57,86 @@ def build_harness(home: Path, plugins: list[Any], *, load_entry_points: bool = F
         for role in ("admin", "operator", "user"):
             harness.keys[role] = platform.keys.create(name=f"test-{role}", role=role).key
         yield harness
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RunningServer:
+    """``espalier serve`` as a real process on loopback, with its bootstrap admin key.
+
+    ``RunningServer(home, env={...})`` starts it and waits until ``/readyz`` answers; ``stop()``
+    ends it. Use it where a test needs a real HTTP server (SDK clients, streaming, kill -9).
+    """
+
+    def __init__(self, home: Path, env: dict[str, str] | None = None, timeout: float = 180):
+        import re
+        import subprocess
+        import sys
+        import time
+
+        import httpx
+
+        self.home = home
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        environment = {**os.environ, "ESPALIER_HOME": str(home), "ESPALIER_PORT": str(self.port),
+                       "PYTHONUNBUFFERED": "1", **(env or {})}  # fmt: skip
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "espalier.api.cli", "serve"], env=environment,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+        lines = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Serving on" in line:
+                break
+        self.output = "".join(lines)
+        match = re.search(r"esp_[0-9a-f]{12}_[A-Za-z0-9-]+", self.output)
+        self.admin_key = match.group(0) if match else None
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.base + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            self.stop()
+            raise RuntimeError(f"server did not become ready:\n{self.output}")
+        # keep draining the log so the server never blocks on a full pipe
+        import threading
+
+        threading.Thread(target=lambda: [None for _ in self.process.stdout], daemon=True).start()
+
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.admin_key}"}
+
+    def create_key(self, role: str, name: str | None = None) -> str:
+        import httpx
+
+        response = httpx.post(self.base + "/api/keys", json={"name": name or f"test-{role}", "role": role},
+                              headers=self.headers())  # fmt: skip
+        response.raise_for_status()
+        return response.json()["key"]
+
+    def stop(self) -> None:
+        import signal
+
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except Exception:
+                os.killpg(self.process.pid, signal.SIGKILL)
 
 
 @pytest.fixture

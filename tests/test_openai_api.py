@@ -10,7 +10,7 @@ import numpy as np
 import openai
 import pytest
 
-from conftest import RunningServer
+from espalier.api.testing import RunningServer
 
 MODEL = "smollm2-135m-instruct"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]

@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import RunningServer
+from espalier.api.testing import RunningServer
 from espalier.core.contracts import ChatMessage, GenerationParams, ModelSpec
 from espalier.core.errors import InvalidInput, Unavailable
 from espalier.plugins.remote_models import RemoteProvider
