@@ -19,7 +19,7 @@ import os
 
 from espalier import hookimpl
 
-from .data import LabelledTexts, load_labelled, stratified_split
+from .data import LabelledTexts, load_labelled, stratified_sample, stratified_split
 from .detoxify_scorer import DetoxifyScorer
 from .profanity import ProfanityScorer
 from .training import ClassifierTrainer, TrainingCancelled, train_classifier, train_toxicity_model
@@ -34,6 +34,7 @@ __all__ = [
     "ProfanityScorer",
     "TrainingCancelled",
     "load_labelled",
+    "stratified_sample",
     "stratified_split",
     "train_classifier",
     "train_toxicity_model",

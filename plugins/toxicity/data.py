@@ -49,9 +49,22 @@ class LabelledTexts:
             texts=[self.texts[i] for i in indices],
             targets=[self.targets[i] for i in indices],
             categories=list(self.categories),
-            source=self.source,
+            source=f"{self.source} [{len(indices)} of {len(self)} rows]",
             sha256=self.sha256,
             extra=[self.extra[i] for i in indices] if self.extra else [],
+        )
+
+    @classmethod
+    def concat(cls, *parts: LabelledTexts) -> LabelledTexts:
+        """Examples of several sources in one set (categories must agree); the hash covers all."""
+        if not parts or any(p.categories != parts[0].categories for p in parts):
+            raise InvalidInput("can only combine labelled sets with the same categories")
+        return cls(
+            texts=[t for p in parts for t in p.texts],
+            targets=[row for p in parts for row in p.targets],
+            categories=list(parts[0].categories),
+            source=" + ".join(p.source for p in parts),
+            sha256=hashlib.sha256("".join(p.sha256 for p in parts).encode()).hexdigest(),
         )
 
     def binary(self, category: str | None = None) -> list[int]:

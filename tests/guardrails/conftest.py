@@ -44,20 +44,37 @@ def toxicity_split():
 
 
 @pytest.fixture(scope="session")
-def small_model(tmp_path_factory, toxicity_split):
-    """A toxicity model trained on 400 examples for one epoch; held-out rows are never seen."""
-    from espalier.plugins.toxicity import train_toxicity_model
+def toxigen_split():
+    """Implicit hate (no profanity in most toxic rows): half to train on, half held out."""
+    from espalier.plugins.toxicity import load_labelled, stratified_split
+
+    data = load_labelled(data_file("toxigen_train.jsonl"))
+    train, held = stratified_split(data, 0.5, seed=0)
+    return data, train, held
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory, toxicity_split, toxigen_split):
+    """A toxicity model trained for one short epoch on 400 tweets plus half of the implicit-hate
+    sentences (twice); the held-out rows of both are never seen."""
+    from espalier.plugins.toxicity import LabelledTexts, train_toxicity_model
+    from espalier.plugins.toxicity.data import stratified_sample
 
     data, train, held = toxicity_split
+    toxigen, toxigen_train, _ = toxigen_split
+    # The implicit-hate half is repeated so that one short epoch sees it often enough.
+    tweets, implicit = data.subset(stratified_sample(data, train, 400, seed=0)), toxigen.subset(toxigen_train)
+    training = LabelledTexts.concat(tweets, implicit, implicit)
     out = tmp_path_factory.mktemp("toxicity-model")
     updates = []
     card = train_toxicity_model(
-        data.subset(train),
+        training,
         out,
-        eval_data=data.subset(held[::4]),
+        eval_data=data.subset(held[::8]),
         epochs=1,
         max_length=48,
-        max_examples=400,
+        learning_rate=2e-4,
+        max_examples=None,
         progress=lambda fraction, message="": updates.append((fraction, message)),
     )
-    return {"dir": out, "card": card, "updates": updates, "held": held}
+    return {"dir": out, "card": card, "updates": updates, "trained_on": len(training)}

@@ -25,7 +25,7 @@ def test_training_writes_a_detoxify_checkpoint_and_a_card(small_model):
     assert (out / "checkpoint.ckpt").is_file() and (out / "hf_config" / "config.json").is_file()
     written = json.loads((out / "model_card.json").read_text())
     assert written["data"]["sha256"] == card["data"]["sha256"] and len(card["data"]["sha256"]) == 64
-    assert written["data"]["trained_on"] == 400 and written["data"]["held_out"] == 400
+    assert written["data"]["trained_on"] == small_model["trained_on"] and written["data"]["held_out"] == 200
     assert written["categories"] == ["toxicity"] and written["created_at"]
     # Held-out AUC well above chance after one short epoch.
     assert written["metrics"]["toxicity"]["roc_auc"] > 0.8
@@ -55,12 +55,21 @@ def test_scorer_beats_chance_on_held_out_rows_and_satisfies_the_protocol(small_m
     data, _, held = toxicity_split
     scorer = DetoxifyScorer(small_model["dir"] / "checkpoint.ckpt")
     assert isinstance(scorer, Guardrail) and scorer.categories == ("toxicity",)
-    rows = held[1::4]  # none of these were trained on or used for the card's metrics
+    rows = held[1::8]  # none of these were trained on or used for the card's metrics
     results = scorer.score([data.texts[i] for i in rows], direction="output")
     assert len(results) == len(rows) and results[0].scorer == "detoxify" and results[0].version
     auc = roc_auc([data.binary()[i] for i in rows], [r.scores["toxicity"] for r in results])
     assert auc > 0.8
     assert len(scorer.score(["just one"], direction="input")) == 1
+
+
+def test_beats_profanity_on_implicit_hate_it_never_saw(small_model, toxigen_split):
+    # alt-profanity-check saw the tweets but only reads words; implicit hate needs more than that.
+    toxigen, _, held = toxigen_split
+    texts, labels = [toxigen.texts[i] for i in held], [toxigen.binary()[i] for i in held]
+    trained = [s.scores["toxicity"] for s in DetoxifyScorer(small_model["dir"] / "checkpoint.ckpt").score(texts, direction="input")]
+    profanity = [s.scores["toxicity"] for s in ProfanityScorer().score(texts, direction="input")]
+    assert roc_auc(labels, trained) > roc_auc(labels, profanity) + 0.03
 
 
 def test_a_moved_model_folder_still_loads(small_model, tmp_path):
