@@ -58,6 +58,13 @@ class DetoxifyScorer:
         self._lock = threading.Lock()
         self._detoxify: Any = None
         loaded = _read_checkpoint(self.checkpoint)
+        model_type = str(loaded["config"]["arch"]["args"].get("model_type", ""))
+        if self.config_dir is None and not Path(model_type).is_dir():
+            raise InvalidInput(
+                f"{self.checkpoint} builds its model from '{model_type}', which is not a local folder, and no config "
+                "folder was given: set ESPALIER_TOXICITY_CONFIG_DIR (or config_dir) to a folder holding that "
+                "model's config and tokenizer saved with save_pretrained; nothing is downloaded"
+            )
         classes = loaded["config"]["dataset"]["args"]["classes"]
         self.categories = tuple(_DETOXIFY_RENAMES.get(c, c) for c in classes)
         card = loaded.get("espalier", {}).get("model_card", {})

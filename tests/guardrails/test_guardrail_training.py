@@ -17,9 +17,7 @@ from espalier.core.errors import InvalidInput
 from espalier.plugins.toxicity import ClassifierTrainer, DetoxifyScorer, ProfanityScorer
 from espalier.plugins.toxicity.metrics import roc_auc
 
-pytestmark = pytest.mark.slow
-
-
+@pytest.mark.slow
 def test_training_writes_a_detoxify_checkpoint_and_a_card(small_model):
     out, card = small_model["dir"], small_model["card"]
     assert (out / "checkpoint.ckpt").is_file() and (out / "hf_config" / "config.json").is_file()
@@ -33,6 +31,7 @@ def test_training_writes_a_detoxify_checkpoint_and_a_card(small_model):
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
 
 
+@pytest.mark.slow
 def test_detoxify_loads_the_checkpoint_in_a_fresh_process(small_model):
     out = small_model["dir"]
     script = textwrap.dedent(
@@ -51,6 +50,7 @@ def test_detoxify_loads_the_checkpoint_in_a_fresh_process(small_model):
     assert scores[0] > scores[1]
 
 
+@pytest.mark.slow
 def test_scorer_beats_chance_on_held_out_rows_and_satisfies_the_protocol(small_model, toxicity_split):
     data, _, held = toxicity_split
     scorer = DetoxifyScorer(small_model["dir"] / "checkpoint.ckpt")
@@ -63,6 +63,7 @@ def test_scorer_beats_chance_on_held_out_rows_and_satisfies_the_protocol(small_m
     assert len(scorer.score(["just one"], direction="input")) == 1
 
 
+@pytest.mark.slow
 def test_beats_profanity_on_implicit_hate_it_never_saw(small_model, toxigen_split):
     # alt-profanity-check saw the tweets but only reads words; implicit hate needs more than that.
     toxigen, _, held = toxigen_split
@@ -72,6 +73,7 @@ def test_beats_profanity_on_implicit_hate_it_never_saw(small_model, toxigen_spli
     assert roc_auc(labels, trained) > roc_auc(labels, profanity) + 0.03
 
 
+@pytest.mark.slow
 def test_a_moved_model_folder_still_loads(small_model, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(small_model["dir"], moved)
@@ -91,6 +93,24 @@ def test_not_a_checkpoint_is_refused(tmp_path):
     bogus.write_bytes(b"not a checkpoint")
     with pytest.raises(InvalidInput, match="not a readable torch checkpoint"):
         DetoxifyScorer(bogus)
+
+
+def test_a_checkpoint_naming_a_hub_model_needs_a_config_folder(tmp_path):
+    import torch
+
+    published_layout = {
+        "config": {
+            "arch": {"args": {"model_type": "bert-base-uncased", "model_name": "BertForSequenceClassification",
+                              "tokenizer_name": "BertTokenizer", "num_classes": 1}},
+            "dataset": {"args": {"classes": ["toxic"]}},
+        },
+        "state_dict": {},
+    }
+    torch.save(published_layout, tmp_path / "published.ckpt")
+    with pytest.raises(InvalidInput, match="'bert-base-uncased', which is not a local folder"):
+        DetoxifyScorer(tmp_path / "published.ckpt")
+    with pytest.raises(InvalidInput, match="has no config.json"):
+        DetoxifyScorer(tmp_path / "published.ckpt", config_dir=tmp_path)
 
 
 class FakeJob:
@@ -113,6 +133,7 @@ class FakeJob:
         return self.cancel_after is not None and len(self.progress_calls) > self.cancel_after
 
 
+@pytest.mark.slow
 def test_trainer_protocol_and_cancellation_between_batches(tmp_path):
     trainer = ClassifierTrainer("toxicity-classifier", "test", category="toxicity", model_name="t")
     assert isinstance(trainer, Trainer)
