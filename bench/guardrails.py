@@ -13,7 +13,8 @@ baseline, on three sets none of them trained on:
 
 Injection: rules only, the trained classifier, rules + classifier, and length, on a quarter of
 ``injection_train.jsonl`` held out by clusters of near-duplicates (word 5-gram Jaccard >= 0.5),
-as the data's own test split was made, so no near-copy of a held-out prompt is trained on.
+as the data's own test split was made, so no near-copy of a held-out prompt is trained on; and
+again on the held-out prompts of 100-1,000 characters, where length alone separates poorly.
 
 Trained models are cached in ``bench/results/guardrail-models/`` keyed by data and settings;
 ``--retrain`` ignores the cache. Results are also written to ``bench/results/guardrails.json``.
@@ -127,14 +128,18 @@ def cached_train(kind: str, train_fn, train: LabelledTexts, held: LabelledTexts,
     return out, card, True
 
 
-def p50_latency_ms(score_one, texts: list[str], samples: int) -> float:
-    score_one(texts[0])  # warm-up (lazy model load)
-    timings = []
+def p50_latency_ms(score_fns: dict, texts: list[str], samples: int) -> dict[str, float]:
+    """Median single-message latency per scorer. Scorers take turns on each message, so a burst of
+    load from another process on a shared machine hits them all alike."""
+    for score_one in score_fns.values():
+        score_one(texts[0])  # warm-up (lazy model load)
+    timings: dict[str, list[float]] = {name: [] for name in score_fns}
     for text in texts[:samples]:
-        started = time.perf_counter()
-        score_one(text)
-        timings.append((time.perf_counter() - started) * 1000)
-    return statistics.median(timings)
+        for name, score_one in score_fns.items():
+            started = time.perf_counter()
+            score_one(text)
+            timings[name].append((time.perf_counter() - started) * 1000)
+    return {name: statistics.median(values) for name, values in timings.items()}
 
 
 def evaluate(rows: list[dict], dataset: str, scorer: str, labels: list[int], scores: list[float], latency_ms: float | None):
@@ -176,11 +181,15 @@ def bench_toxicity(args) -> tuple[list[dict], dict]:
     profanity, trained = ProfanityScorer(), DetoxifyScorer(out / "checkpoint.ckpt")
     length = LengthBaseline(train.texts)
     rows: list[dict] = []
+    scorers = {"profanity": profanity, "trained (detoxify)": trained}
     for name, (texts, labels) in sets.items():
-        for scorer in (profanity, trained):
+        latency = p50_latency_ms(
+            {label: (lambda t, s=scorer: s.score([t], direction="input")) for label, scorer in scorers.items()},
+            texts, args.latency_samples,
+        )
+        for label, scorer in scorers.items():
             scores = [s.scores["toxicity"] for s in scorer.score(texts, direction="input")]
-            latency = p50_latency_ms(lambda t, s=scorer: s.score([t], direction="input"), texts, args.latency_samples)
-            evaluate(rows, name, scorer.name if scorer is profanity else "trained (detoxify)", labels, scores, latency)
+            evaluate(rows, name, label, labels, scores, latency[label])
         evaluate(rows, name, "length baseline", labels, length.scores(texts), None)
     info = {"model": str(out), "card": card, "train_rows": len(train), "toxigen_train_rows": len(toxigen_train_idx)}
     return rows, info
@@ -200,12 +209,22 @@ def bench_injection(args) -> tuple[list[dict], dict]:
         "rules + classifier": InjectionScorer(checkpoint),
     }
     labels = held.binary()
+    # Where both classes overlap in length, length alone says little; a scorer that only learnt
+    # "long means jailbreak" would fall to chance here.
+    band = [i for i, t in enumerate(held.texts) if 100 <= len(t) <= 1000]
+    all_scores: dict[str, list[float]] = {}
     rows: list[dict] = []
+    latency = p50_latency_ms(
+        {name: (lambda t, s=scorer: s.score([t], direction="input")) for name, scorer in scorers.items()},
+        held.texts, args.latency_samples,
+    )
     for name, scorer in scorers.items():
-        scores = [s.scores["injection"] for s in scorer.score(held.texts, direction="input")]
-        latency = p50_latency_ms(lambda t, s=scorer: s.score([t], direction="input"), held.texts, args.latency_samples)
-        evaluate(rows, "injection", name, labels, scores, latency)
-    evaluate(rows, "injection", "length baseline", labels, LengthBaseline(train.texts).scores(held.texts), None)
+        scores = all_scores[name] = [s.scores["injection"] for s in scorer.score(held.texts, direction="input")]
+        evaluate(rows, "injection", name, labels, scores, latency[name])
+    all_scores["length baseline"] = LengthBaseline(train.texts).scores(held.texts)
+    evaluate(rows, "injection", "length baseline", labels, all_scores["length baseline"], None)
+    for name, scores in all_scores.items():
+        evaluate(rows, "inj 100-1k", name, [labels[i] for i in band], [scores[i] for i in band], None)
     return rows, {"model": str(out), "card": card, "train_rows": len(train), "held_rows": len(held)}
 
 
@@ -226,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
-    print(f"torch threads: {torch.get_num_threads()}, cpu count: {os.cpu_count()}", flush=True)
+    print(f"torch threads: {torch.get_num_threads()}, cpu count: {os.cpu_count()}, "
+          f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
     results: dict = {}
     if args.only in (None, "toxicity"):
         rows, info = bench_toxicity(args)
@@ -252,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             results["injection"]["rows"],
         )
         print("  note: injection rows are ~8x longer than benign ones; read every score against the length baseline.")
+        print("  'inj 100-1k': the held-out prompts of 100 to 1,000 characters, where the classes overlap in length.")
+    print(f"\nload average at end: {os.getloadavg()[0]:.2f} (latencies on a busy shared machine vary several-fold)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "guardrails.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     return 0
