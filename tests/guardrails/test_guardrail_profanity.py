@@ -1,0 +1,82 @@
+"""The default scorer on real held-out text, and both plugins' registration through pluggy."""
+
+from __future__ import annotations
+
+import statistics
+
+import pluggy
+import pytest
+
+from espalier.core import hookspecs
+from espalier.core.contracts import Guardrail, GuardrailScore, Trainer
+from espalier.core.errors import InvalidInput
+from espalier.plugins import injection as injection_plugin
+from espalier.plugins import toxicity as toxicity_plugin
+from espalier.plugins.toxicity import ProfanityScorer
+from espalier.plugins.toxicity.metrics import roc_auc
+
+
+def test_profanity_separates_toxic_from_benign_held_out_rows(toxicity_split):
+    data, _, held = toxicity_split
+    scorer = ProfanityScorer()
+    assert isinstance(scorer, Guardrail)
+    rows = held[::2]
+    results = scorer.score([data.texts[i] for i in rows], direction="input")
+    assert len(results) == len(rows)
+    assert all(isinstance(r, GuardrailScore) and r.scorer == "profanity" for r in results)
+    assert all(0.0 <= r.scores["toxicity"] <= 1.0 for r in results)
+    labels = [data.binary()[i] for i in rows]
+    toxic = [r.scores["toxicity"] for r, y in zip(results, labels) if y]
+    clean = [r.scores["toxicity"] for r, y in zip(results, labels) if not y]
+    assert statistics.mean(toxic) > statistics.mean(clean) + 0.4
+    # The tweets overlap its training data (see data/README.md), so expect a high score here.
+    assert roc_auc(labels, [r.scores["toxicity"] for r in results]) > 0.9
+
+
+def test_profanity_on_implicit_hate_is_weaker_but_above_chance(read_jsonl):
+    rows = read_jsonl("toxigen_train.jsonl")
+    scores = [r.scores["toxicity"] for r in ProfanityScorer().score([row["text"] for row in rows], direction="output")]
+    auc = roc_auc([row["label"] == "toxic" for row in rows], scores)
+    assert 0.55 < auc < 0.9
+
+
+def test_empty_batch():
+    assert ProfanityScorer().score([], direction="input") == []
+
+
+def collect(plugin_module, hook):
+    pm = pluggy.PluginManager("espalier")
+    pm.add_hookspecs(hookspecs)
+    pm.register(plugin_module)
+    items = []
+    getattr(pm.hook, hook)(register=items.append)
+    return items
+
+
+def test_toxicity_plugin_registers_profanity_only_when_no_checkpoint(monkeypatch):
+    monkeypatch.delenv(toxicity_plugin.CHECKPOINT_ENV, raising=False)
+    guardrails = collect(toxicity_plugin, "register_guardrails")
+    assert [g.name for g in guardrails] == ["profanity"]
+    assert all(isinstance(g, Guardrail) for g in guardrails)
+    trainers = collect(toxicity_plugin, "register_trainers")
+    assert [t.name for t in trainers] == ["toxicity-classifier"] and isinstance(trainers[0], Trainer)
+
+
+def test_a_configured_checkpoint_that_is_missing_stops_start_up(monkeypatch, tmp_path):
+    monkeypatch.setenv(toxicity_plugin.CHECKPOINT_ENV, str(tmp_path / "nope.ckpt"))
+    with pytest.raises(InvalidInput, match="nope.ckpt does not exist"):
+        collect(toxicity_plugin, "register_guardrails")
+    monkeypatch.setenv(injection_plugin.CHECKPOINT_ENV, str(tmp_path / "nope.ckpt"))
+    with pytest.raises(InvalidInput, match="does not exist"):
+        collect(injection_plugin, "register_guardrails")
+
+
+def test_injection_plugin_registers_rules_scorer(monkeypatch):
+    monkeypatch.delenv(injection_plugin.CHECKPOINT_ENV, raising=False)
+    monkeypatch.setenv(injection_plugin.CANARIES_ENV, "zebra-4417, ")
+    (scorer,) = collect(injection_plugin, "register_guardrails")
+    assert isinstance(scorer, Guardrail) and scorer.name == "injection"
+    assert scorer.categories == ("injection", "canary")
+    assert scorer.score(["the zebra-4417 says hi"], direction="output")[0].scores == {"injection": 1.0, "canary": 1.0}
+    (trainer,) = collect(injection_plugin, "register_trainers")
+    assert trainer.name == "injection-classifier" and isinstance(trainer, Trainer)
