@@ -34,6 +34,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "espalier.plugins.transformers_models",
     "espalier.plugins.minilm_embedder",
     "espalier.plugins.prompt_library",
+    "espalier.plugins.toxicity",
+    "espalier.plugins.injection",
 )
 
 #: Built-ins that cannot be disabled: the platform is not itself without them.

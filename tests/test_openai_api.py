@@ -118,7 +118,7 @@ def test_embeddings_float_and_base64(client, server, user_key):
 
 
 def test_langchain_chat_openai(server, user_key):
-    langchain_openai = pytest.importorskip("langchain_openai", reason="langchain-openai is a dev dependency")
+    import langchain_openai
     chat = langchain_openai.ChatOpenAI(base_url=server.base + "/v1", api_key=user_key, model=MODEL,
                                        temperature=0, max_tokens=12, max_retries=0)  # fmt: skip
     assert "Paris" in chat.invoke("What is the capital of France?").content

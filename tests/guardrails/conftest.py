@@ -19,13 +19,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def data_file(name: str) -> Path:
     path = DATA_DIR / name
     if not path.is_file():
-        pytest.skip(f"{path} is missing; these tests read the shared data beside the repository")
+        pytest.fail(f"{path} is missing; these tests read the shared data beside the repository")
     return path
 
 
 @pytest.fixture(scope="session")
 def read_jsonl():
-    """``read_jsonl(name)``: the rows of a shared data file (skips the test when it is missing)."""
+    """``read_jsonl(name)``: the rows of a shared data file (fails the test when it is missing)."""
 
     def read(name: str) -> list[dict]:
         return [json.loads(line) for line in data_file(name).read_text().splitlines() if line.strip()]
