@@ -17,6 +17,15 @@ import time
 PR_SET_CHILD_SUBREAPER = 36
 
 
+def _children():
+    pid = os.getpid()
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            return [int(item) for item in handle.read().split()]
+    except OSError:
+        return []
+
+
 def main():
     timeout_s = float(sys.argv[1])
     argv = sys.argv[2:]
@@ -41,15 +50,26 @@ def main():
         else:
             time.sleep(delay)
             delay = min(delay * 2, 0.01)
-    # Reap the orphans bubblewrap leaves (its pid 1 exits right after reporting), briefly.
-    reap_until = time.monotonic() + 1.0
-    while time.monotonic() < reap_until:
+    # Reap the orphans bubblewrap leaves (its pid 1 exits right after reporting) until none is
+    # left. A namespace holding a large tmpfs can take a while to die on a loaded machine: after a
+    # second, stragglers are killed; after five, give up (the caller kills the group anyway).
+    started = time.monotonic()
+    killed = False
+    while time.monotonic() - started < 5.0:
         try:
             done, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             break
-        if not done:
-            time.sleep(0.002)
+        if done:
+            continue
+        if not killed and time.monotonic() - started > 1.0:
+            for child in _children():
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            killed = True
+        time.sleep(0.002)
     if status == -1:
         os._exit(124)
     if os.WIFSIGNALED(status):
