@@ -30,6 +30,17 @@ def _common_checks(body: ChatCompletionRequest | CompletionRequest) -> None:
         raise unsupported("logit_bias", "not implemented")
 
 
+def _params(body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None, default_max: int) -> GenerationParams:
+    return GenerationParams(
+        max_tokens=max_tokens if max_tokens is not None else default_max,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        n=1 if body.n is None else body.n,
+        stop=_stops(body.stop),
+        seed=body.seed,
+    )
+
+
 def message_text(message: Message, number: int) -> str:
     content = message.content
     if content is None:
@@ -68,14 +79,7 @@ def chat_request(body: ChatCompletionRequest) -> ChatRequest:
     return ChatRequest(
         model=body.model,
         messages=messages,
-        params=GenerationParams(
-            max_tokens=max_tokens if max_tokens is not None else 0,
-            temperature=1.0 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
-            n=1 if body.n is None else body.n,
-            stop=_stops(body.stop),
-            seed=body.seed,
-        ),
+        params=_params(body, max_tokens, 0),  # 0: fit the context
         kind="chat",
         conversation_id=options.conversation_id if options else None,
         template=options.template if options else None,
@@ -102,14 +106,7 @@ def completion_requests(body: CompletionRequest) -> list[ChatRequest]:
         ChatRequest(
             model=body.model,
             prompt=prompt,
-            params=GenerationParams(
-                max_tokens=body.max_tokens if body.max_tokens is not None else 16,  # OpenAI's default here
-                temperature=1.0 if body.temperature is None else body.temperature,
-                top_p=1.0 if body.top_p is None else body.top_p,
-                n=1 if body.n is None else body.n,
-                stop=_stops(body.stop),
-                seed=body.seed,
-            ),
+            params=_params(body, body.max_tokens, 16),  # 16 is OpenAI's default for completions
             kind="completion",
             conversation_id=options.conversation_id if options else None,
             version=options.version if options else None,
