@@ -64,7 +64,7 @@ def _pdf_text(data: bytes, filename: str) -> str:
 
 
 def _html_text(raw: str) -> str:
-    from selectolax.parser import HTMLParser
+    from selectolax.lexbor import LexborHTMLParser as HTMLParser
 
     tree = HTMLParser(raw)
     for node in tree.css("script, style, noscript, template, head"):
