@@ -41,6 +41,12 @@ class ChatRequest:
     template: str | None = None
     variables: Mapping[str, Any] | None = None
     version: str | None = None
+    collections: list[str] | None = None  # grounded answers: search these, quote what is found
+
+
+#: A chat model alias: the default model, grounded in the collections the request names (or every
+#: collection the key may read).
+RAG_ALIAS = "rag"
 
 
 @dataclass
@@ -55,6 +61,7 @@ class ChatResult:
     prompt_tokens: int
     completion_tokens: int
     template: str | None = None
+    sources: list[dict[str, Any]] | None = None
 
     @property
     def usage(self) -> dict[str, int]:
@@ -103,6 +110,7 @@ class StreamSession:
         self.texts = [""] * request.params.n
         self.tokens = [0] * request.params.n
         self.finish_reasons: list[str | None] = [None] * request.params.n
+        self.sources: list[dict[str, Any]] | None = None
         self._iterator = iterator
         self._started = time.perf_counter()
 
@@ -119,6 +127,11 @@ class StreamSession:
             yield delta
 
     def finish(self) -> ChatResult:
+        result = self._finish()
+        result.sources = self.sources
+        return result
+
+    def _finish(self) -> ChatResult:
         generations = [
             Generation(text, reason or "cancelled", self.prompt_tokens, tokens)
             for text, reason, tokens in zip(self.texts, self.finish_reasons, self.tokens, strict=True)
@@ -131,10 +144,34 @@ class StreamSession:
 
 
 class ChatService:
-    def __init__(self, engine: Engine, models: ModelService, templates: TemplateService):
+    def __init__(self, engine: Engine, models: ModelService, templates: TemplateService,
+                 grounder: Any = None, default_model: str | None = None):  # fmt: skip
         self.engine = engine
         self.models = models
         self.templates = templates
+        self.grounder = grounder
+        self.default_model = default_model
+
+    def _load(self, request: ChatRequest, principal: Principal | None,
+              messages: list[ChatMessage]) -> tuple[ChatModel, ModelVersion, list[ChatMessage], list[dict[str, Any]] | None]:  # fmt: skip
+        """Loads the model; for grounded requests (``collections`` or the ``rag`` alias) quotes sources."""
+        collections = request.collections
+        if request.model == RAG_ALIAS:
+            if self.grounder is None or self.default_model is None:
+                raise InvalidInput("the 'rag' model needs the retrieval service")
+            request.model = self.default_model
+            if collections is None and principal is not None:
+                collections = self.grounder.readable(principal)
+            collections = collections or []
+        model, version = self.models.load(request.model, request.version)
+        if collections is None:
+            return model, version, messages, None
+        if request.kind != "chat":
+            raise InvalidInput("grounded answers are for chat completions", details={"param": "espalier.collections"})
+        if self.grounder is None:
+            raise InvalidInput("retrieval is not available on this server")
+        messages, sources = self.grounder.ground(messages, collections, principal, model)
+        return model, version, messages, sources
 
     # Preparation -------------------------------------------------------------------------------
     def _prepare(self, request: ChatRequest, principal: Principal | None) -> tuple[list[ChatMessage], str]:
@@ -200,21 +237,23 @@ class ChatService:
     def complete(self, request: ChatRequest, principal: Principal | None,
                  cancel: Callable[[], bool] | None = None) -> ChatResult:  # fmt: skip
         messages, conversation_id = self._prepare(request, principal)
-        model, version = self.models.load(request.model, request.version)
-        self._fit_max_tokens(model, request, messages)
         started = time.perf_counter()
+        model, version, messages, sources = self._load(request, principal, messages)
+        self._fit_max_tokens(model, request, messages)
         if request.kind == "completion":
             generations = _text_model(model, request.model).generate_text(request.prompt, request.params, cancel)
         else:
             generations = model.generate(messages, request.params, cancel)
-        return self._store(request, principal, version, messages, generations, new_request_id(request.kind),
-                           [f"cmp_{secrets.token_hex(10)}" for _ in generations], conversation_id,
-                           int(time.time()), started, "ok")  # fmt: skip
+        result = self._store(request, principal, version, messages, generations, new_request_id(request.kind),
+                             [f"cmp_{secrets.token_hex(10)}" for _ in generations], conversation_id,
+                             int(time.time()), started, "ok")  # fmt: skip
+        result.sources = sources
+        return result
 
     def stream(self, request: ChatRequest, principal: Principal | None,
                cancel: Callable[[], bool] | None = None) -> StreamSession:  # fmt: skip
         messages, conversation_id = self._prepare(request, principal)
-        model, version = self.models.load(request.model, request.version)
+        model, version, messages, sources = self._load(request, principal, messages)
         self._fit_max_tokens(model, request, messages)
         if request.kind == "completion":
             text_model = _text_model(model, request.model)
@@ -223,7 +262,9 @@ class ChatService:
         else:
             iterator = model.stream(messages, request.params, cancel)  # validates before returning
             prompt_tokens = model.count_tokens(messages)
-        return StreamSession(self, request, principal, model, version, messages, iterator, prompt_tokens, conversation_id)
+        session = StreamSession(self, request, principal, model, version, messages, iterator, prompt_tokens, conversation_id)
+        session.sources = sources
+        return session
 
     def _store(self, request: ChatRequest, principal: Principal | None, version: ModelVersion,
                messages: Sequence[ChatMessage], generations: list[Generation], request_id: str,

@@ -20,6 +20,9 @@ from .errors import PluginError, Unavailable
 from .jobs import JobService, JobWorker
 from .chat import ChatService, ConversationService
 from .models import ModelService
+from .rag.keyword import KeywordIndex
+from .rag.service import RagService
+from .rag.store import VectorStore
 from .templates import TemplateService, TemplateSpec
 from .plugins import PluginHost, create_plugin_manager
 from .registry import Registry
@@ -72,7 +75,10 @@ class Platform:
 
     @cached_property
     def chat(self) -> ChatService:
-        return ChatService(self.engine, self.models, self.templates)
+        from .rag.grounding import Grounder
+
+        return ChatService(self.engine, self.models, self.templates,
+                           grounder=Grounder(self.rag, lambda: self.guardrails), default_model=self.settings.default_model)
 
     @cached_property
     def conversations(self) -> ConversationService:
@@ -85,6 +91,16 @@ class Platform:
     @cached_property
     def retrievers(self) -> Registry[contracts.Retriever]:
         return self.plugins.collect("register_retrievers", "retriever", contracts.Retriever)
+
+    @cached_property
+    def rag(self) -> RagService:
+        """Collections, documents, ingestion and search (vectors in chromadb, keywords in bm25s)."""
+        return RagService(
+            self.engine, VectorStore(path=self.settings.chroma_dir, url=self.settings.chroma_url),
+            KeywordIndex(self.settings.rag_dir / "bm25"), self.audit,
+            embedder=lambda: self.embedders.get("minilm"),
+            load_model=lambda name: self.models.load(name)[0], default_model=self.settings.default_model,
+        )  # fmt: skip
 
     @cached_property
     def tools(self) -> Registry[contracts.Tool]:

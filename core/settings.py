@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     )
     default_model: str = Field(default="smollm2-135m-instruct", description="The model used when a feature needs one.")
 
+    chroma_url: str | None = Field(
+        default=None, description="A Chroma server (http://host:port) for collections; the embedded store in ESPALIER_HOME/chroma when unset."
+    )
+    max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1, description="Largest document accepted for ingestion.")
+
     job_workers: int = Field(default=1, ge=1, le=16)
     log_level: str = "INFO"
     log_json: bool = True
@@ -102,6 +107,10 @@ class Settings(BaseSettings):
     @property
     def chroma_dir(self) -> Path:
         return self.home / "chroma"
+
+    @property
+    def rag_dir(self) -> Path:
+        return self.home / "rag"
 
     def ensure_dirs(self) -> None:
         for path in (self.home, self.artifacts_dir, self.models_dir):

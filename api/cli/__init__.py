@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -83,8 +84,31 @@ def serve(
         console.rule()
     settings = instance.settings
     application = create_app(settings, platform=instance)
+    from .ingest import write_server_file
+
+    # tells `espalier ingest` on this ESPALIER_HOME to go through this server (see api/cli/ingest.py)
+    server_file = write_server_file(settings.home, host or settings.host, port or settings.port)
     console.print(f"Serving on http://{host or settings.host}:{port or settings.port}  (API docs at /schema)")
-    uvicorn.run(application, host=host or settings.host, port=port or settings.port, log_level="warning")
+    try:
+        uvicorn.run(application, host=host or settings.host, port=port or settings.port, log_level="warning")
+    finally:
+        server_file.unlink(missing_ok=True)
+
+
+# ingest --------------------------------------------------------------------------------------
+@app.command()
+def ingest(
+    path: Annotated[Path, typer.Argument(help="A file or a folder (.txt, .md, .html, .pdf; folders recursively).")],
+    collection: Annotated[str, typer.Option(help="The collection (created when missing).")],
+    key: Annotated[str | None, typer.Option(help="API key when a server runs on this home (or ESPALIER_API_KEY).")] = None,
+) -> None:
+    """Ingest documents into a collection (re-ingesting an unchanged file is a no-op)."""
+    from .ingest import run
+
+    counts = run(path, collection, key, err)
+    console.print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    if counts.get("failed"):
+        raise typer.Exit(1)
 
 
 # db ------------------------------------------------------------------------------------------
@@ -264,7 +288,7 @@ def _add_plugin_commands() -> None:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] not in ("--version", "--help", "serve", "db", "keys", "jobs", "models"):
+    if len(sys.argv) > 1 and sys.argv[1] not in ("--version", "--help", "serve", "db", "keys", "jobs", "models", "ingest"):
         _add_plugin_commands()
     try:
         app()

@@ -85,6 +85,7 @@ def chat_request(body: ChatCompletionRequest) -> ChatRequest:
         template=options.template if options else None,
         variables=options.variables if options else None,
         version=options.version if options else None,
+        collections=options.collections if options else None,
     )
 
 
@@ -102,6 +103,8 @@ def completion_requests(body: CompletionRequest) -> list[ChatRequest]:
     if not prompts or len(prompts) > 16:
         raise InvalidInput("prompt must be a string or a list of 1-16 strings", details={"param": "prompt"})
     options = body.espalier
+    if options and options.collections is not None:
+        raise unsupported("espalier.collections", "grounded answers are for /v1/chat/completions")
     return [
         ChatRequest(
             model=body.model,
@@ -125,6 +128,7 @@ def espalier_extension(result: ChatResult) -> dict[str, Any]:
         "model_version": result.model_version,
         "completion_ids": result.completion_ids,
         "template": result.template,
+        **({"sources": result.sources} if result.sources is not None else {}),
     }
 
 

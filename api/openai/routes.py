@@ -39,6 +39,7 @@ def _stream_response(session: StreamSession, cancel: threading.Event, kind: str,
         "conversation_id": session.conversation_id,
         "model_version": session.version.label,
         "completion_ids": session.completion_ids,
+        **({"sources": session.sources} if session.sources is not None else {}),
     }
     if kind == "chat":
         first = [

@@ -35,6 +35,7 @@ class EspalierOptions(msgspec.Struct, forbid_unknown_fields=True):
     template: str | None = None
     variables: dict[str, Any] | None = None
     version: str | None = None
+    collections: list[str] | None = None
 
 
 class ChatCompletionRequest(msgspec.Struct, forbid_unknown_fields=True):

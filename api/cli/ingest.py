@@ -1,0 +1,141 @@
+"""``espalier ingest PATH --collection C``: files or folders into a collection, with a progress bar.
+
+chromadb's embedded client is not safe across processes, so when a server is running on the same
+``ESPALIER_HOME`` (it leaves ``server.json`` there while it serves) the CLI uploads through its API
+with ``--key`` / ``ESPALIER_API_KEY``; what it ingests is searchable through the server at once.
+With no server running it writes to the embedded store directly, as a local operator.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from espalier.core.errors import EspalierError, InvalidInput, Unavailable
+
+SERVER_FILE = "server.json"
+
+
+def write_server_file(home: Path, host: str, port: int) -> Path:
+    path = home / SERVER_FILE
+    path.write_text(json.dumps({"pid": os.getpid(), "url": f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"}))
+    return path
+
+
+def running_server(home: Path) -> str | None:
+    """The URL of a live server on this home, or None (a stale file from a crash is ignored)."""
+    import httpx
+
+    path = home / SERVER_FILE
+    try:
+        info = json.loads(path.read_text())
+        os.kill(int(info["pid"]), 0)
+        if httpx.get(info["url"] + "/healthz", timeout=2).status_code == 200:
+            return str(info["url"])
+    except (OSError, ValueError, KeyError, httpx.HTTPError):
+        return None
+    return None
+
+
+def files_under(path: Path) -> list[Path]:
+    from espalier.core.rag.extract import MEDIA_TYPES
+
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise InvalidInput(f"{path} is neither a file nor a folder")
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_TYPES)
+
+
+def source_name(root: Path, file: Path) -> str:
+    return str(file.relative_to(root)) if root.is_dir() else file.name
+
+
+def ingest_via_server(url: str, key: str, collection: str, root: Path, files: list[Path]) -> Iterator[tuple[Path, str]]:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=600) as client:
+        if client.get(f"/api/collections/{collection}").status_code == 404:
+            response = client.post("/api/collections", json={"name": collection})
+            if response.status_code >= 400:
+                raise InvalidInput(f"could not create collection '{collection}': {response.text}")
+        for file in files:
+            body = {"filename": file.name, "source": source_name(root, file),
+                    "content_base64": base64.b64encode(file.read_bytes()).decode()}  # fmt: skip
+            response = client.post(f"/api/collections/{collection}/documents", json=body)
+            if response.status_code >= 400:
+                yield file, f"failed: {_detail(response)}"
+            else:
+                yield file, response.json()["status"]
+
+
+def _detail(response: Any) -> str:
+    try:
+        return str(response.json().get("detail"))
+    except ValueError:
+        return response.text[:200]
+
+
+def ingest_embedded(instance: Any, collection: str, root: Path, files: list[Path]) -> Iterator[tuple[Path, str]]:
+    from espalier.core.security import Principal
+
+    local = Principal(key_id="cli", name="local cli", role="operator")
+    rag = instance.rag
+    if collection not in {c.name for c in rag.list_collections(local)}:
+        rag.create_collection(collection, local)
+    changed = False
+    for file in files:
+        try:
+            result = rag.ingest(collection, local, file.read_bytes(), filename=file.name,
+                                source=source_name(root, file), reindex=False)  # fmt: skip
+            changed |= result.status != "unchanged"
+            yield file, result.status
+        except InvalidInput as exc:
+            yield file, f"failed: {exc.message}"
+    if changed:  # one keyword-index rebuild for the whole folder
+        rag.reindex(rag.collection_by_name(collection).id)
+
+
+def run(path: Path, collection: str, key: str | None, console: Any) -> dict[str, int]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from espalier.core.settings import load_settings
+
+    settings = load_settings()
+    files = files_under(path)
+    if not files:
+        raise InvalidInput(f"no supported files under {path} (.txt, .md, .html, .pdf)")
+    url = running_server(settings.home)
+    if url:
+        key = key or os.environ.get("ESPALIER_API_KEY")
+        if not key:
+            raise InvalidInput(f"a server is running on this ESPALIER_HOME ({url}); pass --key or set ESPALIER_API_KEY")
+        console.print(f"a server is running at {url}: ingesting through its API")
+        results = ingest_via_server(url, key, collection, path, files)
+    else:
+        from espalier.core.platform import Platform
+
+        settings.ensure_dirs()
+        instance = Platform(settings).start(run_jobs=False)
+        results = ingest_embedded(instance, collection, path, files)
+    counts: dict[str, int] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console) as progress:  # fmt: skip
+        task = progress.add_task(f"ingesting into {collection}", total=len(files))
+        try:
+            for file, status in results:
+                key_name = "failed" if status.startswith("failed") else status
+                counts[key_name] = counts.get(key_name, 0) + 1
+                if key_name == "failed":
+                    progress.console.print(f"[red]{file}[/]: {status}")
+                progress.advance(task)
+        except EspalierError:
+            raise
+        except Exception as exc:
+            raise Unavailable(f"ingestion stopped: {exc}") from exc
+    return counts

@@ -1,0 +1,377 @@
+"""Collections, documents, ingestion and search. The database holds the truth (collections,
+documents, chunk texts and spans); chromadb holds the vectors and the BM25 index the keywords.
+
+Writes go vectors first, then one database transaction, then the old vectors are removed: a
+failure at any step leaves the previous version of the document searchable and nothing half
+written (vectors not named in the database are ignored by search).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete as sql_delete
+from sqlalchemy.engine import Engine
+from sqlmodel import select
+
+from espalier.core.contracts import RetrievedChunk
+from espalier.core.db.engine import session_scope
+from espalier.core.db.tables import ChunkRecord, CollectionRecord, DocumentRecord, new_id, utcnow
+from espalier.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from espalier.core.security import ROLES, AuditLog, Principal
+
+from .chunking import Budget, plan_budget, split_text, token_counter
+from .extract import extract_text, media_type_for
+from .keyword import KeywordIndex, reciprocal_rank_fusion
+from .store import VectorStore
+
+log = logging.getLogger("espalier.rag")
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
+META_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+SETTING_KEYS = {"chunk_tokens", "k", "overlap", "answer_tokens", "model"}
+MODES = ("vector", "keyword", "hybrid")
+MAX_K = 50
+
+
+@dataclass
+class IngestResult:
+    document: DocumentRecord
+    status: str  # created, replaced, unchanged
+
+
+def check_metadata(meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    meta = dict(meta or {})
+    if len(meta) > 32:
+        raise InvalidInput("at most 32 metadata fields per document")
+    for key, value in meta.items():
+        if not META_KEY.match(key):
+            raise InvalidInput(f"metadata key '{key}' must be a letter then letters, digits or '_' (64 at most)")
+        if not isinstance(value, str | int | float | bool) or isinstance(value, str) and len(value) > 1000:
+            raise InvalidInput(f"metadata '{key}' must be a string (1000 characters at most), number or boolean")
+    return meta
+
+
+def check_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    settings = dict(settings or {})
+    unknown = set(settings) - SETTING_KEYS
+    if unknown:
+        raise InvalidInput(f"unknown collection settings {sorted(unknown)}; known: {sorted(SETTING_KEYS)}")
+    for key in ("chunk_tokens", "k", "answer_tokens"):
+        if key in settings and (not isinstance(settings[key], int) or isinstance(settings[key], bool) or settings[key] < 1):
+            raise InvalidInput(f"settings.{key} must be a positive integer")
+    if "overlap" in settings and not (isinstance(settings["overlap"], int | float) and 0 <= settings["overlap"] < 0.5):
+        raise InvalidInput("settings.overlap is a fraction of a chunk in [0, 0.5)")
+    if "model" in settings and not isinstance(settings["model"], str):
+        raise InvalidInput("settings.model must be a model name")
+    return settings
+
+
+class RagService:
+    def __init__(self, engine: Engine, store: VectorStore, keywords: KeywordIndex, audit: AuditLog,
+                 embedder: Callable[[], Any], load_model: Callable[[str], Any], default_model: str):  # fmt: skip
+        self.engine = engine
+        self.store = store
+        self.keywords = keywords
+        self.audit = audit
+        self._embedder = embedder
+        self._load_model = load_model
+        self.default_model = default_model
+
+    def _embed(self, texts: list[str]) -> Any:
+        import numpy as np
+
+        embedder = self._embedder()
+        if hasattr(embedder, "embed_array"):
+            return embedder.embed_array(texts)
+        return np.asarray(embedder.embed(texts), dtype="float32")
+
+    # Access ------------------------------------------------------------------------------------
+    @staticmethod
+    def can_read(record: CollectionRecord, principal: Principal) -> bool:
+        return (principal.has_role("operator") or record.owner_key_id == principal.key_id
+                or any(principal.has_role(role) for role in record.read_roles))  # fmt: skip
+
+    @staticmethod
+    def can_write(record: CollectionRecord, principal: Principal) -> bool:
+        return principal.has_role("operator") or record.owner_key_id == principal.key_id
+
+    def collection(self, name: str, principal: Principal, *, write: bool = False) -> CollectionRecord:
+        record = self.collection_by_name(name)
+        if not self.can_read(record, principal):
+            raise Forbidden(f"key '{principal.name}' may not read collection '{name}'; ask its owner or an operator")
+        if write and not self.can_write(record, principal):
+            raise Forbidden(f"only the owner of collection '{name}' or an operator may change it")
+        return record
+
+    def collection_by_name(self, name: str) -> CollectionRecord:
+        """No access check: for retrievers, whose callers checked it."""
+        with session_scope(self.engine) as session:
+            record = session.exec(select(CollectionRecord).where(CollectionRecord.name == name)).first()
+        if record is None:
+            raise NotFound(f"no collection '{name}'; list them with GET /api/collections")
+        return record
+
+    @staticmethod
+    def chroma_name(record: CollectionRecord) -> str:
+        return f"espalier-{record.id}"
+
+    # Collections -------------------------------------------------------------------------------
+    def create_collection(self, name: str, principal: Principal, *, read_roles: Sequence[str] = (),
+                          description: str = "", settings: Mapping[str, Any] | None = None) -> CollectionRecord:  # fmt: skip
+        if not NAME.match(name):
+            raise InvalidInput("a collection name is 3-63 letters, digits, '.', '_' or '-', starting and ending with a letter or digit")
+        bad = [role for role in read_roles if role not in ROLES]
+        if bad:
+            raise InvalidInput(f"read_roles takes {', '.join(ROLES)}; not {', '.join(bad)}")
+        settings = check_settings(settings)
+        self.budget(settings)  # refuses settings that cannot fit the model's window
+        with session_scope(self.engine) as session:
+            if session.exec(select(CollectionRecord).where(CollectionRecord.name == name)).first() is not None:
+                raise Conflict(f"collection '{name}' exists; pick another name or delete it first")
+            record = CollectionRecord(id=new_id("col"), name=name, owner_key_id=principal.key_id,
+                                      read_roles=sorted(set(read_roles)), description=description, settings=settings)  # fmt: skip
+            session.add(record)
+        self.audit.record(principal, "collection.create", name, read_roles=list(read_roles))
+        return record
+
+    def list_collections(self, principal: Principal) -> list[CollectionRecord]:
+        with session_scope(self.engine) as session:
+            records = list(session.exec(select(CollectionRecord).order_by(CollectionRecord.name)))
+        return [r for r in records if self.can_read(r, principal)]
+
+    def update_collection(self, name: str, principal: Principal, *, read_roles: Sequence[str] | None = None,
+                          description: str | None = None, settings: Mapping[str, Any] | None = None) -> CollectionRecord:  # fmt: skip
+        record = self.collection(name, principal, write=True)
+        changes: dict[str, Any] = {}
+        if read_roles is not None:
+            bad = [role for role in read_roles if role not in ROLES]
+            if bad:
+                raise InvalidInput(f"read_roles takes {', '.join(ROLES)}; not {', '.join(bad)}")
+            changes["read_roles"] = sorted(set(read_roles))
+        if description is not None:
+            changes["description"] = description
+        if settings is not None:
+            changes["settings"] = check_settings(settings)
+            self.budget(changes["settings"])
+        with session_scope(self.engine) as session:
+            stored = session.get(CollectionRecord, record.id)
+            for key, value in changes.items():
+                setattr(stored, key, value)
+            session.add(stored)
+            session.flush()
+            session.refresh(stored)
+            record = stored
+        self.audit.record(principal, "collection.update", name, fields=sorted(changes))
+        return record
+
+    def delete_collection(self, name: str, principal: Principal) -> None:
+        record = self.collection(name, principal, write=True)
+        self.store.drop(self.chroma_name(record))  # 503 here leaves everything as it was
+        with session_scope(self.engine) as session:
+            session.exec(sql_delete(ChunkRecord).where(ChunkRecord.collection_id == record.id))  # type: ignore[call-overload]
+            session.exec(sql_delete(DocumentRecord).where(DocumentRecord.collection_id == record.id))  # type: ignore[call-overload]
+            session.exec(sql_delete(CollectionRecord).where(CollectionRecord.id == record.id))  # type: ignore[call-overload]
+        self.keywords.drop(record.id)
+        self.audit.record(principal, "collection.delete", name)
+
+    # Budget ------------------------------------------------------------------------------------
+    def model_for(self, settings: Mapping[str, Any]) -> Any:
+        return self._load_model(settings.get("model") or self.default_model)
+
+    def budget(self, settings: Mapping[str, Any], model: Any = None) -> Budget:
+        model = model or self.model_for(settings)
+        return plan_budget(model.context_window, answer_tokens=settings.get("answer_tokens", 256),
+                           chunk_tokens=settings.get("chunk_tokens"), k=settings.get("k"),
+                           overlap=settings.get("overlap", 0.15))  # fmt: skip
+
+    # Documents ---------------------------------------------------------------------------------
+    def ingest(self, collection: str, principal: Principal, data: bytes, *, filename: str, source: str | None = None,
+               metadata: Mapping[str, Any] | None = None, media_type: str | None = None,
+               reindex: bool = True) -> IngestResult:  # fmt: skip
+        record = self.collection(collection, principal, write=True)
+        source = source or filename
+        if not 1 <= len(source) <= 1000:
+            raise InvalidInput("source must be 1-1000 characters")
+        kind = media_type_for(filename, media_type)
+        meta = check_metadata(metadata)
+        text = extract_text(data, kind, filename)
+        digest = hashlib.sha256(data).hexdigest()
+        with session_scope(self.engine) as session:
+            existing = session.exec(select(DocumentRecord).where(
+                DocumentRecord.collection_id == record.id, DocumentRecord.source == source)).first()  # fmt: skip
+            old_ids = [] if existing is None else list(session.exec(
+                select(ChunkRecord.id).where(ChunkRecord.document_id == existing.id)))  # fmt: skip
+        if existing is not None and existing.content_hash == digest and (metadata is None or existing.meta == meta):
+            return IngestResult(existing, "unchanged")
+
+        model = self.model_for(record.settings)
+        budget = self.budget(record.settings, model)
+        chunks = split_text(text, budget.chunk_tokens, budget.overlap_tokens, token_counter(getattr(model, "tokenizer", None)))
+        if not chunks:
+            raise InvalidInput(f"'{filename}' contains no text", code="empty_document")
+        document_id = existing.id if existing else new_id("doc")
+        generation = secrets.token_hex(3)
+        ids = [f"{document_id}-{generation}-{n}" for n in range(len(chunks))]
+        vectors = self._embed([c.text for c in chunks])
+        metadatas = [{**meta, "_doc": document_id, "_index": n, "_start": c.start, "_end": c.end}
+                     for n, c in enumerate(chunks)]  # fmt: skip
+        name = self.chroma_name(record)
+        self.store.add(name, ids, vectors, [c.text for c in chunks], metadatas)
+        try:
+            with session_scope(self.engine) as session:
+                document = session.get(DocumentRecord, document_id) if existing else None
+                if document is None:
+                    document = DocumentRecord(id=document_id, collection_id=record.id, source=source, content_hash=digest,
+                                              media_type=kind, created_by=principal.key_id)  # fmt: skip
+                document.content_hash, document.media_type, document.meta = digest, kind, meta
+                document.chunk_count, document.characters, document.updated_at = len(chunks), len(text), utcnow()
+                session.add(document)
+                session.exec(sql_delete(ChunkRecord).where(ChunkRecord.document_id == document_id))  # type: ignore[call-overload]
+                session.flush()
+                session.add_all([ChunkRecord(id=i, document_id=document_id, collection_id=record.id, index=n,
+                                             start=c.start, end=c.end, text=c.text)
+                                 for n, (i, c) in enumerate(zip(ids, chunks, strict=True))])  # fmt: skip
+                self._bump(session, record.id)
+                session.flush()
+                session.refresh(document)
+                session.expunge(document)
+        except Exception:
+            self.store.delete(name, ids, quiet=True)
+            raise
+        self.store.delete(name, old_ids, quiet=True)
+        if reindex:
+            self.reindex(record.id)
+        self.audit.record(principal, "document.ingest", f"{collection}/{source}", chunks=len(chunks), replaced=bool(existing))
+        return IngestResult(document, "replaced" if existing else "created")
+
+    @staticmethod
+    def _bump(session: Any, collection_id: str) -> None:
+        stored = session.get(CollectionRecord, collection_id)
+        stored.index_version += 1
+        session.add(stored)
+
+    def reindex(self, collection_id: str) -> None:
+        """Rebuilds the collection's keyword index at its current version (done at ingestion)."""
+        with session_scope(self.engine) as session:
+            version = session.get(CollectionRecord, collection_id).index_version
+            rows = list(session.exec(select(ChunkRecord.id, ChunkRecord.text)
+                                     .where(ChunkRecord.collection_id == collection_id).order_by(ChunkRecord.id)))  # fmt: skip
+        self.keywords.build(collection_id, version, [r[0] for r in rows], [r[1] for r in rows])
+
+    def list_documents(self, collection: str, principal: Principal) -> list[DocumentRecord]:
+        record = self.collection(collection, principal)
+        with session_scope(self.engine) as session:
+            return list(session.exec(select(DocumentRecord).where(DocumentRecord.collection_id == record.id)
+                                     .order_by(DocumentRecord.source)))  # fmt: skip
+
+    def document(self, collection: str, document_id: str, principal: Principal, *, write: bool = False) -> tuple[CollectionRecord, DocumentRecord]:
+        record = self.collection(collection, principal, write=write)
+        with session_scope(self.engine) as session:
+            document = session.get(DocumentRecord, document_id)
+        if document is None or document.collection_id != record.id:
+            raise NotFound(f"no document '{document_id}' in collection '{collection}'")
+        return record, document
+
+    def update_document(self, collection: str, document_id: str, principal: Principal, metadata: Mapping[str, Any]) -> DocumentRecord:
+        record, document = self.document(collection, document_id, principal, write=True)
+        meta = check_metadata(metadata)
+        with session_scope(self.engine) as session:
+            chunks = list(session.exec(select(ChunkRecord).where(ChunkRecord.document_id == document_id).order_by(ChunkRecord.index)))
+        self.store.update_metadata(self.chroma_name(record), [c.id for c in chunks],
+                                   [{**meta, "_doc": document_id, "_index": c.index, "_start": c.start, "_end": c.end} for c in chunks])  # fmt: skip
+        with session_scope(self.engine) as session:
+            stored = session.get(DocumentRecord, document_id)
+            stored.meta, stored.updated_at = meta, utcnow()
+            session.add(stored)
+            session.flush()
+            session.refresh(stored)
+            document = stored
+        self.audit.record(principal, "document.update", f"{collection}/{document_id}")
+        return document
+
+    def delete_document(self, collection: str, document_id: str, principal: Principal) -> None:
+        record, _document = self.document(collection, document_id, principal, write=True)
+        with session_scope(self.engine) as session:
+            ids = list(session.exec(select(ChunkRecord.id).where(ChunkRecord.document_id == document_id)))
+        self.store.delete(self.chroma_name(record), ids)  # 503 here: nothing changed
+        with session_scope(self.engine) as session:
+            session.exec(sql_delete(ChunkRecord).where(ChunkRecord.document_id == document_id))  # type: ignore[call-overload]
+            session.exec(sql_delete(DocumentRecord).where(DocumentRecord.id == document_id))  # type: ignore[call-overload]
+            self._bump(session, record.id)
+        self.reindex(record.id)
+        self.audit.record(principal, "document.delete", f"{collection}/{document_id}")
+
+    # Search ------------------------------------------------------------------------------------
+    def search(self, collection: str, principal: Principal, query: str, *, k: int = 5, mode: str = "hybrid",
+               filters: Mapping[str, Any] | None = None) -> list[RetrievedChunk]:  # fmt: skip
+        record = self.collection(collection, principal)
+        return self.search_record(record, query, k=k, mode=mode, filters=filters)
+
+    def search_record(self, record: CollectionRecord, query: str, *, k: int = 5, mode: str = "hybrid",
+                      filters: Mapping[str, Any] | None = None) -> list[RetrievedChunk]:  # fmt: skip
+        if not query.strip():
+            raise InvalidInput("query must not be empty")
+        if not 1 <= k <= MAX_K:
+            raise InvalidInput(f"k must be between 1 and {MAX_K}")
+        if mode not in MODES:
+            raise InvalidInput(f"mode must be one of {', '.join(MODES)}")
+        filters = check_metadata(filters)
+        scores: dict[str, float] = {}
+        if mode == "vector":
+            ranked = self._vector(record, query, k, filters)
+        elif mode == "keyword":
+            ranked = self._keyword(record, query, k, filters)
+        else:
+            wide = max(k * 4, 20)
+            fused = reciprocal_rank_fusion([i for i, _ in self._vector(record, query, wide, filters)],
+                                           [i for i, _ in self._keyword(record, query, wide, filters)])  # fmt: skip
+            ranked = fused[:k]
+        scores = dict(ranked)
+        return self._chunks(record, [i for i, _ in ranked][:k], scores)
+
+    def _vector(self, record: CollectionRecord, query: str, k: int, filters: Mapping[str, Any]) -> list[tuple[str, float]]:
+        vector = self._embed([query])[0]
+        where = None
+        if filters:
+            clauses = [{key: {"$eq": value}} for key, value in filters.items()]
+            where = clauses[0] if len(clauses) == 1 else {"$and": clauses}
+        return [(i, 1.0 - d) for i, d in self.store.query(self.chroma_name(record), vector, k, where)]
+
+    def _keyword(self, record: CollectionRecord, query: str, k: int, filters: Mapping[str, Any]) -> list[tuple[str, float]]:
+        if not self.keywords.has(record.id, record.index_version):
+            self.reindex(record.id)  # e.g. the index folder was lost: rebuild once, then reuse
+            with session_scope(self.engine) as session:
+                record = session.get(CollectionRecord, record.id)
+        hits = self.keywords.search(record.id, record.index_version, query, k * 10 if filters else k)
+        if filters:
+            with session_scope(self.engine) as session:
+                rows = session.exec(select(ChunkRecord.id, DocumentRecord.meta).join(DocumentRecord)
+                                    .where(ChunkRecord.id.in_([i for i, _ in hits])))  # type: ignore[attr-defined]  # fmt: skip
+                meta = {row[0]: row[1] for row in rows}
+            hits = [(i, s) for i, s in hits if all(meta.get(i, {}).get(key) == v for key, v in filters.items())]
+        return hits[:k]
+
+    def _chunks(self, record: CollectionRecord, ids: list[str], scores: Mapping[str, float]) -> list[RetrievedChunk]:
+        if not ids:
+            return []
+        with session_scope(self.engine) as session:
+            rows = session.exec(select(ChunkRecord, DocumentRecord).join(DocumentRecord)
+                                .where(ChunkRecord.id.in_(ids)))  # type: ignore[attr-defined]  # fmt: skip
+            found = {chunk.id: (chunk, document) for chunk, document in rows}
+        out = []
+        for chunk_id in ids:  # vectors of replaced or deleted chunks are not in the database: skipped
+            if chunk_id in found:
+                chunk, document = found[chunk_id]
+                out.append(RetrievedChunk(
+                    document_id=document.id, chunk_id=chunk.id, text=chunk.text, score=round(scores[chunk_id], 6),
+                    source=document.source, span=(chunk.start, chunk.end),
+                    metadata={**document.meta, "collection": record.name, "index": chunk.index},
+                ))  # fmt: skip
+        return out
