@@ -36,6 +36,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "espalier.plugins.prompt_library",
     "espalier.plugins.toxicity",
     "espalier.plugins.injection",
+    "espalier.plugins.reward_models",
 )
 
 #: Built-ins that cannot be disabled: the platform is not itself without them.
