@@ -76,23 +76,25 @@ def _respond(request: Request, submission: Any) -> Response[FeedbackOut]:
                     headers={"Idempotent-Replayed": "true" if submission.replayed else "false"})  # fmt: skip
 
 
-@post("/api/feedback", opt=access("user"), tags=["feedback"], sync_to_thread=True, status_code=201,
+# Async handlers that hop to a thread: litestar wraps a sync_to_thread POST twice when a sync GET
+# shares its path (the POST then returns a coroutine and answers 500).
+@post("/api/feedback", opt=access("user"), tags=["feedback"], status_code=201,
       summary="Feedback on one completion: thumbs, score (0-1), comment, corrected answer")  # fmt: skip
-def submit_feedback(request: Request, data: JSONBody[CompletionFeedbackIn], principal: CurrentPrincipal) -> Response[FeedbackOut]:
-    submission = request.app.state.platform.feedback.submit_completion(
+async def submit_feedback(request: Request, data: JSONBody[CompletionFeedbackIn], principal: CurrentPrincipal) -> Response[FeedbackOut]:
+    submission = await anyio.to_thread.run_sync(lambda: request.app.state.platform.feedback.submit_completion(
         principal, request.headers.get(IDEMPOTENCY_HEADER), completion_id=data.completion_id, thumbs=data.thumbs,
         score=data.score, comment=data.comment, correction=data.correction,
-    )  # fmt: skip
+    ))  # fmt: skip
     return _respond(request, submission)
 
 
-@post("/api/feedback/rankings", opt=access("user"), tags=["feedback"], sync_to_thread=True, status_code=201,
+@post("/api/feedback/rankings", opt=access("user"), tags=["feedback"], status_code=201,
       summary="Rank the candidates of one request (n > 1): ranks 1..n, ties allowed, unacceptable flags")  # fmt: skip
-def submit_ranking(request: Request, data: JSONBody[RankingIn], principal: CurrentPrincipal) -> Response[FeedbackOut]:
-    submission = request.app.state.platform.feedback.submit_ranking(
+async def submit_ranking(request: Request, data: JSONBody[RankingIn], principal: CurrentPrincipal) -> Response[FeedbackOut]:
+    submission = await anyio.to_thread.run_sync(lambda: request.app.state.platform.feedback.submit_ranking(
         principal, request.headers.get(IDEMPOTENCY_HEADER), request_id=data.request_id,
         candidates=[msgspec.structs.asdict(c) for c in data.candidates], comment=data.comment,
-    )  # fmt: skip
+    ))  # fmt: skip
     return _respond(request, submission)
 
 
