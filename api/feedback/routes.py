@@ -142,7 +142,7 @@ def export_pairs(request: Request, include_imported: FromQuery[bool] = False,
 @post("/api/pairs/import", opt=access("operator"), tags=["pairs"], status_code=200,
       summary="Import a JSONL file of prompt/chosen/rejected pairs (the request body); all or nothing")  # fmt: skip
 async def import_pairs(request: Request, principal: CurrentPrincipal,
-                       source: FromQuery[str] = "upload") -> dict[str, Any]:  # fmt: skip
+                       source: FromQuery[str] = "upload", skip_invalid: FromQuery[bool] = False) -> dict[str, Any]:  # fmt: skip
     body = await request.body()
     try:
         text = body.decode("utf-8")
@@ -150,8 +150,9 @@ async def import_pairs(request: Request, principal: CurrentPrincipal,
         raise InvalidInput("the body must be UTF-8 JSONL: one {prompt, chosen, rejected} object a line") from None
     platform = request.app.state.platform
     result = await anyio.to_thread.run_sync(
-        lambda: platform.pairs.import_lines(text.splitlines(), source=source, imported_by=principal.key_id))
-    platform.audit.record(principal, "pairs.import", source, **result)
+        lambda: platform.pairs.import_lines(text.splitlines(), source=source, imported_by=principal.key_id,
+                                    skip_invalid=skip_invalid))  # fmt: skip
+    platform.audit.record(principal, "pairs.import", source, read=result["read"], added=result["added"])
     return result
 
 

@@ -91,33 +91,51 @@ def thumbs_pairs(prompt: str, ups: Iterable[str], downs: Iterable[str], labeler:
     return [Pair(prompt, up, down, "thumbs", labeler) for up in ups for down in downs if up != down]
 
 
-def parse_pair_lines(lines: Iterable[str], *, limit: int = 200_000) -> Iterator[tuple[str, str, str]]:
-    """Read TRL-format JSONL (``prompt``, ``chosen``, ``rejected``; other fields ignored)."""
+def parse_pair_lines(lines: Iterable[str], *, limit: int = 200_000,
+                     skipped: list[str] | None = None) -> Iterator[tuple[str, str, str]]:  # fmt: skip
+    """Read TRL-format JSONL (``prompt``, ``chosen``, ``rejected``; other fields ignored).
+
+    A bad line raises, unless ``skipped`` is a list: then the reason is appended and the line passed
+    over (public data sets hold a few pairs with an empty answer).
+    """
     count = 0
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"line {number} is not JSON: {exc.msg}", code="invalid_pairs") from None
-        if not isinstance(row, dict):
-            raise InvalidInput(f"line {number} must be a JSON object", code="invalid_pairs")
-        fields = []
-        for name in ("prompt", "chosen", "rejected"):
-            value = row.get(name)
-            if not isinstance(value, str) or (name != "prompt" and not value.strip()):
-                raise InvalidInput(f"line {number}: '{name}' must be a {'non-empty ' if name != 'prompt' else ''}string",
-                                   code="invalid_pairs")  # fmt: skip
-            if len(value) > MAX_FIELD_CHARS:
-                raise InvalidInput(f"line {number}: '{name}' is longer than {MAX_FIELD_CHARS} characters", code="invalid_pairs")
-            fields.append(value)
-        if fields[1] == fields[2]:
-            raise InvalidInput(f"line {number}: chosen and rejected are the same text", code="invalid_pairs")
+            fields = _parse_line(number, line)
+        except InvalidInput as exc:
+            if skipped is None:
+                raise
+            skipped.append(exc.message)
+            continue
+        if fields is None:
+            continue
         count += 1
         if count > limit:
             raise InvalidInput(f"at most {limit} pairs per import; split the file", code="too_many_pairs")
-        yield fields[0], fields[1], fields[2]
+        yield fields
+
+
+def _parse_line(number: int, line: str) -> tuple[str, str, str] | None:
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"line {number} is not JSON: {exc.msg}", code="invalid_pairs") from None
+    if not isinstance(row, dict):
+        raise InvalidInput(f"line {number} must be a JSON object", code="invalid_pairs")
+    fields = []
+    for name in ("prompt", "chosen", "rejected"):
+        value = row.get(name)
+        if not isinstance(value, str) or (name != "prompt" and not value.strip()):
+            raise InvalidInput(f"line {number}: '{name}' must be a {'non-empty ' if name != 'prompt' else ''}string",
+                               code="invalid_pairs")  # fmt: skip
+        if len(value) > MAX_FIELD_CHARS:
+            raise InvalidInput(f"line {number}: '{name}' is longer than {MAX_FIELD_CHARS} characters", code="invalid_pairs")
+        fields.append(value)
+    if fields[1] == fields[2]:
+        raise InvalidInput(f"line {number}: chosen and rejected are the same text", code="invalid_pairs")
+    return fields[0], fields[1], fields[2]
 
 
 def snapshot_sha256(pairs: Sequence[Pair]) -> str:

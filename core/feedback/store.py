@@ -86,10 +86,11 @@ class PairStore:
             return derived + session.exec(select(func.count()).select_from(ImportedPair)).one()
 
     def import_lines(self, lines: Iterable[str], *, source: str, imported_by: str | None = None,
-                     limit: int | None = None) -> dict[str, int]:  # fmt: skip
-        """Import TRL-format JSONL in one transaction: a bad line imports nothing."""
+                     limit: int | None = None, skip_invalid: bool = False) -> dict[str, Any]:  # fmt: skip
+        """Import TRL-format JSONL in one transaction: a bad line imports nothing (unless skipped)."""
         rows: dict[str, tuple[str, str, str]] = {}
-        for prompt, chosen, rejected in parse_pair_lines(lines):
+        skipped: list[str] | None = [] if skip_invalid else None
+        for prompt, chosen, rejected in parse_pair_lines(lines, skipped=skipped):
             rows.setdefault(pair_sha256(prompt, chosen, rejected), (prompt, chosen, rejected))
             if limit is not None and len(rows) >= limit:
                 break
@@ -106,7 +107,11 @@ class PairStore:
                 session.add(ImportedPair(sha256=digest, prompt=prompt, chosen=chosen, rejected=rejected,
                                          source=source[:200], imported_by=imported_by))  # fmt: skip
                 added += 1
-        return {"read": len(rows), "added": added, "already_present": len(rows) - added}
+        result: dict[str, Any] = {"read": len(rows), "added": added, "already_present": len(rows) - added}
+        if skipped is not None:
+            result["skipped"] = len(skipped)
+            result["skipped_reasons"] = skipped[:20]
+        return result
 
 
 def export_lines(pairs: Sequence[Pair]) -> Iterable[str]:

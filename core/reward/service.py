@@ -69,7 +69,7 @@ class RewardModelService:
             record = RewardModelRecord(
                 id=f"rm_{secrets.token_hex(8)}", version=version, status="current" if promote else "rejected",
                 is_current=promote, base_model=base_model, path=path, data_sha256=data_sha256, pairs=pairs,
-                metrics=dict(metrics), decision=decision, job_id=job_id,
+                metrics={**metrics, "current_accuracy_same_holdout": current_accuracy_same_holdout}, decision=decision, job_id=job_id,
             )  # fmt: skip
             session.add(record)
         return record

@@ -18,15 +18,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from espalier.core.errors import EspalierError, InvalidInput
+from espalier.core.errors import InvalidInput
+from espalier.core.jobs import JobCancelled
 from espalier.core.feedback.pairs import Pair, pair_sha256, snapshot_sha256
 from espalier.core.reward.scoring import CARD_NAME, encode, rewards
 from espalier.core.reward.settings import RewardSettings, settings_from
 
 
-class TrainingCancelled(EspalierError):
-    status = 409
-    code = "cancelled"
+class TrainingCancelled(JobCancelled):
+    """Training stopped because the job was cancelled; nothing was saved."""
 
 
 def base_encoder_path() -> str:

@@ -147,7 +147,11 @@ def test_import_of_external_pairs_is_all_or_nothing_and_idempotent(espalier):
     assert bad.status_code == 400 and "line 2" in bad.json()["detail"]
     with session_scope(espalier.platform.engine) as session:
         assert session.exec(select(func.count()).select_from(ImportedPair)).one() == 50
-    assert espalier.platform.pairs.count() == 50
+    skipping = espalier.client.post("/api/pairs/import?skip_invalid=true", headers=headers,
+                                    content=all_lines[60] + '\n{"prompt": "x", "chosen": ""}')  # fmt: skip
+    assert skipping.json()["added"] == 1 and skipping.json()["skipped"] == 1
+    assert "line 2" in skipping.json()["skipped_reasons"][0]
+    assert espalier.platform.pairs.count() == 51
 
 
 def test_training_with_too_few_pairs_is_refused_before_a_job_exists(espalier):
