@@ -30,6 +30,10 @@ app.add_typer(keys_app, name="keys")
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
+from .feedback import pairs_app, reward_app  # noqa: E402  (after the shared helpers they import lazily)
+
+app.add_typer(pairs_app, name="pairs")
+app.add_typer(reward_app, name="reward")
 
 
 def _version(value: bool) -> None:
@@ -264,7 +268,7 @@ def _add_plugin_commands() -> None:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] not in ("--version", "--help", "serve", "db", "keys", "jobs", "models"):
+    if len(sys.argv) > 1 and sys.argv[1] not in ("--version", "--help", "serve", "db", "keys", "jobs", "models", "pairs", "reward"):
         _add_plugin_commands()
     try:
         app()
