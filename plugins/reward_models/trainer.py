@@ -63,7 +63,7 @@ class RewardTrainer:
 def maybe_retrain(platform: Any) -> str | None:
     """Submit a retrain when enough new pairs arrived since the current model's snapshot."""
     threshold = platform.settings.reward_retrain_after_pairs
-    if threshold <= 0:
+    if threshold <= 0 or not platform.started:  # a platform that is not serving has no workers to train
         return None
     with _trigger_lock:
         busy = [j for j in platform.jobs.list(kind=JOB_KIND, limit=20) if j.status in ("queued", "running")]
