@@ -179,3 +179,24 @@ class TestRateLimit:
         assert limited.status_code == 429 and "wait a minute" in limited.json()["detail"]
         assert post(espalier, "/api/feedback", {"completion_id": ids[0], "score": 0.5}, key="f0").status_code == 200
         assert feedback_count(espalier.platform) == 3
+
+
+def test_feedback_and_pairs_persist_on_both_backends(tmp_path, database_url):
+    """Idempotency under concurrent retries and pair derivation, on SQLite and PostgreSQL."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from espalier.api.testing import build_harness
+
+    harness = build_harness(tmp_path / "home", [], database_url=database_url, reward_retrain_after_pairs=0)
+    espalier = next(harness)
+    try:
+        request_id, ids = stored_request(espalier.platform, key_id(espalier, "user"), "Pick one", ["x", "y", "z"])
+        body = {"request_id": request_id, "candidates": [{"completion_id": c, "rank": r} for c, r in zip(ids, [1, 2, 3])]}
+        with ThreadPoolExecutor(6) as pool:  # six concurrent retries of one submission
+            answers = list(pool.map(lambda _: post(espalier, "/api/feedback/rankings", body, key="same"), range(6)))
+        assert sorted(a.status_code for a in answers) == [200] * 5 + [201]
+        assert len({a.json()["id"] for a in answers}) == 1
+        assert feedback_count(espalier.platform) == 1
+        assert [(p.chosen, p.rejected) for p in espalier.platform.pairs.derived()] == [("x", "y"), ("x", "z"), ("y", "z")]
+    finally:
+        harness.close()
