@@ -29,6 +29,7 @@ from espalier.core.settings import Settings, load_settings
 
 from .admin.routes import ROUTES as ADMIN_ROUTES
 from .errors import EXCEPTION_HANDLERS
+from .feedback.routes import ROUTES as FEEDBACK_ROUTES
 from .guards import auth_guard, bearer_token, check_route_access, provide_principal
 from .jobs.routes import ROUTES as JOB_ROUTES
 from .middleware import RequestLogMiddleware
@@ -36,11 +37,13 @@ from .conversations.routes import ROUTES as CONVERSATION_ROUTES
 from .documents.routes import ROUTES as DOCUMENT_ROUTES
 from .models.routes import ROUTES as MODEL_ROUTES
 from .openai.routes import ROUTES as OPENAI_ROUTES
+from .reward.routes import ROUTES as REWARD_ROUTES
 from .system.routes import ROUTES as SYSTEM_ROUTES
 
 CORE_ROUTES: list[Any] = [
     *SYSTEM_ROUTES, *ADMIN_ROUTES, *JOB_ROUTES, *OPENAI_ROUTES, *MODEL_ROUTES, *CONVERSATION_ROUTES,
     *DOCUMENT_ROUTES,
+    *FEEDBACK_ROUTES, *REWARD_ROUTES,
 ]
 UNLIMITED_PATHS = ["/healthz", "/readyz"]
 

@@ -19,10 +19,12 @@ from .db.migrate import is_up_to_date, upgrade
 from .errors import PluginError, Unavailable
 from .jobs import JobService, JobWorker
 from .chat import ChatService, ConversationService
+from .feedback import FeedbackService, PairStore
 from .models import ModelService
 from .rag.keyword import KeywordIndex
 from .rag.service import RagService
 from .rag.store import VectorStore
+from .reward import RewardModelService
 from .templates import TemplateService, TemplateSpec
 from .plugins import PluginHost, create_plugin_manager
 from .registry import Registry
@@ -83,6 +85,18 @@ class Platform:
     @cached_property
     def conversations(self) -> ConversationService:
         return ConversationService(self.engine)
+
+    @cached_property
+    def feedback(self) -> FeedbackService:
+        return FeedbackService(self.engine, rate_limit_per_minute=self.settings.feedback_rate_limit_per_minute)
+
+    @cached_property
+    def pairs(self) -> PairStore:
+        return PairStore(self.engine)
+
+    @cached_property
+    def reward_models(self) -> RewardModelService:
+        return RewardModelService(self.engine)
 
     @cached_property
     def embedders(self) -> Registry[contracts.Embedder]:

@@ -37,6 +37,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "espalier.plugins.toxicity",
     "espalier.plugins.injection",
     "espalier.plugins.retrieval",
+    "espalier.plugins.reward_models",
 )
 
 #: Built-ins that cannot be disabled: the platform is not itself without them.

@@ -57,6 +57,15 @@ class Settings(BaseSettings):
         default=None, description="A Chroma server (http://host:port) for collections; the embedded store in ESPALIER_HOME/chroma when unset."
     )
     max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1, description="Largest document accepted for ingestion.")
+    feedback_rate_limit_per_minute: int = Field(
+        default=60, ge=1, description="Feedback submissions per key per minute (on top of the request limit)."
+    )
+    reward_retrain_after_pairs: int = Field(
+        default=50, ge=0, description="Retrain the reward model when this many new preference pairs arrived; 0: never."
+    )
+    reward_retrain_params: dict[str, Any] = Field(
+        default_factory=dict, description="Settings for automatic reward retrains (JSON), e.g. {\"epochs\": 2}."
+    )
 
     job_workers: int = Field(default=1, ge=1, le=16)
     log_level: str = "INFO"

@@ -31,6 +31,10 @@ app.add_typer(keys_app, name="keys")
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
+from .feedback import pairs_app, reward_app  # noqa: E402  (after the shared helpers they import lazily)
+
+app.add_typer(pairs_app, name="pairs")
+app.add_typer(reward_app, name="reward")
 
 
 def _version(value: bool) -> None:
@@ -288,7 +292,9 @@ def _add_plugin_commands() -> None:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] not in ("--version", "--help", "serve", "db", "keys", "jobs", "models", "ingest"):
+    builtin = {"--version", "--help"} | {c.name or c.callback.__name__ for c in app.registered_commands}
+    builtin |= {group.name for group in app.registered_groups}
+    if len(sys.argv) > 1 and sys.argv[1] not in builtin:
         _add_plugin_commands()
     try:
         app()

@@ -188,3 +188,4 @@ class PromptTemplate(SQLModel, table=True):
 
 
 from .rag_tables import ChunkRecord, CollectionRecord, DocumentRecord  # noqa: E402,F401  (retrieval)
+from . import feedback_tables as _feedback_tables  # noqa: E402,F401  (registers the feedback tables)

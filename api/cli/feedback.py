@@ -1,0 +1,82 @@
+"""``espalier pairs`` (export, import, summary) and ``espalier reward`` (list, train)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+pairs_app = typer.Typer(help="Preference pairs from feedback and imports.", no_args_is_help=True)
+reward_app = typer.Typer(help="Reward models.", no_args_is_help=True)
+
+
+@pairs_app.command("export")
+def pairs_export(
+    out: Annotated[Path | None, typer.Option("--out", help="JSONL file to write; stdout when absent.")] = None,
+    include_imported: Annotated[bool, typer.Option(help="Also export imported pairs.")] = False,
+    exclude_labeler: Annotated[list[str] | None, typer.Option(help="Key id whose feedback to leave out (repeatable).")] = None,
+) -> None:
+    """Write every pair as JSONL in TRL's prompt/chosen/rejected format."""
+    from espalier.core.feedback import export_lines
+
+    from . import err, platform
+
+    pairs = platform().pairs.all(include_imported=include_imported, exclude_labelers=exclude_labeler or [])
+    if out is None:
+        sys.stdout.writelines(export_lines(pairs))
+    else:
+        with out.open("w", encoding="utf-8") as handle:
+            handle.writelines(export_lines(pairs))
+        err.print(f"wrote {len(pairs)} pairs to {out}")
+
+
+@pairs_app.command("import")
+def pairs_import(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL with prompt, chosen, rejected.")],
+    source: Annotated[str | None, typer.Option(help="A name for where the pairs came from (default: file name).")] = None,
+    skip_invalid: Annotated[bool, typer.Option(help="Pass over bad lines instead of importing nothing.")] = False,
+) -> None:
+    """Import external pairs (e.g. Anthropic HH); pairs already present are not added twice."""
+    from . import platform, print_json
+
+    instance = platform()
+    with file.open(encoding="utf-8") as handle:
+        result = instance.pairs.import_lines(handle, source=source or file.name, skip_invalid=skip_invalid)
+    instance.audit.record(None, "pairs.import", source or file.name, read=result["read"], added=result["added"])
+    print_json(result)
+
+
+@reward_app.command("list")
+def reward_list() -> None:
+    """Reward model versions with their held-out accuracy and promotion decision."""
+    from . import console, platform
+
+    table = Table("version", "status", "accuracy", "pairs", "data", "created", "decision")
+    for record in platform().reward_models.list():
+        table.add_row(str(record.version), record.status, f"{record.metrics.get('accuracy', 0):.3f}", str(record.pairs),
+                      record.data_sha256[:12], f"{record.created_at:%Y-%m-%d %H:%M}", record.decision)  # fmt: skip
+    console.print(table)
+
+
+@reward_app.command("train")
+def reward_train(
+    epochs: int = 1, max_steps: Annotated[int | None, typer.Option()] = None, max_length: int = 256,
+    include_imported: Annotated[bool, typer.Option(help="Train on imported pairs too.")] = True,
+) -> None:  # fmt: skip
+    """Queue a train:reward job (a running server's workers pick it up)."""
+    from espalier.core.errors import InvalidInput
+    from espalier.core.reward.settings import settings_from
+
+    from . import console, platform
+
+    params = {"epochs": epochs, "max_length": max_length, **({"max_steps": max_steps} if max_steps else {})}
+    settings = settings_from(params)
+    instance = platform()
+    count = len(instance.pairs.all(include_imported=include_imported))
+    if count < settings.min_pairs:
+        raise InvalidInput(f"only {count} preference pairs; training needs at least {settings.min_pairs}")
+    job = instance.jobs.submit("train:reward", {**params, "include_imported": include_imported})
+    console.print(f"queued {job.id} on {count} pairs; follow it with: espalier jobs show {job.id}")

@@ -1,0 +1,159 @@
+"""Feedback on what was shown, and the preference pairs it becomes.
+
+Every POST needs an ``Idempotency-Key`` header: a retry with the same key and body returns the
+stored feedback (``200``, ``Idempotent-Replayed: true``) instead of a duplicate.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import anyio
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.params import FromQuery, JSONBody, Parameter
+
+from espalier.api.guards import CurrentPrincipal, access
+from espalier.core.contracts import FeedbackEvent
+from espalier.core.errors import InvalidInput
+from espalier.core.events import notify_feedback
+from espalier.core.feedback import describe, export_lines
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+class CompletionFeedbackIn(msgspec.Struct, forbid_unknown_fields=True):
+    completion_id: Annotated[str, msgspec.Meta(min_length=1, max_length=60)]
+    thumbs: Literal["up", "down"] | None = None
+    score: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    comment: Annotated[str, msgspec.Meta(max_length=10_000)] | None = None
+    correction: Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)] | None = None
+
+
+class RankedCandidate(msgspec.Struct, forbid_unknown_fields=True):
+    completion_id: Annotated[str, msgspec.Meta(min_length=1, max_length=60)]
+    rank: Annotated[int, msgspec.Meta(ge=1, le=16)]
+    unacceptable: bool = False
+
+
+class RankingIn(msgspec.Struct, forbid_unknown_fields=True):
+    request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=60)]
+    candidates: Annotated[list[RankedCandidate], msgspec.Meta(min_length=1, max_length=16)]
+    comment: Annotated[str, msgspec.Meta(max_length=10_000)] | None = None
+
+
+class FeedbackOut(msgspec.Struct):
+    id: str
+    kind: str
+    request_id: str
+    completion_id: str | None
+    payload: dict[str, Any]
+    key_id: str
+    model: str
+    model_version: str | None
+    sampling: dict[str, Any]
+    sources: list[Any] | None
+    tool_traces: list[Any] | None
+    idempotency_key: str
+    created_at: datetime
+
+
+def feedback_out(record: Any) -> FeedbackOut:
+    return FeedbackOut(**{name: getattr(record, name) for name in FeedbackOut.__struct_fields__})
+
+
+def _respond(request: Request, submission: Any) -> Response[FeedbackOut]:
+    record = submission.record
+    if not submission.replayed:
+        platform = request.app.state.platform
+        event = FeedbackEvent(feedback_id=record.id, kind=record.kind, completion_id=record.completion_id,
+                              payload=dict(record.payload), api_key_id=record.key_id)  # fmt: skip
+        # Stored and committed already: plugins hear of it off the request path.
+        threading.Thread(target=notify_feedback, args=(platform, event), name="espalier-on-feedback", daemon=True).start()
+    return Response(feedback_out(record), status_code=200 if submission.replayed else 201,
+                    headers={"Idempotent-Replayed": "true" if submission.replayed else "false"})  # fmt: skip
+
+
+# Async handlers that hop to a thread: litestar wraps a sync_to_thread POST twice when a sync GET
+# shares its path (the POST then returns a coroutine and answers 500).
+@post("/api/feedback", opt=access("user"), tags=["feedback"], status_code=201,
+      summary="Feedback on one completion: thumbs, score (0-1), comment, corrected answer")  # fmt: skip
+async def submit_feedback(request: Request, data: JSONBody[CompletionFeedbackIn], principal: CurrentPrincipal) -> Response[FeedbackOut]:
+    submission = await anyio.to_thread.run_sync(lambda: request.app.state.platform.feedback.submit_completion(
+        principal, request.headers.get(IDEMPOTENCY_HEADER), completion_id=data.completion_id, thumbs=data.thumbs,
+        score=data.score, comment=data.comment, correction=data.correction,
+    ))  # fmt: skip
+    return _respond(request, submission)
+
+
+@post("/api/feedback/rankings", opt=access("user"), tags=["feedback"], status_code=201,
+      summary="Rank the candidates of one request (n > 1): ranks 1..n, ties allowed, unacceptable flags")  # fmt: skip
+async def submit_ranking(request: Request, data: JSONBody[RankingIn], principal: CurrentPrincipal) -> Response[FeedbackOut]:
+    submission = await anyio.to_thread.run_sync(lambda: request.app.state.platform.feedback.submit_ranking(
+        principal, request.headers.get(IDEMPOTENCY_HEADER), request_id=data.request_id,
+        candidates=[msgspec.structs.asdict(c) for c in data.candidates], comment=data.comment,
+    ))  # fmt: skip
+    return _respond(request, submission)
+
+
+@get("/api/feedback", opt=access("user"), tags=["feedback"], sync_to_thread=True,
+     summary="The calling key's feedback, newest first (operators: ?all=true for everyone's)")  # fmt: skip
+def list_feedback(request: Request, principal: CurrentPrincipal, request_id: FromQuery[str | None] = None,
+                  all: FromQuery[bool] = False,  # noqa: A002 - the public query parameter's name
+                  limit: Annotated[int, Parameter(ge=1, le=1000)] = 100) -> dict[str, Any]:  # fmt: skip
+    rows = request.app.state.platform.feedback.list(principal, everyone=all, request_id=request_id, limit=limit)
+    return {"feedback": [feedback_out(row) for row in rows]}
+
+
+@get("/api/feedback/{feedback_id:str}", opt=access("user"), tags=["feedback"], sync_to_thread=True,
+     summary="One feedback record with its provenance")  # fmt: skip
+def get_feedback(request: Request, feedback_id: str, principal: CurrentPrincipal) -> FeedbackOut:
+    return feedback_out(request.app.state.platform.feedback.get(feedback_id, principal))
+
+
+def _labelers(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+@get("/api/pairs", opt=access("operator"), tags=["pairs"], sync_to_thread=True,
+     summary="Preference pairs derived from feedback (and imported): counts and a page of pairs")  # fmt: skip
+def list_pairs(request: Request, include_imported: FromQuery[bool] = False, exclude_labelers: FromQuery[str | None] = None,
+               origin: FromQuery[str | None] = None, limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+               offset: Annotated[int, Parameter(ge=0)] = 0) -> dict[str, Any]:  # fmt: skip
+    pairs = request.app.state.platform.pairs.all(include_imported=include_imported,
+                                                  exclude_labelers=_labelers(exclude_labelers))  # fmt: skip
+    if origin:
+        pairs = [pair for pair in pairs if pair.origin == origin]
+    return {**describe(pairs), "items": [pair.as_dict() for pair in pairs[offset : offset + limit]]}
+
+
+@get("/api/pairs/export", opt=access("operator"), tags=["pairs"], sync_to_thread=True, media_type="application/x-ndjson",
+     summary="Every pair as JSONL in TRL's prompt/chosen/rejected format")  # fmt: skip
+def export_pairs(request: Request, include_imported: FromQuery[bool] = False,
+                 exclude_labelers: FromQuery[str | None] = None) -> Response[str]:  # fmt: skip
+    pairs = request.app.state.platform.pairs.all(include_imported=include_imported,
+                                                  exclude_labelers=_labelers(exclude_labelers))  # fmt: skip
+    return Response("".join(export_lines(pairs)), media_type="application/x-ndjson",
+                    headers={"Content-Disposition": 'attachment; filename="pairs.jsonl"'})  # fmt: skip
+
+
+@post("/api/pairs/import", opt=access("operator"), tags=["pairs"], status_code=200,
+      summary="Import a JSONL file of prompt/chosen/rejected pairs (the request body); all or nothing")  # fmt: skip
+async def import_pairs(request: Request, principal: CurrentPrincipal,
+                       source: FromQuery[str] = "upload", skip_invalid: FromQuery[bool] = False) -> dict[str, Any]:  # fmt: skip
+    body = await request.body()
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("the body must be UTF-8 JSONL: one {prompt, chosen, rejected} object a line") from None
+    platform = request.app.state.platform
+    result = await anyio.to_thread.run_sync(
+        lambda: platform.pairs.import_lines(text.splitlines(), source=source, imported_by=principal.key_id,
+                                    skip_invalid=skip_invalid))  # fmt: skip
+    platform.audit.record(principal, "pairs.import", source, read=result["read"], added=result["added"])
+    return result
+
+
+ROUTES = [submit_feedback, submit_ranking, list_feedback, get_feedback, list_pairs, export_pairs, import_pairs]

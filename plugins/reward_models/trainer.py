@@ -1,0 +1,82 @@
+"""The ``reward`` trainer (job ``train:reward``) and the retraining trigger."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from espalier.core.errors import Unavailable
+
+from .training import evaluate, settings_from, train_reward_model
+
+log = logging.getLogger("espalier.reward")
+JOB_KIND = "train:reward"
+_trigger_lock = threading.Lock()
+
+
+class RewardTrainer:
+    name = "reward"
+    description = ("Train a reward model (MiniLM + one-output head, pairwise loss) on the preference pairs from "
+                   "feedback and imports; it becomes current only if not worse on the same held-out pairs")  # fmt: skip
+
+    def __init__(self) -> None:
+        self.platform: Any = None
+
+    def bind(self, platform: Any) -> None:
+        self.platform = platform
+
+    def train(self, job: Any) -> Mapping[str, Any]:
+        if self.platform is None:
+            raise Unavailable("the reward trainer runs inside a started platform (espalier serve)")
+        platform = self.platform
+        params = dict(job.params)
+        include_imported = bool(params.pop("include_imported", True))
+        exclude = params.pop("exclude_labelers", []) or []
+        params.pop("auto", None)
+        settings = settings_from(params)
+        pairs = platform.pairs.all(include_imported=include_imported, exclude_labelers=exclude)
+        job.log(f"{len(pairs)} pairs in the snapshot (imports {'included' if include_imported else 'excluded'})")
+        card = train_reward_model(pairs, job.artifact_dir + "/reward-model", settings,
+                                  progress=job.progress, log=job.log, cancelled=job.cancelled)  # fmt: skip
+        held = card.pop("held_out_pairs")
+        current = platform.reward_models.current()
+        current_accuracy = None
+        if current is not None:
+            try:
+                scorer = platform.reward_models.scorer(current)
+                current_accuracy = evaluate(scorer.score, held)["accuracy"]
+                job.log(f"current v{current.version} scores {current_accuracy:.4f} on the same held-out pairs")
+            except Exception as exc:  # a missing artifact must not block a fresh model forever
+                job.log(f"could not evaluate the current model v{current.version}: {exc!r}")
+        record = platform.reward_models.register(
+            path=job.artifact_dir + "/reward-model", base_model=card["base_model"], data_sha256=card["data"]["sha256"],
+            pairs=card["data"]["pairs"], metrics=card["metrics"], current_accuracy_same_holdout=current_accuracy,
+            job_id=job.job_id,
+        )  # fmt: skip
+        job.log(record.decision)
+        return {"reward_model": record.id, "version": record.version, "current": record.is_current,
+                "decision": record.decision, "metrics": card["metrics"], "data": card["data"]}  # fmt: skip
+
+
+def maybe_retrain(platform: Any) -> str | None:
+    """Submit a retrain when enough new pairs arrived since the current model's snapshot."""
+    threshold = platform.settings.reward_retrain_after_pairs
+    if threshold <= 0 or not platform.started:  # a platform that is not serving has no workers to train
+        return None
+    with _trigger_lock:
+        busy = [j for j in platform.jobs.list(kind=JOB_KIND, limit=20) if j.status in ("queued", "running")]
+        if busy:
+            return None
+        current = platform.reward_models.current()
+        latest = platform.reward_models.list()
+        baseline = latest[0].pairs if latest else (current.pairs if current else 0)
+        total = platform.pairs.count()
+        if total - baseline < threshold or total < 2:
+            return None
+        job = platform.jobs.submit(JOB_KIND, {**platform.settings.reward_retrain_params, "auto": True},
+                                   created_by=None)  # fmt: skip
+        log.info("submitted reward retrain %s: %d pairs now, %d at the last training", job.id, total, baseline)
+        platform.audit.record(None, "reward.retrain", job.id, pairs=total, since=baseline)
+        return job.id

