@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     )
     default_model: str = Field(default="smollm2-135m-instruct", description="The model used when a feature needs one.")
 
+    console_session_minutes: int = Field(
+        default=60, ge=1, le=24 * 60, description="How long a console sign-in lasts before signing in again."
+    )
+
     job_workers: int = Field(default=1, ge=1, le=16)
     log_level: str = "INFO"
     log_json: bool = True
