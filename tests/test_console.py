@@ -192,7 +192,8 @@ def test_playground_candidates_are_escaped_and_ranked(espalier):
     ranked = client.post("/console/playground/rank", headers=headers,
                          data={"request_id": request_id, f"rank_{ids[0]}": "2", f"rank_{ids[1]}": "1",
                                f"rank_{ids[2]}": "2", "unacceptable": ids[2]})  # fmt: skip
-    assert ranked.status_code == 200 and "Ranking saved" in ranked.text
+    assert ranked.status_code == 200
+    assert "candidate 2 ranked 1; candidate 1 ranked 2; candidate 3 ranked 2 (unacceptable)" in ranked.text
     [stored] = espalier.platform.rankings.for_request(request_id)
     assert stored.ranks == {ids[0]: 2, ids[1]: 1, ids[2]: 2} and stored.unacceptable == [ids[2]]
     assert stored.ranker_key_id == next(k.id for k in espalier.platform.keys.list() if k.name == "test-admin")

@@ -66,7 +66,11 @@ async def playground_rank(request: Request) -> Template:
     platform = request.app.state.platform
     principal = request.scope["principal"]  # type: ignore[typeddict-item]
     ranking = await anyio.to_thread.run_sync(lambda: platform.rankings.rank(request_id, ranks, unacceptable, principal))
-    return page(request, "_ranked.html", ranking=ranking)
+    # candidates in the order they were shown (the form lists them so), best rank first
+    shown = {completion_id: number for number, completion_id in enumerate(ranks, start=1)}
+    order = sorted(((shown[cid], rank, cid in ranking.unacceptable) for cid, rank in ranking.ranks.items()),
+                   key=lambda row: (row[1], row[0]))  # fmt: skip
+    return page(request, "_ranked.html", ranking=ranking, order=order)
 
 
 ROUTES = [playground_page, playground_chat, playground_rank]
