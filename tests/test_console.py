@@ -271,3 +271,56 @@ def test_static_files_are_public_and_vendored(espalier):
         response = espalier.client.get(f"/console/static/{name}")
         assert response.status_code == 200 and len(response.content) > 500, name
     assert espalier.client.get("/console/static/../templates/base.html").status_code == 404
+
+
+def test_console_services_persist_on_both_backends(database_url, tmp_path):
+    """Sessions, hourly figures and rankings on SQLite and PostgreSQL, through migration 0007."""
+    from espalier.core.db.tables import ChatRequestRecord, CompletionRecord, Conversation
+    from espalier.core.errors import Forbidden, InvalidInput, Unauthenticated
+    from espalier.core.platform import Platform
+    from espalier.core.settings import Settings
+
+    platform = Platform(Settings(home=tmp_path / "home", database_url=database_url), load_entry_points=False)
+    platform.start(run_jobs=False)
+    try:
+        operator = platform.keys.create(name="op", role="operator")
+        user = platform.keys.create(name="u", role="user")
+        signed = platform.console_sessions.sign_in(operator.key)
+        active = platform.console_sessions.resolve(signed.token)
+        assert active.principal.name == "op" and active.csrf_token == signed.csrf_token
+        with pytest.raises(Forbidden):
+            platform.console_sessions.sign_in(user.key)
+        platform.console_sessions.sign_out(signed.token)
+        with pytest.raises(Unauthenticated):
+            platform.console_sessions.resolve(signed.token)
+
+        now = utcnow()
+        with session_scope(platform.engine) as session:
+            session.add(Conversation(id="conv_x", owner_key_id=operator.record.id))
+            session.flush()
+            for i, latency in enumerate([10.0, 20.0, 30.0, 40.0, 1000.0]):
+                session.add(ChatRequestRecord(id=f"req_{i}", conversation_id="conv_x", owner_key_id=operator.record.id,
+                                              model="m", latency_ms=latency, prompt_tokens=5, completion_tokens=7,
+                                              status="ok" if i else "failed", created_at=now))  # fmt: skip
+            session.add(ChatRequestRecord(id="req_old", conversation_id="conv_x", model="m", latency_ms=1.0,
+                                          created_at=now - timedelta(hours=30)))  # fmt: skip
+            session.flush()
+            for index in range(2):
+                session.add(CompletionRecord(id=f"cmp_{index}", request_id="req_1", index=index, text="t"))
+        [latest] = platform.usage.hourly(1, now=now)
+        assert (latest.requests, latest.failed, latest.prompt_tokens, latest.completion_tokens) == (5, 1, 25, 35)
+        assert (latest.latency_p50_ms, latest.latency_p95_ms) == (30.0, 1000.0)
+        assert sum(bucket.requests for bucket in platform.usage.hourly(48, now=now)) == 6
+
+        principal = platform.console_sessions.resolve(platform.console_sessions.sign_in(operator.key).token).principal
+        ranking = platform.rankings.rank("req_1", {"cmp_0": 1, "cmp_1": 1}, [], principal)
+        assert [r.id for r in platform.rankings.for_request("req_1")] == [ranking.id]
+        assert platform.rankings.for_request("req_1")[0].ranks == {"cmp_0": 1, "cmp_1": 1}  # a tie
+        with pytest.raises(InvalidInput):
+            platform.rankings.rank("req_2", {}, [], principal)  # no candidates to rank
+        other = platform.keys.create(name="other-op", role="operator")
+        stranger = platform.console_sessions.resolve(platform.console_sessions.sign_in(other.key).token).principal
+        with pytest.raises(Exception, match="no request"):
+            platform.rankings.rank("req_1", {"cmp_0": 1, "cmp_1": 2}, [], stranger)  # not its request
+    finally:
+        platform.close()
