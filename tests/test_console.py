@@ -4,6 +4,7 @@ page rendering real data. The browser tests (test_console_browser.py) drive the 
 from __future__ import annotations
 
 import re
+import time
 from datetime import timedelta
 
 import pytest
@@ -49,6 +50,18 @@ class EchoPlugin:
     @hookimpl
     def register_models(self, register):
         register(contracts.ModelSpec(name="echo", provider="echo", source="memory"))
+
+    @hookimpl
+    def register_job_kinds(self, register):
+        register(contracts.JobKind("wait", run=wait_until_cancelled, description="runs until cancelled"))
+
+
+def wait_until_cancelled(job):
+    job.progress(0.25, "waiting <b>politely</b>")
+    job.log("started waiting")
+    while not job.cancelled():
+        time.sleep(0.05)
+    return None
 
 
 @pytest.fixture
@@ -252,18 +265,44 @@ def test_overview_charts_count_the_stored_requests(espalier):
     assert chart["p50"][-1] is not None and len(chart["labels"]) == 24
 
 
-def test_jobs_page_shows_a_job_its_log_and_cancels_it(espalier):
-    csrf = sign_in(espalier)
-    job = espalier.platform.jobs.submit("train:injection-classifier", {"no_such_option": True})
-    page = espalier.client.get(f"/console/jobs/{job.id}")
-    assert page.status_code == 200 and job.id in page.text
-    listing = espalier.client.get("/console/jobs", headers={"HX-Request": "true"})
-    assert job.id in listing.text and "<html" not in listing.text  # the polled fragment only
-    current = espalier.platform.jobs.get(job.id)
-    if current.status in ("queued", "running"):
-        cancelled = espalier.client.post(f"/console/jobs/{job.id}/cancel", headers={"X-CSRF-Token": csrf})
-        assert cancelled.status_code == 200
-    assert espalier.client.get("/console/jobs/job_nope").status_code == 404
+def wait_for(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_jobs_pages_show_progress_logs_and_errors_and_stop_polling_when_done(espalier):
+    sign_in(espalier)
+    client = espalier.client
+    failing = espalier.platform.jobs.submit("train:injection-classifier", {})
+    wait_for(lambda: espalier.platform.jobs.get(failing.id).status == "failed")
+    listing = client.get("/console/jobs", headers={"HX-Request": "true"})
+    assert failing.id in listing.text and "<html" not in listing.text  # the polled fragment only
+    detail = client.get(f"/console/jobs/{failing.id}")
+    assert detail.status_code == 200 and "hx-trigger" not in detail.text  # a finished job is not polled
+    assert "job params need &#39;data_path&#39;" in detail.text
+    fragment = client.get(f"/console/jobs/{failing.id}", headers={"HX-Request": "true"})
+    assert fragment.status_code == 286  # htmx stops a poll that gets this status
+    assert client.get("/console/jobs/job_nope").status_code == 404
+
+
+def test_a_running_job_is_polled_and_cancelled_from_its_page(espalier):
+    csrf = sign_in(espalier, "operator")
+    client = espalier.client
+    job = espalier.platform.jobs.submit("wait", {})
+    wait_for(lambda: espalier.platform.jobs.get(job.id).status == "running")
+    detail = client.get(f"/console/jobs/{job.id}")
+    assert 'hx-trigger="every 2s"' in detail.text and "Cancel job" in detail.text
+    assert "waiting &lt;b&gt;politely&lt;/b&gt;" in detail.text and "started waiting" in detail.text
+    assert client.get(f"/console/jobs/{job.id}", headers={"HX-Request": "true"}).status_code == 200  # keep polling
+    cancelled = client.post(f"/console/jobs/{job.id}/cancel", headers={"X-CSRF-Token": csrf, "HX-Request": "true"})
+    assert cancelled.status_code == 200
+    wait_for(lambda: espalier.platform.jobs.get(job.id).status == "cancelled")
+    assert client.get(f"/console/jobs/{job.id}", headers={"HX-Request": "true"}).status_code == 286
+    again = client.post(f"/console/jobs/{job.id}/cancel", headers={"X-CSRF-Token": csrf})
+    assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
+    assert ("job.cancel", "test-operator") in [(e.action, e.actor_name) for e in espalier.platform.audit.list(limit=5)]
 
 
 def test_static_files_are_public_and_vendored(espalier):

@@ -10,6 +10,8 @@ from .session import console
 
 NAV = NavItem("Jobs", "/console/jobs")
 POLL_SECONDS = 2
+STOP_POLLING = 286  # htmx stops an `every Ns` poll when the answer has this status
+ACTIVE = ("queued", "running")
 
 
 @get("/console/jobs", opt=console("operator"), include_in_schema=False, sync_to_thread=True)
@@ -26,8 +28,11 @@ def job_page(request: Request, job_id: str) -> Template:
     platform = request.app.state.platform
     job = platform.jobs.get(job_id)
     fragment = bool(request.headers.get("hx-request"))
-    return page(request, "_job_detail.html" if fragment else "job.html", active=NAV.path, job=job,
-                logs=platform.jobs.logs(job_id), poll=POLL_SECONDS)  # fmt: skip
+    response = page(request, "_job_detail.html" if fragment else "job.html", active=NAV.path, job=job,
+                    logs=platform.jobs.logs(job_id), poll=POLL_SECONDS)  # fmt: skip
+    if fragment and job.status not in ACTIVE:
+        response.status_code = STOP_POLLING  # the job is done: nothing more will change
+    return response
 
 
 @post("/console/jobs/{job_id:str}/cancel", opt=console("operator"), include_in_schema=False, sync_to_thread=True,
