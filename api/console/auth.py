@@ -11,11 +11,11 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import Cookie
 from litestar.response import Redirect, Template
 
+from espalier.api.errors import problem
 from espalier.api.guards import PUBLIC
 from espalier.core.console_sessions import same_token
 from espalier.core.errors import Forbidden, Unauthenticated
 
-from .render import SECURITY_HEADERS
 from .session import COOKIE, CSRF_FIELD, PRE_SESSION_COOKIE, SIGN_IN_PATH, ConsoleSignInRequired, console
 
 
@@ -42,7 +42,6 @@ def _sign_in_form(request: Request, *, error: str = "", status: int = 200, next_
         context={"csrf_token": token, "error": error, "next": _safe_next(next_path)},
         cookies=[_cookie(request, PRE_SESSION_COOKIE, token, 600)],
         status_code=status,
-        headers={h.name: h.value for h in SECURITY_HEADERS if h.value},
     )
 
 
@@ -54,7 +53,7 @@ async def sign_in_page(request: Request, next: str | None = None) -> Template:  
 @post(SIGN_IN_PATH, opt=PUBLIC, include_in_schema=False)
 async def sign_in(request: Request) -> Response:
     form = await request.form()
-    if not same_token(request.cookies.get(PRE_SESSION_COOKIE, ""), form.get(CSRF_FIELD)) or not request.cookies.get(PRE_SESSION_COOKIE):
+    if not same_token(request.cookies.get(PRE_SESSION_COOKIE, ""), form.get(CSRF_FIELD)):
         return _sign_in_form(request, error="The sign-in form expired; try again.", status=403)
     platform = request.app.state.platform
     try:
@@ -86,8 +85,6 @@ def sign_in_required(request: Request, exc: ConsoleSignInRequired) -> Response:
         return Response(None, status_code=401, headers={"HX-Redirect": target})
     if request.method in ("GET", "HEAD"):
         return Redirect(target, status_code=303)
-    from espalier.api.errors import problem
-
     return problem(401, exc.detail, code="unauthenticated", request=request)
 
 
