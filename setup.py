@@ -23,6 +23,10 @@ packages = ["espalier"] + [
 setup(
     packages=packages,
     package_dir={"espalier": "."},
-    package_data={"": ["*.html", "*.jinja", "*.css", "*.js", "*.ini", "*.mako", "*.md", "*.svg", "*.json"]},
+    package_data={
+        "": ["*.html", "*.jinja", "*.css", "*.js", "*.ini", "*.mako", "*.md", "*.svg", "*.json"],
+        # the console's templates and vendored scripts live in plain folders, not packages
+        "espalier.api.console": ["templates/*.html", "static/*"],
+    },
     cmdclass={"build_py": BuildPy},
 )

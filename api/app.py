@@ -28,6 +28,9 @@ from espalier.core.security import parse_key_id
 from espalier.core.settings import Settings, load_settings
 
 from .admin.routes import ROUTES as ADMIN_ROUTES
+from .console.routes import NAV as CONSOLE_NAV
+from .console.routes import ROUTES as CONSOLE_ROUTES
+from .console.routes import TEMPLATE_CONFIG
 from .errors import EXCEPTION_HANDLERS
 from .feedback.routes import ROUTES as FEEDBACK_ROUTES
 from .guards import auth_guard, bearer_token, check_route_access, provide_principal
@@ -44,6 +47,7 @@ CORE_ROUTES: list[Any] = [
     *SYSTEM_ROUTES, *ADMIN_ROUTES, *JOB_ROUTES, *OPENAI_ROUTES, *MODEL_ROUTES, *CONVERSATION_ROUTES,
     *DOCUMENT_ROUTES,
     *FEEDBACK_ROUTES, *REWARD_ROUTES,
+    *CONSOLE_ROUTES,
 ]
 UNLIMITED_PATHS = ["/healthz", "/readyz"]
 
@@ -100,6 +104,7 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
         ],
         stores={"rate_limit": _rate_limit_store(settings)},
         request_max_body_size=settings.max_body_bytes,
+        template_config=TEMPLATE_CONFIG,
         openapi_config=OpenAPIConfig(
             title="Espalier",
             version=__version__,
@@ -117,6 +122,7 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
     )
     app.state.platform = platform
     app.state.settings = settings
+    app.state.console_nav = CONSOLE_NAV
     check_route_access(app)
     return app
 

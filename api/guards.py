@@ -16,6 +16,8 @@ from litestar.handlers.base import BaseRouteHandler
 
 from espalier.core.security import ROLE_RANK, Principal, require_role
 
+from .console.session import authenticate_console
+
 PUBLIC: dict[str, Any] = {"public": True}
 PUBLIC_PATH_PREFIXES = ("/schema",)  # litestar's OpenAPI documents
 
@@ -45,6 +47,10 @@ async def auth_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> N
     if _is_public(handler, connection.scope["path"]):
         return
     minimum = handler.opt.get("min_role")
+    if handler.opt.get("console"):
+        # the console signs in with a cookie session, never a bearer key
+        await authenticate_console(connection, minimum)
+        return
     platform = connection.app.state.platform
     principal: Principal = await anyio.to_thread.run_sync(platform.keys.authenticate, bearer_token(connection))
     connection.scope["principal"] = principal  # read by the request logger and `provide_principal`

@@ -7,6 +7,7 @@ it; nothing is global.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
@@ -20,6 +21,7 @@ from .errors import PluginError, Unavailable
 from .jobs import JobService, JobWorker
 from .chat import ChatService, ConversationService
 from .feedback import FeedbackService, PairStore
+from .console_sessions import ConsoleSessionService
 from .models import ModelService
 from .rag.keyword import KeywordIndex
 from .rag.service import RagService
@@ -27,9 +29,11 @@ from .rag.store import VectorStore
 from .reward import RewardModelService
 from .templates import TemplateService, TemplateSpec
 from .plugins import PluginHost, create_plugin_manager
+from .rankings import RankingService
 from .registry import Registry
 from .security import AuditLog, KeyService
 from .settings import Settings
+from .usage import UsageService
 
 log = logging.getLogger("espalier.platform")
 
@@ -154,6 +158,19 @@ class Platform:
     @cached_property
     def jobs(self) -> JobService:
         return JobService(self.engine, self.job_kinds, self.settings.artifacts_dir)
+
+    @cached_property
+    def console_sessions(self) -> ConsoleSessionService:
+        return ConsoleSessionService(self.engine, self.keys, self.audit,
+                                     lifetime=timedelta(minutes=self.settings.console_session_minutes))  # fmt: skip
+
+    @cached_property
+    def usage(self) -> UsageService:
+        return UsageService(self.engine)
+
+    @cached_property
+    def rankings(self) -> RankingService:
+        return RankingService(self.engine)
 
     def collect_all(self) -> None:
         """Collect every contribution now, so duplicate names fail at start-up, not on first use."""

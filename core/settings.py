@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     reward_retrain_params: dict[str, Any] = Field(
         default_factory=dict, description="Settings for automatic reward retrains (JSON), e.g. {\"epochs\": 2}."
     )
+    console_session_minutes: int = Field(
+        default=60, ge=1, le=24 * 60, description="How long a console sign-in lasts before signing in again."
+    )
 
     job_workers: int = Field(default=1, ge=1, le=16)
     log_level: str = "INFO"

@@ -1,6 +1,8 @@
 """Every route declares who may call it, and the guard enforces it on every one."""
 
+import hashlib
 import re
+from datetime import timedelta
 
 import pytest
 from litestar import get
@@ -8,6 +10,9 @@ from litestar import get
 from espalier import hookimpl
 from espalier.api.app import create_app
 from espalier.api.guards import _is_public
+from espalier.core.db.console_tables import ConsoleSession
+from espalier.core.db.engine import session_scope
+from espalier.core.db.tables import utcnow
 from espalier.core.platform import Platform
 from espalier.core.security import ROLE_RANK, ROLES
 from espalier.core.settings import Settings
@@ -28,8 +33,8 @@ def test_every_route_requires_its_role(espalier):
     app = espalier.client.app
     checked = 0
     for path, method, handler in all_routes(app):
-        if _is_public(handler, path):
-            continue
+        if _is_public(handler, path) or handler.opt.get("console"):
+            continue  # console routes take a session cookie, not a key: checked below
         url = concrete(path)
         response = espalier.client.request(method, url)
         assert response.status_code == 401, f"{method} {path} without a key gave {response.status_code}"
@@ -43,12 +48,55 @@ def test_every_route_requires_its_role(espalier):
     assert checked >= 8
 
 
+def refused_without_console_session(response, method: str) -> bool:
+    if method in ("GET", "HEAD"):
+        return response.status_code == 303 and response.headers["location"].startswith("/console/sign-in")
+    return response.status_code == 401 and response.json()["code"] == "unauthenticated"
+
+
+def test_every_console_route_needs_an_operator_session(espalier):
+    """Console routes ignore bearer keys (of any role) and refuse a user key's session, even one
+    written straight into the database, before checking the CSRF token or the request."""
+    app, client = espalier.client.app, espalier.client
+    platform = espalier.platform
+    sessions = {}
+    for role in ("operator", "admin"):
+        sessions[role] = platform.console_sessions.sign_in(espalier.keys[role]).token
+    with pytest.raises(Exception, match="operator and admin keys"):
+        platform.console_sessions.sign_in(espalier.keys["user"])
+    user_id = next(k.id for k in platform.keys.list() if k.name == "test-user")
+    with session_scope(platform.engine) as session:  # a user session that sign-in would never create
+        session.add(ConsoleSession(token_hash=hashlib.sha256(b"user-session").hexdigest(), key_id=user_id,
+                                   csrf_token="t", expires_at=utcnow() + timedelta(hours=1)))  # fmt: skip
+    sessions["user"] = "user-session"
+    checked = 0
+    for path, method, handler in all_routes(app):
+        if not handler.opt.get("console") or _is_public(handler, path):
+            continue
+        url = concrete(path)
+        client.cookies.clear()
+        assert refused_without_console_session(client.request(method, url, follow_redirects=False), method), url
+        for role in ROLES:
+            response = client.request(method, url, headers=espalier.headers(role), follow_redirects=False)
+            assert refused_without_console_session(response, method), f"{method} {path} with a {role} bearer key"
+        minimum = handler.opt["min_role"]
+        for role in ROLES[: ROLE_RANK[minimum]]:
+            client.cookies.set("espalier_console", sessions[role], path="/console")
+            response = client.request(method, url, headers={"X-CSRF-Token": "t"}, follow_redirects=False)
+            assert response.status_code == 403, f"{method} {path} with a {role} session gave {response.status_code}"
+        checked += 1
+    client.cookies.clear()
+    assert checked >= 10
+
+
 def test_public_routes_are_only_the_expected_ones(espalier):
     public = {
         path for path, method, handler in all_routes(espalier.client.app)
         if _is_public(handler, path) and method != "OPTIONS"
     }  # fmt: skip
-    assert {p for p in public if not p.startswith("/schema")} == {"/healthz", "/readyz"}
+    assert {p for p in public if not p.startswith("/schema")} == {
+        "/healthz", "/readyz", "/console/sign-in", "/console/static/{file_path:path}",
+    }
 
 
 def test_unknown_malformed_and_revoked_keys_get_401(espalier):

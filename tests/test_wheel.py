@@ -27,6 +27,9 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
     assert "espalier/__init__.py" in names and "espalier/setup.py" not in names
     assert "espalier/core/db/migrations/versions/0001_foundation_keys_audit_jobs.py" in names
     assert "espalier/core/db/migrations/script.py.mako" in names
+    for console_file in ("templates/base.html", "templates/_candidates.html", "static/htmx-2.0.4.min.js",
+                         "static/chart-4.4.9.umd.min.js", "static/console.js", "static/console.css"):  # fmt: skip
+        assert f"espalier/api/console/{console_file}" in names, console_file
     assert not any(name.startswith(("espalier/tests/", "tests/", "espalier/examples/", "espalier/bench/")) for name in names)
 
     env_dir = tmp_path / "venv"

@@ -1,0 +1,38 @@
+"""Overview: traffic per hour as charts, models loaded, jobs by status."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from litestar import Request, get
+from litestar.response import Template
+
+from .render import NavItem, page
+from .session import console
+
+NAV = NavItem("Overview", "/console")
+
+
+@get("/console", opt=console("operator"), include_in_schema=False, sync_to_thread=True)
+def overview(request: Request, hours: int = 24) -> Template:
+    platform = request.app.state.platform
+    hourly = platform.usage.hourly(hours)
+    chart = {
+        "labels": [bucket.hour.strftime("%d %H:00") for bucket in hourly],
+        "requests": [bucket.requests for bucket in hourly],
+        "failed": [bucket.failed for bucket in hourly],
+        "prompt_tokens": [bucket.prompt_tokens for bucket in hourly],
+        "completion_tokens": [bucket.completion_tokens for bucket in hourly],
+        "p50": [bucket.latency_p50_ms for bucket in hourly],
+        "p95": [bucket.latency_p95_ms for bucket in hourly],
+    }
+    models = platform.models.list()
+    return page(
+        request, "overview.html", active=NAV.path, chart=chart, hours=len(hourly),
+        totals={"requests": sum(chart["requests"]), "tokens": sum(chart["prompt_tokens"]) + sum(chart["completion_tokens"])},
+        models=[asdict(m) for m in models], loaded=[m.name for m in models if m.loaded],
+        jobs=platform.usage.jobs_by_status(),
+    )  # fmt: skip
+
+
+ROUTES = [overview]

@@ -1,0 +1,365 @@
+"""The operator console through the real app: sign-in, sessions, CSRF, roles, escaping, and each
+page rendering real data. The browser tests (test_console_browser.py) drive the same pages."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import timedelta
+
+import pytest
+
+from espalier import hookimpl
+from espalier.core import contracts
+from espalier.core.db.console_tables import ConsoleSession
+from espalier.core.db.engine import session_scope
+from espalier.core.db.tables import utcnow
+
+SCRIPT = "<script>alert('pwned')</script>"
+
+
+class EchoModel:
+    """Repeats the prompt with a suffix per candidate: a scripted model, only to prove escaping and
+    the ranking form's plumbing (the browser test chats with the real shipped model)."""
+
+    context_window = 512
+
+    def count_tokens(self, messages):
+        return sum(len(m.content.split()) for m in messages)
+
+    def generate(self, messages, params, cancel=None):
+        prompt = messages[-1].content
+        return [contracts.Generation(f"{prompt} #{i}", "stop", self.count_tokens(messages), 3) for i in range(params.n)]
+
+    def stream(self, messages, params, cancel=None):
+        raise NotImplementedError
+
+
+class EchoProvider:
+    name = "echo"
+
+    def load(self, spec, *, cache_dir):
+        return EchoModel()
+
+
+class EchoPlugin:
+    @hookimpl
+    def register_model_providers(self, register):
+        register(EchoProvider())
+
+    @hookimpl
+    def register_models(self, register):
+        register(contracts.ModelSpec(name="echo", provider="echo", source="memory"))
+
+    @hookimpl
+    def register_job_kinds(self, register):
+        register(contracts.JobKind("wait", run=wait_until_cancelled, description="runs until cancelled"))
+
+
+def wait_until_cancelled(job):
+    job.progress(0.25, "waiting <b>politely</b>")
+    job.log("started waiting")
+    while not job.cancelled():
+        time.sleep(0.05)
+    return None
+
+
+@pytest.fixture
+def espalier_plugins():
+    return [EchoPlugin()]
+
+
+def sign_in(espalier, role="admin"):
+    """Signs the test client in through the real form; returns the page's CSRF token."""
+    client = espalier.client
+    form = client.get("/console/sign-in")
+    assert form.status_code == 200
+    token = re.search(r'name="_csrf" value="([^"]+)"', form.text).group(1)
+    response = client.post("/console/sign-in", data={"_csrf": token, "key": espalier.keys[role], "next": "/console"},
+                           follow_redirects=False)  # fmt: skip
+    assert response.status_code == 303, response.text
+    return csrf_of(client.get("/console").text)
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'"X-CSRF-Token": "([^"]+)"', html).group(1)
+
+
+def test_sign_in_sets_a_strict_httponly_session_cookie(espalier):
+    client = espalier.client
+    form = client.get("/console/sign-in")
+    token = re.search(r'name="_csrf" value="([^"]+)"', form.text).group(1)
+    response = client.post("/console/sign-in", data={"_csrf": token, "key": espalier.keys["operator"]},
+                           follow_redirects=False)  # fmt: skip
+    assert response.status_code == 303 and response.headers["location"] == "/console"
+    cookie = next(h for h in response.headers.get_list("set-cookie") if h.startswith("espalier_console="))
+    assert "HttpOnly" in cookie and "samesite=strict" in cookie.lower() and "Path=/console" in cookie
+    assert "Secure" not in cookie  # plain HTTP here; on TLS the cookie is Secure
+    assert espalier.keys["operator"] not in cookie
+    page = client.get("/console")
+    assert page.status_code == 200 and "Requests per hour" in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_sign_in_refuses_user_keys_bad_keys_and_a_missing_form_token(espalier):
+    client = espalier.client
+    form = client.get("/console/sign-in")
+    token = re.search(r'name="_csrf" value="([^"]+)"', form.text).group(1)
+    refused = client.post("/console/sign-in", data={"_csrf": token, "key": espalier.keys["user"]}, follow_redirects=False)
+    assert refused.status_code == 403 and "operator and admin keys" in refused.text
+    assert "espalier_console=" not in "".join(refused.headers.get_list("set-cookie"))
+    token = re.search(r'name="_csrf" value="([^"]+)"', refused.text).group(1)  # each form has a fresh token
+    bad = client.post("/console/sign-in", data={"_csrf": token, "key": "esp_000000000000_nope"}, follow_redirects=False)
+    assert bad.status_code == 401
+    client.cookies.clear()
+    forged = client.post("/console/sign-in", data={"_csrf": "guess", "key": espalier.keys["admin"]}, follow_redirects=False)
+    assert forged.status_code == 403 and "espalier_console=" not in "".join(forged.headers.get_list("set-cookie"))
+
+
+def test_pages_without_a_session_redirect_to_sign_in_and_bearer_keys_do_not_count(espalier):
+    response = espalier.client.get("/console/keys", headers=espalier.headers("admin"), follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/console/sign-in?next=/console/keys"
+    htmx = espalier.client.get("/console/jobs", headers={"HX-Request": "true"}, follow_redirects=False)
+    assert htmx.status_code == 401 and htmx.headers["hx-redirect"].startswith("/console/sign-in")
+    post = espalier.client.post("/console/keys", data={"name": "x"}, follow_redirects=False)
+    assert post.status_code == 401 and post.json()["code"] == "unauthenticated"
+
+
+def test_the_sign_in_next_parameter_is_never_an_open_redirect(espalier):
+    client = espalier.client
+    for target, expected in (("//evil.example/x", "/console"), ("https://evil.example", "/console"),
+                             ("/console/jobs", "/console/jobs")):  # fmt: skip
+        form = client.get("/console/sign-in", params={"next": target})
+        token = re.search(r'name="_csrf" value="([^"]+)"', form.text).group(1)
+        response = client.post("/console/sign-in", data={"_csrf": token, "key": espalier.keys["admin"], "next": target},
+                               follow_redirects=False)  # fmt: skip
+        assert response.headers["location"] == expected
+
+
+def test_a_form_post_without_or_with_a_wrong_csrf_token_fails(espalier):
+    csrf = sign_in(espalier)
+    client = espalier.client
+    missing = client.post("/console/keys", data={"name": "no-token", "role": "user"})
+    wrong = client.post("/console/keys", data={"name": "wrong", "role": "user", "_csrf": "x" * 43})
+    assert missing.status_code == 403 and wrong.status_code == 403 and missing.json()["code"] == "csrf_failed"
+    names = [key.name for key in espalier.platform.keys.list()]
+    assert "no-token" not in names and "wrong" not in names
+    by_field = client.post("/console/keys", data={"name": "by-field", "role": "user", "_csrf": csrf})
+    by_header = client.post("/console/keys", data={"name": "by-header", "role": "user"}, headers={"X-CSRF-Token": csrf})
+    assert by_field.status_code == 200 and by_header.status_code == 200
+    assert re.search(r"esp_[0-9a-f]{12}_\S+</code>", by_header.text)  # the new key, shown this once
+
+
+def test_operators_get_operator_pages_but_not_admin_ones(espalier):
+    csrf = sign_in(espalier, "operator")
+    client = espalier.client
+    for path in ("/console", "/console/playground", "/console/models", "/console/jobs", "/console/plugins"):
+        assert client.get(path).status_code == 200, path
+    overview = client.get("/console").text
+    assert 'href="/console/jobs"' in overview and 'href="/console/keys"' not in overview
+    for path in ("/console/keys", "/console/audit"):
+        assert client.get(path).status_code == 403, path
+    denied = client.post("/console/keys", data={"name": "sneaky", "role": "admin"}, headers={"X-CSRF-Token": csrf})
+    assert denied.status_code == 403 and "sneaky" not in [k.name for k in espalier.platform.keys.list()]
+
+
+def test_sign_out_ends_the_session_on_the_server(espalier):
+    csrf = sign_in(espalier)
+    client = espalier.client
+    cookie = client.cookies.get("espalier_console")
+    response = client.post("/console/sign-out", data={"_csrf": csrf}, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/console/sign-in"
+    client.cookies.set("espalier_console", cookie, path="/console")  # a stolen copy of the cookie
+    assert client.get("/console", follow_redirects=False).status_code == 303
+    actions = [e.action for e in espalier.platform.audit.list(limit=5)]
+    assert "console.sign_out" in actions and "console.sign_in" in actions
+
+
+def test_revoking_the_key_or_expiry_ends_its_sessions(espalier):
+    sign_in(espalier, "operator")
+    client = espalier.client
+    assert client.get("/console/jobs", follow_redirects=False).status_code == 200
+    with session_scope(espalier.platform.engine) as session:
+        for record in session.query(ConsoleSession).all():
+            record.expires_at = utcnow() - timedelta(seconds=1)
+            session.add(record)
+    assert client.get("/console/jobs", follow_redirects=False).status_code == 303
+    sign_in(espalier, "operator")
+    assert client.get("/console/jobs", follow_redirects=False).status_code == 200
+    operator_id = next(k.id for k in espalier.platform.keys.list() if k.name == "test-operator")
+    espalier.platform.keys.revoke(operator_id)
+    assert client.get("/console/jobs", follow_redirects=False).status_code == 303
+
+
+def test_playground_candidates_are_escaped_and_ranked(espalier):
+    csrf = sign_in(espalier)
+    client = espalier.client
+    headers = {"X-CSRF-Token": csrf, "HX-Request": "true"}
+    response = client.post("/console/playground/chat", headers=headers,
+                           data={"model": "echo", "prompt": SCRIPT, "n": "3", "max_tokens": "8"})  # fmt: skip
+    assert response.status_code == 200, response.text
+    assert SCRIPT not in response.text and "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt; #2" in response.text
+    request_id = re.search(r'name="request_id" value="([^"]+)"', response.text).group(1)
+    ids = re.findall(r'name="rank_(cmp_[0-9a-f]+)"', response.text)
+    assert len(ids) == 3
+    ranked = client.post("/console/playground/rank", headers=headers,
+                         data={"request_id": request_id, f"rank_{ids[0]}": "2", f"rank_{ids[1]}": "1",
+                               f"rank_{ids[2]}": "2", "unacceptable": ids[2]})  # fmt: skip
+    assert ranked.status_code == 200
+    assert "candidate 2 ranked 1; candidate 1 ranked 2; candidate 3 ranked 2 (unacceptable)" in ranked.text
+    [stored] = espalier.platform.rankings.for_request(request_id)
+    assert stored.ranks == {ids[0]: 2, ids[1]: 1, ids[2]: 2} and stored.unacceptable == [ids[2]]
+    assert stored.ranker_key_id == next(k.id for k in espalier.platform.keys.list() if k.name == "test-admin")
+    # the request and its candidates are in the same store the API uses
+    listing = client.get("/api/conversations", headers=espalier.headers("admin"))
+    assert listing.status_code == 200
+
+
+@pytest.mark.parametrize("ranks, message", [
+    ({0: "1", 1: "9"}, "from 1 to 2"),
+    ({0: "1"}, "every candidate"),
+    ({0: "one", 1: "2"}, "must be a number"),
+])  # fmt: skip
+def test_bad_rankings_are_refused_with_a_clear_400(espalier, ranks, message):
+    csrf = sign_in(espalier)
+    client = espalier.client
+    headers = {"X-CSRF-Token": csrf}
+    response = client.post("/console/playground/chat", headers=headers, data={"model": "echo", "prompt": "hi", "n": "2"})
+    request_id = re.search(r'name="request_id" value="([^"]+)"', response.text).group(1)
+    ids = re.findall(r'name="rank_(cmp_[0-9a-f]+)"', response.text)
+    data = {"request_id": request_id, **{f"rank_{ids[i]}": value for i, value in ranks.items()}}
+    refused = client.post("/console/playground/rank", headers=headers, data=data)
+    assert refused.status_code == 400 and message in refused.json()["detail"]
+    assert espalier.platform.rankings.for_request(request_id) == []
+
+
+def test_bad_playground_input_is_a_400_not_a_500(espalier):
+    csrf = sign_in(espalier)
+    headers = {"X-CSRF-Token": csrf}
+    for data in ({"model": "echo", "prompt": "hi", "n": "99"}, {"model": "echo", "prompt": ""},
+                 {"model": "no-such-model", "prompt": "hi"}, {"model": "echo", "prompt": "hi", "extra": "1"}):  # fmt: skip
+        response = espalier.client.post("/console/playground/chat", headers=headers, data=data)
+        assert 400 <= response.status_code < 500, (data, response.status_code, response.text)
+
+
+def test_stored_text_is_escaped_on_every_page(espalier):
+    csrf = sign_in(espalier)
+    client = espalier.client
+    created = client.post("/console/keys", data={"name": SCRIPT, "role": "user"}, headers={"X-CSRF-Token": csrf})
+    assert created.status_code == 200 and SCRIPT not in created.text
+    for path in ("/console/keys", "/console/audit"):
+        text = client.get(path).text
+        assert SCRIPT not in text and "&lt;script&gt;" in text, path
+
+
+def test_overview_charts_count_the_stored_requests(espalier):
+    csrf = sign_in(espalier)
+    for _ in range(3):
+        espalier.client.post("/console/playground/chat", headers={"X-CSRF-Token": csrf},
+                             data={"model": "echo", "prompt": "count me", "n": "2"})  # fmt: skip
+    import json
+
+    page = espalier.client.get("/console").text
+    chart = json.loads(re.search(r'<script type="application/json" id="usage-data">(.*?)</script>', page, re.S).group(1))
+    assert sum(chart["requests"]) == 3 and sum(chart["completion_tokens"]) == 3 * 2 * 3
+    assert chart["p50"][-1] is not None and len(chart["labels"]) == 24
+
+
+def wait_for(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_jobs_pages_show_progress_logs_and_errors_and_stop_polling_when_done(espalier):
+    sign_in(espalier)
+    client = espalier.client
+    failing = espalier.platform.jobs.submit("train:injection-classifier", {})
+    wait_for(lambda: espalier.platform.jobs.get(failing.id).status == "failed")
+    listing = client.get("/console/jobs", headers={"HX-Request": "true"})
+    assert failing.id in listing.text and "<html" not in listing.text  # the polled fragment only
+    detail = client.get(f"/console/jobs/{failing.id}")
+    assert detail.status_code == 200 and "hx-trigger" not in detail.text  # a finished job is not polled
+    assert "job params need &#39;data_path&#39;" in detail.text
+    fragment = client.get(f"/console/jobs/{failing.id}", headers={"HX-Request": "true"})
+    assert fragment.status_code == 286  # htmx stops a poll that gets this status
+    assert client.get("/console/jobs/job_nope").status_code == 404
+
+
+def test_a_running_job_is_polled_and_cancelled_from_its_page(espalier):
+    csrf = sign_in(espalier, "operator")
+    client = espalier.client
+    job = espalier.platform.jobs.submit("wait", {})
+    wait_for(lambda: espalier.platform.jobs.get(job.id).status == "running")
+    detail = client.get(f"/console/jobs/{job.id}")
+    assert 'hx-trigger="every 2s"' in detail.text and "Cancel job" in detail.text
+    assert "waiting &lt;b&gt;politely&lt;/b&gt;" in detail.text and "started waiting" in detail.text
+    assert client.get(f"/console/jobs/{job.id}", headers={"HX-Request": "true"}).status_code == 200  # keep polling
+    cancelled = client.post(f"/console/jobs/{job.id}/cancel", headers={"X-CSRF-Token": csrf, "HX-Request": "true"})
+    assert cancelled.status_code == 200
+    wait_for(lambda: espalier.platform.jobs.get(job.id).status == "cancelled")
+    assert client.get(f"/console/jobs/{job.id}", headers={"HX-Request": "true"}).status_code == 286
+    again = client.post(f"/console/jobs/{job.id}/cancel", headers={"X-CSRF-Token": csrf})
+    assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
+    assert ("job.cancel", "test-operator") in [(e.action, e.actor_name) for e in espalier.platform.audit.list(limit=5)]
+
+
+def test_static_files_are_public_and_vendored(espalier):
+    for name in ("htmx-2.0.4.min.js", "chart-4.4.9.umd.min.js", "console.js", "console.css"):
+        response = espalier.client.get(f"/console/static/{name}")
+        assert response.status_code == 200 and len(response.content) > 500, name
+    assert espalier.client.get("/console/static/../templates/base.html").status_code == 404
+
+
+def test_console_services_persist_on_both_backends(database_url, tmp_path):
+    """Sessions, hourly figures and rankings on SQLite and PostgreSQL, through migration 0007."""
+    from espalier.core.db.tables import ChatRequestRecord, CompletionRecord, Conversation
+    from espalier.core.errors import Forbidden, InvalidInput, Unauthenticated
+    from espalier.core.platform import Platform
+    from espalier.core.settings import Settings
+
+    platform = Platform(Settings(home=tmp_path / "home", database_url=database_url), load_entry_points=False)
+    platform.start(run_jobs=False)
+    try:
+        operator = platform.keys.create(name="op", role="operator")
+        user = platform.keys.create(name="u", role="user")
+        signed = platform.console_sessions.sign_in(operator.key)
+        active = platform.console_sessions.resolve(signed.token)
+        assert active.principal.name == "op" and active.csrf_token == signed.csrf_token
+        with pytest.raises(Forbidden):
+            platform.console_sessions.sign_in(user.key)
+        platform.console_sessions.sign_out(signed.token)
+        with pytest.raises(Unauthenticated):
+            platform.console_sessions.resolve(signed.token)
+
+        now = utcnow()
+        with session_scope(platform.engine) as session:
+            session.add(Conversation(id="conv_x", owner_key_id=operator.record.id))
+            session.flush()
+            for i, latency in enumerate([10.0, 20.0, 30.0, 40.0, 1000.0]):
+                session.add(ChatRequestRecord(id=f"req_{i}", conversation_id="conv_x", owner_key_id=operator.record.id,
+                                              model="m", latency_ms=latency, prompt_tokens=5, completion_tokens=7,
+                                              status="ok" if i else "failed", created_at=now))  # fmt: skip
+            session.add(ChatRequestRecord(id="req_old", conversation_id="conv_x", model="m", latency_ms=1.0,
+                                          created_at=now - timedelta(hours=30)))  # fmt: skip
+            session.flush()
+            for index in range(2):
+                session.add(CompletionRecord(id=f"cmp_{index}", request_id="req_1", index=index, text="t"))
+        [latest] = platform.usage.hourly(1, now=now)
+        assert (latest.requests, latest.failed, latest.prompt_tokens, latest.completion_tokens) == (5, 1, 25, 35)
+        assert (latest.latency_p50_ms, latest.latency_p95_ms) == (30.0, 1000.0)
+        assert sum(bucket.requests for bucket in platform.usage.hourly(48, now=now)) == 6
+
+        principal = platform.console_sessions.resolve(platform.console_sessions.sign_in(operator.key).token).principal
+        ranking = platform.rankings.rank("req_1", {"cmp_0": 1, "cmp_1": 1}, [], principal)
+        assert [r.id for r in platform.rankings.for_request("req_1")] == [ranking.id]
+        assert platform.rankings.for_request("req_1")[0].ranks == {"cmp_0": 1, "cmp_1": 1}  # a tie
+        with pytest.raises(InvalidInput):
+            platform.rankings.rank("req_2", {}, [], principal)  # no candidates to rank
+        other = platform.keys.create(name="other-op", role="operator")
+        stranger = platform.console_sessions.resolve(platform.console_sessions.sign_in(other.key).token).principal
+        with pytest.raises(Exception, match="no request"):
+            platform.rankings.rank("req_1", {"cmp_0": 1, "cmp_1": 2}, [], stranger)  # not its request
+    finally:
+        platform.close()

@@ -1,0 +1,187 @@
+"""The console in a real browser: Playwright driving Debian's Chromium against a real server with
+the real shipped model. Screenshots of each page go to test-artifacts/console/."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from espalier.api.testing import RunningServer
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts" / "console"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, model_cache_dir):
+    running = RunningServer(tmp_path_factory.mktemp("console-home"), env={"ESPALIER_MODEL_CACHE_DIR": str(model_cache_dir)})
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser_errors():
+    return []
+
+
+@pytest.fixture(scope="module")
+def dialogs():
+    return []
+
+
+@pytest.fixture(scope="module")
+def page(server, browser_errors, dialogs):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(base_url=server.base, viewport={"width": 1400, "height": 900})
+        tab = context.new_page()
+        tab.set_default_timeout(30_000)
+        tab.on("console", lambda message: browser_errors.append(f"console {message.type}: {message.text}")
+               if message.type == "error" else None)  # fmt: skip
+        tab.on("pageerror", lambda error: browser_errors.append(f"page error: {error}"))
+        def on_dialog(dialog):  # hx-confirm on revoke and cancel; an alert would be injected script
+            dialogs.append((dialog.type, dialog.message))
+            dialog.accept()
+
+        tab.on("dialog", on_dialog)
+        yield tab
+        context.close()
+        browser.close()
+
+
+@pytest.fixture(autouse=True)
+def no_browser_errors(browser_errors):
+    yield
+    assert browser_errors == [], browser_errors
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_sign_in_with_an_admin_key_and_see_the_overview_charts(page, server):
+    page.goto("/console")
+    assert "/console/sign-in" in page.url
+    shot(page, "01-sign-in")
+    page.fill("input[name=key]", server.admin_key)
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(r"/console$"))
+    assert page.locator("h1").inner_text().startswith("Overview")
+    for chart in ("chart-requests", "chart-latency", "chart-tokens"):
+        assert page.evaluate(f"Chart.getChart(document.getElementById('{chart}')) !== undefined"), chart
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    assert cookies["espalier_console"]["httpOnly"] and cookies["espalier_console"]["sameSite"] == "Strict"
+    assert server.admin_key not in str(cookies)
+    shot(page, "02-overview-empty")
+
+
+def test_chat_in_the_playground_rank_and_see_it_stored(page, server):
+    page.goto("/console/playground")
+    page.fill("textarea[name=prompt]", "Name a colour of the sky.")
+    page.fill("input[name=n]", "2")
+    page.fill("input[name=max_tokens]", "12")
+    page.click("#chat-form button[type=submit]")
+    page.wait_for_selector(".candidate >> nth=1", timeout=180_000)
+    texts = page.locator(".candidate pre.completion").all_inner_texts()
+    assert len(texts) == 2 and all(t.strip() for t in texts)
+    request_id = page.locator("input[name=request_id]").input_value()
+    ranks = page.locator(".candidate input[type=number]")
+    ranks.nth(0).fill("2")
+    ranks.nth(1).fill("1")
+    page.locator(".candidate input[name=unacceptable]").nth(0).check()
+    shot(page, "03-playground-candidates")
+    page.click("form.ranking button[type=submit]")
+    page.wait_for_selector("#ranking-saved")
+    shot(page, "04-playground-ranked")
+    engine = create_engine(f"sqlite:///{server.home / 'espalier.db'}")
+    with engine.connect() as connection:
+        ranks_json, unacceptable = connection.execute(
+            text("SELECT ranks, unacceptable FROM candidate_rankings WHERE request_id = :r"), {"r": request_id}
+        ).one()  # fmt: skip
+    engine.dispose()
+    assert sorted(__import__("json").loads(ranks_json).values()) == [1, 2] and len(__import__("json").loads(unacceptable)) == 1
+    page.goto("/console")
+    assert page.locator(".card b").first.inner_text() == "1"  # the request now counts in the overview
+    shot(page, "05-overview-with-traffic")
+
+
+def test_create_a_key_see_it_once_and_revoke_it(page, server):
+    page.goto("/console/keys")
+    page.fill("input[name=name]", "browser-made")
+    page.select_option("select[name=role]", "user")
+    page.click("#keys form button[type=submit]")
+    key = page.locator("#new-key").inner_text()
+    assert re.fullmatch(r"esp_[0-9a-f]{12}_\S+", key)
+    assert httpx.get(server.base + "/api/me", headers={"Authorization": f"Bearer {key}"}).json()["name"] == "browser-made"
+    shot(page, "06-keys-created")
+    page.reload()
+    assert key not in page.content()  # shown once
+    row = page.locator("tr", has_text="browser-made")
+    row.locator("button", has_text="Revoke").click()
+    page.locator("tr", has_text="browser-made").locator(".badge", has_text="revoked").wait_for()
+    assert httpx.get(server.base + "/api/me", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+    shot(page, "07-keys-revoked")
+
+
+def test_stored_markup_shows_as_text_and_never_runs(page, dialogs):
+    hostile = "<img src=x onerror=alert(1)><script>alert(2)</script>"
+    page.goto("/console/keys")
+    page.fill("input[name=name]", hostile)
+    page.click("#keys form button[type=submit]")
+    page.locator("#new-key").wait_for()
+    for path in ("/console/keys", "/console/audit"):
+        page.goto(path)
+        assert page.locator("td", has_text=hostile).count() >= 1, path  # the markup is visible as text
+        assert page.locator("main img").count() == 0 and page.locator("main script").count() == 0
+    assert [d for d in dialogs if d[0] == "alert"] == []
+
+
+def test_a_job_appears_by_polling_and_shows_its_error(page, server):
+    page.goto("/console/jobs")
+    submitted = httpx.post(server.base + "/api/jobs", headers=server.headers(),
+                           json={"kind": "train:injection-classifier", "params": {}})  # fmt: skip
+    assert submitted.status_code == 201, submitted.text
+    job_id = submitted.json()["id"]
+    page.locator(f"a[href='/console/jobs/{job_id}']").wait_for(timeout=20_000)  # arrived through HTMX polling
+    page.locator("tr", has_text=job_id).locator(".badge", has_text="failed").wait_for(timeout=30_000)
+    shot(page, "08-jobs")
+    page.click(f"a[href='/console/jobs/{job_id}']")
+    assert page.locator("#job-status").inner_text() == "failed"
+    assert "data_path" in page.locator("pre.error").inner_text()
+    shot(page, "09-job-detail")
+
+
+@pytest.mark.parametrize("path, name, heading", [
+    ("/console/models", "10-models", "Models"),
+    ("/console/plugins", "11-plugins", "Plugins"),
+    ("/console/audit", "12-audit", "Audit log"),
+])  # fmt: skip
+def test_each_page_renders(page, path, name, heading):
+    page.goto(path)
+    assert page.locator("h1").inner_text().startswith(heading)
+    shot(page, name)
+    if path == "/console/models":
+        assert page.locator("tr", has_text="smollm2-135m-instruct").locator(".badge", has_text="serving").count() == 1
+    if path == "/console/audit":
+        for action in ("console.sign_in", "key.create", "key.revoke", "job.submit"):
+            assert page.locator("td", has_text=action).count() >= 1, action
+
+
+def test_sign_out_returns_to_the_sign_in_form(page):
+    page.goto("/console")
+    page.click("form.who button[type=submit]")
+    page.wait_for_url(re.compile(r"/console/sign-in"))
+    page.goto("/console/keys")
+    assert "/console/sign-in" in page.url
