@@ -28,6 +28,7 @@ from espalier.core.security import parse_key_id
 from espalier.core.settings import Settings, load_settings
 
 from .admin.routes import ROUTES as ADMIN_ROUTES
+from .agents.routes import ROUTES as AGENT_ROUTES
 from .errors import EXCEPTION_HANDLERS
 from .guards import auth_guard, bearer_token, check_route_access, provide_principal
 from .jobs.routes import ROUTES as JOB_ROUTES
@@ -36,9 +37,11 @@ from .conversations.routes import ROUTES as CONVERSATION_ROUTES
 from .models.routes import ROUTES as MODEL_ROUTES
 from .openai.routes import ROUTES as OPENAI_ROUTES
 from .system.routes import ROUTES as SYSTEM_ROUTES
+from .tools.routes import ROUTES as TOOL_ROUTES
 
 CORE_ROUTES: list[Any] = [
     *SYSTEM_ROUTES, *ADMIN_ROUTES, *JOB_ROUTES, *OPENAI_ROUTES, *MODEL_ROUTES, *CONVERSATION_ROUTES,
+    *TOOL_ROUTES, *AGENT_ROUTES,
 ]
 UNLIMITED_PATHS = ["/healthz", "/readyz"]
 
