@@ -28,9 +28,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from .contracts import Agent, ChatMessage, GenerationParams, Guardrail
-from .db.agent_tables import AgentRun, AgentStep
 from .db.engine import session_scope
-from .db.tables import new_id, utcnow
+from .db.tables import AgentRun, AgentStep, new_id, utcnow
 from .errors import EspalierError, InvalidInput, NotFound
 from .registry import Registry
 from .security import Principal
@@ -84,7 +83,7 @@ class AgentContext:
     model: str
     tools: dict[str, Any]
     max_steps: int
-    deadline: float
+    timeout_s: float
     collection: str | None
     options: dict[str, Any]
     _service: AgentService
@@ -92,6 +91,7 @@ class AgentContext:
     _on_step: Callable[[dict[str, Any]], None] | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)
     _model_ms: float = 0.0
+    deadline: float = float("inf")  # set when the run starts, after the model is loaded
 
     # Limits ------------------------------------------------------------------------------------
     def time_left(self) -> float:
@@ -266,7 +266,7 @@ class AgentService:
         return AgentContext(
             run_id=run.id, agent=name, question=question, model=model,
             tools={t: self.tool_service.get(t) for t in wanted}, max_steps=limit_steps,
-            deadline=time.monotonic() + limit_time, collection=collection, options=dict(options or {}),
+            timeout_s=limit_time, collection=collection, options=dict(options or {}),
             _service=self, _cancel=cancel or threading.Event(), _on_step=on_step,
         )  # fmt: skip
 
@@ -275,6 +275,9 @@ class AgentService:
         agent = self.agents.get(context.agent)
         started = time.perf_counter()
         try:
+            # loading (or converting) weights is not the agent's time: the clock starts after it
+            self.models.load(context.model)
+            context.deadline = time.monotonic() + context.timeout_s
             outcome = agent.run(context.question, context=context)
             if not isinstance(outcome, AgentOutcome):
                 outcome = AgentOutcome(None if outcome is None else str(outcome))

@@ -34,6 +34,14 @@ class AgentRunCreate(msgspec.Struct, forbid_unknown_fields=True):
     stream: bool = False
 
 
+class EventStream(Stream):
+    """A Stream whose own media type wins: litestar otherwise applies the handler's (JSON) default."""
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["media_type"] = self.media_type
+        return super().to_asgi_response(*args, **kwargs)
+
+
 def _sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: ".encode() + json.dumps(data, default=str, separators=(",", ":")).encode() + b"\n\n"
 
@@ -89,7 +97,8 @@ async def run_agent(request: Request, name: str, data: JSONBody[AgentRunCreate],
 
     context = await anyio.to_thread.run_sync(prepare)
     if data.stream:
-        return Stream(_stream_steps(service, context, cancel, queue), media_type="text/event-stream", headers=SSE_HEADERS)
+        return EventStream(_stream_steps(service, context, cancel, queue), media_type="text/event-stream",
+                           headers=SSE_HEADERS)
     try:
         return await anyio.to_thread.run_sync(service.execute, context)
     finally:
