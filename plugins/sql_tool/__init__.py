@@ -44,6 +44,7 @@ def read_only_engine(url: str, *, timeout_ms: int) -> Engine:
 
 class SqlTool:
     name = "sql"
+    sensitive = True  # reads data: agents refuse a query copied from tool output
     description = ("Run one read-only SQL query (SELECT or WITH) on the configured database and get the rows "
                    "back as JSON. Pass values as :name placeholders with `params`.")  # fmt: skip
     parameters: Mapping[str, Any] = {
