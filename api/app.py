@@ -31,6 +31,7 @@ from .admin.routes import ROUTES as ADMIN_ROUTES
 from .console.routes import NAV as CONSOLE_NAV
 from .console.routes import ROUTES as CONSOLE_ROUTES
 from .console.routes import TEMPLATE_CONFIG
+from .agents.routes import ROUTES as AGENT_ROUTES
 from .errors import EXCEPTION_HANDLERS
 from .feedback.routes import ROUTES as FEEDBACK_ROUTES
 from .guards import auth_guard, bearer_token, check_route_access, provide_principal
@@ -42,12 +43,14 @@ from .models.routes import ROUTES as MODEL_ROUTES
 from .openai.routes import ROUTES as OPENAI_ROUTES
 from .reward.routes import ROUTES as REWARD_ROUTES
 from .system.routes import ROUTES as SYSTEM_ROUTES
+from .tools.routes import ROUTES as TOOL_ROUTES
 
 CORE_ROUTES: list[Any] = [
     *SYSTEM_ROUTES, *ADMIN_ROUTES, *JOB_ROUTES, *OPENAI_ROUTES, *MODEL_ROUTES, *CONVERSATION_ROUTES,
     *DOCUMENT_ROUTES,
     *FEEDBACK_ROUTES, *REWARD_ROUTES,
     *CONSOLE_ROUTES,
+    *TOOL_ROUTES, *AGENT_ROUTES,
 ]
 UNLIMITED_PATHS = ["/healthz", "/readyz"]
 

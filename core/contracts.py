@@ -136,7 +136,11 @@ class ToolResult:
 
 @runtime_checkable
 class Tool(Protocol):
-    """Something a model or an operator can call. ``parameters`` is a JSON Schema object."""
+    """Something a model or an operator can call. ``parameters`` is a JSON Schema object.
+
+    Optional attribute ``sensitive = True`` (tools that run code or read data): agents then refuse
+    a call whose arguments were copied from earlier tool output, so retrieved text cannot choose it.
+    """
 
     name: str
     description: str

@@ -19,6 +19,7 @@ from .db.engine import create_db_engine
 from .db.migrate import is_up_to_date, upgrade
 from .errors import PluginError, Unavailable
 from .jobs import JobService, JobWorker
+from .agents import AgentService
 from .chat import ChatService, ConversationService
 from .feedback import FeedbackService, PairStore
 from .console_sessions import ConsoleSessionService
@@ -28,6 +29,7 @@ from .rag.service import RagService
 from .rag.store import VectorStore
 from .reward import RewardModelService
 from .templates import TemplateService, TemplateSpec
+from .tools import ToolService
 from .plugins import PluginHost, create_plugin_manager
 from .rankings import RankingService
 from .registry import Registry
@@ -127,6 +129,16 @@ class Platform:
     @cached_property
     def agents(self) -> Registry[contracts.Agent]:
         return self.plugins.collect("register_agents", "agent", contracts.Agent)
+
+    @cached_property
+    def toolbox(self) -> ToolService:
+        """Lists, checks and calls the registered tools (the API, agents and chains use it)."""
+        return ToolService(self.tools, self.audit)
+
+    @cached_property
+    def agent_runs(self) -> AgentService:
+        """Runs agents under the platform's rules and keeps their traces."""
+        return AgentService(self.engine, self.agents, self.toolbox, self.models, self.guardrails, self.settings)
 
     @cached_property
     def guardrails(self) -> Registry[contracts.Guardrail]:

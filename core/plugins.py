@@ -30,6 +30,10 @@ ENTRY_POINT_GROUP = "espalier"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "espalier.plugins.calculator",
     "espalier.plugins.sandbox",
+    "espalier.plugins.agent_tools",
+    "espalier.plugins.sql_tool",
+    "espalier.plugins.react",
+    "espalier.plugins.pal",
     "espalier.plugins.remote_models",
     "espalier.plugins.transformers_models",
     "espalier.plugins.minilm_embedder",

@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     console_session_minutes: int = Field(
         default=60, ge=1, le=24 * 60, description="How long a console sign-in lasts before signing in again."
     )
+    sql_tool_url: str | None = Field(
+        default=None, description="Database the read-only `sql` tool queries (SQLite file or PostgreSQL URL); unset: off."
+    )
+    sql_tool_max_rows: int = Field(default=200, ge=1, le=10_000, description="Most rows one `sql` call returns.")
+    sql_tool_timeout_ms: int = Field(default=5000, ge=100, description="PostgreSQL statement timeout for the `sql` tool.")
+    agent_max_steps: int = Field(default=8, ge=1, le=50, description="Most steps an agent run may take.")
+    agent_timeout_s: float = Field(default=120.0, gt=0, le=3600, description="Wall-clock limit of one agent run.")
 
     job_workers: int = Field(default=1, ge=1, le=16)
     log_level: str = "INFO"

@@ -23,6 +23,7 @@ class PythonTool:
 
     name = "python"
     description = DESCRIPTION
+    sensitive = True  # runs code: agents refuse arguments copied from tool output
     parameters: Mapping[str, Any] = {
         "type": "object",
         "properties": {

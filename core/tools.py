@@ -1,0 +1,104 @@
+"""Tools as the API and the agents see them: listing, argument checking, invocation.
+
+Arguments are checked against the tool's own JSON Schema before the tool runs, so a tool never
+sees a malformed call and the caller learns which field is wrong. Tools are synchronous and may
+block (the sandbox, SQL); callers run them off the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+from .contracts import Tool, ToolResult
+from .errors import InvalidInput
+from .registry import Registry
+from .security import AuditLog, Principal
+
+log = logging.getLogger("espalier.tools")
+
+MAX_OUTPUT_CHARS = 20_000
+
+
+def _field_path(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(part) for part in error.absolute_path)
+    if not path and error.validator == "required":
+        # "'x' is a required property": the missing field is the first quoted word
+        return str(error.message).split("'")[1] if "'" in error.message else "arguments"
+    if not path and error.validator == "additionalProperties":
+        return "arguments"
+    return path or "arguments"
+
+
+def check_arguments(tool: Tool, arguments: Any) -> dict[str, Any]:
+    """Validate ``arguments`` against ``tool.parameters``; raise InvalidInput naming the field."""
+    if not isinstance(arguments, Mapping):
+        raise InvalidInput(f"arguments for tool '{tool.name}' must be a JSON object", code="invalid_arguments")
+    validator = jsonschema.Draft202012Validator(dict(tool.parameters))
+    errors = sorted(validator.iter_errors(dict(arguments)), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = errors[0]
+        field = _field_path(error)
+        raise InvalidInput(
+            f"invalid argument '{field}' for tool '{tool.name}': {error.message}. "
+            f"See GET /api/tools for its schema.",
+            code="invalid_arguments",
+            details={"field": field, "tool": tool.name},
+        )
+    return dict(arguments)
+
+
+@dataclass
+class ToolCall:
+    """One finished call: what went in, what came out, how long it took."""
+
+    tool: str
+    arguments: dict[str, Any]
+    result: ToolResult
+    duration_ms: float
+
+
+class ToolService:
+    def __init__(self, tools: Registry[Tool], audit: AuditLog):
+        self.tools = tools
+        self.audit = audit
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {"name": entry.item.name, "description": entry.item.description,
+             "parameters": dict(entry.item.parameters), "plugin": entry.plugin}
+            for entry in sorted(self.tools, key=lambda e: e.item.name)
+        ]  # fmt: skip
+
+    def get(self, name: str) -> Tool:
+        return self.tools.get(name)  # NotFound lists the names
+
+    def call(self, name: str, arguments: Any) -> ToolCall:
+        """Check and run one call. A tool that raises becomes an error result, never a crash."""
+        tool = self.get(name)
+        checked = check_arguments(tool, arguments)
+        started = time.perf_counter()
+        try:
+            result = tool.invoke(checked)
+        except InvalidInput:
+            raise
+        except Exception as exc:  # a plugin's bug: report it as the tool's failure
+            log.exception("tool %s failed", name)
+            result = ToolResult(output=f"The tool '{name}' failed: {type(exc).__name__}", is_error=True)
+        if not isinstance(result, ToolResult):
+            result = ToolResult(output=str(result))
+        if len(result.output) > MAX_OUTPUT_CHARS:
+            result = ToolResult(result.output[:MAX_OUTPUT_CHARS] + "\n(output truncated)", result.data, result.is_error)
+        return ToolCall(name, checked, result, round((time.perf_counter() - started) * 1000, 2))
+
+    def invoke(self, name: str, arguments: Any, *, by: Principal | None) -> ToolCall:
+        """An operator's direct call (the console's tool playground); recorded in the audit log."""
+        call = self.call(name, arguments)
+        # argument values may hold secrets (SQL literals, code): record their names only
+        self.audit.record(by, "tool.invoke", name, arguments=sorted(call.arguments), is_error=call.result.is_error)
+        return call
