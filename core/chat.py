@@ -20,6 +20,7 @@ from .contracts import ChatMessage, ChatModel, Generation, GenerationParams, Tok
 from .db.engine import session_scope
 from .db.tables import ChatRequestRecord, CompletionRecord, Conversation, ModelVersion, utcnow
 from .errors import InvalidInput, NotFound
+from .guardrails import CheckContext, GuardrailService
 from .models import ModelService
 from .security import Principal
 from .templates import TemplateService, render
@@ -88,14 +89,14 @@ class StreamSession:
 
     def __init__(self, service: ChatService, request: ChatRequest, principal: Principal | None,
                  model: ChatModel, version: ModelVersion, messages: list[ChatMessage], iterator: Iterator[TokenDelta],
-                 prompt_tokens: int, conversation_id: str):  # fmt: skip
+                 prompt_tokens: int, conversation_id: str, request_id: str | None = None):  # fmt: skip
         self.service = service
         self.request = request
         self.principal = principal
         self.model = model
         self.version = version
         self.messages = messages
-        self.request_id = new_request_id(request.kind)
+        self.request_id = request_id or new_request_id(request.kind)
         self.conversation_id = conversation_id
         self.completion_ids = [f"cmp_{secrets.token_hex(10)}" for _ in range(request.params.n)]
         self.created = int(time.time())
@@ -131,10 +132,21 @@ class StreamSession:
 
 
 class ChatService:
-    def __init__(self, engine: Engine, models: ModelService, templates: TemplateService):
+    def __init__(self, engine: Engine, models: ModelService, templates: TemplateService,
+                 guardrails: GuardrailService | None = None):  # fmt: skip
         self.engine = engine
         self.models = models
         self.templates = templates
+        self.guardrails = guardrails
+
+    def _check_input(self, request: ChatRequest, messages: list[ChatMessage], context: CheckContext) -> list[ChatMessage]:
+        """Guardrails on the way in, before any model is loaded or called (a block raises)."""
+        if self.guardrails is None:
+            return messages
+        if request.kind == "completion":
+            request.prompt = self.guardrails.check_prompt(request.prompt or "", context)
+            return messages
+        return self.guardrails.check_input(messages, context)
 
     # Preparation -------------------------------------------------------------------------------
     def _prepare(self, request: ChatRequest, principal: Principal | None) -> tuple[list[ChatMessage], str]:
@@ -200,6 +212,9 @@ class ChatService:
     def complete(self, request: ChatRequest, principal: Principal | None,
                  cancel: Callable[[], bool] | None = None) -> ChatResult:  # fmt: skip
         messages, conversation_id = self._prepare(request, principal)
+        request_id = new_request_id(request.kind)
+        context = CheckContext(request.kind, request_id, principal)
+        messages = self._check_input(request, messages, context)
         model, version = self.models.load(request.model, request.version)
         self._fit_max_tokens(model, request, messages)
         started = time.perf_counter()
@@ -207,13 +222,18 @@ class ChatService:
             generations = _text_model(model, request.model).generate_text(request.prompt, request.params, cancel)
         else:
             generations = model.generate(messages, request.params, cancel)
-        return self._store(request, principal, version, messages, generations, new_request_id(request.kind),
+        if self.guardrails is not None:
+            generations = self.guardrails.check_output(generations, context)
+        return self._store(request, principal, version, messages, generations, request_id,
                            [f"cmp_{secrets.token_hex(10)}" for _ in generations], conversation_id,
                            int(time.time()), started, "ok")  # fmt: skip
 
     def stream(self, request: ChatRequest, principal: Principal | None,
                cancel: Callable[[], bool] | None = None) -> StreamSession:  # fmt: skip
         messages, conversation_id = self._prepare(request, principal)
+        request_id = new_request_id(request.kind)
+        context = CheckContext(request.kind, request_id, principal)
+        messages = self._check_input(request, messages, context)
         model, version = self.models.load(request.model, request.version)
         self._fit_max_tokens(model, request, messages)
         if request.kind == "completion":
@@ -223,7 +243,10 @@ class ChatService:
         else:
             iterator = model.stream(messages, request.params, cancel)  # validates before returning
             prompt_tokens = model.count_tokens(messages)
-        return StreamSession(self, request, principal, model, version, messages, iterator, prompt_tokens, conversation_id)
+        if self.guardrails is not None:
+            iterator = self.guardrails.watch_stream(iterator, request.params.n, context)
+        return StreamSession(self, request, principal, model, version, messages, iterator, prompt_tokens,
+                             conversation_id, request_id)  # fmt: skip
 
     def _store(self, request: ChatRequest, principal: Principal | None, version: ModelVersion,
                messages: Sequence[ChatMessage], generations: list[Generation], request_id: str,

@@ -17,6 +17,8 @@ from . import contracts
 from .db.engine import create_db_engine
 from .db.migrate import is_up_to_date, upgrade
 from .errors import PluginError, Unavailable
+from .evaluation import EvaluationService
+from .guardrails import GuardrailService, parse_policies
 from .jobs import JobService, JobWorker
 from .chat import ChatService, ConversationService
 from .models import ModelService
@@ -72,7 +74,7 @@ class Platform:
 
     @cached_property
     def chat(self) -> ChatService:
-        return ChatService(self.engine, self.models, self.templates)
+        return ChatService(self.engine, self.models, self.templates, guardrails=self.guardrail_service)
 
     @cached_property
     def conversations(self) -> ConversationService:
@@ -96,11 +98,22 @@ class Platform:
 
     @cached_property
     def guardrails(self) -> Registry[contracts.Guardrail]:
-        return self.plugins.collect("register_guardrails", "guardrail", contracts.Guardrail)
+        return self.plugins.collect("register_guardrails", "guardrail", contracts.Guardrail,
+                                    settings=self.settings)
+
+    @cached_property
+    def guardrail_service(self) -> GuardrailService:
+        """Policies over the registered scorers; a bad policy stops start-up with its message."""
+        policies = parse_policies(self.settings.guardrail_policies, self.guardrails)
+        return GuardrailService(self.engine, self.guardrails, policies, store_allowed=self.settings.guardrail_store_allowed)
+
+    @cached_property
+    def evaluations(self) -> EvaluationService:
+        return EvaluationService(self.engine)
 
     @cached_property
     def trainers(self) -> Registry[contracts.Trainer]:
-        return self.plugins.collect("register_trainers", "trainer", contracts.Trainer)
+        return self.plugins.collect("register_trainers", "trainer", contracts.Trainer, settings=self.settings)
 
     @cached_property
     def job_kinds(self) -> Registry[contracts.JobKind]:
@@ -129,7 +142,7 @@ class Platform:
         """Collect every contribution now, so duplicate names fail at start-up, not on first use."""
         for name in (
             "model_providers", "builtin_models", "builtin_templates", "embedders", "retrievers", "tools", "agents",
-            "guardrails", "trainers", "job_kinds", "commands", "routes",
+            "guardrails", "guardrail_service", "trainers", "job_kinds", "commands", "routes",
         ):  # fmt: skip
             getattr(self, name)
 

@@ -53,11 +53,34 @@ class Settings(BaseSettings):
     )
     default_model: str = Field(default="smollm2-135m-instruct", description="The model used when a feature needs one.")
 
+    # Guardrails (see docs/operators.md, "Guardrails") ----------------------------------------
+    toxicity_checkpoint: Path | None = Field(
+        default=None,
+        description="A detoxify-format .ckpt served as the 'detoxify' scorer; unset uses the last one "
+        "trained with 'espalier guardrails train', if any.",
+    )
+    toxicity_config_dir: Path | None = Field(default=None, description="Its offline config folder; hf_config/ beside it when unset.")
+    injection_checkpoint: Path | None = Field(
+        default=None, description="An injection classifier checkpoint combined with the 'injection' rules; unset: last trained."
+    )
+    injection_config_dir: Path | None = Field(default=None, description="Its offline config folder.")
+    injection_canaries: list[str] = Field(
+        default_factory=list, description="Secret strings planted in system prompts; text containing one scores injection 1.0."
+    )
+    guardrail_policies: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Guardrail policies (a list of tables in TOML, JSON in the environment); unset: flag "
+        "toxic input and output with the 'profanity' scorer, never block.",
+    )
+    guardrail_store_allowed: bool = Field(
+        default=False, description="Also store 'allow' decisions as guardrail events (all are counted in /metrics)."
+    )
+
     job_workers: int = Field(default=1, ge=1, le=16)
     log_level: str = "INFO"
     log_json: bool = True
 
-    @field_validator("plugins", "disable_plugins", mode="before")
+    @field_validator("plugins", "disable_plugins", "injection_canaries", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         # ``ESPALIER_PLUGINS=a,b`` as well as JSON lists; ``ESPALIER_PLUGINS=`` means "none".
@@ -102,6 +125,11 @@ class Settings(BaseSettings):
     @property
     def chroma_dir(self) -> Path:
         return self.home / "chroma"
+
+    @property
+    def guardrail_models_dir(self) -> Path:
+        """Where trained guardrail classifiers are recorded (``<kind>.json`` names the current one)."""
+        return self.artifacts_dir / "guardrails"
 
     def ensure_dirs(self) -> None:
         for path in (self.home, self.artifacts_dir, self.models_dir):

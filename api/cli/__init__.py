@@ -263,8 +263,15 @@ def _add_plugin_commands() -> None:
             app.command(name=command.name, help=command.help or None)(command.target)
 
 
+from .guardrails import eval_app, guardrails_app  # noqa: E402  (needs console and platform above)
+
+app.add_typer(guardrails_app, name="guardrails")
+app.add_typer(eval_app, name="eval")
+
+
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] not in ("--version", "--help", "serve", "db", "keys", "jobs", "models"):
+    if len(sys.argv) > 1 and sys.argv[1] not in ("--version", "--help", "serve", "db", "keys", "jobs", "models",
+                                                 "guardrails", "eval"):  # fmt: skip
         _add_plugin_commands()
     try:
         app()
