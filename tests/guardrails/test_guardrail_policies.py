@@ -88,9 +88,15 @@ def test_bad_policies_are_refused_with_a_message(raw, message):
         parse_policies([raw], registry)
 
 
-def test_a_bad_policy_stops_the_app_from_starting(tmp_path):
-    with pytest.raises(Exception, match="not registered"):
-        next(build_harness(tmp_path, [], guardrail_policies=[{"direction": "input", "scorer": "nope", "threshold": 0.5}]))
+def test_a_bad_policy_stops_the_platform_from_starting(tmp_path):
+    from espalier.core.platform import Platform
+    from espalier.core.settings import Settings
+
+    settings = Settings(home=tmp_path, guardrail_policies=[{"direction": "input", "scorer": "nope", "threshold": 0.5}])
+    platform = Platform(settings, load_entry_points=False)
+    with pytest.raises(InvalidInput, match="scorer 'nope', which is not registered"):
+        platform.start(run_jobs=False)
+    platform.close()
 
 
 def test_default_policy_flags_only(tmp_path):
