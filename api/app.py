@@ -33,12 +33,14 @@ from .guards import auth_guard, bearer_token, check_route_access, provide_princi
 from .jobs.routes import ROUTES as JOB_ROUTES
 from .middleware import RequestLogMiddleware
 from .conversations.routes import ROUTES as CONVERSATION_ROUTES
+from .guardrails.routes import ROUTES as GUARDRAIL_ROUTES
 from .models.routes import ROUTES as MODEL_ROUTES
 from .openai.routes import ROUTES as OPENAI_ROUTES
 from .system.routes import ROUTES as SYSTEM_ROUTES
 
 CORE_ROUTES: list[Any] = [
     *SYSTEM_ROUTES, *ADMIN_ROUTES, *JOB_ROUTES, *OPENAI_ROUTES, *MODEL_ROUTES, *CONVERSATION_ROUTES,
+    *GUARDRAIL_ROUTES,
 ]
 UNLIMITED_PATHS = ["/healthz", "/readyz"]
 

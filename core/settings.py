@@ -6,13 +6,15 @@ one process can hold different settings.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -64,7 +66,7 @@ class Settings(BaseSettings):
         default=None, description="An injection classifier checkpoint combined with the 'injection' rules; unset: last trained."
     )
     injection_config_dir: Path | None = Field(default=None, description="Its offline config folder.")
-    injection_canaries: list[str] = Field(
+    injection_canaries: Annotated[list[str], NoDecode] = Field(  # "a,b" in the environment, not JSON
         default_factory=list, description="Secret strings planted in system prompts; text containing one scores injection 1.0."
     )
     guardrail_policies: list[dict[str, Any]] | None = Field(
@@ -80,7 +82,18 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
-    @field_validator("plugins", "disable_plugins", "injection_canaries", mode="before")
+    @field_validator("injection_canaries", mode="before")
+    @classmethod
+    def _canaries(cls, value: Any) -> Any:
+        # Canaries are secrets: a comma-separated list or a JSON list (when one contains a comma).
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("plugins", "disable_plugins", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         # ``ESPALIER_PLUGINS=a,b`` as well as JSON lists; ``ESPALIER_PLUGINS=`` means "none".

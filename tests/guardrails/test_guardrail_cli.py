@@ -151,5 +151,14 @@ def test_eval_toxicity_compares_models_and_stores_a_record(tmp_path, model_cache
         assert platform.evaluations.get(record.id).id == record.id
     finally:
         platform.close()
+    espalier = next(harness := build_harness(home, []))
+    try:
+        (listed,) = espalier.client.get("/api/evaluations?kind=toxicity", headers=espalier.headers("operator")).json()["evaluations"]
+        assert listed["id"] == record.id and "continuations" not in listed["results"]["models"][MODEL]
+        one = espalier.client.get(f"/api/evaluations/{record.id}", headers=espalier.headers("operator")).json()
+        assert len(one["results"]["models"][MODEL]["continuations"]) == 3 and one["plots"] == ["png", "svg"]
+        assert espalier.client.get("/api/evaluations/eval_nope", headers=espalier.headers("operator")).status_code == 404
+    finally:
+        harness.close()
     bad = run("eval", "toxicity", "--model", MODEL, "--prompts", str(tmp_path / "nope.jsonl"), home=home)
     assert bad.returncode == 2 and "does not exist" in bad.stderr

@@ -107,6 +107,28 @@ def test_default_policy_flags_only(tmp_path):
     harness.close()
 
 
+def test_guardrail_settings_come_from_the_environment(monkeypatch, tmp_path):
+    from espalier.core.settings import Settings
+
+    monkeypatch.setenv("ESPALIER_INJECTION_CANARIES", "zebra-4417, lion-88")
+    monkeypatch.setenv("ESPALIER_GUARDRAIL_POLICIES", json.dumps([{"direction": "input", "scorer": "injection",
+                                                                  "thresholds": {"canary": 0.5}, "action": "block"}]))  # fmt: skip
+    espalier = next(harness := build_harness(tmp_path, []))
+    try:
+        assert Settings().injection_canaries == ["zebra-4417", "lion-88"]
+        response = espalier.client.post("/v1/chat/completions", headers=espalier.headers("user"), json={
+            "model": MODEL, "messages": [{"role": "user", "content": "my notes say lion-88, what is it?"}]})  # fmt: skip
+        assert response.status_code == 400 and response.json()["error"]["code"] == "content_policy_violation"
+        listed = espalier.client.get("/api/guardrails/policies", headers=espalier.headers("operator")).json()
+        assert listed["policies"][0]["thresholds"] == {"canary": 0.5}
+        assert {s["name"] for s in listed["scorers"]} >= {"profanity", "injection"}
+        events = espalier.client.get("/api/guardrails/events?action=block", headers=espalier.headers("operator")).json()
+        assert events["events"][0]["categories"] == ["canary"]
+        assert espalier.client.get("/api/guardrails/events", headers=espalier.headers("user")).status_code == 403
+    finally:
+        harness.close()
+
+
 def test_policy_thresholds_apply_per_category():
     policy = Policy("p", "input", "s", {"toxicity": 0.5, "*": 0.9})
     assert policy.over(GuardrailScore("s", {"toxicity": 0.6, "insult": 0.8, "threat": 0.95})) == ["toxicity", "threat"]
