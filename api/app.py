@@ -39,6 +39,7 @@ from .jobs.routes import ROUTES as JOB_ROUTES
 from .middleware import RequestLogMiddleware
 from .conversations.routes import ROUTES as CONVERSATION_ROUTES
 from .documents.routes import ROUTES as DOCUMENT_ROUTES
+from .guardrails.routes import ROUTES as GUARDRAIL_ROUTES
 from .models.routes import ROUTES as MODEL_ROUTES
 from .openai.routes import ROUTES as OPENAI_ROUTES
 from .reward.routes import ROUTES as REWARD_ROUTES
@@ -51,6 +52,7 @@ CORE_ROUTES: list[Any] = [
     *FEEDBACK_ROUTES, *REWARD_ROUTES,
     *CONSOLE_ROUTES,
     *TOOL_ROUTES, *AGENT_ROUTES,
+    *GUARDRAIL_ROUTES,
 ]
 UNLIMITED_PATHS = ["/healthz", "/readyz"]
 

@@ -20,6 +20,7 @@ from .contracts import ChatMessage, ChatModel, Generation, GenerationParams, Tok
 from .db.engine import session_scope
 from .db.tables import ChatRequestRecord, CompletionRecord, Conversation, ModelVersion, utcnow
 from .errors import InvalidInput, NotFound
+from .guardrails import CheckContext, GuardrailService
 from .models import ModelService
 from .security import Principal
 from .templates import TemplateService, render
@@ -95,14 +96,14 @@ class StreamSession:
 
     def __init__(self, service: ChatService, request: ChatRequest, principal: Principal | None,
                  model: ChatModel, version: ModelVersion, messages: list[ChatMessage], iterator: Iterator[TokenDelta],
-                 prompt_tokens: int, conversation_id: str):  # fmt: skip
+                 prompt_tokens: int, conversation_id: str, request_id: str | None = None):  # fmt: skip
         self.service = service
         self.request = request
         self.principal = principal
         self.model = model
         self.version = version
         self.messages = messages
-        self.request_id = new_request_id(request.kind)
+        self.request_id = request_id or new_request_id(request.kind)
         self.conversation_id = conversation_id
         self.completion_ids = [f"cmp_{secrets.token_hex(10)}" for _ in range(request.params.n)]
         self.created = int(time.time())
@@ -145,12 +146,14 @@ class StreamSession:
 
 class ChatService:
     def __init__(self, engine: Engine, models: ModelService, templates: TemplateService,
-                 grounder: Any = None, default_model: str | None = None):  # fmt: skip
+                 grounder: Any = None, default_model: str | None = None,
+                 guardrails: GuardrailService | None = None):  # fmt: skip
         self.engine = engine
         self.models = models
         self.templates = templates
         self.grounder = grounder
         self.default_model = default_model
+        self.guardrails = guardrails
 
     def _load(self, request: ChatRequest, principal: Principal | None,
               messages: list[ChatMessage]) -> tuple[ChatModel, ModelVersion, list[ChatMessage], list[dict[str, Any]] | None]:  # fmt: skip
@@ -172,6 +175,15 @@ class ChatService:
             raise InvalidInput("retrieval is not available on this server")
         messages, sources = self.grounder.ground(messages, collections, principal, model)
         return model, version, messages, sources
+
+    def _check_input(self, request: ChatRequest, messages: list[ChatMessage], context: CheckContext) -> list[ChatMessage]:
+        """Guardrails on the way in, before any model is loaded or called (a block raises)."""
+        if self.guardrails is None:
+            return messages
+        if request.kind == "completion":
+            request.prompt = self.guardrails.check_prompt(request.prompt or "", context)
+            return messages
+        return self.guardrails.check_input(messages, context)
 
     # Preparation -------------------------------------------------------------------------------
     def _prepare(self, request: ChatRequest, principal: Principal | None) -> tuple[list[ChatMessage], str]:
@@ -237,6 +249,9 @@ class ChatService:
     def complete(self, request: ChatRequest, principal: Principal | None,
                  cancel: Callable[[], bool] | None = None) -> ChatResult:  # fmt: skip
         messages, conversation_id = self._prepare(request, principal)
+        request_id = new_request_id(request.kind)
+        context = CheckContext(request.kind, request_id, principal)
+        messages = self._check_input(request, messages, context)
         started = time.perf_counter()
         model, version, messages, sources = self._load(request, principal, messages)
         self._fit_max_tokens(model, request, messages)
@@ -244,7 +259,9 @@ class ChatService:
             generations = _text_model(model, request.model).generate_text(request.prompt, request.params, cancel)
         else:
             generations = model.generate(messages, request.params, cancel)
-        result = self._store(request, principal, version, messages, generations, new_request_id(request.kind),
+        if self.guardrails is not None:
+            generations = self.guardrails.check_output(generations, context)
+        result = self._store(request, principal, version, messages, generations, request_id,
                              [f"cmp_{secrets.token_hex(10)}" for _ in generations], conversation_id,
                              int(time.time()), started, "ok")  # fmt: skip
         result.sources = sources
@@ -253,6 +270,9 @@ class ChatService:
     def stream(self, request: ChatRequest, principal: Principal | None,
                cancel: Callable[[], bool] | None = None) -> StreamSession:  # fmt: skip
         messages, conversation_id = self._prepare(request, principal)
+        request_id = new_request_id(request.kind)
+        context = CheckContext(request.kind, request_id, principal)
+        messages = self._check_input(request, messages, context)
         model, version, messages, sources = self._load(request, principal, messages)
         self._fit_max_tokens(model, request, messages)
         if request.kind == "completion":
@@ -262,7 +282,10 @@ class ChatService:
         else:
             iterator = model.stream(messages, request.params, cancel)  # validates before returning
             prompt_tokens = model.count_tokens(messages)
-        session = StreamSession(self, request, principal, model, version, messages, iterator, prompt_tokens, conversation_id)
+        if self.guardrails is not None:
+            iterator = self.guardrails.watch_stream(iterator, request.params.n, context)
+        session = StreamSession(self, request, principal, model, version, messages, iterator, prompt_tokens,
+                                conversation_id, request_id)  # fmt: skip
         session.sources = sources
         return session
 

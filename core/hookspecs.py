@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         Trainer,
     )
     from .platform import Platform
+    from .settings import Settings
     from .templates import TemplateSpec
 
 hookspec = pluggy.HookspecMarker("espalier")
@@ -168,28 +169,35 @@ def register_agents(register: Callable[[Agent], None]) -> None:
 
 
 @hookspec
-def register_guardrails(register: Callable[[Guardrail], None]) -> None:
+def register_guardrails(register: Callable[[Guardrail], None], settings: Settings) -> None:
     """Contribute guardrail scorers that rate text on the way in or out.
+
+    Policies (``ESPALIER_GUARDRAIL_POLICIES``) choose which scorer checks which direction and what
+    happens above a threshold; a scorer only scores.
 
     :param register: call ``register(guardrail)`` for each :class:`~espalier.core.contracts.Guardrail`;
         ``score`` returns one :class:`~espalier.core.contracts.GuardrailScore` per text.
+    :param settings: the platform's :class:`~espalier.core.settings.Settings` (e.g. a configured
+        checkpoint); read them here, never from the environment at import time. Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
     Example::
 
         @hookimpl
-        def register_guardrails(register):
+        def register_guardrails(register, settings):
             register(PIIScorer(name="pii", categories=["email", "phone"]))
     """
 
 
 @hookspec
-def register_trainers(register: Callable[[Trainer], None]) -> None:
+def register_trainers(register: Callable[[Trainer], None], settings: Settings) -> None:
     """Contribute trainers (reward models, policies, guardrail classifiers). Each becomes a job kind
     named ``train:<name>``.
 
     :param register: call ``register(trainer)`` for each :class:`~espalier.core.contracts.Trainer`.
+    :param settings: the platform's :class:`~espalier.core.settings.Settings` (where to record
+        what was trained, for instance). Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 

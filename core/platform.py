@@ -18,6 +18,8 @@ from . import contracts
 from .db.engine import create_db_engine
 from .db.migrate import is_up_to_date, upgrade
 from .errors import PluginError, Unavailable
+from .evaluation import EvaluationService
+from .guardrails import GuardrailService, parse_policies
 from .jobs import JobService, JobWorker
 from .agents import AgentService
 from .chat import ChatService, ConversationService
@@ -86,7 +88,8 @@ class Platform:
         from .rag.grounding import Grounder
 
         return ChatService(self.engine, self.models, self.templates,
-                           grounder=Grounder(self.rag, lambda: self.guardrails), default_model=self.settings.default_model)
+                           grounder=Grounder(self.rag, lambda: self.guardrails), default_model=self.settings.default_model,
+                           guardrails=self.guardrail_service)  # fmt: skip
 
     @cached_property
     def conversations(self) -> ConversationService:
@@ -142,11 +145,22 @@ class Platform:
 
     @cached_property
     def guardrails(self) -> Registry[contracts.Guardrail]:
-        return self.plugins.collect("register_guardrails", "guardrail", contracts.Guardrail)
+        return self.plugins.collect("register_guardrails", "guardrail", contracts.Guardrail,
+                                    settings=self.settings)
+
+    @cached_property
+    def guardrail_service(self) -> GuardrailService:
+        """Policies over the registered scorers; a bad policy stops start-up with its message."""
+        policies = parse_policies(self.settings.guardrail_policies, self.guardrails)
+        return GuardrailService(self.engine, self.guardrails, policies, store_allowed=self.settings.guardrail_store_allowed)
+
+    @cached_property
+    def evaluations(self) -> EvaluationService:
+        return EvaluationService(self.engine)
 
     @cached_property
     def trainers(self) -> Registry[contracts.Trainer]:
-        return self.plugins.collect("register_trainers", "trainer", contracts.Trainer)
+        return self.plugins.collect("register_trainers", "trainer", contracts.Trainer, settings=self.settings)
 
     @cached_property
     def job_kinds(self) -> Registry[contracts.JobKind]:
@@ -188,7 +202,7 @@ class Platform:
         """Collect every contribution now, so duplicate names fail at start-up, not on first use."""
         for name in (
             "model_providers", "builtin_models", "builtin_templates", "embedders", "retrievers", "tools", "agents",
-            "guardrails", "trainers", "job_kinds", "commands", "routes",
+            "guardrails", "guardrail_service", "trainers", "job_kinds", "commands", "routes",
         ):  # fmt: skip
             getattr(self, name)
 

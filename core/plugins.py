@@ -77,10 +77,14 @@ class PluginHost:
     failures: list[PluginFailure] = field(default_factory=list)
 
     # Contributions ----------------------------------------------------------------------
-    def collect(self, hook_name: str, kind: str, protocol: type | None = None) -> Registry[Any]:
-        """Call a ``register_*`` hook on every plugin, attributing each item to its plugin."""
+    def collect(self, hook_name: str, kind: str, protocol: type | None = None, **arguments: Any) -> Registry[Any]:
+        """Call a ``register_*`` hook on every plugin, attributing each item to its plugin.
+
+        ``arguments`` are the hook's other parameters (e.g. ``settings``), passed by name to the
+        implementations that accept them.
+        """
         registry: Registry[Any] = Registry(kind, protocol)
-        self.each_impl(hook_name, lambda plugin: (lambda item: registry.add(item, plugin=plugin)))
+        self.each_impl(hook_name, lambda plugin: (lambda item: registry.add(item, plugin=plugin)), **arguments)
         return registry
 
     def collect_list(self, hook_name: str) -> list[tuple[Any, str]]:
@@ -89,13 +93,14 @@ class PluginHost:
         self.each_impl(hook_name, lambda plugin: (lambda item: items.append((item, plugin))))
         return items
 
-    def each_impl(self, hook_name: str, make_register: Callable[[str], Callable[[Any], None]]) -> None:
+    def each_impl(self, hook_name: str, make_register: Callable[[str], Callable[[Any], None]], **arguments: Any) -> None:
         caller = getattr(self.pm.hook, hook_name)
         # pluggy calls implementations last-registered-first (tryfirst/trylast respected).
         for impl in reversed(caller.get_hookimpls()):
             register = make_register(impl.plugin_name)
             try:
-                impl.function(*[register for _ in impl.argnames])
+                impl.function(*[arguments.get(name, register) if name != "register" else register
+                                for name in impl.argnames])
             except PluginError:
                 raise
             except Exception as exc:  # a plugin's own bug: name it

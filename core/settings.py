@@ -6,13 +6,15 @@ one process can hold different settings.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -76,10 +78,43 @@ class Settings(BaseSettings):
     sql_tool_timeout_ms: int = Field(default=5000, ge=100, description="PostgreSQL statement timeout for the `sql` tool.")
     agent_max_steps: int = Field(default=8, ge=1, le=50, description="Most steps an agent run may take.")
     agent_timeout_s: float = Field(default=120.0, gt=0, le=3600, description="Wall-clock limit of one agent run.")
+    # Guardrails (see docs/operators.md, "Guardrails") ----------------------------------------
+    toxicity_checkpoint: Path | None = Field(
+        default=None,
+        description="A detoxify-format .ckpt served as the 'detoxify' scorer; unset uses the last one "
+        "trained with 'espalier guardrails train', if any.",
+    )
+    toxicity_config_dir: Path | None = Field(default=None, description="Its offline config folder; hf_config/ beside it when unset.")
+    injection_checkpoint: Path | None = Field(
+        default=None, description="An injection classifier checkpoint combined with the 'injection' rules; unset: last trained."
+    )
+    injection_config_dir: Path | None = Field(default=None, description="Its offline config folder.")
+    injection_canaries: Annotated[list[str], NoDecode] = Field(  # "a,b" in the environment, not JSON
+        default_factory=list, description="Secret strings planted in system prompts; text containing one scores injection 1.0."
+    )
+    guardrail_policies: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Guardrail policies (a list of tables in TOML, JSON in the environment); unset: flag "
+        "toxic input and output with the 'profanity' scorer, never block.",
+    )
+    guardrail_store_allowed: bool = Field(
+        default=False, description="Also store 'allow' decisions as guardrail events (all are counted in /metrics)."
+    )
 
     job_workers: int = Field(default=1, ge=1, le=16)
     log_level: str = "INFO"
     log_json: bool = True
+
+    @field_validator("injection_canaries", mode="before")
+    @classmethod
+    def _canaries(cls, value: Any) -> Any:
+        # Canaries are secrets: a comma-separated list or a JSON list (when one contains a comma).
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @field_validator("plugins", "disable_plugins", mode="before")
     @classmethod
@@ -130,6 +165,11 @@ class Settings(BaseSettings):
     @property
     def rag_dir(self) -> Path:
         return self.home / "rag"
+
+    @property
+    def guardrail_models_dir(self) -> Path:
+        """Where trained guardrail classifiers are recorded (``<kind>.json`` names the current one)."""
+        return self.artifacts_dir / "guardrails"
 
     def ensure_dirs(self) -> None:
         for path in (self.home, self.artifacts_dir, self.models_dir):

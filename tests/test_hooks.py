@@ -158,11 +158,15 @@ def test_hook_register_guardrails(tmp_path):
 
     class Plugin:
         @hookimpl
-        def register_guardrails(self, register):
+        def register_guardrails(self, register, settings):
+            seen.append(settings)
             register(Shouting())
 
-    scores = platform_with(tmp_path, Plugin()).guardrails.get("shouting").score(["HEY", "hey"], direction="input")
+    seen = []
+    platform = platform_with(tmp_path, Plugin())
+    scores = platform.guardrails.get("shouting").score(["HEY", "hey"], direction="input")
     assert [s.scores["caps"] for s in scores] == [1.0, 0.0]
+    assert seen == [platform.settings]
 
 
 def wait_for(platform, job_id):
@@ -187,7 +191,8 @@ def test_hook_register_trainers(tmp_path):
 
     class Plugin:
         @hookimpl
-        def register_trainers(self, register):
+        def register_trainers(self, register, settings):
+            assert settings.artifacts_dir.name == "artifacts"
             register(Trainer())
 
     platform = platform_with(tmp_path, Plugin()).start()

@@ -291,6 +291,12 @@ def _add_plugin_commands() -> None:
             app.command(name=command.name, help=command.help or None)(command.target)
 
 
+from .guardrails import eval_app, guardrails_app  # noqa: E402  (needs console and platform above)
+
+app.add_typer(guardrails_app, name="guardrails")
+app.add_typer(eval_app, name="eval")
+
+
 def main() -> None:
     builtin = {"--version", "--help"} | {c.name or c.callback.__name__ for c in app.registered_commands}
     builtin |= {group.name for group in app.registered_groups}

@@ -1,5 +1,5 @@
 """The OpenAI-compatible API: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
-``/v1/models``. Point the official ``openai`` SDK's ``base_url`` at ``http://host:8000/v1``."""
+``/v1/models``, ``/v1/moderations``. Point the official ``openai`` SDK's ``base_url`` at ``http://host:8000/v1``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from espalier.core.errors import InvalidInput, NotFound
 
 from . import convert
 from .errors import OPENAI_EXCEPTION_HANDLERS
+from .moderations import moderations
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from .streaming import stream_events
 
@@ -166,7 +167,7 @@ def get_model(request: Request, model_id: str) -> dict[str, Any]:
 
 openai_router = Router(
     path="/v1",
-    route_handlers=[chat_completions, completions, embeddings, list_models, get_model],
+    route_handlers=[chat_completions, completions, embeddings, list_models, get_model, moderations],
     exception_handlers=OPENAI_EXCEPTION_HANDLERS,  # type: ignore[arg-type]
     tags=["openai"],
 )

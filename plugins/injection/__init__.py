@@ -1,28 +1,24 @@
 """Built-in prompt-injection guardrail and its classifier trainer.
 
 The ``injection`` scorer always works from rules (override phrases, role markers, jailbreak
-personas, system-prompt requests) and canaries (``ESPALIER_INJECTION_CANARIES``, comma
-separated). When ``ESPALIER_INJECTION_CHECKPOINT`` names a checkpoint trained with
-:func:`train_injection_model` (job kind ``train:injection-classifier``), its score is combined
-with the rules' by taking the larger. A configured path that does not exist stops start-up.
+personas, system-prompt requests) and canaries (setting ``injection_canaries``). When the setting
+``injection_checkpoint`` names a checkpoint trained with :func:`train_injection_model` (job kind
+``train:injection-classifier``), or one was trained and recorded, its score is combined with the
+rules' by taking the larger. A configured path that does not exist stops start-up.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from espalier import hookimpl
+from espalier.core.guardrails import trained_model
 from espalier.plugins.toxicity.training import ClassifierTrainer, Progress, train_classifier
 
 from .rules import RULES, Rule, RuleSet
 from .scorer import InjectionScorer
-
-CHECKPOINT_ENV = "ESPALIER_INJECTION_CHECKPOINT"
-CONFIG_DIR_ENV = "ESPALIER_INJECTION_CONFIG_DIR"
-CANARIES_ENV = "ESPALIER_INJECTION_CANARIES"
 
 __all__ = ["RULES", "InjectionScorer", "Rule", "RuleSet", "train_injection_model"]
 
@@ -44,24 +40,28 @@ def train_injection_model(
     return train_classifier(data, out_dir, epochs=epochs, max_length=max_length, progress=progress, **options)
 
 
-def scorer_from_environment(environ: Mapping[str, str] = os.environ) -> InjectionScorer:
-    canaries = [c for c in environ.get(CANARIES_ENV, "").split(",") if c.strip()]
-    checkpoint = environ.get(CHECKPOINT_ENV, "").strip() or None
-    return InjectionScorer(checkpoint, environ.get(CONFIG_DIR_ENV, "").strip() or None, canaries=canaries)
+def scorer_from_settings(settings: Any) -> InjectionScorer:
+    checkpoint, config_dir = settings.injection_checkpoint, settings.injection_config_dir
+    if checkpoint is None:
+        card = trained_model(settings.guardrail_models_dir, "injection")
+        if card is not None:
+            checkpoint, config_dir = card["artifacts"]["checkpoint"], card["artifacts"].get("config_dir")
+    return InjectionScorer(checkpoint, config_dir, canaries=list(settings.injection_canaries))
 
 
 @hookimpl(trylast=True)
-def register_guardrails(register):
-    register(scorer_from_environment())
+def register_guardrails(register, settings):
+    register(scorer_from_settings(settings))
 
 
 @hookimpl(trylast=True)
-def register_trainers(register):
+def register_trainers(register, settings):
     register(
         ClassifierTrainer(
             "injection-classifier",
             "Fine-tune MiniLM on labelled prompts ({text, label: injection/benign}) into an injection checkpoint",
             category="injection",
             model_name="espalier-injection",
+            record_dir=settings.guardrail_models_dir,
         )
     )

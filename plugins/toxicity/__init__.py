@@ -3,29 +3,27 @@
 Scorers:
 
 * ``profanity``: alt-profanity-check's bundled classifier; always registered (the default).
-* ``detoxify``: a detoxify-format checkpoint run by detoxify's own code; registered only when an
-  operator configures one with ``ESPALIER_TOXICITY_CHECKPOINT`` (and optionally
-  ``ESPALIER_TOXICITY_CONFIG_DIR``, else ``hf_config/`` beside the checkpoint). A configured path
-  that does not exist stops start-up with a message naming it, rather than failing on the first
-  message scored.
+* ``detoxify``: a detoxify-format checkpoint run by detoxify's own code; registered when an
+  operator configures one (setting ``toxicity_checkpoint``, optionally ``toxicity_config_dir``,
+  else ``hf_config/`` beside the checkpoint) or, failing that, when one was trained with
+  ``espalier guardrails train`` / the ``train:toxicity-classifier`` job (recorded under
+  ``<artifacts>/guardrails/toxicity.json``). A configured path that does not exist stops start-up
+  with a message naming it, rather than failing on the first message scored.
 
 Trainer ``toxicity-classifier`` (job kind ``train:toxicity-classifier``) fine-tunes MiniLM on a
-JSONL file and writes a checkpoint that the ``detoxify`` scorer and detoxify itself load.
+JSONL file, writes a checkpoint that the ``detoxify`` scorer and detoxify itself load, and
+records it as the one to serve from the next start.
 """
 
 from __future__ import annotations
 
-import os
-
 from espalier import hookimpl
+from espalier.core.guardrails import trained_model
 
 from .data import LabelledTexts, load_labelled, stratified_sample, stratified_split
 from .detoxify_scorer import DetoxifyScorer
 from .profanity import ProfanityScorer
 from .training import ClassifierTrainer, TrainingCancelled, train_classifier, train_toxicity_model
-
-CHECKPOINT_ENV = "ESPALIER_TOXICITY_CHECKPOINT"
-CONFIG_DIR_ENV = "ESPALIER_TOXICITY_CONFIG_DIR"
 
 __all__ = [
     "ClassifierTrainer",
@@ -42,21 +40,24 @@ __all__ = [
 
 
 @hookimpl(trylast=True)
-def register_guardrails(register):
+def register_guardrails(register, settings):
     register(ProfanityScorer())
-    # Read when the hook runs (start-up), never at import time.
-    checkpoint = os.environ.get(CHECKPOINT_ENV, "").strip()
-    if checkpoint:
-        register(DetoxifyScorer(checkpoint, os.environ.get(CONFIG_DIR_ENV, "").strip() or None))
+    if settings.toxicity_checkpoint is not None:
+        register(DetoxifyScorer(settings.toxicity_checkpoint, settings.toxicity_config_dir))
+        return
+    card = trained_model(settings.guardrail_models_dir, "toxicity")
+    if card is not None:
+        register(DetoxifyScorer(card["artifacts"]["checkpoint"], card["artifacts"].get("config_dir")))
 
 
 @hookimpl(trylast=True)
-def register_trainers(register):
+def register_trainers(register, settings):
     register(
         ClassifierTrainer(
             "toxicity-classifier",
             "Fine-tune MiniLM on labelled text ({text, label}) into a detoxify-format toxicity checkpoint",
             category="toxicity",
             model_name="espalier-toxicity",
+            record_dir=settings.guardrail_models_dir,
         )
     )

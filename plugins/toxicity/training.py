@@ -294,8 +294,11 @@ class ClassifierTrainer:
 
     SETTINGS = frozenset(TrainingSettings.__dataclass_fields__)
 
-    def __init__(self, name: str, description: str, *, category: str, model_name: str):
+    def __init__(self, name: str, description: str, *, category: str, model_name: str,
+                 record_dir: str | Path | None = None):  # fmt: skip
         self.name = name
+        # Where a finished model is recorded as the one to serve (None: only the job's artifact).
+        self.record_dir = Path(record_dir) if record_dir is not None else None
         self.description = description
         self.category = category
         self.model_name = model_name
@@ -323,4 +326,9 @@ class ClassifierTrainer:
             )
         except TrainingCancelled as exc:
             return {"status": "cancelled", "message": exc.message}
+        if self.record_dir is not None:
+            from espalier.core.guardrails import record_trained_model
+
+            record_trained_model(self.record_dir, self.category, card)
+            job.log(f"recorded as the {self.category} model served from the next start")
         return {"status": "trained", **card}

@@ -10,6 +10,7 @@ import pytest
 from espalier.core import hookspecs
 from espalier.core.contracts import Guardrail, GuardrailScore, Trainer
 from espalier.core.errors import InvalidInput
+from espalier.core.settings import Settings
 from espalier.plugins import injection as injection_plugin
 from espalier.plugins import toxicity as toxicity_plugin
 from espalier.plugins.toxicity import ProfanityScorer
@@ -44,39 +45,34 @@ def test_empty_batch():
     assert ProfanityScorer().score([], direction="input") == []
 
 
-def collect(plugin_module, hook):
+def collect(plugin_module, hook, home, **settings):
     pm = pluggy.PluginManager("espalier")
     pm.add_hookspecs(hookspecs)
     pm.register(plugin_module)
     items = []
-    getattr(pm.hook, hook)(register=items.append)
+    getattr(pm.hook, hook)(register=items.append, settings=Settings(home=home, **settings))
     return items
 
 
-def test_toxicity_plugin_registers_profanity_only_when_no_checkpoint(monkeypatch):
-    monkeypatch.delenv(toxicity_plugin.CHECKPOINT_ENV, raising=False)
-    guardrails = collect(toxicity_plugin, "register_guardrails")
+def test_toxicity_plugin_registers_profanity_only_when_no_checkpoint(tmp_path):
+    guardrails = collect(toxicity_plugin, "register_guardrails", tmp_path)
     assert [g.name for g in guardrails] == ["profanity"]
     assert all(isinstance(g, Guardrail) for g in guardrails)
-    trainers = collect(toxicity_plugin, "register_trainers")
+    trainers = collect(toxicity_plugin, "register_trainers", tmp_path)
     assert [t.name for t in trainers] == ["toxicity-classifier"] and isinstance(trainers[0], Trainer)
 
 
-def test_a_configured_checkpoint_that_is_missing_stops_start_up(monkeypatch, tmp_path):
-    monkeypatch.setenv(toxicity_plugin.CHECKPOINT_ENV, str(tmp_path / "nope.ckpt"))
+def test_a_configured_checkpoint_that_is_missing_stops_start_up(tmp_path):
     with pytest.raises(InvalidInput, match="nope.ckpt does not exist"):
-        collect(toxicity_plugin, "register_guardrails")
-    monkeypatch.setenv(injection_plugin.CHECKPOINT_ENV, str(tmp_path / "nope.ckpt"))
+        collect(toxicity_plugin, "register_guardrails", tmp_path, toxicity_checkpoint=tmp_path / "nope.ckpt")
     with pytest.raises(InvalidInput, match="does not exist"):
-        collect(injection_plugin, "register_guardrails")
+        collect(injection_plugin, "register_guardrails", tmp_path, injection_checkpoint=tmp_path / "nope.ckpt")
 
 
-def test_injection_plugin_registers_rules_scorer(monkeypatch):
-    monkeypatch.delenv(injection_plugin.CHECKPOINT_ENV, raising=False)
-    monkeypatch.setenv(injection_plugin.CANARIES_ENV, "zebra-4417, ")
-    (scorer,) = collect(injection_plugin, "register_guardrails")
+def test_injection_plugin_registers_rules_scorer(tmp_path):
+    (scorer,) = collect(injection_plugin, "register_guardrails", tmp_path, injection_canaries="zebra-4417, ")
     assert isinstance(scorer, Guardrail) and scorer.name == "injection"
     assert scorer.categories == ("injection", "canary")
     assert scorer.score(["the zebra-4417 says hi"], direction="output")[0].scores == {"injection": 1.0, "canary": 1.0}
-    (trainer,) = collect(injection_plugin, "register_trainers")
+    (trainer,) = collect(injection_plugin, "register_trainers", tmp_path)
     assert trainer.name == "injection-classifier" and isinstance(trainer, Trainer)
