@@ -1,0 +1,1 @@
+"""Retrieval: collections, chunking, vectors (chromadb), keywords (BM25), grounding."""
