@@ -38,6 +38,17 @@ DATA = REPO_ROOT.parent / "shared" / "data" / "hh_pairs_train.jsonl"
 RESULTS = REPO_ROOT / "bench" / "results"
 
 
+def _progress_printer():
+    last = [-1.0]
+
+    def report(fraction: float, message: str = "") -> None:
+        if fraction - last[0] >= 0.1 or fraction >= 1.0:
+            last[0] = fraction
+            print(f"  {fraction:4.0%} {message}", flush=True)
+
+    return report
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-pairs", type=int, default=1800)
@@ -63,7 +74,8 @@ def main() -> int:
     length_metrics = pairwise_metrics([float(c > r) for c, r in lengths], [float(r > c) for c, r in lengths])
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        card = train_reward_model(pairs, out, settings, log=lambda m: print("  " + m, flush=True))
+        card = train_reward_model(pairs, out, settings, log=lambda m: print("  " + m, flush=True),
+                                  progress=_progress_printer())
     wall = time.perf_counter() - started
     model = card["metrics"]
     rows = [("reward-model", model["accuracy"]), ("length", length_metrics["accuracy"]), ("chance", 0.5)]

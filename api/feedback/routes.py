@@ -20,6 +20,7 @@ from espalier.core.contracts import FeedbackEvent
 from espalier.core.errors import InvalidInput
 from espalier.core.events import notify_feedback
 from espalier.core.feedback import describe, export_lines
+from espalier.core.feedback.agreement import agreement
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -113,6 +114,12 @@ def get_feedback(request: Request, feedback_id: str, principal: CurrentPrincipal
     return feedback_out(request.app.state.platform.feedback.get(feedback_id, principal))
 
 
+@get("/api/feedback/agreement", opt=access("operator"), tags=["feedback"], sync_to_thread=True,
+     summary="Agreement between labelers (Kendall's tau-b) per item and per labeler; outliers flagged")  # fmt: skip
+def labeler_agreement(request: Request, outlier_gap: Annotated[float, Parameter(ge=0, le=2)] = 0.3) -> dict[str, Any]:
+    return agreement(request.app.state.platform.engine, outlier_gap=outlier_gap)
+
+
 def _labelers(value: str | None) -> list[str]:
     return [item.strip() for item in (value or "").split(",") if item.strip()]
 
@@ -156,4 +163,4 @@ async def import_pairs(request: Request, principal: CurrentPrincipal,
     return result
 
 
-ROUTES = [submit_feedback, submit_ranking, list_feedback, get_feedback, list_pairs, export_pairs, import_pairs]
+ROUTES = [submit_feedback, submit_ranking, list_feedback, labeler_agreement, get_feedback, list_pairs, export_pairs, import_pairs]

@@ -6,6 +6,9 @@ version; it becomes current only when not worse than the current one on the same
 
 ``on_feedback`` starts a retrain when ``ESPALIER_REWARD_RETRAIN_AFTER_PAIRS`` new pairs have
 arrived since the current model's data snapshot (0 turns this off).
+
+Model provider ``best-of-n``: an alias that samples n candidates from a base model and answers
+with the one the current reward model prefers.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import logging
 
 from espalier import hookimpl
 
+from .best_of_n import BestOfNProvider
 from .trainer import RewardTrainer, maybe_retrain
 
 log = logging.getLogger("espalier.reward")
-__all__ = ["RewardTrainer", "maybe_retrain"]
+__all__ = ["BestOfNProvider", "RewardTrainer", "maybe_retrain"]
 
 
 @hookimpl(trylast=True)
@@ -25,13 +29,18 @@ def register_trainers(register):
     register(RewardTrainer())
 
 
+@hookimpl(trylast=True)
+def register_model_providers(register):
+    register(BestOfNProvider())
+
+
 @hookimpl
 def startup(platform):
-    # The trainer reads pairs and registers versions through the platform it runs in.
-    if "reward" in platform.trainers:
-        trainer = platform.trainers.get("reward")
-        if isinstance(trainer, RewardTrainer):
-            trainer.bind(platform)
+    # The trainer and the best-of-n provider work through the platform they run in.
+    if "reward" in platform.trainers and isinstance(platform.trainers.get("reward"), RewardTrainer):
+        platform.trainers.get("reward").bind(platform)
+    if "best-of-n" in platform.model_providers and isinstance(platform.model_providers.get("best-of-n"), BestOfNProvider):
+        platform.model_providers.get("best-of-n").bind(platform)
 
 
 @hookimpl

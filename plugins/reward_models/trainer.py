@@ -35,6 +35,7 @@ class RewardTrainer:
         include_imported = bool(params.pop("include_imported", True))
         exclude = params.pop("exclude_labelers", []) or []
         params.pop("auto", None)
+        params.pop("pairs_at_submit", None)
         settings = settings_from(params)
         pairs = platform.pairs.all(include_imported=include_imported, exclude_labelers=exclude)
         job.log(f"{len(pairs)} pairs in the snapshot (imports {'included' if include_imported else 'excluded'})")
@@ -66,17 +67,19 @@ def maybe_retrain(platform: Any) -> str | None:
     if threshold <= 0 or not platform.started:  # a platform that is not serving has no workers to train
         return None
     with _trigger_lock:
-        busy = [j for j in platform.jobs.list(kind=JOB_KIND, limit=20) if j.status in ("queued", "running")]
-        if busy:
+        jobs = platform.jobs.list(kind=JOB_KIND, limit=20)
+        if any(j.status in ("queued", "running") for j in jobs):
             return None
-        current = platform.reward_models.current()
         latest = platform.reward_models.list()
-        baseline = latest[0].pairs if latest else (current.pairs if current else 0)
+        baseline = latest[0].pairs if latest else 0
+        # A failed automatic run also counts, so a broken setup does not resubmit on every feedback.
+        submitted = [j.params.get("pairs_at_submit", 0) for j in jobs if j.params.get("auto")]
+        baseline = max([baseline, *submitted])
         total = platform.pairs.count()
         if total - baseline < threshold or total < 2:
             return None
-        job = platform.jobs.submit(JOB_KIND, {**platform.settings.reward_retrain_params, "auto": True},
-                                   created_by=None)  # fmt: skip
+        job = platform.jobs.submit(JOB_KIND, {**platform.settings.reward_retrain_params, "auto": True,
+                                              "pairs_at_submit": total}, created_by=None)  # fmt: skip
         log.info("submitted reward retrain %s: %d pairs now, %d at the last training", job.id, total, baseline)
         platform.audit.record(None, "reward.retrain", job.id, pairs=total, since=baseline)
         return job.id

@@ -200,3 +200,26 @@ def test_feedback_and_pairs_persist_on_both_backends(tmp_path, database_url):
         assert [(p.chosen, p.rejected) for p in espalier.platform.pairs.derived()] == [("x", "y"), ("x", "z"), ("y", "z")]
     finally:
         harness.close()
+
+
+def test_labeler_agreement_shows_who_is_far_below_consensus(espalier):
+    from espalier.core.feedback.agreement import kendall_tau_b
+
+    assert kendall_tau_b([1, 2, 3], [1, 2, 3]) == 1 and kendall_tau_b([1, 2, 3], [3, 2, 1]) == -1
+    assert kendall_tau_b([1, 1, 3], [1, 1, 1]) is None
+    platform = espalier.platform
+    contrarian = platform.keys.create(name="contrarian", role="operator").key
+    for number in range(3):
+        request_id, ids = stored_request(platform, key_id(espalier, "user"), f"Q{number}", ["a", "b", "c"])
+        for role, ranks in (("operator", [1, 2, 3]), ("admin", [1, 2, 3])):
+            body = {"request_id": request_id, "candidates": [{"completion_id": c, "rank": r} for c, r in zip(ids, ranks)]}
+            assert post(espalier, "/api/feedback/rankings", body, role=role, key=f"{number}").status_code == 201
+        body = {"request_id": request_id, "candidates": [{"completion_id": c, "rank": r} for c, r in zip(ids, [3, 2, 1])]}
+        assert espalier.client.post("/api/feedback/rankings", json=body, headers={
+            "Authorization": f"Bearer {contrarian}", "Idempotency-Key": f"{number}"}).status_code == 201  # fmt: skip
+    report = espalier.client.get("/api/feedback/agreement", headers=espalier.headers("operator")).json()
+    labelers = report["labelers"]
+    assert labelers[contrarian.split("_")[1]]["below_consensus"] is True
+    assert labelers[contrarian.split("_")[1]]["mean_tau"] == -1
+    assert labelers[key_id(espalier, "operator")]["below_consensus"] is False
+    assert len(report["items"]) == 3 and report["mean_tau"] == round(-1 / 3, 4)

@@ -100,6 +100,21 @@ def test_feedback_to_reward_model_to_automatic_retrain(espalier):
     assert second.is_current == (second.metrics["accuracy"] >= same_holdout), second.decision
     assert platform.reward_models.current().version == (2 if second.is_current else 1)
 
+    # Best-of-n serving: an alias answers with the candidate the current reward model prefers.
+    from espalier.core.contracts import ChatMessage, GenerationParams, ModelSpec
+
+    platform.models.add(ModelSpec(name="tips-bon", provider="best-of-n", source="smollm2-135m-instruct", options={"n": 3}))
+    question = "Give me one tip for sleeping well."
+    served = client.post("/v1/chat/completions", headers=espalier.headers("user"), json={
+        "model": "tips-bon", "messages": [{"role": "user", "content": question}], "max_tokens": 10,
+        "temperature": 1.0, "seed": 5})  # fmt: skip
+    assert served.status_code == 200, served.text
+    base, _ = platform.models.load("smollm2-135m-instruct")
+    pool = base.generate([ChatMessage("user", question)], GenerationParams(max_tokens=10, temperature=1.0, n=3, seed=5))
+    rewards = platform.reward_models.scorer(platform.reward_models.current()).score(
+        ["\n\nHuman: " + question + "\n\nAssistant:"] * 3, [g.text for g in pool])  # fmt: skip
+    assert served.json()["choices"][0]["message"]["content"] == pool[rewards.index(max(rewards))].text
+
     # A worse candidate never becomes current.
     current = platform.reward_models.current()
     worse = platform.reward_models.register(path=current.path, base_model="x", data_sha256="0" * 64, pairs=11,
