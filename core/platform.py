@@ -33,7 +33,6 @@ from .reward import RewardModelService
 from .templates import TemplateService, TemplateSpec
 from .tools import ToolService
 from .plugins import PluginHost, create_plugin_manager
-from .rankings import RankingService
 from .registry import Registry
 from .security import AuditLog, KeyService
 from .settings import Settings
@@ -193,10 +192,6 @@ class Platform:
     @cached_property
     def usage(self) -> UsageService:
         return UsageService(self.engine)
-
-    @cached_property
-    def rankings(self) -> RankingService:
-        return RankingService(self.engine)
 
     def collect_all(self) -> None:
         """Collect every contribution now, so duplicate names fail at start-up, not on first use."""

@@ -14,6 +14,7 @@ from espalier.core import contracts
 from espalier.core.db.console_tables import ConsoleSession
 from espalier.core.db.engine import session_scope
 from espalier.core.db.tables import utcnow
+from espalier.core.security import Principal
 
 SCRIPT = "<script>alert('pwned')</script>"
 
@@ -202,14 +203,22 @@ def test_playground_candidates_are_escaped_and_ranked(espalier):
     request_id = re.search(r'name="request_id" value="([^"]+)"', response.text).group(1)
     ids = re.findall(r'name="rank_(cmp_[0-9a-f]+)"', response.text)
     assert len(ids) == 3
-    ranked = client.post("/console/playground/rank", headers=headers,
-                         data={"request_id": request_id, f"rank_{ids[0]}": "2", f"rank_{ids[1]}": "1",
-                               f"rank_{ids[2]}": "2", "unacceptable": ids[2]})  # fmt: skip
+    idempotency_key = re.search(r'name="idempotency_key" value="([^"]+)"', response.text).group(1)
+    form = {"request_id": request_id, "idempotency_key": idempotency_key, f"rank_{ids[0]}": "2", f"rank_{ids[1]}": "1",
+            f"rank_{ids[2]}": "2", "unacceptable": ids[2]}  # fmt: skip
+    ranked = client.post("/console/playground/rank", headers=headers, data=form)
     assert ranked.status_code == 200
     assert "candidate 2 ranked 1; candidate 1 ranked 2; candidate 3 ranked 2 (unacceptable)" in ranked.text
-    [stored] = espalier.platform.rankings.for_request(request_id)
-    assert stored.ranks == {ids[0]: 2, ids[1]: 1, ids[2]: 2} and stored.unacceptable == [ids[2]]
-    assert stored.ranker_key_id == next(k.id for k in espalier.platform.keys.list() if k.name == "test-admin")
+    # a double submit of the same shown set stores it once
+    assert client.post("/console/playground/rank", headers=headers, data=form).status_code == 200
+    admin = next(k for k in espalier.platform.keys.list() if k.name == "test-admin")
+    principal = Principal(admin.id, admin.name, admin.role)
+    [stored] = espalier.platform.feedback.list(principal, request_id=request_id)
+    ranks = {c["completion_id"]: (c["rank"], c["unacceptable"]) for c in stored.payload["candidates"]}
+    assert ranks == {ids[0]: (2, False), ids[1]: (1, False), ids[2]: (2, True)}
+    assert stored.kind == "ranking" and stored.key_id == admin.id
+    # ... and it is a ranking like any other: it yields preference pairs
+    assert len(espalier.platform.pairs.derived()) == 3
     # the request and its candidates are in the same store the API uses
     listing = client.get("/api/conversations", headers=espalier.headers("admin"))
     assert listing.status_code == 200
@@ -217,7 +226,7 @@ def test_playground_candidates_are_escaped_and_ranked(espalier):
 
 @pytest.mark.parametrize("ranks, message", [
     ({0: "1", 1: "9"}, "from 1 to 2"),
-    ({0: "1"}, "every candidate"),
+    ({0: "1"}, "rank each exactly once"),
     ({0: "one", 1: "2"}, "must be a number"),
 ])  # fmt: skip
 def test_bad_rankings_are_refused_with_a_clear_400(espalier, ranks, message):
@@ -227,10 +236,12 @@ def test_bad_rankings_are_refused_with_a_clear_400(espalier, ranks, message):
     response = client.post("/console/playground/chat", headers=headers, data={"model": "echo", "prompt": "hi", "n": "2"})
     request_id = re.search(r'name="request_id" value="([^"]+)"', response.text).group(1)
     ids = re.findall(r'name="rank_(cmp_[0-9a-f]+)"', response.text)
-    data = {"request_id": request_id, **{f"rank_{ids[i]}": value for i, value in ranks.items()}}
+    key = re.search(r'name="idempotency_key" value="([^"]+)"', response.text).group(1)
+    data = {"request_id": request_id, "idempotency_key": key, **{f"rank_{ids[i]}": value for i, value in ranks.items()}}
     refused = client.post("/console/playground/rank", headers=headers, data=data)
     assert refused.status_code == 400 and message in refused.json()["detail"]
-    assert espalier.platform.rankings.for_request(request_id) == []
+    admin = next(k for k in espalier.platform.keys.list() if k.name == "test-admin")
+    assert espalier.platform.feedback.list(Principal(admin.id, admin.name, admin.role), request_id=request_id) == []
 
 
 def test_bad_playground_input_is_a_400_not_a_500(espalier):
@@ -352,14 +363,6 @@ def test_console_services_persist_on_both_backends(database_url, tmp_path):
         assert sum(bucket.requests for bucket in platform.usage.hourly(48, now=now)) == 6
 
         principal = platform.console_sessions.resolve(platform.console_sessions.sign_in(operator.key).token).principal
-        ranking = platform.rankings.rank("req_1", {"cmp_0": 1, "cmp_1": 1}, [], principal)
-        assert [r.id for r in platform.rankings.for_request("req_1")] == [ranking.id]
-        assert platform.rankings.for_request("req_1")[0].ranks == {"cmp_0": 1, "cmp_1": 1}  # a tie
-        with pytest.raises(InvalidInput):
-            platform.rankings.rank("req_2", {}, [], principal)  # no candidates to rank
-        other = platform.keys.create(name="other-op", role="operator")
-        stranger = platform.console_sessions.resolve(platform.console_sessions.sign_in(other.key).token).principal
-        with pytest.raises(Exception, match="no request"):
-            platform.rankings.rank("req_1", {"cmp_0": 1, "cmp_1": 2}, [], stranger)  # not its request
+        assert principal.key_id == operator.record.id and principal.role == "operator"
     finally:
         platform.close()

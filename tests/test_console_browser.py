@@ -107,11 +107,13 @@ def test_chat_in_the_playground_rank_and_see_it_stored(page, server):
     shot(page, "04-playground-ranked")
     engine = create_engine(f"sqlite:///{server.home / 'espalier.db'}")
     with engine.connect() as connection:
-        ranks_json, unacceptable = connection.execute(
-            text("SELECT ranks, unacceptable FROM candidate_rankings WHERE request_id = :r"), {"r": request_id}
+        kind, payload = connection.execute(
+            text("SELECT kind, payload FROM feedback WHERE request_id = :r"), {"r": request_id}
         ).one()  # fmt: skip
     engine.dispose()
-    assert sorted(__import__("json").loads(ranks_json).values()) == [1, 2] and len(__import__("json").loads(unacceptable)) == 1
+    candidates = __import__("json").loads(payload)["candidates"]
+    assert kind == "ranking" and sorted(c["rank"] for c in candidates) == [1, 2]
+    assert [c["unacceptable"] for c in candidates].count(True) == 1
     page.goto("/console")
     assert page.locator(".card b").first.inner_text() == "1"  # the request now counts in the overview
     shot(page, "05-overview-with-traffic")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Annotated
 
 import anyio
@@ -48,11 +49,14 @@ async def playground_chat(request: Request) -> Template:
     result = await anyio.to_thread.run_sync(platform.chat.complete, chat, principal)
     candidates = [{"id": cid, "text": g.text, "finish_reason": g.finish_reason, "tokens": g.completion_tokens}
                   for cid, g in zip(result.completion_ids, result.generations, strict=True)]  # fmt: skip
-    return page(request, "_candidates.html", result=result, candidates=candidates, prompt=form.prompt)
+    return page(request, "_candidates.html", result=result, candidates=candidates, prompt=form.prompt,
+                idempotency_key=f"console-{secrets.token_hex(12)}")
 
 
 @post("/console/playground/rank", opt=console("operator"), include_in_schema=False, status_code=200)
 async def playground_rank(request: Request) -> Template:
+    """Stores the ranking as feedback (the same record ``POST /api/feedback/rankings`` makes), so it
+    becomes preference pairs; the form's idempotency key makes a double submit store it once."""
     form = await request.form()
     request_id = form.get("request_id") or ""
     ranks: dict[str, int] = {}
@@ -62,15 +66,17 @@ async def playground_rank(request: Request) -> Template:
                 ranks[key.removeprefix("rank_")] = int(value)
             except ValueError:
                 raise InvalidInput(f"the rank of candidate {key.removeprefix('rank_')} must be a number") from None
-    unacceptable = [value for value in form.getall("unacceptable")] if "unacceptable" in form else []
+    unacceptable = set(form.getall("unacceptable")) if "unacceptable" in form else set()
+    candidates = [{"completion_id": cid, "rank": rank, "unacceptable": cid in unacceptable} for cid, rank in ranks.items()]
     platform = request.app.state.platform
     principal = request.scope["principal"]  # type: ignore[typeddict-item]
-    ranking = await anyio.to_thread.run_sync(lambda: platform.rankings.rank(request_id, ranks, unacceptable, principal))
+    submission = await anyio.to_thread.run_sync(lambda: platform.feedback.submit_ranking(
+        principal, form.get("idempotency_key") or None, request_id=request_id, candidates=candidates))  # fmt: skip
     # candidates in the order they were shown (the form lists them so), best rank first
     shown = {completion_id: number for number, completion_id in enumerate(ranks, start=1)}
-    order = sorted(((shown[cid], rank, cid in ranking.unacceptable) for cid, rank in ranking.ranks.items()),
+    order = sorted(((shown[c["completion_id"]], c["rank"], c["unacceptable"]) for c in candidates),
                    key=lambda row: (row[1], row[0]))  # fmt: skip
-    return page(request, "_ranked.html", ranking=ranking, order=order)
+    return page(request, "_ranked.html", feedback=submission.record, order=order)
 
 
 ROUTES = [playground_page, playground_chat, playground_rank]

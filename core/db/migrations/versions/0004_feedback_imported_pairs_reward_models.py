@@ -1,7 +1,7 @@
 """feedback, imported pairs, reward models
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-11-26 22:34:33.276084
 """
 from alembic import op

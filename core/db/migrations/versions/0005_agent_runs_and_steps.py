@@ -1,7 +1,7 @@
 """agent runs and steps
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0007
 Create Date: 2026-11-26 22:34:38.613211
 """
 from alembic import op

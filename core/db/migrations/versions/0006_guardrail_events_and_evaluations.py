@@ -1,7 +1,7 @@
 """Guardrail events (every non-allow policy decision) and evaluation records (toxicity evaluations).
 
 Revision ID: 0006
-Revises: 0002
+Revises: 0005
 Create Date: 2026-11-26 22:34:53.432839
 """
 from alembic import op

@@ -1,10 +1,9 @@
-"""console sessions and candidate rankings
+"""console sessions
 
-The operator console's sign-in sessions (token hashes, never tokens) and the rankings people
-give a request's candidates in the playground.
+The operator console's sign-in sessions (token hashes, never tokens).
 
 Revision ID: 0007
-Revises: 0002
+Revises: 0004
 Create Date: 2026-11-26 22:34:52.339670
 """
 from alembic import op
@@ -33,29 +32,10 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_console_sessions_expires_at'), ['expires_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_console_sessions_key_id'), ['key_id'], unique=False)
 
-    op.create_table('candidate_rankings',
-    sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
-    sa.Column('request_id', sqlmodel.sql.sqltypes.AutoString(length=60), nullable=False),
-    sa.Column('ranker_key_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True),
-    sa.Column('ranks', sa.JSON(), nullable=False),
-    sa.Column('unacceptable', sa.JSON(), nullable=False),
-    sa.Column('source', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
-    sa.Column('created_at', espalier.core.db.tables.UTCDateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['request_id'], ['chat_requests.id'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id')
-    )
-    with op.batch_alter_table('candidate_rankings', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_candidate_rankings_ranker_key_id'), ['ranker_key_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_candidate_rankings_request_id'), ['request_id'], unique=False)
 
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('candidate_rankings', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_candidate_rankings_request_id'))
-        batch_op.drop_index(batch_op.f('ix_candidate_rankings_ranker_key_id'))
-
-    op.drop_table('candidate_rankings')
     with op.batch_alter_table('console_sessions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_console_sessions_key_id'))
         batch_op.drop_index(batch_op.f('ix_console_sessions_expires_at'))
