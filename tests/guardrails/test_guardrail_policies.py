@@ -129,6 +129,27 @@ def test_guardrail_settings_come_from_the_environment(monkeypatch, tmp_path):
         harness.close()
 
 
+def test_redact_replaces_what_the_model_would_see(tmp_path):
+    from espalier.core.contracts import ChatMessage, Generation
+    from espalier.core.guardrails import REDACTED, CheckContext
+    from espalier.core.platform import Platform
+    from espalier.core.settings import Settings
+
+    policies = [{"direction": "input", "scorer": "profanity", "threshold": 0.8, "action": "redact"},
+                {"direction": "output", "scorer": "profanity", "threshold": 0.8, "action": "redact"}]  # fmt: skip
+    platform = Platform(Settings(home=tmp_path, guardrail_policies=policies), load_entry_points=False).start(run_jobs=False)
+    try:
+        service = platform.guardrail_service
+        checked = service.check_input([ChatMessage("system", "Be brief."), ChatMessage("user", TOXIC)], CheckContext("chat", "req-1"))
+        assert [m.content for m in checked] == ["Be brief.", REDACTED]
+        (output,) = service.check_output([Generation(TOXIC, "stop", 3, 9)], CheckContext("chat", "req-1"))
+        assert output.text == REDACTED and output.finish_reason == "content_filter"
+        events = service.events(request_id="req-1")
+        assert sorted(e.direction for e in events) == ["input", "output"] and {e.action for e in events} == {"redact"}
+    finally:
+        platform.close()
+
+
 def test_policy_thresholds_apply_per_category():
     policy = Policy("p", "input", "s", {"toxicity": 0.5, "*": 0.9})
     assert policy.over(GuardrailScore("s", {"toxicity": 0.6, "insult": 0.8, "threat": 0.95})) == ["toxicity", "threat"]
