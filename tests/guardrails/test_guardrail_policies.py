@@ -193,7 +193,7 @@ def test_tool_output_with_an_injection_is_blocked(app):
 
 
 @pytest.mark.slow
-def test_clean_input_passes_and_a_toxic_one_under_the_block_threshold_is_flagged(app):
+def test_clean_input_reaches_the_model_without_an_event(app):
     response = app.client.post("/v1/chat/completions", headers=app.headers("user"),
                                json={"model": MODEL, "messages": [{"role": "user", "content": "Name a colour."}],
                                      "max_tokens": 6, "temperature": 0})  # fmt: skip
