@@ -150,6 +150,28 @@ def test_redact_replaces_what_the_model_would_see(tmp_path):
         platform.close()
 
 
+def test_events_and_evaluations_persist_on_both_backends(database_url, tmp_path):
+    from espalier.core.db.tables import EvaluationRecord
+    from espalier.core.guardrails import CheckContext
+    from espalier.core.platform import Platform
+    from espalier.core.settings import Settings
+
+    settings = Settings(home=tmp_path, database_url=database_url,
+                        guardrail_policies=[{"direction": "input", "scorer": "profanity", "threshold": 0.8, "action": "block"}])  # fmt: skip
+    platform = Platform(settings, load_entry_points=False).start(run_jobs=False)
+    try:
+        (decision,) = platform.guardrail_service.check([TOXIC], direction="input", context=CheckContext("chat", "req-pg"))
+        assert decision.action == "block" and len(decision.events) == 1
+        (event,) = platform.guardrail_service.events(request_id="req-pg")
+        assert event.id == decision.events[0] and event.at.tzinfo is not None and event.scores["toxicity"] > 0.8
+        with session_scope(platform.engine) as session:
+            session.add(EvaluationRecord(id="eval_x", kind="toxicity", models=["a"], results={"models": {"a": {"mean_toxicity": 0.1}}}))
+        assert platform.evaluations.get("eval_x").results["models"]["a"]["mean_toxicity"] == 0.1
+        assert [r.id for r in platform.evaluations.list(kind="toxicity")] == ["eval_x"]
+    finally:
+        platform.close()
+
+
 def test_policy_thresholds_apply_per_category():
     policy = Policy("p", "input", "s", {"toxicity": 0.5, "*": 0.9})
     assert policy.over(GuardrailScore("s", {"toxicity": 0.6, "insult": 0.8, "threat": 0.95})) == ["toxicity", "threat"]
