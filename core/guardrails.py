@@ -187,8 +187,11 @@ class GuardrailService:
         return by_scorer
 
     def check(self, texts: Sequence[str], *, direction: Direction, context: CheckContext,
-              store: bool = True) -> list[Decision]:  # fmt: skip
-        """Decide on each text under the policies for ``direction`` and the context's route."""
+              record: bool = True) -> list[Decision]:  # fmt: skip
+        """Decide on each text under the policies for ``direction`` and the context's route.
+
+        ``record=False`` decides without storing events or counting (a stream's interim checks).
+        """
         policies = self.policies_for(direction, context.route)
         if not policies or not texts:
             return [Decision("allow", text) for text in texts]
@@ -200,8 +203,9 @@ class GuardrailService:
                 score = scored[policy.scorer][i]
                 hits = policy.over(score)
                 action: Action = policy.action if hits else "allow"
-                DECISIONS.labels(direction, context.route, policy.scorer, action).inc()
-                if action != "allow" or self.store_allowed:
+                if record:
+                    DECISIONS.labels(direction, context.route, policy.scorer, action).inc()
+                if record and (action != "allow" or self.store_allowed):
                     event = _event(policy, score, action, hits, text, direction, context)
                     events.append(event)
                     decision.events.append(event.id)
@@ -210,7 +214,7 @@ class GuardrailService:
             if decision.action == "redact":
                 decision.text = REDACTED
             decisions.append(decision)
-        if store and events:
+        if events:
             with session_scope(self.engine) as session:
                 session.add_all(events)
         return decisions
@@ -269,7 +273,7 @@ class GuardrailService:
                     continue
                 if stopping and delta.text:
                     candidate = texts[index] + delta.text
-                    decision = self.check([candidate], direction="output", context=context, store=False)[0]
+                    decision = self.check([candidate], direction="output", context=context, record=False)[0]
                     if decision.action in ("block", "redact"):
                         self.check([candidate], direction="output", context=context)  # store the decision
                         stopped.add(index)

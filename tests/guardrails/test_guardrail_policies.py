@@ -129,6 +129,49 @@ def test_guardrail_settings_come_from_the_environment(monkeypatch, tmp_path):
         harness.close()
 
 
+def test_redact_replaces_what_the_model_would_see(tmp_path):
+    from espalier.core.contracts import ChatMessage, Generation
+    from espalier.core.guardrails import REDACTED, CheckContext
+    from espalier.core.platform import Platform
+    from espalier.core.settings import Settings
+
+    policies = [{"direction": "input", "scorer": "profanity", "threshold": 0.8, "action": "redact"},
+                {"direction": "output", "scorer": "profanity", "threshold": 0.8, "action": "redact"}]  # fmt: skip
+    platform = Platform(Settings(home=tmp_path, guardrail_policies=policies), load_entry_points=False).start(run_jobs=False)
+    try:
+        service = platform.guardrail_service
+        checked = service.check_input([ChatMessage("system", "Be brief."), ChatMessage("user", TOXIC)], CheckContext("chat", "req-1"))
+        assert [m.content for m in checked] == ["Be brief.", REDACTED]
+        (output,) = service.check_output([Generation(TOXIC, "stop", 3, 9)], CheckContext("chat", "req-1"))
+        assert output.text == REDACTED and output.finish_reason == "content_filter"
+        events = service.events(request_id="req-1")
+        assert sorted(e.direction for e in events) == ["input", "output"] and {e.action for e in events} == {"redact"}
+    finally:
+        platform.close()
+
+
+def test_events_and_evaluations_persist_on_both_backends(database_url, tmp_path):
+    from espalier.core.db.tables import EvaluationRecord
+    from espalier.core.guardrails import CheckContext
+    from espalier.core.platform import Platform
+    from espalier.core.settings import Settings
+
+    settings = Settings(home=tmp_path, database_url=database_url,
+                        guardrail_policies=[{"direction": "input", "scorer": "profanity", "threshold": 0.8, "action": "block"}])  # fmt: skip
+    platform = Platform(settings, load_entry_points=False).start(run_jobs=False)
+    try:
+        (decision,) = platform.guardrail_service.check([TOXIC], direction="input", context=CheckContext("chat", "req-pg"))
+        assert decision.action == "block" and len(decision.events) == 1
+        (event,) = platform.guardrail_service.events(request_id="req-pg")
+        assert event.id == decision.events[0] and event.at.tzinfo is not None and event.scores["toxicity"] > 0.8
+        with session_scope(platform.engine) as session:
+            session.add(EvaluationRecord(id="eval_x", kind="toxicity", models=["a"], results={"models": {"a": {"mean_toxicity": 0.1}}}))
+        assert platform.evaluations.get("eval_x").results["models"]["a"]["mean_toxicity"] == 0.1
+        assert [r.id for r in platform.evaluations.list(kind="toxicity")] == ["eval_x"]
+    finally:
+        platform.close()
+
+
 def test_policy_thresholds_apply_per_category():
     policy = Policy("p", "input", "s", {"toxicity": 0.5, "*": 0.9})
     assert policy.over(GuardrailScore("s", {"toxicity": 0.6, "insult": 0.8, "threat": 0.95})) == ["toxicity", "threat"]
@@ -172,7 +215,7 @@ def test_tool_output_with_an_injection_is_blocked(app):
 
 
 @pytest.mark.slow
-def test_clean_input_passes_and_a_toxic_one_under_the_block_threshold_is_flagged(app):
+def test_clean_input_reaches_the_model_without_an_event(app):
     response = app.client.post("/v1/chat/completions", headers=app.headers("user"),
                                json={"model": MODEL, "messages": [{"role": "user", "content": "Name a colour."}],
                                      "max_tokens": 6, "temperature": 0})  # fmt: skip
