@@ -29,6 +29,7 @@ from espalier.core.settings import Settings, load_settings
 
 from .admin.routes import ROUTES as ADMIN_ROUTES
 from .agents.routes import ROUTES as AGENT_ROUTES
+from .chains.routes import ROUTES as CHAIN_ROUTES
 from .errors import EXCEPTION_HANDLERS
 from .guards import auth_guard, bearer_token, check_route_access, provide_principal
 from .jobs.routes import ROUTES as JOB_ROUTES
@@ -41,7 +42,7 @@ from .tools.routes import ROUTES as TOOL_ROUTES
 
 CORE_ROUTES: list[Any] = [
     *SYSTEM_ROUTES, *ADMIN_ROUTES, *JOB_ROUTES, *OPENAI_ROUTES, *MODEL_ROUTES, *CONVERSATION_ROUTES,
-    *TOOL_ROUTES, *AGENT_ROUTES,
+    *TOOL_ROUTES, *AGENT_ROUTES, *CHAIN_ROUTES,
 ]
 UNLIMITED_PATHS = ["/healthz", "/readyz"]
 

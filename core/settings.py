@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     agent_max_steps: int = Field(default=8, ge=1, le=50, description="Most steps an agent run may take.")
     agent_timeout_s: float = Field(default=120.0, gt=0, le=3600, description="Wall-clock limit of one agent run.")
 
+    chains: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Named chains ([[chains]] tables: name, template or system, memory, window, tools, model).",
+    )
+
     job_workers: int = Field(default=1, ge=1, le=16)
     log_level: str = "INFO"
     log_json: bool = True

@@ -185,4 +185,4 @@ class PromptTemplate(SQLModel, table=True):
     variables: list[str] = Field(default_factory=list, sa_type=JSON)
     created_by: str | None = Field(default=None, max_length=40)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
-from .agent_tables import AgentRun, AgentStep  # noqa: E402,F401  (agents and their traces)
+from .agent_tables import AgentRun, AgentStep, ChainSession, ChainTurn  # noqa: E402,F401  (agents, chains, traces)
