@@ -83,3 +83,20 @@ def test_sessions_belong_to_their_key(espalier, agent_plugin):
 def test_bad_chain_requests_are_4xx(espalier, name, body, status):
     response = espalier.client.post(f"/api/chains/{name}/runs", json=body, headers=espalier.headers("user"))
     assert response.status_code == status, response.text
+
+
+def test_chains_come_from_the_settings_file(tmp_path, monkeypatch):
+    from espalier.core.platform import Platform
+    from espalier.core.settings import load_settings
+
+    config = tmp_path / "espalier.toml"
+    config.write_text('[[chains]]\nname = "support"\nsystem = "Be brief."\nmemory = "summary"\n'
+                      'tools = ["sql"]\n')  # fmt: skip
+    monkeypatch.setenv("ESPALIER_CONFIG_FILE", str(config))
+    platform = Platform(load_settings(home=tmp_path / "home"), load_entry_points=False)
+    spec = platform.chain_specs.get("support")
+    assert (spec.memory, tuple(spec.tools), platform.chain_specs.entry("support").plugin) == ("summary", ("sql",), "settings")
+    monkeypatch.setenv("ESPALIER_CONFIG_FILE", str(config))
+    config.write_text('[[chains]]\nname = "bad"\nmemory = "forever"\n')
+    with pytest.raises(Exception, match="memory must be one of"):
+        Platform(load_settings(home=tmp_path / "home2"), load_entry_points=False).chain_specs
