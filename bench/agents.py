@@ -2,7 +2,9 @@
 ``cot-math`` template) vs PAL (program in the wasm sandbox), and the sandbox's overhead per run
 against running the same program in-process (the peer; never do that with model-written code).
 
-    .venv/bin/python bench/agents.py [--limit 10] [--model smollm2-135m-instruct] [--sandbox-runs 30]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/agents.py [--limit 10] [--model smollm2-135m-instruct] [--sandbox-runs 30]
+
+(On a shared, loaded machine one torch thread was about 20x faster than the default here.)
 
 Items are the first ``--limit`` of ../shared/data/gsm8k_train_sample.jsonl (a fixed subset). The
 default 135M model is far too small for maths: expect low numbers; the point is the comparison
