@@ -32,6 +32,7 @@ from .console.routes import NAV as CONSOLE_NAV
 from .console.routes import ROUTES as CONSOLE_ROUTES
 from .console.routes import TEMPLATE_CONFIG
 from .agents.routes import ROUTES as AGENT_ROUTES
+from .chains.routes import ROUTES as CHAIN_ROUTES
 from .errors import EXCEPTION_HANDLERS
 from .feedback.routes import ROUTES as FEEDBACK_ROUTES
 from .guards import auth_guard, bearer_token, check_route_access, provide_principal
@@ -51,7 +52,7 @@ CORE_ROUTES: list[Any] = [
     *DOCUMENT_ROUTES,
     *FEEDBACK_ROUTES, *REWARD_ROUTES,
     *CONSOLE_ROUTES,
-    *TOOL_ROUTES, *AGENT_ROUTES,
+    *TOOL_ROUTES, *AGENT_ROUTES, *CHAIN_ROUTES,
     *GUARDRAIL_ROUTES,
 ]
 UNLIMITED_PATHS = ["/healthz", "/readyz"]

@@ -2,7 +2,9 @@
 ``cot-math`` template) vs PAL (program in the wasm sandbox), and the sandbox's overhead per run
 against running the same program in-process (the peer; never do that with model-written code).
 
-    .venv/bin/python bench/agents.py [--limit 10] [--model smollm2-135m-instruct] [--sandbox-runs 30]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/agents.py [--limit 10] [--model smollm2-135m-instruct] [--sandbox-runs 30]
+
+(On a shared, loaded machine one torch thread was about 20x faster than the default here.)
 
 Items are the first ``--limit`` of ../shared/data/gsm8k_train_sample.jsonl (a fixed subset). The
 default 135M model is far too small for maths: expect low numbers; the point is the comparison
@@ -16,7 +18,6 @@ import argparse
 import json
 import os
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -74,6 +75,23 @@ def main() -> None:
                         load_entry_points=False).start(run_jobs=False)  # fmt: skip
     items = [json.loads(line) for line in DATA.read_text().splitlines()][: args.limit]
 
+    # Sandbox overhead: one small program, wasm sandbox vs in-process exec (the unsafe peer).
+    program = "total = sum(i * i for i in range(1000))\nanswer = total"
+    box = Sandbox()
+    box.run("answer = 0")  # compile / load the module once, outside the timings
+    sandboxed, in_process = [], []
+    for _ in range(args.sandbox_runs):
+        started = time.perf_counter()
+        result = box.run(program)
+        sandboxed.append((time.perf_counter() - started) * 1000)
+        assert result.ok and result.value == 332833500, result
+        started = time.perf_counter()
+        scope: dict = {}
+        exec(compile(program, "<peer>", "exec"), scope)  # noqa: S102 - the peer being measured, trusted code
+        in_process.append((time.perf_counter() - started) * 1000)
+    print(f"sandbox p50 {percentile(sandboxed, 0.5):.1f} ms, in-process p50 {percentile(in_process, 0.5):.3f} ms", flush=True)
+
+
     def greedy(max_tokens: int) -> GenerationParams:
         return GenerationParams(max_tokens=max_tokens, temperature=0.0, seed=0)
 
@@ -98,20 +116,6 @@ def main() -> None:
         print(f"  item {number + 1}/{len(items)}: gold {expected:g} direct={rows['direct'][-1]} "
               f"cot={rows['cot'][-1]} pal={rows['pal'][-1]} ({pal['status']})", flush=True)  # fmt: skip
 
-    # Sandbox overhead: one small program, wasm sandbox vs in-process exec (the unsafe peer).
-    program = "total = sum(i * i for i in range(1000))\nanswer = total"
-    box = Sandbox()
-    box.run("answer = 0")  # compile / load the module once, outside the timings
-    sandboxed, in_process = [], []
-    for _ in range(args.sandbox_runs):
-        started = time.perf_counter()
-        result = box.run(program)
-        sandboxed.append((time.perf_counter() - started) * 1000)
-        assert result.ok and result.value == 332833500, result
-        started = time.perf_counter()
-        scope: dict = {}
-        exec(compile(program, "<peer>", "exec"), scope)  # noqa: S102 - the peer being measured, trusted code
-        in_process.append((time.perf_counter() - started) * 1000)
     platform.close()
 
     accuracy = {name: sum(values) / len(values) for name, values in rows.items()}

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         Tool,
         Trainer,
     )
+    from .chains import ChainSpec
     from .platform import Platform
     from .settings import Settings
     from .templates import TemplateSpec
@@ -165,6 +166,27 @@ def register_agents(register: Callable[[Agent], None]) -> None:
         @hookimpl
         def register_agents(register):
             register(MyPlanner(name="planner", description="Plans, then acts"))
+    """
+
+
+@hookspec
+def register_chains(register: Callable[[ChainSpec], None]) -> None:
+    """Ship named chains: a prompt template, a memory (``none``, ``buffer`` or ``summary``) and
+    optionally tools, run turn by turn through ``POST /api/chains/{name}/runs``.
+
+    Operators can define more in the settings file (``[[chains]]``); a name used twice is a
+    start-up error naming both sources.
+
+    :param register: call ``register(ChainSpec(name, template=..., memory=..., tools=[...]))``
+        for each :class:`~espalier.core.chains.ChainSpec`.
+    :returns: nothing.
+    :since: 0.1.0
+
+    Example::
+
+        @hookimpl
+        def register_chains(register):
+            register(ChainSpec(name="tutor", template="cot-math", memory="summary"))
     """
 
 

@@ -22,6 +22,7 @@ from .evaluation import EvaluationService
 from .guardrails import GuardrailService, parse_policies
 from .jobs import JobService, JobWorker
 from .agents import AgentService
+from .chains import ChainService, ChainSpec, chains_from_settings, validate_chain
 from .chat import ChatService, ConversationService
 from .feedback import FeedbackService, PairStore
 from .console_sessions import ConsoleSessionService
@@ -143,6 +144,20 @@ class Platform:
         return AgentService(self.engine, self.agents, self.toolbox, self.models, self.guardrails, self.settings)
 
     @cached_property
+    def chain_specs(self) -> Registry[ChainSpec]:
+        registry = self.plugins.collect("register_chains", "chain", ChainSpec)
+        for entry in registry:
+            validate_chain(entry.item)
+        for spec in chains_from_settings(self.settings.chains):
+            registry.add(spec, plugin="settings")
+        return registry
+
+    @cached_property
+    def chains(self) -> ChainService:
+        """Runs named chains (template, memory, tools) and keeps their sessions."""
+        return ChainService(self.engine, self.chain_specs, self.chat, self.agent_runs, self.settings)
+
+    @cached_property
     def guardrails(self) -> Registry[contracts.Guardrail]:
         return self.plugins.collect("register_guardrails", "guardrail", contracts.Guardrail,
                                     settings=self.settings)
@@ -196,7 +211,7 @@ class Platform:
     def collect_all(self) -> None:
         """Collect every contribution now, so duplicate names fail at start-up, not on first use."""
         for name in (
-            "model_providers", "builtin_models", "builtin_templates", "embedders", "retrievers", "tools", "agents",
+            "model_providers", "builtin_models", "builtin_templates", "embedders", "retrievers", "tools", "agents", "chain_specs",
             "guardrails", "guardrail_service", "trainers", "job_kinds", "commands", "routes",
         ):  # fmt: skip
             getattr(self, name)

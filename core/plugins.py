@@ -34,6 +34,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "espalier.plugins.sql_tool",
     "espalier.plugins.react",
     "espalier.plugins.pal",
+    "espalier.plugins.chains",
     "espalier.plugins.remote_models",
     "espalier.plugins.transformers_models",
     "espalier.plugins.minilm_embedder",

@@ -75,7 +75,7 @@ class Settings(BaseSettings):
         default=None, description="Database the read-only `sql` tool queries (SQLite file or PostgreSQL URL); unset: off."
     )
     sql_tool_max_rows: int = Field(default=200, ge=1, le=10_000, description="Most rows one `sql` call returns.")
-    sql_tool_timeout_ms: int = Field(default=5000, ge=100, description="PostgreSQL statement timeout for the `sql` tool.")
+    sql_tool_timeout_ms: int = Field(default=5000, ge=100, description="Time limit of one `sql` query (PostgreSQL statement timeout; SQLite progress handler).")
     agent_max_steps: int = Field(default=8, ge=1, le=50, description="Most steps an agent run may take.")
     agent_timeout_s: float = Field(default=120.0, gt=0, le=3600, description="Wall-clock limit of one agent run.")
     # Guardrails (see docs/operators.md, "Guardrails") ----------------------------------------
@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     )
     guardrail_store_allowed: bool = Field(
         default=False, description="Also store 'allow' decisions as guardrail events (all are counted in /metrics)."
+    )
+
+    chains: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Named chains ([[chains]] tables: name, template or system, memory, window, tools, model).",
     )
 
     job_workers: int = Field(default=1, ge=1, le=16)

@@ -354,3 +354,19 @@ def test_hook_register_prompt_templates(tmp_path):
         ]
     finally:
         platform.close()
+
+
+def test_hook_register_chains(tmp_path):
+    from espalier.core.chains import ChainSpec
+
+    class Plugin:
+        @hookimpl
+        def register_chains(self, register):
+            register(ChainSpec(name="tutor", template="cot-math", memory="summary"))
+
+    platform = platform_with(tmp_path, Plugin(), chains=[{"name": "from-config", "memory": "none"}])
+    specs = platform.chain_specs
+    assert specs.get("tutor").memory == "summary" and specs.entry("tutor").plugin == "probe"
+    assert specs.entry("from-config").plugin == "settings" and "assistant" in specs  # built-ins alongside
+    with pytest.raises(Exception, match="both plugin 'probe' and plugin 'settings'"):
+        platform_with(tmp_path / "dup", Plugin(), chains=[{"name": "tutor"}]).chain_specs

@@ -190,5 +190,5 @@ class PromptTemplate(SQLModel, table=True):
 from .rag_tables import ChunkRecord, CollectionRecord, DocumentRecord  # noqa: E402,F401  (retrieval)
 from . import feedback_tables as _feedback_tables  # noqa: E402,F401  (registers the feedback tables)
 from . import console_tables  # noqa: E402,F401  (registers the console tables; last, as it imports this module)
-from .agent_tables import AgentRun, AgentStep  # noqa: E402,F401  (agents and their traces)
+from .agent_tables import AgentRun, AgentStep, ChainSession, ChainTurn  # noqa: E402,F401  (agents, chains, traces)
 from .guardrail_tables import EvaluationRecord, GuardrailEvent  # noqa: E402,F401

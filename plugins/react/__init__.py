@@ -8,6 +8,7 @@ platform's :class:`~espalier.core.agents.AgentContext`, which also scores it for
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from espalier import hookimpl
@@ -41,8 +42,8 @@ class ReActAgent:
             arguments, problem = self._arguments(parsed, context.tools)
             if problem is not None:
                 observation = f"Invalid action: {problem}. {FORMAT_HELP}"
-                step = context.record_step(thought=parsed.thought, action=parsed.tool, observation=observation,
-                                           raw=raw, extra={"invalid": True})  # fmt: skip
+                context.record_step(thought=parsed.thought, action=parsed.tool, observation=observation,
+                                    raw=raw, extra={"invalid": True})  # fmt: skip
                 scratchpad += [_echo(parsed, raw), f"Observation:\n| {observation}"]
                 continue
             if parsed.tool == "finish":
@@ -77,8 +78,6 @@ def _echo(parsed: ParsedStep, raw: str) -> str:
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value or {})
 
 

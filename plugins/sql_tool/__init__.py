@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,10 +63,12 @@ class SqlTool:
     def __init__(self) -> None:
         self.engine: Engine | None = None
         self.max_rows = 200
+        self.timeout_ms = 5000
         self.problem = "The sql tool has no database: an operator sets ESPALIER_SQL_TOOL_URL."
 
     def configure(self, url: str | None, *, max_rows: int = 200, timeout_ms: int = 5000) -> None:
         self.max_rows = max_rows
+        self.timeout_ms = timeout_ms
         if self.engine is not None:
             self.engine.dispose()
             self.engine = None
@@ -96,11 +99,17 @@ class SqlTool:
             try:
                 if connection.dialect.name == "postgresql":
                     connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+                else:  # SQLite has no statement timeout: abort from its progress handler instead
+                    deadline = time.monotonic() + self.timeout_ms / 1000
+                    connection.connection.driver_connection.set_progress_handler(
+                        lambda: 1 if time.monotonic() > deadline else 0, 10_000)  # fmt: skip
                 result = connection.execute(text(query), params)
                 columns = list(result.keys()) if result.returns_rows else []
                 rows = result.fetchmany(limit + 1) if result.returns_rows else []
             finally:
                 connection.rollback()  # nothing a query did survives it
+                if connection.dialect.name == "sqlite":
+                    connection.connection.driver_connection.set_progress_handler(None, 0)
         truncated = len(rows) > limit
         records = [dict(zip(columns, (_jsonable(v) for v in row), strict=True)) for row in rows[:limit]]
         output = json.dumps(records, default=str)

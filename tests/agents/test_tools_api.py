@@ -73,7 +73,8 @@ def shop_db(tmp_path):
 @pytest.fixture
 def espalier_settings(request):
     if "shop_db" in request.fixturenames:
-        return {"sql_tool_url": f"sqlite:///{request.getfixturevalue('shop_db')}", "sql_tool_max_rows": 100}
+        return {"sql_tool_url": f"sqlite:///{request.getfixturevalue('shop_db')}", "sql_tool_max_rows": 100,
+                "sql_tool_timeout_ms": 1000}
     return {}
 
 
@@ -110,6 +111,15 @@ def test_sql_read_only_holds_even_past_the_keyword_check(espalier, shop_db):
     # WITH ... INSERT passes "starts with WITH": the database itself must refuse it.
     body = sql(espalier, query="WITH x AS (SELECT 1) INSERT INTO items (name, price) SELECT 'evil', 0 FROM x")
     assert body["is_error"] and "readonly" in body["output"].replace("-", "").replace(" ", "").lower()
+    assert sql(espalier, query="SELECT count(*) AS n FROM items")["data"]["rows"] == [{"n": 300}]
+
+
+def test_sql_runaway_query_is_stopped(espalier, shop_db):
+    import time
+
+    started = time.monotonic()
+    body = sql(espalier, query="WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c")
+    assert body["is_error"] and "interrupted" in body["output"] and time.monotonic() - started < 3 + 5
     assert sql(espalier, query="SELECT count(*) AS n FROM items")["data"]["rows"] == [{"n": 300}]
 
 

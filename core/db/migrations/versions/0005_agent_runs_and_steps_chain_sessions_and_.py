@@ -1,8 +1,8 @@
-"""agent runs and steps
+"""agent runs and steps, chain sessions and turns
 
 Revision ID: 0005
 Revises: 0007
-Create Date: 2026-11-26 22:34:38.613211
+Create Date: 2026-11-26 22:51:47.098955
 """
 from alembic import op
 import sqlalchemy as sa
@@ -40,6 +40,20 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_agent_runs_owner_key_id'), ['owner_key_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_agent_runs_status'), ['status'], unique=False)
 
+    op.create_table('chain_sessions',
+    sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+    sa.Column('chain', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('owner_key_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True),
+    sa.Column('summary', sa.Text(), nullable=False),
+    sa.Column('turns', sa.Integer(), nullable=False),
+    sa.Column('created_at', espalier.core.db.tables.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', espalier.core.db.tables.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('chain_sessions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_chain_sessions_chain'), ['chain'], unique=False)
+        batch_op.create_index(batch_op.f('ix_chain_sessions_owner_key_id'), ['owner_key_id'], unique=False)
+
     op.create_table('agent_steps',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('run_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
@@ -63,13 +77,37 @@ def upgrade() -> None:
     with op.batch_alter_table('agent_steps', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_agent_steps_run_id'), ['run_id'], unique=False)
 
+    op.create_table('chain_turns',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('session_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+    sa.Column('number', sa.Integer(), nullable=False),
+    sa.Column('input', sa.Text(), nullable=False),
+    sa.Column('output', sa.Text(), nullable=False),
+    sa.Column('agent_run_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True),
+    sa.Column('created_at', espalier.core.db.tables.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['session_id'], ['chain_sessions.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('session_id', 'number', name='uq_chain_turns_session_number')
+    )
+    with op.batch_alter_table('chain_turns', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_chain_turns_session_id'), ['session_id'], unique=False)
+
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('chain_turns', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_chain_turns_session_id'))
+
+    op.drop_table('chain_turns')
     with op.batch_alter_table('agent_steps', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_agent_steps_run_id'))
 
     op.drop_table('agent_steps')
+    with op.batch_alter_table('chain_sessions', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_chain_sessions_owner_key_id'))
+        batch_op.drop_index(batch_op.f('ix_chain_sessions_chain'))
+
+    op.drop_table('chain_sessions')
     with op.batch_alter_table('agent_runs', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_agent_runs_status'))
         batch_op.drop_index(batch_op.f('ix_agent_runs_owner_key_id'))
