@@ -384,6 +384,8 @@ class RagService:
                       filters: Mapping[str, Any] | None = None) -> list[RetrievedChunk]:  # fmt: skip
         if not query.strip():
             raise InvalidInput("query must not be empty")
+        if len(query) > 4000:
+            raise InvalidInput("query must be at most 4000 characters")
         if not 1 <= k <= MAX_K:
             raise InvalidInput(f"k must be between 1 and {MAX_K}")
         if mode not in MODES:
