@@ -128,20 +128,17 @@ class StreamSession:
             yield delta
 
     def finish(self) -> ChatResult:
-        result = self._finish()
-        result.sources = self.sources
-        return result
-
-    def _finish(self) -> ChatResult:
         generations = [
             Generation(text, reason or "cancelled", self.prompt_tokens, tokens)
             for text, reason, tokens in zip(self.texts, self.finish_reasons, self.tokens, strict=True)
         ]
         status = "cancelled" if any(reason is None or reason == "cancelled" for reason in self.finish_reasons) else "ok"
-        return self.service._store(
+        result = self.service._store(
             self.request, self.principal, self.version, self.messages, generations, self.request_id,
             self.completion_ids, self.conversation_id, self.created, self._started, status,
         )  # fmt: skip
+        result.sources = self.sources
+        return result
 
 
 class ChatService:

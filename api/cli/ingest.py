@@ -81,7 +81,8 @@ def _detail(response: Any) -> str:
         return response.text[:200]
 
 
-def ingest_embedded(instance: Any, collection: str, root: Path, files: list[Path]) -> Iterator[tuple[Path, str]]:
+def ingest_embedded(instance: Any, collection: str, root: Path, files: list[Path], batch: int = 64) -> Iterator[tuple[Path, str]]:
+    from espalier.core.rag.service import Upload
     from espalier.core.security import Principal
 
     local = Principal(key_id="cli", name="local cli", role="operator")
@@ -89,14 +90,22 @@ def ingest_embedded(instance: Any, collection: str, root: Path, files: list[Path
     if collection not in {c.name for c in rag.list_collections(local)}:
         rag.create_collection(collection, local)
     changed = False
-    for file in files:
-        try:
-            result = rag.ingest(collection, local, file.read_bytes(), filename=file.name,
-                                source=source_name(root, file), reindex=False)  # fmt: skip
-            changed |= result.status != "unchanged"
-            yield file, result.status
-        except InvalidInput as exc:
-            yield file, f"failed: {exc.message}"
+    for start in range(0, len(files), batch):
+        part = files[start:start + batch]
+        uploads = [Upload(f.read_bytes(), f.name, source_name(root, f)) for f in part]
+        try:  # one embedding pass and one transaction per batch
+            results = rag.ingest_many(collection, local, uploads, reindex=False)
+            pairs = [(f, r.status) for f, r in zip(part, results, strict=True)]
+        except InvalidInput:  # a bad file refuses its batch: go one by one to name it and keep the rest
+            pairs = []
+            for file, upload in zip(part, uploads, strict=True):
+                try:
+                    pairs.append((file, rag.ingest_many(collection, local, [upload], reindex=False)[0].status))
+                except InvalidInput as exc:
+                    pairs.append((file, f"failed: {exc.message}"))
+        for file, status in pairs:
+            changed |= status in ("created", "replaced")
+            yield file, status
     if changed:  # one keyword-index rebuild for the whole folder
         rag.reindex(rag.collection_by_name(collection).id)
 

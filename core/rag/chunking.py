@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 from espalier.core.errors import InvalidInput
 
@@ -31,11 +33,18 @@ def word_estimate(text: str) -> int:
     return max(int(len(text.split()) * 1.4), len(text) // 4)
 
 
+_counters: dict[int, TokenCounter] = {}
+
+
 def token_counter(tokenizer: object | None) -> TokenCounter:
+    """One counter per tokenizer, so the chunker built on it (and its memo) is reused."""
     if tokenizer is None:
         return word_estimate
-    encode = getattr(tokenizer, "encode")
-    return lambda text: len(encode(text, add_special_tokens=False))
+    counter = _counters.get(id(tokenizer))
+    if counter is None:
+        encode = getattr(tokenizer, "encode")
+        counter = _counters[id(tokenizer)] = lambda text: len(encode(text, add_special_tokens=False))
+    return counter
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,13 @@ class Chunk:
     end: int
 
 
+@lru_cache(maxsize=32)
+def _chunker(count: TokenCounter, chunk_tokens: int) -> Any:
+    import semchunk
+
+    return semchunk.chunkerify(count, chunk_tokens)  # memoises token counts: keep one per counter
+
+
 _HEADING = re.compile(r"(?m)^(?=#{1,6}\s)")
 
 
@@ -88,9 +104,7 @@ def split_text(text: str, chunk_tokens: int, overlap_tokens: int, count: TokenCo
     """Chunks of at most ``chunk_tokens`` with offsets into ``text``. Markdown sections are split
     apart first (a chunk never straddles a heading); semchunk then splits each section at the
     largest structural boundary that fits: blank lines, lines, sentences, words."""
-    import semchunk
-
-    chunker = semchunk.chunkerify(count, chunk_tokens)
+    chunker = _chunker(count, chunk_tokens)
     overlap = overlap_tokens / chunk_tokens if overlap_tokens else None
     chunks: list[Chunk] = []
     bounds = [m.start() for m in _HEADING.finditer(text)]

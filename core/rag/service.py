@@ -41,6 +41,30 @@ MAX_K = 50
 
 
 @dataclass
+class Upload:
+    data: bytes
+    filename: str
+    source: str | None = None
+    metadata: Mapping[str, Any] | None = None
+    media_type: str | None = None
+
+
+@dataclass
+class _Prepared:
+    source: str
+    kind: str
+    meta: dict[str, Any]
+    digest: str
+    characters: int
+    chunks: list[Any]
+    existing: DocumentRecord | None
+    old_ids: list[str]
+    document_id: str
+    ids: list[str]
+    document: Any = None
+
+
+@dataclass
 class IngestResult:
     document: DocumentRecord
     status: str  # created, replaced, unchanged
@@ -195,61 +219,103 @@ class RagService:
     def ingest(self, collection: str, principal: Principal, data: bytes, *, filename: str, source: str | None = None,
                metadata: Mapping[str, Any] | None = None, media_type: str | None = None,
                reindex: bool = True) -> IngestResult:  # fmt: skip
-        record = self.collection(collection, principal, write=True)
-        source = source or filename
-        if not 1 <= len(source) <= 1000:
-            raise InvalidInput("source must be 1-1000 characters")
-        kind = media_type_for(filename, media_type)
-        meta = check_metadata(metadata)
-        text = extract_text(data, kind, filename)
-        digest = hashlib.sha256(data).hexdigest()
-        with session_scope(self.engine) as session:
-            existing = session.exec(select(DocumentRecord).where(
-                DocumentRecord.collection_id == record.id, DocumentRecord.source == source)).first()  # fmt: skip
-            old_ids = [] if existing is None else list(session.exec(
-                select(ChunkRecord.id).where(ChunkRecord.document_id == existing.id)))  # fmt: skip
-        if existing is not None and existing.content_hash == digest and (metadata is None or existing.meta == meta):
-            return IngestResult(existing, "unchanged")
+        item = Upload(data, filename, source, metadata, media_type)
+        return self.ingest_many(collection, principal, [item], reindex=reindex)[0]
 
-        model = self.model_for(record.settings)
-        budget = self.budget(record.settings, model)
-        chunks = split_text(text, budget.chunk_tokens, budget.overlap_tokens, token_counter(getattr(model, "tokenizer", None)))
-        if not chunks:
-            raise InvalidInput(f"'{filename}' contains no text", code="empty_document")
-        document_id = existing.id if existing else new_id("doc")
-        generation = secrets.token_hex(3)
-        ids = [f"{document_id}-{generation}-{n}" for n in range(len(chunks))]
-        vectors = self._embed([c.text for c in chunks])
-        metadatas = [{**meta, "_doc": document_id, "_index": n, "_start": c.start, "_end": c.end}
-                     for n, c in enumerate(chunks)]  # fmt: skip
+    def ingest_many(self, collection: str, principal: Principal, uploads: Sequence[Upload], *,
+                    reindex: bool = True) -> list[IngestResult]:  # fmt: skip
+        """Ingests several documents with one embedding pass, batched chromadb adds and one
+        transaction. Every upload is checked first: one bad file refuses the batch, nothing stored."""
+        record = self.collection(collection, principal, write=True)
+        model = budget = counter = None
+        prepared: list[_Prepared] = []
+        results: list[IngestResult | None] = []
+        seen: set[str] = set()
+        sources = [u.source or u.filename for u in uploads]
+        with session_scope(self.engine) as session:  # one query for the whole batch
+            documents = {d.source: d for d in session.exec(select(DocumentRecord).where(
+                DocumentRecord.collection_id == record.id, DocumentRecord.source.in_(sources)))}  # type: ignore[attr-defined]  # fmt: skip
+            chunk_ids: dict[str, list[str]] = {}
+            for chunk_id, document_id in session.exec(select(ChunkRecord.id, ChunkRecord.document_id).where(
+                    ChunkRecord.document_id.in_([d.id for d in documents.values()]))):  # type: ignore[attr-defined]  # fmt: skip
+                chunk_ids.setdefault(document_id, []).append(chunk_id)
+        for upload in uploads:
+            source = upload.source or upload.filename
+            if not 1 <= len(source) <= 1000:
+                raise InvalidInput("source must be 1-1000 characters")
+            if source in seen:
+                raise InvalidInput(f"source '{source}' appears twice in one batch")
+            seen.add(source)
+            kind = media_type_for(upload.filename, upload.media_type)
+            meta = check_metadata(upload.metadata)
+            text = extract_text(upload.data, kind, upload.filename)
+            digest = hashlib.sha256(upload.data).hexdigest()
+            existing = documents.get(source)
+            old_ids = chunk_ids.get(existing.id, []) if existing else []
+            if existing is not None and existing.content_hash == digest and (upload.metadata is None or existing.meta == meta):
+                results.append(IngestResult(existing, "unchanged"))
+                continue
+            if model is None:
+                model = self.model_for(record.settings)
+                budget = self.budget(record.settings, model)
+                counter = token_counter(getattr(model, "tokenizer", None))
+            chunks = split_text(text, budget.chunk_tokens, budget.overlap_tokens, counter)
+            if not chunks:
+                raise InvalidInput(f"'{upload.filename}' contains no text", code="empty_document")
+            document_id = existing.id if existing else new_id("doc")
+            generation = secrets.token_hex(3)
+            prepared.append(_Prepared(source, kind, meta, digest, len(text), chunks, existing, old_ids, document_id,
+                                      [f"{document_id}-{generation}-{n}" for n in range(len(chunks))]))  # fmt: skip
+            results.append(None)
+        if prepared:
+            self._store_prepared(record, principal, prepared)
+            if reindex:
+                self.reindex(record.id)
+        done = iter(prepared)
+        out = []
+        for result in results:
+            if result is None:
+                item = next(done)
+                result = IngestResult(item.document, "replaced" if item.existing else "created")
+            out.append(result)
+        return out
+
+    def _store_prepared(self, record: CollectionRecord, principal: Principal, prepared: list[_Prepared]) -> None:
+        ids = [i for item in prepared for i in item.ids]
+        texts = [c.text for item in prepared for c in item.chunks]
+        metadatas = [{**item.meta, "_doc": item.document_id, "_index": n, "_start": c.start, "_end": c.end}
+                     for item in prepared for n, c in enumerate(item.chunks)]  # fmt: skip
+        vectors = self._embed(texts)
         name = self.chroma_name(record)
-        self.store.add(name, ids, vectors, [c.text for c in chunks], metadatas)
+        self.store.add(name, ids, vectors, texts, metadatas)
         try:
             with session_scope(self.engine) as session:
-                document = session.get(DocumentRecord, document_id) if existing else None
-                if document is None:
-                    document = DocumentRecord(id=document_id, collection_id=record.id, source=source, content_hash=digest,
-                                              media_type=kind, created_by=principal.key_id)  # fmt: skip
-                document.content_hash, document.media_type, document.meta = digest, kind, meta
-                document.chunk_count, document.characters, document.updated_at = len(chunks), len(text), utcnow()
-                session.add(document)
-                session.exec(sql_delete(ChunkRecord).where(ChunkRecord.document_id == document_id))  # type: ignore[call-overload]
-                session.flush()
-                session.add_all([ChunkRecord(id=i, document_id=document_id, collection_id=record.id, index=n,
-                                             start=c.start, end=c.end, text=c.text)
-                                 for n, (i, c) in enumerate(zip(ids, chunks, strict=True))])  # fmt: skip
+                for item in prepared:
+                    document = session.get(DocumentRecord, item.document_id) if item.existing else None
+                    if document is None:
+                        document = DocumentRecord(id=item.document_id, collection_id=record.id, source=item.source,
+                                                  content_hash=item.digest, media_type=item.kind, created_by=principal.key_id)  # fmt: skip
+                    document.content_hash, document.media_type, document.meta = item.digest, item.kind, item.meta
+                    document.chunk_count, document.characters, document.updated_at = len(item.chunks), item.characters, utcnow()
+                    session.add(document)
+                    if item.existing:
+                        session.exec(sql_delete(ChunkRecord).where(ChunkRecord.document_id == item.document_id))  # type: ignore[call-overload]
+                    session.flush()
+                    session.add_all([ChunkRecord(id=i, document_id=item.document_id, collection_id=record.id, index=n,
+                                                 start=c.start, end=c.end, text=c.text)
+                                     for n, (i, c) in enumerate(zip(item.ids, item.chunks, strict=True))])  # fmt: skip
+                    item.document = document
                 self._bump(session, record.id)
                 session.flush()
-                session.refresh(document)
-                session.expunge(document)
+                for item in prepared:
+                    session.refresh(item.document)
+                    session.expunge(item.document)
         except Exception:
             self.store.delete(name, ids, quiet=True)
             raise
-        self.store.delete(name, old_ids, quiet=True)
-        if reindex:
-            self.reindex(record.id)
-        self.audit.record(principal, "document.ingest", f"{collection}/{source}", chunks=len(chunks), replaced=bool(existing))
-        return IngestResult(document, "replaced" if existing else "created")
+        self.store.delete(name, [i for item in prepared for i in item.old_ids], quiet=True)
+        self.audit.record(principal, "document.ingest", record.name, documents=[item.source for item in prepared][:50],
+                          count=len(prepared), chunks=len(ids))  # fmt: skip
 
     @staticmethod
     def _bump(session: Any, collection_id: str) -> None:
@@ -318,6 +384,8 @@ class RagService:
                       filters: Mapping[str, Any] | None = None) -> list[RetrievedChunk]:  # fmt: skip
         if not query.strip():
             raise InvalidInput("query must not be empty")
+        if len(query) > 4000:
+            raise InvalidInput("query must be at most 4000 characters")
         if not 1 <= k <= MAX_K:
             raise InvalidInput(f"k must be between 1 and {MAX_K}")
         if mode not in MODES:

@@ -167,3 +167,26 @@ def test_collection_reports_its_budget(rag_app):
     budget = rag_app.client.get("/api/collections/budgeted", headers=rag_app.headers("user")).json()["budget"]
     assert budget["chunk_tokens"] == 128 and budget["context_window"] == 8192
     assert budget["k"] >= 1
+
+
+def test_collections_on_sqlite_and_postgresql(database_url, tmp_path, model_cache_dir):
+    from espalier.core.platform import Platform
+    from espalier.core.security import Principal
+    from espalier.core.settings import Settings
+
+    platform = Platform(Settings(home=tmp_path / "home", database_url=database_url, model_cache_dir=model_cache_dir),
+                        load_entry_points=False).start(run_jobs=False)  # fmt: skip
+    try:
+        owner = Principal(key_id="owner", name="owner", role="user")
+        rag = platform.rag
+        rag.create_collection("persisted", owner, settings={"chunk_tokens": 64})
+        created = rag.ingest("persisted", owner, b"# End\n\nThe end of the line is at the harbour.", filename="end.md",
+                             metadata={"kind": "note"})  # fmt: skip
+        assert created.status == "created" and created.document.meta == {"kind": "note"}
+        hits = rag.search("persisted", owner, "harbour", mode="hybrid", filters={"kind": "note"})
+        assert [h.source for h in hits] == ["end.md"] and hits[0].span == (0, len("# End\n\nThe end of the line is at the harbour."))
+        assert rag.ingest("persisted", owner, b"# End\n\nThe end of the line is at the harbour.", filename="end.md").status == "unchanged"
+        rag.delete_collection("persisted", owner)
+        assert rag.list_collections(owner) == []
+    finally:
+        platform.close()

@@ -73,6 +73,15 @@ def test_grounded_answers_cite_the_supporting_paragraph(server, hotpot, tmp_path
         assert reply.choices[0].message.content is not None
     assert hits == len(rows), f"supporting paragraph among the sources for {hits} of {len(rows)} questions"
 
+    # a stream carries the sources on its first chunk
+    stream = client.chat.completions.create(model="rag", messages=[{"role": "user", "content": rows[0]["question"]}],
+                                            temperature=0, max_tokens=8, stream=True,
+                                            extra_body={"espalier": {"collections": ["hotpot"]}})  # fmt: skip
+    first = next(iter(stream))
+    assert first.model_extra["espalier"]["sources"][0]["index"] == 1
+    for _chunk in stream:
+        pass
+
     # the model is told the sources are numbered quotes and data, not instructions
     conversation = httpx.get(server.base + f"/api/conversations/{reply.model_extra['espalier']['conversation_id']}",
                              headers=headers).json()  # fmt: skip
