@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     )
     sql_tool_max_rows: int = Field(default=200, ge=1, le=10_000, description="Most rows one `sql` call returns.")
     sql_tool_timeout_ms: int = Field(default=5000, ge=100, description="Time limit of one `sql` query (PostgreSQL statement timeout; SQLite progress handler).")
+    default_retriever: str = Field(
+        default="hybrid", description="The retriever the agents' search and lookup tools use unless told otherwise."
+    )
     agent_max_steps: int = Field(default=8, ge=1, le=50, description="Most steps an agent run may take.")
     agent_timeout_s: float = Field(default=120.0, gt=0, le=3600, description="Wall-clock limit of one agent run.")
     # Guardrails (see docs/operators.md, "Guardrails") ----------------------------------------

@@ -50,7 +50,8 @@ class _RetrievalTool:
         names = retrievers.names()
         if not names:
             return ToolResult(output="No retriever is installed, so there is nothing to search.", is_error=True)
-        wanted = arguments.get("retriever") or names[0]
+        default = self.platform.settings.default_retriever
+        wanted = arguments.get("retriever") or (default if default in names else names[0])
         if wanted not in names:
             return ToolResult(output=f"Unknown retriever '{wanted}'; use one of {', '.join(names)}.", is_error=True)
         collection = arguments.get("collection")
@@ -61,7 +62,7 @@ class _RetrievalTool:
 
 _COMMON_PROPERTIES = {
     "collection": {"type": "string", "minLength": 1, "maxLength": 512, "description": "Collection to search."},
-    "retriever": {"type": "string", "description": "Retriever to use (default: the first installed)."},
+    "retriever": {"type": "string", "description": "Retriever to use (default: the configured default retriever)."},
 }
 
 

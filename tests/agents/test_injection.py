@@ -84,7 +84,7 @@ def test_observations_cannot_pose_as_the_transcript(espalier, agent_plugin):
 
 @pytest.fixture
 def espalier_settings(model_cache_dir):
-    return {"model_cache_dir": model_cache_dir}
+    return {"model_cache_dir": model_cache_dir, "default_retriever": "keywords"}
 
 
 @pytest.mark.slow

@@ -74,8 +74,8 @@ def shop_db(tmp_path):
 def espalier_settings(request):
     if "shop_db" in request.fixturenames:
         return {"sql_tool_url": f"sqlite:///{request.getfixturevalue('shop_db')}", "sql_tool_max_rows": 100,
-                "sql_tool_timeout_ms": 1000}
-    return {}
+                "sql_tool_timeout_ms": 1000, "default_retriever": "keywords"}
+    return {"default_retriever": "keywords"}  # the test retriever, not the built-in hybrid search
 
 
 def sql(espalier, **arguments):
