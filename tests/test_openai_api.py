@@ -179,6 +179,7 @@ def test_client_disconnect_mid_stream_stops_generation(server, user_key):
             "stream": True, "max_tokens": 400, "temperature": 0, "espalier": {"conversation_id": conversation}}  # fmt: skip
     with httpx.stream("POST", server.base + "/v1/chat/completions", json=body, headers=server.headers(user_key), timeout=60) as response:
         assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
         received = []
         for line in response.iter_lines():
             if line.startswith("data:") and line != "data: [DONE]":

@@ -14,7 +14,7 @@ import anyio
 import msgspec
 from litestar import Request, get, post
 from litestar.params import JSONBody, Parameter
-from litestar.response import Stream
+from espalier.api.openai.streaming import EventStream
 
 from espalier.api.guards import CurrentPrincipal, access
 from espalier.core.agents import AgentContext, AgentService
@@ -32,14 +32,6 @@ class AgentRunCreate(msgspec.Struct, forbid_unknown_fields=True):
     max_steps: Annotated[int, msgspec.Meta(ge=1, le=50)] | None = None
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] | None = None
     stream: bool = False
-
-
-class EventStream(Stream):
-    """A Stream whose own media type wins: litestar otherwise applies the handler's (JSON) default."""
-
-    def to_asgi_response(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs["media_type"] = self.media_type
-        return super().to_asgi_response(*args, **kwargs)
 
 
 def _sse(event: str, data: Any) -> bytes:

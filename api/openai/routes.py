@@ -12,7 +12,6 @@ import anyio
 import numpy as np
 from litestar import Request, Response, Router, get, post
 from litestar.params import JSONBody
-from litestar.response import Stream
 
 from espalier.api.guards import CurrentPrincipal, access
 from espalier.core.chat import StreamSession
@@ -22,13 +21,13 @@ from . import convert
 from .errors import OPENAI_EXCEPTION_HANDLERS
 from .moderations import moderations
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from .streaming import stream_events
+from .streaming import EventStream, stream_events
 
 MAX_EMBEDDING_INPUTS = 2048
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _stream_response(session: StreamSession, cancel: threading.Event, kind: str, include_usage: bool) -> Stream:
+def _stream_response(session: StreamSession, cancel: threading.Event, kind: str, include_usage: bool) -> EventStream:
     base = {
         "id": session.request_id,
         "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
@@ -59,7 +58,7 @@ def _stream_response(session: StreamSession, cancel: threading.Event, kind: str,
             "prompt_tokens": session.prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": session.prompt_tokens + completion_tokens}}  # fmt: skip
 
-    return Stream(
+    return EventStream(
         stream_events(session, cancel, first, chunk, usage if include_usage else None),
         media_type="text/event-stream",
         headers={**SSE_HEADERS, "x-espalier-model-version": session.version.label},

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
+from litestar.response import Stream
 
 from espalier.core.chat import StreamSession
 from espalier.core.contracts import TokenDelta
@@ -22,6 +23,15 @@ from espalier.core.errors import EspalierError
 
 log = logging.getLogger("espalier.api.streaming")
 _END = object()
+
+
+class EventStream(Stream):
+    """A ``Stream`` whose own media type wins: litestar otherwise applies the handler's (JSON)
+    default, and server-sent events would go out as ``application/json``."""
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["media_type"] = self.media_type
+        return super().to_asgi_response(*args, **kwargs)
 
 
 def sse(data: Any) -> bytes:
