@@ -90,12 +90,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--server-env", nargs="*", default=[], help="KEY=VALUE for the server process only")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "chat.json")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     home = Path(tempfile.mkdtemp(prefix="espalier-bench-chat-"))
     cache = home / "models"
-    server = Server(home, env={"ESPALIER_MODEL_CACHE_DIR": str(cache)})
+    extra = dict(item.split("=", 1) for item in args.server_env)
+    server = Server(home, env={"ESPALIER_MODEL_CACHE_DIR": str(cache), **extra})
     try:
         # warm the server's model (converts the GGUF into the cache the raw model then reads)
         api_plain(server, "hello", 4)
