@@ -11,7 +11,6 @@ from typing import Any
 
 import anyio
 from litestar import Litestar, Request
-from litestar.config.app import AppConfig
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.middleware.rate_limit import RateLimitConfig
@@ -122,9 +121,6 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
             security=[{"bearer": []}],
         ),
         lifespan=[lifespan],
-        state=None,
-        debug=False,
-        on_app_init=[],
     )
     app.state.platform = platform
     app.state.settings = settings
@@ -138,4 +134,4 @@ def app_factory() -> Litestar:
     return create_app()
 
 
-__all__ = ["AppConfig", "create_app", "app_factory"]
+__all__ = ["create_app", "app_factory"]
