@@ -194,6 +194,10 @@ class JobContext(Protocol):
 
     def log(self, message: str) -> None: ...
 
+    def metrics(self, step: int, **values: float) -> None:
+        """Record one step's numbers (``loss=0.3, reward=1.2``); the console plots them as curves."""
+        ...
+
     def cancelled(self) -> bool: ...
 
 

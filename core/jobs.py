@@ -25,7 +25,7 @@ from sqlmodel import select
 
 from .contracts import JobKind
 from .db.engine import session_scope
-from .db.tables import Job, JobLog, new_id, utcnow
+from .db.tables import Job, JobLog, JobMetric, new_id, utcnow
 from .errors import Conflict, InvalidInput, NotFound
 from .registry import Registry
 
@@ -94,6 +94,18 @@ class JobService:
             )
             return list(session.exec(query))
 
+    def metrics(self, job_id: str, *, after_step: int = -1, limit: int = 5000) -> list[JobMetric]:
+        """A job's per-step numbers in step order (the curves of a training run)."""
+        self.get(job_id)
+        with session_scope(self.engine) as session:
+            query = (
+                select(JobMetric)
+                .where(JobMetric.job_id == job_id, JobMetric.step > after_step)
+                .order_by(JobMetric.step, JobMetric.id)
+                .limit(limit)
+            )
+            return list(session.exec(query))
+
     def cancel(self, job_id: str) -> Job:
         """Queued jobs stop at once; running ones are asked to stop at their next check."""
         with session_scope(self.engine) as session:
@@ -158,6 +170,15 @@ class RunningJob:
     def log(self, message: str) -> None:
         with session_scope(self.service.engine) as session:
             session.add(JobLog(job_id=self.job_id, message=str(message)[:10_000]))
+
+    def metrics(self, step: int, **values: float) -> None:
+        clean = {}
+        for name, value in values.items():
+            value = float(value)
+            if value == value and abs(value) != float("inf"):  # JSON has no NaN or infinity
+                clean[name] = value
+        with session_scope(self.service.engine) as session:
+            session.add(JobMetric(job_id=self.job_id, step=int(step), values=clean))
 
     def cancelled(self) -> bool:
         if not self._cancelled:

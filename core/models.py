@@ -123,6 +123,40 @@ class ModelService:
         self.unload(name)
         self.audit.record(by, "model.remove", name)
 
+    def add_version(
+        self,
+        name: str,
+        *,
+        label: str,
+        adapter: str | None,
+        metrics: dict[str, Any] | None = None,
+        status: str = "candidate",
+        by: Principal | None = None,
+    ) -> ModelVersion:
+        """Register a trained version of ``name`` (base weights plus the LoRA ``adapter`` folder).
+
+        It does not serve until promoted; training jobs add their result with status
+        ``candidate``. Labels are unique per model.
+        """
+        if not NAME_PATTERN.match(label):
+            raise InvalidInput(f"invalid version label {label!r}: use 1-64 letters, digits, '.', '_', ':' or '-'")
+        with session_scope(self.engine) as session:
+            if session.get(ModelRecord, name) is None:
+                raise NotFound(f"no model named '{name}' (see GET /v1/models)", code="model_not_found")
+            taken = session.exec(
+                select(ModelVersion).where(ModelVersion.model == name, ModelVersion.label == label)
+            ).first()
+            if taken is not None:
+                raise Conflict(f"model '{name}' already has a version labelled '{label}'")
+            version = ModelVersion(id=new_id("ver"), model=name, label=label, adapter=adapter,
+                                   status=status, metrics=dict(metrics or {}))  # fmt: skip
+            session.add(version)
+            session.flush()
+            session.refresh(version)
+            session.expunge(version)
+        self.audit.record(by, "model.version.add", name, version=version.id, label=label)
+        return version
+
     def list(self) -> list[ModelInfo]:
         with session_scope(self.engine) as session:
             names = [record.name for record in session.exec(select(ModelRecord).order_by(ModelRecord.name))]

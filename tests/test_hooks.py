@@ -331,6 +331,16 @@ def test_hook_register_models(tmp_path):
         assert version.label == "base" and model.context_window == 64
         with pytest.raises(Exception, match="cannot be removed"):
             platform.models.remove("echo-1")
+        # trained versions sit beside the base one and do not serve until promoted
+        added = platform.models.add_version("echo-1", label="dpo-1", adapter="/tmp/adapter", metrics={"kl": 0.1})
+        assert added.status == "candidate" and added.id.startswith("ver")
+        versions = {v["label"]: v for v in platform.models.info("echo-1").versions}
+        assert set(versions) == {"base", "dpo-1"} and not versions["dpo-1"]["serving"]
+        assert platform.models.resolve("echo-1", "dpo-1")[0].adapter == "/tmp/adapter"
+        with pytest.raises(Exception, match="already has a version labelled 'dpo-1'"):
+            platform.models.add_version("echo-1", label="dpo-1", adapter=None)
+        with pytest.raises(Exception, match="no model named"):
+            platform.models.add_version("missing", label="x", adapter=None)
     finally:
         platform.close()
 

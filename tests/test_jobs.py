@@ -23,6 +23,7 @@ def count_to(job):
     for step in range(steps):
         job.progress((step + 1) / steps, f"step {step + 1} of {steps}")
         job.log(f"did step {step + 1}")
+        job.metrics(step, loss=1.0 / (step + 1), reward=float("nan") if step == 0 else step)
     (__import__("pathlib").Path(job.artifact_dir) / "result.txt").write_text("done")
     return {"counted": steps}
 
@@ -78,6 +79,11 @@ def test_job_runs_with_progress_logs_and_artifacts(platform):
     messages = [line.message for line in platform.jobs.logs(job.id)]
     assert messages[1:] == [f"did step {n}" for n in range(1, 5)]
     assert (platform.settings.artifacts_dir / "jobs" / job.id / "result.txt").read_text() == "done"
+    curves = platform.jobs.metrics(job.id)
+    assert [row.step for row in curves] == [0, 1, 2, 3]
+    assert curves[0].values == {"loss": 1.0}  # NaN is dropped, not stored
+    assert curves[3].values == {"loss": 0.25, "reward": 3.0}
+    assert [row.step for row in platform.jobs.metrics(job.id, after_step=1)] == [2, 3]
 
 
 def test_running_job_can_be_cancelled(platform):

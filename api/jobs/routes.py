@@ -38,6 +38,12 @@ class JobLogOut(msgspec.Struct):
     message: str
 
 
+class JobMetricOut(msgspec.Struct):
+    step: int
+    at: datetime
+    values: dict[str, float]
+
+
 def job_out(job: Any) -> JobOut:
     return JobOut(**{field: getattr(job, field) for field in JobOut.__struct_fields__})
 
@@ -73,6 +79,13 @@ class JobsController(Controller):
     def get_logs(self, request: Request, job_id: str, after_id: FromQuery[int] = 0) -> dict[str, list[JobLogOut]]:
         logs = request.app.state.platform.jobs.logs(job_id, after_id=after_id)
         return {"logs": [JobLogOut(id=line.id, at=line.at, message=line.message) for line in logs]}
+
+    @get("/{job_id:str}/metrics", sync_to_thread=True, summary="A job's per-step metrics (training curves)")
+    def get_metrics(
+        self, request: Request, job_id: str, after_step: FromQuery[int] = -1
+    ) -> dict[str, list[JobMetricOut]]:
+        rows = request.app.state.platform.jobs.metrics(job_id, after_step=after_step)
+        return {"metrics": [JobMetricOut(step=row.step, at=row.at, values=row.values) for row in rows]}
 
     @post("/{job_id:str}/cancel", status_code=200, sync_to_thread=True, summary="Cancel a job")
     def cancel_job(self, request: Request, job_id: str, principal: CurrentPrincipal) -> JobOut:

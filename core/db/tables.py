@@ -93,6 +93,18 @@ class JobLog(SQLModel, table=True):
     message: str = Field(sa_type=Text)
 
 
+class JobMetric(SQLModel, table=True):
+    """One step's numbers of a job (loss, reward, KL...): the curves the console plots."""
+
+    __tablename__ = "job_metrics"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="jobs.id", index=True, max_length=40, ondelete="CASCADE")
+    step: int
+    values: dict[str, float] = Field(default_factory=dict, sa_type=JSON)
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
 # Models ----------------------------------------------------------------------------------------
 class ModelRecord(SQLModel, table=True):
     """A registered model. Its serving version is one of its :class:`ModelVersion` rows."""

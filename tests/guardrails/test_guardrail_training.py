@@ -128,6 +128,9 @@ class FakeJob:
     def log(self, message):
         self.logs.append(message)
 
+    def metrics(self, step, **values):
+        pass
+
     def cancelled(self):
         return self.cancel_after is not None and len(self.progress_calls) > self.cancel_after
 
