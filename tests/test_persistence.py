@@ -96,3 +96,18 @@ def test_timestamps_come_back_timezone_aware(engine):
     fetched = KeyService(engine).list()[0]
     assert fetched.created_at.tzinfo is not None
     assert abs((fetched.created_at - record.created_at).total_seconds()) < 1
+
+
+def test_migrations_match_the_tables(engine):
+    """The migrations build exactly the schema the sqlmodel tables describe (no forgotten column)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    import espalier.core.db.tables  # noqa: F401  (registers every table on the metadata)
+
+    upgrade(engine)
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": False})
+        diff = compare_metadata(context, SQLModel.metadata)
+    assert diff == [], f"tables and migrations differ: {diff}"
