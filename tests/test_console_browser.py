@@ -195,9 +195,10 @@ def test_a_reward_training_job_draws_its_curves_while_it_runs(page, server):
     page.goto(f"/console/jobs/{job_id}")
     points = "(() => { const c = Chart.getChart(document.getElementById('chart-job-metrics'));" \
              " const d = c.data.datasets.find((s) => s.label === 'loss'); return d ? d.data.length : 0; })()"
-    page.wait_for_function(points + " > 0", timeout=240_000)
+    # functions, not expression strings: Playwright evals a string in the page, which the CSP forbids
+    page.wait_for_function(f"() => {points} > 0", timeout=240_000)
     page.locator("#job-status", has_text="succeeded").wait_for(timeout=300_000)
-    page.wait_for_function("Chart.getChart(document.getElementById('chart-job-metrics')).data.datasets"
+    page.wait_for_function("() => Chart.getChart(document.getElementById('chart-job-metrics')).data.datasets"
                            ".some((s) => s.label === 'eval_accuracy')", timeout=30_000)  # fmt: skip
     steps = httpx.get(f"{server.base}/api/jobs/{job_id}/metrics", headers=server.headers()).json()["metrics"]
     assert page.evaluate(points) == len([row for row in steps if "loss" in row["values"]]) > 0

@@ -186,7 +186,8 @@ function setUpAgentForm() {
               answer.querySelector("pre").textContent = data.answer;
               answer.hidden = false;
             }
-            if (data.error) showFlash(data.error);
+            if (data.error && data.status === "error") showFlash(data.error);
+            else if (data.error) status.textContent += `: ${data.error}`;
           } else if (kind === "error") showFlash(data.message);
         });
       }
