@@ -50,16 +50,16 @@ def percentile(values: list[float], fraction: float) -> float | None:
 
 def hour_of(column: Any, dialect: str) -> Any:
     """The UTC hour a timestamp falls in, as the database computes it (text on SQLite)."""
-    if dialect == "sqlite":  # UTC naive 'YYYY-MM-DD HH:MM:SS[.ffffff]' strings
-        return func.strftime("%Y-%m-%d %H:00:00", column)
+    if dialect == "sqlite":  # UTC naive 'YYYY-MM-DD HH:MM:SS[.ffffff]' strings: the first 13 characters
+        return func.substr(column, 1, 13)  # several times cheaper per row than strftime()
     if dialect == "postgresql":
         return func.date_trunc("hour", func.timezone("UTC", column))
     raise NotImplementedError(f"hourly figures are not written for the {dialect} dialect")
 
 
 def _as_hour(value: Any) -> datetime:
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
+    if isinstance(value, str):  # SQLite's 'YYYY-MM-DD HH'
+        value = datetime.strptime(value, "%Y-%m-%d %H")
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
@@ -111,16 +111,17 @@ class UsageService:
     def _requests_query(dialect: str, start: datetime, end: datetime) -> Any:
         """Per hour: counts and sums, and the nearest-rank p50/p95 of latency through row_number()."""
         table = ChatRequestRecord
-        hour = hour_of(table.created_at, dialect)
-        ranked = (
-            sa_select(
-                hour.label("hour"), table.latency_ms, table.status, table.prompt_tokens, table.completion_tokens,
-                func.row_number().over(partition_by=hour, order_by=table.latency_ms).label("position"),
-                func.count().over(partition_by=hour).label("size"),
-            )
+        rows = (
+            sa_select(hour_of(table.created_at, dialect).label("hour"), table.latency_ms, table.status,
+                      table.prompt_tokens, table.completion_tokens)
             .where(table.created_at >= start, table.created_at < end)
             .subquery()
         )  # fmt: skip
+        ranked = sa_select(
+            rows,
+            func.row_number().over(partition_by=rows.c.hour, order_by=rows.c.latency_ms).label("position"),
+            func.count().over(partition_by=rows.c.hour).label("size"),
+        ).subquery()
         size = cast(ranked.c.size, Integer)
         return (
             sa_select(
