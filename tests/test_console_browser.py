@@ -218,6 +218,7 @@ def test_run_the_react_agent_and_watch_its_steps(page):
     assert page.locator("#agent-status").inner_text().split()[0] in ("ok", "step_limit", "time_limit", "error")
     shot(page, "13-agent-run")
     run_id = page.locator("#agent-run-id").inner_text()
+    assert page.locator(f"#agent-runs a[href='/console/agents/runs/{run_id}']").count() == 1  # listed at once
     page.goto("/console/agents")
     page.click(f"a[href='/console/agents/runs/{run_id}']")
     assert page.locator("h1").inner_text().startswith("react run")

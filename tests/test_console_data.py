@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from espalier import hookimpl
-from espalier.core import contracts
 from espalier.core.db.engine import session_scope
 from espalier.core.db.tables import utcnow
 from espalier.core.usage import percentile

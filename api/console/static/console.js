@@ -136,6 +136,29 @@ function showStep(step) {
   list.appendChild(item);
 }
 
+function addPastRun(run) {
+  const body = document.querySelector("#agent-runs tbody");
+  if (!body) return;
+  const empty = body.querySelector("td[colspan]");
+  if (empty) empty.closest("tr").remove();
+  const row = document.createElement("tr");
+  const cell = (text) => { const td = document.createElement("td"); td.textContent = text; row.appendChild(td); return td; };
+  const when = cell("");
+  const link = document.createElement("a");
+  link.href = `/console/agents/runs/${encodeURIComponent(run.id)}`;
+  link.textContent = String(run.created_at).replace("T", " ").slice(0, 19);
+  when.appendChild(link);
+  cell(run.agent);
+  cell(run.question.length > 120 ? `${run.question.slice(0, 117)}...` : run.question).className = "text";
+  const badge = document.createElement("span");
+  badge.className = `badge ${run.status === "ok" ? "succeeded" : "failed"}`;
+  badge.textContent = run.status;
+  cell("").appendChild(badge);
+  cell(String(run.steps));
+  cell(run.duration_ms ? `${(run.duration_ms / 1000).toFixed(1)} s` : "");
+  body.prepend(row);
+}
+
 function setUpAgentForm() {
   const form = document.getElementById("agent-form");
   if (!form) return;
@@ -186,6 +209,7 @@ function setUpAgentForm() {
               answer.querySelector("pre").textContent = data.answer;
               answer.hidden = false;
             }
+            addPastRun(data);
             if (data.error && data.status === "error") showFlash(data.error);
             else if (data.error) status.textContent += `: ${data.error}`;
           } else if (kind === "error") showFlash(data.message);
