@@ -111,6 +111,11 @@ def test_feedback_is_browsed_and_filtered_and_a_request_shows_its_feedback(espal
     assert lines == [json.loads(line) for line in api.text.splitlines()] and len(lines) == 2
     assert {"prompt", "chosen", "rejected"} <= set(lines[0])
     assert "pairs.export" in [e.action for e in espalier.platform.audit.list(limit=5)]
+    # and the overview counts the three records in this hour's feedback bar
+    overview = client.get("/console").text
+    chart = json.loads(re.search(r'<script type="application/json" id="usage-data">(.*?)</script>', overview, re.S).group(1))
+    assert chart["feedback"][-1] == 3 and sum(chart["feedback"]) == 3 and sum(chart["guardrail_blocks"]) == 0
+    assert 'id="chart-feedback"' in overview and 'id="chart-guardrails"' in overview
 
 
 def test_operators_flag_texts_for_the_guardrail_trainers(espalier):
