@@ -19,6 +19,7 @@ from .db.engine import create_db_engine
 from .db.migrate import is_up_to_date, upgrade
 from .errors import PluginError, Unavailable
 from .evaluation import EvaluationService
+from .guardrail_flags import GuardrailFlagService
 from .guardrails import GuardrailService, parse_policies
 from .jobs import JobService, JobWorker
 from .agents import AgentService
@@ -207,6 +208,10 @@ class Platform:
     @cached_property
     def usage(self) -> UsageService:
         return UsageService(self.engine)
+
+    @cached_property
+    def guardrail_flags(self) -> GuardrailFlagService:
+        return GuardrailFlagService(self.engine)
 
     def collect_all(self) -> None:
         """Collect every contribution now, so duplicate names fail at start-up, not on first use."""

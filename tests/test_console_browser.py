@@ -1,5 +1,6 @@
 """The console in a real browser: Playwright driving Debian's Chromium against a real server with
-the real shipped model. Screenshots of each page go to test-artifacts/console/."""
+the real shipped model. Screenshots of each page go to test-artifacts/console/ (ignored by git);
+every test fails on any browser console error or uncaught page error."""
 
 from __future__ import annotations
 
@@ -118,6 +119,24 @@ def test_chat_in_the_playground_rank_and_see_it_stored(page, server):
     assert page.locator(".card b").first.inner_text() == "1"  # the request now counts in the overview
     shot(page, "05-overview-with-traffic")
 
+    # the ranking is on the Feedback page; open its request and flag a candidate for the trainers
+    page.click("nav a[href='/console/feedback']")
+    row = page.locator("#feedback-table tr", has_text=request_id)
+    assert "ranking" in row.inner_text() and "unacceptable" in row.inner_text()
+    assert page.locator("#pair-counts b").inner_text() == "1"
+    shot(page, "05b-feedback")
+    row.locator(f"a[href='/console/feedback/requests/{request_id}']").click()
+    assert page.locator(".candidate").count() == 2 and page.locator(".feedback-on", has_text="rank 1").count() == 1
+    first = page.locator(".candidate").nth(0)
+    first.locator(".flag button", has_text="toxic").first.click()
+    first.locator(".badge", has_text="flagged toxic").wait_for()
+    shot(page, "05c-feedback-request-flagged")
+    engine = create_engine(f"sqlite:///{server.home / 'espalier.db'}")
+    with engine.connect() as connection:
+        flagged = connection.execute(text("SELECT category, label, text FROM guardrail_flags")).all()
+    engine.dispose()
+    assert [(c, label) for c, label, _ in flagged] == [("toxicity", 1)] and flagged[0][2].strip() == texts[0].strip()
+
 
 def test_create_a_key_see_it_once_and_revoke_it(page, server):
     page.goto("/console/keys")
@@ -165,7 +184,54 @@ def test_a_job_appears_by_polling_and_shows_its_error(page, server):
     shot(page, "09-job-detail")
 
 
+def test_a_reward_training_job_draws_its_curves_while_it_runs(page, server):
+    pairs = (REPO.parent / "shared" / "data" / "hh_pairs_train.jsonl").read_text().splitlines()[:40]
+    imported = httpx.post(server.base + "/api/pairs/import", headers=server.headers(), content="\n".join(pairs))
+    assert imported.status_code == 200, imported.text
+    submitted = httpx.post(server.base + "/api/jobs", headers=server.headers(), json={
+        "kind": "train:reward", "params": {"epochs": 2, "batch_size": 4, "max_length": 48}})  # fmt: skip
+    assert submitted.status_code == 201, submitted.text
+    job_id = submitted.json()["id"]
+    page.goto(f"/console/jobs/{job_id}")
+    points = "(() => { const c = Chart.getChart(document.getElementById('chart-job-metrics'));" \
+             " const d = c.data.datasets.find((s) => s.label === 'loss'); return d ? d.data.length : 0; })()"
+    # functions, not expression strings: Playwright evals a string in the page, which the CSP forbids
+    page.wait_for_function(f"() => {points} > 0", timeout=240_000)
+    page.locator("#job-status", has_text="succeeded").wait_for(timeout=300_000)
+    page.wait_for_function("() => Chart.getChart(document.getElementById('chart-job-metrics')).data.datasets"
+                           ".some((s) => s.label === 'eval_accuracy')", timeout=30_000)  # fmt: skip
+    steps = httpx.get(f"{server.base}/api/jobs/{job_id}/metrics", headers=server.headers()).json()["metrics"]
+    assert page.evaluate(points) == len([row for row in steps if "loss" in row["values"]]) > 0
+    assert page.locator("#job-metrics-empty").is_hidden()
+    shot(page, "09b-job-curves")
+
+
+def test_run_the_react_agent_and_watch_its_steps(page):
+    page.goto("/console/agents")
+    page.select_option("select[name=agent]", "react")
+    page.fill("textarea[name=question]", "What is 17 * 23? Use the calculator.")
+    page.fill("input[name=max_steps]", "2")
+    page.click("#agent-form button[type=submit]")
+    page.locator("#agent-steps li.step").first.wait_for(timeout=240_000)  # a step shows before the run ends
+    page.wait_for_selector("#agent-trace[data-status]", timeout=240_000)
+    assert page.locator("#agent-run-id").inner_text().startswith("run_")
+    assert page.locator("#agent-status").inner_text().split()[0] in ("ok", "step_limit", "time_limit", "error")
+    shot(page, "13-agent-run")
+    run_id = page.locator("#agent-run-id").inner_text()
+    assert page.locator(f"#agent-runs a[href='/console/agents/runs/{run_id}']").count() == 1  # listed at once
+    page.goto("/console/agents")
+    page.click(f"a[href='/console/agents/runs/{run_id}']")
+    assert page.locator("h1").inner_text().startswith("react run")
+    assert page.locator(".trace li.step").count() >= 1
+    shot(page, "14-agent-trace")
+
+
 @pytest.mark.parametrize("path, name, heading", [
+    ("/console/playground", "10a-playground", "Playground"),
+    ("/console/feedback", "10b-feedback", "Feedback and data"),
+    ("/console/agents", "10c-agents", "Agents"),
+    ("/console/jobs", "10d-jobs", "Jobs"),
+    ("/console/keys", "10e-keys", "API keys"),
     ("/console/models", "10-models", "Models"),
     ("/console/plugins", "11-plugins", "Plugins"),
     ("/console/audit", "12-audit", "Audit log"),
@@ -177,7 +243,7 @@ def test_each_page_renders(page, path, name, heading):
     if path == "/console/models":
         assert page.locator("tr", has_text="smollm2-135m-instruct").locator(".badge", has_text="serving").count() == 1
     if path == "/console/audit":
-        for action in ("console.sign_in", "key.create", "key.revoke", "job.submit"):
+        for action in ("console.sign_in", "key.create", "key.revoke", "job.submit", "guardrail.flag", "agent.run"):
             assert page.locator("td", has_text=action).count() >= 1, action
 
 

@@ -1,8 +1,13 @@
-"""Jobs: the list and one job's progress and log, refreshed by HTMX polling; cancel."""
+"""Jobs: the list and one job's progress and log, refreshed by HTMX polling; its training curves
+(loss, reward, KL... whatever the job records with ``job.metrics``), drawn by Chart.js from
+``/console/jobs/{id}/metrics`` and extended while the job runs; cancel with confirmation."""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 from litestar import Request, get, post
+from litestar.params import Parameter
 from litestar.response import Template
 
 from .render import NavItem, page
@@ -35,6 +40,17 @@ def job_page(request: Request, job_id: str) -> Template:
     return response
 
 
+@get("/console/jobs/{job_id:str}/metrics", opt=console("operator"), include_in_schema=False, sync_to_thread=True)
+def job_metrics(request: Request, job_id: str, after_step: Annotated[int, Parameter(ge=-1)] = -1) -> dict[str, Any]:
+    """The same rows as ``GET /api/jobs/{id}/metrics`` for the signed-in browser, with the job's
+    status so the page knows when to stop asking."""
+    platform = request.app.state.platform
+    job = platform.jobs.get(job_id)
+    rows = platform.jobs.metrics(job_id, after_step=after_step)
+    return {"status": job.status, "active": job.status in ACTIVE,
+            "metrics": [{"step": row.step, "values": row.values} for row in rows]}
+
+
 @post("/console/jobs/{job_id:str}/cancel", opt=console("operator"), include_in_schema=False, sync_to_thread=True,
       status_code=200)  # fmt: skip
 def cancel_job(request: Request, job_id: str) -> Template:
@@ -44,4 +60,4 @@ def cancel_job(request: Request, job_id: str) -> Template:
     return page(request, "_job_detail.html", active=NAV.path, job=job, logs=platform.jobs.logs(job_id), poll=POLL_SECONDS)
 
 
-ROUTES = [jobs_page, job_page, cancel_job]
+ROUTES = [jobs_page, job_page, job_metrics, cancel_job]

@@ -1,4 +1,5 @@
-"""Overview: traffic per hour as charts, models loaded, jobs by status."""
+"""Overview: traffic, latency, tokens, guardrail decisions and feedback per hour as charts (all
+aggregated in the database, see ``core/usage.py``), models loaded, jobs by status."""
 
 from __future__ import annotations
 
@@ -25,11 +26,15 @@ def overview(request: Request, hours: int = 24) -> Template:
         "completion_tokens": [bucket.completion_tokens for bucket in hourly],
         "p50": [bucket.latency_p50_ms for bucket in hourly],
         "p95": [bucket.latency_p95_ms for bucket in hourly],
+        "guardrail_blocks": [bucket.guardrail_blocks for bucket in hourly],
+        "guardrail_flags": [bucket.guardrail_flags for bucket in hourly],
+        "feedback": [bucket.feedback for bucket in hourly],
     }
     models = platform.models.list()
     return page(
         request, "overview.html", active=NAV.path, chart=chart, hours=len(hourly),
-        totals={"requests": sum(chart["requests"]), "tokens": sum(chart["prompt_tokens"]) + sum(chart["completion_tokens"])},
+        totals={"requests": sum(chart["requests"]), "tokens": sum(chart["prompt_tokens"]) + sum(chart["completion_tokens"]),
+                "blocks": sum(chart["guardrail_blocks"]), "feedback": sum(chart["feedback"])},
         models=[asdict(m) for m in models], loaded=[m.name for m in models if m.loaded],
         jobs=platform.usage.jobs_by_status(),
     )  # fmt: skip

@@ -16,7 +16,7 @@ from litestar.template.config import TemplateConfig
 
 from espalier.api.guards import PUBLIC
 
-from . import admin, auth, jobs, models, overview, playground
+from . import admin, agents, auth, feedback, jobs, models, overview, playground
 from .render import SECURITY_HEADERS
 from .session import ConsoleSignInRequired
 
@@ -26,8 +26,10 @@ HERE = Path(__file__).parent
 PAGES = [
     (overview.NAV, overview.ROUTES),
     (playground.NAV, playground.ROUTES),
+    (feedback.NAV, feedback.ROUTES),
     (models.NAV, models.ROUTES),
     (jobs.NAV, jobs.ROUTES),
+    (agents.NAV, agents.ROUTES),
     (admin.PLUGINS_NAV, []),
     (admin.KEYS_NAV, []),
     (admin.AUDIT_NAV, admin.ROUTES),

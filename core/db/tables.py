@@ -203,4 +203,4 @@ from .rag_tables import ChunkRecord, CollectionRecord, DocumentRecord  # noqa: E
 from . import feedback_tables as _feedback_tables  # noqa: E402,F401  (registers the feedback tables)
 from . import console_tables  # noqa: E402,F401  (registers the console tables; last, as it imports this module)
 from .agent_tables import AgentRun, AgentStep, ChainSession, ChainTurn  # noqa: E402,F401  (agents, chains, traces)
-from .guardrail_tables import EvaluationRecord, GuardrailEvent  # noqa: E402,F401
+from .guardrail_tables import EvaluationRecord, GuardrailEvent, GuardrailFlag  # noqa: E402,F401

@@ -78,6 +78,10 @@ class PairStore:
         pairs = self.derived(exclude_labelers=exclude_labelers)
         return pairs + self.imported() if include_imported else pairs
 
+    def imported_count(self) -> int:
+        with session_scope(self.engine) as session:
+            return session.exec(select(func.count()).select_from(ImportedPair)).one()
+
     def count(self, *, include_imported: bool = True) -> int:
         derived = len(self.derived())
         if not include_imported:

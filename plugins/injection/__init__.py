@@ -65,3 +65,10 @@ def register_trainers(register, settings):
             record_dir=settings.guardrail_models_dir,
         )
     )
+
+
+@hookimpl
+def startup(platform):
+    # the trainer reads the examples operators flagged (console Feedback page) from the platform
+    if "injection-classifier" in platform.trainers and isinstance(platform.trainers.get("injection-classifier"), ClassifierTrainer):
+        platform.trainers.get("injection-classifier").bind(platform)

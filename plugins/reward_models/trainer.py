@@ -40,7 +40,8 @@ class RewardTrainer:
         pairs = platform.pairs.all(include_imported=include_imported, exclude_labelers=exclude)
         job.log(f"{len(pairs)} pairs in the snapshot (imports {'included' if include_imported else 'excluded'})")
         card = train_reward_model(pairs, job.artifact_dir + "/reward-model", settings,
-                                  progress=job.progress, log=job.log, cancelled=job.cancelled)  # fmt: skip
+                                  progress=job.progress, log=job.log, cancelled=job.cancelled,
+                                  metrics=getattr(job, "metrics", None))  # fmt: skip
         held = card.pop("held_out_pairs")
         current = platform.reward_models.current()
         current_accuracy = None

@@ -25,6 +25,9 @@ from espalier.core.reward.scoring import CARD_NAME, encode, rewards
 from espalier.core.reward.settings import RewardSettings, settings_from
 
 
+MAX_RECORDED_STEPS = 1000  # metric rows per run at most (every k-th step beyond that)
+
+
 class TrainingCancelled(JobCancelled):
     """Training stopped because the job was cancelled; nothing was saved."""
 
@@ -80,9 +83,16 @@ def train_reward_model(
     progress: Callable[[float, str], None] | None = None,
     log: Callable[[str], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
+    metrics: Callable[..., None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Train, evaluate on the held-out pairs, save the artifact; return its card."""
+    """Train, evaluate on the held-out pairs, save the artifact; return its card.
+
+    ``metrics(step, **values)`` receives the curves: each step's pairwise ``loss``, its smoothed
+    ``loss_avg``, the batch ``accuracy`` and mean reward ``margin``, the learning rate, and at the
+    end the held-out ``eval_accuracy`` (a job passes its own ``job.metrics``).
+    """
     say = log or (lambda message: None)
+    record = metrics or (lambda step, **values: None)
     report = progress or (lambda fraction, message="": None)
     stop = cancelled or (lambda: False)
     if len(pairs) < settings.min_pairs:
@@ -110,6 +120,7 @@ def train_reward_model(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))  # fmt: skip
     say(f"training on {len(train)} pairs, holding out {len(held)}, {total} steps")
+    every = max(1, math.ceil(total / MAX_RECORDED_STEPS))  # a long run keeps a readable curve
     rng = random.Random(settings.seed)
     order = list(range(len(train)))
     step, loss_avg, started = 0, 0.0, time.perf_counter()
@@ -136,6 +147,11 @@ def train_reward_model(
             optimizer.zero_grad()
             step += 1
             loss_avg = loss.item() if step == 1 else 0.9 * loss_avg + 0.1 * loss.item()
+            if step % every == 0 or step == total or step == 1:
+                with torch.no_grad():
+                    accuracy = ((margin > 0).float() + 0.5 * (margin == 0).float()).mean().item()
+                record(step, loss=loss.item(), loss_avg=loss_avg, accuracy=accuracy, margin=margin.mean().item(),
+                       lr=schedule.get_last_lr()[0])  # fmt: skip
             report(0.85 * step / total, f"step {step}/{total} loss {loss_avg:.3f}")
     seconds = time.perf_counter() - started
     pairs_seen = min(step * settings.batch_size, len(train) * settings.epochs)
@@ -145,6 +161,7 @@ def train_reward_model(
     model.eval()
     metrics = evaluate(lambda p, c: rewards(model, tokenizer, p, c, max_length=settings.max_length), held)
     metrics["train_pairs_per_second"] = round(pairs_seen / max(seconds, 1e-9), 2)
+    record(step, eval_accuracy=metrics["accuracy"], eval_margin=metrics["mean_margin"])
     if stop():
         raise TrainingCancelled("training cancelled during evaluation; nothing saved")
     out = Path(out_dir)

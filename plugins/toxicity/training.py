@@ -15,6 +15,7 @@ them, so training uses binary cross-entropy per category.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -88,6 +89,7 @@ def train_classifier(
     log: Callable[[str], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
     name: str = "espalier-guardrail",
+    metrics: Callable[..., None] | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
     """Fine-tune ``base_model`` (MiniLM by default) on labelled text; write a detoxify checkpoint.
@@ -102,6 +104,7 @@ def train_classifier(
         ``metrics`` per category on the held-out examples and the artifact paths.
     :raises InvalidInput: bad data or settings. :raises TrainingCancelled: when ``cancelled()``
         turned true between batches.
+    :param metrics: ``metrics(step, loss=...)`` receives each step's loss (a job's ``job.metrics``).
     """
     unknown = set(settings) - set(TrainingSettings.__dataclass_fields__)
     if unknown:
@@ -177,6 +180,8 @@ def train_classifier(
             optimizer.zero_grad()
             step += 1
             running_loss = 0.9 * running_loss + 0.1 * loss.item() if step > 1 else loss.item()
+            if metrics is not None:
+                metrics(step, loss=loss.item(), loss_avg=running_loss)
             report(0.9 * step / total_steps, f"epoch {epoch + 1}/{config.epochs} step {step}/{total_steps} loss {running_loss:.3f}")
     train_seconds = time.perf_counter() - started
     say(f"trained {total_steps} steps in {train_seconds:.1f}s, final loss {running_loss:.3f}")
@@ -288,8 +293,11 @@ def train_toxicity_model(
 class ClassifierTrainer:
     """The job-facing trainer: ``train:<name>`` jobs with ``params`` such as ``{"data_path": ...}``.
 
-    Params: ``data_path`` (required, JSONL on the server), optional ``eval_path`` and any
-    :class:`TrainingSettings` field. The checkpoint goes to the job's ``artifact_dir``.
+    Params: ``data_path`` (JSONL on the server), optional ``eval_path``, ``include_flags`` (default
+    true: add the texts operators flagged for this category, see
+    :class:`~espalier.core.guardrail_flags.GuardrailFlagService`; with flags of both classes,
+    ``data_path`` may be left out) and any :class:`TrainingSettings` field. The checkpoint goes to
+    the job's ``artifact_dir``; each step's loss to the job's metrics.
     """
 
     SETTINGS = frozenset(TrainingSettings.__dataclass_fields__)
@@ -302,19 +310,53 @@ class ClassifierTrainer:
         self.description = description
         self.category = category
         self.model_name = model_name
+        self.platform: Any = None
+
+    def training_data(self, data_path: str | None, flags: list[dict[str, Any]]) -> LabelledTexts:
+        """The file's examples plus the operators' flags (which need not cover both classes alone)."""
+        if not flags:
+            return load_labelled(data_path, category=self.category)  # type: ignore[arg-type]
+        source = f"{len(flags)} operator flags"
+        if not data_path:
+            flagged = load_labelled(flags, category=self.category)
+            flagged.source = source
+            return flagged
+        data = load_labelled(data_path, category=self.category)
+        if data.categories != [self.category]:
+            raise InvalidInput(f"{data_path} labels categories {data.categories}; operator flags label only "
+                               f"'{self.category}': train with include_flags=false, or a single-label file")  # fmt: skip
+        digest = hashlib.sha256(json.dumps(flags, sort_keys=True).encode()).hexdigest()
+        flagged = LabelledTexts([f["text"] for f in flags], [[float(f["label"])] for f in flags], [self.category],
+                                source=source, sha256=digest)  # fmt: skip
+        return LabelledTexts.concat(data, flagged)
+
+    def bind(self, platform: Any) -> None:
+        """The running platform, where operators' flagged examples are read (``startup`` hook)."""
+        self.platform = platform
+
+    def flagged(self) -> list[dict[str, Any]]:
+        store = getattr(self.platform, "guardrail_flags", None)
+        return store.examples(self.category) if store is not None else []
 
     def train(self, job: Any) -> Mapping[str, Any]:
         params = dict(job.params or {})
         data_path = params.pop("data_path", None)
-        if not data_path:
-            raise InvalidInput(f"job params need 'data_path': a JSONL file of {{\"text\", \"label\"}} lines for {self.name}")
+        include_flags = bool(params.pop("include_flags", True))
+        flags = self.flagged() if include_flags else []
+        if not data_path and not flags:
+            raise InvalidInput(f"job params need 'data_path': a JSONL file of {{\"text\", \"label\"}} lines for {self.name} "
+                               f"(or {self.category} flags set by operators on the console's Feedback page)")  # fmt: skip
         eval_path = params.pop("eval_path", None)
         unknown = set(params) - self.SETTINGS
         if unknown:
-            raise InvalidInput(f"unknown params {sorted(unknown)}; known: data_path, eval_path, {', '.join(sorted(self.SETTINGS))}")
+            raise InvalidInput(f"unknown params {sorted(unknown)}; known: data_path, eval_path, include_flags, "
+                               f"{', '.join(sorted(self.SETTINGS))}")  # fmt: skip
+        data = self.training_data(data_path, flags)
+        if flags:
+            job.log(f"{len(flags)} operator-flagged {self.category} examples included")
         try:
             card = train_classifier(
-                data_path,
+                data,
                 job.artifact_dir,
                 category=self.category,
                 eval_data=eval_path,
@@ -322,6 +364,7 @@ class ClassifierTrainer:
                 progress=job.progress,
                 log=job.log,
                 cancelled=job.cancelled,
+                metrics=getattr(job, "metrics", None),
                 **params,
             )
         except TrainingCancelled as exc:

@@ -11,6 +11,8 @@ function drawCharts() {
     requests: { type: "bar", datasets: [line("requests", data.requests, "#4e79a7"), line("failed", data.failed, "#e15759")] },
     latency: { type: "line", datasets: [line("p50", data.p50, "#59a14f"), line("p95", data.p95, "#f28e2b")] },
     tokens: { type: "bar", datasets: [line("prompt", data.prompt_tokens, "#76b7b2"), line("completion", data.completion_tokens, "#edc948")] },
+    guardrails: { type: "bar", datasets: [line("blocked", data.guardrail_blocks, "#e15759"), line("flagged", data.guardrail_flags, "#f28e2b")] },
+    feedback: { type: "bar", datasets: [line("feedback", data.feedback, "#b07aa1")] },
   };
   document.querySelectorAll("canvas[data-chart]").forEach((canvas) => {
     const spec = specs[canvas.dataset.chart];
@@ -23,6 +25,207 @@ function drawCharts() {
   });
 }
 
+// A job's curves: every metric name it records is one line; the learning rate gets its own axis.
+const PALETTE = ["#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2", "#edc948", "#9c755f"];
+
+function drawJobMetrics() {
+  const canvas = document.querySelector("canvas[data-job-metrics]");
+  if (!canvas || typeof Chart === "undefined") return;
+  const url = canvas.dataset.jobMetrics;
+  const pollMs = 1000 * Number(canvas.dataset.poll || 2);
+  const empty = document.getElementById("job-metrics-empty");
+  const series = new Map();
+  let lastStep = -1;
+  const chart = new Chart(canvas, {
+    type: "line",
+    data: { datasets: [] },
+    options: {
+      animation: false, responsive: true, maintainAspectRatio: false, parsing: false,
+      scales: {
+        x: { type: "linear", title: { display: true, text: "step" } },
+        y: { position: "left" },
+        lr: { position: "right", display: "auto", grid: { drawOnChartArea: false }, title: { display: true, text: "learning rate" } },
+      },
+    },
+  });
+  canvas.chart = chart;
+  const add = (rows) => {
+    for (const row of rows) {
+      for (const [name, value] of Object.entries(row.values)) {
+        if (!series.has(name)) {
+          const color = PALETTE[series.size % PALETTE.length];
+          const dataset = { label: name, data: [], borderColor: color, backgroundColor: color, pointRadius: 0,
+            borderWidth: 1.5, yAxisID: /^(lr|learning_rate)$/.test(name) ? "lr" : "y" };
+          series.set(name, dataset);
+          chart.data.datasets.push(dataset);
+        }
+        series.get(name).data.push({ x: row.step, y: value });
+      }
+      lastStep = Math.max(lastStep, row.step);
+    }
+    for (const dataset of series.values()) dataset.pointRadius = dataset.data.length < 3 ? 4 : 0;
+    if (empty) empty.hidden = series.size > 0;
+    chart.update();
+  };
+  const reset = () => {
+    series.clear();
+    chart.data.datasets = [];
+    lastStep = -1;
+  };
+  const poll = async () => {
+    const from = lastStep;
+    let answer;
+    try {
+      const response = await fetch(`${url}?after_step=${from}`, { credentials: "same-origin", headers: { Accept: "application/json" } });
+      if (!response.ok) return; // signed out or gone: the page's own poll shows why
+      answer = await response.json();
+    } catch (_) {
+      return;
+    }
+    if (answer.active) {
+      add(answer.metrics);
+      setTimeout(poll, pollMs);
+    } else if (from === -1) {
+      add(answer.metrics); // everything, in one answer
+    } else {
+      reset(); // finished: read it all once more (a final evaluation may share the last step)
+      setTimeout(poll, 0);
+    }
+  };
+  poll();
+}
+
+// Agents: run one and show its steps as the server-sent events arrive. Every field is set with
+// textContent: observations are untrusted text and never become markup.
+function parseEvents(buffer, onEvent) {
+  let boundary;
+  while ((boundary = buffer.indexOf("\n\n")) !== -1) {
+    const block = buffer.slice(0, boundary);
+    buffer = buffer.slice(boundary + 2);
+    let event = "message";
+    const data = [];
+    for (const line of block.split("\n")) {
+      if (line.startsWith("event:")) event = line.slice(6).trim();
+      else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+    }
+    if (data.length) onEvent(event, JSON.parse(data.join("\n")));
+  }
+  return buffer;
+}
+
+function showStep(step) {
+  const list = document.getElementById("agent-steps");
+  const item = document.getElementById("agent-step-template").content.firstElementChild.cloneNode(true);
+  item.dataset.number = step.number;
+  const fill = (selector, text) => {
+    const node = item.querySelector(selector);
+    if (text) node.textContent = text;
+    else node.closest("div").remove();
+  };
+  fill(".thought span", step.thought);
+  if (step.action) {
+    item.querySelector(".tool").textContent = step.action;
+    item.querySelector(".arguments").textContent = JSON.stringify(step.arguments || {});
+  } else item.querySelector(".action").remove();
+  if (step.observation) {
+    item.querySelector(".observation pre").textContent = step.observation;
+    const score = step.injection_score == null ? "" : `, injection score ${step.injection_score.toFixed(2)}`;
+    item.querySelector(".timing").textContent = `model ${Math.round(step.model_ms)} ms, tool ${Math.round(step.tool_ms)} ms${score}`;
+  } else item.querySelector(".observation").remove();
+  if (step.is_error) item.classList.add("error-step");
+  list.appendChild(item);
+}
+
+function addPastRun(run) {
+  const body = document.querySelector("#agent-runs tbody");
+  if (!body) return;
+  const empty = body.querySelector("td[colspan]");
+  if (empty) empty.closest("tr").remove();
+  const row = document.createElement("tr");
+  const cell = (text) => { const td = document.createElement("td"); td.textContent = text; row.appendChild(td); return td; };
+  const when = cell("");
+  const link = document.createElement("a");
+  link.href = `/console/agents/runs/${encodeURIComponent(run.id)}`;
+  link.textContent = String(run.created_at).replace("T", " ").slice(0, 19);
+  when.appendChild(link);
+  cell(run.agent);
+  cell(run.question.length > 120 ? `${run.question.slice(0, 117)}...` : run.question).className = "text";
+  const badge = document.createElement("span");
+  badge.className = `badge ${run.status === "ok" ? "succeeded" : "failed"}`;
+  badge.textContent = run.status;
+  cell("").appendChild(badge);
+  cell(String(run.steps));
+  cell(run.duration_ms ? `${(run.duration_ms / 1000).toFixed(1)} s` : "");
+  body.prepend(row);
+}
+
+function setUpAgentForm() {
+  const form = document.getElementById("agent-form");
+  if (!form) return;
+  const status = document.getElementById("agent-status");
+  const stop = document.getElementById("agent-stop");
+  let controller = null;
+  stop.addEventListener("click", () => controller && controller.abort());
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const fields = new FormData(form);
+    const agent = fields.get("agent");
+    fields.delete("agent");
+    document.getElementById("agent-steps").replaceChildren();
+    const answer = document.getElementById("agent-answer");
+    answer.hidden = true;
+    document.getElementById("agent-trace").hidden = false;
+    document.getElementById("agent-run-id").textContent = "";
+    const submit = form.querySelector("button[type=submit]");
+    submit.disabled = true;
+    stop.disabled = false;
+    status.textContent = "running…";
+    controller = new AbortController();
+    try {
+      const response = await fetch(`/console/agents/${encodeURIComponent(agent)}/runs`, {
+        method: "POST", credentials: "same-origin", signal: controller.signal,
+        headers: { "X-CSRF-Token": form.dataset.csrf, "Content-Type": "application/x-www-form-urlencoded" },
+        body: new URLSearchParams(fields),
+      });
+      if (!response.ok) {
+        let message = `The run could not start (${response.status}).`;
+        try { message = (await response.json()).detail || message; } catch (_) { /* not a problem document */ }
+        showFlash(message);
+        status.textContent = "";
+        return;
+      }
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer = parseEvents(buffer + value, (kind, data) => {
+          if (kind === "start") document.getElementById("agent-run-id").textContent = data.id;
+          else if (kind === "step") showStep(data);
+          else if (kind === "run") {
+            status.textContent = `${data.status} after ${data.steps} steps`;
+            document.getElementById("agent-trace").dataset.status = data.status;
+            if (data.answer != null) {
+              answer.querySelector("pre").textContent = data.answer;
+              answer.hidden = false;
+            }
+            addPastRun(data);
+            if (data.error && data.status === "error") showFlash(data.error);
+            else if (data.error) status.textContent += `: ${data.error}`;
+          } else if (kind === "error") showFlash(data.message);
+        });
+      }
+    } catch (error) {
+      status.textContent = error.name === "AbortError" ? "stopped" : "";
+      if (error.name !== "AbortError") showFlash("The server could not be reached.");
+    } finally {
+      submit.disabled = false;
+      stop.disabled = true;
+      controller = null;
+    }
+  });
+}
+
 function showFlash(message) {
   const flash = document.getElementById("flash");
   if (!flash) return;
@@ -31,6 +234,8 @@ function showFlash(message) {
 }
 
 document.addEventListener("DOMContentLoaded", drawCharts);
+document.addEventListener("DOMContentLoaded", drawJobMetrics);
+document.addEventListener("DOMContentLoaded", setUpAgentForm);
 document.addEventListener("htmx:beforeRequest", () => {
   const flash = document.getElementById("flash");
   if (flash) flash.hidden = true;
