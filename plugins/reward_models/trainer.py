@@ -66,7 +66,7 @@ def maybe_retrain(platform: Any) -> str | None:
     threshold = platform.settings.reward_retrain_after_pairs
     if threshold <= 0 or not platform.started:  # a platform that is not serving has no workers to train
         return None
-    with _trigger_lock:
+    with _trigger_lock:  # within one process: skip the counting while a sibling thread submits
         jobs = platform.jobs.list(kind=JOB_KIND, limit=20)
         if any(j.status in ("queued", "running") for j in jobs):
             return None
@@ -78,8 +78,11 @@ def maybe_retrain(platform: Any) -> str | None:
         total = platform.pairs.count()
         if total - baseline < threshold or total < 2:
             return None
-        job = platform.jobs.submit(JOB_KIND, {**platform.settings.reward_retrain_params, "auto": True,
-                                              "pairs_at_submit": total}, created_by=None)  # fmt: skip
+        # Across processes (several API replicas, or a CLI beside the server): the database decides.
+        job = platform.jobs.submit_exclusive(JOB_KIND, {**platform.settings.reward_retrain_params, "auto": True,
+                                                        "pairs_at_submit": total}, created_by=None)  # fmt: skip
+        if job is None:
+            return None
         log.info("submitted reward retrain %s: %d pairs now, %d at the last training", job.id, total, baseline)
         platform.audit.record(None, "reward.retrain", job.id, pairs=total, since=baseline)
         return job.id
