@@ -13,7 +13,6 @@ from .training import evaluate, settings_from, train_reward_model
 
 log = logging.getLogger("espalier.reward")
 JOB_KIND = "train:reward"
-_trigger_lock = threading.Lock()
 
 
 class RewardTrainer:
@@ -66,7 +65,7 @@ def maybe_retrain(platform: Any) -> str | None:
     threshold = platform.settings.reward_retrain_after_pairs
     if threshold <= 0 or not platform.started:  # a platform that is not serving has no workers to train
         return None
-    with _trigger_lock:  # within one process: skip the counting while a sibling thread submits
+    with platform.state.setdefault("reward_retrain_lock", threading.Lock()):  # threads of this platform
         jobs = platform.jobs.list(kind=JOB_KIND, limit=20)
         if any(j.status in ("queued", "running") for j in jobs):
             return None
