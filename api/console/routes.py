@@ -16,7 +16,7 @@ from litestar.template.config import TemplateConfig
 
 from espalier.api.guards import PUBLIC
 
-from . import admin, auth, jobs, models, overview, playground
+from . import admin, auth, jobs, labeling, models, overview, playground
 from .render import SECURITY_HEADERS
 from .session import ConsoleSignInRequired
 
@@ -28,6 +28,7 @@ PAGES = [
     (playground.NAV, playground.ROUTES),
     (models.NAV, models.ROUTES),
     (jobs.NAV, jobs.ROUTES),
+    (labeling.NAV, labeling.ROUTES),
     (admin.PLUGINS_NAV, []),
     (admin.KEYS_NAV, []),
     (admin.AUDIT_NAV, admin.ROUTES),

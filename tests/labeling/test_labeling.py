@@ -43,12 +43,16 @@ def create_task(espalier, labelers: list[str], *, prompts=("Say hi", "Name a fru
     response = espalier.client.post("/api/labeling/tasks", json=body, headers=espalier.headers("operator"))
     assert response.status_code == 202, response.text
     task_id, job_id = response.json()["task"]["id"], response.json()["job_id"]
-    deadline = time.monotonic() + 30
+    wait_for_generation(espalier, job_id)
+    return task_id
+
+
+def wait_for_generation(espalier, job_id: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
     while espalier.platform.jobs.get(job_id).status not in ("succeeded", "failed") and time.monotonic() < deadline:
         time.sleep(0.1)
     job = espalier.platform.jobs.get(job_id)
     assert job.status == "succeeded", job.error
-    return task_id
 
 
 def next_item(espalier, task_id, headers):
