@@ -35,6 +35,7 @@ MAX_ITEMS = 2000
 MAX_PROMPT_CHARS = 20_000
 MAX_INSTRUCTIONS_CHARS = 20_000
 MAX_LABELERS = 200
+MAX_ASSIGN_ATTEMPTS = 20  # passes when concurrent labelers keep taking the slots we saw free
 
 DEFAULT_INSTRUCTIONS = """\
 Read the prompt, then every candidate answer, and rank the candidates from best (1) to worst.
@@ -243,22 +244,32 @@ class LabelingService:
     def next_item(self, task_id: str, principal: Principal) -> dict[str, Any] | None:
         """The labeler's next item with its candidates and a lease, or None when nothing is left."""
         task = self._labeler_task(task_id, principal)
-        me = principal.key_id
+        for _ in range(MAX_ASSIGN_ATTEMPTS):
+            found, contended = self._try_assign(task, principal.key_id)
+            if found is not None:
+                return self._item_view(task, *found)
+            if not contended:  # nothing free, and nobody beat us to a slot: truly nothing left
+                return None
+        return None  # every slot we saw went to someone else meanwhile: ask again
+
+    def _try_assign(self, task: LabelingTask, me: str) -> tuple[tuple[str, Any] | None, bool]:
+        """One pass over the task's items: ((item id, lease expiry) or None, whether a race was lost)."""
         now = utcnow()
         expires = now + timedelta(seconds=task.lease_seconds)
         with session_scope(self.engine) as session:
             mine = session.exec(select(LabelingAssignment).where(
-                LabelingAssignment.task_id == task_id, LabelingAssignment.key_id == me,
+                LabelingAssignment.task_id == task.id, LabelingAssignment.key_id == me,
                 LabelingAssignment.status == "leased", LabelingAssignment.expires_at > now,
             ).order_by(LabelingAssignment.leased_at)).first()  # fmt: skip
             items = [] if mine is not None else list(session.exec(select(LabelingItem).where(
-                LabelingItem.task_id == task_id, LabelingItem.request_id != None,  # noqa: E711
+                LabelingItem.task_id == task.id, LabelingItem.request_id != None,  # noqa: E711
             ).order_by(LabelingItem.position)))  # fmt: skip
             assignments: dict[str, list[LabelingAssignment]] = {}
-            for row in session.exec(select(LabelingAssignment).where(LabelingAssignment.task_id == task_id)):
+            for row in session.exec(select(LabelingAssignment).where(LabelingAssignment.task_id == task.id)):
                 assignments.setdefault(row.item_id, []).append(row)
         if mine is not None:
-            return self._item_view(task, mine.item_id, mine.expires_at)
+            return (mine.item_id, mine.expires_at), False
+        contended = False
         for item in items:
             rows = assignments.get(item.id, [])
             own = next((r for r in rows if r.key_id == me), None)
@@ -266,15 +277,19 @@ class LabelingService:
                 if own.status == "done":
                     continue
                 if self._take_over(own, me, now, expires):  # my own lapsed lease, still mine to renew
-                    return self._item_view(task, item.id, expires)
+                    return (item.id, expires), False
+                contended = True
                 continue
-            free = sorted(set(range(task.rankings_required)) - {r.slot for r in rows})
-            if free and self._insert_lease(task_id, item.id, free[0], me, now, expires):
-                return self._item_view(task, item.id, expires)
+            for slot in sorted(set(range(task.rankings_required)) - {r.slot for r in rows}):
+                if self._insert_lease(task.id, item.id, slot, me, now, expires):
+                    return (item.id, expires), False
+                contended = True
             for row in rows:
-                if row.status == "leased" and row.expires_at <= now and self._take_over(row, me, now, expires):
-                    return self._item_view(task, item.id, expires)
-        return None
+                if row.status == "leased" and row.expires_at <= now:
+                    if self._take_over(row, me, now, expires):
+                        return (item.id, expires), False
+                    contended = True
+        return None, contended
 
     def _insert_lease(self, task_id: str, item_id: str, slot: int, key_id: str, now: Any, expires: Any) -> bool:
         try:
