@@ -105,7 +105,8 @@ class Platform:
         """Labeling tasks: generated candidates, labelers, leases, progress, agreement."""
         return LabelingService(self.engine, chat=lambda: self.chat, conversations=self.conversations,
                                feedback=self.feedback, submit_job=lambda *a, **k: self.jobs.submit(*a, **k),
-                               default_model=self.settings.default_model)  # fmt: skip
+                               default_model=self.settings.default_model,
+                               check_model=lambda name: self.models.resolve(name))  # fmt: skip
 
     @cached_property
     def pairs(self) -> PairStore:

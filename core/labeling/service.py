@@ -64,13 +64,15 @@ def _check_count(name: str, value: int, low: int, high: int) -> int:
 
 class LabelingService:
     def __init__(self, engine: Engine, *, chat: Callable[[], Any], conversations: Any, feedback: Any,
-                 submit_job: Callable[..., Any], default_model: str):  # fmt: skip
+                 submit_job: Callable[..., Any], default_model: str,
+                 check_model: Callable[[str], Any] | None = None):  # fmt: skip
         self.engine = engine
         self._chat = chat
         self.conversations = conversations
         self.feedback = feedback
         self._submit_job = submit_job
         self.default_model = default_model
+        self._check_model = check_model
 
     # Tasks -----------------------------------------------------------------------------------
     def create(self, principal: Principal, *, name: str, prompts: Sequence[str] | None = None,
@@ -93,6 +95,8 @@ class LabelingService:
             raise InvalidInput(f"instructions are longer than {MAX_INSTRUCTIONS_CHARS} characters")
         items = self._items_from(principal, prompts or [], conversation_ids or [])
         model = model or self.default_model
+        if self._check_model is not None:
+            self._check_model(model)  # an unknown model fails now (404 model_not_found), not in the job
         task = LabelingTask(
             id=f"lt_{secrets.token_hex(8)}", name=name, instructions=instructions, model=model, n=n,
             rankings_required=rankings_required, lease_seconds=lease_seconds, created_by=principal.key_id,

@@ -212,7 +212,10 @@ def test_bad_tasks_are_refused_and_nothing_is_written(espalier):
         assert response.status_code == 400, (body, response.text)
         if code:
             assert response.json()["code"] == code
+    unknown = espalier.client.post("/api/labeling/tasks", json={"name": "t", "prompts": ["x"], "model": "nope"}, headers=operator)
+    assert unknown.status_code == 404 and unknown.json()["code"] == "model_not_found"
     assert espalier.client.get("/api/labeling/tasks", headers=operator).json() == {"tasks": []}
+    assert espalier.platform.jobs.list() == []
     with session_scope(espalier.platform.engine) as session:
         assert session.exec(select(LabelingItem)).all() == []
 
