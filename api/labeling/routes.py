@@ -82,6 +82,14 @@ def create_task(request: Request, data: JSONBody[TaskIn], principal: CurrentPrin
     return {"task": task_out(task), "job_id": task.job_id, "progress": _service(request).progress(task.id)}
 
 
+@post("/api/labeling/tasks/{task_id:str}/generate", opt=access("operator"), tags=["labeling"], status_code=202,
+      sync_to_thread=True, summary="Generate candidates again for items that have none (after a failed or cancelled job)")  # fmt: skip
+def regenerate(request: Request, task_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
+    job = _service(request).regenerate(task_id, principal)
+    request.app.state.platform.audit.record(principal, "labeling.generate", task_id, job=job.id)
+    return {"job_id": job.id}
+
+
 @get("/api/labeling/tasks", opt=access("user"), tags=["labeling"], sync_to_thread=True,
      summary="Labeling tasks: all of them for operators, the ones the key labels for everyone else")  # fmt: skip
 def list_tasks(request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
@@ -151,5 +159,5 @@ async def rank_item(request: Request, task_id: str, item_id: str, data: JSONBody
     return _respond(request, submission)
 
 
-ROUTES = [create_task, list_tasks, get_task, add_labelers, remove_labeler, exclude_labelers, task_agreement, next_item,
+ROUTES = [create_task, regenerate, list_tasks, get_task, add_labelers, remove_labeler, exclude_labelers, task_agreement, next_item,
           rank_item]  # fmt: skip

@@ -24,7 +24,7 @@ from ..contracts import ChatMessage, GenerationParams
 from ..db.engine import session_scope
 from ..db.feedback_tables import FeedbackRecord
 from ..db.labeling_tables import LabelingAssignment, LabelingItem, LabelingLabeler, LabelingTask
-from ..db.tables import ApiKey, ChatRequestRecord, CompletionRecord, utcnow
+from ..db.tables import ApiKey, ChatRequestRecord, CompletionRecord, Job, utcnow
 from ..errors import Conflict, InvalidInput, NotFound
 from ..feedback.agreement import agreement_for
 from ..feedback.pairs import prompt_text
@@ -223,7 +223,8 @@ class LabelingService:
         try:
             for done, item in enumerate(todo):
                 if job.cancelled():
-                    job.log(f"cancelled after {done} items; the rest keep no candidates")
+                    job.log(f"cancelled after {done} items; the rest keep no candidates (POST .../generate resumes)")
+                    self._set_status(task_id, "cancelled")
                     return {"generated": done, "items": len(items), "cancelled": True}
                 params = GenerationParams(max_tokens=int(task.sampling.get("max_tokens", 128)),
                                           temperature=float(task.sampling.get("temperature", 1.0)), n=task.n,
@@ -239,6 +240,18 @@ class LabelingService:
             raise
         self._set_status(task_id, "ready")
         return {"generated": len(todo), "items": len(items)}
+
+    def regenerate(self, task_id: str, principal: Principal) -> Any:
+        """Queue the generation again for items still without candidates (after a failure or cancel)."""
+        task = self.get(task_id)
+        with session_scope(self.engine) as session:
+            job = session.get(Job, task.job_id) if task.job_id else None
+        if job is not None and job.status in ("queued", "running"):
+            raise Conflict(f"task '{task_id}' is generating already (job {task.job_id})", code="generating")
+        job = self._submit_job(GENERATE_JOB, {"task_id": task_id}, created_by=principal.key_id)
+        with session_scope(self.engine) as session:
+            session.execute(update(LabelingTask).where(LabelingTask.id == task_id).values(job_id=job.id, status="generating"))
+        return job
 
     def _set_status(self, task_id: str, status: str) -> None:
         with session_scope(self.engine) as session:

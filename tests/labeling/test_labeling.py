@@ -237,3 +237,24 @@ def test_a_task_from_logged_conversations(espalier):
     refused = espalier.client.post("/api/labeling/tasks", headers=operator,
                                    json={"name": "t", "conversation_ids": [other], "model": "echo"})  # fmt: skip
     assert refused.status_code == 404
+
+
+def test_a_cancelled_generation_resumes_where_it_stopped(espalier):
+    platform, operator = espalier.platform, espalier.headers("operator")
+    platform.worker.stop()  # hold the job in the queue so it can be cancelled before it runs
+    created = espalier.client.post("/api/labeling/tasks", headers=operator,
+                                   json={"name": "t", "prompts": ["One", "Two"], "model": "echo"})  # fmt: skip
+    task_id, job_id = created.json()["task"]["id"], created.json()["job_id"]
+    busy = espalier.client.post(f"/api/labeling/tasks/{task_id}/generate", headers=operator)
+    assert busy.status_code == 409 and busy.json()["code"] == "generating"
+    assert espalier.client.post(f"/api/jobs/{job_id}/cancel", headers=operator).status_code == 200
+    resumed = espalier.client.post(f"/api/labeling/tasks/{task_id}/generate", headers=operator)
+    assert resumed.status_code == 202, resumed.text
+    from espalier.core.jobs import JobWorker
+
+    platform.worker = JobWorker(platform.jobs, threads=1)
+    platform.worker.start()
+    wait_for_generation(espalier, resumed.json()["job_id"])
+    progress = espalier.client.get(f"/api/labeling/tasks/{task_id}", headers=operator).json()["progress"]
+    assert progress["status"] == "ready" and progress["items_generated"] == 2
+    assert espalier.client.post(f"/api/labeling/tasks/{task_id}/generate", headers=espalier.headers("user")).status_code == 403
