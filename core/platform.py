@@ -106,7 +106,12 @@ class Platform:
         return LabelingService(self.engine, chat=lambda: self.chat, conversations=self.conversations,
                                feedback=self.feedback, submit_job=lambda *a, **k: self.jobs.submit(*a, **k),
                                default_model=self.settings.default_model,
-                               check_model=lambda name: self.models.resolve(name))  # fmt: skip
+                               check_model=self._check_model_name)  # fmt: skip
+
+    def _check_model_name(self, name: str) -> None:
+        """A registered model, or a built-in one (registered when a server starts)."""
+        if name not in self.builtin_models:
+            self.models.resolve(name)
 
     @cached_property
     def pairs(self) -> PairStore:
