@@ -36,6 +36,7 @@ from .errors import EXCEPTION_HANDLERS
 from .feedback.routes import ROUTES as FEEDBACK_ROUTES
 from .guards import auth_guard, bearer_token, check_route_access, provide_principal
 from .jobs.routes import ROUTES as JOB_ROUTES
+from .labeling.routes import ROUTES as LABELING_ROUTES
 from .middleware import RequestLogMiddleware
 from .conversations.routes import ROUTES as CONVERSATION_ROUTES
 from .documents.routes import ROUTES as DOCUMENT_ROUTES
@@ -49,7 +50,7 @@ from .tools.routes import ROUTES as TOOL_ROUTES
 CORE_ROUTES: list[Any] = [
     *SYSTEM_ROUTES, *ADMIN_ROUTES, *JOB_ROUTES, *OPENAI_ROUTES, *MODEL_ROUTES, *CONVERSATION_ROUTES,
     *DOCUMENT_ROUTES,
-    *FEEDBACK_ROUTES, *REWARD_ROUTES,
+    *FEEDBACK_ROUTES, *REWARD_ROUTES, *LABELING_ROUTES,
     *CONSOLE_ROUTES,
     *TOOL_ROUTES, *AGENT_ROUTES, *CHAIN_ROUTES,
     *GUARDRAIL_ROUTES,

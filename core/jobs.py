@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from .contracts import JobKind
-from .db.engine import session_scope
+from .db.engine import lock_transaction, session_scope
 from .db.tables import Job, JobLog, JobMetric, new_id, utcnow
 from .errors import Conflict, InvalidInput, NotFound
 from .registry import Registry
@@ -66,6 +66,27 @@ class JobService:
             artifact_dir=str(self.artifacts_dir / "jobs" / job_id),
         )
         with session_scope(self.engine) as session:
+            session.add(job)
+        self.wakeup.set()
+        return job
+
+    def submit_exclusive(self, kind: str, params: Mapping[str, Any] | None = None, *,
+                         created_by: str | None = None) -> Job | None:  # fmt: skip
+        """Submit unless a job of this kind is already queued or running, in any process.
+
+        The check and the insert are one transaction under a database lock, so two servers on
+        one database never both submit. Returns None when one was already active.
+        """
+        self.kinds.get(kind)
+        params = dict(params or {})
+        job_id = new_id("job")
+        job = Job(id=job_id, kind=kind, params=params, created_by=created_by,
+                  artifact_dir=str(self.artifacts_dir / "jobs" / job_id))  # fmt: skip
+        with session_scope(self.engine) as session:
+            lock_transaction(session, f"jobs:{kind}")
+            active = session.exec(select(Job.id).where(Job.kind == kind, Job.status.in_(("queued", "running")))).first()
+            if active is not None:
+                return None
             session.add(job)
         self.wakeup.set()
         return job

@@ -27,6 +27,7 @@ from .chains import ChainService, ChainSpec, chains_from_settings, validate_chai
 from .chat import ChatService, ConversationService
 from .feedback import FeedbackService, PairStore
 from .console_sessions import ConsoleSessionService
+from .labeling.service import GENERATE_JOB, LabelingService
 from .models import ModelService
 from .rag.keyword import KeywordIndex
 from .rag.service import RagService
@@ -99,6 +100,19 @@ class Platform:
     @cached_property
     def feedback(self) -> FeedbackService:
         return FeedbackService(self.engine, rate_limit_per_minute=self.settings.feedback_rate_limit_per_minute)
+
+    @cached_property
+    def labeling(self) -> LabelingService:
+        """Labeling tasks: generated candidates, labelers, leases, progress, agreement."""
+        return LabelingService(self.engine, chat=lambda: self.chat, conversations=self.conversations,
+                               feedback=self.feedback, submit_job=lambda *a, **k: self.jobs.submit(*a, **k),
+                               default_model=self.settings.default_model,
+                               check_model=self._check_model_name)  # fmt: skip
+
+    def _check_model_name(self, name: str) -> None:
+        """A registered model, or a built-in one (registered when a server starts)."""
+        if name not in self.builtin_models:
+            self.models.resolve(name)
 
     @cached_property
     def pairs(self) -> PairStore:
@@ -180,6 +194,8 @@ class Platform:
     @cached_property
     def job_kinds(self) -> Registry[contracts.JobKind]:
         kinds = self.plugins.collect("register_job_kinds", "job kind", contracts.JobKind)
+        kinds.add(contracts.JobKind(GENERATE_JOB, run=lambda job: self.labeling.generate(job),
+                                    description="Generate the candidates of a labeling task's items"), plugin="espalier")  # fmt: skip
         for entry in self.trainers:
             trainer = entry.item
             kinds.add(

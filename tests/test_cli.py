@@ -116,3 +116,20 @@ def test_serve_prints_bootstrap_key_once_and_serves(tmp_path):
         assert httpx.get(base + "/api/me", headers=headers).json()["role"] == "admin"
     finally:
         stop(process)
+
+
+def test_labeling_create_and_status(tmp_path):
+    key = run("keys", "create", "--name", "ann", "--role", "user", home=tmp_path).stdout.strip()
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("How do I reset my password?\n\nCan I get a refund?\n")
+    created = json.loads(run("labeling", "create", "support", "--prompts", str(prompts), "--n", "2",
+                             "--labeler", key.split("_")[1], home=tmp_path).stdout)  # fmt: skip
+    task_id = created["task_id"]
+    assert created["job_id"].startswith("job_") and created["progress"]["items"] == 2
+    assert created["progress"]["rankings_total"] == 4 and created["progress"]["labelers"] == {key.split("_")[1]: {"done": 0, "leased": 0}}
+    listing = run("labeling", "status", home=tmp_path).stdout
+    assert task_id in listing and "generating" in listing
+    status = json.loads(run("labeling", "status", task_id, "--json", home=tmp_path).stdout)
+    assert status["progress"]["items_generated"] == 0 and status["agreement"]["alpha"] is None  # a server generates
+    bad = run("labeling", "create", "x", "--labeler", "nokey", "--prompts", str(prompts), home=tmp_path, check=False)
+    assert bad.returncode == 2 and "no active API key with id nokey" in bad.stderr

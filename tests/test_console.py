@@ -302,7 +302,8 @@ def test_a_running_job_is_polled_and_cancelled_from_its_page(espalier):
     csrf = sign_in(espalier, "operator")
     client = espalier.client
     job = espalier.platform.jobs.submit("wait", {})
-    wait_for(lambda: espalier.platform.jobs.get(job.id).status == "running")
+    # running, and past its first progress report and log line (status flips before the job body runs)
+    wait_for(lambda: any(line.message == "started waiting" for line in espalier.platform.jobs.logs(job.id)))
     detail = client.get(f"/console/jobs/{job.id}")
     assert 'hx-trigger="every 2s"' in detail.text and "Cancel job" in detail.text
     assert "waiting &lt;b&gt;politely&lt;/b&gt;" in detail.text and "started waiting" in detail.text
@@ -366,3 +367,59 @@ def test_console_services_persist_on_both_backends(database_url, tmp_path):
         assert principal.key_id == operator.record.id and principal.role == "operator"
     finally:
         platform.close()
+
+
+def labeling_task(espalier, labelers, prompts=("Say <b>hi</b>", "Name a fruit")):
+    from tests.labeling.test_labeling import wait_for_generation
+
+    response = espalier.client.post("/api/labeling/tasks", headers=espalier.headers("operator"), json={
+        "name": SCRIPT, "prompts": list(prompts), "model": "echo", "n": 3, "rankings_required": 1, "labelers": labelers})  # fmt: skip
+    assert response.status_code == 202, response.text
+    wait_for_generation(espalier, response.json()["job_id"])
+    return response.json()["task"]["id"]
+
+
+def test_labeling_pages_refuse_sessions_without_csrf_and_user_keys(espalier):
+    task_id = labeling_task(espalier, [])
+    client = espalier.client
+    for path in ("/console/labeling", f"/console/labeling/{task_id}", f"/console/labeling/{task_id}/label"):
+        anonymous = client.get(path, follow_redirects=False)
+        assert anonymous.status_code in (302, 303) and "/console/sign-in" in anonymous.headers["location"]
+        assert client.get(path, headers=espalier.headers("user"), follow_redirects=False).status_code in (302, 303)
+    csrf = sign_in(espalier, "operator")
+    no_token = client.post(f"/console/labeling/{task_id}/exclude", data={"key_id": "abc"})
+    assert no_token.status_code == 403 and no_token.json()["code"] == "csrf_failed"
+    assert espalier.platform.labeling.get(task_id).excluded_labelers == []
+    toggled = client.post(f"/console/labeling/{task_id}/exclude", data={"key_id": "abc"}, headers={"X-CSRF-Token": csrf})
+    assert toggled.status_code == 200 and "Include again" in toggled.text
+    assert espalier.platform.labeling.get(task_id).excluded_labelers == ["abc"]
+    # not a labeler of the task: the queue says how to become one instead of handing out items
+    queue = client.get(f"/console/labeling/{task_id}/label")
+    assert queue.status_code == 409 and "not a labeler" in queue.text
+
+
+def test_an_operator_labels_a_task_in_the_console_and_sees_agreement(espalier):
+    operator_id = espalier.keys["operator"].split("_")[1]
+    task_id = labeling_task(espalier, [operator_id])
+    csrf = sign_in(espalier, "operator")
+    client = espalier.client
+    listing = client.get("/console/labeling")
+    assert listing.status_code == 200 and SCRIPT not in listing.text and "&lt;script&gt;" in listing.text
+    assert f'href="/console/labeling/{task_id}/label"' in listing.text and 'href="/console/labeling"' in listing.text
+    queue = client.get(f"/console/labeling/{task_id}/label")
+    assert queue.status_code == 200 and "facts may be checked" in queue.text.lower() and "<kbd>f</kbd>" in queue.text
+    assert "Say &lt;b&gt;hi&lt;/b&gt; #2" in queue.text and "<b>hi</b>" not in queue.text
+    ids = re.findall(r'name="rank_(cmp_[0-9a-f]+)"', queue.text)
+    item_id = re.search(r'/items/(li_[0-9a-f]+)/rank', queue.text).group(1)
+    key = re.search(r'name="idempotency_key" value="([^"]+)"', queue.text).group(1)
+    form = {"idempotency_key": key, f"rank_{ids[0]}": "1", f"rank_{ids[1]}": "1", f"rank_{ids[2]}": "3",
+            "unacceptable": ids[2]}  # fmt: skip
+    saved = client.post(f"/console/labeling/{task_id}/items/{item_id}/rank", data=form,
+                        headers={"X-CSRF-Token": csrf, "HX-Request": "true"})  # fmt: skip
+    assert saved.status_code == 200, saved.text
+    assert "Ranking saved as feedback fb_" in saved.text and "Name a fruit #0" in saved.text  # the next item
+    record = espalier.platform.feedback.list(Principal(operator_id, "op", "operator"))[0]
+    assert [c["rank"] for c in record.payload["candidates"]] == [1, 1, 3] and record.payload["candidates"][2]["unacceptable"]
+    page = client.get(f"/console/labeling/{task_id}")
+    assert page.status_code == 200 and 'id="agreement-data"' in page.text and 'data-chart="agreement"' in page.text
+    assert f'data-labeler="{operator_id}"' in page.text and "1/2 items done" in page.text

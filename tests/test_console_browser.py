@@ -247,6 +247,40 @@ def test_each_page_renders(page, path, name, heading):
             assert page.locator("td", has_text=action).count() >= 1, action
 
 
+def test_label_a_task_with_the_keyboard_and_see_its_agreement(page, server):
+    import time
+
+    admin_id = server.admin_key.split("_")[1]
+    created = httpx.post(server.base + "/api/labeling/tasks", headers=server.headers(), timeout=30, json={
+        "name": "browser labeling", "prompts": ["Say hello in French."], "n": 2, "max_tokens": 8,
+        "rankings_required": 1, "labelers": [admin_id], "seed": 3})  # fmt: skip
+    assert created.status_code == 202, created.text
+    task_id, job_id = created.json()["task"]["id"], created.json()["job_id"]
+    deadline = time.monotonic() + 240
+    while httpx.get(f"{server.base}/api/jobs/{job_id}", headers=server.headers()).json()["status"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, "candidates were not generated in time"
+        time.sleep(1)
+    page.goto(f"/console/labeling/{task_id}/label")
+    if "/console/sign-in" in page.url:
+        page.fill("input[name=key]", server.admin_key)
+        page.click("button[type=submit]")
+        page.wait_for_url(re.compile(r"/label$"))
+    assert page.locator("article.candidate").count() == 2 and "Keyboard" in page.locator("#shortcuts").inner_text()
+    page.keyboard.press("1")  # candidate 1: rank 1, then on to candidate 2
+    page.keyboard.press("f")  # candidate 2: unacceptable
+    page.keyboard.press("2")  # candidate 2: rank 2
+    shot(page, "13-labeling-queue")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#ranking-saved")
+    assert page.locator("#queue-empty").count() == 1
+    stored = httpx.get(f"{server.base}/api/feedback", headers=server.headers()).json()["feedback"][0]
+    assert [(c["rank"], c["unacceptable"]) for c in stored["payload"]["candidates"]] == [(1, False), (2, True)]
+    page.goto(f"/console/labeling/{task_id}")
+    assert "1/1 items done" in page.locator("#labeling-progress").inner_text()
+    page.wait_for_function("() => document.querySelector('canvas[data-chart=agreement]').width > 0")
+    shot(page, "14-labeling-task")
+
+
 def test_sign_out_returns_to_the_sign_in_form(page):
     page.goto("/console")
     page.click("form.who button[type=submit]")

@@ -35,6 +35,9 @@ from .feedback import pairs_app, reward_app  # noqa: E402  (after the shared hel
 
 app.add_typer(pairs_app, name="pairs")
 app.add_typer(reward_app, name="reward")
+from .labeling import labeling_app  # noqa: E402
+
+app.add_typer(labeling_app, name="labeling")
 
 
 def _version(value: bool) -> None:

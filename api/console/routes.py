@@ -16,7 +16,7 @@ from litestar.template.config import TemplateConfig
 
 from espalier.api.guards import PUBLIC
 
-from . import admin, agents, auth, feedback, jobs, models, overview, playground
+from . import admin, agents, auth, feedback, jobs, labeling, models, overview, playground
 from .render import SECURITY_HEADERS
 from .session import ConsoleSignInRequired
 
@@ -30,6 +30,7 @@ PAGES = [
     (models.NAV, models.ROUTES),
     (jobs.NAV, jobs.ROUTES),
     (agents.NAV, agents.ROUTES),
+    (labeling.NAV, labeling.ROUTES),
     (admin.PLUGINS_NAV, []),
     (admin.KEYS_NAV, []),
     (admin.AUDIT_NAV, admin.ROUTES),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine
 
@@ -57,3 +57,16 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def lock_transaction(session: Session, name: str) -> None:
+    """Serialise this transaction with every other that takes the same lock, across processes.
+
+    PostgreSQL: a transaction-scoped advisory lock, released at commit or rollback. SQLite: every
+    write transaction already begins with ``BEGIN IMMEDIATE`` (see above), which holds the
+    database's one write lock until commit, so there is nothing more to take.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        import zlib
+
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": zlib.crc32(name.encode())})

@@ -204,3 +204,4 @@ from . import feedback_tables as _feedback_tables  # noqa: E402,F401  (registers
 from . import console_tables  # noqa: E402,F401  (registers the console tables; last, as it imports this module)
 from .agent_tables import AgentRun, AgentStep, ChainSession, ChainTurn  # noqa: E402,F401  (agents, chains, traces)
 from .guardrail_tables import EvaluationRecord, GuardrailEvent, GuardrailFlag  # noqa: E402,F401
+from . import labeling_tables as _labeling_tables  # noqa: E402,F401  (labeling tasks, items, labelers, leases)

@@ -84,18 +84,21 @@ class FeedbackService:
         return self._submit(principal, idempotency_key, body, payload, completion_id=completion_id)
 
     def submit_ranking(self, principal: Principal, idempotency_key: str | None, *, request_id: str,
-                       candidates: Sequence[Mapping[str, Any]], comment: str | None = None) -> Submission:  # fmt: skip
+                       candidates: Sequence[Mapping[str, Any]], comment: str | None = None,
+                       as_labeler: bool = False) -> Submission:  # fmt: skip
+        """``as_labeler``: the caller (the labeling service) checked that this key holds a lease on
+        the request as a labeler of a labeling task, so it may rank a request it does not own."""
         if comment is not None and len(comment) > MAX_COMMENT_CHARS:
             raise InvalidInput(f"comment is longer than {MAX_COMMENT_CHARS} characters", code="invalid_comment")
         ordered = [{"completion_id": c["completion_id"], "rank": int(c["rank"]),
                     "unacceptable": bool(c.get("unacceptable", False))} for c in candidates]  # fmt: skip
         body = {"kind": "ranking", "request_id": request_id, "candidates": ordered, "comment": comment}
         return self._submit(principal, idempotency_key, body, {"candidates": ordered, "comment": comment},
-                            request_id=request_id)  # fmt: skip
+                            request_id=request_id, as_labeler=as_labeler)  # fmt: skip
 
     def _submit(self, principal: Principal, idempotency_key: str | None, body: dict[str, Any],
                 payload: dict[str, Any], *, completion_id: str | None = None,
-                request_id: str | None = None) -> Submission:  # fmt: skip
+                request_id: str | None = None, as_labeler: bool = False) -> Submission:  # fmt: skip
         if not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
             raise InvalidInput(
                 f"send an Idempotency-Key header (1-{MAX_IDEMPOTENCY_KEY} characters, unique per submission; "
@@ -108,7 +111,7 @@ class FeedbackService:
         self._check_rate(principal)
         try:
             with session_scope(self.engine) as session:
-                request, completions = self._target(session, principal, completion_id, request_id)
+                request, completions = self._target(session, principal, completion_id, request_id, as_labeler)
                 if body["kind"] == "ranking":
                     self._check_candidates(payload["candidates"], completions)
                     payload["candidates"] = sorted(payload["candidates"],
@@ -154,15 +157,15 @@ class FeedbackService:
             )
 
     @staticmethod
-    def _target(session: Any, principal: Principal, completion_id: str | None,
-                request_id: str | None) -> tuple[ChatRequestRecord, list[CompletionRecord]]:  # fmt: skip
+    def _target(session: Any, principal: Principal, completion_id: str | None, request_id: str | None,
+                as_labeler: bool = False) -> tuple[ChatRequestRecord, list[CompletionRecord]]:  # fmt: skip
         if completion_id is not None:
             completion = session.get(CompletionRecord, completion_id)
             if completion is None:
                 raise NotFound(f"no completion '{completion_id}' for this key")
             request_id = completion.request_id
         request = session.get(ChatRequestRecord, request_id)
-        if request is None or (request.owner_key_id != principal.key_id and not may_label(principal)):
+        if request is None or (request.owner_key_id != principal.key_id and not (as_labeler or may_label(principal))):
             # The same answer for "absent" and "not yours": ids of other keys' data do not leak.
             what = f"completion '{completion_id}'" if completion_id else f"request '{request_id}'"
             raise NotFound(f"no {what} for this key")

@@ -12,6 +12,7 @@ from sqlmodel import select
 from ..db.engine import session_scope
 from ..db.feedback_tables import FeedbackRecord, ImportedPair
 from ..db.tables import ChatRequestRecord, CompletionRecord
+from ..labeling.exclusions import task_exclusions
 from .pairs import Pair, pair_sha256, parse_pair_lines, prompt_text, ranking_pairs, thumbs_pairs
 
 IMPORT_BATCH = 1000
@@ -30,12 +31,13 @@ class PairStore:
             requests = {r.id: r for r in session.exec(select(ChatRequestRecord).where(ChatRequestRecord.id.in_(request_ids)))}
             completions = {c.id: c for c in session.exec(
                 select(CompletionRecord).where(CompletionRecord.request_id.in_(request_ids)))}  # fmt: skip
+            per_task = task_exclusions(session, request_ids)  # labelers a labeling task leaves out
         # Latest submission wins per (labeler, item): feedback is append-only.
         rankings: dict[tuple[str, str], FeedbackRecord] = {}
         thumbs: dict[tuple[str, str], str] = {}
         corrections: dict[tuple[str, str], str] = {}
         for row in rows:
-            if row.key_id in excluded:
+            if row.key_id in excluded or row.key_id in per_task.get(row.request_id, ()):
                 continue
             if row.kind == "ranking":
                 rankings[(row.key_id, row.request_id)] = row

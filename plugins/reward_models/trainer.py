@@ -13,7 +13,6 @@ from .training import evaluate, settings_from, train_reward_model
 
 log = logging.getLogger("espalier.reward")
 JOB_KIND = "train:reward"
-_trigger_lock = threading.Lock()
 
 
 class RewardTrainer:
@@ -67,7 +66,7 @@ def maybe_retrain(platform: Any) -> str | None:
     threshold = platform.settings.reward_retrain_after_pairs
     if threshold <= 0 or not platform.started:  # a platform that is not serving has no workers to train
         return None
-    with _trigger_lock:
+    with platform.state.setdefault("reward_retrain_lock", threading.Lock()):  # threads of this platform
         jobs = platform.jobs.list(kind=JOB_KIND, limit=20)
         if any(j.status in ("queued", "running") for j in jobs):
             return None
@@ -79,8 +78,11 @@ def maybe_retrain(platform: Any) -> str | None:
         total = platform.pairs.count()
         if total - baseline < threshold or total < 2:
             return None
-        job = platform.jobs.submit(JOB_KIND, {**platform.settings.reward_retrain_params, "auto": True,
-                                              "pairs_at_submit": total}, created_by=None)  # fmt: skip
+        # Across processes (several API replicas, or a CLI beside the server): the database decides.
+        job = platform.jobs.submit_exclusive(JOB_KIND, {**platform.settings.reward_retrain_params, "auto": True,
+                                                        "pairs_at_submit": total}, created_by=None)  # fmt: skip
+        if job is None:
+            return None
         log.info("submitted reward retrain %s: %d pairs now, %d at the last training", job.id, total, baseline)
         platform.audit.record(None, "reward.retrain", job.id, pairs=total, since=baseline)
         return job.id

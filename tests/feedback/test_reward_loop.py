@@ -1,5 +1,6 @@
-"""End to end on the real default model: candidates, two labelers, pairs, a reward model, scoring,
-an automatic retrain from new feedback that becomes current only when not worse."""
+"""End to end on the real default model: a labeling task's candidates, two labelers (a tie, a flag),
+pairs, a reward model, scoring, an automatic retrain from new feedback that becomes current only
+when not worse."""
 
 from __future__ import annotations
 
@@ -47,23 +48,53 @@ def wait_job(platform, job_id: str, timeout: float = 300):
     raise AssertionError(f"job {job_id} did not finish: {platform.jobs.get(job_id).message}")
 
 
+def labeling_task_candidates(espalier, prompt: str, labelers: list[str], seed: int) -> str:
+    """An operator's labeling task: one prompt, n=3 candidates from the real model, two rankings each."""
+    response = espalier.client.post("/api/labeling/tasks", headers=espalier.headers("operator"), json={
+        "name": "sleep tips", "prompts": [prompt], "n": 3, "rankings_required": 2, "labelers": labelers,
+        "max_tokens": 12, "temperature": 1.0, "seed": seed})  # fmt: skip
+    assert response.status_code == 202, response.text
+    job = wait_job(espalier.platform, response.json()["job_id"])
+    assert job.status == "succeeded", job.error
+    return response.json()["task"]["id"]
+
+
+def label(espalier, task_id: str, headers: dict, ranks: list[int], flags=(False, False, False)) -> dict:
+    item = espalier.client.get(f"/api/labeling/tasks/{task_id}/next", headers=headers).json()["item"]
+    body = {"candidates": [{"completion_id": c["completion_id"], "rank": r, "unacceptable": f}
+                           for c, r, f in zip(item["candidates"], ranks, flags)]}  # fmt: skip
+    path = f"/api/labeling/tasks/{task_id}/items/{item['item_id']}/ranking"
+    for attempt in range(2):  # a retried POST with the same Idempotency-Key stores one ranking
+        response = espalier.client.post(path, json=body, headers={**headers, "Idempotency-Key": f"{item['item_id']}-1"})
+        assert response.status_code == (201 if attempt == 0 else 200), response.text
+    return item
+
+
 @pytest.mark.slow
 def test_feedback_to_reward_model_to_automatic_retrain(espalier):
     platform, client = espalier.platform, espalier.client
-    request_id, ids, texts = candidates(espalier, "Give me one tip for sleeping well.", seed=7)
+    keys = {name: platform.keys.create(name=name, role="user").key for name in ("ann", "bob")}
+    ann, bob = (keys[name].split("_")[1] for name in ("ann", "bob"))
+    task_id = labeling_task_candidates(espalier, "Give me one tip for sleeping well.", [ann, bob], seed=7)
+    # two labelers with user keys: one ties for first, the other flags a candidate unacceptable
+    item = label(espalier, task_id, {"Authorization": f"Bearer {keys['ann']}"}, [1, 1, 3])
+    again = label(espalier, task_id, {"Authorization": f"Bearer {keys['bob']}"}, [1, 2, 3], flags=(True, False, False))
+    assert again["item_id"] == item["item_id"]
+    texts = [c["text"] for c in item["candidates"]]
     assert len(set(texts)) == 3, f"the sampled candidates should differ: {texts}"
-    rank(espalier, "operator", request_id, ids, [1, 1, 3])  # a tie for first
-    rank(espalier, "admin", request_id, ids, [1, 2, 3], flags=(True, False, False))  # the first is unacceptable
+    progress = client.get(f"/api/labeling/tasks/{task_id}", headers=espalier.headers("operator")).json()["progress"]
+    assert progress["items_done"] == 1 and progress["rankings_done"] == 2
 
     pairs = client.get("/api/pairs", headers=espalier.headers("operator")).json()
     got = sorted((p["labeler"], p["chosen"], p["rejected"]) for p in pairs["items"])
-    operator, admin = (espalier.keys[r].split("_")[1] for r in ("operator", "admin"))
     expected = sorted([
-        (operator, texts[0], texts[2]), (operator, texts[1], texts[2]),  # the tie gives no pair
-        (admin, texts[1], texts[0]), (admin, texts[2], texts[0]),  # the flagged candidate loses to all
-        (admin, texts[1], texts[2]),
+        (ann, texts[0], texts[2]), (ann, texts[1], texts[2]),  # the tie gives no pair
+        (bob, texts[1], texts[0]), (bob, texts[2], texts[0]),  # the flagged candidate loses to all
+        (bob, texts[1], texts[2]),
     ])  # fmt: skip
     assert got == expected
+    agreement = client.get(f"/api/labeling/tasks/{task_id}/agreement", headers=espalier.headers("operator")).json()
+    assert set(agreement["labelers"]) == {ann, bob} and agreement["mean_tau"] is not None
 
     started = client.post("/api/reward/train", json={"params": TINY}, headers=espalier.headers("operator"))
     assert started.status_code == 202, started.text
