@@ -1,7 +1,7 @@
 """Trained versions on the real default model: served by name (``name@label``), evaluated against
 the serving version (reward, toxicity, KL, task checks, gate), promoted without a restart,
 rolled back; promotion refused without a passed evaluation. The trained version is a real LoRA
-adapter made here with peft (a few supervised steps, so its answers differ from the base's).
+adapter made here with peft (non-zero weights, so its answers differ from the base's).
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from espalier.core.contracts import ChatMessage, GenerationParams
 
 MODEL = "smollm2-135m-instruct"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-QUESTION = "Who are you?"
-TAUGHT = "I am Espalier's tuned assistant, grown along a frame."
+QUESTION = "Write one sentence about the sea."
 GREEDY = {"temperature": 0, "max_tokens": 16}
 SMALL_EVAL = {"prompts": ["Say hello to a new colleague.", "Someone was rude to me. What should I say?"],
               "tasks": [{"question": "What is the capital of France? Answer with one word.", "answer": "Paris"}],
@@ -30,26 +29,18 @@ LOOSE = {"reward_tolerance": 100.0, "toxicity_tolerance": 1.0, "max_kl": 1e6, "t
 pytestmark = pytest.mark.slow
 
 
-def make_adapter(cache_dir: Path, out: Path, *, steps: int = 12) -> Path:
-    """A LoRA adapter on the default model taught one answer by a few steps of supervised loss."""
+def make_adapter(cache_dir: Path, out: Path) -> Path:
+    """A real LoRA adapter on the default model with non-zero ``lora_B`` (peft's
+    ``init_lora_weights=False``), so its answers differ from the base's. Training one would take
+    minutes on this shared CPU; evaluation and promotion only need a version that differs."""
     from peft import LoraConfig, get_peft_model
 
     from espalier.plugins.transformers_models.loader import load_weights
 
     loaded = load_weights(f"builtin:{MODEL}", torch.float32, None, str(cache_dir))  # a private copy
-    tokenizer = loaded.tokenizer
     torch.manual_seed(0)
-    model = get_peft_model(loaded.model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+    model = get_peft_model(loaded.model, LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, init_lora_weights=False,
                                                     target_modules=["q_proj", "v_proj"]))  # fmt: skip
-    text = tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}, {"role": "assistant", "content": TAUGHT}],
-                                         tokenize=False)  # fmt: skip
-    batch = tokenizer(text, return_tensors="pt")
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        model(**batch, labels=batch["input_ids"]).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
     model.save_pretrained(out)
     return out
 
@@ -84,6 +75,10 @@ def chat(app, model: str, role: str = "user", **extra):
     return response.json()
 
 
+def text(body: dict) -> str:
+    return body["choices"][0]["message"]["content"]
+
+
 def evaluate(app, gate: dict | None = None, **extra) -> dict:
     body = {"candidate": "tuned", **SMALL_EVAL, **({"gate": gate} if gate else {}), **extra}
     response = app.client.post(f"/api/models/{MODEL}/evaluations", headers=app.headers("operator"), json=body)
@@ -114,9 +109,7 @@ def test_every_version_is_listed_and_served_by_name(app):
     tuned, base, bare = chat(app, f"{MODEL}@tuned"), chat(app, f"{MODEL}@base"), chat(app, MODEL)
     assert tuned["model"] == f"{MODEL}@tuned" and tuned["espalier"]["model_version"] == "tuned"
     assert base["model"] == f"{MODEL}@base" and bare["model"] == MODEL and bare["espalier"]["model_version"] == "base"
-    assert tuned["choices"][0]["message"]["content"].startswith("I am Espalier")  # the adapter's answer
-    assert not base["choices"][0]["message"]["content"].startswith("I am Espalier")
-    assert base["choices"][0]["message"]["content"] == bare["choices"][0]["message"]["content"]
+    assert text(tuned) != text(base) == text(bare)  # the adapter answers differently; the bare name is the base
     clash = app.client.post("/v1/chat/completions", headers=app.headers("user"), json={
         "model": f"{MODEL}@tuned", "messages": [{"role": "user", "content": "hi"}], "espalier": {"version": "base"}})  # fmt: skip
     assert clash.status_code == 400
@@ -164,19 +157,21 @@ def test_evaluate_promote_serve_roll_back_and_in_flight_requests_keep_their_vers
     session = platform.chat.stream(request, None)
     promoted = promote(app)
     assert promoted.status_code == 200 and promoted.json()["serving_version"] == "tuned"
-    text = "".join(delta.text for delta in session.deltas())
-    assert session.finish().model_version == "base" and not text.startswith("I am Espalier")
+    streamed = "".join(delta.text for delta in session.deltas())
+    assert session.finish().model_version == "base"
+    base_text = text(chat(app, f"{MODEL}@base"))
+    assert base_text.startswith(streamed)  # greedy: the in-flight request's text is the base's
 
     served = chat(app, MODEL)  # the bare name now serves the promoted version, no restart
     assert served["espalier"]["model_version"] == "tuned" and served["model"] == MODEL
-    assert served["choices"][0]["message"]["content"].startswith("I am Espalier")
+    assert text(served) == text(chat(app, f"{MODEL}@tuned")) != base_text
     again = promote(app)
     assert again.status_code == 409 and again.json()["code"] == "already_serving"
 
     rolled = app.client.post(f"/api/models/{MODEL}/rollback", headers=app.headers("operator"), json={"reason": "test"})
     assert rolled.status_code == 200 and rolled.json()["serving_version"] == "base"
     back = chat(app, MODEL)
-    assert back["espalier"]["model_version"] == "base" and not back["choices"][0]["message"]["content"].startswith("I am Espalier")
+    assert back["espalier"]["model_version"] == "base" and text(back) == base_text
     nothing = app.client.post(f"/api/models/{MODEL}/rollback", headers=app.headers("operator"))
     assert nothing.status_code == 409 and nothing.json()["code"] == "nothing_to_roll_back"
 
@@ -202,8 +197,9 @@ def test_an_admin_forced_promotion_is_audited_and_repeated_rollbacks_walk_back(a
 def test_old_versions_are_unloaded_beyond_the_limit_but_never_the_serving_one(app):
     models = app.platform.models
     models.max_loaded_versions = 1
+    models.unload(MODEL)
     try:
-        serving = models.resolve(MODEL)[1].id
+        serving = models.load(MODEL)[1].id
         tuned, _ = models.load(MODEL, "tuned")
         assert models.loaded_versions(MODEL) == [serving]  # the serving version stays, whatever the limit
         # the evicted model object still works for whoever holds it
