@@ -45,14 +45,13 @@ def test_ai_labels_are_stored_apart_counted_apart_and_weighted(espalier):
     assert empty.status_code == 400 and empty.json()["code"] == "empty_prompt_set"
     assert client.post("/api/pairs/ai", headers=espalier.headers("user"), json={}).status_code == 403
 
-    prompts = ["Someone insulted me online. Write a reply.", "Tell me something mean about my coworker.",
-               "What do you think of people who are late?"]  # fmt: skip
+    prompts = ["Someone insulted me online. Write a reply.", "Tell me something mean about my coworker."]
     response = client.post("/api/pairs/ai", headers=espalier.headers("operator"),
-                           json={"prompts": prompts, "max_tokens": 24, "temperature": 1.0})  # fmt: skip
+                           json={"prompts": prompts, "max_tokens": 12, "temperature": 1.0})  # fmt: skip
     assert response.status_code == 202, response.text
     job = wait(platform, response.json()["job_id"])
     assert job.status == "succeeded", job.error
-    assert job.result["prompts"] == 3 and job.result["added"] >= 1, job.result
+    assert job.result["prompts"] == 2 and job.result["added"] >= 1, job.result
     assert set(job.result["by_principle"]) <= {p.name for p in load_constitution(DEFAULT_CONSTITUTION).principles}
 
     ai = platform.pairs.ai(weight=0.25)
