@@ -109,8 +109,10 @@ def critique_and_revise(
         raise InvalidInput("give at least one prompt to label", code="empty_prompt_set")
     if not principles:
         raise InvalidInput("the constitution has no principles to apply")
+    from .jobs import throttled
+
     report = progress or (lambda fraction, message="": None)
-    stop = cancelled or (lambda: False)
+    stop = throttled(cancelled or (lambda: False))
     out: list[Labelled] = []
     for index, prompt in enumerate(prompts):
         if stop():

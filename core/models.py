@@ -19,8 +19,7 @@ from sqlmodel import select
 
 from .contracts import ChatModel, ModelProvider, ModelSpec
 from .db.engine import session_scope
-from .db.guardrail_tables import EvaluationRecord
-from .db.tables import ModelRecord, ModelVersion, ServingChange, new_id
+from .db.tables import EvaluationRecord, ModelRecord, ModelVersion, ServingChange, new_id
 from .errors import Conflict, Forbidden, InvalidInput, NotFound
 from .registry import NAME_PATTERN, Registry
 from .security import AuditLog, Principal

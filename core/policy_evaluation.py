@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 
 from .contracts import ChatMessage, ChatModel, GenerationParams, Guardrail
 from .db.engine import session_scope
-from .db.guardrail_tables import EvaluationRecord
+from .db.tables import EvaluationRecord
 from .errors import InvalidInput, Unavailable
 from .models import BASE, ModelService
 
@@ -176,7 +176,9 @@ def evaluate_policy(
     if candidate_row.id == current_row.id:
         raise InvalidInput(f"'{candidate_row.label}' is the version serving '{name}' now: evaluate another one",
                            code="candidate_is_serving")  # fmt: skip
-    stop = cancelled or (lambda: False)
+    from .jobs import throttled
+
+    stop = throttled(cancelled or (lambda: False))
     report = progress or (lambda fraction, message="": None)
     total = 2 * (len(prompts) + len(tasks))
     done = [0]
