@@ -11,6 +11,14 @@ import typer
 from rich.table import Table
 
 
+def _models():
+    from . import platform
+
+    instance = platform()
+    instance.models.sync_builtins()  # the shipped models exist before the server first ran
+    return instance.models
+
+
 def register(models_app: typer.Typer) -> None:
     @models_app.command("evaluate")
     def models_evaluate(
@@ -62,26 +70,26 @@ def register(models_app: typer.Typer) -> None:
         reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")] = "",
     ) -> None:
         """Serve VERSION from the next request on (running servers switch without a restart)."""
-        from . import console, platform
+        from . import console
 
-        info = platform().models.promote(name, version, evaluation=evaluation, force=force, reason=reason)
+        info = _models().promote(name, version, evaluation=evaluation, force=force, reason=reason)
         console.print(f"{name} now serves version {info.serving_version}")
 
     @models_app.command("rollback")
     def models_rollback(name: str, reason: Annotated[str, typer.Option(help="Why (audited).")] = "") -> None:
         """Serve the version that served before the current one (repeat to walk back further)."""
-        from . import console, platform
+        from . import console
 
-        info = platform().models.rollback(name, reason=reason)
+        info = _models().rollback(name, reason=reason)
         console.print(f"{name} now serves version {info.serving_version}")
 
     @models_app.command("history")
     def models_history(name: str) -> None:
         """Promotions and rollbacks of NAME, newest first."""
-        from . import console, platform
+        from . import console
 
         table = Table("at", "action", "version", "active", "evaluation", "reason")
-        for change in platform().models.history(name):
+        for change in _models().history(name):
             table.add_row(change.at.strftime("%Y-%m-%d %H:%M:%S"), change.action + (" (forced)" if change.forced else ""),
                           change.label, "yes" if change.active else "", change.evaluation_id or "", change.reason)  # fmt: skip
         console.print(table)
