@@ -24,7 +24,7 @@ setup(
     packages=packages,
     package_dir={"espalier": "."},
     package_data={
-        "": ["*.html", "*.jinja", "*.css", "*.js", "*.ini", "*.mako", "*.md", "*.svg", "*.json"],
+        "": ["*.html", "*.jinja", "*.css", "*.js", "*.ini", "*.mako", "*.md", "*.svg", "*.json", "*.toml"],
         # the console's templates and vendored scripts live in plain folders, not packages
         "espalier.api.console": ["templates/*.html", "static/*"],
     },

@@ -21,7 +21,7 @@ from .db.engine import session_scope
 from .db.tables import ChatRequestRecord, CompletionRecord, Conversation, ModelVersion, utcnow
 from .errors import InvalidInput, NotFound
 from .guardrails import CheckContext, GuardrailService
-from .models import ModelService
+from .models import ModelService, split_model_id
 from .security import Principal
 from .templates import TemplateService, render
 
@@ -163,6 +163,12 @@ class ChatService:
             if collections is None and principal is not None:
                 collections = self.grounder.readable(principal)
             collections = collections or []
+        name, named = split_model_id(request.model)
+        if named is not None:
+            if request.version is not None and request.version != named:
+                raise InvalidInput(f"model '{request.model}' names version '{named}' but espalier.version is "
+                                   f"'{request.version}': give one", details={"param": "model"})  # fmt: skip
+            request.model, request.version = name, named
         model, version = self.models.load(request.model, request.version)
         if collections is None:
             return model, version, messages, None
@@ -317,10 +323,17 @@ class ChatService:
                 conversation.updated_at = utcnow()
                 session.add(conversation)
         return ChatResult(
-            request_id=request_id, conversation_id=conversation_id, created=created, model=request.model,
+            request_id=request_id, conversation_id=conversation_id, created=created,
+            model=served_model_id(request, version),
             model_version=version.label, generations=generations, completion_ids=completion_ids,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, template=request.template,
         )  # fmt: skip
+
+
+def served_model_id(request: ChatRequest, version: ModelVersion) -> str:
+    """The model id a response names: ``name@label`` when the request chose a version (by id or by
+    label), else the bare name it asked for (the serving version, named in ``model_version``)."""
+    return request.model if request.version is None else f"{request.model}@{version.label}"
 
 
 def _text_model(model: ChatModel, name: str) -> Any:

@@ -86,7 +86,13 @@ class ChatModel(Protocol):
 
 @runtime_checkable
 class ModelProvider(Protocol):
-    """Turns a :class:`ModelSpec` into a loaded :class:`ChatModel` (e.g. ``transformers``, ``remote``)."""
+    """Turns a :class:`ModelSpec` into a loaded :class:`ChatModel` (e.g. ``transformers``, ``remote``).
+
+    Optional: ``validate(spec)`` refuses a registration early; ``release(spec)`` drops a provider's
+    own cache of ``spec``'s weights when the model service unloads that version. A chat model may
+    offer ``completion_logprobs(messages, completions)`` (per-token log-probabilities), which
+    policy evaluation uses to estimate the KL between versions.
+    """
 
     name: str
 

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,20 @@ TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 HEARTBEAT_SECONDS = 5.0
 STALE_AFTER = timedelta(seconds=30)
 MAX_PARAMS_BYTES = 64 * 1024
+
+
+def throttled(check: Callable[[], bool], seconds: float = 1.0) -> Callable[[], bool]:
+    """``check`` asked at most once per ``seconds`` (a job's cancellation is a database read; a
+    decoding loop polls it between tokens). Once true, it stays true."""
+    state = {"at": 0.0, "value": False}
+
+    def ask() -> bool:
+        now = time.monotonic()
+        if not state["value"] and now - state["at"] >= seconds:
+            state["at"], state["value"] = now, bool(check())
+        return state["value"]
+
+    return ask
 
 
 class JobCancelled(Exception):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -18,14 +19,23 @@ from sqlmodel import select
 
 from .contracts import ChatModel, ModelProvider, ModelSpec
 from .db.engine import session_scope
-from .db.tables import ModelRecord, ModelVersion, new_id
-from .errors import Conflict, InvalidInput, NotFound
+from .db.tables import EvaluationRecord, ModelRecord, ModelVersion, ServingChange, new_id
+from .errors import Conflict, Forbidden, InvalidInput, NotFound
 from .registry import NAME_PATTERN, Registry
 from .security import AuditLog, Principal
 
 log = logging.getLogger("espalier.models")
 
 BASE = "base"
+VERSION_SEPARATOR = "@"
+
+
+def split_model_id(model_id: str) -> tuple[str, str | None]:
+    """``name@label`` -> (name, label); a bare name -> (name, None): the serving version."""
+    name, separator, label = model_id.partition(VERSION_SEPARATOR)
+    if separator and not label:
+        raise InvalidInput(f"model id {model_id!r} ends in '@': give name@version or the bare name", code="model_not_found")
+    return name, label or None
 
 
 @dataclass
@@ -52,13 +62,17 @@ class ModelService:
         builtins: Registry[ModelSpec],
         cache_dir: str,
         audit: AuditLog,
+        max_loaded_versions: int = 3,
     ):
         self.engine = engine
         self.providers = providers
         self.builtins = builtins
         self.cache_dir = cache_dir
         self.audit = audit
-        self._loaded: dict[tuple[str, str], ChatModel] = {}
+        # (model, version id) -> loaded model, least recently used first
+        self._loaded: OrderedDict[tuple[str, str], ChatModel] = OrderedDict()
+        self._specs: dict[tuple[str, str], ModelSpec] = {}
+        self.max_loaded_versions = max_loaded_versions
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -117,6 +131,8 @@ class ModelService:
                 raise NotFound(f"no model named '{name}'")
             if record.options.get("builtin"):
                 raise Conflict(f"'{name}' ships with a plugin and cannot be removed; disable the plugin instead")
+            for change in session.exec(select(ServingChange).where(ServingChange.model == name)):
+                session.delete(change)
             for version in session.exec(select(ModelVersion).where(ModelVersion.model == name)):
                 session.delete(version)
             session.delete(record)
@@ -183,7 +199,8 @@ class ModelService:
             serving_version=serving.label if serving else BASE,
             versions=[
                 {"id": v.id, "label": v.label, "adapter": v.adapter, "status": v.status,
-                 "serving": v.id == record.serving_version, "created_at": v.created_at, "metrics": v.metrics}
+                 "serving": v.id == record.serving_version, "created_at": v.created_at, "metrics": v.metrics,
+                 "loaded": (name, v.id) in self._loaded}
                 for v in versions
             ],  # fmt: skip
             loaded=any(key[0] == name for key in self._loaded),
@@ -193,7 +210,14 @@ class ModelService:
 
     # Serving ----------------------------------------------------------------------------------
     def resolve(self, name: str, version: str | None = None) -> tuple[ModelSpec, ModelVersion]:
-        """The spec to load for ``name`` at ``version`` (a label or id; the serving one if None)."""
+        """The spec to load for ``name`` at ``version`` (a label or id; the serving one if None).
+
+        ``name`` may carry the version itself: ``name@label``."""
+        name, named = split_model_id(name)
+        if named is not None:
+            if version is not None and version != named:
+                raise InvalidInput(f"the model id names version '{named}' and the request version '{version}': give one")
+            version = named
         with session_scope(self.engine) as session:
             record = session.get(ModelRecord, name)
             if record is None:
@@ -215,11 +239,13 @@ class ModelService:
     def load(self, name: str, version: str | None = None) -> tuple[ChatModel, ModelVersion]:
         """The loaded model (loading it on first use; blocking, so call it off the event loop)."""
         spec, chosen = self.resolve(name, version)
+        name = spec.name
         key = (name, chosen.id)
-        model = self._loaded.get(key)
-        if model is not None:
-            return model, chosen
         with self._guard:
+            model = self._loaded.get(key)
+            if model is not None:
+                self._loaded.move_to_end(key)
+                return model, chosen
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
             model = self._loaded.get(key)
@@ -227,10 +253,166 @@ class ModelService:
                 provider = self.providers.get(spec.provider)
                 log.info("loading model %s version %s with %s", name, chosen.label, spec.provider)
                 model = provider.load(replace(spec), cache_dir=self.cache_dir)
-                self._loaded[key] = model
+                with self._guard:
+                    self._loaded[key] = model
+                    self._specs[key] = spec
+                self._evict(name)
         return model, chosen
+
+    def loaded_versions(self, name: str) -> list[str]:
+        """Version ids of ``name`` in memory, least recently used first."""
+        with self._guard:
+            return [version for model, version in self._loaded if model == name]
+
+    def _evict(self, name: str) -> None:
+        """Keep at most ``max_loaded_versions`` versions of ``name`` in memory, never the serving one.
+
+        A request that already holds an evicted model finishes on it (it keeps its reference);
+        the weights are freed when the last such request ends.
+        """
+        with session_scope(self.engine) as session:
+            record = session.get(ModelRecord, name)
+            serving = record.serving_version if record else None
+        with self._guard:
+            keys = [key for key in self._loaded if key[0] == name]
+            victims = [key for key in keys if key[1] != serving][: max(0, len(keys) - self.max_loaded_versions)]
+            released = [(key, self._specs.pop(key, None)) for key in victims]
+            for key in victims:
+                del self._loaded[key]
+                self._locks.pop(key, None)
+        for key, spec in released:
+            log.info("unloaded model %s version %s (least recently used)", *key)
+            self._release(spec)
+
+    def _release(self, spec: ModelSpec | None) -> None:
+        if spec is None or spec.provider not in self.providers:
+            return
+        release = getattr(self.providers.get(spec.provider), "release", None)
+        if callable(release):
+            release(spec)
 
     def unload(self, name: str) -> None:
         with self._guard:
-            for key in [key for key in self._loaded if key[0] == name]:
+            keys = [key for key in self._loaded if key[0] == name]
+            released = [self._specs.pop(key, None) for key in keys]
+            for key in keys:
                 del self._loaded[key]
+        for spec in released:
+            self._release(spec)
+
+    # Promotion and rollback ------------------------------------------------------------------
+    def latest_evaluation(self, name: str, version_id: str) -> EvaluationRecord | None:
+        with session_scope(self.engine) as session:
+            return session.exec(
+                select(EvaluationRecord)
+                .where(EvaluationRecord.subject == name, EvaluationRecord.candidate == version_id)
+                .order_by(EvaluationRecord.created_at.desc())
+            ).first()
+
+    def promote(
+        self,
+        name: str,
+        version: str,
+        *,
+        evaluation: str | None = None,
+        force: bool = False,
+        reason: str = "",
+        by: Principal | None = None,
+    ) -> ModelInfo:
+        """Make ``version`` (a label or id) serve ``name`` from the next request on.
+
+        The version needs a passed gate: its latest policy evaluation (or ``evaluation``, which
+        must be about this version) must have passed. ``force`` skips that for admins (a local CLI
+        call has no principal and counts as one) and needs a ``reason``; it is audited.
+        Requests already running finish on the version they started with.
+        """
+        _, chosen = self.resolve(name, version)
+        if force:
+            if by is not None and not by.has_role("admin"):
+                raise Forbidden("only an admin may force a promotion past the evaluation gate")
+            if not reason.strip():
+                raise InvalidInput("a forced promotion needs a reason (it is audited)", code="reason_required")
+        with session_scope(self.engine) as session:
+            record = session.get(ModelRecord, name)
+            if record.serving_version == chosen.id:
+                raise Conflict(f"version '{chosen.label}' already serves '{name}'", code="already_serving")
+        if evaluation is not None:
+            with session_scope(self.engine) as session:
+                report = session.get(EvaluationRecord, evaluation)
+            if report is None or report.subject != name or report.candidate != chosen.id:
+                raise NotFound(f"no evaluation '{evaluation}' of {name}@{chosen.label}", code="evaluation_not_found")
+        else:
+            report = self.latest_evaluation(name, chosen.id)
+        if not force:
+            if report is None:
+                raise Conflict(
+                    f"{name}@{chosen.label} has no evaluation: run one first (POST /api/models/{name}/evaluations "
+                    f"or espalier models evaluate {name} --candidate {chosen.label})", code="evaluation_missing",
+                )  # fmt: skip
+            if not report.passed:
+                failed = "; ".join(report.results.get("gate", {}).get("failures", [])) or "see the report"
+                raise Conflict(
+                    f"{name}@{chosen.label} failed its evaluation gate ({report.id}): {failed}. "
+                    "Train a better candidate, or an admin may force it with a reason.", code="evaluation_failed",
+                    details={"evaluation": report.id},
+                )  # fmt: skip
+        with session_scope(self.engine) as session:
+            record = session.get(ModelRecord, name)
+            self._ensure_initial(session, record)
+            previous = record.serving_version
+            session.add(ServingChange(model=name, version_id=chosen.id, label=chosen.label, action="promote",
+                                      evaluation_id=report.id if report else None, forced=force, reason=reason,
+                                      actor_key_id=by.key_id if by else None))  # fmt: skip
+            record.serving_version = chosen.id
+            session.add(record)
+            version_row = session.get(ModelVersion, chosen.id)
+            if version_row.status == "candidate":
+                version_row.status = "promoted"
+                session.add(version_row)
+        self.audit.record(by, "model.promote.forced" if force else "model.promote", name, version=chosen.label,
+                          version_id=chosen.id, previous=previous, evaluation=report.id if report else None,
+                          reason=reason or None)  # fmt: skip
+        return self.info(name)
+
+    def rollback(self, name: str, *, reason: str = "", by: Principal | None = None) -> ModelInfo:
+        """Serve the version that served before the current one (repeat to walk further back)."""
+        with session_scope(self.engine) as session:
+            record = session.get(ModelRecord, name)
+            if record is None:
+                raise NotFound(f"no model named '{name}' (see GET /v1/models)", code="model_not_found")
+            stack = list(session.exec(
+                select(ServingChange).where(ServingChange.model == name, ServingChange.active == True)  # noqa: E712
+                .order_by(ServingChange.id.desc())
+            ))  # fmt: skip
+            if len(stack) < 2:
+                raise Conflict(f"'{name}' has no earlier serving version to roll back to", code="nothing_to_roll_back")
+            top, previous = stack[0], stack[1]
+            if session.get(ModelVersion, previous.version_id) is None:
+                raise Conflict(f"the previous version of '{name}' ({previous.label}) no longer exists")
+            top.active = False
+            session.add(top)
+            session.add(ServingChange(model=name, version_id=previous.version_id, label=previous.label,
+                                      action="rollback", active=False, reason=reason,
+                                      actor_key_id=by.key_id if by else None))  # fmt: skip
+            record.serving_version = previous.version_id
+            session.add(record)
+            left, restored = top.label, previous.label
+        self.audit.record(by, "model.rollback", name, version=restored, from_version=left, reason=reason or None)
+        return self.info(name)
+
+    def history(self, name: str, *, limit: int = 100) -> list[ServingChange]:
+        with session_scope(self.engine) as session:
+            if session.get(ModelRecord, name) is None:
+                raise NotFound(f"no model named '{name}'", code="model_not_found")
+            return list(session.exec(
+                select(ServingChange).where(ServingChange.model == name).order_by(ServingChange.id.desc()).limit(limit)
+            ))  # fmt: skip
+
+    @staticmethod
+    def _ensure_initial(session: Any, record: ModelRecord) -> None:
+        """The first promotion records what served before it, so a rollback can return there."""
+        known = session.exec(select(ServingChange).where(ServingChange.model == record.name)).first()
+        if known is None and record.serving_version:
+            version = session.get(ModelVersion, record.serving_version)
+            session.add(ServingChange(model=record.name, version_id=version.id, label=version.label, action="initial"))
+            session.flush()

@@ -75,7 +75,8 @@ class Platform:
     @cached_property
     def models(self) -> ModelService:
         return ModelService(self.engine, self.model_providers, self.builtin_models,
-                            str(self.settings.models_dir), self.audit)  # fmt: skip
+                            str(self.settings.models_dir), self.audit,
+                            max_loaded_versions=self.settings.max_loaded_versions)  # fmt: skip
 
     @cached_property
     def builtin_templates(self) -> Registry[TemplateSpec]:

@@ -68,6 +68,31 @@ class Settings(BaseSettings):
     reward_retrain_params: dict[str, Any] = Field(
         default_factory=dict, description="Settings for automatic reward retrains (JSON), e.g. {\"epochs\": 2}."
     )
+    # Policy evaluation, promotion and constitutional AI (see docs/operators.md) ----------------
+    max_loaded_versions: int = Field(
+        default=3, ge=1, le=32,
+        description="Most versions of one model kept in memory; the least recently used non-serving ones are unloaded.",
+    )
+    gate_reward_tolerance: float = Field(
+        default=0.0, ge=0, description="A candidate passes when its mean reward is at least the serving version's minus this.",
+    )
+    gate_toxicity_tolerance: float = Field(
+        default=0.02, ge=0, le=1,
+        description="A candidate passes when its mean toxicity is at most the serving version's plus this.",
+    )
+    gate_max_kl: float = Field(
+        default=10.0, gt=0, description="Largest mean KL (nats per completion) from the reference the gate accepts.",
+    )
+    gate_task_tolerance: float = Field(
+        default=0.2, ge=0, le=1, description="A candidate passes when its task-check accuracy is at least the serving one's minus this.",
+    )
+    constitution_path: Path | None = Field(
+        default=None, description="A TOML constitution for 'cai:labels'; the shipped default when unset.",
+    )
+    ai_pair_weight: float = Field(
+        default=0.5, ge=0, le=1,
+        description="Weight of an AI preference pair in the reward model's loss (a human pair weighs 1); 0 leaves them out.",
+    )
     console_session_minutes: int = Field(
         default=60, ge=1, le=24 * 60, description="How long a console sign-in lasts before signing in again."
     )

@@ -56,6 +56,17 @@ def test_bad_input_gives_clear_errors(tmp_path):
     assert result.returncode == 2 and "no job" in result.stderr
 
 
+def test_models_promote_and_rollback_refuse_clearly_on_a_fresh_database(tmp_path):
+    model = "smollm2-135m-instruct"
+    result = run("models", "promote", model, "nope", home=tmp_path, check=False)
+    assert result.returncode == 2 and f"model '{model}' has no version 'nope'" in result.stderr
+    result = run("models", "promote", model, "base", home=tmp_path, check=False)
+    assert result.returncode == 2 and "already serves" in result.stderr
+    result = run("models", "rollback", model, home=tmp_path, check=False)
+    assert result.returncode == 2 and "no earlier serving version" in result.stderr
+    assert "action" in run("models", "history", model, home=tmp_path).stdout
+
+
 def test_jobs_list_empty(tmp_path):
     assert json.loads(run("jobs", "list", "--json", home=tmp_path).stdout) == {"jobs": []}
 

@@ -3,6 +3,7 @@ page rendering real data. The browser tests (test_console_browser.py) drive the 
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import timedelta
@@ -423,3 +424,54 @@ def test_an_operator_labels_a_task_in_the_console_and_sees_agreement(espalier):
     page = client.get(f"/console/labeling/{task_id}")
     assert page.status_code == 200 and 'id="agreement-data"' in page.text and 'data-chart="agreement"' in page.text
     assert f'data-labeler="{operator_id}"' in page.text and "1/2 items done" in page.text
+def _passed_evaluation(platform, version_id: str) -> str:
+    """A stored policy-evaluation record for the echo model (the real evaluation of the shipped
+    model runs in test_promotion.py; here only the page's plumbing is under test)."""
+    from espalier.core.db.guardrail_tables import EvaluationRecord
+
+    side = {"model": "echo@base", "version": "base", "version_id": "x", "mean_reward": 0.1, "mean_toxicity": 0.2,
+            "share_above_threshold": 0.0, "kl": 0.0, "kl_per_token": 0.0, "task_accuracy": 0.5}  # fmt: skip
+    record = EvaluationRecord(kind="policy", subject="echo", candidate=version_id, passed=True, models=["echo@base", "echo@v2"],
+                              settings={"prompts": 2, "threshold": 0.5},
+                              results={"current": side, "candidate": {**side, "model": "echo@v2", "version": "v2", "mean_reward": 0.4},
+                                       "gate": {"passed": True, "failures": []}})  # fmt: skip
+    with session_scope(platform.engine) as session:
+        session.add(record)
+    return record.id
+
+
+def test_models_page_shows_evaluations_and_promotes_and_rolls_back_with_csrf(espalier):
+    platform, client = espalier.platform, espalier.client
+    version = platform.models.add_version("echo", label="v2", adapter=None)
+    evaluation = _passed_evaluation(platform, version.id)
+    csrf = sign_in(espalier, "operator")
+    page = client.get("/console/models").text
+    assert "echo@v2" in page and evaluation in page and 'data-metric="reward"' in page
+    assert 'hx-post="/console/models/echo/promote"' in page and "hx-confirm=" in page
+    charts = json.loads(re.search(r'id="evaluation-data">(.*?)</script>', page, re.S).group(1))
+    assert charts[evaluation]["reward"] == [0.1, 0.4] and charts[evaluation]["toxicity"] == [0.2, 0.2]
+
+    missing = client.post("/console/models/echo/promote", data={"version": "v2"})
+    assert missing.status_code == 403 and missing.json()["code"] == "csrf_failed"
+    assert platform.models.info("echo").serving_version == "base"
+    promoted = client.post("/console/models/echo/promote", data={"version": "v2"}, headers={"X-CSRF-Token": csrf})
+    assert promoted.status_code == 200 and "echo now serves v2" in promoted.text
+    assert platform.models.info("echo").serving_version == "v2"
+    again = client.post("/console/models/echo/promote", data={"version": "v2"}, headers={"X-CSRF-Token": csrf})
+    assert again.status_code == 409
+    rolled = client.post("/console/models/echo/rollback", data={"_csrf": csrf})
+    assert rolled.status_code == 200 and platform.models.info("echo").serving_version == "base"
+    actions = [e.action for e in platform.audit.list(limit=20)]
+    assert "model.promote" in actions and "model.rollback" in actions
+
+    client.cookies.clear()  # a bearer key (even an admin's) is no console session
+    bearer = client.post("/console/models/echo/rollback", headers=espalier.headers("admin"), follow_redirects=False)
+    assert bearer.status_code == 401
+
+
+def test_a_version_without_a_passed_evaluation_cannot_be_promoted_from_the_console(espalier):
+    espalier.platform.models.add_version("echo", label="untested", adapter=None)
+    csrf = sign_in(espalier, "operator")
+    assert "needs a passed evaluation" in espalier.client.get("/console/models").text
+    refused = espalier.client.post("/console/models/echo/promote", data={"version": "untested"}, headers={"X-CSRF-Token": csrf})
+    assert refused.status_code == 409 and refused.json()["code"] == "evaluation_missing"

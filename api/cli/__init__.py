@@ -278,6 +278,11 @@ def models_remove(name: str) -> None:
     console.print(f"removed model {name}")
 
 
+from .promotion import register as _register_promotion  # noqa: E402
+
+_register_promotion(models_app)
+
+
 def _add_plugin_commands() -> None:
     """Mount commands from plugins. Settings errors here are reported when a command runs."""
     try:

@@ -128,12 +128,44 @@ def _labelers(value: str | None) -> list[str]:
      summary="Preference pairs derived from feedback (and imported): counts and a page of pairs")  # fmt: skip
 def list_pairs(request: Request, include_imported: FromQuery[bool] = False, exclude_labelers: FromQuery[str | None] = None,
                origin: FromQuery[str | None] = None, limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-               offset: Annotated[int, Parameter(ge=0)] = 0) -> dict[str, Any]:  # fmt: skip
-    pairs = request.app.state.platform.pairs.all(include_imported=include_imported,
-                                                  exclude_labelers=_labelers(exclude_labelers))  # fmt: skip
+               offset: Annotated[int, Parameter(ge=0)] = 0, include_ai: FromQuery[bool] = False) -> dict[str, Any]:  # fmt: skip
+    platform = request.app.state.platform
+    weight = platform.settings.ai_pair_weight
+    pairs = platform.pairs.all(include_imported=include_imported, exclude_labelers=_labelers(exclude_labelers),
+                               ai_weight=weight if include_ai else 0.0)  # fmt: skip
+    if include_ai and weight == 0:
+        pairs += platform.pairs.ai(weight=0.0)
     if origin:
         pairs = [pair for pair in pairs if pair.origin == origin]
-    return {**describe(pairs), "items": [pair.as_dict() for pair in pairs[offset : offset + limit]]}
+    # AI labels are counted apart from human ones whether or not they are listed.
+    ai = {"pairs": platform.pairs.ai_count(), "weight": weight, "listed": include_ai}
+    return {**describe(pairs), "ai": ai, "items": [pair.as_dict() for pair in pairs[offset : offset + limit]]}
+
+
+class AILabelsIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A constitutional-AI labelling run (job ``cai:labels``); no prompts: the shipped set."""
+
+    prompts: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=20_000)]], msgspec.Meta(max_length=500)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=500)] | None = None
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=130)] | None = None
+    principles: list[str] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=256)] = 64
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.7
+    seed: int = 0
+
+
+@post("/api/pairs/ai", opt=access("operator"), tags=["pairs"], sync_to_thread=True, status_code=202,
+      summary="Label pairs with constitutional AI (job cai:labels): critique and revise the model's answers")  # fmt: skip
+def label_ai_pairs(request: Request, data: JSONBody[AILabelsIn], principal: CurrentPrincipal) -> dict[str, Any]:
+    from espalier.core.constitution import JOB_KIND, check_params, constitution_path, load_constitution
+
+    platform = request.app.state.platform
+    params = check_params({k: v for k, v in msgspec.structs.asdict(data).items() if v is not None})
+    load_constitution(constitution_path(platform.settings)).pick(params.get("principles"))  # fails here, not in the job
+    platform.models.resolve(params.get("model") or platform.settings.default_model)
+    job = platform.jobs.submit(JOB_KIND, params, created_by=principal.key_id)
+    platform.audit.record(principal, "pairs.ai_label", job.id, prompts=len(params["prompts"]))
+    return {"job_id": job.id, "prompts": len(params["prompts"])}
 
 
 @get("/api/pairs/export", opt=access("operator"), tags=["pairs"], sync_to_thread=True, media_type="application/x-ndjson",
@@ -163,4 +195,4 @@ async def import_pairs(request: Request, principal: CurrentPrincipal,
     return result
 
 
-ROUTES = [submit_feedback, submit_ranking, list_feedback, labeler_agreement, get_feedback, list_pairs, export_pairs, import_pairs]
+ROUTES = [label_ai_pairs, submit_feedback, submit_ranking, list_feedback, labeler_agreement, get_feedback, list_pairs, export_pairs, import_pairs]

@@ -10,7 +10,9 @@ from litestar import Controller, Request, delete, get, post
 from litestar.params import JSONBody
 
 from espalier.api.guards import CurrentPrincipal, access
+from espalier.core import policy_evaluation
 from espalier.core.contracts import ModelSpec
+from espalier.core.errors import NotFound
 from espalier.core.templates import TemplateSpec
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -25,6 +27,55 @@ class ModelCreate(msgspec.Struct, forbid_unknown_fields=True):
     adapter: str | None = None
     options: dict[str, Any] = {}
     description: str = ""
+
+
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Prompt = Annotated[str, msgspec.Meta(min_length=1, max_length=20_000)]
+
+
+class Gate(msgspec.Struct, forbid_unknown_fields=True):
+    reward_tolerance: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    toxicity_tolerance: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    max_kl: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    task_tolerance: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+
+
+class TaskCheck(msgspec.Struct, forbid_unknown_fields=True):
+    question: Prompt
+    answer: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class EvaluationCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """Evaluate ``candidate`` against the serving version. No ``prompts``: the shipped set. Files are
+    read by the CLI (``espalier models evaluate --prompts FILE``), never named to the server."""
+
+    candidate: Label
+    prompts: Annotated[list[Prompt], msgspec.Meta(max_length=500)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=2000)] | None = None
+    tasks: Annotated[list[TaskCheck], msgspec.Meta(max_length=200)] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=512)] = 32
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.7
+    seed: int = 0
+    threshold: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.5
+    scorer: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    gate: Gate | None = None
+
+
+class Promotion(msgspec.Struct, forbid_unknown_fields=True):
+    version: Label
+    evaluation: Annotated[str, msgspec.Meta(max_length=40)] | None = None
+    force: bool = False
+    reason: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+
+
+class Rollback(msgspec.Struct, forbid_unknown_fields=True):
+    reason: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+
+
+def change_out(change: Any) -> dict[str, Any]:
+    return {"id": change.id, "version": change.label, "version_id": change.version_id, "action": change.action,
+            "active": change.active, "evaluation": change.evaluation_id, "forced": change.forced,
+            "reason": change.reason, "actor_key_id": change.actor_key_id, "at": change.at}  # fmt: skip
 
 
 class Example(msgspec.Struct, forbid_unknown_fields=True):
@@ -70,6 +121,52 @@ class ModelsController(Controller):
         spec = ModelSpec(name=data.name, provider=data.provider, source=data.source, dtype=data.dtype,
                          context_window=data.context_window, adapter=data.adapter, options=data.options)  # fmt: skip
         return asdict(request.app.state.platform.models.add(spec, by=principal, description=data.description))
+
+    @post("/{name:str}/evaluations", status_code=202, sync_to_thread=True,
+          summary="Evaluate a candidate version against the serving one (job eval:policy)")  # fmt: skip
+    def evaluate(self, request: Request, name: str, data: JSONBody[EvaluationCreate], principal: CurrentPrincipal) -> dict[str, Any]:
+        platform = request.app.state.platform
+        platform.models.resolve(name, data.candidate)  # 404 before queueing
+        params = {key: value for key, value in msgspec.structs.asdict(data).items() if value is not None}
+        if data.tasks is not None:
+            params["tasks"] = [msgspec.structs.asdict(task) for task in data.tasks]
+        if data.gate is not None:
+            params["gate"] = {k: v for k, v in msgspec.structs.asdict(data.gate).items() if v is not None}
+        params = policy_evaluation.prepare({**params, "model": name})  # an empty prompt set fails here, 400
+        job = platform.jobs.submit(policy_evaluation.JOB_KIND, params, created_by=principal.key_id)
+        platform.audit.record(principal, "model.evaluate", name, candidate=data.candidate, job=job.id)
+        return {"job_id": job.id, "model": name, "candidate": data.candidate, "prompts": len(params["prompts"])}
+
+    @get("/{name:str}/evaluations", sync_to_thread=True, summary="Policy evaluations of this model, newest first")
+    def list_evaluations(self, request: Request, name: str) -> dict[str, Any]:
+        platform = request.app.state.platform
+        platform.models.info(name)
+        records = [r for r in platform.evaluations.list(kind=policy_evaluation.KIND, limit=200) if r.subject == name]
+        return {"evaluations": [policy_evaluation.summary(r) for r in records]}
+
+    @get("/{name:str}/evaluations/{evaluation_id:str}", sync_to_thread=True, summary="One evaluation with every answer")
+    def get_evaluation(self, request: Request, name: str, evaluation_id: str) -> dict[str, Any]:
+        record = request.app.state.platform.evaluations.get(evaluation_id)
+        if record.subject != name:
+            raise NotFound(f"no evaluation '{evaluation_id}' of '{name}'")
+        return {**policy_evaluation.summary(record), "results": record.results}
+
+    @post("/{name:str}/promote", status_code=200, sync_to_thread=True,
+          summary="Serve a version from the next request on (needs a passed evaluation; admins may force)")  # fmt: skip
+    def promote(self, request: Request, name: str, data: JSONBody[Promotion], principal: CurrentPrincipal) -> dict[str, Any]:
+        info = request.app.state.platform.models.promote(name, data.version, evaluation=data.evaluation, force=data.force,
+                                                        reason=data.reason, by=principal)  # fmt: skip
+        return asdict(info)
+
+    @post("/{name:str}/rollback", status_code=200, sync_to_thread=True,
+          summary="Serve the version that served before the current one")  # fmt: skip
+    def rollback(self, request: Request, name: str, principal: CurrentPrincipal, data: JSONBody[Rollback | None] = None) -> dict[str, Any]:
+        info = request.app.state.platform.models.rollback(name, reason=data.reason if data else "", by=principal)
+        return asdict(info)
+
+    @get("/{name:str}/history", sync_to_thread=True, summary="Promotions and rollbacks of this model, newest first")
+    def history(self, request: Request, name: str) -> dict[str, Any]:
+        return {"history": [change_out(c) for c in request.app.state.platform.models.history(name)]}
 
     @delete("/{name:str}", status_code=200, sync_to_thread=True, summary="Remove a model")
     def remove_model(self, request: Request, name: str, principal: CurrentPrincipal) -> dict[str, str]:

@@ -14,7 +14,8 @@ from litestar import Request, Response, Router, get, post
 from litestar.params import JSONBody
 
 from espalier.api.guards import CurrentPrincipal, access
-from espalier.core.chat import StreamSession
+from espalier.core.chat import StreamSession, served_model_id
+from espalier.core.models import split_model_id
 from espalier.core.errors import InvalidInput, NotFound
 
 from . import convert
@@ -32,7 +33,7 @@ def _stream_response(session: StreamSession, cancel: threading.Event, kind: str,
         "id": session.request_id,
         "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
         "created": session.created,
-        "model": session.request.model,
+        "model": served_model_id(session.request, session.version),
         "system_fingerprint": f"espalier-{session.version.label}",
     }
     extension = {
@@ -133,6 +134,7 @@ async def embeddings(request: Request, data: JSONBody[EmbeddingRequest]) -> dict
 
 
 def _model_entry(info: Any) -> dict[str, Any]:
+    """The bare name: whichever version serves now."""
     return {
         "id": info.name,
         "object": "model",
@@ -149,19 +151,52 @@ def _model_entry(info: Any) -> dict[str, Any]:
     }
 
 
-@get("/models", opt=access("user"), summary="Models that can be served (OpenAI-compatible)", sync_to_thread=True)
+def _version_entry(info: Any, version: dict[str, Any]) -> dict[str, Any]:
+    """One version as its own id, ``name@label``, so versions can be served and compared by name."""
+    return {
+        "id": f"{info.name}@{version['label']}",
+        "object": "model",
+        "created": int(version["created_at"].timestamp()) if version.get("created_at") else 0,
+        "owned_by": info.plugin or "espalier",
+        "espalier": {
+            "type": "chat",
+            "model": info.name,
+            "version": version["label"],
+            "version_id": version["id"],
+            "status": version["status"],
+            "serving": version["serving"],
+            "provider": info.provider,
+            "context_window": info.context_window,
+            "loaded": version.get("loaded", False),
+        },
+    }
+
+
+@get("/models", opt=access("user"), summary="Models that can be served (OpenAI-compatible); every version as name@label",
+     sync_to_thread=True)  # fmt: skip
 def list_models(request: Request) -> dict[str, Any]:
     platform = request.app.state.platform
-    data = [_model_entry(info) for info in platform.models.list()]
+    data = []
+    for info in platform.models.list():
+        data.append(_model_entry(info))
+        data.extend(_version_entry(info, version) for version in info.versions)
     for entry in platform.embedders:
         data.append({"id": entry.name, "object": "model", "created": int(time.time()), "owned_by": entry.plugin,
                      "espalier": {"type": "embedding", "dimensions": entry.item.dimensions}})  # fmt: skip
     return {"object": "list", "data": data}
 
 
-@get("/models/{model_id:str}", opt=access("user"), summary="One model (OpenAI-compatible)", sync_to_thread=True)
+@get("/models/{model_id:str}", opt=access("user"), summary="One model or one version (name@label; OpenAI-compatible)",
+     sync_to_thread=True)  # fmt: skip
 def get_model(request: Request, model_id: str) -> dict[str, Any]:
-    return _model_entry(request.app.state.platform.models.info(model_id))
+    name, label = split_model_id(model_id)
+    info = request.app.state.platform.models.info(name)
+    if label is None:
+        return _model_entry(info)
+    for version in info.versions:
+        if version["label"] == label:
+            return _version_entry(info, version)
+    raise NotFound(f"model '{name}' has no version '{label}'", code="model_not_found")
 
 
 openai_router = Router(

@@ -68,10 +68,13 @@ def list_models(request: Request) -> dict[str, Any]:
 def train(request: Request, data: JSONBody[TrainIn], principal: CurrentPrincipal) -> dict[str, Any]:
     platform = request.app.state.platform
     params = dict(data.params)
-    checked = {k: v for k, v in params.items() if k not in ("include_imported", "exclude_labelers")}
+    checked = {k: v for k, v in params.items() if k not in ("include_imported", "exclude_labelers", "ai_pair_weight")}
     settings = settings_from(checked)  # bad settings fail here, not in the job
+    ai_weight = params.get("ai_pair_weight", platform.settings.ai_pair_weight)
+    if not isinstance(ai_weight, int | float) or not 0 <= ai_weight <= 1:
+        raise InvalidInput("ai_pair_weight must be a number between 0 and 1")
     pairs = platform.pairs.all(include_imported=bool(params.get("include_imported", True)),
-                               exclude_labelers=params.get("exclude_labelers") or [])  # fmt: skip
+                               exclude_labelers=params.get("exclude_labelers") or [], ai_weight=ai_weight)  # fmt: skip
     if len(pairs) < settings.min_pairs:
         raise InvalidInput(f"only {len(pairs)} preference pairs; training needs at least {settings.min_pairs}. "
                            "Collect rankings or thumbs, or import pairs (POST /api/pairs/import)",

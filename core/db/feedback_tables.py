@@ -55,6 +55,25 @@ class ImportedPair(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
+class AIPair(SQLModel, table=True):
+    """A preference pair labelled by the model itself (constitutional AI: the revision preferred to
+    the original), kept apart from human pairs and weighted separately in reward training."""
+
+    __tablename__ = "ai_pairs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    sha256: str = Field(max_length=64, unique=True)
+    prompt: str = Field(sa_type=Text)
+    chosen: str = Field(sa_type=Text)  # the revision
+    rejected: str = Field(sa_type=Text)  # the original completion
+    principle: str = Field(default="", max_length=100, index=True)
+    critique: str = Field(default="", sa_type=Text)
+    model: str = Field(default="", max_length=200)
+    constitution: str = Field(default="", max_length=200)
+    job_id: str | None = Field(default=None, max_length=40, index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
 class RewardModelRecord(SQLModel, table=True):
     """A trained reward model: a versioned artifact with its data snapshot and held-out metrics."""
 

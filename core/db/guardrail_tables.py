@@ -44,6 +44,11 @@ class EvaluationRecord(SQLModel, table=True):
     settings: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     results: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     artifacts: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    # A policy evaluation judges one candidate version of one model against the serving one;
+    # promotion reads its gate. Empty for other kinds.
+    subject: str | None = Field(default=None, max_length=100, index=True)
+    candidate: str | None = Field(default=None, max_length=40)  # the candidate's version id
+    passed: bool | None = None
 
 
 class GuardrailFlag(SQLModel, table=True):

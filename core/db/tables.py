@@ -136,6 +136,25 @@ class ModelVersion(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
+class ServingChange(SQLModel, table=True):
+    """One change of a model's serving version (promotion or rollback). The rows still ``active``
+    form a stack: promotion pushes, rollback pops, so repeated rollbacks walk back in order."""
+
+    __tablename__ = "serving_history"
+
+    id: int | None = Field(default=None, primary_key=True)
+    model: str = Field(foreign_key="models.name", index=True, max_length=100, ondelete="CASCADE")
+    version_id: str = Field(max_length=40)
+    label: str = Field(max_length=100)
+    action: str = Field(max_length=20)  # initial, promote, rollback
+    active: bool = True
+    evaluation_id: str | None = Field(default=None, max_length=40)
+    forced: bool = False
+    reason: str = Field(default="", sa_type=Text)
+    actor_key_id: str | None = Field(default=None, max_length=40)
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+
+
 # Conversations and what was shown ------------------------------------------------------------------
 class Conversation(SQLModel, table=True):
     __tablename__ = "conversations"

@@ -29,9 +29,10 @@ class Pair:
     prompt: str
     chosen: str
     rejected: str
-    origin: str  # ranking, thumbs, correction, import
-    labeler: str | None = None
+    origin: str  # ranking, thumbs, correction, import, ai (constitutional AI: kept apart, weighted)
+    labeler: str | None = None  # for ai pairs: the principle
     request_id: str | None = None
+    weight: float = 1.0  # in the reward model's loss; human and imported pairs weigh 1
 
     def trl(self) -> dict[str, str]:
         return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from ..db.engine import session_scope
-from ..db.feedback_tables import FeedbackRecord, ImportedPair
+from ..db.feedback_tables import AIPair, FeedbackRecord, ImportedPair
 from ..db.tables import ChatRequestRecord, CompletionRecord
 from ..labeling.exclusions import task_exclusions
 from .pairs import Pair, pair_sha256, parse_pair_lines, prompt_text, ranking_pairs, thumbs_pairs
@@ -76,9 +76,43 @@ class PairStore:
                 query = query.limit(limit)
             return [Pair(p.prompt, p.chosen, p.rejected, "import", p.source) for p in session.exec(query)]
 
-    def all(self, *, include_imported: bool = True, exclude_labelers: Iterable[str] = ()) -> list[Pair]:
+    def ai(self, *, weight: float = 1.0, limit: int | None = None) -> list[Pair]:
+        """Constitutional-AI pairs (revision preferred to original), each with ``weight``."""
+        with session_scope(self.engine) as session:
+            query = select(AIPair).order_by(AIPair.id)
+            if limit is not None:
+                query = query.limit(limit)
+            return [Pair(p.prompt, p.chosen, p.rejected, "ai", p.principle, p.job_id, weight) for p in session.exec(query)]
+
+    def ai_count(self) -> int:
+        with session_scope(self.engine) as session:
+            return session.exec(select(func.count()).select_from(AIPair)).one()
+
+    def add_ai(self, rows: Iterable[dict[str, str]], *, model: str, constitution: str, job_id: str | None) -> dict[str, int]:
+        """Store AI pairs in one transaction; a pair already held (same texts) is not added twice."""
+        added = seen = 0
+        with session_scope(self.engine) as session:
+            for row in rows:
+                seen += 1
+                digest = pair_sha256(row["prompt"], row["chosen"], row["rejected"])
+                if session.exec(select(AIPair.id).where(AIPair.sha256 == digest)).first() is not None:
+                    continue
+                session.add(AIPair(sha256=digest, prompt=row["prompt"], chosen=row["chosen"], rejected=row["rejected"],
+                                   principle=row.get("principle", "")[:100], critique=row.get("critique", ""),
+                                   model=model[:200], constitution=constitution[:200], job_id=job_id))  # fmt: skip
+                session.flush()
+                added += 1
+        return {"read": seen, "added": added, "already_present": seen - added}
+
+    def all(self, *, include_imported: bool = True, exclude_labelers: Iterable[str] = (),
+            ai_weight: float = 0.0) -> list[Pair]:  # fmt: skip
+        """Human pairs (from feedback), imported ones, and AI pairs when ``ai_weight`` > 0."""
         pairs = self.derived(exclude_labelers=exclude_labelers)
-        return pairs + self.imported() if include_imported else pairs
+        if include_imported:
+            pairs += self.imported()
+        if ai_weight > 0:
+            pairs += self.ai(weight=ai_weight)
+        return pairs
 
     def imported_count(self) -> int:
         with session_scope(self.engine) as session:

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from espalier.core.errors import Unavailable
+from espalier.core.errors import InvalidInput, Unavailable
 
 from .training import evaluate, settings_from, train_reward_model
 
@@ -35,9 +35,14 @@ class RewardTrainer:
         exclude = params.pop("exclude_labelers", []) or []
         params.pop("auto", None)
         params.pop("pairs_at_submit", None)
+        ai_weight = float(params.pop("ai_pair_weight", platform.settings.ai_pair_weight))
+        if not 0 <= ai_weight <= 1:
+            raise InvalidInput(f"ai_pair_weight must be between 0 and 1 (got {ai_weight})")
         settings = settings_from(params)
-        pairs = platform.pairs.all(include_imported=include_imported, exclude_labelers=exclude)
-        job.log(f"{len(pairs)} pairs in the snapshot (imports {'included' if include_imported else 'excluded'})")
+        pairs = platform.pairs.all(include_imported=include_imported, exclude_labelers=exclude, ai_weight=ai_weight)
+        ai_pairs = sum(pair.origin == "ai" for pair in pairs)
+        job.log(f"{len(pairs)} pairs in the snapshot (imports {'included' if include_imported else 'excluded'}; "
+                f"{ai_pairs} AI pairs at weight {ai_weight})")  # fmt: skip
         card = train_reward_model(pairs, job.artifact_dir + "/reward-model", settings,
                                   progress=job.progress, log=job.log, cancelled=job.cancelled,
                                   metrics=getattr(job, "metrics", None))  # fmt: skip

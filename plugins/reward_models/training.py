@@ -102,7 +102,15 @@ def train_reward_model(
     pairs = list(pairs)
     if settings.max_pairs is not None and len(pairs) > settings.max_pairs:
         pairs = random.Random(settings.seed).sample(pairs, settings.max_pairs)
-    train, held = split(pairs, settings.holdout_fraction)
+    # AI pairs (constitutional AI) only train: the held-out pairs that decide promotion are human
+    # (or imported) judgements, so a model is never rewarded for agreeing with its own labels.
+    ai_pairs = [p for p in pairs if p.origin == "ai"]
+    human = [p for p in pairs if p.origin != "ai"]
+    if len(human) < 2:
+        raise InvalidInput(f"only {len(human)} human or imported preference pairs; the held-out evaluation needs at "
+                           "least 2 (AI pairs only train)", code="too_few_pairs")  # fmt: skip
+    train, held = split(human, settings.holdout_fraction)
+    train += ai_pairs
 
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -139,7 +147,9 @@ def train_reward_model(
             texts = [p.chosen for p in batch] + [p.rejected for p in batch]
             scores = model(**encode(tokenizer, prompts, texts, max_length=settings.max_length)).logits[:, 0]
             margin = scores[: len(batch)] - scores[len(batch) :]
-            loss = -torch.nn.functional.logsigmoid(margin).mean()
+            # Each pair's loss counts by its weight (AI pairs weigh ESPALIER_AI_PAIR_WEIGHT).
+            weights = torch.tensor([p.weight for p in batch], dtype=margin.dtype)
+            loss = -(weights * torch.nn.functional.logsigmoid(margin)).sum() / weights.sum().clamp_min(1e-8)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -171,7 +181,8 @@ def train_reward_model(
     card = {
         "format": "espalier-reward/1", "base_model": base, "max_length": settings.max_length,
         "data": {"sha256": snapshot_sha256(pairs), "pairs": len(pairs), "trained_on": len(train),
-                 "held_out": len(held), "by_origin": _origins(pairs)},
+                 "held_out": len(held), "by_origin": _origins(pairs),
+                 "ai_pair_weight": ai_pairs[0].weight if ai_pairs else None},
         "held_out": [pair_sha256(p.prompt, p.chosen, p.rejected) for p in held],
         "settings": asdict(settings), "metrics": metrics, "steps": step, "final_loss": round(loss_avg, 4),
         "train_seconds": round(seconds, 2), "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

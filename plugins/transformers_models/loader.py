@@ -172,7 +172,10 @@ def _apply_adapter(model: Any, adapter: str) -> Any:
     except ImportError:
         raise InvalidInput("Loading a LoRA adapter needs the peft package: `pip install peft`.") from None
     # This base copy belongs to this (source, dtype, adapter) alone, so the adapter is merged into
-    # it: serving then costs what the base model costs.
+    # it: serving then costs what the base model costs, and concurrent requests on different
+    # versions never share a module whose active adapter could be switched under them (peft's
+    # multi-adapter switching is per module, not per request). Memory is bounded instead by the
+    # model service unloading the least recently used versions (ESPALIER_MAX_LOADED_VERSIONS).
     return PeftModel.from_pretrained(model, str(path), is_trainable=False).merge_and_unload()
 
 
@@ -204,6 +207,17 @@ def get_or_load(spec_source: str, dtype: torch.dtype, adapter: str | None, cache
         with _registry_lock:
             _loaded[key] = loaded
         return loaded
+
+
+def release(spec_source: str, dtype: torch.dtype, adapter: str | None) -> bool:
+    """Forget one shared model (it is freed once no :class:`ChatModel` refers to it any more, so
+    requests still generating with it finish first). True when it was loaded."""
+    resolved = resolve_source(spec_source)
+    adapter_key = str(Path(adapter).expanduser().resolve()) if adapter else None
+    key = (f"{resolved.kind}:{resolved.path.resolve()}", str(dtype), adapter_key)
+    with _registry_lock:
+        _key_locks.pop(key, None)
+        return _loaded.pop(key, None) is not None
 
 
 def unload_all() -> None:

@@ -117,6 +117,29 @@ class TransformersChatModel:
         candidates = self._check(prompt, params)
         return self._decode(prompt, params, candidates, cancel)
 
+    # Scoring -----------------------------------------------------------------------------------
+
+    def completion_logprobs(self, messages: Sequence[ChatMessage], completions: Sequence[str]) -> list[list[float]]:
+        """Log-probability of each token of each completion after ``messages`` (the chat template
+        applied): what evaluation needs to estimate the KL between two versions on the same text."""
+        prompt = self.prompt_ids(messages)
+        results: list[list[float]] = []
+        for completion in completions:
+            ids = self.tokenizer(completion, add_special_tokens=False)["input_ids"]
+            if not ids:
+                results.append([])
+                continue
+            full = (prompt + ids)[-self.context_window :]
+            start = len(full) - len(ids)
+            with torch.inference_mode():
+                input_ids = torch.tensor([full], dtype=torch.long, device=self.model.device)
+                with self.loaded.lock:
+                    logits = self.model(input_ids=input_ids).logits[0].float()
+            logprobs = logits[start - 1 : -1].log_softmax(dim=-1)
+            picked = logprobs.gather(-1, input_ids[0, start:, None]).squeeze(-1)
+            results.append(picked.tolist())
+        return results
+
     def _check(self, prompt: list[int], params: GenerationParams) -> list[CandidateText]:
         if params.max_tokens < 1:
             raise InvalidInput(f"max_tokens must be at least 1 (got {params.max_tokens}).")

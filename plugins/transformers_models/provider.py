@@ -9,7 +9,7 @@ from pathlib import Path
 
 from espalier.core.errors import InvalidInput
 
-from .loader import get_or_load, pick_dtype
+from .loader import get_or_load, pick_dtype, release
 from .sources import resolve_source
 from .model import TransformersChatModel
 
@@ -43,3 +43,7 @@ class TransformersProvider:
         dtype = pick_dtype(spec.dtype)
         loaded = get_or_load(spec.source, dtype, spec.adapter, cache_dir)
         return TransformersChatModel(spec, loaded, context_window=spec.context_window)
+
+    def release(self, spec: ModelSpec) -> None:
+        """Drop this process's shared copy of ``spec``'s weights (called when a version is unloaded)."""
+        release(spec.source, pick_dtype(spec.dtype), spec.adapter)

@@ -223,6 +223,21 @@ function setUpAgentForm() {
       stop.disabled = true;
       controller = null;
     }
+// Policy evaluations on the models page: serving against candidate, one small bar chart a metric.
+function drawEvaluationCharts() {
+  const source = document.getElementById("evaluation-data");
+  if (!source || typeof Chart === "undefined") return;
+  const data = JSON.parse(source.textContent);
+  const colors = { reward: ["#4e79a7", "#59a14f"], toxicity: ["#4e79a7", "#e15759"] };
+  document.querySelectorAll("canvas[data-evaluation]").forEach((canvas) => {
+    const report = data[canvas.dataset.evaluation];
+    const metric = canvas.dataset.metric;
+    if (!report || !report[metric] || Chart.getChart(canvas)) return;
+    new Chart(canvas, {
+      type: "bar",
+      data: { labels: report.labels, datasets: [{ label: metric, data: report[metric], backgroundColor: colors[metric] }] },
+      options: { animation: false, responsive: true, maintainAspectRatio: false, plugins: { legend: { display: false } } },
+    });
   });
 }
 
@@ -304,6 +319,8 @@ document.addEventListener("DOMContentLoaded", drawJobMetrics);
 document.addEventListener("DOMContentLoaded", setUpAgentForm);
 document.addEventListener("DOMContentLoaded", drawAgreement);
 document.addEventListener("DOMContentLoaded", () => markCurrent(0));
+document.addEventListener("DOMContentLoaded", drawEvaluationCharts);
+document.addEventListener("htmx:afterSettle", drawEvaluationCharts);
 document.addEventListener("htmx:beforeRequest", () => {
   const flash = document.getElementById("flash");
   if (flash) flash.hidden = true;
