@@ -43,6 +43,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "espalier.plugins.injection",
     "espalier.plugins.retrieval",
     "espalier.plugins.reward_models",
+    "espalier.plugins.policy_training",
 )
 
 #: Built-ins that cannot be disabled: the platform is not itself without them.
