@@ -246,15 +246,22 @@ def preflight(platform: Any, settings: PolicySettings) -> PolicyPlan:
     if settings.toxicity_scorer not in platform.guardrails:
         raise InvalidInput(f"no guardrail scorer '{settings.toxicity_scorer}' to measure toxicity; "
                            f"registered: {', '.join(platform.guardrails.names())}")  # fmt: skip
+    if settings.label is not None:
+        taken = [v for v in platform.models.info(model).versions if v["label"] == settings.label]
+        if taken:
+            raise Conflict(f"model '{model}' already has a version labelled '{settings.label}'; choose another label")
     prompts: list[str] = []
     pairs: list[Any] = []
     reward = None
     if settings.method == "rl":
         reward = reward_model_for(platform, settings, model)
         prompts = gather_prompts(platform, settings)
-        if len(prompts) < 1 + (1 if settings.eval_prompts else 0):
+        if not prompts:
             raise InvalidInput("the prompt set is empty: give prompts, prompts_path or prompts_from_conversations "
                                "(RL samples completions of these prompts)", code="empty_prompt_set")  # fmt: skip
+        if settings.eval_prompts and len(prompts) < 2:
+            raise InvalidInput("RL needs at least 2 prompts: one is held out to measure the result (or set "
+                               "eval_prompts to 0)", code="too_few_prompts")  # fmt: skip
     else:
         if settings.reward_model:
             reward = reward_model_for(platform, settings, model)

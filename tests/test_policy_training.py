@@ -167,7 +167,11 @@ def test_bad_input_is_refused_before_a_job_is_queued(tmp_path, database_url):
         refused({"method": "rl", "prompts": PROMPTS, "toxicity_scorer": "nope"}, 400)
         detail = refused({"method": "rl"}, 400, "empty_prompt_set")
         assert "prompt set is empty" in detail
-        refused({"method": "rl", "prompts_path": str(tmp_path / "missing.jsonl")}, 400)
+        refused({"method": "rl", "prompts_path": "missing.jsonl"}, 400)
+        refused({"method": "rl", "prompts_path": "/etc/passwd"}, 400, "prompts_path_outside_home")
+        refused({"method": "rl", "prompts_path": "../../etc/passwd"}, 400, "prompts_path_outside_home")
+        refused({"method": "rl", "prompts": PROMPTS[:1]}, 400, "too_few_prompts")
+        refused({"method": "rl", "prompts": PROMPTS, "label": "base"}, 409)
 
         # A reward model trained from a chat model's own backbone drives that model only.
         gguf = platform.models.resolve(MODEL)[0].source

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -11,6 +12,7 @@ from litestar.params import JSONBody
 from espalier.api.guards import CurrentPrincipal, access
 from espalier.api.jobs.routes import JobOut, job_out
 from espalier.core import policy
+from espalier.core.errors import InvalidInput
 
 Prompt = Annotated[str, msgspec.Meta(max_length=policy.MAX_PROMPT_CHARS)]
 
@@ -52,11 +54,25 @@ class PolicyTrainOut(msgspec.Struct):
     plan: dict[str, Any]
 
 
+def inside_home(home: Path, path: str) -> Path:
+    """Over HTTP a prompts file must lie under the data folder: the server must not become a way to
+    read any file it can (a job's result quotes a few prompts)."""
+    base = Path(home).resolve()
+    target = (base / path).resolve() if not Path(path).is_absolute() else Path(path).resolve()
+    if not target.is_relative_to(base):
+        raise InvalidInput(f"prompts_path must be a file under the data folder ({base}); copy the file there, "
+                           "or send the prompts in 'prompts'", code="prompts_path_outside_home")  # fmt: skip
+    return target
+
+
 @post("/api/policy/train", opt=access("operator"), tags=["policy"], sync_to_thread=True, status_code=202,
       summary="Check the settings, then queue a policy update (train:policy-rl or train:policy-dpo)")  # fmt: skip
 def train(request: Request, data: JSONBody[PolicyTrainIn], principal: CurrentPrincipal) -> PolicyTrainOut:
+    platform = request.app.state.platform
     params = {name: value for name, value in msgspec.structs.asdict(data).items() if value is not None}
-    job, plan = policy.submit(request.app.state.platform, params, by=principal)
+    if data.prompts_path is not None:
+        params["prompts_path"] = str(inside_home(platform.settings.home, data.prompts_path))
+    job, plan = policy.submit(platform, params, by=principal)
     return PolicyTrainOut(job=job_out(job), plan=plan.summary())
 
 

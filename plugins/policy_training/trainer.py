@@ -78,10 +78,14 @@ def run(platform: Any, job: Any, settings: PolicySettings, plan: Any) -> dict[st
     else:
         pool = plan.prompts or list(dict.fromkeys(p.prompt for p in plan.pairs))
         held = split_prompts(pool, settings)[1] if settings.eval_prompts else []
+        # Pairs whose prompt is measured on stay out of training, unless that leaves too few.
+        measured = set(held)
+        unseen = [pair for pair in plan.pairs if pair.prompt not in measured]
+        pairs = unseen if len(unseen) >= settings.min_pairs else plan.pairs
         from .dpo import train_dpo
 
         probe = [training_prompt(tokenizer, p, settings) for p in held[:2]]
-        trainer = train_dpo(model, tokenizer, plan.pairs, probe, settings, lora, run_log, out)
+        trainer = train_dpo(model, tokenizer, pairs, probe, settings, lora, run_log, out)
     train_seconds = time.perf_counter() - started
     if run_log.cancelled or job.cancelled():
         job.log(f"cancelled after {trainer.state.global_step} steps; nothing registered")
