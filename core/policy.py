@@ -285,7 +285,7 @@ def submit(platform: Any, params: dict[str, Any], *, by: Any = None) -> tuple[An
     kind = JOB_KINDS[settings.method]
     if kind not in platform.job_kinds:
         raise Conflict(f"no trainer for {kind}: the policy_training plugin is not loaded")
-    job_params = {**settings.as_dict(), "model": plan.model}
+    job_params = {**settings.as_dict(), "model": plan.model, "beta": settings.effective_beta}  # recorded as used
     if len(json.dumps(job_params)) > 60_000:
         raise InvalidInput("the inline prompts are too large for a job; give them as a file (prompts_path)")
     job = platform.jobs.submit(kind, job_params, created_by=getattr(by, "key_id", None))
