@@ -1,7 +1,7 @@
 """Policy update benchmark: RL (RLOO, KL-penalised) and DPO on the default model, before and after.
 
-    .venv/bin/python bench/policy.py [--rl-steps 24] [--dpo-steps 24] [--eval-prompts 32]
-                                     [--reward-model PATH] [--rm-pairs 400] [--rm-steps 40]
+    .venv/bin/python bench/policy.py [--rl-steps 16] [--dpo-steps 16] [--eval-prompts 24]
+                                     [--reward-model PATH] [--rm-pairs 400] [--rm-steps 25]
 
 1. A reward model: the built-in trainer (MiniLM + one-output head) on
    ``../shared/data/hh_pairs_train.jsonl`` (small settings; or ``--reward-model`` reuses an artifact).
@@ -61,19 +61,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reward-model", type=Path, help="reuse a reward model artifact folder instead of training one")
     parser.add_argument("--rm-pairs", type=int, default=400)
-    parser.add_argument("--rm-steps", type=int, default=40)
-    parser.add_argument("--rl-steps", type=int, default=24)
-    parser.add_argument("--dpo-steps", type=int, default=24)
+    parser.add_argument("--rm-steps", type=int, default=25)
+    parser.add_argument("--rl-steps", type=int, default=16)
+    parser.add_argument("--dpo-steps", type=int, default=16)
     parser.add_argument("--dpo-pairs", type=int, default=400)
-    parser.add_argument("--batch-size", type=int, default=4, help="prompts (rl) or pairs (dpo) per step")
+    parser.add_argument("--batch-size", type=int, default=2, help="prompts (rl) per step; dpo takes twice as many pairs")
     parser.add_argument("--num-generations", type=int, default=4)
-    parser.add_argument("--tokens", type=int, default=20, help="tokens per sampled completion")
-    parser.add_argument("--rl-learning-rate", type=float, default=3e-4)
+    parser.add_argument("--tokens", type=int, default=16, help="tokens per sampled completion")
+    parser.add_argument("--rl-learning-rate", type=float, default=5e-4)
     parser.add_argument("--dpo-learning-rate", type=float, default=2e-4)
     parser.add_argument("--beta", type=float, default=None, help="KL coefficient (default: 0.04 rl, 0.1 dpo)")
     parser.add_argument("--toxicity-weight", type=float, default=1.0)
     parser.add_argument("--train-prompts", type=int, default=200)
-    parser.add_argument("--eval-prompts", type=int, default=32)
+    parser.add_argument("--eval-prompts", type=int, default=24)
     parser.add_argument("--methods", default="rl,dpo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model-cache", type=Path, default=REPO_ROOT / ".pytest_cache" / "espalier-models")
@@ -132,12 +132,12 @@ def main() -> int:
 
         # 3. The runs.
         common = {"model": MODEL, "batch_size": args.batch_size, "max_completion_tokens": args.tokens,
-                  "max_prompt_tokens": 96, "prompt_format": "text", "eval_prompts": 16, "seed": args.seed,
+                  "max_prompt_tokens": 96, "prompt_format": "text", "eval_prompts": 8, "seed": args.seed,
                   "prompts_path": str(prompts_file)}  # fmt: skip
         runs = {
             "rl": {**common, "method": "rl", "steps": args.rl_steps, "learning_rate": args.rl_learning_rate,
                    "num_generations": args.num_generations, "toxicity_weight": args.toxicity_weight},
-            "dpo": {**common, "method": "dpo", "steps": args.dpo_steps, "learning_rate": args.dpo_learning_rate,
+            "dpo": {**common, "batch_size": 2 * args.batch_size, "method": "dpo", "steps": args.dpo_steps, "learning_rate": args.dpo_learning_rate,
                     "min_pairs": 8},
         }  # fmt: skip
         labels: dict[str, str] = {}

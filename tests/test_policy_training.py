@@ -6,6 +6,9 @@ the bad input refused before anything is queued."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -185,3 +188,29 @@ def test_bad_input_is_refused_before_a_job_is_queued(tmp_path, database_url):
                          "reward_model_base_mismatch")  # fmt: skip
         assert f"'{MODEL}'" in detail and "smol-copy" in detail
         assert platform.jobs.list() == []
+
+
+def cli(*args: str, home: Path, cache: Path | None = None):
+    env = {**os.environ, "ESPALIER_HOME": str(home), "ESPALIER_LOG_JSON": "false"}
+    if cache is not None:
+        env["ESPALIER_MODEL_CACHE_DIR"] = str(cache)
+    return subprocess.run([sys.executable, "-m", "espalier.api.cli", *args], env=env, capture_output=True, text=True)
+
+
+def test_cli_refuses_rl_without_a_reward_model(tmp_path):
+    result = cli("policy", "train", "--method", "rl", "--prompt", "a", "--prompt", "b", home=tmp_path)
+    assert result.returncode == 2 and "train one first" in result.stderr, result.stderr
+    result = cli("policy", "train", "--method", "dpo", home=tmp_path)
+    assert result.returncode == 2 and "DPO needs at least 8" in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+def test_cli_trains_dpo_and_registers_a_candidate(tmp_path, model_cache_dir):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join((SHARED / "hh_pairs_train.jsonl").read_text().splitlines()[200:206]) + "\n")
+    assert cli("pairs", "import", str(pairs), "--source", "hh", home=tmp_path).returncode == 0
+    result = cli("policy", "train", "--method", "dpo", "--steps", "1", "--batch-size", "2", "--max-completion-tokens", "8",
+                 "--eval-prompts", "2", "--min-pairs", "4", "--label", "cli-dpo", home=tmp_path, cache=model_cache_dir)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"registered {MODEL} version 'cli-dpo' (candidate)" in " ".join(result.stdout.split())
+    assert "mean toxicity" in result.stdout and "KL from reference" in result.stdout

@@ -33,6 +33,8 @@ def train(
     prompt_format: Annotated[str, typer.Option(help="chat (the chat template) or text (plain continuation).")] = "chat",
     toxicity_weight: Annotated[float, typer.Option(help="rl: subtract weight x toxicity from the reward.")] = 0.0,
     target_reward: Annotated[float | None, typer.Option(help="Stop once the recent mean reward reaches this.")] = None,
+    eval_prompts: Annotated[int, typer.Option(help="Prompts held out to measure base and policy.")] = 8,
+    min_pairs: Annotated[int, typer.Option(help="dpo: refuse fewer pairs than this.")] = 8,
     label: Annotated[str | None, typer.Option(help="Version label of the result.")] = None,
 ) -> None:
     """Check the settings, run the job here (a running server lists it too) and register the result
@@ -47,8 +49,9 @@ def train(
               "prompts": list(prompt or []), "prompts_path": str(prompts.resolve()) if prompts else None,
               "prompts_from_conversations": from_conversations, "max_prompts": max_prompts,
               "prompt_format": prompt_format, "toxicity_weight": toxicity_weight, "target_reward": target_reward,
-              "label": label}  # fmt: skip
+              "eval_prompts": eval_prompts, "min_pairs": min_pairs, "label": label}  # fmt: skip
     instance = platform().start(migrate=False, run_jobs=True)
+    job = None
     try:
         job, plan = policy.submit(instance, {k: v for k, v in params.items() if v is not None}, by=None)
         summary = plan.summary()
@@ -65,8 +68,9 @@ def train(
                     break
                 time.sleep(0.5)
     except KeyboardInterrupt:
-        instance.jobs.cancel(job.id)
-        console.print(f"cancelling {job.id}")
+        if job is not None:
+            instance.jobs.cancel(job.id)
+            console.print(f"cancelled {job.id}")
         raise
     finally:
         instance.close()
