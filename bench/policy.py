@@ -1,7 +1,7 @@
 """Policy update benchmark: RL (RLOO, KL-penalised) and DPO on the default model, before and after.
 
-    .venv/bin/python bench/policy.py [--rl-steps 16] [--dpo-steps 16] [--eval-prompts 24]
-                                     [--reward-model PATH] [--rm-pairs 400] [--rm-steps 25]
+    .venv/bin/python bench/policy.py [--rl-steps 8] [--dpo-steps 8] [--eval-prompts 16] [--tokens 12]
+                                     [--reward-model PATH] [--rm-pairs 400] [--rm-steps 10]
 
 1. A reward model: the built-in trainer (MiniLM + one-output head) on
    ``../shared/data/hh_pairs_train.jsonl`` (small settings; or ``--reward-model`` reuses an artifact).
@@ -16,7 +16,10 @@
    log pi - log pi_ref, averaged over completions sampled from the policy).
 
 TRL's detoxification example cut a 125M model's mean toxicity by 29%. The machine is shared (2
-CPU cores, other engineers' jobs): wall times are noisy. Results go to ``bench/results/policy.json``.
+CPU cores, other engineers' jobs): wall times are noisy, and the defaults are sized to finish
+there (a few steps: they show the machinery and the direction, not a converged policy). For a
+real run: ``--rl-steps 200 --dpo-steps 200 --batch-size 8 --tokens 32 --eval-prompts 100
+--rm-steps 200``. Results go to ``bench/results/policy.json``.
 """
 
 from __future__ import annotations
@@ -61,19 +64,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reward-model", type=Path, help="reuse a reward model artifact folder instead of training one")
     parser.add_argument("--rm-pairs", type=int, default=400)
-    parser.add_argument("--rm-steps", type=int, default=25)
-    parser.add_argument("--rl-steps", type=int, default=16)
-    parser.add_argument("--dpo-steps", type=int, default=16)
+    parser.add_argument("--rm-steps", type=int, default=10)
+    parser.add_argument("--rl-steps", type=int, default=8)
+    parser.add_argument("--dpo-steps", type=int, default=8)
     parser.add_argument("--dpo-pairs", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=2, help="prompts (rl) per step; dpo takes twice as many pairs")
     parser.add_argument("--num-generations", type=int, default=4)
-    parser.add_argument("--tokens", type=int, default=16, help="tokens per sampled completion")
+    parser.add_argument("--tokens", type=int, default=12, help="tokens per sampled completion")
     parser.add_argument("--rl-learning-rate", type=float, default=5e-4)
     parser.add_argument("--dpo-learning-rate", type=float, default=2e-4)
     parser.add_argument("--beta", type=float, default=None, help="KL coefficient (default: 0.04 rl, 0.1 dpo)")
     parser.add_argument("--toxicity-weight", type=float, default=1.0)
     parser.add_argument("--train-prompts", type=int, default=200)
-    parser.add_argument("--eval-prompts", type=int, default=24)
+    parser.add_argument("--eval-prompts", type=int, default=16)
     parser.add_argument("--methods", default="rl,dpo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model-cache", type=Path, default=REPO_ROOT / ".pytest_cache" / "espalier-models")
@@ -109,7 +112,8 @@ def main() -> int:
             print(f"training the reward model on {args.rm_pairs} HH pairs, {args.rm_steps} steps", flush=True)
             rm_path = home / "reward-model"
             card = train_reward_model(platform.pairs.all()[: args.rm_pairs], rm_path,
-                                      RewardSettings(max_steps=args.rm_steps, batch_size=16, max_length=128))  # fmt: skip
+                                      RewardSettings(max_steps=args.rm_steps, batch_size=16, max_length=128),
+                                      progress=lambda f, m="": print(f"  {f:4.0%} {m}", flush=True) if m.startswith("step") else None)  # fmt: skip
         platform.reward_models.register(path=str(rm_path), base_model=card["base_model"], data_sha256=card["data"]["sha256"],
                                          pairs=card["data"]["pairs"], metrics=card["metrics"],
                                          current_accuracy_same_holdout=None, job_id=None)  # fmt: skip
@@ -132,7 +136,7 @@ def main() -> int:
 
         # 3. The runs.
         common = {"model": MODEL, "batch_size": args.batch_size, "max_completion_tokens": args.tokens,
-                  "max_prompt_tokens": 96, "prompt_format": "text", "eval_prompts": 8, "seed": args.seed,
+                  "max_prompt_tokens": 64, "prompt_format": "text", "eval_prompts": 6, "seed": args.seed,
                   "prompts_path": str(prompts_file)}  # fmt: skip
         runs = {
             "rl": {**common, "method": "rl", "steps": args.rl_steps, "learning_rate": args.rl_learning_rate,
