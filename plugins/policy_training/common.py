@@ -34,16 +34,17 @@ def load_base(platform: Any, model_name: str) -> tuple[Any, Any, Path]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from espalier.plugins.transformers_models.loader import convert_gguf
+    from espalier.plugins.transformers_models.loader import LOAD_LOCK, convert_gguf
     from espalier.plugins.transformers_models.sources import resolve_source
 
     spec, _ = platform.models.resolve(model_name, "base")
     source = resolve_source(spec.source)
     folder = convert_gguf(source, platform.models.cache_dir) if source.kind == "gguf" else source.path
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    with LOAD_LOCK:  # a model loading for a request at the same time would get meta tensors
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True)
     return model, tokenizer, Path(folder)
 
 
@@ -191,7 +192,10 @@ class Scorers:
     """The reward model (optional) and the toxicity guardrail, over (prompt, completion) texts."""
 
     def __init__(self, platform: Any, reward_record: Any, toxicity_name: str):
-        self.reward = platform.reward_models.scorer(reward_record) if reward_record is not None else None
+        from espalier.plugins.transformers_models.loader import LOAD_LOCK
+
+        with LOAD_LOCK:
+            self.reward = platform.reward_models.scorer(reward_record) if reward_record is not None else None
         self.toxicity = platform.guardrails.get(toxicity_name)
 
     def rewards(self, prompts: Sequence[Any], texts: Sequence[str]) -> list[float]:
