@@ -205,12 +205,13 @@ def test_cli_refuses_rl_without_a_reward_model(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # a whole CLI process loading torch and the model: minutes on a loaded 2-core machine
 def test_cli_trains_dpo_and_registers_a_candidate(tmp_path, model_cache_dir):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("\n".join((SHARED / "hh_pairs_train.jsonl").read_text().splitlines()[200:206]) + "\n")
     assert cli("pairs", "import", str(pairs), "--source", "hh", home=tmp_path).returncode == 0
-    result = cli("policy", "train", "--method", "dpo", "--steps", "1", "--batch-size", "2", "--max-completion-tokens", "8",
-                 "--eval-prompts", "2", "--min-pairs", "4", "--label", "cli-dpo", home=tmp_path, cache=model_cache_dir)  # fmt: skip
+    result = cli("policy", "train", "--method", "dpo", "--steps", "1", "--batch-size", "2", "--max-completion-tokens", "6",
+                 "--eval-prompts", "1", "--min-pairs", "4", "--label", "cli-dpo", home=tmp_path, cache=model_cache_dir)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"registered {MODEL} version 'cli-dpo' (candidate)" in " ".join(result.stdout.split())
     assert "mean toxicity" in result.stdout and "KL from reference" in result.stdout
