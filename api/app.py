@@ -43,6 +43,7 @@ from .documents.routes import ROUTES as DOCUMENT_ROUTES
 from .guardrails.routes import ROUTES as GUARDRAIL_ROUTES
 from .models.routes import ROUTES as MODEL_ROUTES
 from .openai.routes import ROUTES as OPENAI_ROUTES
+from .policy.routes import ROUTES as POLICY_ROUTES
 from .reward.routes import ROUTES as REWARD_ROUTES
 from .system.routes import ROUTES as SYSTEM_ROUTES
 from .tools.routes import ROUTES as TOOL_ROUTES
@@ -50,7 +51,7 @@ from .tools.routes import ROUTES as TOOL_ROUTES
 CORE_ROUTES: list[Any] = [
     *SYSTEM_ROUTES, *ADMIN_ROUTES, *JOB_ROUTES, *OPENAI_ROUTES, *MODEL_ROUTES, *CONVERSATION_ROUTES,
     *DOCUMENT_ROUTES,
-    *FEEDBACK_ROUTES, *REWARD_ROUTES, *LABELING_ROUTES,
+    *FEEDBACK_ROUTES, *REWARD_ROUTES, *LABELING_ROUTES, *POLICY_ROUTES,
     *CONSOLE_ROUTES,
     *TOOL_ROUTES, *AGENT_ROUTES, *CHAIN_ROUTES,
     *GUARDRAIL_ROUTES,

@@ -45,6 +45,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "espalier.plugins.reward_models",
     "espalier.plugins.policy_eval",
     "espalier.plugins.constitution",
+    "espalier.plugins.policy_training",
 )
 
 #: Built-ins that cannot be disabled: the platform is not itself without them.

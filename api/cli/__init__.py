@@ -304,6 +304,10 @@ from .guardrails import eval_app, guardrails_app  # noqa: E402  (needs console a
 app.add_typer(guardrails_app, name="guardrails")
 app.add_typer(eval_app, name="eval")
 
+from .policy import policy_app  # noqa: E402
+
+app.add_typer(policy_app, name="policy")
+
 
 def main() -> None:
     builtin = {"--version", "--help"} | {c.name or c.callback.__name__ for c in app.registered_commands}

@@ -39,6 +39,12 @@ _DTYPES = {
 }
 _COMPLETE_MARKER = "espalier-complete"
 
+#: Held while weights are built in this process. ``from_pretrained`` creates modules on the meta
+#: device by patching ``torch.nn.Module`` for the whole process, so two loads in two threads (a
+#: request loading a model while a training job loads its own copy) can hand one of them
+#: meta tensors. Anyone building a transformers model in the server process takes this lock.
+LOAD_LOCK = threading.RLock()
+
 
 @dataclass
 class LoadedModel:
@@ -95,12 +101,19 @@ def convert_gguf(source: ResolvedSource, cache_dir: str | os.PathLike[str]) -> P
     written under a temporary name and renamed when complete, so a crash or a second process
     never leaves a half-written cache behind.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     target = gguf_cache_folder(source, cache_dir)
     if (target / _COMPLETE_MARKER).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with LOAD_LOCK:
+        return _convert(source, target)
+
+
+def _convert(source: ResolvedSource, target: Path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (target / _COMPLETE_MARKER).is_file():
+        return target
     folder, name = str(source.path.parent), source.path.name
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
@@ -144,10 +157,11 @@ def load_weights(spec_source: str, dtype: torch.dtype, adapter: str | None, cach
         folder = convert_gguf(source, cache_dir)
     else:
         folder = source.path
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
-    if adapter:
-        model = _apply_adapter(model, adapter)
+    with LOAD_LOCK:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+        if adapter:
+            model = _apply_adapter(model, adapter)
     model.eval()
     if getattr(tokenizer, "chat_template", None) is None:
         raise InvalidInput(

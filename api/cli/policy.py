@@ -1,0 +1,92 @@
+"""``espalier policy train``: a policy update (RL against the reward model, or DPO) with a progress bar."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from espalier.core.errors import EspalierError
+
+policy_app = typer.Typer(help="Policy updates: LoRA fine-tunes of a chat model from feedback.", no_args_is_help=True)
+
+
+@policy_app.command("train")
+def train(
+    method: Annotated[str, typer.Option(help="rl (against the reward model, KL-penalised) or dpo (on the pairs).")] = "rl",
+    model: Annotated[str | None, typer.Option(help="Registered chat model; default: the default model.")] = None,
+    reward_model: Annotated[str | None, typer.Option(help="Reward model version or id; default: the current one.")] = None,
+    steps: Annotated[int, typer.Option(help="Step budget.")] = 20,
+    learning_rate: Annotated[float, typer.Option(help="LoRA learning rate.")] = 1e-4,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+    beta: Annotated[float | None, typer.Option(help="KL coefficient (default 0.04 for rl, 0.1 for dpo).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts (rl) or pairs (dpo) per step.")] = 4,
+    num_generations: Annotated[int, typer.Option(help="rl: completions per prompt.")] = 4,
+    max_completion_tokens: Annotated[int, typer.Option(help="Tokens per sampled completion.")] = 32,
+    prompts: Annotated[Path | None, typer.Option(help="JSONL or text file of prompts.")] = None,
+    prompt: Annotated[list[str] | None, typer.Option(help="A prompt (repeatable).")] = None,
+    from_conversations: Annotated[int, typer.Option(help="Use up to this many prompts from logged chats.")] = 0,
+    max_prompts: Annotated[int, typer.Option(help="At most this many prompts.")] = 500,
+    prompt_format: Annotated[str, typer.Option(help="chat (the chat template) or text (plain continuation).")] = "chat",
+    toxicity_weight: Annotated[float, typer.Option(help="rl: subtract weight x toxicity from the reward.")] = 0.0,
+    target_reward: Annotated[float | None, typer.Option(help="Stop once the recent mean reward reaches this.")] = None,
+    eval_prompts: Annotated[int, typer.Option(help="Prompts held out to measure base and policy.")] = 8,
+    min_pairs: Annotated[int, typer.Option(help="dpo: refuse fewer pairs than this.")] = 8,
+    label: Annotated[str | None, typer.Option(help="Version label of the result.")] = None,
+) -> None:
+    """Check the settings, run the job here (a running server lists it too) and register the result
+    as a candidate version of the model (promote it to serve it)."""
+    from espalier.core import policy
+
+    from . import console, platform
+
+    params = {"method": method, "model": model, "reward_model": reward_model, "steps": steps,
+              "learning_rate": learning_rate, "lora_rank": lora_rank, "beta": beta, "batch_size": batch_size,
+              "num_generations": num_generations, "max_completion_tokens": max_completion_tokens,
+              "prompts": list(prompt or []), "prompts_path": str(prompts.resolve()) if prompts else None,
+              "prompts_from_conversations": from_conversations, "max_prompts": max_prompts,
+              "prompt_format": prompt_format, "toxicity_weight": toxicity_weight, "target_reward": target_reward,
+              "eval_prompts": eval_prompts, "min_pairs": min_pairs, "label": label}  # fmt: skip
+    instance = platform().start(migrate=False, run_jobs=True)
+    job = None
+    try:
+        job, plan = policy.submit(instance, {k: v for k, v in params.items() if v is not None}, by=None)
+        summary = plan.summary()
+        console.print(f"job {job.id} ({job.kind}): model {summary['model']}, {summary['prompts']} prompts, "
+                      f"{summary['pairs']} pairs, reward model {summary['reward_model'] or '-'}")  # fmt: skip
+        from .guardrails import _progress
+
+        with _progress() as bar:
+            task = bar.add_task("queued", total=1.0)
+            while True:
+                job = instance.jobs.get(job.id)
+                bar.update(task, completed=job.progress, description=(job.message or job.status)[:60])
+                if job.status not in ("queued", "running"):
+                    break
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        if job is not None:
+            instance.jobs.cancel(job.id)
+            console.print(f"cancelled {job.id}")
+        raise
+    finally:
+        instance.close()
+    if job.status != "succeeded":
+        raise EspalierError(f"policy training {job.status}: {job.error or job.message}")
+    result = job.result or {}
+    table = Table("", "before", "after")
+    for name in ("reward", "toxicity"):
+        before, after = result.get("evaluation", {}).get("base", {}), result.get("evaluation", {}).get("policy", {})
+        if name in before:
+            table.add_row(f"mean {name}", f"{before[name]:.4f}", f"{after[name]:.4f}")
+    kl = result.get("evaluation", {}).get("kl")
+    if kl is not None:
+        table.add_row("KL from reference", "0", f"{kl:.4f}")
+    console.print(table)
+    for warning in result.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}")
+    console.print(f"registered {result.get('model')} version '{result.get('label')}' (candidate); "
+                  f"adapter {result.get('adapter')}; curves {result.get('plot')}")  # fmt: skip

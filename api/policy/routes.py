@@ -1,0 +1,79 @@
+"""Policy updates: start a LoRA fine-tune of a chat model by RL against the reward model or DPO."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Request, post
+from litestar.params import JSONBody
+
+from espalier.api.guards import CurrentPrincipal, access
+from espalier.api.jobs.routes import JobOut, job_out
+from espalier.core import policy
+from espalier.core.errors import InvalidInput
+
+Prompt = Annotated[str, msgspec.Meta(max_length=policy.MAX_PROMPT_CHARS)]
+
+
+class PolicyTrainIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The body of ``POST /api/policy/train``; unset fields take the defaults in docs/operators.md."""
+
+    method: Literal["rl", "dpo"] = "rl"
+    model: str | None = None
+    reward_model: str | None = None
+    steps: int | None = None
+    learning_rate: float | None = None
+    lora_rank: int | None = None
+    lora_alpha: int | None = None
+    beta: float | None = None
+    batch_size: int | None = None
+    num_generations: int | None = None
+    max_completion_tokens: int | None = None
+    max_prompt_tokens: int | None = None
+    temperature: float | None = None
+    prompt_format: Literal["chat", "text"] | None = None
+    prompts: Annotated[list[Prompt], msgspec.Meta(max_length=policy.MAX_PROMPTS)] | None = None
+    prompts_path: str | None = None
+    prompts_from_conversations: int | None = None
+    max_prompts: int | None = None
+    eval_prompts: int | None = None
+    toxicity_weight: float | None = None
+    toxicity_scorer: str | None = None
+    target_reward: float | None = None
+    kl_bound: float | None = None
+    min_pairs: int | None = None
+    include_imported: bool | None = None
+    label: str | None = None
+    seed: int | None = None
+
+
+class PolicyTrainOut(msgspec.Struct):
+    job: JobOut
+    plan: dict[str, Any]
+
+
+def inside_home(home: Path, path: str) -> Path:
+    """Over HTTP a prompts file must lie under the data folder: the server must not become a way to
+    read any file it can (a job's result quotes a few prompts)."""
+    base = Path(home).resolve()
+    target = (base / path).resolve() if not Path(path).is_absolute() else Path(path).resolve()
+    if not target.is_relative_to(base):
+        raise InvalidInput(f"prompts_path must be a file under the data folder ({base}); copy the file there, "
+                           "or send the prompts in 'prompts'", code="prompts_path_outside_home")  # fmt: skip
+    return target
+
+
+@post("/api/policy/train", opt=access("operator"), tags=["policy"], sync_to_thread=True, status_code=202,
+      summary="Check the settings, then queue a policy update (train:policy-rl or train:policy-dpo)")  # fmt: skip
+def train(request: Request, data: JSONBody[PolicyTrainIn], principal: CurrentPrincipal) -> PolicyTrainOut:
+    platform = request.app.state.platform
+    params = {name: value for name, value in msgspec.structs.asdict(data).items() if value is not None}
+    if data.prompts_path is not None:
+        params["prompts_path"] = str(inside_home(platform.settings.home, data.prompts_path))
+    job, plan = policy.submit(platform, params, by=principal)
+    return PolicyTrainOut(job=job_out(job), plan=plan.summary())
+
+
+ROUTES = [train]

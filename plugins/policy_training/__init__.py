@@ -1,0 +1,36 @@
+"""Built-in plugin: policy updates of a chat model with LoRA adapters (peft + TRL).
+
+Trainers (each a job kind ``train:<name>``):
+
+* ``policy-rl``: RL against the reward model with a KL penalty to the frozen reference (the base
+  with the adapter disabled), TRL's RLOOTrainer, optionally minus a weighted toxicity penalty;
+* ``policy-dpo``: DPO on the preference pairs Espalier holds, TRL's DPOTrainer.
+
+Both end by registering the adapter as a *candidate* version of the model
+(``ModelService.add_version``); promotion makes it serve. Settings and the checks made before a
+run is queued are in :mod:`espalier.core.policy`; start runs with ``POST /api/policy/train`` or
+``espalier policy train``.
+"""
+
+from __future__ import annotations
+
+from espalier import hookimpl
+
+from .trainer import PolicyTrainer
+
+__all__ = ["PolicyTrainer"]
+
+
+@hookimpl(trylast=True)
+def register_trainers(register):
+    register(PolicyTrainer("rl", "LoRA policy update by RL (RLOO) against the reward model with a KL penalty to the "
+                                 "base model, optionally minus a weighted toxicity penalty"))  # fmt: skip
+    register(PolicyTrainer("dpo", "LoRA policy update by DPO on the preference pairs (reference: the base model)"))
+
+
+@hookimpl
+def startup(platform):
+    # The trainers read models, reward models, pairs and guardrails through the running platform.
+    for name in ("policy-rl", "policy-dpo"):
+        if name in platform.trainers and isinstance(platform.trainers.get(name), PolicyTrainer):
+            platform.trainers.get(name).bind(platform)

@@ -1,0 +1,149 @@
+"""The ``policy-rl`` and ``policy-dpo`` trainers (jobs ``train:policy-rl``, ``train:policy-dpo``).
+
+A run: check the settings again (the job may have been queued through ``POST /api/jobs``), load a
+trainable copy of the base weights, train a LoRA adapter with TRL, measure the base and the
+trained policy on held-out prompts (reward, toxicity, KL from the reference), save the adapter,
+the curves and a card, and register the adapter as a *candidate* version of the model.
+Nothing is registered when the run fails or is cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from espalier.core.errors import Unavailable
+from espalier.core.jobs import JobCancelled
+from espalier.core.policy import PolicySettings, preflight, settings_from
+
+from .common import RunLog, Scorers, describe, kl_summary, load_base, plot_curves, sample, training_prompt
+
+ADAPTER_DIR = "adapter"
+PLOT_NAME = "curves.png"
+CARD_NAME = "policy_card.json"
+
+
+class PolicyTrainer:
+    def __init__(self, method: str, description: str):
+        self.method = method
+        self.name = f"policy-{method}"
+        self.description = description
+        self.platform: Any = None
+
+    def bind(self, platform: Any) -> None:
+        self.platform = platform
+
+    def train(self, job: Any) -> dict[str, Any]:
+        if self.platform is None:
+            raise Unavailable("the policy trainers run inside a started platform (espalier serve)")
+        settings = settings_from({**job.params, "method": self.method})
+        plan = preflight(self.platform, settings)
+        return run(self.platform, job, settings, plan)
+
+
+def split_prompts(prompts: list[str], settings: PolicySettings) -> tuple[list[str], list[str]]:
+    """(train, held out): a seeded shuffle, then the first ``eval_prompts`` are held out."""
+    order = list(prompts)
+    random.Random(settings.seed).shuffle(order)
+    held = order[: settings.eval_prompts] if len(order) > settings.eval_prompts else order[:1]
+    train = order[len(held) :] or order
+    return train, held
+
+
+def run(platform: Any, job: Any, settings: PolicySettings, plan: Any) -> dict[str, Any]:
+    import torch
+    from peft import LoraConfig
+
+    started = time.perf_counter()
+    out = Path(job.artifact_dir)
+    run_log = RunLog(job, settings, job.log)
+    torch.manual_seed(settings.seed)
+    job.progress(0.01, "loading the base weights")
+    model, tokenizer, folder = load_base(platform, plan.model)
+    job.log(f"{settings.method} on {plan.model} ({folder}); {plan.summary()}")
+    scorers = Scorers(platform, plan.reward_model, settings.toxicity_scorer)
+    lora = LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha or 2 * settings.lora_rank,
+                      lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                      task_type="CAUSAL_LM")  # fmt: skip
+
+    if settings.method == "rl":
+        train_prompts, held = split_prompts(plan.prompts, settings)
+        from .rl import train_rl
+
+        trainer = train_rl(model, tokenizer, [training_prompt(tokenizer, p, settings) for p in train_prompts],
+                           scorers, settings, lora, run_log, out)  # fmt: skip
+    else:
+        pool = plan.prompts or list(dict.fromkeys(p.prompt for p in plan.pairs))
+        held = split_prompts(pool, settings)[1] if settings.eval_prompts else []
+        # Pairs whose prompt is measured on stay out of training, unless that leaves too few.
+        measured = set(held)
+        unseen = [pair for pair in plan.pairs if pair.prompt not in measured]
+        pairs = unseen if len(unseen) >= settings.min_pairs else plan.pairs
+        from .dpo import train_dpo
+
+        probe = [training_prompt(tokenizer, p, settings) for p in held[:2]]
+        trainer = train_dpo(model, tokenizer, pairs, probe, settings, lora, run_log, out)
+    train_seconds = time.perf_counter() - started
+    if run_log.cancelled or job.cancelled():
+        job.log(f"cancelled after {trainer.state.global_step} steps; nothing registered")
+        raise JobCancelled()
+    policy = trainer.model
+    steps_done = trainer.state.global_step
+    job.log(f"trained {steps_done} steps in {train_seconds:.1f}s ({run_log.stop_reason})")
+
+    evaluation: dict[str, Any] = {}
+    if held:
+        job.progress(0.88, f"measuring base and policy on {len(held)} held-out prompts")
+        prompts = [training_prompt(tokenizer, p, settings) for p in held]
+        args = {"max_new_tokens": settings.max_completion_tokens, "temperature": settings.temperature,
+                "seed": settings.seed + 1}  # fmt: skip
+        with policy.disable_adapter():
+            base_samples = sample(policy, tokenizer, prompts, with_kl=False, **args)
+        if job.cancelled():
+            raise JobCancelled()
+        policy_samples = sample(policy, tokenizer, prompts, with_kl=True, **args)
+        evaluation = {"prompts": len(held), "base": describe(scorers, base_samples),
+                      "policy": describe(scorers, policy_samples), **kl_summary(policy_samples),
+                      "examples": [{"prompt": str(p)[-300:], "base": b, "policy": a} for p, b, a in
+                                   zip(held[:3], base_samples.texts, policy_samples.texts, strict=False)]}  # fmt: skip
+        base_row, policy_row = evaluation["base"], evaluation["policy"]
+        if policy_row["toxicity"] > base_row["toxicity"] + 0.05:
+            run_log.warn("toxicity-eval", f"held-out toxicity rose from {base_row['toxicity']:.3f} (base) to "
+                                          f"{policy_row['toxicity']:.3f} (policy): do not promote without a look")  # fmt: skip
+        if evaluation["kl_per_token"] > settings.kl_bound:
+            run_log.warn("kl-eval", f"held-out KL from the reference is {evaluation['kl_per_token']:.3f} per token, "
+                                    f"past the bound {settings.kl_bound}")  # fmt: skip
+        job.log("held-out: base " + json.dumps(base_row) + " policy " + json.dumps(policy_row)
+                + f" KL {evaluation['kl']:.4f} ({evaluation['kl_per_token']:.4f}/token)")  # fmt: skip
+    if job.cancelled():
+        raise JobCancelled()
+
+    job.progress(0.96, "saving the adapter")
+    adapter = out / ADAPTER_DIR
+    policy.save_pretrained(str(adapter))
+    tokenizer.save_pretrained(str(adapter))
+    plot = plot_curves(run_log.history, out / PLOT_NAME, f"{settings.method} on {plan.model}")
+    label = settings.label or f"{settings.method}-{job.job_id}"[:64]
+    metrics = {
+        "method": settings.method, "job_id": job.job_id, "steps": steps_done, "stop_reason": run_log.stop_reason,
+        "reward_model": plan.reward_model.id if plan.reward_model is not None else None,
+        "reward_model_version": plan.reward_model.version if plan.reward_model is not None else None,
+        "beta": settings.effective_beta, "lora_rank": settings.lora_rank, "learning_rate": settings.learning_rate,
+        "prompt_format": settings.prompt_format, "train_seconds": round(train_seconds, 2),
+        "final": {name: values[-1][1] for name, values in run_log.history.items() if values},
+        "evaluation": {k: v for k, v in evaluation.items() if k != "examples"}, "warnings": run_log.warnings,
+    }  # fmt: skip
+    card = {"format": "espalier-policy/1", "model": plan.model, "base_folder": str(folder), "label": label,
+            "settings": settings.as_dict() | {"prompts": len(settings.prompts)}, "metrics": metrics,
+            "evaluation": evaluation, "history": run_log.history}  # fmt: skip
+    (out / CARD_NAME).write_text(json.dumps(card, indent=2, default=str))
+    version = platform.models.add_version(plan.model, label=label, adapter=str(adapter), metrics=metrics,
+                                          status="candidate")  # fmt: skip
+    job.log(f"registered {plan.model} version '{label}' ({version.id}) as a candidate")
+    return {"model": plan.model, "version": version.id, "label": label, "adapter": str(adapter), "plot": str(plot),
+            "card": str(out / CARD_NAME), "steps": steps_done, "stop_reason": run_log.stop_reason,
+            "warnings": run_log.warnings, "evaluation": evaluation, "metrics": metrics["final"],
+            "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
