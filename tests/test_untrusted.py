@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from espalier.core import agents, chains, tool_calls
+from espalier.core import agents, tool_calls
 from espalier.core.contracts import ChatMessage, RetrievedChunk
 from espalier.core.rag import grounding
 from espalier.core.untrusted import PREFIX, defuse, quote_data
@@ -65,11 +65,6 @@ def test_agent_observations_quote_with_the_shared_function():
     quoted = agents.quote(ATTACKS[1] + "\n" + ATTACKS[5])
     assert "\nAction:" not in quoted and "<tool_call>" not in quoted
     assert quoted == quote_data(ATTACKS[1] + "\n" + ATTACKS[5], limit=agents.MAX_OBSERVATION_FOR_MODEL)
-
-
-def test_chains_quote_earlier_turns_and_summaries():
-    source = open(chains.__file__).read()
-    assert source.count("quote_data(") >= 2  # the agent's view of earlier turns, and the summary
 
 
 def test_tool_results_in_chat_completions_are_quoted():
