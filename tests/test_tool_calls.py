@@ -223,3 +223,19 @@ def test_bad_tool_input_gives_openai_shaped_400s(client, change, param, fragment
         client.chat.completions.create(**kwargs)
     body = error.value.body
     assert body["type"] == "invalid_request_error" and body["param"] == param and fragment in body["message"]
+
+
+def test_tool_messages_must_answer_an_earlier_call():
+    from espalier.core.contracts import ChatMessage
+    from espalier.core.tool_calls import check_conversation
+
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    asked = [ChatMessage("user", "hi"), ChatMessage("assistant", "", (call,))]
+    check_conversation([*asked, ChatMessage("tool", "18", tool_call_id="call_1")])
+    with pytest.raises(InvalidInput, match="does not answer"):  # answered twice
+        check_conversation([*asked, ChatMessage("tool", "18", tool_call_id="call_1"), ChatMessage("tool", "19", tool_call_id="call_1")])
+    with pytest.raises(InvalidInput, match="does not answer"):  # before the call was made
+        check_conversation([ChatMessage("tool", "18", tool_call_id="call_1"), *asked])
+    with pytest.raises(InvalidInput, match="used twice"):
+        check_conversation([*asked, ChatMessage("assistant", "", (call,))])
+    check_conversation([ChatMessage("user", "hi"), ChatMessage("tool", "legacy function result")], frozenset({1}))

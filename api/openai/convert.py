@@ -82,7 +82,7 @@ def chat_request(body: ChatCompletionRequest) -> ChatRequest:
         messages.append(ChatMessage(role, message_text(message, number), calls, message.tool_call_id))  # type: ignore[arg-type]
     if not messages:
         raise InvalidInput("messages must contain at least one message", code="empty_messages", details={"param": "messages"})
-    tool_calls.check_conversation(messages)
+    tool_calls.check_conversation(messages, frozenset(i for i, m in enumerate(body.messages) if m.role == "function"))
     options = body.espalier
     max_tokens = body.max_completion_tokens or body.max_tokens
     return ChatRequest(
