@@ -96,7 +96,9 @@ def hotpot_quality(platform, model: str, limit: int) -> dict:
     paragraphs = {p["title"]: p["text"] for row in asked + distractors for p in row["supporting_paragraphs"]}
     uploads = [Upload(text.encode(), f"{title[:60]}.txt", title) for title, text in paragraphs.items()]
     platform.rag.ingest_many("hotpot", principal, uploads)
-    out: dict = {"items": len(asked), "paragraphs": len(paragraphs), "react_statuses": {}}
+    out: dict = {"items": len(asked), "paragraphs": len(paragraphs), "react_statuses": {}, "answers": []}
+    if not asked:
+        return {**out, **{name: {"exact_match": 0.0, "f1": 0.0, "seconds_per_question": 0.0} for name in ("rag", "react")}}
     scores = {"rag": [0.0, 0.0, 0.0], "react": [0.0, 0.0, 0.0]}
     for number, row in enumerate(asked):
         started = time.perf_counter()
@@ -113,6 +115,8 @@ def hotpot_quality(platform, model: str, limit: int) -> dict:
         for name, answer in (("rag", rag), ("react", react)):
             scores[name][0] += float(normalise(answer) == normalise(row["answer"]))
             scores[name][1] += f1(answer, row["answer"])
+        out["answers"].append({"gold": row["answer"], "rag": rag, "react": react, "react_status": run["status"],
+                               "react_steps": run["steps"]})  # fmt: skip
         print(f"  hotpot {number + 1}/{len(asked)}: gold {row['answer']!r} rag={rag[:40]!r} "
               f"react={react[:40]!r} ({run['status']}, {run['steps']} steps)", flush=True)  # fmt: skip
     for name, (em, f1_sum, seconds) in scores.items():
@@ -201,10 +205,10 @@ def main() -> None:
     hotpot = hotpot_quality(platform, args.model, args.hotpot_limit)
     platform.close()
 
-    accuracy = {name: sum(values) / len(values) for name, values in rows.items()}
+    accuracy = {name: sum(values) / len(values) if values else 0.0 for name, values in rows.items()}
     report = {
         "model": args.model, "items": len(items), "accuracy": accuracy,
-        "seconds_per_item": {name: seconds[name] / len(items) for name in seconds},
+        "seconds_per_item": {name: seconds[name] / max(len(items), 1) for name in seconds},
         "sandbox_ms": {"p50": percentile(sandboxed, 0.5), "p95": percentile(sandboxed, 0.95), "runs": len(sandboxed)},
         "in_process_ms": {"p50": percentile(in_process, 0.5), "p95": percentile(in_process, 0.95)},
         "pal_statuses": pal_statuses, "pal_samples": pal_samples, "hotpot": hotpot,
