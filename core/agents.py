@@ -34,6 +34,7 @@ from .errors import EspalierError, InvalidInput, NotFound
 from .registry import Registry
 from .security import Principal
 from .tools import ToolService
+from .untrusted import quote_data
 
 log = logging.getLogger("espalier.agents")
 
@@ -68,9 +69,9 @@ class Observation:
 
 
 def quote(text: str) -> str:
-    """Tool output as a quoted block: every line starts with '| ', so none can pose as an Action."""
-    text = text[:MAX_OBSERVATION_FOR_MODEL] + (" ..." if len(text) > MAX_OBSERVATION_FOR_MODEL else "")
-    return "\n".join("| " + line for line in (text.splitlines() or [""]))
+    """Tool output as a quoted block (:func:`~espalier.core.untrusted.quote_data`): every line starts
+    with '| ', so none can pose as an Action, and chat-template markers are defused."""
+    return quote_data(text, limit=MAX_OBSERVATION_FOR_MODEL)
 
 
 @dataclass

@@ -8,10 +8,11 @@ and whose ``finish()`` stores what was actually delivered, also when the client 
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from sqlalchemy.engine import Engine
@@ -24,6 +25,10 @@ from .guardrails import CheckContext, GuardrailService
 from .models import ModelService, split_model_id
 from .security import Principal
 from .templates import TemplateService, render
+from .tool_calls import (RetrievedTextGuard, ToolSetup, call_schema, calls_text, generic_messages, native_messages,
+                         read_tool_calls)  # fmt: skip
+
+log = logging.getLogger("espalier.chat")
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_MESSAGES = 500
@@ -43,6 +48,7 @@ class ChatRequest:
     variables: Mapping[str, Any] | None = None
     version: str | None = None
     collections: list[str] | None = None  # grounded answers: search these, quote what is found
+    tools: ToolSetup | None = None  # OpenAI-style function calling (core/tool_calls.py)
 
 
 #: A chat model alias: the default model, grounded in the collections the request names (or every
@@ -111,6 +117,7 @@ class StreamSession:
         self.texts = [""] * request.params.n
         self.tokens = [0] * request.params.n
         self.finish_reasons: list[str | None] = [None] * request.params.n
+        self.tool_calls: list[list[dict[str, Any]] | None] = [None] * request.params.n
         self.sources: list[dict[str, Any]] | None = None
         self._iterator = iterator
         self._started = time.perf_counter()
@@ -125,12 +132,14 @@ class StreamSession:
                 self.tokens[delta.index] += 1
             if delta.finish_reason:
                 self.finish_reasons[delta.index] = delta.finish_reason
+            if delta.tool_calls:
+                self.tool_calls[delta.index] = delta.tool_calls
             yield delta
 
     def finish(self) -> ChatResult:
         generations = [
-            Generation(text, reason or "cancelled", self.prompt_tokens, tokens)
-            for text, reason, tokens in zip(self.texts, self.finish_reasons, self.tokens, strict=True)
+            Generation(text, reason or "cancelled", self.prompt_tokens, tokens, calls)  # type: ignore[arg-type]
+            for text, reason, tokens, calls in zip(self.texts, self.finish_reasons, self.tokens, self.tool_calls, strict=True)
         ]
         status = "cancelled" if any(reason is None or reason == "cancelled" for reason in self.finish_reasons) else "ok"
         result = self.service._store(
@@ -171,13 +180,71 @@ class ChatService:
             request.model, request.version = name, named
         model, version = self.models.load(request.model, request.version)
         if collections is None:
-            return model, version, messages, None
+            return model, version, self._tool_prompt(request, model, messages), None
         if request.kind != "chat":
             raise InvalidInput("grounded answers are for chat completions", details={"param": "espalier.collections"})
         if self.grounder is None:
             raise InvalidInput("retrieval is not available on this server")
         messages, sources = self.grounder.ground(messages, collections, principal, model)
-        return model, version, messages, sources
+        return model, version, self._tool_prompt(request, model, messages), sources
+
+    @staticmethod
+    def _tool_prompt(request: ChatRequest, model: ChatModel, messages: list[ChatMessage]) -> list[ChatMessage]:
+        """Function definitions and earlier calls and results, in the model's format or the generic one."""
+        setup = request.tools
+        if request.kind != "chat" or (setup is None and not any(m.tool_calls or m.role == "tool" for m in messages)):
+            return messages
+        if setup is not None and setup.active:
+            request.params.json_schema = call_schema(setup)
+        if getattr(model, "native_tools", False):
+            if setup is not None and setup.active:
+                request.params.tools = [tool.definition() for tool in setup.tools]
+            return native_messages(messages, setup)
+        return generic_messages(messages, setup)
+
+    @staticmethod
+    def _calls(setup: ToolSetup, guard: RetrievedTextGuard, text: str, finish_reason: str | None,
+               request_id: str) -> tuple[str | None, list[dict[str, Any]]]:  # fmt: skip
+        if finish_reason not in ("stop", "length"):
+            return text, []
+        content, calls = read_tool_calls(text, setup)
+        refusal = guard.refusal(calls) if calls else None
+        if refusal:
+            log.warning("request %s: tool call not returned: %s", request_id, refusal)
+            return text, []
+        return content, calls
+
+    def _read_calls(self, request: ChatRequest, generations: list[Generation], guard: RetrievedTextGuard | None,
+                    request_id: str) -> list[Generation]:  # fmt: skip
+        """Replies that are valid function calls become ``tool_calls``; anything else stays content."""
+        setup = request.tools
+        if setup is None or not setup.active or guard is None:
+            return generations
+        out = []
+        for generation in generations:
+            content, calls = self._calls(setup, guard, generation.text, generation.finish_reason, request_id)
+            if calls:
+                generation = replace(generation, text=content or "", finish_reason="tool_calls", tool_calls=calls)
+            out.append(generation)
+        return out
+
+    def _read_streamed_calls(self, request: ChatRequest, deltas: Iterator[TokenDelta], guard: RetrievedTextGuard,
+                             request_id: str) -> Iterator[TokenDelta]:  # fmt: skip
+        """With tools on, each candidate's text is held until it ends: only then is it known whether
+        it is a function call (sent as OpenAI's ``tool_calls`` delta) or content (sent whole)."""
+        setup = request.tools
+        assert setup is not None
+        held: dict[int, str] = {}
+        for delta in deltas:
+            held[delta.index] = held.get(delta.index, "") + delta.text
+            if delta.finish_reason is None:
+                continue
+            text = held.pop(delta.index)
+            content, calls = self._calls(setup, guard, text, delta.finish_reason, request_id)
+            if calls:
+                yield TokenDelta(delta.index, content or "", "tool_calls", delta.tokens, calls)
+            else:
+                yield TokenDelta(delta.index, text, delta.finish_reason, delta.tokens)
 
     def _check_input(self, request: ChatRequest, messages: list[ChatMessage], context: CheckContext) -> list[ChatMessage]:
         """Guardrails on the way in, before any model is loaded or called (a block raises)."""
@@ -223,7 +290,7 @@ class ChatService:
         if request.kind == "completion":
             used = _text_model(model, request.model).count_text_tokens(request.prompt)
         else:
-            used = model.count_tokens(messages)
+            used = _count(model, messages, request.params)
         room = model.context_window - used
         if room < 1:
             raise InvalidInput(
@@ -256,6 +323,7 @@ class ChatService:
         context = CheckContext(request.kind, request_id, principal)
         messages = self._check_input(request, messages, context)
         started = time.perf_counter()
+        consumer = messages
         model, version, messages, sources = self._load(request, principal, messages)
         self._fit_max_tokens(model, request, messages)
         if request.kind == "completion":
@@ -264,6 +332,8 @@ class ChatService:
             generations = model.generate(messages, request.params, cancel)
         if self.guardrails is not None:
             generations = self.guardrails.check_output(generations, context)
+        guard = RetrievedTextGuard(request.tools, consumer, sources) if request.tools else None
+        generations = self._read_calls(request, generations, guard, request_id)
         result = self._store(request, principal, version, messages, generations, request_id,
                              [f"cmp_{secrets.token_hex(10)}" for _ in generations], conversation_id,
                              int(time.time()), started, "ok")  # fmt: skip
@@ -276,6 +346,7 @@ class ChatService:
         request_id = new_request_id(request.kind)
         context = CheckContext(request.kind, request_id, principal)
         messages = self._check_input(request, messages, context)
+        consumer = messages
         model, version, messages, sources = self._load(request, principal, messages)
         self._fit_max_tokens(model, request, messages)
         if request.kind == "completion":
@@ -284,9 +355,12 @@ class ChatService:
             prompt_tokens = text_model.count_text_tokens(request.prompt)
         else:
             iterator = model.stream(messages, request.params, cancel)  # validates before returning
-            prompt_tokens = model.count_tokens(messages)
+            prompt_tokens = _count(model, messages, request.params)
         if self.guardrails is not None:
             iterator = self.guardrails.watch_stream(iterator, request.params.n, context)
+        if request.tools is not None and request.tools.active:
+            guard = RetrievedTextGuard(request.tools, consumer, sources)
+            iterator = self._read_streamed_calls(request, iterator, guard, request_id)
         session = StreamSession(self, request, principal, model, version, messages, iterator, prompt_tokens,
                                 conversation_id, request_id)  # fmt: skip
         session.sources = sources
@@ -300,7 +374,9 @@ class ChatService:
         completion_tokens = sum(g.completion_tokens for g in generations)
         params = request.params
         stored_messages = (
-            [{"role": m.role, "content": m.content} for m in messages]
+            [{"role": m.role, "content": m.content,
+              **({"tool_calls": list(m.tool_calls)} if m.tool_calls else {}),
+              **({"tool_call_id": m.tool_call_id} if m.tool_call_id else {})} for m in messages]
             if request.kind == "chat" else [{"role": "prompt", "content": request.prompt}]
         )  # fmt: skip
         with session_scope(self.engine) as session:
@@ -315,7 +391,8 @@ class ChatService:
             session.flush()
             for index, (generation, completion_id) in enumerate(zip(generations, completion_ids, strict=True)):
                 session.add(CompletionRecord(
-                    id=completion_id, request_id=request_id, index=index, text=generation.text,
+                    id=completion_id, request_id=request_id, index=index,
+                    text=calls_text(generation.text, generation.tool_calls) if generation.tool_calls else generation.text,
                     finish_reason=generation.finish_reason, completion_tokens=generation.completion_tokens,
                 ))  # fmt: skip
             conversation = session.get(Conversation, conversation_id)
@@ -334,6 +411,13 @@ def served_model_id(request: ChatRequest, version: ModelVersion) -> str:
     """The model id a response names: ``name@label`` when the request chose a version (by id or by
     label), else the bare name it asked for (the serving version, named in ``model_version``)."""
     return request.model if request.version is None else f"{request.model}@{version.label}"
+
+
+def _count(model: ChatModel, messages: list[ChatMessage], params: GenerationParams) -> int:
+    """Prompt tokens, with the function definitions a native-tools template adds."""
+    if params.tools:
+        return model.count_tokens(messages, tools=params.tools)  # type: ignore[call-arg]
+    return model.count_tokens(messages)
 
 
 def _text_model(model: ChatModel, name: str) -> Any:

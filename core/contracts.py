@@ -16,8 +16,14 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 @dataclass(frozen=True)
 class ChatMessage:
+    """One message. An assistant message may carry the ``tool_calls`` it made (OpenAI's shape:
+    ``{"id", "type": "function", "function": {"name", "arguments": "<JSON>"}}``); a ``tool`` message
+    answers one of them by ``tool_call_id``."""
+
     role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: tuple[dict[str, Any], ...] | None = None
+    tool_call_id: str | None = None
 
 
 @dataclass
@@ -30,14 +36,22 @@ class GenerationParams:
     n: int = 1
     stop: Sequence[str] = ()
     seed: int | None = None
+    #: Function definitions (OpenAI's ``tools`` shape) for models whose chat template renders them
+    #: (``native_tools = True`` on the model); other models get them in the messages instead.
+    tools: Sequence[Mapping[str, Any]] = ()
+    #: When set, the reply must be JSON matching this schema. Models that can constrain their
+    #: decoding honour it; others may ignore it (the host validates what comes back).
+    json_schema: Mapping[str, Any] | None = None
 
 
 @dataclass
 class Generation:
     text: str
-    finish_reason: Literal["stop", "length", "cancelled", "content_filter"]
+    finish_reason: Literal["stop", "length", "cancelled", "content_filter", "tool_calls"]
     prompt_tokens: int
     completion_tokens: int
+    #: Set by the host when the reply was read as function calls (``text`` is then the content).
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -52,6 +66,7 @@ class TokenDelta:
     text: str
     finish_reason: str | None = None
     tokens: int | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # the candidate's function calls, on its last piece
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,41 @@ def test_rl_and_dpo_jobs_record_curves_and_register_candidates_that_serve(espali
     listed = espalier.client.get(f"/api/jobs/{rl_id}", headers=espalier.headers("operator")).json()
     assert listed["params"]["beta"] == 0.04  # the RL run's KL penalty was on
 
+    # The rest of the loop on what the RL run produced: evaluation against the serving version,
+    # promotion, the promoted version served (the response names it), rollback, the base again.
+    label = platform.jobs.get(rl_id).result["label"]
+    operator = espalier.headers("operator")
+
+    def ask(model: str) -> dict:
+        response = espalier.client.post("/v1/chat/completions", headers=espalier.headers("user"), json={
+            "model": model, "messages": [{"role": "user", "content": PROMPTS[1]}], "temperature": 0, "max_tokens": 8})  # fmt: skip
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    refused = espalier.client.post(f"/api/models/{MODEL}/promote", headers=operator, json={"version": label})
+    assert refused.status_code == 409 and refused.json()["code"] == "evaluation_missing"
+    queued = espalier.client.post(f"/api/models/{MODEL}/evaluations", headers=operator, json={
+        "candidate": label, "prompts": PROMPTS[:2], "max_tokens": 8,
+        "tasks": [{"question": "What is the capital of France? Answer with one word.", "answer": "Paris"}],
+        # a two-step run moves little: the gate here only bounds how far it may move
+        "gate": {"reward_tolerance": 100.0, "toxicity_tolerance": 1.0, "max_kl": 1e6, "task_tolerance": 1.0}})  # fmt: skip
+    assert queued.status_code == 202, queued.text
+    report = wait_job(platform, queued.json()["job_id"], timeout=600)
+    assert report.status == "succeeded", report.error
+    assert report.result["passed"] is True and "kl" in report.result["candidate_results"]
+    promoted = espalier.client.post(f"/api/models/{MODEL}/promote", headers=operator, json={"version": label})
+    assert promoted.status_code == 200 and promoted.json()["serving_version"] == label, promoted.text
+    served = ask(MODEL)
+    assert served["espalier"]["model_version"] == label
+    assert served["choices"][0]["message"]["content"] == ask(f"{MODEL}@{label}")["choices"][0]["message"]["content"]
+    assert {f"{MODEL}@{label}", f"{MODEL}@base", MODEL} <= {
+        m["id"] for m in espalier.client.get("/v1/models", headers=espalier.headers("user")).json()["data"]}
+    rolled = espalier.client.post(f"/api/models/{MODEL}/rollback", headers=operator, json={"reason": "loop test"})
+    assert rolled.status_code == 200 and rolled.json()["serving_version"] == "base"
+    back = ask(MODEL)
+    assert back["espalier"]["model_version"] == "base"
+    assert back["choices"][0]["message"]["content"] == ask(f"{MODEL}@base")["choices"][0]["message"]["content"]
+
 
 @pytest.mark.slow
 def test_a_cancelled_policy_run_registers_nothing(espalier, reward_artifact):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from espalier.core import tool_calls
 from espalier.core.chat import ChatRequest, ChatResult
 from espalier.core.contracts import ChatMessage, GenerationParams, TokenDelta
 from espalier.core.errors import InvalidInput
@@ -60,8 +61,8 @@ def chat_request(body: ChatCompletionRequest) -> ChatRequest:
     _common_checks(body)
     if body.logprobs or body.top_logprobs:
         raise unsupported("logprobs", "not implemented")
-    if body.tools:
-        raise unsupported("tools", "tool calling arrives with Espalier's agents; call /api/tools meanwhile")
+    tools = tool_calls.parse_tools(body.tools or [])
+    choice = tool_calls.parse_tool_choice(body.tool_choice, tools)
     if body.response_format and body.response_format.get("type") not in (None, "text"):
         raise unsupported("response_format", "only {'type': 'text'} is supported")
     roles = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -71,9 +72,17 @@ def chat_request(body: ChatCompletionRequest) -> ChatRequest:
             raise InvalidInput(f"messages[{number}].role '{message.role}' is not one of {', '.join(sorted(roles))}",
                                details={"param": f"messages[{number}].role"})  # fmt: skip
         role = {"developer": "system", "function": "tool"}.get(message.role, message.role)
-        messages.append(ChatMessage(role, message_text(message, number)))  # type: ignore[arg-type]
+        if message.tool_calls is not None and role != "assistant":
+            raise InvalidInput(f"messages[{number}]: only assistant messages carry tool_calls",
+                               details={"param": f"messages[{number}].tool_calls"})  # fmt: skip
+        if message.tool_call_id is not None and role != "tool":
+            raise InvalidInput(f"messages[{number}]: only tool messages carry tool_call_id",
+                               details={"param": f"messages[{number}].tool_call_id"})  # fmt: skip
+        calls = tool_calls.parse_assistant_calls(message.tool_calls, number) if message.tool_calls is not None else None
+        messages.append(ChatMessage(role, message_text(message, number), calls, message.tool_call_id))  # type: ignore[arg-type]
     if not messages:
         raise InvalidInput("messages must contain at least one message", code="empty_messages", details={"param": "messages"})
+    tool_calls.check_conversation(messages, frozenset(i for i, m in enumerate(body.messages) if m.role == "function"))
     options = body.espalier
     max_tokens = body.max_completion_tokens or body.max_tokens
     return ChatRequest(
@@ -86,6 +95,7 @@ def chat_request(body: ChatCompletionRequest) -> ChatRequest:
         variables=options.variables if options else None,
         version=options.version if options else None,
         collections=options.collections if options else None,
+        tools=tool_calls.ToolSetup(tools, choice) if tools else None,
     )
 
 
@@ -122,6 +132,13 @@ def _finish(reason: str | None) -> str | None:
     return None if reason is None else ("stop" if reason == "cancelled" else reason)
 
 
+def _message(generation: Any) -> dict[str, Any]:
+    if generation.tool_calls:
+        return {"role": "assistant", "content": generation.text or None, "refusal": None,
+                "tool_calls": generation.tool_calls}  # fmt: skip
+    return {"role": "assistant", "content": generation.text, "refusal": None}
+
+
 def espalier_extension(result: ChatResult) -> dict[str, Any]:
     return {
         "conversation_id": result.conversation_id,
@@ -142,7 +159,7 @@ def chat_response(result: ChatResult) -> dict[str, Any]:
         "choices": [
             {
                 "index": index,
-                "message": {"role": "assistant", "content": generation.text, "refusal": None},
+                "message": _message(generation),
                 "finish_reason": _finish(generation.finish_reason),
                 "logprobs": None,
             }
@@ -180,7 +197,11 @@ def completion_response(results: list[ChatResult]) -> dict[str, Any]:
 
 
 def chat_chunk(base: dict[str, Any], delta: TokenDelta) -> dict[str, Any]:
-    return {**base, "choices": [{"index": delta.index, "delta": {"content": delta.text} if delta.text else {},
+    body: dict[str, Any] = {"content": delta.text} if delta.text else {}
+    if delta.tool_calls:
+        # OpenAI's stream shape: each call by its index; the SDK joins the pieces
+        body["tool_calls"] = [{"index": number, **call} for number, call in enumerate(delta.tool_calls)]
+    return {**base, "choices": [{"index": delta.index, "delta": body,
                                  "finish_reason": _finish(delta.finish_reason), "logprobs": None}]}  # fmt: skip
 
 

@@ -1,8 +1,8 @@
 """Grounded answers: retrieve passages for the last user message, quote them as numbered sources
 in the prompt (the built-in ``grounded`` template's wording), and keep the prompt inside the
-model's context window with room for the answer. Retrieved text is data: it is quoted line by
-line, the system prompt says to ignore instructions inside it, and when the ``injection``
-guardrail is loaded, passages it flags are left out.
+model's context window with room for the answer. Retrieved text is data: it is quoted with
+:func:`espalier.core.untrusted.quote_data`, the system prompt says to ignore instructions inside
+it, and when the ``injection`` guardrail is loaded, passages it flags are left out.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from espalier.core.contracts import ChatMessage, RetrievedChunk
 from espalier.core.errors import InvalidInput
 from espalier.core.security import Principal
+from espalier.core.untrusted import quote_data
 
 log = logging.getLogger("espalier.rag.grounding")
 
@@ -27,8 +28,8 @@ MAX_COLLECTIONS = 8
 
 
 def quote(number: int, chunk: RetrievedChunk) -> str:
-    body = "\n".join("> " + line for line in chunk.text.strip().splitlines() if line.strip())
-    return f"[{number}] {chunk.source}\n{body}"
+    """One numbered source: its name on the header line, its text as a quoted block of data."""
+    return quote_data(chunk.text.strip(), header=f"[{number}] {chunk.source}")
 
 
 def source_out(number: int, collection: str, chunk: RetrievedChunk) -> dict[str, Any]:

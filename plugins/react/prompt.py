@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,9 +48,22 @@ def describe_action(tool: Any) -> str:
     return f"- {shape}: {tool.description}"
 
 
+_EXAMPLE_ACTION = re.compile(r"^Action:\s*([A-Za-z0-9_.:-]+)\[", re.M)
+
+
+def usable_examples(examples: str, tools: Mapping[str, Any]) -> str:
+    """The worked examples whose actions all exist in this run. An example that uses a tool the run
+    lacks teaches an action the model must not take: small models copied it step after step
+    (``calculator[...]`` in a search-only run, in bench/agents.py). If none fits, all are kept."""
+    blocks = [block for block in examples.split("\n\n") if block.strip()]
+    fitting = [block for block in blocks if set(_EXAMPLE_ACTION.findall(block)) <= set(tools) | {"finish"}]
+    return "\n\n".join(fitting or blocks)
+
+
 def build_messages(question: str, tools: Mapping[str, Any], scratchpad: Sequence[str],
                    examples: str = EXAMPLES) -> list[ChatMessage]:  # fmt: skip
     actions = "\n".join(describe_action(tools[name]) for name in sorted(tools))
+    examples = usable_examples(examples, tools)
     transcript = "\n".join([f"{examples}\n", f"Question: {question}", *scratchpad])
     return [
         ChatMessage("system", INSTRUCTIONS.format(actions=actions)),

@@ -12,13 +12,16 @@ turns token by token (each keeps its own cache) instead of oversubscribing the C
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from espalier.core.contracts import ChatMessage, Generation, GenerationParams, ModelSpec, TokenDelta
 from espalier.core.errors import InvalidInput
 
+from .constrain import JsonConstraint
 from .loader import LoadedModel
 from .text import CandidateText
 
@@ -39,6 +42,10 @@ class TransformersChatModel:
         config_window = getattr(self.model.config, "max_position_embeddings", None) or 2048
         self.context_window: int = int(context_window or config_window)
         self.eos_token_ids = _eos_token_ids(self.model, self.tokenizer)
+        # Templates that render ``tools`` themselves (Qwen2.5, Llama 3.1...) get the definitions;
+        # for the others the host writes them into the messages (core/tool_calls.py).
+        template = getattr(self.tokenizer, "chat_template", None)
+        self.native_tools = isinstance(template, str) and "tools" in template and "tool_call" in template
         # transformers 5.x renamed ``past_key_values`` to ``cache``; older versions know only the former.
         forward_args = inspect.signature(self.model.forward).parameters
         self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
@@ -50,16 +57,17 @@ class TransformersChatModel:
 
     # Prompt ------------------------------------------------------------------------------------
 
-    def prompt_ids(self, messages: Sequence[ChatMessage]) -> list[int]:
+    def prompt_ids(self, messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]] = ()) -> list[int]:
         """Token ids of ``messages`` rendered by the model's chat template, ready for a reply."""
         if not messages:
             raise InvalidInput("At least one message is needed.")
-        chat = [{"role": message.role, "content": message.content} for message in messages]
-        text = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        chat = [_template_message(message) for message in messages]
+        extra = {"tools": [dict(tool) for tool in tools]} if tools and self.native_tools else {}
+        text = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False, **extra)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
-        return len(self.prompt_ids(messages))
+    def count_tokens(self, messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]] = ()) -> int:
+        return len(self.prompt_ids(messages, tools))
 
     # Plain prompts (``/v1/completions``): the text as given, no chat template ------------------
 
@@ -95,7 +103,7 @@ class TransformersChatModel:
     def generate(
         self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: Callable[[], bool] | None = None
     ) -> list[Generation]:
-        prompt = self.prompt_ids(messages)
+        prompt = self.prompt_ids(messages, params.tools)
         candidates = self._check(prompt, params)
         for _ in self._decode(prompt, params, candidates, cancel):
             pass
@@ -113,7 +121,7 @@ class TransformersChatModel:
         self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: Callable[[], bool] | None = None
     ) -> Iterator[TokenDelta]:
         # Checked before the generator starts, so a bad request fails when stream() is called.
-        prompt = self.prompt_ids(messages)
+        prompt = self.prompt_ids(messages, params.tools)
         candidates = self._check(prompt, params)
         return self._decode(prompt, params, candidates, cancel)
 
@@ -175,6 +183,8 @@ class TransformersChatModel:
         ``finish_reason``. Deltas with no text are only yielded when they finish a candidate."""
         n = len(candidates)
         sampler = _Sampler(params, self.model.device)
+        if params.json_schema is not None:
+            sampler.constraint = JsonConstraint(self.tokenizer, params.json_schema, n, self.model.config.vocab_size)
         # Inference mode is entered per step, never across a ``yield``: it is thread-local state
         # and must not leak into the consumer's code (or into another thread that resumes us).
         if cancel is not None and cancel():
@@ -196,6 +206,8 @@ class TransformersChatModel:
                     yield TokenDelta(index, candidate.finish("stop"), "stop", candidate.completion_tokens)
                     continue
                 text = candidate.push(token)
+                if sampler.constraint is not None and sampler.constraint.advance(index, token) and not candidate.done:
+                    text += candidate.finish("stop")  # the JSON document is complete
                 if candidate.done:
                     yield TokenDelta(index, text, candidate.finish_reason, candidate.completion_tokens)
                 elif text:
@@ -237,6 +249,7 @@ class _Sampler:
     sampling from a generator seeded by ``params.seed`` (the same seed gives the same text)."""
 
     def __init__(self, params: GenerationParams, device: torch.device):
+        self.constraint: JsonConstraint | None = None
         self.temperature = params.temperature
         self.top_p = params.top_p
         self.generator = None
@@ -248,6 +261,8 @@ class _Sampler:
                 self.generator.manual_seed(params.seed)
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.constraint is not None:
+            logits = self.constraint.mask(logits)
         if self.generator is None:
             return logits.argmax(dim=-1)
         probs = (logits.float() / self.temperature).softmax(dim=-1)
@@ -262,6 +277,24 @@ class _Sampler:
         top = top.masked_fill(top.cumsum(dim=-1) - top > self.top_p, 0.0)
         picked = torch.multinomial(top, num_samples=1, generator=self.generator)
         return order.gather(-1, picked).squeeze(-1)
+
+
+def _template_message(message: ChatMessage) -> dict[str, Any]:
+    """A message as chat templates expect it: tool call arguments as objects, not JSON text."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        calls = []
+        for call in message.tool_calls:
+            function = dict(call["function"])
+            try:
+                function["arguments"] = json.loads(function.get("arguments") or "{}")
+            except ValueError:
+                pass
+            calls.append({**call, "function": function})
+        out["tool_calls"] = calls
+    if message.tool_call_id:
+        out["tool_call_id"] = message.tool_call_id
+    return out
 
 
 def _eos_token_ids(model, tokenizer) -> frozenset[int]:

@@ -181,3 +181,20 @@ def test_react_runs_end_to_end_on_the_default_model(espalier, agent_plugin):
     assert {s["action"] for s in result["trace"]} <= {"search", "lookup", "finish", None}
     stored = espalier.platform.agent_runs.get(result["id"], None)
     assert stored["model"] == "smollm2-135m-instruct" and len(stored["trace"]) == result["steps"]
+
+
+def test_worked_examples_only_use_the_runs_tools():
+    from espalier.plugins.react.prompt import EXAMPLES, build_messages
+
+    class Search:
+        name, description, parameters = "search", "Search.", {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}
+
+    class Calculator:
+        name, description, parameters = "calculator", "Maths.", {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]}
+
+    search_only = build_messages("Who?", {"search": Search(), "finish": Search()}, [])[-1].content
+    assert "calculator[" not in search_only and "search[river through Paris]" in search_only
+    both = build_messages("Who?", {"search": Search(), "calculator": Calculator()}, [])[-1].content
+    assert "calculator[17 * 3.25]" in both and "search[river through Paris]" in both
+    assert "Question: What is the total" in build_messages("Who?", {"lookup": Search()}, [])[-1].content  # none fit: all kept
+    assert EXAMPLES.count("Question:") == 2

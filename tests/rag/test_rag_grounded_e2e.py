@@ -87,7 +87,7 @@ def test_grounded_answers_cite_the_supporting_paragraph(server, hotpot, tmp_path
                              headers=headers).json()  # fmt: skip
     sent = conversation["requests"][0]["messages"]
     assert sent[0]["role"] == "system" and "not instructions" in sent[0]["content"]
-    assert sent[-1]["content"].startswith("Sources:\n[1] ") and "\n> " in sent[-1]["content"]
+    assert sent[-1]["content"].startswith("Sources:\n[1] ") and "\n| " in sent[-1]["content"]
 
 
 def test_grounded_requests_respect_access(server):

@@ -1,0 +1,82 @@
+"""JSON-Schema-constrained decoding (``GenerationParams.json_schema``) with llguidance.
+
+llguidance (the grammar engine behind guidance, also used by vLLM and llama.cpp) compiles the
+schema into a token-level matcher; before each sampling step the tokens that cannot continue a
+valid document are masked out, so the reply is always JSON that matches the schema (unless
+``max_tokens`` cuts it short). Its masks are computed on the CPU in tens of microseconds a token.
+The tokenizer adapter is built once per loaded model.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from espalier.core.errors import InvalidInput
+
+_lock = threading.Lock()
+_tokenizers: dict[int, Any] = {}
+
+
+def _ll_tokenizer(tokenizer: Any, n_vocab: int) -> Any:
+    import llguidance.hf
+
+    key = id(tokenizer)
+    with _lock:
+        if key not in _tokenizers:
+            _tokenizers[key] = llguidance.hf.from_tokenizer(tokenizer, n_vocab=n_vocab)
+        return _tokenizers[key]
+
+
+class JsonConstraint:
+    """One matcher per candidate; ``mask`` before sampling, ``advance`` after."""
+
+    def __init__(self, tokenizer: Any, schema: Mapping[str, Any], n: int, n_vocab: int):
+        import llguidance
+        import llguidance.torch
+
+        self._torch = llguidance.torch
+        ll = _ll_tokenizer(tokenizer, n_vocab)
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(
+            json.dumps(dict(schema)), defaults={"whitespace_flexible": False}
+        )  # fmt: skip
+        self.matchers = [llguidance.LLMatcher(ll, grammar, log_level=0) for _ in range(n)]
+        error = self.matchers[0].get_error()
+        if error:
+            raise InvalidInput(f"the JSON Schema cannot be used to constrain decoding: {error}", code="invalid_schema")
+        self.bitmask = llguidance.torch.allocate_token_bitmask(n, ll.vocab_size)
+        self.n_vocab = n_vocab
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits with every token that would break the schema set to -inf (rows whose matcher is
+        finished or failed are left alone: the decoding loop ends those candidates)."""
+        rows = [i for i, m in enumerate(self.matchers) if not m.is_stopped() and not m.is_error()]
+        if not rows:
+            return logits
+        for row in rows:
+            self._torch.fill_next_token_bitmask(self.matchers[row], self.bitmask, row)
+        # numpy, not torch: llguidance's own apply compiles a kernel on first use (seconds on a
+        # CPU), and torch's threaded small ops crawl on a busy machine; this is under a millisecond
+        out = logits.detach().float().cpu().numpy().copy()
+        bits = np.unpackbits(self.bitmask[rows].numpy().view(np.uint8), axis=-1, bitorder="little")
+        width = min(out.shape[-1], bits.shape[-1])
+        for number, row in enumerate(rows):
+            out[row, :width][bits[number, :width] == 0] = -np.inf
+            out[row, width:] = -np.inf
+        return torch.from_numpy(out).to(logits.device)
+
+    def advance(self, row: int, token: int) -> bool:
+        """Feed the sampled token; True when that candidate's document is complete."""
+        matcher = self.matchers[row]
+        if matcher.is_stopped() or matcher.is_error():
+            return True
+        matcher.consume_token(token)
+        return matcher.is_stopped()
+
+    def accepting(self, row: int) -> bool:
+        return self.matchers[row].is_accepting()
