@@ -16,8 +16,9 @@ taking turns step by step.
 
 Sampling stays per sequence: each has its own sampler (and seeded generator). A row's logits do
 not depend on its neighbours, to the last bit: row attention gives it the attention kernel it
-gets alone, and several-row steps use the matrix kernels a single row gets (see
-``_native_matmul``). So a greedy request answers the same alone or among others.
+gets alone, and every decode step uses the same (PyTorch's own) matrix kernels whatever the
+number of rows (see ``_native_kernels``). So a greedy request answers the same alone or among
+others.
 
 Failures stay with their sequence: an exception while prefilling or sampling one sequence is
 raised to its consumer alone; one in a batched forward pass ends the sequences of that batch.
@@ -30,6 +31,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -136,11 +138,12 @@ class _DeltaIterator:
     ``cancel`` is also polled here, before each step's deltas, so a consumer sees the same
     pieces it saw when generation ran in its own thread: the engine may have run ahead, but what
     it made after the cancel is never delivered. Closing the iterator, or dropping it, abandons
-    the sequence.
+    the sequence. ``prompt_tokens`` is the length of the prompt as the model saw it.
     """
 
     def __init__(self, sequence: Sequence):
         self.sequence = sequence
+        self.prompt_tokens = len(sequence.prompt)
         self.pending: deque[TokenDelta] = deque()
         self.tokens = [0] * sequence.n
         self.finished = [False] * sequence.n
@@ -267,7 +270,7 @@ class _Batch:
         if self.starts is not None:
             extra["position_ids"] = torch.tensor(self.positions, dtype=torch.long, device=self.device)[:, None]
             extra["espalier_row_starts"] = self.starts
-        with self.loaded.lock, _native_matmul(self.rows > 1):
+        with self.loaded.lock, _native_kernels():
             output = self.loaded.model(input_ids=inputs, use_cache=True, **extra)
         self.positions = [position + 1 for position in self.positions]
         self.cache = getattr(output, self.forward.cache_arg)
@@ -275,11 +278,13 @@ class _Batch:
 
 
 @contextmanager
-def _native_matmul(active: bool) -> Iterator[None]:
-    """Matrix products of several rows through PyTorch's own kernels, the ones a single row
-    already gets: oneDNN's (used from two rows up) round differently, so a row's logits would
-    depend on how many rows share the step. Only the engine thread runs this."""
-    if not active or not torch._C._get_mkldnn_enabled():
+def _native_kernels() -> Iterator[None]:
+    """Decode steps run on PyTorch's own CPU kernels, not oneDNN's: oneDNN takes over matrix
+    products from two rows up (and attention's inner products), and its rounding differs, so a
+    row's logits would depend on how many rows share the step. Prefill, always one sequence,
+    keeps oneDNN. The switch is process-wide: torch work in other threads (embeddings) may run on
+    PyTorch's kernels meanwhile, which changes nothing but their speed."""
+    if not torch._C._get_mkldnn_enabled():
         yield
         return
     torch._C._set_mkldnn_enabled(False)
@@ -314,11 +319,24 @@ class GenerationEngine:
         self._batches: list[_Batch] = []
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self.steps = 0  # decode steps run (all batches), for tests and metrics
+        self.steps = 0  # decode steps run, all batches together
+        self.rows_stepped = 0  # rows those steps advanced (rows_stepped / steps: the mean batch)
+        self.widest = 0  # most rows in one step
+        self._idle = threading.Event()
+        self._idle.set()
 
     @property
     def thread(self) -> threading.Thread | None:
         return self._thread
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing is queued or decoding; False if that took longer than ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not (self._idle.is_set() and self._incoming.empty()):
+            if not self._idle.wait(max(0.0, deadline - time.monotonic())) and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def submit(self, loaded: Any, forward: ForwardSpec, prompt: list[int], params: GenerationParams,
                candidates: list[CandidateText], eos_token_ids: frozenset[int],
@@ -358,10 +376,13 @@ class GenerationEngine:
         """Take new sequences (waiting for one when idle) and prefill those that fit."""
         block = not self._batches and not self._waiting
         while True:
+            if block:
+                self._idle.set()
             try:
                 sequence = self._incoming.get(block=block)
             except queue.Empty:
                 break
+            self._idle.clear()
             self._waiting.append(sequence)
             block = False
         still_waiting: deque[Sequence] = deque()
@@ -429,6 +450,8 @@ class GenerationEngine:
             self._batches.remove(batch)
             return
         self.steps += 1
+        self.rows_stepped += batch.rows
+        self.widest = max(self.widest, batch.rows)
         greedy = logits.argmax(dim=-1).tolist()
         kept, start = [], 0
         for member in batch.members:
