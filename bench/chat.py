@@ -140,6 +140,7 @@ def main() -> None:
         "api_stream_tokens_per_s": round(stream_tps, 2),
         "ratio_api_vs_raw": round(api_tps / raw_tps, 3), "ratio_stream_vs_raw": round(stream_tps / raw_tps, 3),
         "raw_ttft_s": round(raw_ttft, 4), "stream_ttft_s": round(stream_ttft, 4),
+        "ratio_ttft_raw_vs_stream": round(raw_ttft / stream_ttft, 3) if stream_ttft else None,
         "raw_sequential_4_tokens_per_s": round(raw_seq, 2), "api_concurrent_4_tokens_per_s": round(api_conc, 2),
         "ratio_concurrent_vs_sequential": round(api_conc / raw_seq, 3),
     }  # fmt: skip
@@ -149,6 +150,7 @@ def main() -> None:
     print(f"{'raw model.generate':<34}{raw_tps:>10.2f}{raw_ttft:>10.3f}{1:>8.2f}")
     print(f"{'/v1/chat/completions':<34}{api_tps:>10.2f}{'':>10}{api_tps / raw_tps:>8.2f}")
     print(f"{'/v1/chat/completions stream':<34}{stream_tps:>10.2f}{stream_ttft:>10.3f}{stream_tps / raw_tps:>8.2f}")
+    print(f"{'TTFT raw / stream':<34}{'':>10}{'':>10}{raw_ttft / stream_ttft if stream_ttft else 0:>8.2f}")
     print(f"{'raw, 4 sequential calls':<34}{raw_seq:>10.2f}{'':>10}{1:>8.2f}")
     print(f"{'API, 4 concurrent clients':<34}{api_conc:>10.2f}{'':>10}{api_conc / raw_seq:>8.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -352,10 +352,15 @@ class ChatService:
         if request.kind == "completion":
             text_model = _text_model(model, request.model)
             iterator = text_model.stream_text(request.prompt, request.params, cancel)
-            prompt_tokens = text_model.count_text_tokens(request.prompt)
+            count = lambda: text_model.count_text_tokens(request.prompt)  # noqa: E731
         else:
             iterator = model.stream(messages, request.params, cancel)  # validates before returning
-            prompt_tokens = _count(model, messages, request.params)
+            count = lambda: _count(model, messages, request.params)  # noqa: E731
+        # A model that already rendered the prompt says how long it was (no second rendering
+        # while the first token is on its way).
+        prompt_tokens = getattr(iterator, "prompt_tokens", None)
+        if prompt_tokens is None:
+            prompt_tokens = count()
         if self.guardrails is not None:
             iterator = self.guardrails.watch_stream(iterator, request.params.n, context)
         if request.tools is not None and request.tools.active:

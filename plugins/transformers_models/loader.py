@@ -25,6 +25,7 @@ import torch
 
 from espalier.core.errors import InvalidInput, NotFound
 
+from .attention import enable_row_attention
 from .sources import ResolvedSource, resolve_source
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ class LoadedModel:
     load_seconds: float
     from_cache: bool
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Batched decoding gives each row its own attention (see :mod:`.attention`); False keeps the
+    #: model's own attention, and its sequences then decode one per forward pass.
+    row_attention: bool = False
 
 
 @lru_cache(maxsize=1)
@@ -163,6 +167,7 @@ def load_weights(spec_source: str, dtype: torch.dtype, adapter: str | None, cach
         if adapter:
             model = _apply_adapter(model, adapter)
     model.eval()
+    row_attention = enable_row_attention(model)
     if getattr(tokenizer, "chat_template", None) is None:
         raise InvalidInput(
             f"The model at {spec_source} has no chat template in its tokenizer; Espalier serves chat models only."
@@ -174,6 +179,7 @@ def load_weights(spec_source: str, dtype: torch.dtype, adapter: str | None, cach
         source=source,
         load_seconds=time.perf_counter() - started,
         from_cache=from_cache,
+        row_attention=row_attention,
     )
 
 

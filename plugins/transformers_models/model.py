@@ -1,12 +1,10 @@
 """A loaded transformers causal LM served as a :class:`~espalier.core.contracts.ChatModel`.
 
-Generation is a plain decoding loop over the model's KV cache, run in the caller's thread: no
-helper thread to leak, ``cancel`` is polled between tokens, and a consumer that stops reading a
-stream stops the work. The ``n`` candidates of a request share one prompt, so the prompt is
-computed once and its cache repeated ``n`` times; the candidates then decode as one batch.
-
-Concurrency: each forward pass holds the model's lock, so concurrent requests on one model take
-turns token by token (each keeps its own cache) instead of oversubscribing the CPU cores.
+This class renders and checks requests in the caller's thread; the forward passes run on the
+process's generation engine (:mod:`.engine`), one thread that batches concurrent requests. The
+caller reads its pieces of text from a queue; ``cancel`` is polled between tokens, and a consumer
+that stops reading a stream (or drops it) stops the work at the next step. The ``n`` candidates
+of a request share one prompt pass and decode as rows of the same batch.
 """
 
 from __future__ import annotations
@@ -22,11 +20,11 @@ from espalier.core.contracts import ChatMessage, Generation, GenerationParams, M
 from espalier.core.errors import InvalidInput
 
 from .constrain import JsonConstraint
+from .engine import ForwardSpec, get_engine
 from .loader import LoadedModel
 from .text import CandidateText
 
 MAX_CANDIDATES = 16
-NUCLEUS_SEARCH = 512
 
 
 class TransformersChatModel:
@@ -48,9 +46,12 @@ class TransformersChatModel:
         self.native_tools = isinstance(template, str) and "tools" in template and "tool_call" in template
         # transformers 5.x renamed ``past_key_values`` to ``cache``; older versions know only the former.
         forward_args = inspect.signature(self.model.forward).parameters
-        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
-        # Only the last position's logits are needed from the prompt.
-        self._prefill_args = {"logits_to_keep": 1} if "logits_to_keep" in forward_args else {}
+        self._forward = ForwardSpec(
+            cache_arg="cache" if "cache" in forward_args else "past_key_values",
+            # Only the last position's logits are needed from the prompt.
+            prefill_args={"logits_to_keep": 1} if "logits_to_keep" in forward_args else {},
+            batched=loaded.row_attention,
+        )
 
     def __repr__(self) -> str:
         return f"TransformersChatModel(name={self.name!r}, dtype={self.dtype}, context_window={self.context_window})"
@@ -83,20 +84,12 @@ class TransformersChatModel:
         self, prompt: str, params: GenerationParams, cancel: Callable[[], bool] | None = None
     ) -> list[Generation]:
         ids = self.text_prompt_ids(prompt)
-        candidates = self._check(ids, params)
-        for _ in self._decode(ids, params, candidates, cancel):
-            pass
-        return [
-            Generation(candidate.text, candidate.finish_reason or "cancelled", len(ids), candidate.completion_tokens)
-            for candidate in candidates
-        ]
+        return _collect(self._submit(ids, params, cancel), params.n, len(ids))
 
     def stream_text(
         self, prompt: str, params: GenerationParams, cancel: Callable[[], bool] | None = None
     ) -> Iterator[TokenDelta]:
-        ids = self.text_prompt_ids(prompt)
-        candidates = self._check(ids, params)
-        return self._decode(ids, params, candidates, cancel)
+        return self._submit(self.text_prompt_ids(prompt), params, cancel)
 
     # Generation --------------------------------------------------------------------------------
 
@@ -104,26 +97,24 @@ class TransformersChatModel:
         self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: Callable[[], bool] | None = None
     ) -> list[Generation]:
         prompt = self.prompt_ids(messages, params.tools)
-        candidates = self._check(prompt, params)
-        for _ in self._decode(prompt, params, candidates, cancel):
-            pass
-        return [
-            Generation(
-                text=candidate.text,
-                finish_reason=candidate.finish_reason or "cancelled",
-                prompt_tokens=len(prompt),
-                completion_tokens=candidate.completion_tokens,
-            )
-            for candidate in candidates
-        ]
+        return _collect(self._submit(prompt, params, cancel), params.n, len(prompt))
 
     def stream(
         self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: Callable[[], bool] | None = None
     ) -> Iterator[TokenDelta]:
-        # Checked before the generator starts, so a bad request fails when stream() is called.
-        prompt = self.prompt_ids(messages, params.tools)
+        """Yield each candidate's new text as tokens arrive; the last delta of each carries its
+        ``finish_reason``. The request is checked and queued before this returns, so a bad
+        request fails here and the first token is being computed while the caller goes on."""
+        return self._submit(self.prompt_ids(messages, params.tools), params, cancel)
+
+    def _submit(self, prompt: list[int], params: GenerationParams, cancel: Callable[[], bool] | None) -> Iterator[TokenDelta]:
         candidates = self._check(prompt, params)
-        return self._decode(prompt, params, candidates, cancel)
+        constraint = None
+        if params.json_schema is not None:  # tool calls: decoding kept to the function's JSON Schema
+            constraint = JsonConstraint(self.tokenizer, params.json_schema, len(candidates), self.model.config.vocab_size)
+        sequence = get_engine().submit(self.loaded, self._forward, prompt, params, candidates, self.eos_token_ids,
+                                       cancel, constraint=constraint)  # fmt: skip
+        return sequence.deltas()
 
     # Scoring -----------------------------------------------------------------------------------
 
@@ -172,111 +163,19 @@ class TransformersChatModel:
             )
         return [CandidateText(self.tokenizer, params.stop) for _ in range(params.n)]
 
-    def _decode(
-        self,
-        prompt: list[int],
-        params: GenerationParams,
-        candidates: list[CandidateText],
-        cancel: Callable[[], bool] | None,
-    ) -> Iterator[TokenDelta]:
-        """Yield each candidate's new text as tokens arrive; the last delta of each carries its
-        ``finish_reason``. Deltas with no text are only yielded when they finish a candidate."""
-        n = len(candidates)
-        sampler = _Sampler(params, self.model.device)
-        if params.json_schema is not None:
-            sampler.constraint = JsonConstraint(self.tokenizer, params.json_schema, n, self.model.config.vocab_size)
-        # Inference mode is entered per step, never across a ``yield``: it is thread-local state
-        # and must not leak into the consumer's code (or into another thread that resumes us).
-        if cancel is not None and cancel():
-            yield from _finish_all(candidates, "cancelled")
-            return
-        next_tokens, cache = self._prefill(prompt, n, sampler)
-        for step in range(params.max_tokens):
-            if step:
-                if cancel is not None and cancel():
-                    yield from _finish_all(candidates, "cancelled")
-                    return
-                next_tokens = self._next(next_tokens, cache, sampler)
-            for index, token in enumerate(next_tokens.tolist()):
-                candidate = candidates[index]
-                if candidate.done:
-                    continue
-                if token in self.eos_token_ids:
-                    candidate.completion_tokens += 1
-                    yield TokenDelta(index, candidate.finish("stop"), "stop", candidate.completion_tokens)
-                    continue
-                text = candidate.push(token)
-                if sampler.constraint is not None and sampler.constraint.advance(index, token) and not candidate.done:
-                    text += candidate.finish("stop")  # the JSON document is complete
-                if candidate.done:
-                    yield TokenDelta(index, text, candidate.finish_reason, candidate.completion_tokens)
-                elif text:
-                    yield TokenDelta(index, text, None, candidate.completion_tokens)
-            if all(candidate.done for candidate in candidates):
-                return
-        yield from _finish_all(candidates, "length")
 
-    def _prefill(self, prompt: list[int], n: int, sampler: _Sampler):
-        """Run the prompt once and sample each candidate's first token; the cache is repeated for
-        the ``n`` candidates afterwards."""
-        with torch.inference_mode():
-            input_ids = torch.tensor([prompt], dtype=torch.long, device=self.model.device)
-            with self.loaded.lock:
-                output = self.model(input_ids=input_ids, use_cache=True, **self._prefill_args)
-            cache = getattr(output, self._cache_arg)
-            logits = output.logits[:, -1, :]
-            if n > 1:
-                cache.batch_repeat_interleave(n)
-                logits = logits.expand(n, -1)
-            return sampler(logits), cache
-
-    def _next(self, tokens: torch.Tensor, cache, sampler: _Sampler) -> torch.Tensor:
-        with torch.inference_mode():
-            with self.loaded.lock:
-                output = self.model(input_ids=tokens[:, None], use_cache=True, **{self._cache_arg: cache})
-            return sampler(output.logits[:, -1, :])
-
-
-def _finish_all(candidates: list[CandidateText], reason: str) -> Iterator[TokenDelta]:
-    for index, candidate in enumerate(candidates):
-        if not candidate.done:
-            tail = candidate.finish(reason)
-            yield TokenDelta(index, tail, candidate.finish_reason, candidate.completion_tokens)
-
-
-class _Sampler:
-    """Picks the next token of each row: greedy at temperature 0, else temperature and top-p
-    sampling from a generator seeded by ``params.seed`` (the same seed gives the same text)."""
-
-    def __init__(self, params: GenerationParams, device: torch.device):
-        self.constraint: JsonConstraint | None = None
-        self.temperature = params.temperature
-        self.top_p = params.top_p
-        self.generator = None
-        if self.temperature > 0:
-            self.generator = torch.Generator(device=device)
-            if params.seed is None:
-                self.generator.seed()
-            else:
-                self.generator.manual_seed(params.seed)
-
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.constraint is not None:
-            logits = self.constraint.mask(logits)
-        if self.generator is None:
-            return logits.argmax(dim=-1)
-        probs = (logits.float() / self.temperature).softmax(dim=-1)
-        if self.top_p >= 1.0:
-            return torch.multinomial(probs, num_samples=1, generator=self.generator).squeeze(-1)
-        # The nucleus nearly always lies among the most likely few hundred tokens: look there first
-        # and sort the whole vocabulary only when those do not reach top_p.
-        top, order = probs.topk(min(NUCLEUS_SEARCH, probs.shape[-1]), dim=-1)
-        if bool((top.sum(dim=-1) < self.top_p).any()):
-            top, order = probs.sort(dim=-1, descending=True)
-        # Keep the smallest set of tokens whose probability reaches top_p (always the first).
-        top = top.masked_fill(top.cumsum(dim=-1) - top > self.top_p, 0.0)
-        picked = torch.multinomial(top, num_samples=1, generator=self.generator)
-        return order.gather(-1, picked).squeeze(-1)
+def _collect(deltas: Iterator[TokenDelta], n: int, prompt_tokens: int) -> list[Generation]:
+    texts, reasons, tokens = [""] * n, [None] * n, [0] * n
+    for delta in deltas:
+        texts[delta.index] += delta.text
+        if delta.tokens is not None:
+            tokens[delta.index] = delta.tokens
+        if delta.finish_reason:
+            reasons[delta.index] = delta.finish_reason
+    return [
+        Generation(text, reason or "cancelled", prompt_tokens, count)
+        for text, reason, count in zip(texts, reasons, tokens, strict=True)
+    ]
 
 
 def _template_message(message: ChatMessage) -> dict[str, Any]:
