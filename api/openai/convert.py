@@ -86,6 +86,7 @@ def chat_request(body: ChatCompletionRequest) -> ChatRequest:
         variables=options.variables if options else None,
         version=options.version if options else None,
         collections=options.collections if options else None,
+        retriever=options.retriever if options else None,
     )
 
 
@@ -105,6 +106,8 @@ def completion_requests(body: CompletionRequest) -> list[ChatRequest]:
     options = body.espalier
     if options and options.collections is not None:
         raise unsupported("espalier.collections", "grounded answers are for /v1/chat/completions")
+    if options and options.retriever is not None:
+        raise unsupported("espalier.retriever", "grounded answers are for /v1/chat/completions")
     return [
         ChatRequest(
             model=body.model,

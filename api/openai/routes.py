@@ -14,7 +14,7 @@ from litestar import Request, Response, Router, get, post
 from litestar.params import JSONBody
 
 from espalier.api.guards import CurrentPrincipal, access
-from espalier.core.chat import StreamSession
+from espalier.core.chat import RAG_ALIAS, StreamSession
 from espalier.core.errors import InvalidInput, NotFound
 
 from . import convert
@@ -149,10 +149,20 @@ def _model_entry(info: Any) -> dict[str, Any]:
     }
 
 
+def _rag_entry(platform: Any) -> dict[str, Any]:
+    """The ``rag`` alias: the default model, grounded in the collections a request names (or all
+    the calling key may read)."""
+    return {"id": RAG_ALIAS, "object": "model", "created": 0, "owned_by": "espalier",
+            "espalier": {"type": "chat", "alias_of": platform.settings.default_model, "grounded": True,
+                         "retrievers": platform.retrievers.names()}}  # fmt: skip
+
+
 @get("/models", opt=access("user"), summary="Models that can be served (OpenAI-compatible)", sync_to_thread=True)
 def list_models(request: Request) -> dict[str, Any]:
     platform = request.app.state.platform
     data = [_model_entry(info) for info in platform.models.list()]
+    if platform.retrievers.names():
+        data.append(_rag_entry(platform))
     for entry in platform.embedders:
         data.append({"id": entry.name, "object": "model", "created": int(time.time()), "owned_by": entry.plugin,
                      "espalier": {"type": "embedding", "dimensions": entry.item.dimensions}})  # fmt: skip
@@ -161,7 +171,10 @@ def list_models(request: Request) -> dict[str, Any]:
 
 @get("/models/{model_id:str}", opt=access("user"), summary="One model (OpenAI-compatible)", sync_to_thread=True)
 def get_model(request: Request, model_id: str) -> dict[str, Any]:
-    return _model_entry(request.app.state.platform.models.info(model_id))
+    platform = request.app.state.platform
+    if model_id == RAG_ALIAS and platform.retrievers.names():
+        return _rag_entry(platform)
+    return _model_entry(platform.models.info(model_id))
 
 
 openai_router = Router(
