@@ -16,7 +16,7 @@ from litestar.template.config import TemplateConfig
 
 from espalier.api.guards import PUBLIC
 
-from . import admin, auth, jobs, models, overview, playground
+from . import admin, auth, documents, jobs, models, overview, playground
 from .render import SECURITY_HEADERS
 from .session import ConsoleSignInRequired
 
@@ -27,6 +27,7 @@ PAGES = [
     (overview.NAV, overview.ROUTES),
     (playground.NAV, playground.ROUTES),
     (models.NAV, models.ROUTES),
+    (documents.NAV, documents.ROUTES),
     (jobs.NAV, jobs.ROUTES),
     (admin.PLUGINS_NAV, []),
     (admin.KEYS_NAV, []),

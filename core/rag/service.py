@@ -357,6 +357,16 @@ class RagService:
             return list(session.exec(select(DocumentRecord).where(DocumentRecord.collection_id == record.id)
                                      .order_by(DocumentRecord.source)))  # fmt: skip
 
+    def document_counts(self, collection_ids: Sequence[str]) -> dict[str, int]:
+        from sqlalchemy import func
+
+        if not collection_ids:
+            return {}
+        with session_scope(self.engine) as session:
+            rows = session.exec(select(DocumentRecord.collection_id, func.count()).where(
+                DocumentRecord.collection_id.in_(list(collection_ids))).group_by(DocumentRecord.collection_id))  # type: ignore[attr-defined]  # fmt: skip
+            return {row[0]: row[1] for row in rows}
+
     def document(self, collection: str, document_id: str, principal: Principal, *, write: bool = False) -> tuple[CollectionRecord, DocumentRecord]:
         record = self.collection(collection, principal, write=write)
         with session_scope(self.engine) as session:
