@@ -76,10 +76,17 @@ def ingest_paragraphs(platform, rows: list[dict]) -> tuple[float, int]:
     rag._embed(["warm up"])
     from espalier.core.rag.service import Upload
 
+    from espalier.api.cli.ingest import BATCH_BYTES, BATCH_FILES
+
     uploads = [Upload(text.encode(), "p.txt", title) for title, text in paragraphs.items()]
     started = time.perf_counter()
-    for start in range(0, len(uploads), 64):  # as `espalier ingest FOLDER` does
-        rag.ingest_many("hotpot", local(), uploads[start:start + 64], reindex=False)
+    part: list = []
+    for upload in uploads + [None]:  # batched as `espalier ingest FOLDER` does (files and bytes per batch)
+        if part and (upload is None or len(part) >= BATCH_FILES or sum(len(u.data) for u in part) + len(upload.data) > BATCH_BYTES):
+            rag.ingest_many("hotpot", local(), part, reindex=False)
+            part = []
+        if upload is not None:
+            part.append(upload)
     rag.reindex(rag.collection_by_name("hotpot").id)
     elapsed = time.perf_counter() - started
     from sqlmodel import select

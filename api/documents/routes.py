@@ -178,13 +178,15 @@ def uploads_from(files: list[tuple[str, str, bytes]], fields: dict[str, Any]) ->
             raise InvalidInput("'metadata' must be a JSON object")
     out = []
     for filename, content_type, data in files:
-        filename = filename.replace("\\", "/").rsplit("/", 1)[-1]  # a path sent by an old browser: its last part
-        if not 1 <= len(filename) <= 255:
-            raise InvalidInput("each file needs a name of 1-255 characters")
+        # the part's filename is the document's source: a bare name from a browser, a path under
+        # the folder from `espalier ingest`
+        if not 1 <= len(filename) <= 1000:
+            raise InvalidInput("each file needs a name of 1-1000 characters")
+        base = filename.replace("\\", "/").rsplit("/", 1)[-1]
         declared = fields.get("format")
-        if declared is None and "." not in filename:
+        if declared is None and "." not in base:
             declared = CONTENT_TYPES.get(content_type.split(";")[0].strip().lower())
-        out.append(Upload(data, filename, None, metadata, declared))
+        out.append(Upload(data, base or filename, filename, metadata, declared))
     return out
 
 

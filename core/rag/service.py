@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete as sql_delete
+from sqlalchemy import insert as sql_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
@@ -320,11 +321,14 @@ class RagService:
                     session.add(document)
                     if item.existing:
                         session.exec(sql_delete(ChunkRecord).where(ChunkRecord.document_id == item.document_id))  # type: ignore[call-overload]
-                    session.flush()
-                    session.add_all([ChunkRecord(id=i, document_id=item.document_id, collection_id=record.id, index=n,
-                                                 start=c.start, end=c.end, text=c.text)
-                                     for n, (i, c) in enumerate(zip(item.ids, item.chunks, strict=True))])  # fmt: skip
                     item.document = document
+                session.flush()
+                # one executemany for every chunk of the batch, not an ORM object per chunk
+                rows = [{"id": i, "document_id": item.document_id, "collection_id": record.id, "index": n,
+                         "start": c.start, "end": c.end, "text": c.text}
+                        for item in prepared for n, (i, c) in enumerate(zip(item.ids, item.chunks, strict=True))]  # fmt: skip
+                for start in range(0, len(rows), 5000):
+                    session.exec(sql_insert(ChunkRecord), params=rows[start:start + 5000])  # type: ignore[call-overload]
                 self._bump(session, record.id)
                 session.flush()
                 for item in prepared:
