@@ -99,6 +99,7 @@ def test_grounded_chat_names_the_sql_retriever(tmp_path, model_cache_dir):
         models = app.client.get("/v1/models", headers=app.headers("user")).json()["data"]
         rag = next(m for m in models if m["id"] == "rag")
         assert "sql" in rag["espalier"]["retrievers"] and rag["espalier"]["alias_of"] == "smollm2-135m-instruct"
+        assert app.client.get("/v1/models/rag", headers=app.headers("user")).json() == rag
         body = {"model": "rag", "max_tokens": 24, "temperature": 0,
                 "messages": [{"role": "user", "content": "Which bird is the fastest?"}], "espalier": {"retriever": "sql"}}  # fmt: skip
         response = app.client.post("/v1/chat/completions", json=body, headers=app.headers("user"))
