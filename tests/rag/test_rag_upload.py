@@ -99,32 +99,58 @@ def test_malformed_requests_and_access(rag_app):
     assert sources(rag_app, "upload-rules") == {}
 
 
-def test_a_100_mb_upload_is_refused_before_the_body_is_sent(tmp_path, model_cache_dir):
-    server = RunningServer(tmp_path / "home", env={"ESPALIER_MODEL_CACHE_DIR": str(model_cache_dir),
-                                                   "ESPALIER_MAX_UPLOAD_BYTES": str(8 * 1024 * 1024)})  # fmt: skip
-    try:
-        import httpx
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, model_cache_dir):
+    running = RunningServer(tmp_path_factory.mktemp("upload-home"), env={"ESPALIER_MODEL_CACHE_DIR": str(model_cache_dir),
+                                                                         "ESPALIER_MAX_UPLOAD_BYTES": str(8 * 1024 * 1024)})  # fmt: skip
+    yield running
+    running.stop()
 
-        key = server.create_key("user")
-        created = httpx.post(server.base + "/api/collections", json={"name": "big"}, headers=server.headers(key), timeout=180)
-        assert created.status_code == 201, created.text
-        size = 100 * 1024 * 1024
-        head = (f"POST /api/collections/big/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
-                f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n")  # fmt: skip
-        started = time.monotonic()
-        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-            sock.sendall(head.encode() + b"--b\r\n" + b"x" * 65536)  # 64 KiB of the announced 100 MB
-            answer = b""
-            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
-                part = sock.recv(65536)
-                if not part:
-                    break
-                answer += part
-        assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
-        body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
-        assert "limit" in body["detail"] and str(size) in body["detail"]
-        assert time.monotonic() - started < 10  # answered without waiting for 100 MB that never came
-        listed = httpx.get(server.base + "/api/collections/big/documents", headers=server.headers(key), timeout=30).json()
-        assert listed["documents"] == []
-    finally:
-        server.stop()
+
+def test_the_cli_uploads_batches_and_names_a_bad_file(server, tmp_path):
+    from espalier.api.cli.ingest import batches, files_under, ingest_via_server
+
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("Alpha document about comets.")
+    (folder / "sub" / "b.md").write_text("# Beta\n\nA document about asteroids.")
+    (folder / "broken.pdf").write_bytes(b"%PDF-not really")
+    files = files_under(folder)
+    assert [len(part) for part in batches(files, max_files=2)] == [2, 1]
+    assert [len(part) for part in batches(files, max_bytes=40)] == [1, 1, 1]
+    key = server.create_key("user")
+    results = {str(f.relative_to(folder)): status for f, status in ingest_via_server(server.base, key, "cli-batches", folder, files)}
+    assert results["a.txt"] == "created" and results["sub/b.md"] == "created"
+    assert results["broken.pdf"].startswith("failed:") and "PDF" in results["broken.pdf"]
+    import httpx
+
+    listed = httpx.get(server.base + "/api/collections/cli-batches/documents", headers=server.headers(key), timeout=30).json()
+    assert {d["source"] for d in listed["documents"]} == {"a.txt", "sub/b.md"}  # sources keep the folder path
+    again = dict(ingest_via_server(server.base, key, "cli-batches", folder, [f for f in files if f.suffix != ".pdf"]))
+    assert set(again.values()) == {"unchanged"}
+
+
+def test_a_100_mb_upload_is_refused_before_the_body_is_sent(server):
+    import httpx
+
+    key = server.create_key("user")
+    created = httpx.post(server.base + "/api/collections", json={"name": "big"}, headers=server.headers(key), timeout=180)
+    assert created.status_code == 201, created.text
+    size = 100 * 1024 * 1024
+    head = (f"POST /api/collections/big/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n")  # fmt: skip
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head.encode() + b"--b\r\n" + b"x" * 65536)  # 64 KiB of the announced 100 MB
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            part = sock.recv(65536)
+            if not part:
+                break
+            answer += part
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert "limit" in body["detail"] and str(size) in body["detail"]
+    assert time.monotonic() - started < 10  # answered without waiting for 100 MB that never came
+    listed = httpx.get(server.base + "/api/collections/big/documents", headers=server.headers(key), timeout=30).json()
+    assert listed["documents"] == []
