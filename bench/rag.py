@@ -271,12 +271,17 @@ def main() -> None:
         raw_s, raw_chunks = raw_ingest(platform, workdir)
         report["ingestion"] = {"chunks": chunks, "espalier_chunks_per_s": chunks / espalier_s,
                                "raw_chunks_per_s": raw_chunks / raw_s, "ratio": (chunks / espalier_s) / (raw_chunks / raw_s)}  # fmt: skip
+        print(f"ingestion: {report['ingestion']}", file=sys.stderr, flush=True)  # long runs: each part as it is done
         report["recall_at_5"] = recall_at_5(platform, subset)
+        print(f"recall@5: {report['recall_at_5']}", file=sys.stderr, flush=True)
         if args.qa:
             report["answers"] = answer_quality(platform, subset[: args.qa])
         platform.close()
         queries = [row["question"] for row in rows[: args.queries]]
-        report["latency"] = [latency(rows, size, queries, workdir) for size in args.sizes]
+        report["latency"] = []
+        for size in args.sizes:
+            report["latency"].append(latency(rows, size, queries, workdir))
+            print(f"latency: {report['latency'][-1]}", file=sys.stderr, flush=True)
 
     print(f"\nRAG benchmark ({args.questions} HotpotQA questions; shared noisy machine, small settings)\n")
     print("(a) recall@5 (supporting paragraphs among the top 5)")
