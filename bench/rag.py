@@ -74,7 +74,7 @@ def ingest_paragraphs(platform, rows: list[dict]) -> tuple[float, int]:
         for title, sentences in row["context"]:
             paragraphs.setdefault(title, "".join(sentences).strip())
     rag.model_for({})  # the tokenizer's model loads outside the timing, as the raw path has no such step
-    rag._embed(["warm up"])
+    rag._embed(list(paragraphs.values())[:128])  # warm with real shapes: the first large encode is slow, for either path
     from espalier.core.rag.service import Upload
 
     from espalier.api.cli.ingest import BATCH_BYTES, BATCH_FILES
