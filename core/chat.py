@@ -49,6 +49,7 @@ class ChatRequest:
     version: str | None = None
     collections: list[str] | None = None  # grounded answers: search these, quote what is found
     tools: ToolSetup | None = None  # OpenAI-style function calling (core/tool_calls.py)
+    retriever: str | None = None  # grounded answers: the retriever that searches them (default hybrid)
 
 
 #: A chat model alias: the default model, grounded in the collections the request names (or every
@@ -165,13 +166,14 @@ class ChatService:
               messages: list[ChatMessage]) -> tuple[ChatModel, ModelVersion, list[ChatMessage], list[dict[str, Any]] | None]:  # fmt: skip
         """Loads the model; for grounded requests (``collections`` or the ``rag`` alias) quotes sources."""
         collections = request.collections
+        grounded = collections is not None
+        if request.retriever is not None and not grounded and request.model != RAG_ALIAS:
+            raise InvalidInput("espalier.retriever needs espalier.collections (or the 'rag' model)", details={"param": "espalier.retriever"})
         if request.model == RAG_ALIAS:
             if self.grounder is None or self.default_model is None:
                 raise InvalidInput("the 'rag' model needs the retrieval service")
             request.model = self.default_model
-            if collections is None and principal is not None:
-                collections = self.grounder.readable(principal)
-            collections = collections or []
+            grounded = True  # no collections named: the grounder picks what the key may read
         name, named = split_model_id(request.model)
         if named is not None:
             if request.version is not None and request.version != named:
@@ -179,13 +181,13 @@ class ChatService:
                                    f"'{request.version}': give one", details={"param": "model"})  # fmt: skip
             request.model, request.version = name, named
         model, version = self.models.load(request.model, request.version)
-        if collections is None:
+        if not grounded:
             return model, version, self._tool_prompt(request, model, messages), None
         if request.kind != "chat":
             raise InvalidInput("grounded answers are for chat completions", details={"param": "espalier.collections"})
         if self.grounder is None:
             raise InvalidInput("retrieval is not available on this server")
-        messages, sources = self.grounder.ground(messages, collections, principal, model)
+        messages, sources = self.grounder.ground(messages, collections, principal, model, retriever=request.retriever)
         return model, version, self._tool_prompt(request, model, messages), sources
 
     @staticmethod

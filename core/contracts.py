@@ -138,6 +138,13 @@ class RetrievedChunk:
 
 @runtime_checkable
 class Retriever(Protocol):
+    """Finds passages for a query in ``collection``. Optional attributes, for a retriever whose
+    ``collection`` is not one of Espalier's collections (the built-in ``sql`` retriever):
+    ``searches_collections = False``; ``sources()``, the names ``collection`` may take (grounded
+    answers search them all when a request names none); ``authorize(principal)``, raising
+    :class:`~espalier.core.errors.Forbidden` for keys that may not read it. Collection retrievers
+    need none of these: access to a collection is checked before they are called."""
+
     name: str
 
     def search(

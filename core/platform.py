@@ -91,7 +91,7 @@ class Platform:
         from .rag.grounding import Grounder
 
         return ChatService(self.engine, self.models, self.templates,
-                           grounder=Grounder(self.rag, lambda: self.guardrails), default_model=self.settings.default_model,
+                           grounder=Grounder(self.rag, lambda: self.guardrails, lambda: self.retrievers), default_model=self.settings.default_model,
                            guardrails=self.guardrail_service)  # fmt: skip
 
     @cached_property

@@ -42,6 +42,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "espalier.plugins.toxicity",
     "espalier.plugins.injection",
     "espalier.plugins.retrieval",
+    "espalier.plugins.sql_retriever",
     "espalier.plugins.reward_models",
     "espalier.plugins.policy_eval",
     "espalier.plugins.constitution",

@@ -104,6 +104,32 @@ class Settings(BaseSettings):
     default_retriever: str = Field(
         default="hybrid", description="The retriever the agents' search and lookup tools use unless told otherwise."
     )
+    # SQL retriever (see docs/operators.md, "SQL retriever") ---------------------------------
+    sql_retriever_url: str | None = Field(
+        default=None, description="Database the read-only `sql` retriever answers from (SQLite file or PostgreSQL URL); unset: off."
+    )
+    sql_retriever_table: str | None = Field(default=None, description="Its table or view (`schema.name` allowed).")
+    sql_retriever_text_columns: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Columns searched and quoted as the passage (comma-separated)."
+    )
+    sql_retriever_id_column: str | None = Field(default=None, description="Column that identifies a row; the primary key when unset.")
+    sql_retriever_filter_columns: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Columns a search may filter on by equality (comma-separated)."
+    )
+    sql_retriever_max_rows: int = Field(default=20, ge=1, le=200, description="Most rows one search returns.")
+    sql_retriever_scan_rows: int = Field(default=1000, ge=1, le=100_000, description="Most matching rows read and ranked per search.")
+    sql_retriever_timeout_ms: int = Field(default=5000, ge=100, description="Time limit of one search query.")
+    sql_retriever_role: Role = Field(default="user", description="Least role whose keys may search it.")
+    # Web pages as documents (see docs/operators.md, "Web sources") ---------------------------
+    web_allow_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts, IP addresses or networks (CIDR) that URL ingestion may reach even when private or "
+        "loopback (comma-separated); public addresses are always allowed unless web_public is off.",
+    )
+    web_public: bool = Field(default=True, description="Allow URL ingestion from public internet addresses.")
+    web_max_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, description="Largest web page fetched.")
+    web_timeout_s: float = Field(default=15.0, gt=0, le=300, description="Time limit of fetching one page, redirects included.")
+    web_max_redirects: int = Field(default=5, ge=0, le=20, description="Most redirects followed per URL (each is checked again).")
     agent_max_steps: int = Field(default=8, ge=1, le=50, description="Most steps an agent run may take.")
     agent_timeout_s: float = Field(default=120.0, gt=0, le=3600, description="Wall-clock limit of one agent run.")
     # Guardrails (see docs/operators.md, "Guardrails") ----------------------------------------
@@ -137,6 +163,16 @@ class Settings(BaseSettings):
     job_workers: int = Field(default=1, ge=1, le=16)
     log_level: str = "INFO"
     log_json: bool = True
+
+    @field_validator("sql_retriever_text_columns", "sql_retriever_filter_columns", "web_allow_hosts", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @field_validator("injection_canaries", mode="before")
     @classmethod

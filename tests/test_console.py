@@ -230,6 +230,8 @@ def test_playground_candidates_are_escaped_and_ranked(espalier):
     ({0: "1"}, "rank each exactly once"),
     ({0: "one", 1: "2"}, "must be a number"),
 ])  # fmt: skip
+
+
 def test_bad_rankings_are_refused_with_a_clear_400(espalier, ranks, message):
     csrf = sign_in(espalier)
     client = espalier.client
@@ -424,6 +426,8 @@ def test_an_operator_labels_a_task_in_the_console_and_sees_agreement(espalier):
     page = client.get(f"/console/labeling/{task_id}")
     assert page.status_code == 200 and 'id="agreement-data"' in page.text and 'data-chart="agreement"' in page.text
     assert f'data-labeler="{operator_id}"' in page.text and "1/2 items done" in page.text
+
+
 def _passed_evaluation(platform, version_id: str) -> str:
     """A stored policy-evaluation record for the echo model (the real evaluation of the shipped
     model runs in test_promotion.py; here only the page's plumbing is under test)."""
@@ -475,3 +479,68 @@ def test_a_version_without_a_passed_evaluation_cannot_be_promoted_from_the_conso
     assert "needs a passed evaluation" in espalier.client.get("/console/models").text
     refused = espalier.client.post("/console/models/echo/promote", data={"version": "untested"}, headers={"X-CSRF-Token": csrf})
     assert refused.status_code == 409 and refused.json()["code"] == "evaluation_missing"
+
+
+class TestDocumentsPage:
+    """The Documents page on a collection sized for the scripted model's window (MiniLM is real)."""
+
+    @pytest.fixture
+    def espalier_settings(self):
+        return {"default_model": "echo"}
+
+    def test_routes_refuse_user_keys_and_sessions_without_csrf(self, espalier):
+        client = espalier.client
+        for role in ("user", "admin"):  # bearer keys never open console pages
+            page = client.get("/console/documents", headers=espalier.headers(role), follow_redirects=False)
+            assert page.status_code == 303 and page.headers["location"].startswith("/console/sign-in")
+        post = client.post("/console/documents/collections", data={"name": "nope"}, headers=espalier.headers("user"))
+        assert post.status_code == 401
+        form = client.get("/console/sign-in")
+        token = re.search(r'name="_csrf" value="([^"]+)"', form.text).group(1)
+        refused = client.post("/console/sign-in", data={"_csrf": token, "key": espalier.keys["user"]}, follow_redirects=False)
+        assert refused.status_code != 303 and "espalier_console" not in refused.cookies
+        csrf = sign_in(espalier, "operator")
+        for path, kwargs in [("/console/documents/collections", {"data": {"name": "no-token"}}),
+                             ("/console/documents/no-token/upload", {"files": [("file", ("a.txt", b"x", "text/plain"))]}),
+                             ("/console/documents/no-token/search", {"data": {"query": "x"}})]:  # fmt: skip
+            response = client.post(path, **kwargs)
+            assert response.status_code == 403 and response.json()["code"] == "csrf_failed", path
+        assert client.post("/console/documents/collections", data={"name": "wrong", "_csrf": "x" * 43}).status_code == 403
+        operator = espalier.platform.keys.authenticate(espalier.keys["operator"])
+        assert "no-token" not in {r.name for r in espalier.platform.rag.list_collections(operator)}
+        assert client.post("/console/documents/collections", data={"name": "with-token"}, headers={"X-CSRF-Token": csrf}).status_code == 200
+
+    def test_create_upload_search_and_delete_with_everything_escaped(self, espalier):
+        csrf = sign_in(espalier, "operator")
+        client = espalier.client
+        headers = {"X-CSRF-Token": csrf, "HX-Request": "true"}
+        created = client.post("/console/documents/collections", data={"name": "console-docs", "description": SCRIPT}, headers=headers)
+        assert created.status_code == 200, created.text
+        assert "console-docs" in created.text and SCRIPT not in created.text and "&lt;script&gt;" in created.text
+        assert "/console/documents" in client.get("/console").text  # the navigation links the page
+        page = client.get("/console/documents/console-docs")
+        assert page.status_code == 200 and 'id="upload-form"' in page.text and 'id="upload-progress"' in page.text
+        body = f"Otters use stones as tools to open shellfish. {SCRIPT}".encode()
+        files = [("file", ("otters.txt", body, "text/plain")), ("file", (f"{SCRIPT}.md", b"# Badgers\n\nBadgers dig setts.", "text/markdown"))]
+        uploaded = client.post("/console/documents/console-docs/upload", files=files, headers=headers)
+        assert uploaded.status_code == 200, uploaded.text
+        assert "otters.txt: created" in uploaded.text and SCRIPT not in uploaded.text
+        no_header = client.post("/console/documents/console-docs/upload", files=files, data={"_csrf": csrf})
+        assert no_header.status_code == 400 and "X-CSRF-Token" in no_header.json()["detail"]
+        bad = client.post("/console/documents/console-docs/upload", files=[("file", ("x.exe", b"MZ", "application/octet-stream"))], headers=headers)
+        assert bad.status_code == 400 and bad.json()["code"] == "unsupported_type"
+
+        found = client.post("/console/documents/console-docs/search", data={"query": "otters stones tools", "mode": "keyword", "k": "3"},
+                            headers=headers)  # fmt: skip
+        assert found.status_code == 200 and "Otters use stones" in found.text
+        assert SCRIPT not in found.text and "&lt;script&gt;alert" in found.text
+        assert re.search(r'class="score">\d+\.\d{4}<', found.text)
+        bad_mode = client.post("/console/documents/console-docs/search", data={"query": "x", "mode": "telepathy"}, headers=headers)
+        assert bad_mode.status_code == 400
+
+        documents = espalier.platform.rag.list_documents("console-docs", espalier.platform.keys.authenticate(espalier.keys["operator"]))
+        otters = next(d for d in documents if d.source == "otters.txt")
+        deleted = client.post(f"/console/documents/console-docs/documents/{otters.id}/delete", headers=headers)
+        assert deleted.status_code == 200 and "otters.txt" not in deleted.text
+        listing = client.get("/console/documents").text
+        assert "console-docs" in listing and SCRIPT not in listing

@@ -236,6 +236,8 @@ def test_run_the_react_agent_and_watch_its_steps(page):
     ("/console/plugins", "11-plugins", "Plugins"),
     ("/console/audit", "12-audit", "Audit log"),
 ])  # fmt: skip
+
+
 def test_each_page_renders(page, path, name, heading):
     page.goto(path)
     assert page.locator("h1").inner_text().startswith(heading)
@@ -279,6 +281,36 @@ def test_label_a_task_with_the_keyboard_and_see_its_agreement(page, server):
     assert "1/1 items done" in page.locator("#labeling-progress").inner_text()
     page.wait_for_function("() => document.querySelector('canvas[data-chart=agreement]').width > 0")
     shot(page, "14-labeling-task")
+
+
+def test_upload_a_document_with_progress_and_find_it_in_search(page, tmp_path):
+    page.goto("/console/documents")
+    assert page.locator("h1").inner_text().startswith("Documents")
+    page.fill("#collection-form input[name=name]", "field-notes")
+    page.fill("#collection-form input[name=description]", "<b>notes</b> from the field")
+    page.click("#collection-form button[type=submit]")
+    page.wait_for_selector("#created-collection")
+    assert page.locator("#collections-table td", has_text="<b>notes</b> from the field").count() == 1  # shown as text
+    page.click("#collections-table a:text('field-notes')")
+    page.wait_for_url(re.compile(r"/console/documents/field-notes$"))
+    notes = tmp_path / "heron.md"
+    notes.write_text("# Herons\n\nThe grey heron stands motionless in shallow water before spearing a fish.\n\n"
+                     "# Kingfishers\n\nThe kingfisher dives from a perch <script>alert(1)</script> into the stream.\n")
+    page.set_input_files("#upload-form input[type=file]", str(notes))
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_selector("#upload-results", timeout=180_000)
+    assert page.locator("#upload-status").inner_text() == "done"
+    assert page.locator("#upload-progress").evaluate("bar => bar.value") == 100
+    assert page.locator("#documents-table td", has_text="heron.md").count() == 1
+    page.fill("#search-form input[name=query]", "what does the kingfisher dive from")
+    page.click("#search-form button[type=submit]")
+    page.wait_for_selector("#chunks .chunk")
+    first = page.locator("#chunks .chunk").first
+    assert "kingfisher dives" in first.inner_text() and "<script>alert(1)</script>" in first.inner_text()  # escaped text
+    assert float(first.locator(".score").inner_text()) > 0
+    shot(page, "15-documents-search")
+    page.click("#documents-table button:text('Delete')")  # hx-confirm accepted by the dialog handler
+    page.wait_for_selector("#documents-table td:text('No documents yet: upload some above.')")
 
 
 def test_sign_out_returns_to_the_sign_in_form(page):

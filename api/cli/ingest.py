@@ -55,7 +55,29 @@ def source_name(root: Path, file: Path) -> str:
     return str(file.relative_to(root)) if root.is_dir() else file.name
 
 
+#: files per ingestion batch: one embedding pass, one chromadb add and one transaction each. Big
+#: batches let the embedder sort more texts by length (less padding); the byte cap bounds memory
+#: and stays under the server's default upload limit.
+BATCH_FILES = 256
+BATCH_BYTES = 8 * 1024 * 1024
+
+
+def batches(files: list[Path], max_files: int = BATCH_FILES, max_bytes: int = BATCH_BYTES) -> Iterator[list[Path]]:
+    part: list[Path] = []
+    size = 0
+    for file in files:
+        length = file.stat().st_size
+        if part and (len(part) >= max_files or size + length > max_bytes):
+            yield part
+            part, size = [], 0
+        part.append(file)
+        size += length
+    if part:
+        yield part
+
+
 def ingest_via_server(url: str, key: str, collection: str, root: Path, files: list[Path]) -> Iterator[tuple[Path, str]]:
+    """Batches of files as multipart uploads; a refused batch is retried file by file to name the bad one."""
     import httpx
 
     headers = {"Authorization": f"Bearer {key}"}
@@ -64,14 +86,25 @@ def ingest_via_server(url: str, key: str, collection: str, root: Path, files: li
             response = client.post("/api/collections", json={"name": collection})
             if response.status_code >= 400:
                 raise InvalidInput(f"could not create collection '{collection}': {response.text}")
-        for file in files:
-            body = {"filename": file.name, "source": source_name(root, file),
-                    "content_base64": base64.b64encode(file.read_bytes()).decode()}  # fmt: skip
-            response = client.post(f"/api/collections/{collection}/documents", json=body)
-            if response.status_code >= 400:
-                yield file, f"failed: {_detail(response)}"
-            else:
-                yield file, response.json()["status"]
+
+        def send(part: list[Path]) -> Any:
+            # the multipart filename carries the source (its path under the folder)
+            return client.post(f"/api/collections/{collection}/upload",
+                               files=[("file", (source_name(root, f), f.read_bytes())) for f in part])  # fmt: skip
+
+        for part in batches(files):
+            response = send(part)
+            if response.status_code < 400:
+                for file, document in zip(part, response.json()["documents"], strict=True):
+                    yield file, document["status"]
+                continue
+            if len(part) == 1 or response.status_code not in (400, 413):
+                for file in part:
+                    yield file, f"failed: {_detail(response)}"
+                continue
+            for file in part:
+                single = send([file])
+                yield file, f"failed: {_detail(single)}" if single.status_code >= 400 else single.json()["documents"][0]["status"]
 
 
 def _detail(response: Any) -> str:
@@ -81,7 +114,7 @@ def _detail(response: Any) -> str:
         return response.text[:200]
 
 
-def ingest_embedded(instance: Any, collection: str, root: Path, files: list[Path], batch: int = 64) -> Iterator[tuple[Path, str]]:
+def ingest_embedded(instance: Any, collection: str, root: Path, files: list[Path]) -> Iterator[tuple[Path, str]]:
     from espalier.core.rag.service import Upload
     from espalier.core.security import Principal
 
@@ -90,8 +123,7 @@ def ingest_embedded(instance: Any, collection: str, root: Path, files: list[Path
     if collection not in {c.name for c in rag.list_collections(local)}:
         rag.create_collection(collection, local)
     changed = False
-    for start in range(0, len(files), batch):
-        part = files[start:start + batch]
+    for part in batches(files):
         uploads = [Upload(f.read_bytes(), f.name, source_name(root, f)) for f in part]
         try:  # one embedding pass and one transaction per batch
             results = rag.ingest_many(collection, local, uploads, reindex=False)

@@ -16,7 +16,7 @@ from litestar.template.config import TemplateConfig
 
 from espalier.api.guards import PUBLIC
 
-from . import admin, agents, auth, feedback, jobs, labeling, models, overview, playground
+from . import admin, agents, auth, documents, feedback, jobs, labeling, models, overview, playground
 from .render import SECURITY_HEADERS
 from .session import ConsoleSignInRequired
 
@@ -28,6 +28,7 @@ PAGES = [
     (playground.NAV, playground.ROUTES),
     (feedback.NAV, feedback.ROUTES),
     (models.NAV, models.ROUTES),
+    (documents.NAV, documents.ROUTES),
     (jobs.NAV, jobs.ROUTES),
     (agents.NAV, agents.ROUTES),
     (labeling.NAV, labeling.ROUTES),

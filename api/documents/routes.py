@@ -2,13 +2,16 @@
 
 A user key may create collections (it owns them) and read those it owns or whose ``read_roles``
 admit it; operators manage every collection. Documents arrive as JSON: ``text`` for plain text,
-Markdown or HTML, or ``content_base64`` for any supported file (PDF included).
+Markdown or HTML, or ``content_base64`` for any supported file (PDF included), or as files in a
+``multipart/form-data`` upload (``POST /api/collections/{c}/upload``, one or several ``file`` parts).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
+from collections.abc import AsyncGenerator
 from dataclasses import asdict
 from typing import Annotated, Any
 
@@ -19,6 +22,7 @@ from litestar.params import JSONBody
 
 from espalier.api.guards import CurrentPrincipal, access
 from espalier.core.errors import InvalidInput, PayloadTooLarge
+from espalier.core.rag.service import Upload
 
 Name = Annotated[str, msgspec.Meta(min_length=3, max_length=63)]
 Scalar = str | int | float | bool
@@ -43,6 +47,11 @@ class DocumentUpload(msgspec.Struct, forbid_unknown_fields=True):
     content_base64: str | None = None
     source: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)] | None = None
     format: str | None = None
+    metadata: dict[str, Scalar] | None = None
+
+
+class UrlIngest(msgspec.Struct, forbid_unknown_fields=True):
+    urls: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]], msgspec.Meta(min_length=1, max_length=20)]
     metadata: dict[str, Scalar] | None = None
 
 
@@ -87,6 +96,98 @@ def upload_bytes(data: DocumentUpload, limit: int) -> bytes:
     if len(raw) > limit:
         raise PayloadTooLarge(f"the document has {len(raw)} bytes; the limit is {limit} (ESPALIER_MAX_UPLOAD_BYTES)")
     return raw
+
+
+#: room for multipart boundaries and part headers on top of the documents themselves
+MULTIPART_OVERHEAD = 64 * 1024
+MAX_FILES = 100
+
+
+async def _capped(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
+    """The request body, refused with 413 once it passes ``limit``: before reading anything when
+    Content-Length announces more, else as soon as the streamed bytes do (nothing is kept)."""
+    announced = request.headers.get("content-length")
+    if announced is not None and announced.isdigit() and int(announced) > limit:
+        raise PayloadTooLarge(f"the upload has {int(announced)} bytes; the limit is {limit} "
+                              "(ESPALIER_MAX_UPLOAD_BYTES for all files of one request together)")  # fmt: skip
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit:
+            raise PayloadTooLarge(f"the upload passed {limit} bytes (ESPALIER_MAX_UPLOAD_BYTES for all files of one request together)")
+        yield chunk
+
+
+async def read_multipart(request: Request, limit: int) -> tuple[list[tuple[str, str, bytes]], dict[str, Any]]:
+    """``([(filename, content_type, data)], fields)`` of a multipart upload. Files are spooled by
+    litestar's parser (to disk past 1 MiB), each read once, then closed."""
+    # litestar's own streaming parser (what ``request.form()`` uses), fed through our cap so the
+    # upload limit can differ from the request limit of the rest of the API
+    from litestar._multipart import parse_multipart_form
+    from litestar.datastructures import UploadFile
+    from litestar.exceptions import ClientException
+
+    content_type, options = request.content_type
+    if content_type != "multipart/form-data" or "boundary" not in options:
+        raise InvalidInput("send the files as multipart/form-data with one 'file' part per document", code="unsupported_content_type")
+    try:
+        form = await parse_multipart_form(_capped(request, limit), options["boundary"].encode(),
+                                          multipart_form_part_limit=MAX_FILES + 10)  # fmt: skip
+    except ClientException as exc:
+        raise InvalidInput(f"malformed multipart/form-data body ({exc.detail}); let your HTTP client build it") from None
+    files: list[tuple[str, str, bytes]] = []
+    fields: dict[str, Any] = {}
+    try:
+        for name, value in form.items():
+            values = value if isinstance(value, list) else [value]
+            if name == "file":
+                for item in values:
+                    if not isinstance(item, UploadFile):
+                        raise InvalidInput("'file' parts must be files (with a filename)")
+                    files.append((item.filename, item.content_type, await item.read()))
+            elif name in ("metadata", "format"):
+                if len(values) != 1 or not isinstance(values[0], str):
+                    raise InvalidInput(f"send '{name}' once, as a text field")
+                fields[name] = values[0]
+            else:
+                raise InvalidInput(f"unknown form field '{name}'; send 'file' parts, and optionally 'metadata' and 'format'")
+    finally:
+        for value in form.values():
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, UploadFile):
+                    await item.close()
+    if not files:
+        raise InvalidInput("no 'file' part in the upload", code="no_files")
+    if len(files) > MAX_FILES:
+        raise InvalidInput(f"at most {MAX_FILES} files per upload")
+    return files, fields
+
+
+#: what a browser or client declares for a file without a known extension
+CONTENT_TYPES = {"text/plain": "text", "text/markdown": "markdown", "text/html": "html", "application/pdf": "pdf"}
+
+
+def uploads_from(files: list[tuple[str, str, bytes]], fields: dict[str, Any]) -> list[Upload]:
+    metadata = None
+    if "metadata" in fields:
+        try:
+            metadata = json.loads(fields["metadata"])
+        except json.JSONDecodeError:
+            raise InvalidInput("'metadata' must be a JSON object") from None
+        if not isinstance(metadata, dict):
+            raise InvalidInput("'metadata' must be a JSON object")
+    out = []
+    for filename, content_type, data in files:
+        # the part's filename is the document's source: a bare name from a browser, a path under
+        # the folder from `espalier ingest`
+        if not 1 <= len(filename) <= 1000:
+            raise InvalidInput("each file needs a name of 1-1000 characters")
+        base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+        declared = fields.get("format")
+        if declared is None and "." not in base:
+            declared = CONTENT_TYPES.get(content_type.split(";")[0].strip().lower())
+        out.append(Upload(data, base or filename, filename, metadata, declared))
+    return out
 
 
 class CollectionsController(Controller):
@@ -139,6 +240,39 @@ class CollectionsController(Controller):
                                      metadata=data.metadata, media_type=data.format)  # fmt: skip
         status = 201 if result.status == "created" else 200
         return Response({**document_out(result.document), "status": result.status}, status_code=status)
+
+    @post("/{name:str}/upload", request_max_body_size=None, summary="Upload files (multipart/form-data, one or several 'file' parts)")
+    async def upload(self, request: Request, name: str, principal: CurrentPrincipal) -> Any:
+        """Each file is one document (its name is its source). The whole request is limited to
+        ESPALIER_MAX_UPLOAD_BYTES (413, refused from Content-Length before reading); one bad file
+        refuses the batch and nothing is stored."""
+        from litestar import Response
+
+        platform = request.app.state.platform
+        await anyio.to_thread.run_sync(lambda: platform.rag.collection(name, principal, write=True))  # 403/404 before reading
+        files, fields = await read_multipart(request, platform.settings.max_upload_bytes + MULTIPART_OVERHEAD)
+        for filename, _type, data in files:
+            if len(data) > platform.settings.max_upload_bytes:
+                raise PayloadTooLarge(f"'{filename}' has {len(data)} bytes; the limit is {platform.settings.max_upload_bytes} (ESPALIER_MAX_UPLOAD_BYTES)")
+        uploads = uploads_from(files, fields)
+        results = await anyio.to_thread.run_sync(lambda: platform.rag.ingest_many(name, principal, uploads))
+        body = {"documents": [{**document_out(r.document), "status": r.status} for r in results]}
+        status = 201 if any(r.status == "created" for r in results) else 200
+        return Response(body, status_code=status)
+
+    @post("/{name:str}/urls", sync_to_thread=True, summary="Fetch web pages (text/html, text/plain) and ingest them")
+    def ingest_urls(self, request: Request, name: str, data: JSONBody[UrlIngest], principal: CurrentPrincipal) -> Any:
+        """Private, loopback and link-local addresses are refused unless ESPALIER_WEB_ALLOW_HOSTS
+        allows them; every redirect is checked again. All pages are fetched before any is stored."""
+        from litestar import Response
+
+        from espalier.core.rag.web import WebPolicy
+
+        platform = request.app.state.platform
+        results = platform.rag.ingest_urls(name, principal, data.urls, WebPolicy.from_settings(platform.settings),
+                                           metadata=data.metadata)  # fmt: skip
+        body = {"documents": [{**document_out(r.document), "status": r.status} for r in results]}
+        return Response(body, status_code=201 if any(r.status == "created" for r in results) else 200)
 
     @get("/{name:str}/documents/{document_id:str}", sync_to_thread=True, summary="One document")
     def get_document(self, request: Request, name: str, document_id: str, principal: CurrentPrincipal) -> dict[str, Any]:

@@ -96,6 +96,7 @@ def chat_request(body: ChatCompletionRequest) -> ChatRequest:
         version=options.version if options else None,
         collections=options.collections if options else None,
         tools=tool_calls.ToolSetup(tools, choice) if tools else None,
+        retriever=options.retriever if options else None,
     )
 
 
@@ -115,6 +116,8 @@ def completion_requests(body: CompletionRequest) -> list[ChatRequest]:
     options = body.espalier
     if options and options.collections is not None:
         raise unsupported("espalier.collections", "grounded answers are for /v1/chat/completions")
+    if options and options.retriever is not None:
+        raise unsupported("espalier.retriever", "grounded answers are for /v1/chat/completions")
     return [
         ChatRequest(
             model=body.model,

@@ -14,7 +14,7 @@ from litestar import Request, Response, Router, get, post
 from litestar.params import JSONBody
 
 from espalier.api.guards import CurrentPrincipal, access
-from espalier.core.chat import StreamSession, served_model_id
+from espalier.core.chat import RAG_ALIAS, StreamSession, served_model_id
 from espalier.core.models import split_model_id
 from espalier.core.errors import InvalidInput, NotFound
 
@@ -172,14 +172,26 @@ def _version_entry(info: Any, version: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _rag_entry(platform: Any) -> dict[str, Any]:
+    """The ``rag`` alias: the default model, grounded in the collections a request names (or all
+    the calling key may read)."""
+    return {"id": RAG_ALIAS, "object": "model", "created": 0, "owned_by": "espalier",
+            "espalier": {"type": "chat", "alias_of": platform.settings.default_model, "grounded": True,
+                         "retrievers": platform.retrievers.names()}}  # fmt: skip
+
+
 @get("/models", opt=access("user"), summary="Models that can be served (OpenAI-compatible); every version as name@label",
      sync_to_thread=True)  # fmt: skip
+
+
 def list_models(request: Request) -> dict[str, Any]:
     platform = request.app.state.platform
     data = []
     for info in platform.models.list():
         data.append(_model_entry(info))
         data.extend(_version_entry(info, version) for version in info.versions)
+    if platform.retrievers.names():
+        data.append(_rag_entry(platform))
     for entry in platform.embedders:
         data.append({"id": entry.name, "object": "model", "created": int(time.time()), "owned_by": entry.plugin,
                      "espalier": {"type": "embedding", "dimensions": entry.item.dimensions}})  # fmt: skip
@@ -188,9 +200,14 @@ def list_models(request: Request) -> dict[str, Any]:
 
 @get("/models/{model_id:str}", opt=access("user"), summary="One model or one version (name@label; OpenAI-compatible)",
      sync_to_thread=True)  # fmt: skip
+
+
 def get_model(request: Request, model_id: str) -> dict[str, Any]:
+    platform = request.app.state.platform
+    if model_id == RAG_ALIAS and platform.retrievers.names():
+        return _rag_entry(platform)
     name, label = split_model_id(model_id)
-    info = request.app.state.platform.models.info(name)
+    info = platform.models.info(name)
     if label is None:
         return _model_entry(info)
     for version in info.versions:

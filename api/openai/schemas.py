@@ -36,6 +36,7 @@ class EspalierOptions(msgspec.Struct, forbid_unknown_fields=True):
     variables: dict[str, Any] | None = None
     version: str | None = None
     collections: list[str] | None = None
+    retriever: str | None = None  # grounded answers: which retriever (default hybrid; e.g. "sql")
 
 
 class ChatCompletionRequest(msgspec.Struct, forbid_unknown_fields=True):

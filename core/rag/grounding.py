@@ -39,29 +39,67 @@ def source_out(number: int, collection: str, chunk: RetrievedChunk) -> dict[str,
 
 
 class Grounder:
-    def __init__(self, rag: Any, guardrails: Callable[[], Any]):
+    def __init__(self, rag: Any, guardrails: Callable[[], Any], retrievers: Callable[[], Any] | None = None):
         self.rag = rag
         self._guardrails = guardrails
+        self._retrievers = retrievers
 
     def readable(self, principal: Principal) -> list[str]:
         return [record.name for record in self.rag.list_collections(principal)]
 
-    def ground(self, messages: list[ChatMessage], collections: Sequence[str], principal: Principal | None,
-               model: Any) -> tuple[list[ChatMessage], list[dict[str, Any]]]:  # fmt: skip
+    def _retriever(self, name: str | None) -> Any:
+        if name is None:
+            return None
+        registry = self._retrievers() if self._retrievers else None
+        if registry is None or name not in registry:
+            available = ", ".join(registry.names()) if registry is not None else "none"
+            raise InvalidInput(f"no retriever '{name}' (available: {available})", details={"param": "espalier.retriever"})
+        return registry.get(name)
+
+    def _find(self, question: str, collections: Sequence[str] | None, principal: Principal, model: Any,
+              retriever: str | None) -> tuple[list[tuple[str, RetrievedChunk]], Any]:  # fmt: skip
+        """Everything the named (or default hybrid) retriever finds, with the prompt budget."""
+        searcher = self._retriever(retriever)
+        if searcher is not None and not getattr(searcher, "searches_collections", True):
+            # a source other than Espalier's collections (e.g. the SQL retriever): its own access rule
+            authorize = getattr(searcher, "authorize", None)
+            if authorize is not None:
+                authorize(principal)
+            names = list(collections) if collections else list(getattr(searcher, "sources", list)())
+            self._check_count(names)
+            budget = self.rag.budget({}, model)
+            found = [(name, chunk) for name in dict.fromkeys(names)
+                     for chunk in searcher.search(question, collection=name, k=budget.k)]  # fmt: skip
+            return found, budget
+        names = list(collections) if collections is not None else self.readable(principal)
+        self._check_count(names)
+        records = [self.rag.collection(name, principal) for name in dict.fromkeys(names)]  # 403/404 first
+        budget = self.rag.budget(records[0].settings, model)
+        found = []
+        for record in records:
+            if searcher is None:
+                chunks = self.rag.search_record(record, question, k=budget.k, mode="hybrid")
+            else:
+                chunks = searcher.search(question, collection=record.name, k=budget.k)
+            found += [(record.name, c) for c in chunks]
+        return found, budget
+
+    @staticmethod
+    def _check_count(names: Sequence[str]) -> None:
+        if not names:
+            raise InvalidInput("name collections in espalier.collections, or create one first (POST /api/collections)")
+        if len(names) > MAX_COLLECTIONS:
+            raise InvalidInput(f"at most {MAX_COLLECTIONS} collections per request")
+
+    def ground(self, messages: list[ChatMessage], collections: Sequence[str] | None, principal: Principal | None,
+               model: Any, *, retriever: str | None = None) -> tuple[list[ChatMessage], list[dict[str, Any]]]:  # fmt: skip
+        """``collections`` None: every collection the key may read (or the retriever's own sources)."""
         if principal is None:
             raise InvalidInput("grounded answers need a calling key")
-        if not collections:
-            raise InvalidInput("name collections in espalier.collections, or create one first (POST /api/collections)")
-        if len(collections) > MAX_COLLECTIONS:
-            raise InvalidInput(f"at most {MAX_COLLECTIONS} collections per request")
         if not messages or messages[-1].role != "user":
             raise InvalidInput("grounded answers search for the last message, which must be the user's question")
         question = messages[-1].content
-        records = [self.rag.collection(name, principal) for name in dict.fromkeys(collections)]  # 403/404 first
-        budget = self.rag.budget(records[0].settings, model)
-        found: list[tuple[str, RetrievedChunk]] = []
-        for record in records:
-            found += [(record.name, c) for c in self.rag.search_record(record, question, k=budget.k, mode="hybrid")]
+        found, budget = self._find(question, collections, principal, model, retriever)
         found.sort(key=lambda pair: pair[1].score, reverse=True)
         found = self._screen(found)[: budget.k]
         history = [m for m in messages[:-1] if m.role != "system"]

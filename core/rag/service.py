@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete as sql_delete
+from sqlalchemy import insert as sql_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
@@ -280,6 +281,26 @@ class RagService:
             out.append(result)
         return out
 
+    def ingest_urls(self, collection: str, principal: Principal, urls: Sequence[str], policy: Any, *,
+                    metadata: Mapping[str, Any] | None = None) -> list[IngestResult]:  # fmt: skip
+        """Fetches every page (each URL and redirect checked by ``policy``) before storing any, then
+        ingests them as one batch; the URL asked for is the document's source."""
+        from urllib.parse import urlsplit
+
+        from .web import fetch
+
+        self.collection(collection, principal, write=True)  # 403/404 before any fetch
+        if not 1 <= len(urls) <= 20:
+            raise InvalidInput("send 1-20 URLs per request")
+        uploads = []
+        for url in dict.fromkeys(urls):
+            page = fetch(url, policy)
+            name = urlsplit(page.final_url).path.rstrip("/").rsplit("/", 1)[-1] or urlsplit(page.final_url).hostname or "page"
+            uploads.append(Upload(page.data, name[:200], url, {**(metadata or {}), "url": page.final_url[:1000]}, page.kind))
+        results = self.ingest_many(collection, principal, uploads)
+        log.info("ingested %d web pages into %s", len(results), collection)
+        return results
+
     def _store_prepared(self, record: CollectionRecord, principal: Principal, prepared: list[_Prepared]) -> None:
         ids = [i for item in prepared for i in item.ids]
         texts = [c.text for item in prepared for c in item.chunks]
@@ -300,11 +321,14 @@ class RagService:
                     session.add(document)
                     if item.existing:
                         session.exec(sql_delete(ChunkRecord).where(ChunkRecord.document_id == item.document_id))  # type: ignore[call-overload]
-                    session.flush()
-                    session.add_all([ChunkRecord(id=i, document_id=item.document_id, collection_id=record.id, index=n,
-                                                 start=c.start, end=c.end, text=c.text)
-                                     for n, (i, c) in enumerate(zip(item.ids, item.chunks, strict=True))])  # fmt: skip
                     item.document = document
+                session.flush()
+                # one executemany for every chunk of the batch, not an ORM object per chunk
+                rows = [{"id": i, "document_id": item.document_id, "collection_id": record.id, "index": n,
+                         "start": c.start, "end": c.end, "text": c.text}
+                        for item in prepared for n, (i, c) in enumerate(zip(item.ids, item.chunks, strict=True))]  # fmt: skip
+                for start in range(0, len(rows), 5000):
+                    session.exec(sql_insert(ChunkRecord), params=rows[start:start + 5000])  # type: ignore[call-overload]
                 self._bump(session, record.id)
                 session.flush()
                 for item in prepared:
@@ -336,6 +360,16 @@ class RagService:
         with session_scope(self.engine) as session:
             return list(session.exec(select(DocumentRecord).where(DocumentRecord.collection_id == record.id)
                                      .order_by(DocumentRecord.source)))  # fmt: skip
+
+    def document_counts(self, collection_ids: Sequence[str]) -> dict[str, int]:
+        from sqlalchemy import func
+
+        if not collection_ids:
+            return {}
+        with session_scope(self.engine) as session:
+            rows = session.exec(select(DocumentRecord.collection_id, func.count()).where(
+                DocumentRecord.collection_id.in_(list(collection_ids))).group_by(DocumentRecord.collection_id))  # type: ignore[attr-defined]  # fmt: skip
+            return {row[0]: row[1] for row in rows}
 
     def document(self, collection: str, document_id: str, principal: Principal, *, write: bool = False) -> tuple[CollectionRecord, DocumentRecord]:
         record = self.collection(collection, principal, write=write)
