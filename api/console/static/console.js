@@ -223,6 +223,9 @@ function setUpAgentForm() {
       stop.disabled = true;
       controller = null;
     }
+  });
+}
+
 // Policy evaluations on the models page: serving against candidate, one small bar chart a metric.
 function drawEvaluationCharts() {
   const source = document.getElementById("evaluation-data");
