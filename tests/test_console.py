@@ -16,42 +16,15 @@ from espalier.core.db.console_tables import ConsoleSession
 from espalier.core.db.engine import session_scope
 from espalier.core.db.tables import utcnow
 from espalier.core.security import Principal
+from tests.labeling.echo import EchoPlugin as LabelingEchoPlugin
 
 SCRIPT = "<script>alert('pwned')</script>"
 
 
-class EchoModel:
-    """Repeats the prompt with a suffix per candidate: a scripted model, only to prove escaping and
-    the ranking form's plumbing (the browser test chats with the real shipped model)."""
-
-    context_window = 512
-
-    def count_tokens(self, messages):
-        return sum(len(m.content.split()) for m in messages)
-
-    def generate(self, messages, params, cancel=None):
-        prompt = messages[-1].content
-        return [contracts.Generation(f"{prompt} #{i}", "stop", self.count_tokens(messages), 3) for i in range(params.n)]
-
-    def stream(self, messages, params, cancel=None):
-        raise NotImplementedError
-
-
-class EchoProvider:
-    name = "echo"
-
-    def load(self, spec, *, cache_dir):
-        return EchoModel()
-
-
-class EchoPlugin:
-    @hookimpl
-    def register_model_providers(self, register):
-        register(EchoProvider())
-
-    @hookimpl
-    def register_models(self, register):
-        register(contracts.ModelSpec(name="echo", provider="echo", source="memory"))
+class EchoPlugin(LabelingEchoPlugin):
+    """The scripted echo model (candidate i of a prompt is "<prompt> #i"): only to prove escaping and
+    the ranking form's plumbing (the browser test chats with the real shipped model); plus a job
+    that waits to be cancelled."""
 
     @hookimpl
     def register_job_kinds(self, register):

@@ -15,7 +15,7 @@ from litestar.response import Template
 
 from espalier.core.errors import InvalidInput
 
-from .render import NavItem, page
+from .render import NavItem, page, ranked_candidates
 from .session import console
 
 NAV = NavItem("Labeling", "/console/labeling")
@@ -96,15 +96,7 @@ async def labeling_rank(request: Request, task_id: str, item_id: str) -> Templat
     """Stores the ranking through the labeling service (ranking feedback, idempotent), then shows the
     next item."""
     form = await request.form()
-    ranks: dict[str, int] = {}
-    for key, value in form.items():
-        if key.startswith("rank_"):
-            try:
-                ranks[key.removeprefix("rank_")] = int(value)
-            except ValueError:
-                raise InvalidInput(f"the rank of candidate {key.removeprefix('rank_')} must be a number") from None
-    flagged = set(form.getall("unacceptable")) if "unacceptable" in form else set()
-    candidates = [{"completion_id": cid, "rank": rank, "unacceptable": cid in flagged} for cid, rank in ranks.items()]
+    candidates = ranked_candidates(form)
     comment = str(form.get("comment") or "").strip() or None
     service = _service(request)
     submission = await anyio.to_thread.run_sync(lambda: service.submit(

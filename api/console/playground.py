@@ -13,9 +13,8 @@ from litestar.response import Template
 
 from espalier.core.chat import ChatRequest
 from espalier.core.contracts import ChatMessage, GenerationParams
-from espalier.core.errors import InvalidInput
 
-from .render import NavItem, page, read_form
+from .render import NavItem, page, ranked_candidates, read_form
 from .session import console
 
 NAV = NavItem("Playground", "/console/playground")
@@ -59,21 +58,13 @@ async def playground_rank(request: Request) -> Template:
     becomes preference pairs; the form's idempotency key makes a double submit store it once."""
     form = await request.form()
     request_id = form.get("request_id") or ""
-    ranks: dict[str, int] = {}
-    for key, value in form.items():
-        if key.startswith("rank_"):
-            try:
-                ranks[key.removeprefix("rank_")] = int(value)
-            except ValueError:
-                raise InvalidInput(f"the rank of candidate {key.removeprefix('rank_')} must be a number") from None
-    unacceptable = set(form.getall("unacceptable")) if "unacceptable" in form else set()
-    candidates = [{"completion_id": cid, "rank": rank, "unacceptable": cid in unacceptable} for cid, rank in ranks.items()]
+    candidates = ranked_candidates(form)
     platform = request.app.state.platform
     principal = request.scope["principal"]  # type: ignore[typeddict-item]
     submission = await anyio.to_thread.run_sync(lambda: platform.feedback.submit_ranking(
         principal, form.get("idempotency_key") or None, request_id=request_id, candidates=candidates))  # fmt: skip
     # candidates in the order they were shown (the form lists them so), best rank first
-    shown = {completion_id: number for number, completion_id in enumerate(ranks, start=1)}
+    shown = {completion_id: number for number, completion_id in enumerate((c["completion_id"] for c in candidates), start=1)}
     order = sorted(((shown[c["completion_id"]], c["rank"], c["unacceptable"]) for c in candidates),
                    key=lambda row: (row[1], row[0]))  # fmt: skip
     return page(request, "_ranked.html", feedback=submission.record, order=order)

@@ -55,3 +55,17 @@ async def read_form(request: Request, schema: type[T]) -> T:
         return msgspec.convert(data, schema, strict=False)
     except msgspec.ValidationError as exc:
         raise InvalidInput(f"invalid form: {exc}") from None
+
+
+def ranked_candidates(form: Any) -> list[dict[str, Any]]:
+    """A ranking form's candidates: ``rank_<completion id>`` fields and ``unacceptable`` checkboxes,
+    as the ranking feedback takes them (the playground's and the labeling queue's forms)."""
+    ranks: dict[str, int] = {}
+    for key, value in form.items():
+        if key.startswith("rank_"):
+            try:
+                ranks[key.removeprefix("rank_")] = int(value)
+            except ValueError:
+                raise InvalidInput(f"the rank of candidate {key.removeprefix('rank_')} must be a number") from None
+    flagged = set(form.getall("unacceptable")) if "unacceptable" in form else set()
+    return [{"completion_id": cid, "rank": rank, "unacceptable": cid in flagged} for cid, rank in ranks.items()]
