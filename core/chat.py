@@ -120,6 +120,7 @@ class StreamSession:
         self.finish_reasons: list[str | None] = [None] * request.params.n
         self.tool_calls: list[list[dict[str, Any]] | None] = [None] * request.params.n
         self.sources: list[dict[str, Any]] | None = None
+        self.flag_input: Callable[[], None] = lambda: None  # the input's flag-only guardrails, run at the end
         self._iterator = iterator
         self._started = time.perf_counter()
 
@@ -143,10 +144,13 @@ class StreamSession:
             for text, reason, tokens, calls in zip(self.texts, self.finish_reasons, self.tokens, self.tool_calls, strict=True)
         ]
         status = "cancelled" if any(reason is None or reason == "cancelled" for reason in self.finish_reasons) else "ok"
-        result = self.service._store(
-            self.request, self.principal, self.version, self.messages, generations, self.request_id,
-            self.completion_ids, self.conversation_id, self.created, self._started, status,
-        )  # fmt: skip
+        try:
+            result = self.service._store(
+                self.request, self.principal, self.version, self.messages, generations, self.request_id,
+                self.completion_ids, self.conversation_id, self.created, self._started, status,
+            )  # fmt: skip
+        finally:
+            self.flag_input()
         result.sources = self.sources
         return result
 
@@ -248,14 +252,28 @@ class ChatService:
             else:
                 yield TokenDelta(delta.index, text, delta.finish_reason, delta.tokens)
 
-    def _check_input(self, request: ChatRequest, messages: list[ChatMessage], context: CheckContext) -> list[ChatMessage]:
-        """Guardrails on the way in, before any model is loaded or called (a block raises)."""
+    def _check_input(self, request: ChatRequest, messages: list[ChatMessage],
+                     context: CheckContext) -> tuple[list[ChatMessage], Callable[[], None]]:  # fmt: skip
+        """Guardrails on the way in, before any model is loaded or called (a block raises).
+
+        Only the policies that can change what the model sees (block, redact) run here; the
+        returned callable runs the flag-only ones on what was received, once the model has
+        answered, so they cost the first token nothing. Call it whatever the outcome.
+        """
         if self.guardrails is None:
-            return messages
+            return messages, lambda: None
+        guardrails, received, prompt = self.guardrails, messages, request.prompt or ""
+
+        def flag_input() -> None:
+            if request.kind == "completion":
+                guardrails.check_prompt(prompt, context, "flags")
+            else:
+                guardrails.check_input(received, context, "flags")
+
         if request.kind == "completion":
-            request.prompt = self.guardrails.check_prompt(request.prompt or "", context)
-            return messages
-        return self.guardrails.check_input(messages, context)
+            request.prompt = guardrails.check_prompt(prompt, context, "before")
+            return messages, flag_input
+        return guardrails.check_input(messages, context, "before"), flag_input
 
     # Preparation -------------------------------------------------------------------------------
     def _prepare(self, request: ChatRequest, principal: Principal | None) -> tuple[list[ChatMessage], str]:
@@ -323,15 +341,18 @@ class ChatService:
         messages, conversation_id = self._prepare(request, principal)
         request_id = new_request_id(request.kind)
         context = CheckContext(request.kind, request_id, principal)
-        messages = self._check_input(request, messages, context)
+        messages, flag_input = self._check_input(request, messages, context)
         started = time.perf_counter()
         consumer = messages
-        model, version, messages, sources = self._load(request, principal, messages)
-        self._fit_max_tokens(model, request, messages)
-        if request.kind == "completion":
-            generations = _text_model(model, request.model).generate_text(request.prompt, request.params, cancel)
-        else:
-            generations = model.generate(messages, request.params, cancel)
+        try:
+            model, version, messages, sources = self._load(request, principal, messages)
+            self._fit_max_tokens(model, request, messages)
+            if request.kind == "completion":
+                generations = _text_model(model, request.model).generate_text(request.prompt, request.params, cancel)
+            else:
+                generations = model.generate(messages, request.params, cancel)
+        finally:
+            flag_input()
         if self.guardrails is not None:
             generations = self.guardrails.check_output(generations, context)
         guard = RetrievedTextGuard(request.tools, consumer, sources) if request.tools else None
@@ -347,17 +368,21 @@ class ChatService:
         messages, conversation_id = self._prepare(request, principal)
         request_id = new_request_id(request.kind)
         context = CheckContext(request.kind, request_id, principal)
-        messages = self._check_input(request, messages, context)
+        messages, flag_input = self._check_input(request, messages, context)
         consumer = messages
-        model, version, messages, sources = self._load(request, principal, messages)
-        self._fit_max_tokens(model, request, messages)
-        if request.kind == "completion":
-            text_model = _text_model(model, request.model)
-            iterator = text_model.stream_text(request.prompt, request.params, cancel)
-            count = lambda: text_model.count_text_tokens(request.prompt)  # noqa: E731
-        else:
-            iterator = model.stream(messages, request.params, cancel)  # validates before returning
-            count = lambda: _count(model, messages, request.params)  # noqa: E731
+        try:
+            model, version, messages, sources = self._load(request, principal, messages)
+            self._fit_max_tokens(model, request, messages)
+            if request.kind == "completion":
+                text_model = _text_model(model, request.model)
+                iterator = text_model.stream_text(request.prompt, request.params, cancel)
+                count = lambda: text_model.count_text_tokens(request.prompt)  # noqa: E731
+            else:
+                iterator = model.stream(messages, request.params, cancel)  # validates before returning
+                count = lambda: _count(model, messages, request.params)  # noqa: E731
+        except BaseException:
+            flag_input()
+            raise
         # A model that already rendered the prompt says how long it was (no second rendering
         # while the first token is on its way).
         prompt_tokens = getattr(iterator, "prompt_tokens", None)
@@ -371,6 +396,7 @@ class ChatService:
         session = StreamSession(self, request, principal, model, version, messages, iterator, prompt_tokens,
                                 conversation_id, request_id)  # fmt: skip
         session.sources = sources
+        session.flag_input = flag_input
         return session
 
     def _store(self, request: ChatRequest, principal: Principal | None, version: ModelVersion,

@@ -38,6 +38,7 @@ from .security import Principal
 log = logging.getLogger("espalier.guardrails")
 
 Action = Literal["allow", "flag", "redact", "block"]
+Stage = Literal["all", "before", "flags"]
 ACTIONS = ("flag", "redact", "block")
 _STRENGTH = {"allow": 0, "flag": 1, "redact": 2, "block": 3}
 DIRECTIONS = ("input", "output", "retrieved", "tool")
@@ -173,8 +174,10 @@ class GuardrailService:
         self.policies = policies
         self.store_allowed = store_allowed
 
-    def policies_for(self, direction: str, route: str) -> list[Policy]:
-        return [p for p in self.policies if p.covers(direction, route)]
+    def policies_for(self, direction: str, route: str, stage: Stage = "all") -> list[Policy]:
+        """The policies for ``direction`` on ``route``; ``stage`` keeps those that can change what
+        a model sees (``"before"``: block and redact) or those that only record (``"flags"``)."""
+        return [p for p in self.policies if p.covers(direction, route) and _in_stage(p, stage)]
 
     # Scoring -------------------------------------------------------------------------------
     def _score(self, policies: Sequence[Policy], texts: Sequence[str], direction: Direction) -> dict[str, list[GuardrailScore]]:
@@ -188,12 +191,13 @@ class GuardrailService:
         return by_scorer
 
     def check(self, texts: Sequence[str], *, direction: Direction, context: CheckContext,
-              record: bool = True) -> list[Decision]:  # fmt: skip
+              record: bool = True, stage: Stage = "all") -> list[Decision]:  # fmt: skip
         """Decide on each text under the policies for ``direction`` and the context's route.
 
-        ``record=False`` decides without storing events or counting (a stream's interim checks).
+        ``record=False`` decides without storing events or counting (a stream's interim checks);
+        ``stage`` narrows the policies (see :meth:`policies_for`).
         """
-        policies = self.policies_for(direction, context.route)
+        policies = self.policies_for(direction, context.route, stage)
         if not policies or not texts:
             return [Decision("allow", text) for text in texts]
         scored = self._score(policies, texts, direction)
@@ -221,23 +225,28 @@ class GuardrailService:
         return decisions
 
     # The chat path --------------------------------------------------------------------------
-    def check_input(self, messages: Sequence[ChatMessage], context: CheckContext) -> list[ChatMessage]:
+    def check_input(self, messages: Sequence[ChatMessage], context: CheckContext, stage: Stage = "all") -> list[ChatMessage]:
         """Messages as the model may see them (redacted where a policy says so).
+
+        Flag-only policies never change what the model sees, so a caller in a hurry (a stream
+        whose first token is waited for) checks ``stage="before"`` first and ``stage="flags"``
+        once the model has answered; the events recorded are the same.
 
         :raises GuardrailBlocked: a ``block`` policy matched; nothing reached a model.
         """
         checked: list[ChatMessage] = list(messages)
         for direction, indices in (("input", [i for i, m in enumerate(messages) if m.role != "tool"]),
                                    ("tool", [i for i, m in enumerate(messages) if m.role == "tool"])):  # fmt: skip
-            decisions = self.check([messages[i].content for i in indices], direction=direction, context=context)  # type: ignore[arg-type]
+            decisions = self.check([messages[i].content for i in indices], direction=direction, context=context,  # type: ignore[arg-type]
+                                   stage=stage)  # fmt: skip
             for i, decision in zip(indices, decisions):
                 if decision.action == "block":
                     raise _blocked(decision, direction, f"messages[{i}]")
                 checked[i] = dataclasses.replace(messages[i], content=decision.text)
         return checked
 
-    def check_prompt(self, prompt: str, context: CheckContext) -> str:
-        decision = self.check([prompt], direction="input", context=context)[0]
+    def check_prompt(self, prompt: str, context: CheckContext, stage: Stage = "all") -> str:
+        decision = self.check([prompt], direction="input", context=context, stage=stage)[0]
         if decision.action == "block":
             raise _blocked(decision, "input", "prompt")
         return decision.text
@@ -389,3 +398,11 @@ def trained_model(folder: Path, kind: str) -> dict[str, Any] | None:
         log.warning("trained %s model %s is gone; train again or set the checkpoint setting", kind, checkpoint)
         return None
     return card
+
+
+def _in_stage(policy: Policy, stage: Stage) -> bool:
+    if stage == "before":
+        return policy.action != "flag"
+    if stage == "flags":
+        return policy.action == "flag"
+    return True

@@ -107,6 +107,28 @@ def test_default_policy_flags_only(tmp_path):
     harness.close()
 
 
+@pytest.mark.slow
+def test_flag_only_input_policies_are_recorded_after_the_stream_not_before_it(tmp_path, model_cache_dir):
+    """Flags never change what the model sees, so a stream checks them once the model has answered
+    (the first token does not wait for them); by ``[DONE]`` the flag is stored against the request,
+    and the toxic text reached the model unchanged. A ``block`` policy still runs first."""
+    espalier = next(harness := build_harness(tmp_path, [], model_cache_dir=model_cache_dir))
+    try:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": TOXIC}], "max_tokens": 4, "temperature": 0,
+                "stream": True}  # fmt: skip
+        with espalier.client.stream("POST", "/v1/chat/completions", headers=espalier.headers("user"), json=body) as response:
+            assert response.status_code == 200
+            events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        request_id = json.loads(events[0])["id"]
+        flags = [e for e in events_for(espalier.platform, request_id=request_id, action="flag") if e.direction == "input"]
+        assert len(flags) == 1 and flags[0].text == TOXIC
+        (stored,) = [r for r in requests_stored(espalier.platform) if r.id == request_id]
+        assert TOXIC in json.dumps(stored.messages)
+    finally:
+        harness.close()
+
+
 def test_guardrail_settings_come_from_the_environment(monkeypatch, tmp_path):
     from espalier.core.settings import Settings
 
