@@ -90,6 +90,7 @@ class AgentContext:
     _service: AgentService
     _cancel: threading.Event
     _on_step: Callable[[dict[str, Any]], None] | None = None
+    principal: Principal | None = None  # whose run: tools read data with this key's rights
     steps: list[dict[str, Any]] = field(default_factory=list)
     _model_ms: float = 0.0
     deadline: float = float("inf")  # set when the run starts, after the model is loaded
@@ -140,7 +141,7 @@ class AgentContext:
                     f"from the Question.")  # fmt: skip
             return Observation(name, arguments, text, text, True, 0.0, data={"refused": True, "copied_from": steps})
         try:
-            call = self._service.tool_service.call(name, arguments)
+            call = self._service.tool_service.call(name, arguments, by=self.principal)
         except InvalidInput as exc:
             return Observation(name, arguments if isinstance(arguments, dict) else {}, exc.message, exc.message, True, 0.0)
         text = call.result.output
@@ -276,7 +277,7 @@ class AgentService:
             run_id=run.id, agent=name, question=question, model=model,
             tools={t: self.tool_service.get(t) for t in wanted}, max_steps=limit_steps,
             timeout_s=limit_time, collection=collection, options=dict(options or {}),
-            _service=self, _cancel=cancel or threading.Event(), _on_step=on_step,
+            _service=self, _cancel=cancel or threading.Event(), _on_step=on_step, principal=principal,
         )  # fmt: skip
 
     def execute(self, context: AgentContext) -> dict[str, Any]:

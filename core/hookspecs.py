@@ -143,6 +143,11 @@ def register_tools(register: Callable[[Tool], None]) -> None:
     :returns: nothing.
     :since: 0.1.0
 
+    A tool that reads data on someone's behalf calls :func:`espalier.core.tools.caller` inside
+    ``invoke``: the key that started the agent run (or the operator invoking the tool), or None
+    for trusted in-process callers. The built-in ``search`` and ``lookup`` refuse collections that
+    key may not read.
+
     Example::
 
         @hookimpl

@@ -3,6 +3,10 @@
 Arguments are checked against the tool's own JSON Schema before the tool runs, so a tool never
 sees a malformed call and the caller learns which field is wrong. Tools are synchronous and may
 block (the sandbox, SQL); callers run them off the event loop.
+
+A tool that reads data on someone's behalf asks :func:`caller` whose: the key that started the
+agent run, or the operator invoking the tool directly. The ``Tool`` protocol stays
+``invoke(arguments)``; the caller travels in a context variable set around each call.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +28,18 @@ from .security import AuditLog, Principal
 log = logging.getLogger("espalier.tools")
 
 MAX_OUTPUT_CHARS = 20_000
+_caller: ContextVar[Principal | None] = ContextVar("espalier_tool_caller", default=None)
+
+
+def caller() -> Principal | None:
+    """The key the running tool call acts for; None for trusted in-process callers (the CLI, a
+    benchmark). Tools that read data check it against their own access rules, e.g.::
+
+        principal = caller()
+        if principal is not None and not principal.has_role("operator"):
+            return ToolResult(output="only operators may read the ledger", is_error=True)
+    """
+    return _caller.get()
 
 
 def _field_path(error: jsonschema.ValidationError) -> str:
@@ -78,11 +95,13 @@ class ToolService:
     def get(self, name: str) -> Tool:
         return self.tools.get(name)  # NotFound lists the names
 
-    def call(self, name: str, arguments: Any) -> ToolCall:
-        """Check and run one call. A tool that raises becomes an error result, never a crash."""
+    def call(self, name: str, arguments: Any, *, by: Principal | None = None) -> ToolCall:
+        """Check and run one call for ``by`` (see :func:`caller`). A tool that raises becomes an
+        error result, never a crash."""
         tool = self.get(name)
         checked = check_arguments(tool, arguments)
         started = time.perf_counter()
+        token = _caller.set(by)
         try:
             result = tool.invoke(checked)
         except InvalidInput:
@@ -90,6 +109,8 @@ class ToolService:
         except Exception as exc:  # a plugin's bug: report it as the tool's failure
             log.exception("tool %s failed", name)
             result = ToolResult(output=f"The tool '{name}' failed: {type(exc).__name__}", is_error=True)
+        finally:
+            _caller.reset(token)
         if not isinstance(result, ToolResult):
             result = ToolResult(output=str(result))
         if len(result.output) > MAX_OUTPUT_CHARS:
@@ -98,7 +119,7 @@ class ToolService:
 
     def invoke(self, name: str, arguments: Any, *, by: Principal | None) -> ToolCall:
         """An operator's direct call (the console's tool playground); recorded in the audit log."""
-        call = self.call(name, arguments)
+        call = self.call(name, arguments, by=by)
         # argument values may hold secrets (SQL literals, code): record their names only
         self.audit.record(by, "tool.invoke", name, arguments=sorted(call.arguments), is_error=call.result.is_error)
         return call

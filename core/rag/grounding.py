@@ -38,6 +38,19 @@ def source_out(number: int, collection: str, chunk: RetrievedChunk) -> dict[str,
             "text": chunk.text}  # fmt: skip
 
 
+def authorize_search(rag: Any, searcher: Any, name: str | None, principal: Principal) -> None:
+    """Raise (403/404) unless ``principal`` may search ``name`` with ``searcher``: a source
+    retriever's own rule (``authorize``, e.g. the SQL retriever's role; ``name`` is not needed) or,
+    for a retriever over Espalier's collections, the read rule of collection ``name``. Grounding
+    and the agents' tools share it."""
+    if not getattr(searcher, "searches_collections", True):
+        authorize = getattr(searcher, "authorize", None)
+        if authorize is not None:
+            authorize(principal)
+        return
+    rag.collection(str(name), principal)
+
+
 class Grounder:
     def __init__(self, rag: Any, guardrails: Callable[[], Any], retrievers: Callable[[], Any] | None = None):
         self.rag = rag
@@ -62,9 +75,7 @@ class Grounder:
         searcher = self._retriever(retriever)
         if searcher is not None and not getattr(searcher, "searches_collections", True):
             # a source other than Espalier's collections (e.g. the SQL retriever): its own access rule
-            authorize = getattr(searcher, "authorize", None)
-            if authorize is not None:
-                authorize(principal)
+            authorize_search(self.rag, searcher, None, principal)
             names = list(collections) if collections else list(getattr(searcher, "sources", list)())
             self._check_count(names)
             budget = self.rag.budget({}, model)

@@ -3,7 +3,9 @@ from a collection through the registered retrievers).
 
 ``search`` and ``lookup`` are written against the ``Retriever`` protocol only: they work with
 whichever retrievers plugins register, and answer "no retriever" until one is. They are bound to
-their platform in ``startup`` (a tool object belongs to one platform's registry).
+their platform in ``startup`` (a tool object belongs to one platform's registry). They read
+with the rights of the key that started the run (:func:`espalier.core.tools.caller`): a
+collection that key may not read, or a source retriever it may not use, is an error observation.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from typing import Any
 
 from espalier import hookimpl
 from espalier.core.contracts import RetrievedChunk, ToolResult
+from espalier.core.errors import Forbidden, NotFound
+from espalier.core.rag.grounding import authorize_search
+from espalier.core.tools import caller
 
 MAX_K = 20
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -57,7 +62,14 @@ class _RetrievalTool:
         collection = arguments.get("collection")
         if not collection:
             return ToolResult(output="Name the collection to search in `collection`.", is_error=True)
-        return retrievers.get(wanted).search(query, collection=collection, k=k)  # type: ignore[attr-defined]
+        searcher = retrievers.get(wanted)
+        principal = caller()  # the key that started the run: it reads only what that key may read
+        if principal is not None:
+            try:
+                authorize_search(self.platform.rag, searcher, collection, principal)
+            except (Forbidden, NotFound) as exc:
+                return ToolResult(output=exc.message, is_error=True)
+        return searcher.search(query, collection=collection, k=k)  # type: ignore[attr-defined]
 
 
 _COMMON_PROPERTIES = {

@@ -54,9 +54,13 @@ class KeywordRetriever:
     """Scores passages by shared words with the query: enough to test tools over real text."""
 
     name = "keywords"
+    searches_collections = False  # its own in-memory sources, open to every key
 
     def __init__(self):
         self.collections: dict[str, list[tuple[str, str]]] = {}
+
+    def sources(self):
+        return list(self.collections)
 
     def search(self, query, *, collection, k=5, filters=None):
         words = set(re.findall(r"\w+", query.lower()))
