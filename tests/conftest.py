@@ -74,3 +74,28 @@ def model_cache_dir() -> Path:
     path = REPO / ".pytest_cache" / "espalier-models"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# The official SDK against one real `espalier serve` (test_openai_api.py, test_tool_calls.py) ------
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, model_cache_dir):
+    """A real server process on loopback with the shipped models. A module that needs other
+    settings defines its own ``server``."""
+    from espalier.api.testing import RunningServer
+
+    running = RunningServer(tmp_path_factory.mktemp("sdk-home"), env={"ESPALIER_MODEL_CACHE_DIR": str(model_cache_dir)})
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def user_key(server, request):
+    """A fresh user key per test module, so ownership checks see only that module's requests."""
+    return server.create_key("user", f"sdk-{request.module.__name__.rpartition('.')[2]}")
+
+
+@pytest.fixture(scope="module")
+def client(server, user_key):
+    import openai
+
+    return openai.OpenAI(base_url=server.base + "/v1", api_key=user_key, max_retries=0, timeout=600)

@@ -10,27 +10,9 @@ import numpy as np
 import openai
 import pytest
 
-from espalier.api.testing import RunningServer
 
 MODEL = "smollm2-135m-instruct"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, model_cache_dir):
-    running = RunningServer(tmp_path_factory.mktemp("openai-home"), env={"ESPALIER_MODEL_CACHE_DIR": str(model_cache_dir)})
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def user_key(server):
-    return server.create_key("user", "sdk-user")
-
-
-@pytest.fixture(scope="module")
-def client(server, user_key):
-    return openai.OpenAI(base_url=server.base + "/v1", api_key=user_key, max_retries=0, timeout=120)
 
 
 def test_models_list_names_the_shipped_models(client):

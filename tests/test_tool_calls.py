@@ -11,7 +11,6 @@ import jsonschema
 import openai
 import pytest
 
-from espalier.api.testing import RunningServer
 from espalier.core.errors import InvalidInput
 from espalier.core.tool_calls import FunctionTool, ToolChoice, ToolSetup, parse_tool_choice, parse_tools, read_tool_calls
 
@@ -110,23 +109,6 @@ def test_request_checks():
 
 
 # The real server, the official SDK, the real default model --------------------------------------
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, model_cache_dir):
-    running = RunningServer(tmp_path_factory.mktemp("tools-home"), env={"ESPALIER_MODEL_CACHE_DIR": str(model_cache_dir)})
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def user_key(server):
-    return server.create_key("user", "tools-user")
-
-
-@pytest.fixture(scope="module")
-def client(server, user_key):
-    return openai.OpenAI(base_url=server.base + "/v1", api_key=user_key, max_retries=0, timeout=600)
-
-
 def check_weather_call(call):
     assert call.type == "function" and call.id.startswith("call_") and call.function.name == "get_weather"
     arguments = json.loads(call.function.arguments)
