@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,7 +24,7 @@ from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 from espalier import hookimpl
 from espalier.core.contracts import RetrievedChunk
 from espalier.core.errors import Forbidden, InvalidInput, NotFound, Unavailable
-from espalier.plugins.sql_tool import read_only_engine
+from espalier.plugins.sql_tool import read_only_connection, read_only_engine
 
 log = logging.getLogger("espalier.plugins.sql_retriever")
 
@@ -139,19 +138,8 @@ class SqlRetriever:
     def _run(self, statement: Any) -> list[Any]:
         assert self.engine is not None
         try:
-            with self.engine.connect() as connection:
-                try:
-                    if connection.dialect.name == "postgresql":
-                        connection.exec_driver_sql("SET TRANSACTION READ ONLY")
-                    else:  # SQLite has no statement timeout: abort from its progress handler instead
-                        deadline = time.monotonic() + self.timeout_ms / 1000
-                        connection.connection.driver_connection.set_progress_handler(
-                            lambda: 1 if time.monotonic() > deadline else 0, 10_000)  # fmt: skip
-                    return list(connection.execute(statement))
-                finally:
-                    connection.rollback()
-                    if connection.dialect.name == "sqlite":
-                        connection.connection.driver_connection.set_progress_handler(None, 0)
+            with read_only_connection(self.engine, self.timeout_ms) as connection:
+                return list(connection.execute(statement))
         except SQLAlchemyError as exc:
             log.warning("sql retriever query failed: %s", exc.__class__.__name__, exc_info=True)
             reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from espalier import hookimpl
@@ -41,6 +42,26 @@ def read_only_engine(url: str, *, timeout_ms: int) -> Engine:
         options = f"-c default_transaction_read_only=on -c statement_timeout={timeout_ms}"
         return create_engine(parsed, connect_args={"options": options}, pool_pre_ping=True)
     raise ValueError(f"the sql tool supports SQLite and PostgreSQL URLs, not {backend}")
+
+
+@contextmanager
+def read_only_connection(engine: Engine, timeout_ms: int) -> Iterator[Connection]:
+    """A connection whose work is always rolled back: PostgreSQL in a READ ONLY transaction (the
+    engine's statement timeout applies), SQLite aborted from its progress handler past the deadline
+    (it has no statement timeout). Shared with the SQL retriever."""
+    with engine.connect() as connection:
+        try:
+            if connection.dialect.name == "postgresql":
+                connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+            else:
+                deadline = time.monotonic() + timeout_ms / 1000
+                connection.connection.driver_connection.set_progress_handler(
+                    lambda: 1 if time.monotonic() > deadline else 0, 10_000)  # fmt: skip
+            yield connection
+        finally:
+            connection.rollback()  # nothing a query did survives it
+            if connection.dialect.name == "sqlite":
+                connection.connection.driver_connection.set_progress_handler(None, 0)
 
 
 class SqlTool:
@@ -95,21 +116,10 @@ class SqlTool:
 
     def _run(self, query: str, params: dict[str, Any], limit: int) -> ToolResult:
         assert self.engine is not None
-        with self.engine.connect() as connection:
-            try:
-                if connection.dialect.name == "postgresql":
-                    connection.exec_driver_sql("SET TRANSACTION READ ONLY")
-                else:  # SQLite has no statement timeout: abort from its progress handler instead
-                    deadline = time.monotonic() + self.timeout_ms / 1000
-                    connection.connection.driver_connection.set_progress_handler(
-                        lambda: 1 if time.monotonic() > deadline else 0, 10_000)  # fmt: skip
-                result = connection.execute(text(query), params)
-                columns = list(result.keys()) if result.returns_rows else []
-                rows = result.fetchmany(limit + 1) if result.returns_rows else []
-            finally:
-                connection.rollback()  # nothing a query did survives it
-                if connection.dialect.name == "sqlite":
-                    connection.connection.driver_connection.set_progress_handler(None, 0)
+        with read_only_connection(self.engine, self.timeout_ms) as connection:
+            result = connection.execute(text(query), params)
+            columns = list(result.keys()) if result.returns_rows else []
+            rows = result.fetchmany(limit + 1) if result.returns_rows else []
         truncated = len(rows) > limit
         records = [dict(zip(columns, (_jsonable(v) for v in row), strict=True)) for row in rows[:limit]]
         output = json.dumps(records, default=str)
