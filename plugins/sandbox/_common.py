@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .result import SandboxResult
+
 RUNNER = Path(__file__).with_name("_guest_runner.py")
 RESULT_NAME = ".espalier-result.json"
 
@@ -92,3 +94,21 @@ def parse_envelope(data: bytes | None, truncated: bool, answer_var: str) -> tupl
 
 def decode(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
+
+
+def build_result(outcome: Any, backend: str, *, error: str | None, value: Any, produced: bool, stderr: str,
+                 limits: Limits, timed_out: bool, exit_code: int | None,
+                 details: dict[str, Any] | None = None) -> SandboxResult:  # fmt: skip
+    """The :class:`SandboxResult` both backends return, once they have named the error (if any):
+    a program that produced nothing gets the generic reason, with the memory limit when it ran out."""
+    if error is None and not produced:
+        error = f"the program exited with status {exit_code} before producing a result"
+        if "MemoryError" in stderr:
+            error += f" (memory limit {limits.memory_mb} MB)"
+    ok = error is None
+    return SandboxResult(
+        ok=ok, value=value if ok else None, stdout=decode(outcome.stdout), stderr=stderr, error=error,
+        duration_s=round(outcome.duration_s, 4), backend=backend, timed_out=timed_out,
+        truncated=outcome.stdout_truncated or outcome.stderr_truncated, exit_code=exit_code,
+        details=details or {},
+    )  # fmt: skip

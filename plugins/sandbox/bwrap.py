@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import seccomp
-from ._common import Limits, RunDir, decode, parse_envelope
+from ._common import Limits, RunDir, build_result, decode, parse_envelope
 from ._process import RESULT_FD, Outcome, run_capped
 from .result import SandboxResult, SandboxUnavailable
 
@@ -213,20 +213,5 @@ class BwrapBackend:
             error = f"the program was killed by signal {-rc}"
             if -rc == 24:  # SIGXCPU
                 error = f"CPU time limit exceeded ({math.ceil(limits.timeout_s) + 1} s)"
-        elif error is None and not produced:
-            error = f"the program exited with status {rc} before producing a result"
-            if "MemoryError" in stderr:
-                error += f" (memory limit {limits.memory_mb} MB)"
-        ok = error is None
-        return SandboxResult(
-            ok=ok,
-            value=value if ok else None,
-            stdout=decode(outcome.stdout),
-            stderr=stderr,
-            error=error,
-            duration_s=round(outcome.duration_s, 4),
-            backend=self.name,
-            timed_out=timed_out,
-            truncated=outcome.stdout_truncated or outcome.stderr_truncated,
-            exit_code=rc,
-        )
+        return build_result(outcome, self.name, error=error, value=value, produced=produced, stderr=stderr,
+                            limits=limits, timed_out=timed_out, exit_code=rc)  # fmt: skip

@@ -25,7 +25,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ._common import RESULT_NAME, Limits, RunDir, decode, parse_envelope, read_capped
+from ._common import RESULT_NAME, Limits, RunDir, build_result, decode, parse_envelope, read_capped
 from ._process import RESULT_FD, Outcome, run_capped
 from .result import SandboxResult, SandboxUnavailable
 
@@ -167,21 +167,6 @@ class WasmBackend:
             error = f"sandbox worker failed: {report['worker_error']}"
         elif not report:
             error = f"sandbox worker died (exit status {outcome.returncode})"
-        elif error is None and not produced:
-            error = f"the program exited with status {report.get('exit_code')} before producing a result"
-            if "MemoryError" in stderr:
-                error += f" (memory limit {limits.memory_mb} MB)"
-        ok = error is None
-        return SandboxResult(
-            ok=ok,
-            value=value if ok else None,
-            stdout=decode(outcome.stdout),
-            stderr=stderr,
-            error=error,
-            duration_s=round(outcome.duration_s, 4),
-            backend=self.name,
-            timed_out=timed_out,
-            truncated=outcome.stdout_truncated or outcome.stderr_truncated,
-            exit_code=report.get("exit_code"),
-            details={"fuel_used": report.get("fuel_used"), "trap": trap},
-        )
+        return build_result(outcome, self.name, error=error, value=value, produced=produced, stderr=stderr,
+                            limits=limits, timed_out=timed_out, exit_code=report.get("exit_code"),
+                            details={"fuel_used": report.get("fuel_used"), "trap": trap})  # fmt: skip
