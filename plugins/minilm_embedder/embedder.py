@@ -62,12 +62,23 @@ class MiniLMEmbedder:
         texts = list(texts)
         if not all(isinstance(text, str) for text in texts):
             raise InvalidInput("Every text to embed must be a string.")
+        import numpy as np
+
         model = shared_model()
         with _encode_lock:
-            return model.encode(
-                texts,
-                batch_size=BATCH_SIZE,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+            if len(texts) <= BATCH_SIZE:  # one batch (queries): order does not matter
+                return _encode(model, texts)
+            # sentence-transformers groups texts by character count; grouping by token count
+            # instead pads far less (a fifth fewer tokens on HotpotQA paragraphs), for the cost of
+            # one extra tokenizer pass (under 1% of the encode)
+            lengths = model.tokenizer(texts, add_special_tokens=False)["input_ids"]
+            order = np.argsort([-min(len(ids), model.max_seq_length) for ids in lengths], kind="stable")
+            vectors = np.empty((len(texts), DIMENSIONS), dtype="float32")
+            for start in range(0, len(texts), BATCH_SIZE):
+                batch = order[start:start + BATCH_SIZE]
+                vectors[batch] = _encode(model, [texts[i] for i in batch])
+            return vectors
+
+
+def _encode(model: Any, texts: list[str]) -> Any:
+    return model.encode(texts, batch_size=BATCH_SIZE, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)

@@ -60,6 +60,17 @@ def test_similar_sentences_rank_first(embedder):
     assert np.dot(a, b) > np.dot(a, c) + 0.2
 
 
+def test_many_texts_grouped_by_token_count_keep_their_order(embedder):
+    # More than one batch, lengths shuffled: each vector must still belong to its own text.
+    words = "the tower stands in paris and the river runs past it under old bridges".split()
+    texts = [" ".join(words[: 1 + (n * 7) % len(words)]) + f" number {n}" for n in range(150)] + FACTS
+    vectors = embedder.embed_array(texts)
+    assert vectors.shape == (len(texts), 384)
+    plain = shared_model().encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    np.testing.assert_allclose(vectors, plain, atol=1e-5)
+    assert int(np.argmax(vectors[-5:] @ np.array(embedder.embed(["Which plants make food from light?"])[0]))) == 1
+
+
 def test_one_model_per_process_across_threads(embedder):
     models = []
     threads = [threading.Thread(target=lambda: models.append(shared_model())) for _ in range(4)]
