@@ -35,6 +35,8 @@ def train(
     target_reward: Annotated[float | None, typer.Option(help="Stop once the recent mean reward reaches this.")] = None,
     eval_prompts: Annotated[int, typer.Option(help="Prompts held out to measure base and policy.")] = 8,
     min_pairs: Annotated[int, typer.Option(help="dpo: refuse fewer pairs than this.")] = 8,
+    pairs: Annotated[str, typer.Option(help="dpo: 'store' (the pairs held) or 'sampled' (best vs worst of the policy's own samples by the reward).")] = "store",
+    samples_per_prompt: Annotated[int, typer.Option(help="dpo with sampled pairs: completions per prompt.")] = 4,
     label: Annotated[str | None, typer.Option(help="Version label of the result.")] = None,
 ) -> None:
     """Check the settings, run the job here (a running server lists it too) and register the result
@@ -49,7 +51,8 @@ def train(
               "prompts": list(prompt or []), "prompts_path": str(prompts.resolve()) if prompts else None,
               "prompts_from_conversations": from_conversations, "max_prompts": max_prompts,
               "prompt_format": prompt_format, "toxicity_weight": toxicity_weight, "target_reward": target_reward,
-              "eval_prompts": eval_prompts, "min_pairs": min_pairs, "label": label}  # fmt: skip
+              "eval_prompts": eval_prompts, "min_pairs": min_pairs, "label": label, "pairs": pairs,
+              "samples_per_prompt": samples_per_prompt}  # fmt: skip
     instance = platform().start(migrate=False, run_jobs=True)
     job = None
     try:
