@@ -58,8 +58,9 @@ def train(
     try:
         job, plan = policy.submit(instance, {k: v for k, v in params.items() if v is not None}, by=None)
         summary = plan.summary()
+        pairs = "pairs sampled by the job" if summary["pair_source"] == "sampled" else f"{summary['pairs']} pairs"
         console.print(f"job {job.id} ({job.kind}): model {summary['model']}, {summary['prompts']} prompts, "
-                      f"{summary['pairs']} pairs, reward model {summary['reward_model'] or '-'}")  # fmt: skip
+                      f"{pairs}, reward model {summary['reward_model'] or '-'}")  # fmt: skip
         from .guardrails import _progress
 
         with _progress() as bar:

@@ -76,21 +76,20 @@ def run(platform: Any, job: Any, settings: PolicySettings, plan: Any) -> dict[st
 
         trainer = train_rl(model, tokenizer, [training_prompt(tokenizer, p, settings) for p in train_prompts],
                            scorers, settings, lora, run_log, out)  # fmt: skip
-    elif settings.pairs == "sampled":
-        train_prompts, held = split_prompts(plan.prompts, settings)
+    else:
         from .dpo import sampled_pairs, train_dpo
 
-        job.progress(0.01, f"sampling {settings.samples_per_prompt} completions of {len(train_prompts)} prompts")
-        pairs = sampled_pairs(model, tokenizer, train_prompts, scorers, settings, run_log, out)
-    else:
-        pool = plan.prompts or list(dict.fromkeys(p.prompt for p in plan.pairs))
-        held = split_prompts(pool, settings)[1] if settings.eval_prompts else []
-        # Pairs whose prompt is measured on stay out of training, unless that leaves too few.
-        measured = set(held)
-        unseen = [pair for pair in plan.pairs if pair.prompt not in measured]
-        pairs = unseen if len(unseen) >= settings.min_pairs else plan.pairs
-        from .dpo import train_dpo
-
+        if settings.pairs == "sampled":
+            train_prompts, held = split_prompts(plan.prompts, settings)
+            job.progress(0.01, f"sampling {settings.samples_per_prompt} completions of {len(train_prompts)} prompts")
+            pairs = sampled_pairs(model, tokenizer, train_prompts, scorers, settings, run_log, out)
+        else:
+            pool = plan.prompts or list(dict.fromkeys(p.prompt for p in plan.pairs))
+            held = split_prompts(pool, settings)[1] if settings.eval_prompts else []
+            # Pairs whose prompt is measured on stay out of training, unless that leaves too few.
+            measured = set(held)
+            unseen = [pair for pair in plan.pairs if pair.prompt not in measured]
+            pairs = unseen if len(unseen) >= settings.min_pairs else plan.pairs
         probe = [training_prompt(tokenizer, p, settings) for p in held[:2]]
         trainer = train_dpo(model, tokenizer, pairs, probe, settings, lora, run_log, out)
     train_seconds = time.perf_counter() - started
