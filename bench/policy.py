@@ -27,9 +27,10 @@ with toxicity read by two independent scorers.
    tokens of log pi - log pi_ref, averaged over completions sampled from the policy).
 
 TRL's detoxification example cut a 125M model's mean toxicity by 29%. The defaults are the
-settings that moved the model on this 2-core CPU machine (about 17 minutes in all when it is
-quiet; each phase's wall time is printed). The machine is shared: label figures with the load
-average printed at the start and the end. Results go to ``bench/results/policy.json``.
+settings that moved the model on this 2-core CPU machine (32 minutes in all at load average 3-7;
+an estimated 16 on the quiet machine, where the RL phase alone took 357 s; each phase's wall time
+is printed). The machine is shared: label figures with the load average printed at the start and
+the end. Results go to ``bench/results/policy.json``; docs/operators.md has the figures.
 """
 
 from __future__ import annotations
