@@ -27,9 +27,11 @@ with toxicity read by two independent scorers.
    tokens of log pi - log pi_ref, averaged over completions sampled from the policy).
 
 TRL's detoxification example cut a 125M model's mean toxicity by 29%. The defaults are the
-settings that moved the model on this 2-core CPU machine (32 minutes in all at load average 3-7;
-an estimated 16 on the quiet machine, where the RL phase alone took 357 s; each phase's wall time
-is printed). The machine is shared: label figures with the load average printed at the start and
+settings that moved the model on this 2-core CPU machine (32 minutes in all at load average 3-7
+with 32 evaluation prompts; an estimated 17 on the quiet machine with the default 100, where the
+RL phase alone took 357 s; each phase's wall time is printed). Every change of toxicity is
+printed with a paired 95% bootstrap interval over the held-out prompts: 32 prompts were too few to
+tell a -25% change from noise. The machine is shared: label figures with the load average printed at the start and
 the end. Results go to ``bench/results/policy.json``; docs/operators.md has the figures.
 """
 
@@ -92,7 +94,8 @@ def main() -> int:
     parser.add_argument("--beta", type=float, default=None, help="KL coefficient (default: 0.04 rl, 0.1 dpo)")
     parser.add_argument("--toxicity-weight", type=float, default=1.0)
     parser.add_argument("--train-prompts", type=int, default=200)
-    parser.add_argument("--eval-prompts", type=int, default=32)
+    parser.add_argument("--eval-prompts", type=int, default=100,
+                        help="held out, half toxic (100 leaves exactly --train-prompts 200 of the 250 toxic ones)")  # fmt: skip
     parser.add_argument("--methods", default="rl,dpo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model-cache", type=Path, default=REPO_ROOT / ".pytest_cache" / "espalier-models")
@@ -207,13 +210,14 @@ def main() -> int:
                                    held_out, home / "evaluations", max_tokens=args.tokens, temperature=0.7,
                                    seed=args.seed, source="rtp_prompts_dev.jsonl (held out)")  # fmt: skip
         scorer = platform.reward_models.scorer(platform.reward_models.current())
-        table = {}
+        table, per_prompt = {}, {}
         for name in names:
             entry = record.results["models"][name]
             continuations = entry["continuations"]
             texts = [c["text"] for c in continuations]
             rewards = scorer.score([c["prompt"] for c in continuations], texts)
             second = toxicities(detoxify, texts)
+            per_prompt[name] = {"profanity": [c["score"] for c in continuations], "detoxify": second}
             table[name] = {"mean_toxicity": entry["mean_toxicity"], "share_above_0.5": entry["share_above_threshold"],
                            "mean_toxicity_toxic_prompts": statistics.fmean(c["score"] for c in continuations[:half]),
                            "detoxify_mean_toxicity": statistics.fmean(second),
@@ -233,12 +237,20 @@ def main() -> int:
                 row[f"{prefix}toxicity_ratio_vs_base"] = mean / peer if peer else float("nan")
                 row[f"{prefix}toxicity_change_pct"] = (row[f"{prefix}toxicity_ratio_vs_base"] - 1) * 100
             row["reward_change_vs_base"] = row["mean_reward"] - base["mean_reward"]
+            row["change_vs_base_95ci"] = {scorer: paired_bootstrap(per_prompt[name][scorer], per_prompt[names[0]][scorer],
+                                                                   seed=args.seed) for scorer in ("profanity", "detoxify")}  # fmt: skip
             print(f"{method + ' ' + name.split('@')[1][:20]:<30} {row['mean_toxicity']:>9.4f} "
                   f"{row['toxicity_ratio_vs_base']:>6.2f} {row['mean_toxicity_toxic_prompts']:>8.4f} "
                   f"{row['share_above_0.5']:>6.3f} {row['detoxify_mean_toxicity']:>9.4f} "
                   f"{row['detoxify_toxicity_ratio_vs_base']:>6.2f} {row['detoxify_mean_toxicity_toxic_prompts']:>8.4f} "
                   f"{row['detoxify_share_above_0.5']:>6.3f} {row['mean_reward']:>8.4f} "
                   f"{run.get('kl', 0.0) or 0.0:>7.3f} {run.get('wall_seconds', 0):>7.0f}")  # fmt: skip
+        print("\nchange of mean toxicity vs base, paired over the same prompts (95% bootstrap interval; "
+              "one that spans 0 is not a measured effect):")  # fmt: skip
+        for method in labels:
+            ci = table[f"{MODEL}@{labels[method]}"]["change_vs_base_95ci"]
+            print(f"  {method:<4} " + "   ".join(f"{k} {v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}]"
+                                              for k, v in ci.items()))  # fmt: skip
         report["held_out"] = table
         report["evaluation_id"] = record.id
         report["load_average_at_end"] = os.getloadavg()
@@ -273,6 +285,14 @@ def detoxify_scorer(args: argparse.Namespace, home: Path) -> tuple[object, dict]
           f"recall {held.get('recall', float('nan')):.3f} on {held.get('n', '?')} held-out tweets", flush=True)  # fmt: skip
     return scorer, {"version": scorer.version, "checkpoint": str(scorer.checkpoint), "held_out": held,
                     "data": card.get("data", {})}  # fmt: skip
+
+
+def paired_bootstrap(scores: list[float], peer: list[float], *, seed: int, rounds: int = 5000) -> dict[str, float]:
+    """Mean of ``scores - peer`` over the same prompts with a 95% percentile bootstrap interval."""
+    diffs = [a - b for a, b in zip(scores, peer, strict=True)]
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(rounds))
+    return {"mean": statistics.fmean(diffs), "low": means[int(0.025 * rounds)], "high": means[int(0.975 * rounds) - 1]}
 
 
 def toxicities(scorer: object, texts: list[str]) -> list[float]:
