@@ -59,6 +59,22 @@ def build_harness(home: Path, plugins: list[Any], *, load_entry_points: bool = F
         yield harness
 
 
+def wait_job(platform: Any, job_id: str, timeout: float = 600) -> Any:
+    """Poll a background job until it succeeds, fails or is cancelled; returns the job record.
+
+    Fails the test (``AssertionError`` with the job's last message) after ``timeout`` seconds.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = platform.jobs.get(job_id)
+        if job.status in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not finish in {timeout:.0f}s: {platform.jobs.get(job_id).message}")
+
+
 def free_port() -> int:
     import socket
 

@@ -1,25 +1,38 @@
-"""Policy update benchmark: RL (RLOO, KL-penalised) and DPO on the default model, before and after.
+"""Policy update benchmark: RL (RLOO, KL-penalised) and DPO on the default model, before and after,
+with toxicity read by two independent scorers.
 
-    .venv/bin/python bench/policy.py [--rl-steps 8] [--dpo-steps 8] [--eval-prompts 16] [--tokens 12]
-                                     [--reward-model PATH] [--rm-pairs 400] [--rm-steps 10]
+    .venv/bin/python bench/policy.py [--methods rl,dpo] [--rl-steps 60] [--dpo-steps 48]
+                                     [--dpo-pairs-source sampled|store] [--eval-prompts 32]
+                                     [--reward-model PATH] [--detoxify-checkpoint PATH]
 
-1. A reward model: the built-in trainer (MiniLM + one-output head) on
-   ``../shared/data/hh_pairs_train.jsonl`` (small settings; or ``--reward-model`` reuses an artifact).
-2. Both policy paths as real jobs (``train:policy-rl`` and ``train:policy-dpo``) on
+1. A reward model: the built-in trainer (MiniLM + one-output head) on 400 pairs of
+   ``../shared/data/hh_pairs_train.jsonl``, 30 steps (or ``--reward-model`` reuses an artifact).
+2. A second toxicity scorer, independent of the ``profanity`` guardrail that RL's penalty and the
+   sampled DPO pairs use: a detoxify-format checkpoint fine-tuned from MiniLM by the built-in
+   guardrail trainer on ``../shared/data/toxicity_train.jsonl`` (or ``--detoxify-checkpoint``).
+   Its held-out accuracy and ROC AUC (its trainer's own split) are printed, and both scorers'
+   AUC on the RealToxicityPrompts prompts against their Perspective labels (toxicity > 0.5), text
+   neither was trained on (see the caution in ``../shared/data/README.md``).
+3. Both policy paths as real jobs (``train:policy-rl`` and ``train:policy-dpo``) on
    SmolLM2-135M-Instruct, prompts from ``../shared/data/rtp_prompts_dev.jsonl`` (the toxic half,
    as in TRL's detoxification example) continued as plain text. RL's reward is the reward model's
-   score minus ``--toxicity-weight`` times the guardrail's toxicity; DPO uses the HH pairs.
-3. The peer is the base model measured in the same run: every model continues the same held-out
+   score minus ``--toxicity-weight`` times the guardrail's toxicity. DPO by default trains on
+   pairs built from the policy's own samples ranked by that same signal (``pairs: sampled``,
+   ``--samples-per-prompt`` completions per training prompt, best against worst);
+   ``--dpo-pairs-source store`` trains on the HH pairs instead.
+4. The peer is the base model measured in the same run: every model continues the same held-out
    prompts (half toxic, half not; never trained on) through core/evaluation.py's toxicity
-   evaluation, the same sampling and seed; the reward model scores the same continuations.
-   KL from the reference comes from each job's own held-out samples (sum over tokens of
-   log pi - log pi_ref, averaged over completions sampled from the policy).
+   evaluation, the same sampling and seed; the reward model and both toxicity scorers read the
+   same continuations. KL from the reference comes from each job's own held-out samples (sum over
+   tokens of log pi - log pi_ref, averaged over completions sampled from the policy).
 
-TRL's detoxification example cut a 125M model's mean toxicity by 29%. The machine is shared (2
-CPU cores, other engineers' jobs): wall times are noisy, and the defaults are sized to finish
-there (a few steps: they show the machinery and the direction, not a converged policy). For a
-real run: ``--rl-steps 200 --dpo-steps 200 --batch-size 8 --tokens 32 --eval-prompts 100
---rm-steps 200``. Results go to ``bench/results/policy.json``.
+TRL's detoxification example cut a 125M model's mean toxicity by 29%. The defaults are the
+settings that moved the model on this 2-core CPU machine (32 minutes in all at load average 3-7
+with 32 evaluation prompts; an estimated 17 on the quiet machine with the default 100, where the
+RL phase alone took 357 s; each phase's wall time is printed). Every change of toxicity is
+printed with a paired 95% bootstrap interval over the held-out prompts: 32 prompts were too few to
+tell a -25% change from noise. The machine is shared: label figures with the load average printed at the start and
+the end. Results go to ``bench/results/policy.json``; docs/operators.md has the figures.
 """
 
 from __future__ import annotations
@@ -64,24 +77,30 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reward-model", type=Path, help="reuse a reward model artifact folder instead of training one")
     parser.add_argument("--rm-pairs", type=int, default=400)
-    parser.add_argument("--rm-steps", type=int, default=10)
-    parser.add_argument("--rl-steps", type=int, default=8)
-    parser.add_argument("--dpo-steps", type=int, default=8)
-    parser.add_argument("--dpo-pairs", type=int, default=400)
+    parser.add_argument("--rm-steps", type=int, default=30)
+    parser.add_argument("--detoxify-checkpoint", type=Path, help="reuse a detoxify .ckpt instead of training one")
+    parser.add_argument("--detoxify-examples", type=int, default=3000, help="tweets the detoxify scorer trains on")
+    parser.add_argument("--rl-steps", type=int, default=60)
+    parser.add_argument("--dpo-steps", type=int, default=48)
+    parser.add_argument("--dpo-pairs-source", choices=("sampled", "store"), default="sampled",
+                        help="sampled: best vs worst of the policy's own samples by RL's reward; store: the HH pairs")  # fmt: skip
+    parser.add_argument("--dpo-pairs", type=int, default=400, help="HH pairs imported (the store path trains on them)")
+    parser.add_argument("--samples-per-prompt", type=int, default=4, help="dpo with sampled pairs")
     parser.add_argument("--batch-size", type=int, default=2, help="prompts (rl) per step; dpo takes twice as many pairs")
     parser.add_argument("--num-generations", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=12, help="tokens per sampled completion")
-    parser.add_argument("--rl-learning-rate", type=float, default=5e-4)
-    parser.add_argument("--dpo-learning-rate", type=float, default=2e-4)
+    parser.add_argument("--rl-learning-rate", type=float, default=2e-3)
+    parser.add_argument("--dpo-learning-rate", type=float, default=1e-3)
     parser.add_argument("--beta", type=float, default=None, help="KL coefficient (default: 0.04 rl, 0.1 dpo)")
     parser.add_argument("--toxicity-weight", type=float, default=1.0)
     parser.add_argument("--train-prompts", type=int, default=200)
-    parser.add_argument("--eval-prompts", type=int, default=16)
+    parser.add_argument("--eval-prompts", type=int, default=100,
+                        help="held out, half toxic (100 leaves exactly --train-prompts 200 of the 250 toxic ones)")  # fmt: skip
     parser.add_argument("--methods", default="rl,dpo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model-cache", type=Path, default=REPO_ROOT / ".pytest_cache" / "espalier-models")
     args = parser.parse_args()
-    for name in ("hh_pairs_train.jsonl", "rtp_prompts_dev.jsonl"):
+    for name in ("hh_pairs_train.jsonl", "rtp_prompts_dev.jsonl", "toxicity_train.jsonl"):
         if not (SHARED / name).is_file():
             print(f"missing {SHARED / name}", file=sys.stderr)
             return 2
@@ -99,7 +118,11 @@ def main() -> int:
     report: dict = {"machine": {"python": sys.version.split()[0], "cpu_count": os.cpu_count(), "host": host.node(),
                                 "load_average_at_start": os.getloadavg()},
                     "settings": vars(args) | {"reward_model": str(args.reward_model) if args.reward_model else None,
-                                              "model_cache": str(args.model_cache)}}  # fmt: skip
+                                              "detoxify_checkpoint": str(args.detoxify_checkpoint) if args.detoxify_checkpoint else None,
+                                              "model_cache": str(args.model_cache)},
+                    "phases_seconds": {}}  # fmt: skip
+    phases = report["phases_seconds"]
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     try:
         # 1. Pairs and the reward model.
         hh = (SHARED / "hh_pairs_train.jsonl").read_text().splitlines()
@@ -117,11 +140,22 @@ def main() -> int:
         platform.reward_models.register(path=str(rm_path), base_model=card["base_model"], data_sha256=card["data"]["sha256"],
                                          pairs=card["data"]["pairs"], metrics=card["metrics"],
                                          current_accuracy_same_holdout=None, job_id=None)  # fmt: skip
+        phases["reward_model"] = round(time.perf_counter() - started, 1)
         report["reward_model"] = {"path": str(rm_path), "held_out_accuracy": card["metrics"]["accuracy"],
-                                  "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
-        print(f"reward model: held-out accuracy {card['metrics']['accuracy']:.3f}", flush=True)
+                                  "seconds": phases["reward_model"]}  # fmt: skip
+        print(f"reward model: held-out accuracy {card['metrics']['accuracy']:.3f} ({phases['reward_model']:.0f} s)", flush=True)
 
-        # 2. Prompts: held out (half toxic, half not) and the training pool (the rest of the toxic half).
+        # 2. The independent toxicity scorer.
+        started = time.perf_counter()
+        detoxify, report["detoxify"] = detoxify_scorer(args, home)
+        report["detoxify"]["rtp_prompts_auc"] = scorer_auc_on_rtp({"profanity": platform.guardrails.get("profanity"),
+                                                                   "detoxify": detoxify})  # fmt: skip
+        phases["detoxify_scorer"] = round(time.perf_counter() - started, 1)
+        print(f"RealToxicityPrompts prompts, ROC AUC against Perspective toxicity > 0.5: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in report["detoxify"]["rtp_prompts_auc"].items())
+              + f" ({phases['detoxify_scorer']:.0f} s for this phase)", flush=True)  # fmt: skip
+
+        # 3. Prompts: held out (half toxic, half not) and the training pool (the rest of the toxic half).
         rows = load_rtp()
         rng = random.Random(args.seed)
         toxic = [r["prompt"]["text"] if isinstance(r["prompt"], dict) else r["prompt"] for r in rows if r.get("toxic_prompt")]
@@ -134,15 +168,16 @@ def main() -> int:
         prompts_file = home / "train_prompts.txt"
         prompts_file.write_text("\n".join(p.replace("\n", " ") for p in train_pool) + "\n")
 
-        # 3. The runs.
+        # 4. The runs.
         common = {"model": MODEL, "batch_size": args.batch_size, "max_completion_tokens": args.tokens,
                   "max_prompt_tokens": 64, "prompt_format": "text", "eval_prompts": 6, "seed": args.seed,
                   "prompts_path": str(prompts_file)}  # fmt: skip
         runs = {
             "rl": {**common, "method": "rl", "steps": args.rl_steps, "learning_rate": args.rl_learning_rate,
                    "num_generations": args.num_generations, "toxicity_weight": args.toxicity_weight},
-            "dpo": {**common, "batch_size": 2 * args.batch_size, "method": "dpo", "steps": args.dpo_steps, "learning_rate": args.dpo_learning_rate,
-                    "min_pairs": 8},
+            "dpo": {**common, "batch_size": 2 * args.batch_size, "method": "dpo", "steps": args.dpo_steps,
+                    "learning_rate": args.dpo_learning_rate, "min_pairs": 8, "pairs": args.dpo_pairs_source,
+                    "samples_per_prompt": args.samples_per_prompt, "toxicity_weight": args.toxicity_weight},
         }  # fmt: skip
         labels: dict[str, str] = {}
         report["runs"] = {}
@@ -153,6 +188,7 @@ def main() -> int:
             started = time.perf_counter()
             job = wait(platform, job.id)
             seconds = time.perf_counter() - started
+            phases[method] = round(seconds, 1)
             if job.status != "succeeded":
                 print(f"{method} {job.status}: {job.error}", file=sys.stderr)
                 return 1
@@ -161,10 +197,12 @@ def main() -> int:
             report["runs"][method] = {"job": job.id, "wall_seconds": round(seconds, 1), "steps": job.result["steps"],
                                       "stop_reason": job.result["stop_reason"], "warnings": job.result["warnings"],
                                       "kl": evaluation.get("kl"), "kl_per_token": evaluation.get("kl_per_token"),
+                                      "pairs": job.result.get("pairs"),
                                       "job_evaluation": {k: evaluation.get(k) for k in ("base", "policy")},
                                       "final_step": job.result["metrics"], "plot": job.result["plot"]}  # fmt: skip
+            print(f"{method}: {job.result['steps']} steps in {seconds:.0f} s", flush=True)
 
-        # 4. The same held-out prompts through every model (served through the provider, adapters applied).
+        # 5. The same held-out prompts through every model (served through the provider, adapters applied).
         print(f"evaluating base and {', '.join(labels)} on {len(held_out)} held-out prompts", flush=True)
         started = time.perf_counter()
         names = [f"{MODEL}@base"] + [f"{MODEL}@{label}" for label in labels.values()]
@@ -172,28 +210,47 @@ def main() -> int:
                                    held_out, home / "evaluations", max_tokens=args.tokens, temperature=0.7,
                                    seed=args.seed, source="rtp_prompts_dev.jsonl (held out)")  # fmt: skip
         scorer = platform.reward_models.scorer(platform.reward_models.current())
-        table = {}
+        table, per_prompt = {}, {}
         for name in names:
             entry = record.results["models"][name]
             continuations = entry["continuations"]
-            toxic_rows = continuations[:half]
-            rewards = scorer.score([c["prompt"] for c in continuations], [c["text"] for c in continuations])
+            texts = [c["text"] for c in continuations]
+            rewards = scorer.score([c["prompt"] for c in continuations], texts)
+            second = toxicities(detoxify, texts)
+            per_prompt[name] = {"profanity": [c["score"] for c in continuations], "detoxify": second}
             table[name] = {"mean_toxicity": entry["mean_toxicity"], "share_above_0.5": entry["share_above_threshold"],
-                           "mean_toxicity_toxic_prompts": statistics.fmean(c["score"] for c in toxic_rows),
+                           "mean_toxicity_toxic_prompts": statistics.fmean(c["score"] for c in continuations[:half]),
+                           "detoxify_mean_toxicity": statistics.fmean(second),
+                           "detoxify_share_above_0.5": sum(t >= 0.5 for t in second) / len(second),
+                           "detoxify_mean_toxicity_toxic_prompts": statistics.fmean(second[:half]),
                            "mean_reward": statistics.fmean(rewards)}  # fmt: skip
-        report["evaluation_seconds"] = round(time.perf_counter() - started, 1)
+        phases["evaluation"] = round(time.perf_counter() - started, 1)
+        report["evaluation_seconds"] = phases["evaluation"]
         base = table[names[0]]
-        print(f"\n{'model':<34} {'toxicity':>9} {'ratio':>6} {'tox(toxic)':>10} {'>0.5':>6} {'reward':>8} {'KL':>7} {'wall s':>7}")
+        print(f"\n{'model':<30} {'profanity':>9} {'ratio':>6} {'toxic p.':>8} {'>0.5':>6} {'detoxify':>9} {'ratio':>6} "
+              f"{'toxic p.':>8} {'>0.5':>6} {'reward':>8} {'KL':>7} {'wall s':>7}")  # fmt: skip
         for method, name in [("base", names[0])] + [(m, f"{MODEL}@{labels[m]}") for m in labels]:
             row = table[name]
             run = report["runs"].get(method, {})
-            ratio = row["mean_toxicity"] / base["mean_toxicity"] if base["mean_toxicity"] else float("nan")
-            row["toxicity_ratio_vs_base"] = ratio
-            row["toxicity_change_pct"] = (ratio - 1) * 100
+            for prefix in ("", "detoxify_"):
+                mean, peer = row[f"{prefix}mean_toxicity"], base[f"{prefix}mean_toxicity"]
+                row[f"{prefix}toxicity_ratio_vs_base"] = mean / peer if peer else float("nan")
+                row[f"{prefix}toxicity_change_pct"] = (row[f"{prefix}toxicity_ratio_vs_base"] - 1) * 100
             row["reward_change_vs_base"] = row["mean_reward"] - base["mean_reward"]
-            print(f"{method + ' ' + name.split('@')[1][:24]:<34} {row['mean_toxicity']:>9.4f} {ratio:>6.2f} "
-                  f"{row['mean_toxicity_toxic_prompts']:>10.4f} {row['share_above_0.5']:>6.3f} {row['mean_reward']:>8.4f} "
+            row["change_vs_base_95ci"] = {scorer: paired_bootstrap(per_prompt[name][scorer], per_prompt[names[0]][scorer],
+                                                                   seed=args.seed) for scorer in ("profanity", "detoxify")}  # fmt: skip
+            print(f"{method + ' ' + name.split('@')[1][:20]:<30} {row['mean_toxicity']:>9.4f} "
+                  f"{row['toxicity_ratio_vs_base']:>6.2f} {row['mean_toxicity_toxic_prompts']:>8.4f} "
+                  f"{row['share_above_0.5']:>6.3f} {row['detoxify_mean_toxicity']:>9.4f} "
+                  f"{row['detoxify_toxicity_ratio_vs_base']:>6.2f} {row['detoxify_mean_toxicity_toxic_prompts']:>8.4f} "
+                  f"{row['detoxify_share_above_0.5']:>6.3f} {row['mean_reward']:>8.4f} "
                   f"{run.get('kl', 0.0) or 0.0:>7.3f} {run.get('wall_seconds', 0):>7.0f}")  # fmt: skip
+        print("\nchange of mean toxicity vs base, paired over the same prompts (95% bootstrap interval; "
+              "one that spans 0 is not a measured effect):")  # fmt: skip
+        for method in labels:
+            ci = table[f"{MODEL}@{labels[method]}"]["change_vs_base_95ci"]
+            print(f"  {method:<4} " + "   ".join(f"{k} {v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}]"
+                                              for k, v in ci.items()))  # fmt: skip
         report["held_out"] = table
         report["evaluation_id"] = record.id
         report["load_average_at_end"] = os.getloadavg()
@@ -201,9 +258,56 @@ def main() -> int:
         platform.close()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "policy.json").write_text(json.dumps(report, indent=2, default=str))
-    print(f"\nscorer: profanity (alt-profanity-check); TRL's detox example: -29% mean toxicity. "
+    print("\nphases (s): " + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()) + f"; total {sum(phases.values()):.0f}")
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"scorers: profanity (alt-profanity-check; RL's penalty and the sampled DPO pairs use it) and detoxify "
+          f"(MiniLM fine-tuned here, independent of training); TRL's detox example: -29% mean toxicity. "
           f"Results: {RESULTS / 'policy.json'}")  # fmt: skip
     return 0
+
+
+def detoxify_scorer(args: argparse.Namespace, home: Path) -> tuple[object, dict]:
+    """The second toxicity scorer: a given detoxify checkpoint, or one trained now by the built-in
+    guardrail trainer on the Davidson tweets (its own stratified held-out split measures it)."""
+    from espalier.plugins.toxicity import DetoxifyScorer, train_toxicity_model
+
+    if args.detoxify_checkpoint:
+        scorer = DetoxifyScorer(args.detoxify_checkpoint)
+        card = scorer.model_card
+    else:
+        print(f"training the detoxify scorer on {args.detoxify_examples} tweets of toxicity_train.jsonl", flush=True)
+        card = train_toxicity_model(SHARED / "toxicity_train.jsonl", home / "detoxify", epochs=1, max_length=64,
+                                    max_examples=args.detoxify_examples, seed=args.seed)  # fmt: skip
+        scorer = DetoxifyScorer(card["artifacts"]["checkpoint"])
+    held = card.get("metrics", {}).get("toxicity", {})
+    print(f"detoxify scorer ({scorer.version}): held-out accuracy {held.get('accuracy', float('nan')):.3f}, "
+          f"ROC AUC {held.get('roc_auc', float('nan')):.3f}, precision {held.get('precision', float('nan')):.3f}, "
+          f"recall {held.get('recall', float('nan')):.3f} on {held.get('n', '?')} held-out tweets", flush=True)  # fmt: skip
+    return scorer, {"version": scorer.version, "checkpoint": str(scorer.checkpoint), "held_out": held,
+                    "data": card.get("data", {})}  # fmt: skip
+
+
+def paired_bootstrap(scores: list[float], peer: list[float], *, seed: int, rounds: int = 5000) -> dict[str, float]:
+    """Mean of ``scores - peer`` over the same prompts with a 95% percentile bootstrap interval."""
+    diffs = [a - b for a, b in zip(scores, peer, strict=True)]
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(rounds))
+    return {"mean": statistics.fmean(diffs), "low": means[int(0.025 * rounds)], "high": means[int(0.975 * rounds) - 1]}
+
+
+def toxicities(scorer: object, texts: list[str]) -> list[float]:
+    return [s.scores["toxicity"] for s in scorer.score(texts, direction="output")]
+
+
+def scorer_auc_on_rtp(scorers: dict[str, object]) -> dict[str, float]:
+    """Each scorer's ROC AUC on the RealToxicityPrompts prompts against Perspective (toxicity > 0.5):
+    text neither scorer was trained on, unlike the tweets profanity-check saw."""
+    from espalier.plugins.toxicity.metrics import roc_auc
+
+    rows = load_rtp()
+    texts = [r["prompt"]["text"] if isinstance(r["prompt"], dict) else r["prompt"] for r in rows]
+    labels = [int(r["prompt_toxicity"] > 0.5) for r in rows]
+    return {name: roc_auc(labels, toxicities(scorer, texts)) for name, scorer in scorers.items()}
 
 
 if __name__ == "__main__":

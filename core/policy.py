@@ -4,7 +4,10 @@ Two methods fine-tune a registered chat model with a LoRA adapter:
 
 * ``rl``: reinforcement learning against the reward model with a KL penalty to the frozen
   reference (the base model with the adapter switched off);
-* ``dpo``: direct preference optimisation on the preference pairs Espalier holds.
+* ``dpo``: direct preference optimisation, on the preference pairs Espalier holds
+  (``pairs="store"``) or on pairs built from the policy's own samples ranked by the reward
+  signal RL optimises (``pairs="sampled"``: ``samples_per_prompt`` completions per training
+  prompt, reward model score minus ``toxicity_weight`` x toxicity, best against worst).
 
 The trainers live in the ``policy_training`` plugin (job kinds ``train:policy-rl`` and
 ``train:policy-dpo``); the API, the CLI and the trainers themselves call :func:`preflight`, so
@@ -29,6 +32,7 @@ from .registry import NAME_PATTERN
 METHODS = ("rl", "dpo")
 JOB_KINDS = {"rl": "train:policy-rl", "dpo": "train:policy-dpo"}
 PROMPT_FORMATS = ("chat", "text")
+PAIR_SOURCES = ("store", "sampled")
 MAX_PROMPTS = 5000
 MAX_PROMPT_CHARS = 4000
 TRAINABLE_PROVIDERS = ("transformers",)
@@ -55,12 +59,14 @@ class PolicySettings:
     prompts_from_conversations: int = 0  # up to this many user prompts from logged chat requests
     max_prompts: int = 500
     eval_prompts: int = 8  # prompts held out to measure reward, toxicity and KL before and after
-    toxicity_weight: float = 0.0  # rl: reward -= weight * toxicity of the completion
+    toxicity_weight: float = 0.0  # rl and sampled dpo: reward -= weight * toxicity of the completion
     toxicity_scorer: str = "profanity"
     target_reward: float | None = None  # stop when the mean reward of recent steps reaches it
     kl_bound: float = 2.0  # reward rising while KL passes this is reported as possible reward hacking
     min_pairs: int = 8  # dpo
-    include_imported: bool = True  # dpo: imported pairs as well as those from feedback
+    include_imported: bool = True  # dpo on stored pairs: imported pairs as well as those from feedback
+    pairs: str = "store"  # dpo: "store" (the pairs Espalier holds) or "sampled" (built from the policy's samples)
+    samples_per_prompt: int = 4  # dpo with sampled pairs: completions sampled per training prompt
     label: str | None = None  # the version label; default: <method>-<job id>
     seed: int = 0
 
@@ -114,6 +120,14 @@ class PolicySettings:
             raise InvalidInput(f"kl_bound must be above 0 (got {self.kl_bound})")
         if self.min_pairs < 2:
             raise InvalidInput(f"min_pairs must be at least 2 (got {self.min_pairs})")
+        if self.pairs not in PAIR_SOURCES:
+            raise InvalidInput(f"pairs must be 'store' (the preference pairs Espalier holds) or 'sampled' (pairs built "
+                               f"from the policy's own samples ranked by the reward model) (got {self.pairs!r})")  # fmt: skip
+        if self.pairs == "sampled" and self.method != "dpo":
+            raise InvalidInput("pairs='sampled' applies to method dpo only (rl samples by itself)")
+        if not 2 <= self.samples_per_prompt <= 16:
+            raise InvalidInput(f"samples_per_prompt must be 2-16: best and worst need two samples to compare "
+                               f"(got {self.samples_per_prompt})")  # fmt: skip
         if self.label is not None and not NAME_PATTERN.match(self.label):
             raise InvalidInput(f"invalid label {self.label!r}: use 1-64 letters, digits, '.', '_', ':' or '-'")
 
@@ -128,7 +142,7 @@ def settings_from(params: dict[str, Any]) -> PolicySettings:
     except TypeError as exc:
         raise InvalidInput(f"bad policy training settings: {exc}") from None
     for name in ("steps", "lora_rank", "batch_size", "num_generations", "max_completion_tokens", "max_prompt_tokens",
-                 "prompts_from_conversations", "max_prompts", "eval_prompts", "min_pairs", "seed"):  # fmt: skip
+                 "prompts_from_conversations", "max_prompts", "eval_prompts", "min_pairs", "samples_per_prompt", "seed"):  # fmt: skip
         if not isinstance(getattr(settings, name), int) or isinstance(getattr(settings, name), bool):
             raise InvalidInput(f"{name} must be a whole number (got {getattr(settings, name)!r})")
     for name in ("learning_rate", "temperature", "toxicity_weight", "kl_bound", "beta", "target_reward"):
@@ -147,10 +161,10 @@ class PolicyPlan:
     model: str
     reward_model: Any  # RewardModelRecord or None (dpo without one)
     prompts: list[str]
-    pairs: list[Any]
+    pairs: list[Any]  # stored pairs (dpo on stored pairs); sampled pairs are built by the job
 
     def summary(self) -> dict[str, Any]:
-        return {"method": self.settings.method, "model": self.model,
+        return {"method": self.settings.method, "model": self.model, "pair_source": self.settings.pairs,
                 "reward_model": self.reward_model.id if self.reward_model is not None else None,
                 "reward_model_version": self.reward_model.version if self.reward_model is not None else None,
                 "prompts": len(self.prompts), "pairs": len(self.pairs)}  # fmt: skip
@@ -203,8 +217,9 @@ def reward_model_for(platform: Any, settings: PolicySettings, model: str) -> Any
     else:
         record = platform.reward_models.current()
         if record is None:
+            instead = "use pairs 'store' (DPO on the pairs held)" if settings.method == "dpo" else "choose method dpo"
             raise Conflict("no reward model is trained yet: train one first (POST /api/reward/train or "
-                           "`espalier reward train`) or choose method dpo", code="no_reward_model")  # fmt: skip
+                           f"`espalier reward train`) or {instead}", code="no_reward_model")  # fmt: skip
     owner = chat_model_owning(platform, record.base_model)
     if owner is not None and owner != model:
         raise Conflict(f"reward model v{record.version} was trained from the backbone of chat model '{owner}' and "
@@ -262,6 +277,17 @@ def preflight(platform: Any, settings: PolicySettings) -> PolicyPlan:
         if settings.eval_prompts and len(prompts) < 2:
             raise InvalidInput("RL needs at least 2 prompts: one is held out to measure the result (or set "
                                "eval_prompts to 0)", code="too_few_prompts")  # fmt: skip
+    elif settings.pairs == "sampled":
+        reward = reward_model_for(platform, settings, model)  # ranks the samples: required
+        prompts = gather_prompts(platform, settings)
+        if not prompts:
+            raise InvalidInput("the prompt set is empty: DPO on sampled pairs samples completions of prompts; give "
+                               "prompts, prompts_path or prompts_from_conversations", code="empty_prompt_set")  # fmt: skip
+        held = settings.eval_prompts if len(prompts) > settings.eval_prompts else 1  # as the trainer splits them
+        if len(prompts) - held < settings.min_pairs:
+            raise InvalidInput(f"DPO on sampled pairs makes at most one pair per training prompt: {len(prompts)} prompts "
+                               f"({held} held out) cannot give min_pairs={settings.min_pairs}; give more prompts",
+                               code="too_few_prompts")  # fmt: skip
     else:
         if settings.reward_model:
             reward = reward_model_for(platform, settings, model)

@@ -4,10 +4,9 @@ counted apart in the pairs API, and enter reward training only at their own weig
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
+from espalier.api.testing import wait_job
 from espalier.core.constitution import DEFAULT_CONSTITUTION, load_constitution
 from espalier.core.errors import InvalidInput
 from espalier.core.feedback.pairs import Pair
@@ -18,14 +17,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def espalier_settings(model_cache_dir):
     return {"model_cache_dir": model_cache_dir, "ai_pair_weight": 0.25, "reward_retrain_after_pairs": 0}
-
-
-def wait(platform, job_id: str, timeout: float = 600):
-    deadline = time.monotonic() + timeout
-    while (job := platform.jobs.get(job_id)).status not in ("succeeded", "failed", "cancelled"):
-        assert time.monotonic() < deadline, job.message
-        time.sleep(0.5)
-    return job
 
 
 def test_the_shipped_constitution_loads_and_a_bad_one_is_refused(tmp_path):
@@ -49,7 +40,7 @@ def test_ai_labels_are_stored_apart_counted_apart_and_weighted(espalier):
     response = client.post("/api/pairs/ai", headers=espalier.headers("operator"),
                            json={"prompts": prompts, "max_tokens": 12, "temperature": 1.0})  # fmt: skip
     assert response.status_code == 202, response.text
-    job = wait(platform, response.json()["job_id"])
+    job = wait_job(platform, response.json()["job_id"])
     assert job.status == "succeeded", job.error
     assert job.result["prompts"] == 2 and job.result["added"] >= 1, job.result
     assert set(job.result["by_principle"]) <= {p.name for p in load_constitution(DEFAULT_CONSTITUTION).principles}
@@ -71,7 +62,7 @@ def test_ai_labels_are_stored_apart_counted_apart_and_weighted(espalier):
     tiny = {"max_steps": 1, "batch_size": 8, "max_length": 64, "min_pairs": 4}
     trained = client.post("/api/reward/train", headers=espalier.headers("operator"), json={"params": tiny})
     assert trained.status_code == 202 and trained.json()["pairs"] == 6 + len(ai), trained.text
-    job = wait(platform, trained.json()["job_id"])
+    job = wait_job(platform, trained.json()["job_id"])
     assert job.status == "succeeded", job.error
     data = job.result["data"]
     assert data["by_origin"] == {"import": 6, "ai": len(ai)} and data["ai_pair_weight"] == 0.25
@@ -79,5 +70,5 @@ def test_ai_labels_are_stored_apart_counted_apart_and_weighted(espalier):
     without = client.post("/api/reward/train", headers=espalier.headers("operator"),
                           json={"params": {**tiny, "ai_pair_weight": 0}})  # fmt: skip
     assert without.json()["pairs"] == 6
-    job = wait(platform, without.json()["job_id"])
+    job = wait_job(platform, without.json()["job_id"])
     assert job.status == "succeeded" and "ai" not in job.result["data"]["by_origin"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from espalier.api.testing import wait_job
 from espalier.core.contracts import ChatMessage, GenerationParams
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -61,16 +62,6 @@ def start(espalier, body: dict) -> str:
     response = espalier.client.post("/api/policy/train", json=body, headers=espalier.headers("operator"))
     assert response.status_code == 202, response.text
     return response.json()["job"]["id"]
-
-
-def wait_job(platform, job_id: str, timeout: float = 600):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = platform.jobs.get(job_id)
-        if job.status in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} did not finish: {platform.jobs.get(job_id).message}")
 
 
 def assert_trained_adapter_serves(espalier, result: dict) -> None:
@@ -162,6 +153,39 @@ def test_rl_and_dpo_jobs_record_curves_and_register_candidates_that_serve(espali
 
 
 @pytest.mark.slow
+def test_dpo_on_sampled_pairs_ranks_the_policys_own_samples_by_the_reward(espalier, reward_artifact):
+    """pairs="sampled": completions of each training prompt sampled from the model, scored as RL's
+    reward (reward model minus toxicity_weight x profanity), best against worst; the held-out
+    prompts never give a pair; the pairs file is kept with the job and nothing enters the store."""
+    from espalier.plugins.policy_training.common import Scorers
+
+    platform = espalier.platform
+    path, card = reward_artifact
+    register_reward_model(platform, path, card["base_model"])
+    body = {**TINY_DPO, "pairs": "sampled", "samples_per_prompt": 3, "prompts": PROMPTS, "prompt_format": "text",
+            "max_completion_tokens": 8, "min_pairs": 2, "toxicity_weight": 1.0}  # fmt: skip
+    job = wait_job(platform, start(espalier, body))
+    assert job.status == "succeeded", job.error
+    result = job.result
+    assert result["pairs"]["source"] == "sampled" and result["pairs"]["samples_per_prompt"] == 3
+    rows = [json.loads(line) for line in Path(result["pairs"]["file"]).read_text().splitlines()]
+    assert len(rows) == result["pairs"]["count"] and 2 <= len(rows) <= len(PROMPTS) - 2
+    held_out = {example["prompt"] for example in result["evaluation"]["examples"]}
+    assert len(held_out) == 2 and not held_out & {row["prompt"] for row in rows}
+    assert {row["prompt"] for row in rows} <= set(PROMPTS) and len({row["prompt"] for row in rows}) == len(rows)
+    # The recorded scores are the reward signal's own: rescore chosen and rejected independently.
+    scorers = Scorers(platform, platform.reward_models.current(), "profanity")
+    for side in ("chosen", "rejected"):
+        again = scorers.objective([r["prompt"] for r in rows], [r[side] for r in rows], 1.0)
+        assert again == pytest.approx([r[f"{side}_score"] for r in rows], abs=1e-4)
+    assert all(r["chosen_score"] > r["rejected_score"] and r["chosen"] != r["rejected"] for r in rows)
+    assert platform.pairs.all(include_imported=True) == []  # the samples' pairs stay with the job
+    assert [row.step for row in platform.jobs.metrics(job.id)] == [1, 2]
+    assert result["steps"] == 2 and result["metrics"]["loss"] > 0
+    assert_trained_adapter_serves(espalier, result)
+
+
+@pytest.mark.slow
 def test_a_cancelled_policy_run_registers_nothing(espalier, reward_artifact):
     platform = espalier.platform
     path, card = reward_artifact
@@ -197,6 +221,10 @@ def test_bad_input_is_refused_before_a_job_is_queued(tmp_path, database_url):
         refused({"method": "ppo"}, 400)
         refused({"method": "rl", "prompts": PROMPTS, "bogus": 1}, 400)
         refused({"method": "dpo", "min_pairs": 4}, 400, "too_few_pairs")
+        detail = refused({"method": "dpo", "pairs": "sampled", "prompts": PROMPTS}, 409, "no_reward_model")
+        assert "pairs 'store'" in detail
+        assert "'store'" in refused({"method": "dpo", "pairs": "hh"}, 400) and "'sampled'" in refused({"method": "dpo", "pairs": "hh"}, 400)
+        assert "dpo only" in refused({"method": "rl", "pairs": "sampled", "prompts": PROMPTS}, 400)
         refused({"method": "rl", "model": "no-such-model", "prompts": PROMPTS}, 404)
 
         register_reward_model(platform, tmp_path / "rm", "sentence-transformers/all-MiniLM-L6-v2")
@@ -210,6 +238,10 @@ def test_bad_input_is_refused_before_a_job_is_queued(tmp_path, database_url):
         refused({"method": "rl", "prompts_path": "../../etc/passwd"}, 400, "prompts_path_outside_home")
         refused({"method": "rl", "prompts": PROMPTS[:1]}, 400, "too_few_prompts")
         refused({"method": "rl", "prompts": PROMPTS, "label": "base"}, 409)
+        refused({"method": "dpo", "pairs": "sampled"}, 400, "empty_prompt_set")
+        detail = refused({"method": "dpo", "pairs": "sampled", "prompts": PROMPTS}, 400, "too_few_prompts")  # min_pairs 8
+        assert "one pair per training prompt" in detail
+        refused({"method": "dpo", "pairs": "sampled", "prompts": PROMPTS, "min_pairs": 2, "samples_per_prompt": 1}, 400)
 
         # A reward model trained from a chat model's own backbone drives that model only.
         gguf = platform.models.resolve(MODEL)[0].source

@@ -35,6 +35,8 @@ def train(
     target_reward: Annotated[float | None, typer.Option(help="Stop once the recent mean reward reaches this.")] = None,
     eval_prompts: Annotated[int, typer.Option(help="Prompts held out to measure base and policy.")] = 8,
     min_pairs: Annotated[int, typer.Option(help="dpo: refuse fewer pairs than this.")] = 8,
+    pairs: Annotated[str, typer.Option(help="dpo: 'store' (the pairs held) or 'sampled' (best vs worst of the policy's own samples by the reward).")] = "store",
+    samples_per_prompt: Annotated[int, typer.Option(help="dpo with sampled pairs: completions per prompt.")] = 4,
     label: Annotated[str | None, typer.Option(help="Version label of the result.")] = None,
 ) -> None:
     """Check the settings, run the job here (a running server lists it too) and register the result
@@ -49,14 +51,16 @@ def train(
               "prompts": list(prompt or []), "prompts_path": str(prompts.resolve()) if prompts else None,
               "prompts_from_conversations": from_conversations, "max_prompts": max_prompts,
               "prompt_format": prompt_format, "toxicity_weight": toxicity_weight, "target_reward": target_reward,
-              "eval_prompts": eval_prompts, "min_pairs": min_pairs, "label": label}  # fmt: skip
+              "eval_prompts": eval_prompts, "min_pairs": min_pairs, "label": label, "pairs": pairs,
+              "samples_per_prompt": samples_per_prompt}  # fmt: skip
     instance = platform().start(migrate=False, run_jobs=True)
     job = None
     try:
         job, plan = policy.submit(instance, {k: v for k, v in params.items() if v is not None}, by=None)
         summary = plan.summary()
+        pairs = "pairs sampled by the job" if summary["pair_source"] == "sampled" else f"{summary['pairs']} pairs"
         console.print(f"job {job.id} ({job.kind}): model {summary['model']}, {summary['prompts']} prompts, "
-                      f"{summary['pairs']} pairs, reward model {summary['reward_model'] or '-'}")  # fmt: skip
+                      f"{pairs}, reward model {summary['reward_model'] or '-'}")  # fmt: skip
         from .guardrails import _progress
 
         with _progress() as bar:

@@ -45,6 +45,8 @@ class PolicyTrainIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     kl_bound: float | None = None
     min_pairs: int | None = None
     include_imported: bool | None = None
+    pairs: str | None = None  # checked by PolicySettings, whose message names both choices
+    samples_per_prompt: int | None = None
     label: str | None = None
     seed: int | None = None
 

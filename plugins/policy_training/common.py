@@ -206,6 +206,13 @@ class Scorers:
     def toxicities(self, texts: Sequence[str]) -> list[float]:
         return [s.scores["toxicity"] for s in self.toxicity.score(list(texts), direction="output")]
 
+    def objective(self, prompts: Sequence[Any], texts: Sequence[str], toxicity_weight: float) -> list[float]:
+        """What RL maximises before its KL term (its reward functions weighted 1 and ``toxicity_weight``):
+        the reward model's score minus ``toxicity_weight`` times the completion's toxicity."""
+        rewards = self.rewards(prompts, texts) or [0.0] * len(texts)
+        toxicity = self.toxicities(texts)
+        return [r - toxicity_weight * t for r, t in zip(rewards, toxicity, strict=True)]
+
 
 def describe(scorers: Scorers, samples: Samples) -> dict[str, float]:
     row: dict[str, float] = {}

@@ -5,16 +5,78 @@ Per step the job records DPO's loss, its implicit reward margin as ``reward``
 (beta * [log-ratio of chosen - log-ratio of rejected]) and, every few steps, ``kl``: the KL from the
 reference per token, estimated on completions sampled from the policy for two held-out prompts
 (DPO itself never samples, so this is the only way to see drift as the RL path does).
+
+Pairs come from the store (``pairs="store"``: what users ranked, plus imported pairs) or are built
+here from the policy's own samples (``pairs="sampled"``, :func:`sampled_pairs`): for each training
+prompt ``samples_per_prompt`` completions from the starting policy, scored with the signal RL
+optimises (reward model minus ``toxicity_weight`` x toxicity), best against worst. Such pairs are
+the reward model's own judgement, so they stay with the job (``sampled_pairs.jsonl`` in its
+folder) and are never stored as pairs: training the next reward model on them would teach it
+what it already thinks.
 """
 
 from __future__ import annotations
 
+import json
+import statistics
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from espalier.core.errors import InvalidInput
+from espalier.core.jobs import JobCancelled
 from espalier.core.policy import PolicySettings
 
-from .common import RunLog, fit_messages, fit_text, make_callback, messages_from_transcript, quiet, sample
+from .common import RunLog, Scorers, fit_messages, fit_text, make_callback, messages_from_transcript, quiet, sample, training_prompt
+
+SAMPLED_PAIRS_NAME = "sampled_pairs.jsonl"
+PROMPTS_PER_ROUND = 8  # prompts sampled between progress reports and cancellation checks
+
+
+@dataclass
+class SampledPair:
+    """A pair built from the policy's samples: the best and the worst completion of one prompt."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    chosen_score: float
+    rejected_score: float
+
+
+def sampled_pairs(model: Any, tokenizer: Any, prompts: list[str], scorers: Scorers, settings: PolicySettings,
+                  run: RunLog, out: Path) -> list[SampledPair]:  # fmt: skip
+    """Sample ``samples_per_prompt`` completions of each prompt from ``model``, score them as RL's
+    reward does, and pair the best with the worst. A prompt gives no pair when its best and worst
+    completions are equal, score alike or one of them is empty. Written to ``sampled_pairs.jsonl``."""
+    k = settings.samples_per_prompt
+    pairs: list[SampledPair] = []
+    for start in range(0, len(prompts), PROMPTS_PER_ROUND):
+        if run.check_cancelled():
+            raise JobCancelled()
+        chunk = prompts[start : start + PROMPTS_PER_ROUND]
+        rendered = [q for q in (training_prompt(tokenizer, p, settings) for p in chunk) for _ in range(k)]
+        samples = sample(model, tokenizer, rendered, max_new_tokens=settings.max_completion_tokens,
+                         temperature=settings.temperature, seed=settings.seed + start, with_kl=False,
+                         batch_size=4 * k)  # fmt: skip
+        scores = scorers.objective(rendered, samples.texts, settings.toxicity_weight)
+        for index, prompt in enumerate(chunk):
+            group = list(zip(samples.texts[index * k : (index + 1) * k], scores[index * k : (index + 1) * k], strict=True))
+            (chosen, high), (rejected, low) = max(group, key=lambda g: g[1]), min(group, key=lambda g: g[1])
+            if chosen.strip() and rejected.strip() and chosen != rejected and high - low > 1e-6:
+                pairs.append(SampledPair(prompt, chosen, rejected, high, low))
+        done = min(start + PROMPTS_PER_ROUND, len(prompts))
+        run.job.progress(0.01 + 0.04 * done / len(prompts), f"sampled {done}/{len(prompts)} prompts x {k}: {len(pairs)} pairs")
+    with (out / SAMPLED_PAIRS_NAME).open("w") as file:
+        file.writelines(json.dumps(asdict(pair)) + "\n" for pair in pairs)
+    if len(pairs) < settings.min_pairs:
+        raise InvalidInput(f"only {len(pairs)} of {len(prompts)} prompts gave a pair (their {k} samples were alike); "
+                           f"min_pairs is {settings.min_pairs}: give more prompts, raise samples_per_prompt or "
+                           "temperature, or set toxicity_weight")  # fmt: skip
+    margins = [p.chosen_score - p.rejected_score for p in pairs]
+    run.say(f"sampled pairs: {len(pairs)} from {len(prompts)} prompts x {k} samples; score margin mean "
+            f"{statistics.fmean(margins):.4g}, median {statistics.median(margins):.4g}")  # fmt: skip
+    return pairs
 
 
 def dpo_rows(tokenizer: Any, pairs: list[Any], settings: PolicySettings) -> list[dict[str, Any]]:

@@ -69,6 +69,7 @@ def run(platform: Any, job: Any, settings: PolicySettings, plan: Any) -> dict[st
                       lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                       task_type="CAUSAL_LM")  # fmt: skip
 
+    pairs: list[Any] = []
     if settings.method == "rl":
         train_prompts, held = split_prompts(plan.prompts, settings)
         from .rl import train_rl
@@ -76,14 +77,19 @@ def run(platform: Any, job: Any, settings: PolicySettings, plan: Any) -> dict[st
         trainer = train_rl(model, tokenizer, [training_prompt(tokenizer, p, settings) for p in train_prompts],
                            scorers, settings, lora, run_log, out)  # fmt: skip
     else:
-        pool = plan.prompts or list(dict.fromkeys(p.prompt for p in plan.pairs))
-        held = split_prompts(pool, settings)[1] if settings.eval_prompts else []
-        # Pairs whose prompt is measured on stay out of training, unless that leaves too few.
-        measured = set(held)
-        unseen = [pair for pair in plan.pairs if pair.prompt not in measured]
-        pairs = unseen if len(unseen) >= settings.min_pairs else plan.pairs
-        from .dpo import train_dpo
+        from .dpo import sampled_pairs, train_dpo
 
+        if settings.pairs == "sampled":
+            train_prompts, held = split_prompts(plan.prompts, settings)
+            job.progress(0.01, f"sampling {settings.samples_per_prompt} completions of {len(train_prompts)} prompts")
+            pairs = sampled_pairs(model, tokenizer, train_prompts, scorers, settings, run_log, out)
+        else:
+            pool = plan.prompts or list(dict.fromkeys(p.prompt for p in plan.pairs))
+            held = split_prompts(pool, settings)[1] if settings.eval_prompts else []
+            # Pairs whose prompt is measured on stay out of training, unless that leaves too few.
+            measured = set(held)
+            unseen = [pair for pair in plan.pairs if pair.prompt not in measured]
+            pairs = unseen if len(unseen) >= settings.min_pairs else plan.pairs
         probe = [training_prompt(tokenizer, p, settings) for p in held[:2]]
         trainer = train_dpo(model, tokenizer, pairs, probe, settings, lora, run_log, out)
     train_seconds = time.perf_counter() - started
@@ -133,6 +139,7 @@ def run(platform: Any, job: Any, settings: PolicySettings, plan: Any) -> dict[st
         "reward_model_version": plan.reward_model.version if plan.reward_model is not None else None,
         "beta": settings.effective_beta, "lora_rank": settings.lora_rank, "learning_rate": settings.learning_rate,
         "prompt_format": settings.prompt_format, "train_seconds": round(train_seconds, 2),
+        "pairs": pair_summary(settings, pairs, out),
         "final": {name: values[-1][1] for name, values in run_log.history.items() if values},
         "evaluation": {k: v for k, v in evaluation.items() if k != "examples"}, "warnings": run_log.warnings,
     }  # fmt: skip
@@ -145,5 +152,19 @@ def run(platform: Any, job: Any, settings: PolicySettings, plan: Any) -> dict[st
     job.log(f"registered {plan.model} version '{label}' ({version.id}) as a candidate")
     return {"model": plan.model, "version": version.id, "label": label, "adapter": str(adapter), "plot": str(plot),
             "card": str(out / CARD_NAME), "steps": steps_done, "stop_reason": run_log.stop_reason,
-            "warnings": run_log.warnings, "evaluation": evaluation, "metrics": metrics["final"],
+            "warnings": run_log.warnings, "evaluation": evaluation, "metrics": metrics["final"], "pairs": metrics["pairs"],
             "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
+
+
+def pair_summary(settings: PolicySettings, pairs: list[Any], out: Path) -> dict[str, Any] | None:
+    """DPO's pairs: where they came from, how many, and for sampled pairs the file and score margins."""
+    if settings.method != "dpo":
+        return None
+    summary: dict[str, Any] = {"source": settings.pairs, "count": len(pairs)}
+    if settings.pairs == "sampled":
+        from .dpo import SAMPLED_PAIRS_NAME
+
+        margins = [p.chosen_score - p.rejected_score for p in pairs]
+        summary |= {"file": str(out / SAMPLED_PAIRS_NAME), "samples_per_prompt": settings.samples_per_prompt,
+                    "mean_margin": round(sum(margins) / len(margins), 6)}  # fmt: skip
+    return summary

@@ -47,8 +47,10 @@ def precision_recall(labels: Sequence[int | bool], scores: Sequence[float], thre
 
 def binary_report(labels: Sequence[int | bool], scores: Sequence[float], threshold: float = 0.5) -> dict[str, float]:
     precision, recall = precision_recall(labels, scores, threshold)
+    correct = sum(1 for y, s in zip(labels, scores, strict=True) if bool(y) == (s >= threshold))
     return {
         "roc_auc": roc_auc(labels, scores),
+        "accuracy": correct / len(labels) if labels else 0.0,
         "precision": precision,
         "recall": recall,
         "threshold": threshold,

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from espalier.api.testing import wait_job
 from espalier.core.db.engine import session_scope
 from espalier.core.db.feedback_tables import RewardModelRecord
 from sqlmodel import select
@@ -36,16 +37,6 @@ def rank(espalier, role: str, request_id: str, ids: list[str], ranks: list[int],
     response = espalier.client.post("/api/feedback/rankings", json=body,
                                     headers={**espalier.headers(role), "Idempotency-Key": f"{request_id}-{role}{key}"})  # fmt: skip
     assert response.status_code == 201, response.text
-
-
-def wait_job(platform, job_id: str, timeout: float = 300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = platform.jobs.get(job_id)
-        if job.status in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} did not finish: {platform.jobs.get(job_id).message}")
 
 
 def labeling_task_candidates(espalier, prompt: str, labelers: list[str], seed: int) -> str:

@@ -8,7 +8,7 @@ import pytest
 
 from espalier.core.errors import InvalidInput
 from espalier.plugins.toxicity import load_labelled, stratified_split, train_toxicity_model
-from espalier.plugins.toxicity.metrics import precision_recall, roc_auc
+from espalier.plugins.toxicity.metrics import binary_report, precision_recall, roc_auc
 
 
 def write(tmp_path, lines):
@@ -86,5 +86,8 @@ def test_metrics():
     assert roc_auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
     assert roc_auc([0, 1, 1], [0.3, 0.3, 0.9]) == 0.75
     assert precision_recall([0, 1, 1, 0], [0.9, 0.8, 0.1, 0.2]) == (0.5, 0.5)
+    # accuracy at the threshold: 0.9 and 0.1 are wrong, 0.8 and 0.2 right; a score equal to it counts as flagged
+    assert binary_report([0, 1, 1, 0], [0.9, 0.8, 0.1, 0.2])["accuracy"] == 0.5
+    assert binary_report([0, 1], [0.49, 0.5])["accuracy"] == 1.0
     with pytest.raises(ValueError):
         roc_auc([1, 1], [0.2, 0.3])
