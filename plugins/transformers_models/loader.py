@@ -13,6 +13,8 @@ import copy
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -110,16 +112,30 @@ def convert_gguf(source: ResolvedSource, cache_dir: str | os.PathLike[str]) -> P
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with LOAD_LOCK:
-        return _convert(source, target)
+        if not (target / _COMPLETE_MARKER).is_file():
+            _convert_in_child(source.path, target)
+    return target
 
 
-def _convert(source: ResolvedSource, target: Path) -> Path:
+def _convert_in_child(path: Path, target: Path) -> None:
+    """Run :func:`_convert` in a child process. A process that dequantised a GGUF file itself
+    decoded at about half speed afterwards, with the very same weights (measured: 35 against 65
+    tokens/s for SmolLM2-135M in bfloat16, whatever memory was handed back); the child also
+    keeps the float32 copies out of the server's memory."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", __name__, str(path), str(target)], capture_output=True, text=True)
+    if done.returncode != 0 or not (target / _COMPLETE_MARKER).is_file():
+        reason = next((line for line in reversed(done.stderr.strip().splitlines()) if line.strip()), "no output")
+        raise InvalidInput(f"could not convert the GGUF file {path} to safetensors: {reason[:300]}")
+    log.info("Converted %s to safetensors in %.1fs (%s)", path, time.perf_counter() - started, target)
+
+
+def _convert(path: Path, target: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if (target / _COMPLETE_MARKER).is_file():
         return target
-    folder, name = str(source.path.parent), source.path.name
-    started = time.perf_counter()
+    folder, name = str(path.parent), path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
     gguf_model = AutoModelForCausalLM.from_pretrained(
         folder, gguf_file=name, dtype=torch.float32, local_files_only=True
@@ -136,7 +152,7 @@ def _convert(source: ResolvedSource, target: Path) -> Path:
     try:
         plain.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        (staging / _COMPLETE_MARKER).write_text(str(source.path))
+        (staging / _COMPLETE_MARKER).write_text(str(path))
         try:
             staging.rename(target)
         except OSError:
@@ -145,7 +161,6 @@ def _convert(source: ResolvedSource, target: Path) -> Path:
             # Another process finished the same conversion first; its copy is as good as ours.
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("Converted %s to safetensors in %.1fs (%s)", source.path, time.perf_counter() - started, target)
     return target
 
 
@@ -245,3 +260,7 @@ def unload_all() -> None:
     with _registry_lock:
         _loaded.clear()
         _key_locks.clear()
+
+
+if __name__ == "__main__":  # the child of _convert_in_child: python -m ...loader GGUF_PATH TARGET
+    _convert(Path(sys.argv[1]), Path(sys.argv[2]))

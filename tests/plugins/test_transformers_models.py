@@ -68,6 +68,15 @@ def test_gguf_load_writes_a_safetensors_cache_that_later_loads_use(cold_load, mo
     assert again.model is not model.model
 
 
+def test_a_corrupt_gguf_file_is_a_clear_error_and_leaves_no_cache(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + bytes(range(256)) * 8)
+    spec = replace(DEFAULT_MODEL, name="broken", source=str(bad))
+    with pytest.raises(InvalidInput, match=r"could not convert the GGUF file .*broken\.gguf"):
+        TransformersProvider().load(spec, cache_dir=str(tmp_path / "cache"))
+    assert not gguf_cache_folder(resolve_source(str(bad)), tmp_path / "cache").exists()
+
+
 def test_weights_are_loaded_once_per_process(model, model_cache):
     narrow = TransformersProvider().load(
         replace(DEFAULT_MODEL, name="narrow", source="smollm2", context_window=64), cache_dir=str(model_cache)
