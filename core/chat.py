@@ -276,9 +276,14 @@ class ChatService:
         return guardrails.check_input(messages, context, "before"), flag_input
 
     # Preparation -------------------------------------------------------------------------------
-    def _prepare(self, request: ChatRequest, principal: Principal | None) -> tuple[list[ChatMessage], str]:
+    def _prepare(self, request: ChatRequest, principal: Principal | None, *,
+                 claim: bool = True) -> tuple[list[ChatMessage], str]:  # fmt: skip
+        """Checked messages and the conversation id (claimed for ``principal`` unless ``claim`` is
+        False: then the caller calls :meth:`_claim_conversation` itself)."""
         validate_params(request.params)
-        conversation_id = self._conversation(request.conversation_id, principal)
+        conversation_id = _conversation_id(request.conversation_id)
+        if claim:
+            self._claim_conversation(conversation_id, principal)
         if request.kind == "completion":
             if request.prompt is None or not request.prompt.strip():
                 raise InvalidInput("prompt must be a non-empty string", code="invalid_prompt")
@@ -321,19 +326,15 @@ class ChatService:
             )
         request.params.max_tokens = min(DEFAULT_MAX_TOKENS, room)
 
-    def _conversation(self, conversation_id: str | None, principal: Principal | None) -> str:
+    def _claim_conversation(self, conversation_id: str, principal: Principal | None) -> None:
+        """Open the conversation for ``principal``, or check that it is theirs (NotFound if not)."""
         owner = principal.key_id if principal else None
-        if conversation_id is None:
-            conversation_id = f"conv_{secrets.token_hex(10)}"
-        elif not (1 <= len(conversation_id) <= 80) or not conversation_id.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise InvalidInput("conversation_id must be 1-80 letters, digits, '-', '_' or '.'")
         with session_scope(self.engine) as session:
             conversation = session.get(Conversation, conversation_id)
             if conversation is None:
                 session.add(Conversation(id=conversation_id, owner_key_id=owner))
             elif conversation.owner_key_id != owner and not (principal and principal.has_role("admin")):
                 raise NotFound(f"no conversation '{conversation_id}' for this key")
-        return conversation_id
 
     # Generation --------------------------------------------------------------------------------
     def complete(self, request: ChatRequest, principal: Principal | None,
@@ -365,11 +366,12 @@ class ChatService:
 
     def stream(self, request: ChatRequest, principal: Principal | None,
                cancel: Callable[[], bool] | None = None) -> StreamSession:  # fmt: skip
-        messages, conversation_id = self._prepare(request, principal)
+        messages, conversation_id = self._prepare(request, principal, claim=False)
         request_id = new_request_id(request.kind)
         context = CheckContext(request.kind, request_id, principal)
         messages, flag_input = self._check_input(request, messages, context)
         consumer = messages
+        iterator: Iterator[TokenDelta] | None = None
         try:
             model, version, messages, sources = self._load(request, principal, messages)
             self._fit_max_tokens(model, request, messages)
@@ -380,7 +382,13 @@ class ChatService:
             else:
                 iterator = model.stream(messages, request.params, cancel)  # validates before returning
                 count = lambda: _count(model, messages, request.params)  # noqa: E731
+            # Claimed while the first token is on its way, so its database write does not delay
+            # that token; someone else's conversation still ends the request (and its generation).
+            self._claim_conversation(conversation_id, principal)
         except BaseException:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
             flag_input()
             raise
         # A model that already rendered the prompt says how long it was (no second rendering
@@ -513,3 +521,12 @@ class ConversationService:
                 for r in requests
             ],
         }
+
+
+def _conversation_id(conversation_id: str | None) -> str:
+    """The consumer's conversation id, checked, or a new one."""
+    if conversation_id is None:
+        return f"conv_{secrets.token_hex(10)}"
+    if not (1 <= len(conversation_id) <= 80) or not conversation_id.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise InvalidInput("conversation_id must be 1-80 letters, digits, '-', '_' or '.'")
+    return conversation_id

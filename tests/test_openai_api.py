@@ -225,6 +225,10 @@ def test_conversations_are_stored_and_private(server, client, user_key):
     with pytest.raises(openai.NotFoundError):
         other_client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2,
                                              extra_body={"espalier": {"conversation_id": conversation}})  # fmt: skip
+    with pytest.raises(openai.NotFoundError):  # streamed: the claim comes after generation started, still a 404
+        other_client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2, stream=True,
+                                             extra_body={"espalier": {"conversation_id": conversation}})  # fmt: skip
+    assert conversation not in json.dumps(httpx.get(f"{server.base}/api/conversations", headers=server.headers(other)).json())
 
 
 def test_chain_of_thought_template(server, client, user_key):

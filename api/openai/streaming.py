@@ -66,10 +66,14 @@ async def stream_events(
     worker = threading.Thread(target=produce, name=f"espalier-stream-{session.request_id[-6:]}", daemon=True)
     worker.start()
     try:
-        for event in first:
-            yield sse(event)
         while True:
             item = await queue.get()
+            if first:
+                # The opening chunks (role, request ids) go out with the first token, not while
+                # the prompt is being read: on a small machine, a client busy with them during
+                # prefill delays the very token it waits for.
+                yield b"".join(sse(event) for event in first)
+                first = []
             if item is _END:
                 break
             if isinstance(item, BaseException):
