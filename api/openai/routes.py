@@ -22,13 +22,13 @@ from . import convert
 from .errors import OPENAI_EXCEPTION_HANDLERS
 from .moderations import moderations
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from .streaming import EventStream, stream_events
+from .streaming import EventStream, open_events
 
 MAX_EMBEDDING_INPUTS = 2048
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _stream_response(session: StreamSession, cancel: threading.Event, kind: str, include_usage: bool) -> EventStream:
+async def _stream_response(session: StreamSession, cancel: threading.Event, kind: str, include_usage: bool) -> EventStream:
     base = {
         "id": session.request_id,
         "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
@@ -60,7 +60,7 @@ def _stream_response(session: StreamSession, cancel: threading.Event, kind: str,
             "total_tokens": session.prompt_tokens + completion_tokens}}  # fmt: skip
 
     return EventStream(
-        stream_events(session, cancel, first, chunk, usage if include_usage else None),
+        await open_events(session, cancel, first, chunk, usage if include_usage else None),
         media_type="text/event-stream",
         headers={**SSE_HEADERS, "x-espalier-model-version": session.version.label},
     )
@@ -74,7 +74,7 @@ async def chat_completions(request: Request, data: JSONBody[ChatCompletionReques
         cancel = threading.Event()
         session = await anyio.to_thread.run_sync(lambda: platform.chat.stream(chat_request, principal, cancel.is_set))
         include_usage = bool(data.stream_options and data.stream_options.include_usage)
-        return _stream_response(session, cancel, "chat", include_usage)
+        return await _stream_response(session, cancel, "chat", include_usage)
     result = await anyio.to_thread.run_sync(lambda: platform.chat.complete(chat_request, principal))
     return Response(convert.chat_response(result), headers={"x-espalier-model-version": result.model_version})
 
@@ -89,7 +89,7 @@ async def completions(request: Request, data: JSONBody[CompletionRequest], princ
         cancel = threading.Event()
         session = await anyio.to_thread.run_sync(lambda: platform.chat.stream(requests[0], principal, cancel.is_set))
         include_usage = bool(data.stream_options and data.stream_options.include_usage)
-        return _stream_response(session, cancel, "completion", include_usage)
+        return await _stream_response(session, cancel, "completion", include_usage)
 
     def run_all() -> list:
         return [platform.chat.complete(item, principal) for item in requests]

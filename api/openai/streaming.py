@@ -1,8 +1,11 @@
 """Server-sent events from a blocking token iterator.
 
-A worker thread drains the model's iterator into an asyncio queue. When the client goes away,
-litestar cancels the response's generator; its ``finally`` sets the cancel flag the model polls
-between tokens, so generation stops within a token and the thread stores what was delivered.
+A worker thread drains the model's iterator into an asyncio queue. The response starts once the
+first piece is there: a failure before any token is an ordinary HTTP error, and neither the
+server nor the client is busy with headers while the prompt is being read (on a small machine
+that work slows the prompt pass itself). When the client goes away, litestar cancels the
+response's generator; its ``finally`` sets the cancel flag the model polls between tokens, so
+generation stops within a token and the thread stores what was delivered.
 """
 
 from __future__ import annotations
@@ -38,57 +41,92 @@ def sse(data: Any) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def stream_events(
+class _Producer:
+    """Drains ``session.deltas()`` in a worker thread into an asyncio queue; stores the request
+    (``session.finish()``) when the deltas end, whatever ended them."""
+
+    def __init__(self, session: StreamSession, cancel: threading.Event):
+        self.session, self.cancel = session, cancel
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.worker = threading.Thread(target=self._produce, name=f"espalier-stream-{session.request_id[-6:]}", daemon=True)
+        self.worker.start()
+
+    def _put(self, item: Any) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    def _produce(self) -> None:
+        try:
+            for delta in self.session.deltas():
+                self._put(delta)
+                if self.cancel.is_set():
+                    break
+        except BaseException as exc:  # reported to the client: an HTTP error before the first token, else an event
+            self._put(exc)
+        finally:
+            try:
+                self.session.finish()
+            except Exception:
+                log.exception("could not store streamed request %s", self.session.request_id)
+            self._put(_END)
+
+    async def close(self) -> None:
+        self.cancel.set()
+        if self.worker.is_alive():
+            # the thread notices the flag within one token; don't hold the event loop meanwhile
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.worker.join, 30)
+
+
+async def open_events(
     session: StreamSession,
     cancel: threading.Event,
     first: list[dict[str, Any]],
     chunk: Callable[[TokenDelta], dict[str, Any]],
     usage_chunk: Callable[[], dict[str, Any]] | None,
 ) -> AsyncIterator[bytes]:
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
+    """Start generating and wait for the first piece; then the events, opening chunks first.
 
-    def produce() -> None:
-        try:
-            for delta in session.deltas():
-                loop.call_soon_threadsafe(queue.put_nowait, delta)
-                if cancel.is_set():
-                    break
-        except BaseException as exc:  # reported to the client as an error event
-            loop.call_soon_threadsafe(queue.put_nowait, exc)
-        finally:
-            try:
-                session.finish()
-            except Exception:
-                log.exception("could not store streamed request %s", session.request_id)
-            loop.call_soon_threadsafe(queue.put_nowait, _END)
-
-    worker = threading.Thread(target=produce, name=f"espalier-stream-{session.request_id[-6:]}", daemon=True)
-    worker.start()
+    :raises EspalierError: generation failed before its first token (the caller answers with
+        the error's status instead of a stream).
+    """
+    producer = _Producer(session, cancel)
     try:
+        item = await producer.queue.get()
+    except BaseException:  # the client went away while the prompt was being read
+        await producer.close()
+        raise
+    if isinstance(item, BaseException):
+        await producer.close()
+        if isinstance(item, EspalierError):
+            raise item
+        log.error("stream %s failed: %r", session.request_id, item)
+        raise EspalierError("generation failed") from item
+    return _events(producer, item, first, chunk, usage_chunk)
+
+
+async def _events(producer: _Producer, item: Any, first: list[dict[str, Any]],
+                  chunk: Callable[[TokenDelta], dict[str, Any]],
+                  usage_chunk: Callable[[], dict[str, Any]] | None) -> AsyncIterator[bytes]:  # fmt: skip
+    try:
+        opening = b"".join(sse(event) for event in first)
         while True:
-            item = await queue.get()
-            if first:
-                # The opening chunks (role, request ids) go out with the first token, not while
-                # the prompt is being read: on a small machine, a client busy with them during
-                # prefill delays the very token it waits for.
-                yield b"".join(sse(event) for event in first)
-                first = []
             if item is _END:
                 break
             if isinstance(item, BaseException):
                 message = item.message if isinstance(item, EspalierError) else "generation failed"
                 if not isinstance(item, EspalierError):
-                    log.error("stream %s failed: %r", session.request_id, item)
-                yield sse({"error": {"message": message, "type": "server_error", "param": None,
-                                     "code": getattr(item, "code", "internal_error")}})  # fmt: skip
-                continue
-            yield sse(chunk(item))
+                    log.error("stream %s failed: %r", producer.session.request_id, item)
+                yield opening + sse({"error": {"message": message, "type": "server_error", "param": None,
+                                               "code": getattr(item, "code", "internal_error")}})  # fmt: skip
+            else:
+                yield opening + sse(chunk(item))
+            opening = b""
+            item = await producer.queue.get()
+        if opening:
+            yield opening
         if usage_chunk is not None:
             yield sse(usage_chunk())
         yield b"data: [DONE]\n\n"
     finally:
-        cancel.set()
-        if worker.is_alive():
-            # the thread notices the flag within one token; don't hold the event loop meanwhile
-            await anyio.to_thread.run_sync(worker.join, 30)
+        await producer.close()
