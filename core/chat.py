@@ -276,14 +276,11 @@ class ChatService:
         return guardrails.check_input(messages, context, "before"), flag_input
 
     # Preparation -------------------------------------------------------------------------------
-    def _prepare(self, request: ChatRequest, principal: Principal | None, *,
-                 claim: bool = True) -> tuple[list[ChatMessage], str]:  # fmt: skip
-        """Checked messages and the conversation id (claimed for ``principal`` unless ``claim`` is
-        False: then the caller calls :meth:`_claim_conversation` itself)."""
+    def _prepare(self, request: ChatRequest) -> tuple[list[ChatMessage], str]:
+        """Checked messages and the conversation id; the caller claims the conversation
+        (:meth:`_claim_conversation`) when it suits it."""
         validate_params(request.params)
         conversation_id = _conversation_id(request.conversation_id)
-        if claim:
-            self._claim_conversation(conversation_id, principal)
         if request.kind == "completion":
             if request.prompt is None or not request.prompt.strip():
                 raise InvalidInput("prompt must be a non-empty string", code="invalid_prompt")
@@ -339,7 +336,8 @@ class ChatService:
     # Generation --------------------------------------------------------------------------------
     def complete(self, request: ChatRequest, principal: Principal | None,
                  cancel: Callable[[], bool] | None = None) -> ChatResult:  # fmt: skip
-        messages, conversation_id = self._prepare(request, principal)
+        messages, conversation_id = self._prepare(request)
+        self._claim_conversation(conversation_id, principal)
         request_id = new_request_id(request.kind)
         context = CheckContext(request.kind, request_id, principal)
         messages, flag_input = self._check_input(request, messages, context)
@@ -366,7 +364,7 @@ class ChatService:
 
     def stream(self, request: ChatRequest, principal: Principal | None,
                cancel: Callable[[], bool] | None = None) -> StreamSession:  # fmt: skip
-        messages, conversation_id = self._prepare(request, principal, claim=False)
+        messages, conversation_id = self._prepare(request)
         request_id = new_request_id(request.kind)
         context = CheckContext(request.kind, request_id, principal)
         messages, flag_input = self._check_input(request, messages, context)

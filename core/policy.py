@@ -70,6 +70,11 @@ class PolicySettings:
     label: str | None = None  # the version label; default: <method>-<job id>
     seed: int = 0
 
+    def held_out(self, prompts: int) -> int:
+        """How many of ``prompts`` are held out to measure the result: ``eval_prompts``, or one
+        when there are not more prompts than that (the trainer and the preflight share this)."""
+        return self.eval_prompts if prompts > self.eval_prompts else min(1, prompts)
+
     @property
     def effective_beta(self) -> float:
         return self.beta if self.beta is not None else (0.04 if self.method == "rl" else 0.1)
@@ -283,7 +288,7 @@ def preflight(platform: Any, settings: PolicySettings) -> PolicyPlan:
         if not prompts:
             raise InvalidInput("the prompt set is empty: DPO on sampled pairs samples completions of prompts; give "
                                "prompts, prompts_path or prompts_from_conversations", code="empty_prompt_set")  # fmt: skip
-        held = settings.eval_prompts if len(prompts) > settings.eval_prompts else 1  # as the trainer splits them
+        held = settings.held_out(len(prompts))
         if len(prompts) - held < settings.min_pairs:
             raise InvalidInput(f"DPO on sampled pairs makes at most one pair per training prompt: {len(prompts)} prompts "
                                f"({held} held out) cannot give min_pairs={settings.min_pairs}; give more prompts",

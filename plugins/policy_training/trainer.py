@@ -48,7 +48,7 @@ def split_prompts(prompts: list[str], settings: PolicySettings) -> tuple[list[st
     """(train, held out): a seeded shuffle, then the first ``eval_prompts`` are held out."""
     order = list(prompts)
     random.Random(settings.seed).shuffle(order)
-    held = order[: settings.eval_prompts] if len(order) > settings.eval_prompts else order[:1]
+    held = order[: settings.held_out(len(order))]
     train = order[len(held) :] or order
     return train, held
 
