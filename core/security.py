@@ -16,10 +16,11 @@ from datetime import timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from .db.engine import session_scope
+from .db.engine import read_connection, session_scope
 from .db.tables import ApiKey, AuditEvent, utcnow
 from .errors import Forbidden, InvalidInput, NotFound, Unauthenticated
 
@@ -122,22 +123,28 @@ class KeyService:
         if key_id is None:
             raise Unauthenticated("invalid API key")
         digest = hashlib.sha256(raw.encode()).hexdigest()
-        with session_scope(self.engine) as session:
-            record = session.get(ApiKey, key_id)
-            if record is None or record.revoked_at is not None:
-                raise Unauthenticated("invalid or revoked API key")
-            if self._verified.get(digest) != key_id:
-                try:
-                    _hasher.verify(record.secret_hash, raw.split("_", 2)[2])
-                except (VerificationError, InvalidHashError):
-                    raise Unauthenticated("invalid or revoked API key") from None
-                with self._lock:
-                    self._verified[digest] = key_id
-            now = utcnow()
-            if record.last_used_at is None or now - record.last_used_at > LAST_USED_RESOLUTION:
-                record.last_used_at = now
-                session.add(record)
-            return Principal(key_id=record.id, name=record.name, role=record.role)
+        # Read on every request, so revocation counts from the next one, in every process.
+        with read_connection(self.engine) as connection:
+            record = connection.execute(_KEY_ROW, {"key_id": key_id}).first()
+        if record is None or record.revoked_at is not None:
+            raise Unauthenticated("invalid or revoked API key")
+        if self._verified.get(digest) != key_id:
+            try:
+                _hasher.verify(record.secret_hash, raw.split("_", 2)[2])
+            except (VerificationError, InvalidHashError):
+                raise Unauthenticated("invalid or revoked API key") from None
+            with self._lock:
+                self._verified[digest] = key_id
+        now = utcnow()
+        if record.last_used_at is None or now - record.last_used_at > LAST_USED_RESOLUTION:
+            with self.engine.begin() as connection:
+                connection.execute(_TOUCH_KEY, {"key_id": key_id, "now": now})
+        return Principal(key_id=record.id, name=record.name, role=record.role)
+
+
+_KEY_ROW = select(ApiKey.id, ApiKey.name, ApiKey.role, ApiKey.secret_hash, ApiKey.last_used_at,  # type: ignore[call-overload]
+                  ApiKey.revoked_at).where(ApiKey.id == bindparam("key_id"))  # fmt: skip
+_TOUCH_KEY = update(ApiKey).where(ApiKey.id == bindparam("key_id")).values(last_used_at=bindparam("now"))  # type: ignore[arg-type]
 
 
 def require_role(principal: Principal, minimum: str) -> None:

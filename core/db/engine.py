@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlmodel import Session, create_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
+READ_ONLY = "espalier_read_only"
 
 
 def create_db_engine(url: str) -> Engine:
@@ -44,7 +45,8 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection):
         # IMMEDIATE takes the write lock up front: no deadlock upgrading a read to a write later.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads (read_connection) begin deferred: with WAL they never wait for a writer.
+        connection.exec_driver_sql("BEGIN" if connection.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 @contextmanager
@@ -57,6 +59,16 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+@contextmanager
+def read_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads on the hot path (every request's key check and model lookup): a
+    Core statement built once costs a fraction of an ORM session, and on SQLite the transaction
+    begins deferred, so it does not queue behind writers. Never write through it."""
+    with engine.connect() as connection:
+        connection.execution_options(**{READ_ONLY: True})
+        yield connection
 
 
 def lock_transaction(session: Session, name: str) -> None:
