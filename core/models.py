@@ -15,10 +15,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import select
+from sqlalchemy import bindparam
+from sqlmodel import Session, select
 
 from .contracts import ChatModel, ModelProvider, ModelSpec
-from .db.engine import session_scope
+from .db.engine import READ_ONLY, session_scope
 from .db.tables import EvaluationRecord, ModelRecord, ModelVersion, ServingChange, new_id
 from .errors import Conflict, Forbidden, InvalidInput, NotFound
 from .registry import NAME_PATTERN, Registry
@@ -54,6 +55,20 @@ class ModelInfo:
     created_at: Any = None
 
 
+_SERVING = (
+    select(ModelRecord, ModelVersion)
+    .join(ModelVersion, (ModelVersion.model == ModelRecord.name) & (ModelVersion.id == ModelRecord.serving_version))
+    .where(ModelRecord.name == bindparam("name"))
+)
+_VERSION = (
+    select(ModelRecord, ModelVersion)
+    .join(ModelVersion, ModelVersion.model == ModelRecord.name)
+    .where(ModelRecord.name == bindparam("name"),
+           (ModelVersion.label == bindparam("version")) | (ModelVersion.id == bindparam("version")))
+    .limit(1)
+)  # fmt: skip
+
+
 class ModelService:
     def __init__(
         self,
@@ -65,6 +80,7 @@ class ModelService:
         max_loaded_versions: int = 3,
     ):
         self.engine = engine
+        self._reads = engine.execution_options(**{READ_ONLY: True})  # deferred BEGIN on SQLite
         self.providers = providers
         self.builtins = builtins
         self.cache_dir = cache_dir
@@ -200,7 +216,7 @@ class ModelService:
             versions=[
                 {"id": v.id, "label": v.label, "adapter": v.adapter, "status": v.status,
                  "serving": v.id == record.serving_version, "created_at": v.created_at, "metrics": v.metrics,
-                 "loaded": (name, v.id) in self._loaded}
+                 "loaded": (name, v.id) in self._loaded, **self._serving_stats(name, v.id)}
                 for v in versions
             ],  # fmt: skip
             loaded=any(key[0] == name for key in self._loaded),
@@ -218,18 +234,18 @@ class ModelService:
             if version is not None and version != named:
                 raise InvalidInput(f"the model id names version '{named}' and the request version '{version}': give one")
             version = named
-        with session_scope(self.engine) as session:
-            record = session.get(ModelRecord, name)
-            if record is None:
-                raise NotFound(f"no model named '{name}' (see GET /v1/models)", code="model_not_found")
-            query = select(ModelVersion).where(ModelVersion.model == name)
+        # Every request resolves its model here, so the statements are built once (see below);
+        # the serving version is read each time, so a promotion counts from the next request.
+        with Session(self._reads, expire_on_commit=False) as session:
             if version is None:
-                query = query.where(ModelVersion.id == record.serving_version)
+                found = session.execute(_SERVING, {"name": name}).first()
             else:
-                query = query.where((ModelVersion.label == version) | (ModelVersion.id == version))
-            chosen = session.exec(query).first()
-            if chosen is None:
-                raise NotFound(f"model '{name}' has no version '{version}'", code="model_not_found")
+                found = session.execute(_VERSION, {"name": name, "version": version}).first()
+            if found is None and session.get(ModelRecord, name) is None:
+                raise NotFound(f"no model named '{name}' (see GET /v1/models)", code="model_not_found")
+        if found is None:
+            raise NotFound(f"model '{name}' has no version '{version}'", code="model_not_found")
+        record, chosen = found
         spec = ModelSpec(
             name=record.name, provider=record.provider, source=record.source, dtype=record.dtype,
             context_window=record.context_window, adapter=chosen.adapter, options=record.options,
@@ -258,6 +274,12 @@ class ModelService:
                     self._specs[key] = spec
                 self._evict(name)
         return model, chosen
+
+    def _serving_stats(self, name: str, version_id: str) -> dict[str, Any]:
+        """``{"serving_stats": ...}`` for a loaded version whose model reports them, else nothing."""
+        model = self._loaded.get((name, version_id))
+        stats = getattr(model, "serving_stats", None)
+        return {"serving_stats": stats()} if callable(stats) else {}
 
     def loaded_versions(self, name: str) -> list[str]:
         """Version ids of ``name`` in memory, least recently used first."""
