@@ -323,8 +323,12 @@ class ChatService:
             )
         request.params.max_tokens = min(DEFAULT_MAX_TOKENS, room)
 
-    def _claim_conversation(self, conversation_id: str, principal: Principal | None) -> None:
-        """Open the conversation for ``principal``, or check that it is theirs (NotFound if not)."""
+    def _claim_conversation(self, request: ChatRequest, conversation_id: str, principal: Principal | None) -> None:
+        """Open the consumer's conversation for ``principal``, or check that it is theirs (NotFound
+        if not). A conversation id the server just made up is nobody's yet: :meth:`_store` opens it
+        with the request, and nothing is written before the answer."""
+        if request.conversation_id is None:
+            return
         owner = principal.key_id if principal else None
         with session_scope(self.engine) as session:
             conversation = session.get(Conversation, conversation_id)
@@ -337,7 +341,7 @@ class ChatService:
     def complete(self, request: ChatRequest, principal: Principal | None,
                  cancel: Callable[[], bool] | None = None) -> ChatResult:  # fmt: skip
         messages, conversation_id = self._prepare(request)
-        self._claim_conversation(conversation_id, principal)
+        self._claim_conversation(request, conversation_id, principal)
         request_id = new_request_id(request.kind)
         context = CheckContext(request.kind, request_id, principal)
         messages, flag_input = self._check_input(request, messages, context)
@@ -382,7 +386,7 @@ class ChatService:
                 count = lambda: _count(model, messages, request.params)  # noqa: E731
             # Claimed while the first token is on its way, so its database write does not delay
             # that token; someone else's conversation still ends the request (and its generation).
-            self._claim_conversation(conversation_id, principal)
+            self._claim_conversation(request, conversation_id, principal)
         except BaseException:
             close = getattr(iterator, "close", None)
             if close is not None:
@@ -419,6 +423,12 @@ class ChatService:
             if request.kind == "chat" else [{"role": "prompt", "content": request.prompt}]
         )  # fmt: skip
         with session_scope(self.engine) as session:
+            conversation = session.get(Conversation, conversation_id)
+            if conversation is None:  # one the server opened for this request (see _claim_conversation)
+                conversation = Conversation(id=conversation_id, owner_key_id=principal.key_id if principal else None)
+            conversation.updated_at = utcnow()
+            session.add(conversation)
+            session.flush()
             session.add(ChatRequestRecord(
                 id=request_id, conversation_id=conversation_id, owner_key_id=principal.key_id if principal else None,
                 kind=request.kind, model=request.model, model_version=version.id, messages=stored_messages,
@@ -434,10 +444,6 @@ class ChatService:
                     text=calls_text(generation.text, generation.tool_calls) if generation.tool_calls else generation.text,
                     finish_reason=generation.finish_reason, completion_tokens=generation.completion_tokens,
                 ))  # fmt: skip
-            conversation = session.get(Conversation, conversation_id)
-            if conversation is not None:
-                conversation.updated_at = utcnow()
-                session.add(conversation)
         return ChatResult(
             request_id=request_id, conversation_id=conversation_id, created=created,
             model=served_model_id(request, version),
