@@ -256,3 +256,34 @@ def test_chain_of_thought_template(server, client, user_key):
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2,
                                        extra_body={"espalier": {"template": "no-such-template"}})  # fmt: skip
+
+
+def test_later_turns_reuse_the_prompt_so_far_and_say_so(server, client, user_key):
+    system = {"role": "system", "content": "You are a gardener who answers in one short sentence. " * 6}
+    first = [system, {"role": "user", "content": "When should I plant tulips?"}]
+    reply = client.chat.completions.create(model=MODEL, messages=first, max_tokens=12, temperature=0)
+    # a conversation the server opened: stored with the answer, its owner's alone
+    conversation = reply.model_extra["espalier"]["conversation_id"]
+    mine = httpx.get(f"{server.base}/api/conversations/{conversation}", headers=server.headers(user_key))
+    assert mine.status_code == 200 and len(mine.json()["requests"]) == 1
+    other = server.create_key("user", "not-the-gardener")
+    assert httpx.get(f"{server.base}/api/conversations/{conversation}", headers=server.headers(other)).status_code == 404
+
+    operator = server.create_key("operator", "serving-stats")
+
+    def reuse() -> dict:
+        info = httpx.get(f"{server.base}/api/models/{MODEL}", headers=server.headers(operator)).json()
+        serving = next(v for v in info["versions"] if v["serving"])
+        assert serving["loaded"] and serving["serving_stats"]["packed_prefill_layers"] >= 0
+        return serving["serving_stats"]["prefix_cache"]
+
+    before = reuse()
+    second = [*first, {"role": "assistant", "content": reply.choices[0].message.content},
+              {"role": "user", "content": "And how deep?"}]  # fmt: skip
+    answer = client.chat.completions.create(model=MODEL, messages=second, max_tokens=8, temperature=0,
+                                            extra_body={"espalier": {"conversation_id": conversation}})  # fmt: skip
+    assert answer.choices[0].message.content
+    after = reuse()
+    assert after["prompts"] == before["prompts"] + 1 and after["hits"] == before["hits"] + 1
+    assert after["reused_tokens"] - before["reused_tokens"] >= 64  # the system prompt and the first turn
+    assert len(httpx.get(f"{server.base}/api/conversations/{conversation}", headers=server.headers(user_key)).json()["requests"]) == 2

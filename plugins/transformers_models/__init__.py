@@ -8,6 +8,7 @@ Get the default model with::
 
 from espalier import hookimpl
 
+from .engine import get_engine
 from .loader import pick_dtype, unload_all
 from .model import TransformersChatModel
 from .provider import DEFAULT_MODEL, TransformersProvider
@@ -32,3 +33,10 @@ def register_model_providers(register):
 @hookimpl
 def register_models(register):
     register(DEFAULT_MODEL)
+
+
+@hookimpl
+def startup(platform):
+    engine = get_engine()
+    engine.prefix_cache_bytes = platform.settings.prefix_cache_mb * 2**20
+    engine.pack_prefill_weights = platform.settings.pack_prefill_weights

@@ -14,6 +14,11 @@ stop string, ``max_tokens``, cancel, or a consumer that stopped reading), and pa
 needs any more is cut off. A model without row attention has each sequence decoded on its own,
 taking turns step by step.
 
+Prompt passes run on weights pre-packed for oneDNN at load (:mod:`.packing`; same bits, less
+time), and prompts that begin like a recent one are prefilled from its keys and values
+(:mod:`.prefix`): few-shot examples, long system prompts and a conversation's earlier turns are
+computed once, not per request.
+
 Sampling stays per sequence: each has its own sampler (and seeded generator). A row's logits do
 not depend on its neighbours, to the last bit: row attention gives it the attention kernel it
 gets alone, and every decode step uses the same (PyTorch's own) matrix kernels whatever the
@@ -34,6 +39,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
@@ -42,12 +48,16 @@ import torch.nn.functional as F
 
 from espalier.core.contracts import GenerationParams, TokenDelta
 
+from .packing import packed_prefill
+from .prefix import PrefixCache
 from .text import CandidateText
 
 log = logging.getLogger(__name__)
 
 #: Most rows (sequences times their ``n`` candidates) decoded in one forward pass of one model.
 MAX_BATCH_ROWS = 16
+#: Memory for the KV of recent prompts, per model's weights (``ESPALIER_PREFIX_CACHE_MB``).
+PREFIX_CACHE_BYTES = 128 * 2**20
 NUCLEUS_SEARCH = 512
 
 _DONE = object()
@@ -315,9 +325,14 @@ def _can_merge(cache: Any) -> bool:
 class GenerationEngine:
     """Owns the generation thread. Use :func:`get_engine` for the process's engine."""
 
-    def __init__(self, max_batch_rows: int = MAX_BATCH_ROWS):
+    def __init__(self, max_batch_rows: int = MAX_BATCH_ROWS, prefix_cache_bytes: int = PREFIX_CACHE_BYTES):
         self.max_batch_rows = max_batch_rows
-        self._incoming: queue.SimpleQueue[Sequence] = queue.SimpleQueue()
+        #: Memory for reused prompt beginnings, per model's weights; 0 turns reuse off. Read when
+        #: a model's first sequence is prefilled.
+        self.prefix_cache_bytes = prefix_cache_bytes
+        #: Models loaded from now on run prompt passes on pre-packed weights (:mod:`.packing`).
+        self.pack_prefill_weights = True
+        self._incoming: queue.SimpleQueue[Sequence | _Task] = queue.SimpleQueue()
         self._waiting: deque[Sequence] = deque()
         self._batches: list[_Batch] = []
         self._thread: threading.Thread | None = None
@@ -352,6 +367,21 @@ class GenerationEngine:
         self._ensure_thread()
         self._incoming.put(sequence)
         return sequence
+
+    def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run ``function(*args)`` on the engine thread (between steps) and return its result.
+
+        For torch work on a model's weights outside of generation, such as packing them at load:
+        torch work in any other thread gives that thread a CPU thread team of its own, and once
+        there are more such threads than cores, OpenMP stops spinning between parallel regions
+        and every region of every decode step waits for its threads to wake (measured here:
+        decoding about a third slower for good)."""
+        if threading.current_thread() is self._thread:
+            return function(*args)
+        task = _Task(function, args)
+        self._ensure_thread()
+        self._incoming.put(task)
+        return task.result.result()
 
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -389,8 +419,11 @@ class GenerationEngine:
             except queue.Empty:
                 break
             self._idle.clear()
-            self._waiting.append(sequence)
             block = False
+            if isinstance(sequence, _Task):
+                sequence.run()
+                continue
+            self._waiting.append(sequence)
         still_waiting: deque[Sequence] = deque()
         while self._waiting:
             sequence = self._waiting.popleft()
@@ -414,16 +447,33 @@ class GenerationEngine:
                 return batch
         return _Batch(sequence.loaded, sequence.forward, mergeable=True)
 
+    def prefixes(self, loaded: Any) -> PrefixCache | None:
+        """The prefix cache of ``loaded``'s weights (made on first use); None when reuse is off."""
+        if self.prefix_cache_bytes <= 0:
+            return None
+        if getattr(loaded, "prefixes", None) is None:
+            loaded.prefixes = PrefixCache(self.prefix_cache_bytes)
+        return loaded.prefixes
+
     def _prefill(self, sequence: Sequence, batch: _Batch) -> None:
         try:
             if _stop(sequence):
                 return
             sequence.sampler = _Sampler(sequence.params, sequence.loaded.model.device)
             sequence.sampler.constraint = sequence.constraint
-            input_ids = torch.tensor([sequence.prompt], dtype=torch.long, device=sequence.loaded.model.device)
-            with sequence.loaded.lock:
-                output = sequence.loaded.model(input_ids=input_ids, use_cache=True, **sequence.forward.prefill_args)
+            prefixes = self.prefixes(sequence.loaded)
+            start, known = prefixes.lookup(sequence.prompt) if prefixes is not None else (0, None)
+            extra = dict(sequence.forward.prefill_args)
+            if known is not None:
+                from transformers.cache_utils import DynamicCache
+
+                extra[sequence.forward.cache_arg] = prefixes.past(known, start, DynamicCache)  # type: ignore[union-attr]
+            input_ids = torch.tensor([sequence.prompt[start:]], dtype=torch.long, device=sequence.loaded.model.device)
+            with sequence.loaded.lock, packed_prefill():
+                output = sequence.loaded.model(input_ids=input_ids, use_cache=True, **extra)
             cache = getattr(output, sequence.forward.cache_arg)
+            if prefixes is not None and _can_merge(cache):
+                prefixes.store(sequence.prompt, cache)
             logits = output.logits[:, -1, :]
             if sequence.n > 1:
                 cache.batch_repeat_interleave(sequence.n)
@@ -478,6 +528,20 @@ class GenerationEngine:
         batch.keep(kept)
         if not batch.members:
             self._batches.remove(batch)
+
+
+class _Task:
+    """A function to run on the engine thread (:meth:`GenerationEngine.call`)."""
+
+    def __init__(self, function: Callable[..., Any], args: tuple[Any, ...]):
+        self.function, self.args = function, args
+        self.result: Future[Any] = Future()
+
+    def run(self) -> None:
+        try:
+            self.result.set_result(self.function(*self.args))
+        except BaseException as error:  # handed to the caller
+            self.result.set_exception(error)
 
 
 def _stop(sequence: Sequence) -> bool:

@@ -28,6 +28,7 @@ import torch
 from espalier.core.errors import InvalidInput, NotFound
 
 from .attention import enable_row_attention
+from .packing import pack_linear_weights
 from .sources import ResolvedSource, resolve_source
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,11 @@ class LoadedModel:
     #: Batched decoding gives each row its own attention (see :mod:`.attention`); False keeps the
     #: model's own attention, and its sequences then decode one per forward pass.
     row_attention: bool = False
+    #: The generation engine's cache of recent prompts' keys and values (:mod:`.prefix`), made
+    #: on first use; it goes with the weights.
+    prefixes: Any = None
+    #: Linear layers whose prompt passes run on pre-packed weights (:mod:`.packing`).
+    packed_linears: int = 0
 
 
 @lru_cache(maxsize=1)
@@ -183,6 +189,11 @@ def load_weights(spec_source: str, dtype: torch.dtype, adapter: str | None, cach
             model = _apply_adapter(model, adapter)
     model.eval()
     row_attention = enable_row_attention(model)
+    from .engine import get_engine
+
+    engine, packed = get_engine(), 0
+    if engine.pack_prefill_weights:
+        packed = engine.call(pack_linear_weights, model)  # on the engine thread: see GenerationEngine.call
     if getattr(tokenizer, "chat_template", None) is None:
         raise InvalidInput(
             f"The model at {spec_source} has no chat template in its tokenizer; Espalier serves chat models only."
@@ -195,6 +206,7 @@ def load_weights(spec_source: str, dtype: torch.dtype, adapter: str | None, cach
         load_seconds=time.perf_counter() - started,
         from_cache=from_cache,
         row_attention=row_attention,
+        packed_linears=packed,
     )
 
 

@@ -116,6 +116,16 @@ class TransformersChatModel:
                                        cancel, constraint=constraint)  # fmt: skip
         return sequence.deltas()
 
+    def serving_stats(self) -> dict[str, Any]:
+        """How prompt passes of these weights run: reuse of earlier prompts (:mod:`.prefix`) and
+        the linear layers on pre-packed weights (:mod:`.packing`)."""
+        prefixes = self.loaded.prefixes
+        cache = None
+        if prefixes is not None:
+            cache = {**prefixes.stats.as_dict(), "entries": len(prefixes), "bytes": prefixes.bytes,
+                     "capacity_bytes": prefixes.capacity_bytes}  # fmt: skip
+        return {"prefix_cache": cache, "packed_prefill_layers": self.loaded.packed_linears}
+
     # Scoring -----------------------------------------------------------------------------------
 
     def completion_logprobs(self, messages: Sequence[ChatMessage], completions: Sequence[str]) -> list[list[float]]:
