@@ -117,7 +117,8 @@ class AgentContext:
                  temperature: float = 0.0) -> str:  # fmt: skip
         """One completion from the run's model, greedy by default; stops at the run's limits."""
         model, _version = self._service.models.load(self.model)
-        params = GenerationParams(max_tokens=max_tokens, temperature=temperature, stop=tuple(stop)[:4], n=1, seed=0)
+        params = GenerationParams(max_tokens=max_tokens, temperature=temperature, stop=tuple(stop)[:4], n=1, seed=0,
+                                  cache_scope=self.principal.key_id if self.principal else None)  # fmt: skip
         started = time.perf_counter()
         generations = model.generate(list(messages), params, lambda: self.cancelled() or self.time_left() <= 0)
         self._model_ms += (time.perf_counter() - started) * 1000

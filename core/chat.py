@@ -341,6 +341,7 @@ class ChatService:
     def complete(self, request: ChatRequest, principal: Principal | None,
                  cancel: Callable[[], bool] | None = None) -> ChatResult:  # fmt: skip
         messages, conversation_id = self._prepare(request)
+        request.params.cache_scope = principal.key_id if principal else None
         self._claim_conversation(request, conversation_id, principal)
         request_id = new_request_id(request.kind)
         context = CheckContext(request.kind, request_id, principal)
@@ -369,6 +370,7 @@ class ChatService:
     def stream(self, request: ChatRequest, principal: Principal | None,
                cancel: Callable[[], bool] | None = None) -> StreamSession:  # fmt: skip
         messages, conversation_id = self._prepare(request)
+        request.params.cache_scope = principal.key_id if principal else None  # prefix reuse stays within the key
         request_id = new_request_id(request.kind)
         context = CheckContext(request.kind, request_id, principal)
         messages, flag_input = self._check_input(request, messages, context)
@@ -423,9 +425,13 @@ class ChatService:
             if request.kind == "chat" else [{"role": "prompt", "content": request.prompt}]
         )  # fmt: skip
         with session_scope(self.engine) as session:
+            owner = principal.key_id if principal else None
             conversation = session.get(Conversation, conversation_id)
             if conversation is None:  # one the server opened for this request (see _claim_conversation)
-                conversation = Conversation(id=conversation_id, owner_key_id=principal.key_id if principal else None)
+                conversation = Conversation(id=conversation_id, owner_key_id=owner)
+            elif conversation.owner_key_id != owner and not (principal and principal.has_role("admin")):
+                # a server-made id someone else claimed while this answer was being written
+                raise NotFound(f"no conversation '{conversation_id}' for this key")
             conversation.updated_at = utcnow()
             session.add(conversation)
             session.flush()

@@ -42,6 +42,10 @@ class GenerationParams:
     #: When set, the reply must be JSON matching this schema. Models that can constrain their
     #: decoding honour it; others may ignore it (the host validates what comes back).
     json_schema: Mapping[str, Any] | None = None
+    #: Who may reuse this prompt's computed beginning (a model's prefix cache): requests with
+    #: different scopes never share one, so the time to a first token tells nobody what another
+    #: key asked. The chat service sets the calling key's id; None is the scope of unattributed work.
+    cache_scope: str | None = None
 
 
 @dataclass

@@ -238,9 +238,9 @@ class ModelService:
         # the serving version is read each time, so a promotion counts from the next request.
         with Session(self._reads, expire_on_commit=False) as session:
             if version is None:
-                found = session.execute(_SERVING, {"name": name}).first()
+                found = session.exec(_SERVING, params={"name": name}).first()
             else:
-                found = session.execute(_VERSION, {"name": name, "version": version}).first()
+                found = session.exec(_VERSION, params={"name": name, "version": version}).first()
             if found is None and session.get(ModelRecord, name) is None:
                 raise NotFound(f"no model named '{name}' (see GET /v1/models)", code="model_not_found")
         if found is None:

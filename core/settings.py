@@ -56,13 +56,13 @@ class Settings(BaseSettings):
     default_model: str = Field(default="smollm2-135m-instruct", description="The model used when a feature needs one.")
     prefix_cache_mb: int = Field(
         default=128, ge=0,
-        description="Memory (per model) for the keys and values of recent prompts, so prompts that begin alike "
+        description="Memory (per loaded model version) for the keys and values of recent prompts, so a key's prompts that begin alike "
         "(system prompt, few-shot examples, earlier turns) are prefilled from there; 0 turns it off.",
     )
     pack_prefill_weights: bool = Field(
         default=True,
-        description="Local models run prompt passes on weights pre-packed for oneDNN (same results, faster first "
-        "token; the linear layers' weights are held twice).",
+        description="Local bfloat16 models run prompt passes on weights pre-packed for oneDNN (same results, "
+        "faster first token; the linear layers' weights are held twice).",
     )
 
     chroma_url: str | None = Field(

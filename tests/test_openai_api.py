@@ -10,6 +10,8 @@ import numpy as np
 import openai
 import pytest
 
+from espalier.plugins.transformers_models.loader import cpu_has_fast_bfloat16
+
 
 MODEL = "smollm2-135m-instruct"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -274,7 +276,9 @@ def test_later_turns_reuse_the_prompt_so_far_and_say_so(server, client, user_key
     def reuse() -> dict:
         info = httpx.get(f"{server.base}/api/models/{MODEL}", headers=server.headers(operator)).json()
         serving = next(v for v in info["versions"] if v["serving"])
-        assert serving["loaded"] and serving["serving_stats"]["packed_prefill_layers"] >= 0
+        assert serving["loaded"]
+        if cpu_has_fast_bfloat16():  # served in bfloat16: prompt passes on packed weights
+            assert serving["serving_stats"]["packed_prefill_layers"] > 0
         return serving["serving_stats"]["prefix_cache"]
 
     before = reuse()

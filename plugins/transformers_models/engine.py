@@ -462,7 +462,8 @@ class GenerationEngine:
             sequence.sampler = _Sampler(sequence.params, sequence.loaded.model.device)
             sequence.sampler.constraint = sequence.constraint
             prefixes = self.prefixes(sequence.loaded)
-            start, known = prefixes.lookup(sequence.prompt) if prefixes is not None else (0, None)
+            scope = sequence.params.cache_scope
+            start, known = prefixes.lookup(sequence.prompt, scope) if prefixes is not None else (0, None)
             extra = dict(sequence.forward.prefill_args)
             if known is not None:
                 from transformers.cache_utils import DynamicCache
@@ -473,7 +474,7 @@ class GenerationEngine:
                 output = sequence.loaded.model(input_ids=input_ids, use_cache=True, **extra)
             cache = getattr(output, sequence.forward.cache_arg)
             if prefixes is not None and _can_merge(cache):
-                prefixes.store(sequence.prompt, cache)
+                prefixes.store(sequence.prompt, cache, scope)
             logits = output.logits[:, -1, :]
             if sequence.n > 1:
                 cache.batch_repeat_interleave(sequence.n)

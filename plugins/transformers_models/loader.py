@@ -188,16 +188,16 @@ def load_weights(spec_source: str, dtype: torch.dtype, adapter: str | None, cach
         if adapter:
             model = _apply_adapter(model, adapter)
     model.eval()
-    row_attention = enable_row_attention(model)
-    from .engine import get_engine
-
-    engine, packed = get_engine(), 0
-    if engine.pack_prefill_weights:
-        packed = engine.call(pack_linear_weights, model)  # on the engine thread: see GenerationEngine.call
     if getattr(tokenizer, "chat_template", None) is None:
         raise InvalidInput(
             f"The model at {spec_source} has no chat template in its tokenizer; Espalier serves chat models only."
         )
+    row_attention = enable_row_attention(model)
+    from .engine import get_engine
+
+    engine, packed = get_engine(), 0
+    if engine.pack_prefill_weights:  # on the engine thread (see GenerationEngine.call), a layer at a time
+        packed = pack_linear_weights(model, engine.call)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

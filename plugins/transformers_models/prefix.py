@@ -14,7 +14,7 @@ computed position lies where it lies in a full prefill and gets the same kernel;
 lengths changed the last bits of some logits here (``tests/plugins/test_prompt_passes.py`` checks
 logits and keys bit for bit). At least one prompt position is always computed (its logits give
 the first token). Memory is bounded by ``capacity_bytes``; the least recently used prompts go
-first. Only the engine thread uses an instance.
+first. Only the engine thread changes an instance (other threads read its counters).
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ import torch
 BLOCK = 32
 
 
-@dataclass
+@dataclass(eq=False)
 class _Entry:
     tokens: list[int]
     layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (1, heads, len(tokens), dim)
     nbytes: int
-    keys: list[int] = field(default_factory=list)  # its block keys in the index
+    keys: list[int] = field(default_factory=list)  # its block keys, shortest beginning first
 
 
 @dataclass
@@ -52,34 +52,39 @@ class PrefixStats:
 
 
 class PrefixCache:
-    """The KV caches of recent prompts of one model's weights, found by their beginnings."""
+    """The KV caches of recent prompts of one model's weights, found by their beginnings.
+
+    Prompts are kept per ``scope`` (the calling key): a beginning is only reused by the scope
+    that computed it, so the time to a first token says nothing about other keys' prompts.
+    """
 
     def __init__(self, capacity_bytes: int):
         self.capacity_bytes = capacity_bytes
         self.bytes = 0
         self.stats = PrefixStats()
         self._entries: OrderedDict[int, _Entry] = OrderedDict()  # id(entry) -> entry, least recent first
-        self._index: dict[int, _Entry] = {}  # key of prompt[:b] (b a multiple of BLOCK) -> an entry that has it
+        self._index: dict[int, _Entry] = {}  # key of (scope, prompt[:b]), b a multiple of BLOCK -> the newest entry with it
 
     def __len__(self) -> int:
         return len(self._entries)
 
     @staticmethod
-    def _block_keys(tokens: list[int], limit: int) -> list[int]:
+    def _block_keys(scope: str | None, tokens: list[int], limit: int) -> list[int]:
         """Chained keys of ``tokens[:BLOCK]``, ``tokens[:2 * BLOCK]``... up to ``limit`` tokens."""
-        keys, key = [], 0
+        keys, key = [], hash(("espalier-prefix", scope))
         for end in range(BLOCK, limit + 1, BLOCK):
             key = hash((key, *tokens[end - BLOCK : end]))
             keys.append(key)
         return keys
 
-    def lookup(self, prompt: list[int]) -> tuple[int, _Entry | None]:
-        """The longest cached beginning of ``prompt`` (in whole blocks, at most ``len(prompt) - 1``
-        tokens): its length and the entry holding it, or ``(0, None)``."""
+    def lookup(self, prompt: list[int], scope: str | None = None) -> tuple[int, _Entry | None]:
+        """The longest cached beginning of ``prompt`` in ``scope`` (in whole blocks, at most
+        ``len(prompt) - 1`` tokens): its length and the entry holding it, or ``(0, None)``."""
         self.stats.prompts += 1
         self.stats.prompt_tokens += len(prompt)
+        keys = self._block_keys(scope, prompt, len(prompt) - 1)
         found, length = None, 0
-        for number, key in enumerate(self._block_keys(prompt, len(prompt) - 1), start=1):
+        for number, key in enumerate(keys, start=1):
             entry = self._index.get(key)
             if entry is None:
                 break
@@ -87,7 +92,7 @@ class PrefixCache:
         # a hash collision must never hand out someone else's keys
         while found is not None and found.tokens[:length] != prompt[:length]:
             length -= BLOCK
-            found = self._index.get(self._block_keys(prompt, length)[-1]) if length else None
+            found = self._index.get(keys[length // BLOCK - 1]) if length else None
         if found is None:
             return 0, None
         self._entries.move_to_end(id(found))
@@ -103,31 +108,42 @@ class PrefixCache:
             past.update(keys[:, :, :length], values[:, :, :length], layer)
         return past
 
-    def store(self, prompt: list[int], cache: Any) -> None:
-        """Keep the KV of ``prompt`` (``cache`` right after its prefill, one row)."""
+    def store(self, prompt: list[int], cache: Any, scope: str | None = None) -> None:
+        """Keep the KV of ``prompt`` (``cache`` right after its prefill, one row) for ``scope``."""
         layers = [(layer.keys, layer.values) for layer in cache.layers]
         nbytes = sum(keys.nbytes + values.nbytes for keys, values in layers)
         if len(prompt) < BLOCK or nbytes > self.capacity_bytes:
             return
-        keys = self._block_keys(prompt, len(prompt))
+        keys = self._block_keys(scope, prompt, len(prompt))
         known = self._index.get(keys[-1])
         if known is not None and len(known.tokens) == len(prompt) and known.tokens == prompt:
             self._entries.move_to_end(id(known))
             return
+        # A kept prompt whose every block this one has (a conversation's previous turn) would be
+        # reachable no more: its memory goes now, not when it would have aged out.
+        mine = set(keys)
+        for old in {id(old): old for key in keys if (old := self._index.get(key)) is not None}.values():
+            if mine.issuperset(old.keys):
+                self._drop(old)
         while self._entries and self.bytes + nbytes > self.capacity_bytes:
-            self._evict()
+            self._drop(next(iter(self._entries.values())))
         entry = _Entry(list(prompt), layers, nbytes, keys)
         self._entries[id(entry)] = entry
         self.bytes += nbytes
         for key in keys:
             self._index[key] = entry
 
-    def _evict(self) -> None:
-        _, entry = self._entries.popitem(last=False)
+    def _drop(self, entry: _Entry) -> None:
+        del self._entries[id(entry)]
         self.bytes -= entry.nbytes
         for key in entry.keys:
             if self._index.get(key) is entry:
-                del self._index[key]
+                # another kept prompt may begin the same way (a shared system prompt): it takes over
+                heir = next((other for other in reversed(self._entries.values()) if key in other.keys), None)
+                if heir is None:
+                    del self._index[key]
+                else:
+                    self._index[key] = heir
 
     def clear(self) -> None:
         self._entries.clear()

@@ -16,7 +16,7 @@ from transformers.cache_utils import DynamicCache
 from espalier.core.contracts import ChatMessage, GenerationParams
 from espalier.plugins.transformers_models import DEFAULT_MODEL, TransformersProvider
 from espalier.plugins.transformers_models.engine import get_engine
-from espalier.plugins.transformers_models.packing import pack_linear_weights, packed_prefill
+from espalier.plugins.transformers_models.packing import PackedLinear, pack_linear, pack_linear_weights, packed_prefill
 from espalier.plugins.transformers_models.prefix import BLOCK, PrefixCache
 
 pytestmark = pytest.mark.slow
@@ -72,7 +72,8 @@ def test_prompt_passes_on_packed_weights_give_the_same_bits(model):
     if model.dtype != torch.bfloat16:
         pytest.skip("weights are packed for bfloat16 models; this CPU serves float32")
     # every linear layer is packed, and that happened on the engine thread (its own CPU thread team)
-    assert model.loaded.packed_linears == sum(1 for m in model.model.modules() if type(m) is torch.nn.Linear)
+    layers = [m for m in model.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert layers and all(isinstance(m, PackedLinear) for m in layers) and model.loaded.packed_linears == len(layers)
     assert model.serving_stats()["packed_prefill_layers"] == model.loaded.packed_linears
     for messages in ([ChatMessage("user", "What is the capital of France?")],
                      [ChatMessage("system", FEW_SHOT), ChatMessage("user", "Why do leaves turn red? " * 8)]):  # fmt: skip
@@ -95,7 +96,18 @@ def test_packing_runs_on_the_engine_thread_and_its_errors_reach_the_caller():
     with pytest.raises(ValueError, match="not on this model"):
         engine.call(broken)
     # a model with nothing to pack is left alone
-    assert engine.call(pack_linear_weights, torch.nn.Sequential(torch.nn.ReLU())) == 0
+    assert pack_linear_weights(torch.nn.Sequential(torch.nn.ReLU()), engine.call) == 0
+
+
+def test_a_packed_layer_whose_weight_changes_uses_the_new_weight():
+    layer = torch.nn.Linear(64, 32, bias=False).to(torch.bfloat16)
+    pack_linear(layer)
+    sample = torch.randn(1, 5, 64).to(torch.bfloat16)
+    with torch.no_grad():
+        layer.weight.mul_(2)  # in place: the packed copy is stale now
+    with packed_prefill(), torch.inference_mode():
+        assert torch.equal(layer(sample), torch.nn.functional.linear(sample, layer.weight))
+    assert "espalier_packed" not in layer.state_dict()  # never saved with the weights
 
 
 def test_reused_beginnings_give_the_same_bits_as_a_full_prefill(model):
@@ -149,7 +161,10 @@ def test_the_engine_computes_only_what_it_has_not_seen(model, engine, prefixes):
         handle.remove()
     assert texts == alone  # the same greedy replies with reuse as without
     stats = model.serving_stats()["prefix_cache"]
-    assert stats["hits"] == 2 and stats["reused_tokens"] == reused and stats["entries"] == 3
+    assert stats["hits"] == 2 and stats["reused_tokens"] == reused
+    # each prompt's reusable part (whole blocks) is the shared system prompt, which the newest holds
+    whole_blocks = {len(model.prompt_ids(chat)) // BLOCK for chat in messages}
+    assert stats["entries"] == (1 if whole_blocks == {2} else len(messages))
 
 
 def test_a_conversation_reuses_its_earlier_turns(model, engine, prefixes):
@@ -202,3 +217,34 @@ def test_cached_keys_are_never_written_to(model, engine, prefixes):
     assert prefixes().stats.hits == 2
     for (keys, values), (old_keys, old_values) in zip(entry.layers, copies, strict=True):
         assert torch.equal(keys, old_keys) and torch.equal(values, old_values)
+    # and they are what a fresh prompt pass computes (nothing wrote to them while they were stored)
+    fresh = _forward(model, entry.tokens).past_key_values
+    for (keys, values), layer in zip(entry.layers, fresh.layers, strict=True):
+        assert torch.equal(keys, layer.keys) and torch.equal(values, layer.values)
+
+
+def test_beginnings_stay_with_the_key_that_computed_them(model):
+    ids = model.prompt_ids([ChatMessage("system", FEW_SHOT), ChatMessage("user", "Is clay soil good for roses?")])
+    cache = PrefixCache(2**30)
+    cache.store(ids, _forward(model, ids).past_key_values, "key-a")
+    assert cache.lookup(ids, "key-b") == (0, None) and cache.lookup(ids, None) == (0, None)
+    assert cache.lookup(ids, "key-a")[0] == (len(ids) - 1) // BLOCK * BLOCK
+
+
+def test_a_shared_beginning_outlives_the_prompt_that_held_it(model):
+    def chat(question: str) -> list[int]:
+        return model.prompt_ids([ChatMessage("system", FEW_SHOT), ChatMessage("user", question + " Please explain in detail." * 4)])
+
+    first, second = chat("Why do roses need pruning?"), chat("How should I feed hungry tomatoes?")
+    other = model.prompt_ids([ChatMessage("user", "Tell me about the moon and its phases. " * 6)])
+    shared = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b) // BLOCK * BLOCK
+    assert shared >= 2 * BLOCK and len(first) - shared >= BLOCK and len(second) - shared >= BLOCK
+    kv = {id(ids): _forward(model, ids).past_key_values for ids in (first, second, other)}
+    size = max(sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers) for cache in kv.values())
+    cache = PrefixCache(int(size * 2.5))  # room for two
+    cache.store(first, kv[id(first)])
+    cache.store(second, kv[id(second)])  # the shared blocks now point at `second`
+    assert len(cache) == 2 and cache.lookup(first)[0] > shared  # `first` is the most recent now
+    cache.store(other, kv[id(other)])  # evicts `second`, which the shared blocks pointed at
+    assert len(cache) == 2 and cache.lookup(second)[0] == shared  # found through `first`
+    assert cache.lookup(chat("When do apples ripen?"))[0] == shared
