@@ -276,10 +276,12 @@ class ChatService:
         return guardrails.check_input(messages, context, "before"), flag_input
 
     # Preparation -------------------------------------------------------------------------------
-    def _prepare(self, request: ChatRequest) -> tuple[list[ChatMessage], str]:
+    def _prepare(self, request: ChatRequest, principal: Principal | None) -> tuple[list[ChatMessage], str]:
         """Checked messages and the conversation id; the caller claims the conversation
-        (:meth:`_claim_conversation`) when it suits it."""
+        (:meth:`_claim_conversation`) when it suits it. Prompt beginnings the model computes are
+        reused for ``principal``'s requests alone (``cache_scope``)."""
         validate_params(request.params)
+        request.params.cache_scope = principal.key_id if principal else None
         conversation_id = _conversation_id(request.conversation_id)
         if request.kind == "completion":
             if request.prompt is None or not request.prompt.strip():
@@ -334,14 +336,13 @@ class ChatService:
             conversation = session.get(Conversation, conversation_id)
             if conversation is None:
                 session.add(Conversation(id=conversation_id, owner_key_id=owner))
-            elif conversation.owner_key_id != owner and not (principal and principal.has_role("admin")):
+            elif not _may_write(conversation, principal):
                 raise NotFound(f"no conversation '{conversation_id}' for this key")
 
     # Generation --------------------------------------------------------------------------------
     def complete(self, request: ChatRequest, principal: Principal | None,
                  cancel: Callable[[], bool] | None = None) -> ChatResult:  # fmt: skip
-        messages, conversation_id = self._prepare(request)
-        request.params.cache_scope = principal.key_id if principal else None
+        messages, conversation_id = self._prepare(request, principal)
         self._claim_conversation(request, conversation_id, principal)
         request_id = new_request_id(request.kind)
         context = CheckContext(request.kind, request_id, principal)
@@ -369,8 +370,7 @@ class ChatService:
 
     def stream(self, request: ChatRequest, principal: Principal | None,
                cancel: Callable[[], bool] | None = None) -> StreamSession:  # fmt: skip
-        messages, conversation_id = self._prepare(request)
-        request.params.cache_scope = principal.key_id if principal else None  # prefix reuse stays within the key
+        messages, conversation_id = self._prepare(request, principal)
         request_id = new_request_id(request.kind)
         context = CheckContext(request.kind, request_id, principal)
         messages, flag_input = self._check_input(request, messages, context)
@@ -429,15 +429,14 @@ class ChatService:
             conversation = session.get(Conversation, conversation_id)
             if conversation is None:  # one the server opened for this request (see _claim_conversation)
                 conversation = Conversation(id=conversation_id, owner_key_id=owner)
-            elif conversation.owner_key_id != owner and not (principal and principal.has_role("admin")):
+            elif not _may_write(conversation, principal):
                 # a server-made id someone else claimed while this answer was being written
                 raise NotFound(f"no conversation '{conversation_id}' for this key")
             conversation.updated_at = utcnow()
             session.add(conversation)
             session.flush()
             session.add(ChatRequestRecord(
-                id=request_id, conversation_id=conversation_id, owner_key_id=principal.key_id if principal else None,
-                kind=request.kind, model=request.model, model_version=version.id, messages=stored_messages,
+                id=request_id, conversation_id=conversation_id, owner_key_id=owner, kind=request.kind, model=request.model, model_version=version.id, messages=stored_messages,
                 params={"temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_tokens,
                         "n": params.n, "stop": list(params.stop), "seed": params.seed},
                 template=request.template, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
@@ -531,6 +530,12 @@ class ConversationService:
                 for r in requests
             ],
         }
+
+
+def _may_write(conversation: Conversation, principal: Principal | None) -> bool:
+    """May ``principal`` add requests to ``conversation``? Its owner may, and admins."""
+    owner = principal.key_id if principal else None
+    return conversation.owner_key_id == owner or bool(principal and principal.has_role("admin"))
 
 
 def _conversation_id(conversation_id: str | None) -> str:

@@ -466,9 +466,7 @@ class GenerationEngine:
             start, known = prefixes.lookup(sequence.prompt, scope) if prefixes is not None else (0, None)
             extra = dict(sequence.forward.prefill_args)
             if known is not None:
-                from transformers.cache_utils import DynamicCache
-
-                extra[sequence.forward.cache_arg] = prefixes.past(known, start, DynamicCache)  # type: ignore[union-attr]
+                extra[sequence.forward.cache_arg] = prefixes.past(known, start)  # type: ignore[union-attr]
             input_ids = torch.tensor([sequence.prompt[start:]], dtype=torch.long, device=sequence.loaded.model.device)
             with sequence.loaded.lock, packed_prefill():
                 output = sequence.loaded.model(input_ids=input_ids, use_cache=True, **extra)

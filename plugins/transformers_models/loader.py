@@ -67,8 +67,6 @@ class LoadedModel:
     #: The generation engine's cache of recent prompts' keys and values (:mod:`.prefix`), made
     #: on first use; it goes with the weights.
     prefixes: Any = None
-    #: Linear layers whose prompt passes run on pre-packed weights (:mod:`.packing`).
-    packed_linears: int = 0
 
 
 @lru_cache(maxsize=1)
@@ -126,8 +124,11 @@ def convert_gguf(source: ResolvedSource, cache_dir: str | os.PathLike[str]) -> P
 def _convert_in_child(path: Path, target: Path) -> None:
     """Run :func:`_convert` in a child process. A process that dequantised a GGUF file itself
     decoded at about half speed afterwards, with the very same weights (measured: 35 against 65
-    tokens/s for SmolLM2-135M in bfloat16, whatever memory was handed back); the child also
-    keeps the float32 copies out of the server's memory."""
+    tokens/s for SmolLM2-135M in bfloat16, whatever memory was handed back). Most likely the
+    cause found later for packing (see :meth:`.engine.GenerationEngine.call`: torch work in a
+    thread other than the engine's leaves more OpenMP threads than cores, and decode steps stop
+    spinning between parallel regions); not measured apart. The child also keeps the float32
+    copies out of the server's memory."""
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", __name__, str(path), str(target)], capture_output=True, text=True)
     if done.returncode != 0 or not (target / _COMPLETE_MARKER).is_file():
@@ -195,9 +196,9 @@ def load_weights(spec_source: str, dtype: torch.dtype, adapter: str | None, cach
     row_attention = enable_row_attention(model)
     from .engine import get_engine
 
-    engine, packed = get_engine(), 0
+    engine = get_engine()
     if engine.pack_prefill_weights:  # on the engine thread (see GenerationEngine.call), a layer at a time
-        packed = pack_linear_weights(model, engine.call)
+        pack_linear_weights(model, engine.call)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -206,7 +207,6 @@ def load_weights(spec_source: str, dtype: torch.dtype, adapter: str | None, cach
         load_seconds=time.perf_counter() - started,
         from_cache=from_cache,
         row_attention=row_attention,
-        packed_linears=packed,
     )
 
 

@@ -22,6 +22,7 @@ from espalier.core.errors import InvalidInput
 from .constrain import JsonConstraint
 from .engine import ForwardSpec, get_engine
 from .loader import LoadedModel
+from .packing import packed_layers
 from .text import CandidateText
 
 MAX_CANDIDATES = 16
@@ -124,7 +125,7 @@ class TransformersChatModel:
         if prefixes is not None:
             cache = {**prefixes.stats.as_dict(), "entries": len(prefixes), "bytes": prefixes.bytes,
                      "capacity_bytes": prefixes.capacity_bytes}  # fmt: skip
-        return {"prefix_cache": cache, "packed_prefill_layers": self.loaded.packed_linears}
+        return {"prefix_cache": cache, "packed_prefill_layers": packed_layers(self.model)}
 
     # Scoring -----------------------------------------------------------------------------------
 

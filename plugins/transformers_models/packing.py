@@ -99,6 +99,11 @@ def pack_linear(module: torch.nn.Linear) -> None:
     module.__class__ = PackedLinear
 
 
+def packed_layers(model: torch.nn.Module) -> int:
+    """How many of ``model``'s layers run prompt passes on packed weights."""
+    return sum(isinstance(module, PackedLinear) for module in model.modules())
+
+
 def pack_linear_weights(model: torch.nn.Module, run: Callable[..., Any] | None = None) -> int:
     """Pack every packable linear layer of ``model`` (see :func:`packable_linears`) when
     :func:`packing_is_exact` here; returns how many were packed. ``run(function, *args)`` runs each

@@ -100,10 +100,12 @@ class PrefixCache:
         self.stats.reused_tokens += length
         return length, found
 
-    def past(self, entry: _Entry, length: int, cache_type: type) -> Any:
+    def past(self, entry: _Entry, length: int) -> Any:
         """A fresh cache holding ``entry``'s first ``length`` positions (copies: the cached
         tensors are never written to)."""
-        past = cache_type()
+        from transformers.cache_utils import DynamicCache  # entries come from plain dynamic caches only
+
+        past = DynamicCache()
         for layer, (keys, values) in enumerate(entry.layers):
             past.update(keys[:, :, :length], values[:, :, :length], layer)
         return past
@@ -144,8 +146,3 @@ class PrefixCache:
                     del self._index[key]
                 else:
                     self._index[key] = heir
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._index.clear()
-        self.bytes = 0

@@ -11,7 +11,6 @@ import threading
 
 import pytest
 import torch
-from transformers.cache_utils import DynamicCache
 
 from espalier.core.contracts import ChatMessage, GenerationParams
 from espalier.plugins.transformers_models import DEFAULT_MODEL, TransformersProvider
@@ -73,8 +72,8 @@ def test_prompt_passes_on_packed_weights_give_the_same_bits(model):
         pytest.skip("weights are packed for bfloat16 models; this CPU serves float32")
     # every linear layer is packed, and that happened on the engine thread (its own CPU thread team)
     layers = [m for m in model.model.modules() if isinstance(m, torch.nn.Linear)]
-    assert layers and all(isinstance(m, PackedLinear) for m in layers) and model.loaded.packed_linears == len(layers)
-    assert model.serving_stats()["packed_prefill_layers"] == model.loaded.packed_linears
+    assert layers and all(isinstance(m, PackedLinear) for m in layers)
+    assert model.serving_stats()["packed_prefill_layers"] == len(layers)
     for messages in ([ChatMessage("user", "What is the capital of France?")],
                      [ChatMessage("system", FEW_SHOT), ChatMessage("user", "Why do leaves turn red? " * 8)]):  # fmt: skip
         ids = model.prompt_ids(messages)
@@ -124,7 +123,7 @@ def test_reused_beginnings_give_the_same_bits_as_a_full_prefill(model):
         reused, entry = cache.lookup(ids)
         assert reused == (len(ids) - 1) // BLOCK * BLOCK  # whole blocks, one position left to compute
         for length in range(BLOCK, len(ids), BLOCK):
-            past = cache.past(entry, length, DynamicCache)
+            past = cache.past(entry, length)
             rest = _forward(model, ids[length:], past)
             assert torch.equal(rest.logits[0, -1], full.logits[0, -1]), (len(ids), length)
             for mine, theirs in zip(rest.past_key_values.layers, full.past_key_values.layers, strict=True):
