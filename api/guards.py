@@ -16,7 +16,7 @@ from litestar.handlers.base import BaseRouteHandler
 
 from espalier.core.security import ROLE_RANK, Principal, require_role
 
-from .console.session import authenticate_console
+from espalier.api.console.session import authenticate_console
 
 PUBLIC: dict[str, Any] = {"public": True}
 PUBLIC_PATH_PREFIXES = ("/schema",)  # litestar's OpenAPI documents

@@ -27,14 +27,14 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from .contracts import Agent, ChatMessage, GenerationParams, Guardrail
-from .db.engine import session_scope
-from .db.tables import AgentRun, AgentStep, new_id, utcnow
-from .errors import EspalierError, InvalidInput, NotFound
-from .registry import Registry
-from .security import Principal
-from .tools import ToolService
-from .untrusted import quote_data
+from espalier.core.contracts import Agent, ChatMessage, GenerationParams, Guardrail
+from espalier.core.db.engine import session_scope
+from espalier.core.db.tables import AgentRun, AgentStep, new_id, utcnow
+from espalier.core.errors import EspalierError, InvalidInput, NotFound
+from espalier.core.registry import Registry
+from espalier.core.security import Principal
+from espalier.core.tools import ToolService
+from espalier.core.untrusted import quote_data
 
 log = logging.getLogger("espalier.agents")
 

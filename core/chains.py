@@ -22,14 +22,14 @@ from typing import Any, Literal
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from .chat import ChatRequest, ChatService
-from .contracts import ChatMessage, GenerationParams
-from .db.engine import session_scope
-from .db.tables import ChainSession, ChainTurn, new_id, utcnow
-from .errors import InvalidInput, NotFound
-from .registry import NAME_PATTERN, Registry
-from .security import Principal
-from .untrusted import quote_data
+from espalier.core.chat import ChatRequest, ChatService
+from espalier.core.contracts import ChatMessage, GenerationParams
+from espalier.core.db.engine import session_scope
+from espalier.core.db.tables import ChainSession, ChainTurn, new_id, utcnow
+from espalier.core.errors import InvalidInput, NotFound
+from espalier.core.registry import NAME_PATTERN, Registry
+from espalier.core.security import Principal
+from espalier.core.untrusted import quote_data
 
 MEMORIES = ("none", "buffer", "summary")
 MAX_INPUT = 8000

@@ -17,15 +17,15 @@ from typing import Any, Literal
 
 from sqlalchemy.engine import Engine
 
-from .contracts import ChatMessage, ChatModel, Generation, GenerationParams, TokenDelta
-from .db.engine import session_scope
-from .db.tables import ChatRequestRecord, CompletionRecord, Conversation, ModelVersion, utcnow
-from .errors import InvalidInput, NotFound
-from .guardrails import CheckContext, GuardrailService
-from .models import ModelService, split_model_id
-from .security import Principal
-from .templates import TemplateService, render
-from .tool_calls import (RetrievedTextGuard, ToolSetup, call_schema, calls_text, generic_messages, native_messages,
+from espalier.core.contracts import ChatMessage, ChatModel, Generation, GenerationParams, TokenDelta
+from espalier.core.db.engine import session_scope
+from espalier.core.db.tables import ChatRequestRecord, CompletionRecord, Conversation, ModelVersion, utcnow
+from espalier.core.errors import InvalidInput, NotFound
+from espalier.core.guardrails import CheckContext, GuardrailService
+from espalier.core.models import ModelService, split_model_id
+from espalier.core.security import Principal
+from espalier.core.templates import TemplateService, render
+from espalier.core.tool_calls import (RetrievedTextGuard, ToolSetup, call_schema, calls_text, generic_messages, native_messages,
                          read_tool_calls)  # fmt: skip
 
 log = logging.getLogger("espalier.chat")

@@ -16,11 +16,11 @@ from datetime import timedelta
 from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 
-from .db.console_tables import ConsoleSession
-from .db.engine import session_scope
-from .db.tables import ApiKey, utcnow
-from .errors import Forbidden, Unauthenticated
-from .security import AuditLog, KeyService, Principal
+from espalier.core.db.console_tables import ConsoleSession
+from espalier.core.db.engine import session_scope
+from espalier.core.db.tables import ApiKey, utcnow
+from espalier.core.errors import Forbidden, Unauthenticated
+from espalier.core.security import AuditLog, KeyService, Principal
 
 CONSOLE_ROLE = "operator"  # the least role that may use the console
 

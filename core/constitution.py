@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .contracts import ChatMessage, ChatModel, GenerationParams
-from .errors import InvalidInput
-from .registry import NAME_PATTERN
+from espalier.core.contracts import ChatMessage, ChatModel, GenerationParams
+from espalier.core.errors import InvalidInput
+from espalier.core.registry import NAME_PATTERN
 
 JOB_KIND = "cai:labels"
 DEFAULT_CONSTITUTION = Path(__file__).with_name("constitution_default.toml")
@@ -109,14 +109,14 @@ def critique_and_revise(
         raise InvalidInput("give at least one prompt to label", code="empty_prompt_set")
     if not principles:
         raise InvalidInput("the constitution has no principles to apply")
-    from .jobs import throttled
+    from espalier.core.jobs import throttled
 
     report = progress or (lambda fraction, message="": None)
     stop = throttled(cancelled or (lambda: False))
     out: list[Labelled] = []
     for index, prompt in enumerate(prompts):
         if stop():
-            from .jobs import JobCancelled
+            from espalier.core.jobs import JobCancelled
 
             raise JobCancelled("constitutional labelling cancelled; nothing stored")
         principle = principles[index % len(principles)]
@@ -148,7 +148,7 @@ def constitution_path(settings: Any) -> Path:
 
 def check_params(params: dict[str, Any]) -> dict[str, Any]:
     """Check a ``cai:labels`` request; without ``prompts``, the shipped evaluation prompts."""
-    from .policy_evaluation import check_prompts, default_set
+    from espalier.core.policy_evaluation import check_prompts, default_set
 
     unknown = set(params) - PARAMS
     if unknown:

@@ -17,11 +17,11 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from .contracts import ChatMessage, GenerationParams, Guardrail
-from .db.engine import session_scope
-from .db.tables import EvaluationRecord
-from .errors import InvalidInput, NotFound
-from .models import ModelService
+from espalier.core.contracts import ChatMessage, GenerationParams, Guardrail
+from espalier.core.db.engine import session_scope
+from espalier.core.db.tables import EvaluationRecord
+from espalier.core.errors import InvalidInput, NotFound
+from espalier.core.models import ModelService
 
 MAX_PROMPTS = 5000
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from .contracts import FeedbackEvent
+from espalier.core.contracts import FeedbackEvent
 
 if TYPE_CHECKING:
-    from .platform import Platform
+    from espalier.core.platform import Platform
 
 log = logging.getLogger("espalier.events")
 

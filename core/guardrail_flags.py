@@ -15,11 +15,11 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from .db.engine import session_scope
-from .db.guardrail_tables import GuardrailFlag
-from .db.tables import ChatRequestRecord, CompletionRecord, utcnow
-from .errors import InvalidInput, NotFound
-from .security import Principal
+from espalier.core.db.engine import session_scope
+from espalier.core.db.guardrail_tables import GuardrailFlag
+from espalier.core.db.tables import ChatRequestRecord, CompletionRecord, utcnow
+from espalier.core.errors import InvalidInput, NotFound
+from espalier.core.security import Principal
 
 CATEGORIES = ("toxicity", "injection")
 MAX_TEXT = 20_000

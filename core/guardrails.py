@@ -28,12 +28,12 @@ from typing import Any, Literal
 from prometheus_client import Counter
 from sqlalchemy.engine import Engine
 
-from .contracts import ChatMessage, Direction, Generation, Guardrail, GuardrailScore, TokenDelta
-from .db.engine import session_scope
-from .db.tables import GuardrailEvent
-from .errors import EspalierError, InvalidInput, NotFound
-from .registry import Registry
-from .security import Principal
+from espalier.core.contracts import ChatMessage, Direction, Generation, Guardrail, GuardrailScore, TokenDelta
+from espalier.core.db.engine import session_scope
+from espalier.core.db.tables import GuardrailEvent
+from espalier.core.errors import EspalierError, InvalidInput, NotFound
+from espalier.core.registry import Registry
+from espalier.core.security import Principal
 
 log = logging.getLogger("espalier.guardrails")
 

@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import hookspecs
+from espalier.core import hookspecs
 
 START = "<!-- hooks:start (generated from core/hookspecs.py: do not edit by hand) -->"
 END = "<!-- hooks:end -->"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from .contracts import (
+    from espalier.core.contracts import (
         Agent,
         Command,
         Embedder,
@@ -32,10 +32,10 @@ if TYPE_CHECKING:
         Tool,
         Trainer,
     )
-    from .chains import ChainSpec
-    from .platform import Platform
-    from .settings import Settings
-    from .templates import TemplateSpec
+    from espalier.core.chains import ChainSpec
+    from espalier.core.platform import Platform
+    from espalier.core.settings import Settings
+    from espalier.core.templates import TemplateSpec
 
 hookspec = pluggy.HookspecMarker("espalier")
 

@@ -23,11 +23,11 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from .contracts import JobKind
-from .db.engine import lock_transaction, session_scope
-from .db.tables import Job, JobLog, JobMetric, new_id, utcnow
-from .errors import Conflict, InvalidInput, NotFound
-from .registry import Registry
+from espalier.core.contracts import JobKind
+from espalier.core.db.engine import lock_transaction, session_scope
+from espalier.core.db.tables import Job, JobLog, JobMetric, new_id, utcnow
+from espalier.core.errors import Conflict, InvalidInput, NotFound
+from espalier.core.registry import Registry
 
 log = logging.getLogger("espalier.jobs")
 

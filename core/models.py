@@ -18,12 +18,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy import bindparam
 from sqlmodel import Session, select
 
-from .contracts import ChatModel, ModelProvider, ModelSpec
-from .db.engine import READ_ONLY, session_scope
-from .db.tables import EvaluationRecord, ModelRecord, ModelVersion, ServingChange, new_id
-from .errors import Conflict, Forbidden, InvalidInput, NotFound
-from .registry import NAME_PATTERN, Registry
-from .security import AuditLog, Principal
+from espalier.core.contracts import ChatModel, ModelProvider, ModelSpec
+from espalier.core.db.engine import READ_ONLY, session_scope
+from espalier.core.db.tables import EvaluationRecord, ModelRecord, ModelVersion, ServingChange, new_id
+from espalier.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from espalier.core.registry import NAME_PATTERN, Registry
+from espalier.core.security import AuditLog, Principal
 
 log = logging.getLogger("espalier.models")
 

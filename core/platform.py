@@ -14,32 +14,32 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from . import contracts
-from .db.engine import create_db_engine
-from .db.migrate import is_up_to_date, upgrade
-from .errors import PluginError, Unavailable
-from .evaluation import EvaluationService
-from .guardrail_flags import GuardrailFlagService
-from .guardrails import GuardrailService, parse_policies
-from .jobs import JobService, JobWorker
-from .agents import AgentService
-from .chains import ChainService, ChainSpec, chains_from_settings, validate_chain
-from .chat import ChatService, ConversationService
-from .feedback import FeedbackService, PairStore
-from .console_sessions import ConsoleSessionService
-from .labeling.service import GENERATE_JOB, LabelingService
-from .models import ModelService
-from .rag.keyword import KeywordIndex
-from .rag.service import RagService
-from .rag.store import VectorStore
-from .reward import RewardModelService
-from .templates import TemplateService, TemplateSpec
-from .tools import ToolService
-from .plugins import PluginHost, create_plugin_manager
-from .registry import Registry
-from .security import AuditLog, KeyService
-from .settings import Settings
-from .usage import UsageService
+from espalier.core import contracts
+from espalier.core.db.engine import create_db_engine
+from espalier.core.db.migrate import is_up_to_date, upgrade
+from espalier.core.errors import PluginError, Unavailable
+from espalier.core.evaluation import EvaluationService
+from espalier.core.guardrail_flags import GuardrailFlagService
+from espalier.core.guardrails import GuardrailService, parse_policies
+from espalier.core.jobs import JobService, JobWorker
+from espalier.core.agents import AgentService
+from espalier.core.chains import ChainService, ChainSpec, chains_from_settings, validate_chain
+from espalier.core.chat import ChatService, ConversationService
+from espalier.core.feedback import FeedbackService, PairStore
+from espalier.core.console_sessions import ConsoleSessionService
+from espalier.core.labeling.service import GENERATE_JOB, LabelingService
+from espalier.core.models import ModelService
+from espalier.core.rag.keyword import KeywordIndex
+from espalier.core.rag.service import RagService
+from espalier.core.rag.store import VectorStore
+from espalier.core.reward import RewardModelService
+from espalier.core.templates import TemplateService, TemplateSpec
+from espalier.core.tools import ToolService
+from espalier.core.plugins import PluginHost, create_plugin_manager
+from espalier.core.registry import Registry
+from espalier.core.security import AuditLog, KeyService
+from espalier.core.settings import Settings
+from espalier.core.usage import UsageService
 
 log = logging.getLogger("espalier.platform")
 
@@ -88,7 +88,7 @@ class Platform:
 
     @cached_property
     def chat(self) -> ChatService:
-        from .rag.grounding import Grounder
+        from espalier.core.rag.grounding import Grounder
 
         return ChatService(self.engine, self.models, self.templates,
                            grounder=Grounder(self.rag, lambda: self.guardrails, lambda: self.retrievers), default_model=self.settings.default_model,

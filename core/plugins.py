@@ -16,10 +16,10 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
-from .errors import PluginError
-from .registry import Registry
-from .settings import Settings
+from espalier.core import hookspecs
+from espalier.core.errors import PluginError
+from espalier.core.registry import Registry
+from espalier.core.settings import Settings
 
 log = logging.getLogger("espalier.plugins")
 

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import Conflict, InvalidInput, NotFound
-from .registry import NAME_PATTERN
+from espalier.core.errors import Conflict, InvalidInput, NotFound
+from espalier.core.registry import NAME_PATTERN
 
 METHODS = ("rl", "dpo")
 JOB_KINDS = {"rl": "train:policy-rl", "dpo": "train:policy-dpo"}
@@ -177,7 +177,7 @@ class PolicyPlan:
 
 def load_prompt_file(path: str, *, limit: int) -> list[str]:
     """Prompts from a JSONL file (``{"prompt": "..."}`` or ``{"prompt": {"text": ...}}``) or text."""
-    from .evaluation import load_prompts
+    from espalier.core.evaluation import load_prompts
 
     file = Path(path).expanduser()
     if file.is_dir():
@@ -189,8 +189,8 @@ def conversation_prompts(engine: Any, limit: int) -> list[str]:
     """The latest user message of logged chat requests, newest first, without repeats."""
     from sqlmodel import select
 
-    from .db.engine import session_scope
-    from .db.tables import ChatRequestRecord
+    from espalier.core.db.engine import session_scope
+    from espalier.core.db.tables import ChatRequestRecord
 
     found: list[str] = []
     with session_scope(engine) as session:

@@ -23,11 +23,11 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from .contracts import ChatMessage, ChatModel, GenerationParams, Guardrail
-from .db.engine import session_scope
-from .db.tables import EvaluationRecord
-from .errors import InvalidInput, Unavailable
-from .models import BASE, ModelService
+from espalier.core.contracts import ChatMessage, ChatModel, GenerationParams, Guardrail
+from espalier.core.db.engine import session_scope
+from espalier.core.db.tables import EvaluationRecord
+from espalier.core.errors import InvalidInput, Unavailable
+from espalier.core.models import BASE, ModelService
 
 KIND = "policy"
 MAX_PROMPTS = 2000
@@ -108,7 +108,7 @@ def _answers(model: ChatModel, prompts: Sequence[str], params: GenerationParams,
     texts = []
     for index, prompt in enumerate(prompts):
         if cancelled():
-            from .jobs import JobCancelled
+            from espalier.core.jobs import JobCancelled
 
             raise JobCancelled("evaluation cancelled; nothing stored")
         sampled = GenerationParams(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
@@ -176,7 +176,7 @@ def evaluate_policy(
     if candidate_row.id == current_row.id:
         raise InvalidInput(f"'{candidate_row.label}' is the version serving '{name}' now: evaluate another one",
                            code="candidate_is_serving")  # fmt: skip
-    from .jobs import throttled
+    from espalier.core.jobs import throttled
 
     stop = throttled(cancelled or (lambda: False))
     report = progress or (lambda fraction, message="": None)
@@ -289,7 +289,7 @@ def prepare(params: dict[str, Any], *, default_model: str | None = None) -> dict
     Prompts come from ``prompts`` (a list), ``prompts_file`` (JSONL with a ``prompt`` field, as
     RealToxicityPrompts, or one per line) or, when both are absent, the shipped set.
     """
-    from .evaluation import load_prompts
+    from espalier.core.evaluation import load_prompts
 
     unknown = set(params) - PARAMS
     if unknown:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from .errors import PluginError
+from espalier.core.errors import PluginError
 
 T = TypeVar("T")
 
@@ -53,7 +53,7 @@ class Registry(Generic[T]):
         self._entries[name] = Entry(name, item, plugin)
 
     def get(self, name: str) -> T:
-        from .errors import NotFound
+        from espalier.core.errors import NotFound
 
         try:
             return self._entries[name].item

@@ -20,9 +20,9 @@ from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from .db.engine import read_connection, session_scope
-from .db.tables import ApiKey, AuditEvent, utcnow
-from .errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from espalier.core.db.engine import read_connection, session_scope
+from espalier.core.db.tables import ApiKey, AuditEvent, utcnow
+from espalier.core.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
 
 ROLES = ("user", "operator", "admin")
 ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}

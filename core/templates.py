@@ -18,12 +18,12 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from .contracts import ChatMessage
-from .db.engine import session_scope
-from .db.tables import PromptTemplate
-from .errors import InvalidInput, NotFound
-from .registry import NAME_PATTERN
-from .security import AuditLog, Principal
+from espalier.core.contracts import ChatMessage
+from espalier.core.db.engine import session_scope
+from espalier.core.db.tables import PromptTemplate
+from espalier.core.errors import InvalidInput, NotFound
+from espalier.core.registry import NAME_PATTERN
+from espalier.core.security import AuditLog, Principal
 
 _env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
 MAX_TEMPLATE_CHARS = 50_000

@@ -41,9 +41,9 @@ from typing import Any
 
 import jsonschema
 
-from .contracts import ChatMessage
-from .errors import InvalidInput
-from .untrusted import defuse, quote_data
+from espalier.core.contracts import ChatMessage
+from espalier.core.errors import InvalidInput
+from espalier.core.untrusted import defuse, quote_data
 
 MAX_TOOLS = 128
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -20,10 +20,10 @@ from typing import Any
 
 import jsonschema
 
-from .contracts import Tool, ToolResult
-from .errors import InvalidInput
-from .registry import Registry
-from .security import AuditLog, Principal
+from espalier.core.contracts import Tool, ToolResult
+from espalier.core.errors import InvalidInput
+from espalier.core.registry import Registry
+from espalier.core.security import AuditLog, Principal
 
 log = logging.getLogger("espalier.tools")
 

@@ -17,10 +17,10 @@ from sqlalchemy import Integer, case, cast, func, select as sa_select
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from .db.engine import session_scope
-from .db.feedback_tables import FeedbackRecord
-from .db.guardrail_tables import GuardrailEvent
-from .db.tables import ChatRequestRecord, Job, utcnow
+from espalier.core.db.engine import session_scope
+from espalier.core.db.feedback_tables import FeedbackRecord
+from espalier.core.db.guardrail_tables import GuardrailEvent
+from espalier.core.db.tables import ChatRequestRecord, Job, utcnow
 
 MAX_HOURS = 24 * 14
 

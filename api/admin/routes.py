@@ -9,7 +9,7 @@ from litestar.params import FromQuery, JSONBody, Parameter
 
 from espalier.api.guards import CurrentPrincipal, access
 
-from .schemas import AuditOut, KeyCreate, KeyCreated, KeyOut, key_out
+from espalier.api.admin.schemas import AuditOut, KeyCreate, KeyCreated, KeyOut, key_out
 
 
 class KeysController(Controller):

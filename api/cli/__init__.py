@@ -31,11 +31,11 @@ app.add_typer(keys_app, name="keys")
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
-from .feedback import pairs_app, reward_app  # noqa: E402  (after the shared helpers they import lazily)
+from espalier.api.cli.feedback import pairs_app, reward_app  # noqa: E402  (after the shared helpers they import lazily)
 
 app.add_typer(pairs_app, name="pairs")
 app.add_typer(reward_app, name="reward")
-from .labeling import labeling_app  # noqa: E402
+from espalier.api.cli.labeling import labeling_app  # noqa: E402
 
 app.add_typer(labeling_app, name="labeling")
 
@@ -91,7 +91,7 @@ def serve(
         console.rule()
     settings = instance.settings
     application = create_app(settings, platform=instance)
-    from .ingest import write_server_file
+    from espalier.api.cli.ingest import write_server_file
 
     # tells `espalier ingest` on this ESPALIER_HOME to go through this server (see api/cli/ingest.py)
     server_file = write_server_file(settings.home, host or settings.host, port or settings.port)
@@ -110,7 +110,7 @@ def ingest(
     key: Annotated[str | None, typer.Option(help="API key when a server runs on this home (or ESPALIER_API_KEY).")] = None,
 ) -> None:
     """Ingest documents into a collection (re-ingesting an unchanged file is a no-op)."""
-    from .ingest import run
+    from espalier.api.cli.ingest import run
 
     counts = run(path, collection, key, err)
     console.print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
@@ -278,7 +278,7 @@ def models_remove(name: str) -> None:
     console.print(f"removed model {name}")
 
 
-from .promotion import register as _register_promotion  # noqa: E402
+from espalier.api.cli.promotion import register as _register_promotion  # noqa: E402
 
 _register_promotion(models_app)
 
@@ -299,12 +299,12 @@ def _add_plugin_commands() -> None:
             app.command(name=command.name, help=command.help or None)(command.target)
 
 
-from .guardrails import eval_app, guardrails_app  # noqa: E402  (needs console and platform above)
+from espalier.api.cli.guardrails import eval_app, guardrails_app  # noqa: E402  (needs console and platform above)
 
 app.add_typer(guardrails_app, name="guardrails")
 app.add_typer(eval_app, name="eval")
 
-from .policy import policy_app  # noqa: E402
+from espalier.api.cli.policy import policy_app  # noqa: E402
 
 app.add_typer(policy_app, name="policy")
 

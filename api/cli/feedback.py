@@ -22,7 +22,7 @@ def pairs_export(
     """Write every pair as JSONL in TRL's prompt/chosen/rejected format."""
     from espalier.core.feedback import export_lines
 
-    from . import err, platform
+    from espalier.api.cli import err, platform
 
     pairs = platform().pairs.all(include_imported=include_imported, exclude_labelers=exclude_labeler or [])
     if out is None:
@@ -40,7 +40,7 @@ def pairs_import(
     skip_invalid: Annotated[bool, typer.Option(help="Pass over bad lines instead of importing nothing.")] = False,
 ) -> None:
     """Import external pairs (e.g. Anthropic HH); pairs already present are not added twice."""
-    from . import platform, print_json
+    from espalier.api.cli import platform, print_json
 
     instance = platform()
     with file.open(encoding="utf-8") as handle:
@@ -52,7 +52,7 @@ def pairs_import(
 @reward_app.command("list")
 def reward_list() -> None:
     """Reward model versions with their held-out accuracy and promotion decision."""
-    from . import console, platform
+    from espalier.api.cli import console, platform
 
     table = Table("version", "status", "accuracy", "pairs", "data", "created", "decision")
     for record in platform().reward_models.list():
@@ -70,7 +70,7 @@ def reward_train(
     from espalier.core.errors import InvalidInput
     from espalier.core.reward.settings import settings_from
 
-    from . import console, platform
+    from espalier.api.cli import console, platform
 
     params = {"epochs": epochs, "max_length": max_length, **({"max_steps": max_steps} if max_steps else {})}
     settings = settings_from(params)

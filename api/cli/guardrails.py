@@ -20,7 +20,7 @@ TRAINERS = {"toxicity": "train:toxicity-classifier", "injection": "train:injecti
 
 
 def _progress() -> Progress:
-    from . import console
+    from espalier.api.cli import console
 
     return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                     TimeElapsedColumn(), console=console)  # fmt: skip
@@ -40,7 +40,7 @@ def train(
     The trained model is recorded as the one the detoxify (or injection) scorer serves from the
     next start, unless a checkpoint is configured explicitly.
     """
-    from . import console, platform
+    from espalier.api.cli import console, platform
 
     if kind not in TRAINERS:
         raise InvalidInput(f"--kind must be one of {', '.join(TRAINERS)} (got {kind!r})")
@@ -84,7 +84,7 @@ def events(
     limit: int = 50,
 ) -> None:
     """Recent guardrail decisions, newest first."""
-    from . import console, platform
+    from espalier.api.cli import console, platform
 
     rows = platform().start(migrate=False, run_jobs=False).guardrail_service.events(request_id=request_id, action=action, limit=limit)
     table = Table("at", "request", "direction", "policy", "scorer", "action", "over threshold", "scores")
@@ -108,7 +108,7 @@ def eval_toxicity(
     threshold and the difference to the first model; store the record and a PNG/SVG plot."""
     from espalier.core.evaluation import evaluate_toxicity, load_prompts
 
-    from . import console, platform
+    from espalier.api.cli import console, platform
 
     instance = platform().start(migrate=False, run_jobs=False)
     try:

@@ -36,7 +36,7 @@ def labeling_create(
     max_tokens: int = 128, temperature: float = 1.0, seed: Annotated[int | None, typer.Option()] = None,
 ) -> None:  # fmt: skip
     """Build a task and queue the generation of its candidates."""
-    from . import platform, print_json
+    from espalier.api.cli import platform, print_json
 
     lines = [line.strip() for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()] if prompts else []
     instance = platform()
@@ -55,7 +55,7 @@ def labeling_status(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON (progress and agreement).")] = False,
 ) -> None:
     """Progress of every task, or one task's progress, labelers and agreement."""
-    from . import console, platform, print_json
+    from espalier.api.cli import console, platform, print_json
 
     service = platform(migrate=True).labeling
     if task_id is None:

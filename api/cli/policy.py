@@ -43,7 +43,7 @@ def train(
     as a candidate version of the model (promote it to serve it)."""
     from espalier.core import policy
 
-    from . import console, platform
+    from espalier.api.cli import console, platform
 
     params = {"method": method, "model": model, "reward_model": reward_model, "steps": steps,
               "learning_rate": learning_rate, "lora_rank": lora_rank, "beta": beta, "batch_size": batch_size,
@@ -61,7 +61,7 @@ def train(
         pairs = "pairs sampled by the job" if summary["pair_source"] == "sampled" else f"{summary['pairs']} pairs"
         console.print(f"job {job.id} ({job.kind}): model {summary['model']}, {summary['prompts']} prompts, "
                       f"{pairs}, reward model {summary['reward_model'] or '-'}")  # fmt: skip
-        from .guardrails import _progress
+        from espalier.api.cli.guardrails import _progress
 
         with _progress() as bar:
             task = bar.add_task("queued", total=1.0)

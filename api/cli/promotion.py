@@ -12,7 +12,7 @@ from rich.table import Table
 
 
 def _models():
-    from . import platform
+    from espalier.api.cli import platform
 
     instance = platform()
     instance.models.sync_builtins()  # the shipped models exist before the server first ran
@@ -33,7 +33,7 @@ def register(models_app: typer.Typer) -> None:
         """Compare NAME@CANDIDATE with the serving version: reward, toxicity, KL, task checks, gate."""
         from espalier.core import policy_evaluation
 
-        from . import console, platform, print_json
+        from espalier.api.cli import console, platform, print_json
 
         instance = platform().start(migrate=False, run_jobs=False)
         try:
@@ -70,7 +70,7 @@ def register(models_app: typer.Typer) -> None:
         reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")] = "",
     ) -> None:
         """Serve VERSION from the next request on (running servers switch without a restart)."""
-        from . import console
+        from espalier.api.cli import console
 
         info = _models().promote(name, version, evaluation=evaluation, force=force, reason=reason)
         console.print(f"{name} now serves version {info.serving_version}")
@@ -78,7 +78,7 @@ def register(models_app: typer.Typer) -> None:
     @models_app.command("rollback")
     def models_rollback(name: str, reason: Annotated[str, typer.Option(help="Why (audited).")] = "") -> None:
         """Serve the version that served before the current one (repeat to walk back further)."""
-        from . import console
+        from espalier.api.cli import console
 
         info = _models().rollback(name, reason=reason)
         console.print(f"{name} now serves version {info.serving_version}")
@@ -86,7 +86,7 @@ def register(models_app: typer.Typer) -> None:
     @models_app.command("history")
     def models_history(name: str) -> None:
         """Promotions and rollbacks of NAME, newest first."""
-        from . import console
+        from espalier.api.cli import console
 
         table = Table("at", "action", "version", "active", "evaluation", "reason")
         for change in _models().history(name):

@@ -11,8 +11,8 @@ from litestar.response import Template
 
 from espalier import __version__
 
-from .render import NavItem, page, read_form
-from .session import console
+from espalier.api.console.render import NavItem, page, read_form
+from espalier.api.console.session import console
 
 PLUGINS_NAV = NavItem("Plugins", "/console/plugins")
 KEYS_NAV = NavItem("Keys", "/console/keys", "admin")

@@ -20,8 +20,8 @@ from litestar.response import Template
 from espalier.api.agents.routes import SSE_HEADERS, _stream_steps
 from espalier.api.openai.streaming import EventStream
 
-from .render import NavItem, page, read_form
-from .session import console
+from espalier.api.console.render import NavItem, page, read_form
+from espalier.api.console.session import console
 
 NAV = NavItem("Agents", "/console/agents")
 

@@ -16,7 +16,7 @@ from espalier.api.guards import PUBLIC
 from espalier.core.console_sessions import same_token
 from espalier.core.errors import Forbidden, Unauthenticated
 
-from .session import COOKIE, CSRF_FIELD, PRE_SESSION_COOKIE, SIGN_IN_PATH, ConsoleSignInRequired, console
+from espalier.api.console.session import COOKIE, CSRF_FIELD, PRE_SESSION_COOKIE, SIGN_IN_PATH, ConsoleSignInRequired, console
 
 
 def _secure(request: Request) -> bool:

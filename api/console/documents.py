@@ -18,8 +18,8 @@ from litestar.response import Template
 from espalier.api.documents.routes import MULTIPART_OVERHEAD, read_multipart, uploads_from
 from espalier.core.errors import InvalidInput, PayloadTooLarge
 
-from .render import NavItem, page, read_form
-from .session import console
+from espalier.api.console.render import NavItem, page, read_form
+from espalier.api.console.session import console
 
 NAV = NavItem("Documents", "/console/documents")
 MODES = ("hybrid", "vector", "keyword")

@@ -17,8 +17,8 @@ from espalier.core.errors import InvalidInput
 from espalier.core.feedback import export_lines
 from espalier.core.feedback.browse import KINDS, FeedbackFilter, browse, labelers_and_models, request_view
 
-from .render import NavItem, page, read_form
-from .session import console
+from espalier.api.console.render import NavItem, page, read_form
+from espalier.api.console.session import console
 
 NAV = NavItem("Feedback", "/console/feedback")
 PAGE_SIZE = 50

@@ -10,8 +10,8 @@ from litestar import Request, get, post
 from litestar.params import Parameter
 from litestar.response import Template
 
-from .render import NavItem, page
-from .session import console
+from espalier.api.console.render import NavItem, page
+from espalier.api.console.session import console
 
 NAV = NavItem("Jobs", "/console/jobs")
 POLL_SECONDS = 2

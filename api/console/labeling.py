@@ -15,8 +15,8 @@ from litestar.response import Template
 
 from espalier.core.errors import InvalidInput
 
-from .render import NavItem, page, ranked_candidates
-from .session import console
+from espalier.api.console.render import NavItem, page, ranked_candidates
+from espalier.api.console.session import console
 
 NAV = NavItem("Labeling", "/console/labeling")
 

@@ -13,8 +13,8 @@ from litestar.response import Template
 
 from espalier.core import policy_evaluation
 
-from .render import NavItem, page, read_form
-from .session import console
+from espalier.api.console.render import NavItem, page, read_form
+from espalier.api.console.session import console
 
 NAV = NavItem("Models", "/console/models")
 

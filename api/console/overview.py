@@ -8,8 +8,8 @@ from dataclasses import asdict
 from litestar import Request, get
 from litestar.response import Template
 
-from .render import NavItem, page
-from .session import console
+from espalier.api.console.render import NavItem, page
+from espalier.api.console.session import console
 
 NAV = NavItem("Overview", "/console")
 

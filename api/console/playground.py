@@ -14,8 +14,8 @@ from litestar.response import Template
 from espalier.core.chat import ChatRequest
 from espalier.core.contracts import ChatMessage, GenerationParams
 
-from .render import NavItem, page, ranked_candidates, read_form
-from .session import console
+from espalier.api.console.render import NavItem, page, ranked_candidates, read_form
+from espalier.api.console.session import console
 
 NAV = NavItem("Playground", "/console/playground")
 MAX_CANDIDATES = 4

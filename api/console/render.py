@@ -13,7 +13,7 @@ from litestar.response import Template
 
 from espalier.core.errors import InvalidInput
 
-from .session import CSRF_FIELD
+from espalier.api.console.session import CSRF_FIELD
 
 T = TypeVar("T")
 

@@ -16,9 +16,9 @@ from litestar.template.config import TemplateConfig
 
 from espalier.api.guards import PUBLIC
 
-from . import admin, agents, auth, documents, feedback, jobs, labeling, models, overview, playground
-from .render import SECURITY_HEADERS
-from .session import ConsoleSignInRequired
+from espalier.api.console import admin, agents, auth, documents, feedback, jobs, labeling, models, overview, playground
+from espalier.api.console.render import SECURITY_HEADERS
+from espalier.api.console.session import ConsoleSignInRequired
 
 HERE = Path(__file__).parent
 

@@ -9,7 +9,7 @@ from espalier.core.chat import ChatRequest, ChatResult
 from espalier.core.contracts import ChatMessage, GenerationParams, TokenDelta
 from espalier.core.errors import InvalidInput
 
-from .schemas import ChatCompletionRequest, CompletionRequest, Message
+from espalier.api.openai.schemas import ChatCompletionRequest, CompletionRequest, Message
 
 
 def unsupported(field: str, why: str) -> InvalidInput:

@@ -18,11 +18,11 @@ from espalier.core.chat import RAG_ALIAS, StreamSession, served_model_id
 from espalier.core.models import split_model_id
 from espalier.core.errors import InvalidInput, NotFound
 
-from . import convert
-from .errors import OPENAI_EXCEPTION_HANDLERS
-from .moderations import moderations
-from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from .streaming import EventStream, open_events
+from espalier.api.openai import convert
+from espalier.api.openai.errors import OPENAI_EXCEPTION_HANDLERS
+from espalier.api.openai.moderations import moderations
+from espalier.api.openai.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from espalier.api.openai.streaming import EventStream, open_events
 
 MAX_EMBEDDING_INPUTS = 2048
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from .tables import UTCDateTime, utcnow
+from espalier.core.db.tables import UTCDateTime, utcnow
 
 
 class AgentRun(SQLModel, table=True):

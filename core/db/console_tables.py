@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from sqlmodel import Field, SQLModel
 
-from .tables import UTCDateTime, utcnow
+from espalier.core.db.tables import UTCDateTime, utcnow
 
 
 class ConsoleSession(SQLModel, table=True):

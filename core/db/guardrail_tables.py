@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from .tables import UTCDateTime, new_id, utcnow
+from espalier.core.db.tables import UTCDateTime, new_id, utcnow
 
 
 class GuardrailEvent(SQLModel, table=True):

@@ -218,9 +218,9 @@ class PromptTemplate(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
-from .rag_tables import ChunkRecord, CollectionRecord, DocumentRecord  # noqa: E402,F401  (retrieval)
-from . import feedback_tables as _feedback_tables  # noqa: E402,F401  (registers the feedback tables)
-from . import console_tables  # noqa: E402,F401  (registers the console tables; last, as it imports this module)
-from .agent_tables import AgentRun, AgentStep, ChainSession, ChainTurn  # noqa: E402,F401  (agents, chains, traces)
-from .guardrail_tables import EvaluationRecord, GuardrailEvent, GuardrailFlag  # noqa: E402,F401
-from . import labeling_tables as _labeling_tables  # noqa: E402,F401  (labeling tasks, items, labelers, leases)
+from espalier.core.db.rag_tables import ChunkRecord, CollectionRecord, DocumentRecord  # noqa: E402,F401  (retrieval)
+from espalier.core.db import feedback_tables as _feedback_tables  # noqa: E402,F401  (registers the feedback tables)
+from espalier.core.db import console_tables  # noqa: E402,F401  (registers the console tables; last, as it imports this module)
+from espalier.core.db.agent_tables import AgentRun, AgentStep, ChainSession, ChainTurn  # noqa: E402,F401  (agents, chains, traces)
+from espalier.core.db.guardrail_tables import EvaluationRecord, GuardrailEvent, GuardrailFlag  # noqa: E402,F401
+from espalier.core.db import labeling_tables as _labeling_tables  # noqa: E402,F401  (labeling tasks, items, labelers, leases)

@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from ..db.engine import session_scope
-from ..db.feedback_tables import FeedbackRecord
+from espalier.core.db.engine import session_scope
+from espalier.core.db.feedback_tables import FeedbackRecord
 
 
 def kendall_tau_b(a: Sequence[float], b: Sequence[float]) -> float | None:

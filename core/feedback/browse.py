@@ -11,11 +11,11 @@ from sqlalchemy import func, or_
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from ..db.engine import session_scope
-from ..db.feedback_tables import FeedbackRecord
-from ..db.guardrail_tables import GuardrailFlag
-from ..db.tables import ChatRequestRecord, CompletionRecord
-from ..errors import InvalidInput, NotFound
+from espalier.core.db.engine import session_scope
+from espalier.core.db.feedback_tables import FeedbackRecord
+from espalier.core.db.guardrail_tables import GuardrailFlag
+from espalier.core.db.tables import ChatRequestRecord, CompletionRecord
+from espalier.core.errors import InvalidInput, NotFound
 
 KINDS = ("completion", "ranking")
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import InvalidInput
+from espalier.core.errors import InvalidInput
 
 MAX_FIELD_CHARS = 100_000
 

@@ -20,12 +20,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from ..db.engine import session_scope
-from ..db.feedback_tables import FeedbackRecord
-from ..db.tables import ChatRequestRecord, CompletionRecord, utcnow
-from ..errors import Conflict, EspalierError, InvalidInput, NotFound
-from ..security import Principal
-from .pairs import check_ranking
+from espalier.core.db.engine import session_scope
+from espalier.core.db.feedback_tables import FeedbackRecord
+from espalier.core.db.tables import ChatRequestRecord, CompletionRecord, utcnow
+from espalier.core.errors import Conflict, EspalierError, InvalidInput, NotFound
+from espalier.core.security import Principal
+from espalier.core.feedback.pairs import check_ranking
 
 MAX_IDEMPOTENCY_KEY = 200
 MAX_COMMENT_CHARS = 10_000

@@ -9,11 +9,11 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from ..db.engine import session_scope
-from ..db.feedback_tables import AIPair, FeedbackRecord, ImportedPair
-from ..db.tables import ChatRequestRecord, CompletionRecord
-from ..labeling.exclusions import task_exclusions
-from .pairs import Pair, pair_sha256, parse_pair_lines, prompt_text, ranking_pairs, thumbs_pairs
+from espalier.core.db.engine import session_scope
+from espalier.core.db.feedback_tables import AIPair, FeedbackRecord, ImportedPair
+from espalier.core.db.tables import ChatRequestRecord, CompletionRecord
+from espalier.core.labeling.exclusions import task_exclusions
+from espalier.core.feedback.pairs import Pair, pair_sha256, parse_pair_lines, prompt_text, ranking_pairs, thumbs_pairs
 
 IMPORT_BATCH = 1000
 

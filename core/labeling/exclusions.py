@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlmodel import select
 
-from ..db.labeling_tables import LabelingItem, LabelingTask
+from espalier.core.db.labeling_tables import LabelingItem, LabelingTask
 
 
 def task_exclusions(session: Any, request_ids: set[str]) -> dict[str, set[str]]:

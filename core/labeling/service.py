@@ -20,15 +20,15 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from ..contracts import ChatMessage, GenerationParams
-from ..db.engine import session_scope
-from ..db.feedback_tables import FeedbackRecord
-from ..db.labeling_tables import LabelingAssignment, LabelingItem, LabelingLabeler, LabelingTask
-from ..db.tables import ApiKey, ChatRequestRecord, CompletionRecord, Job, utcnow
-from ..errors import Conflict, InvalidInput, NotFound
-from ..feedback.agreement import agreement_for
-from ..feedback.pairs import prompt_text
-from ..security import Principal
+from espalier.core.contracts import ChatMessage, GenerationParams
+from espalier.core.db.engine import session_scope
+from espalier.core.db.feedback_tables import FeedbackRecord
+from espalier.core.db.labeling_tables import LabelingAssignment, LabelingItem, LabelingLabeler, LabelingTask
+from espalier.core.db.tables import ApiKey, ChatRequestRecord, CompletionRecord, Job, utcnow
+from espalier.core.errors import Conflict, InvalidInput, NotFound
+from espalier.core.feedback.agreement import agreement_for
+from espalier.core.feedback.pairs import prompt_text
+from espalier.core.security import Principal
 
 GENERATE_JOB = "labeling:generate"
 MAX_ITEMS = 2000
@@ -210,7 +210,7 @@ class LabelingService:
     # Candidates ------------------------------------------------------------------------------
     def generate(self, job: Any) -> dict[str, Any]:
         """The ``labeling:generate`` job: candidates for every item that has none yet (resumable)."""
-        from ..chat import ChatRequest
+        from espalier.core.chat import ChatRequest
 
         task_id = job.params["task_id"]
         task = self.get(task_id)

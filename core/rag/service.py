@@ -27,10 +27,10 @@ from espalier.core.db.tables import ChunkRecord, CollectionRecord, DocumentRecor
 from espalier.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from espalier.core.security import ROLES, AuditLog, Principal
 
-from .chunking import Budget, plan_budget, split_text, token_counter
-from .extract import extract_text, media_type_for
-from .keyword import KeywordIndex, reciprocal_rank_fusion
-from .store import VectorStore
+from espalier.core.rag.chunking import Budget, plan_budget, split_text, token_counter
+from espalier.core.rag.extract import extract_text, media_type_for
+from espalier.core.rag.keyword import KeywordIndex, reciprocal_rank_fusion
+from espalier.core.rag.store import VectorStore
 
 log = logging.getLogger("espalier.rag")
 
@@ -287,7 +287,7 @@ class RagService:
         ingests them as one batch; the URL asked for is the document's source."""
         from urllib.parse import urlsplit
 
-        from .web import fetch
+        from espalier.core.rag.web import fetch
 
         self.collection(collection, principal, write=True)  # 403/404 before any fetch
         if not 1 <= len(urls) <= 20:

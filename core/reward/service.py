@@ -16,10 +16,10 @@ from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from ..db.engine import session_scope
-from ..db.feedback_tables import RewardModelRecord
-from ..errors import InvalidInput, NotFound, Unavailable
-from .scoring import RewardScorer
+from espalier.core.db.engine import session_scope
+from espalier.core.db.feedback_tables import RewardModelRecord
+from espalier.core.errors import InvalidInput, NotFound, Unavailable
+from espalier.core.reward.scoring import RewardScorer
 
 MAX_SCORE_ITEMS = 64
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidInput
+from espalier.core.errors import InvalidInput
 
 
 @dataclass

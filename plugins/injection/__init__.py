@@ -17,8 +17,8 @@ from espalier import hookimpl
 from espalier.core.guardrails import trained_model
 from espalier.plugins.toxicity.training import ClassifierTrainer, Progress, train_classifier
 
-from .rules import RULES, Rule, RuleSet
-from .scorer import InjectionScorer
+from espalier.plugins.injection.rules import RULES, Rule, RuleSet
+from espalier.plugins.injection.scorer import InjectionScorer
 
 __all__ = ["RULES", "InjectionScorer", "Rule", "RuleSet", "train_injection_model"]
 

@@ -9,7 +9,7 @@ from typing import Any
 from espalier.core.contracts import Direction, GuardrailScore
 from espalier.plugins.toxicity.detoxify_scorer import DetoxifyScorer
 
-from .rules import RuleSet
+from espalier.plugins.injection.rules import RuleSet
 
 
 class InjectionScorer:

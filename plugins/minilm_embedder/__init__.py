@@ -7,7 +7,7 @@ loading the plugin does not import chromadb).
 
 from espalier import hookimpl
 
-from .embedder import DIMENSIONS, MODEL_NAME, MiniLMEmbedder
+from espalier.plugins.minilm_embedder.embedder import DIMENSIONS, MODEL_NAME, MiniLMEmbedder
 
 __all__ = ["DIMENSIONS", "MODEL_NAME", "MiniLMEmbedder"]
 

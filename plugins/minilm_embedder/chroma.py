@@ -16,7 +16,7 @@ from typing import Any
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
 from chromadb.utils.embedding_functions import register_embedding_function
 
-from .embedder import MODEL_NAME, MiniLMEmbedder
+from espalier.plugins.minilm_embedder.embedder import MODEL_NAME, MiniLMEmbedder
 
 
 @register_embedding_function

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from espalier import hookimpl
 
-from .trainer import PolicyTrainer
+from espalier.plugins.policy_training.trainer import PolicyTrainer
 
 __all__ = ["PolicyTrainer"]
 

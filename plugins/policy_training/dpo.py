@@ -27,7 +27,7 @@ from espalier.core.errors import InvalidInput
 from espalier.core.jobs import JobCancelled
 from espalier.core.policy import PolicySettings
 
-from .common import RunLog, Scorers, fit_messages, fit_text, make_callback, messages_from_transcript, quiet, sample, training_prompt
+from espalier.plugins.policy_training.common import RunLog, Scorers, fit_messages, fit_text, make_callback, messages_from_transcript, quiet, sample, training_prompt
 
 SAMPLED_PAIRS_NAME = "sampled_pairs.jsonl"
 PROMPTS_PER_ROUND = 8  # prompts sampled between progress reports and cancellation checks

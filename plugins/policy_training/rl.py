@@ -15,7 +15,7 @@ from typing import Any
 
 from espalier.core.policy import PolicySettings
 
-from .common import RunLog, Scorers, completion_text, make_callback, quiet
+from espalier.plugins.policy_training.common import RunLog, Scorers, completion_text, make_callback, quiet
 
 
 def reward_functions(scorers: Scorers) -> list[Any]:

@@ -19,7 +19,7 @@ from espalier.core.errors import Unavailable
 from espalier.core.jobs import JobCancelled
 from espalier.core.policy import PolicySettings, preflight, settings_from
 
-from .common import RunLog, Scorers, describe, kl_summary, load_base, plot_curves, sample, training_prompt
+from espalier.plugins.policy_training.common import RunLog, Scorers, describe, kl_summary, load_base, plot_curves, sample, training_prompt
 
 ADAPTER_DIR = "adapter"
 PLOT_NAME = "curves.png"
@@ -72,12 +72,12 @@ def run(platform: Any, job: Any, settings: PolicySettings, plan: Any) -> dict[st
     pairs: list[Any] = []
     if settings.method == "rl":
         train_prompts, held = split_prompts(plan.prompts, settings)
-        from .rl import train_rl
+        from espalier.plugins.policy_training.rl import train_rl
 
         trainer = train_rl(model, tokenizer, [training_prompt(tokenizer, p, settings) for p in train_prompts],
                            scorers, settings, lora, run_log, out)  # fmt: skip
     else:
-        from .dpo import sampled_pairs, train_dpo
+        from espalier.plugins.policy_training.dpo import sampled_pairs, train_dpo
 
         if settings.pairs == "sampled":
             train_prompts, held = split_prompts(plan.prompts, settings)
@@ -162,7 +162,7 @@ def pair_summary(settings: PolicySettings, pairs: list[Any], out: Path) -> dict[
         return None
     summary: dict[str, Any] = {"source": settings.pairs, "count": len(pairs)}
     if settings.pairs == "sampled":
-        from .dpo import SAMPLED_PAIRS_NAME
+        from espalier.plugins.policy_training.dpo import SAMPLED_PAIRS_NAME
 
         margins = [p.chosen_score - p.rejected_score for p in pairs]
         summary |= {"file": str(out / SAMPLED_PAIRS_NAME), "samples_per_prompt": settings.samples_per_prompt,

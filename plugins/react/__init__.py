@@ -14,8 +14,8 @@ from typing import Any
 from espalier import hookimpl
 from espalier.core.agents import AgentOutcome
 
-from .parsing import ParsedStep, parse_step, single_text_parameter
-from .prompt import EXAMPLES, build_messages
+from espalier.plugins.react.parsing import ParsedStep, parse_step, single_text_parameter
+from espalier.plugins.react.prompt import EXAMPLES, build_messages
 
 STOP = ("\nObservation", "Observation:", "\nQuestion:")
 FORMAT_HELP = "Write: Thought: <reasoning> then Action: <tool>[<input>], for example finish[42]."

@@ -8,7 +8,7 @@ from typing import Any
 
 from espalier.core.contracts import ChatMessage
 
-from .parsing import single_text_parameter
+from espalier.plugins.react.parsing import single_text_parameter
 
 INSTRUCTIONS = """You answer a question by alternating Thought and Action steps.
 Write exactly one Thought line and one Action line per turn, then stop:

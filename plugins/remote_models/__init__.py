@@ -11,7 +11,7 @@ The key itself is never stored: ``api_key_env`` names the environment variable t
 
 from espalier import hookimpl
 
-from .client import RemoteChatModel, RemoteProvider
+from espalier.plugins.remote_models.client import RemoteChatModel, RemoteProvider
 
 __all__ = ["RemoteChatModel", "RemoteProvider"]
 

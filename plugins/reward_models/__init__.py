@@ -17,8 +17,8 @@ import logging
 
 from espalier import hookimpl
 
-from .best_of_n import BestOfNProvider
-from .trainer import RewardTrainer, maybe_retrain
+from espalier.plugins.reward_models.best_of_n import BestOfNProvider
+from espalier.plugins.reward_models.trainer import RewardTrainer, maybe_retrain
 
 log = logging.getLogger("espalier.reward")
 __all__ = ["BestOfNProvider", "RewardTrainer", "maybe_retrain"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from espalier.core.errors import InvalidInput, Unavailable
 
-from .training import evaluate, settings_from, train_reward_model
+from espalier.plugins.reward_models.training import evaluate, settings_from, train_reward_model
 
 log = logging.getLogger("espalier.reward")
 JOB_KIND = "train:reward"

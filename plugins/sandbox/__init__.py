@@ -13,10 +13,10 @@ plugin registers.
 
 from espalier import hookimpl
 
-from ._common import Limits
-from .result import SandboxResult, SandboxUnavailable
-from .sandbox import Sandbox, default_cache_dir
-from .tool import PythonTool
+from espalier.plugins.sandbox._common import Limits
+from espalier.plugins.sandbox.result import SandboxResult, SandboxUnavailable
+from espalier.plugins.sandbox.sandbox import Sandbox, default_cache_dir
+from espalier.plugins.sandbox.tool import PythonTool
 
 __all__ = ["Limits", "PythonTool", "Sandbox", "SandboxResult", "SandboxUnavailable", "default_cache_dir"]
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .result import SandboxResult
+from espalier.plugins.sandbox.result import SandboxResult
 
 RUNNER = Path(__file__).with_name("_guest_runner.py")
 RESULT_NAME = ".espalier-result.json"

@@ -38,10 +38,10 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import seccomp
-from ._common import Limits, RunDir, build_result, decode, parse_envelope
-from ._process import RESULT_FD, Outcome, run_capped
-from .result import SandboxResult, SandboxUnavailable
+from espalier.plugins.sandbox import seccomp
+from espalier.plugins.sandbox._common import Limits, RunDir, build_result, decode, parse_envelope
+from espalier.plugins.sandbox._process import RESULT_FD, Outcome, run_capped
+from espalier.plugins.sandbox.result import SandboxResult, SandboxUnavailable
 
 SITE = "/sandbox/site"
 REAPER = Path(__file__).with_name("_reaper.py")

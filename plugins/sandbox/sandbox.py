@@ -10,8 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ._common import Limits
-from .result import SandboxResult, SandboxUnavailable
+from espalier.plugins.sandbox._common import Limits
+from espalier.plugins.sandbox.result import SandboxResult, SandboxUnavailable
 
 BACKENDS = ("wasm", "bwrap")
 
@@ -58,11 +58,11 @@ class Sandbox:
         with self._lock:
             if name not in self._backends:
                 if name == "wasm":
-                    from .wasm import WasmBackend
+                    from espalier.plugins.sandbox.wasm import WasmBackend
 
                     self._backends[name] = WasmBackend(self.cache_dir, work_dir=self.work_dir)
                 else:
-                    from .bwrap import BwrapBackend
+                    from espalier.plugins.sandbox.bwrap import BwrapBackend
 
                     self._backends[name] = BwrapBackend(work_dir=self.work_dir, **self.bwrap_options)
             return self._backends[name]

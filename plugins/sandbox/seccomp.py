@@ -39,7 +39,7 @@ def _module():
     try:
         import pyseccomp
     except (ImportError, OSError) as exc:  # OSError: libseccomp.so.2 missing
-        from .result import SandboxUnavailable
+        from espalier.plugins.sandbox.result import SandboxUnavailable
 
         raise SandboxUnavailable(
             "The bwrap sandbox needs the seccomp bindings: `pip install pyseccomp` and the "

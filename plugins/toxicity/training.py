@@ -29,8 +29,8 @@ from typing import Any
 
 from espalier.core.errors import EspalierError, InvalidInput
 
-from .data import LabelledTexts, load_labelled, stratified_sample, stratified_split
-from .metrics import binary_report
+from espalier.plugins.toxicity.data import LabelledTexts, load_labelled, stratified_sample, stratified_split
+from espalier.plugins.toxicity.metrics import binary_report
 
 CHECKPOINT_NAME = "checkpoint.ckpt"
 CONFIG_DIR_NAME = "hf_config"

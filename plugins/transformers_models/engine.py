@@ -48,9 +48,9 @@ import torch.nn.functional as F
 
 from espalier.core.contracts import GenerationParams, TokenDelta
 
-from .packing import packed_prefill
-from .prefix import PrefixCache
-from .text import CandidateText
+from espalier.plugins.transformers_models.packing import packed_prefill
+from espalier.plugins.transformers_models.prefix import PrefixCache
+from espalier.plugins.transformers_models.text import CandidateText
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ import torch
 
 from espalier.core.errors import InvalidInput, NotFound
 
-from .attention import enable_row_attention
-from .packing import pack_linear_weights
-from .sources import ResolvedSource, resolve_source
+from espalier.plugins.transformers_models.attention import enable_row_attention
+from espalier.plugins.transformers_models.packing import pack_linear_weights
+from espalier.plugins.transformers_models.sources import ResolvedSource, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def load_weights(spec_source: str, dtype: torch.dtype, adapter: str | None, cach
             f"The model at {spec_source} has no chat template in its tokenizer; Espalier serves chat models only."
         )
     row_attention = enable_row_attention(model)
-    from .engine import get_engine
+    from espalier.plugins.transformers_models.engine import get_engine
 
     engine = get_engine()
     if engine.pack_prefill_weights:  # on the engine thread (see GenerationEngine.call), a layer at a time

