@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # The CPU build of torch. This machine keeps it on disk; elsewhere PyTorch's CPU index serves it.
 TORCH := torch==2.13.0
 
-.PHONY: run test install system-deps wheel-check clean
+.PHONY: run test test-fast lint format install system-deps wheel-check clean
 
 install: $(STAMP)
 
@@ -34,8 +34,22 @@ system-deps:
 run: $(STAMP)
 	$(VENV)/bin/espalier serve
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps lint
 	$(VENV)/bin/python -m pytest
+
+# The tests that need no model, no browser and no database server: seconds, for while you work.
+test-fast: $(STAMP) lint
+	$(VENV)/bin/python -m pytest -m "not slow and not browser and not postgres" -q
+
+# The project's own habits: ruff (lint and format, line length 120) and the layer contracts.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # Proves the built wheel imports and runs outside the source tree.
 wheel-check: $(STAMP)

@@ -21,39 +21,48 @@ from litestar.plugins.prometheus import PrometheusConfig
 from litestar.stores.memory import MemoryStore
 
 from espalier import __version__
-from espalier.core.logs import configure_logging
-from espalier.core.platform import Platform
-from espalier.core.security import parse_key_id
-from espalier.core.settings import Settings, load_settings
-
 from espalier.api.admin.routes import ROUTES as ADMIN_ROUTES
+from espalier.api.agents.routes import ROUTES as AGENT_ROUTES
+from espalier.api.chains.routes import ROUTES as CHAIN_ROUTES
 from espalier.api.console.routes import NAV as CONSOLE_NAV
 from espalier.api.console.routes import ROUTES as CONSOLE_ROUTES
 from espalier.api.console.routes import TEMPLATE_CONFIG
-from espalier.api.agents.routes import ROUTES as AGENT_ROUTES
-from espalier.api.chains.routes import ROUTES as CHAIN_ROUTES
+from espalier.api.conversations.routes import ROUTES as CONVERSATION_ROUTES
+from espalier.api.documents.routes import ROUTES as DOCUMENT_ROUTES
 from espalier.api.errors import EXCEPTION_HANDLERS
 from espalier.api.feedback.routes import ROUTES as FEEDBACK_ROUTES
+from espalier.api.guardrails.routes import ROUTES as GUARDRAIL_ROUTES
 from espalier.api.guards import auth_guard, bearer_token, check_route_access, provide_principal
 from espalier.api.jobs.routes import ROUTES as JOB_ROUTES
 from espalier.api.labeling.routes import ROUTES as LABELING_ROUTES
 from espalier.api.middleware import RequestLogMiddleware
-from espalier.api.conversations.routes import ROUTES as CONVERSATION_ROUTES
-from espalier.api.documents.routes import ROUTES as DOCUMENT_ROUTES
-from espalier.api.guardrails.routes import ROUTES as GUARDRAIL_ROUTES
 from espalier.api.models.routes import ROUTES as MODEL_ROUTES
 from espalier.api.openai.routes import ROUTES as OPENAI_ROUTES
 from espalier.api.policy.routes import ROUTES as POLICY_ROUTES
 from espalier.api.reward.routes import ROUTES as REWARD_ROUTES
 from espalier.api.system.routes import ROUTES as SYSTEM_ROUTES
 from espalier.api.tools.routes import ROUTES as TOOL_ROUTES
+from espalier.core.infrastructure.logs import configure_logging
+from espalier.core.infrastructure.settings import Settings, load_settings
+from espalier.core.interface.keys import parse_key_id
+from espalier.core.platform import Platform
 
 CORE_ROUTES: list[Any] = [
-    *SYSTEM_ROUTES, *ADMIN_ROUTES, *JOB_ROUTES, *OPENAI_ROUTES, *MODEL_ROUTES, *CONVERSATION_ROUTES,
+    *SYSTEM_ROUTES,
+    *ADMIN_ROUTES,
+    *JOB_ROUTES,
+    *OPENAI_ROUTES,
+    *MODEL_ROUTES,
+    *CONVERSATION_ROUTES,
     *DOCUMENT_ROUTES,
-    *FEEDBACK_ROUTES, *REWARD_ROUTES, *LABELING_ROUTES, *POLICY_ROUTES,
+    *FEEDBACK_ROUTES,
+    *REWARD_ROUTES,
+    *LABELING_ROUTES,
+    *POLICY_ROUTES,
     *CONSOLE_ROUTES,
-    *TOOL_ROUTES, *AGENT_ROUTES, *CHAIN_ROUTES,
+    *TOOL_ROUTES,
+    *AGENT_ROUTES,
+    *CHAIN_ROUTES,
     *GUARDRAIL_ROUTES,
 ]
 UNLIMITED_PATHS = ["/healthz", "/readyz"]
@@ -118,7 +127,9 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
             path="/schema",
             render_plugins=[SwaggerRenderPlugin()],
             components=Components(
-                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="Espalier API key")}
+                security_schemes={
+                    "bearer": SecurityScheme(type="http", scheme="bearer", description="Espalier API key")
+                }
             ),
             security=[{"bearer": []}],
         ),

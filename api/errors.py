@@ -10,7 +10,7 @@ import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 
-from espalier.core.errors import EspalierError
+from espalier.core.infrastructure.errors import EspalierError
 
 log = logging.getLogger("espalier.api")
 
@@ -63,8 +63,15 @@ def validation_error_handler(request: Request, exc: ValidationException) -> Resp
 
 def http_error_handler(request: Request, exc: HTTPException) -> Response:
     status = exc.status_code
-    code = {400: "invalid_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-            413: "payload_too_large", 429: "rate_limited"}.get(status, "http_error")  # fmt: skip
+    code = {
+        400: "invalid_request",
+        401: "unauthenticated",
+        403: "forbidden",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+        429: "rate_limited",
+    }.get(status, "http_error")
     detail = exc.detail
     if status == 400 and _caused_by_bad_json(exc):
         detail = f"malformed JSON body: {detail}"
@@ -81,7 +88,9 @@ def _caused_by_bad_json(exc: BaseException) -> bool:
     for _ in range(5):
         if seen is None:
             return False
-        if isinstance(seen, (msgspec.DecodeError, SerializationException)) and not isinstance(seen, msgspec.ValidationError):
+        if isinstance(seen, (msgspec.DecodeError, SerializationException)) and not isinstance(
+            seen, msgspec.ValidationError
+        ):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -89,8 +98,12 @@ def _caused_by_bad_json(exc: BaseException) -> bool:
 
 def internal_error_handler(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem(500, "internal error; the server log has the details under this request id",
-                   code="internal_error", request=request)
+    return problem(
+        500,
+        "internal error; the server log has the details under this request id",
+        code="internal_error",
+        request=request,
+    )
 
 
 EXCEPTION_HANDLERS = {

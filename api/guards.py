@@ -10,13 +10,12 @@ from typing import Any
 
 import anyio
 from litestar import Litestar, Request
-from litestar.di import NamedDependency
 from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
 
-from espalier.core.security import ROLE_RANK, Principal, require_role
-
 from espalier.api.console.session import authenticate_console
+from espalier.core.infrastructure.identity import ROLE_RANK, Principal, require_role
 
 PUBLIC: dict[str, Any] = {"public": True}
 PUBLIC_PATH_PREFIXES = ("/schema",)  # litestar's OpenAPI documents

@@ -20,10 +20,10 @@ Example::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-import os
 from typing import Any
 
 import pytest
@@ -41,12 +41,14 @@ class EspalierHarness:
         return {"Authorization": f"Bearer {self.keys[role]}"}
 
 
-def build_harness(home: Path, plugins: list[Any], *, load_entry_points: bool = False, **settings: Any) -> Iterator[EspalierHarness]:
+def build_harness(
+    home: Path, plugins: list[Any], *, load_entry_points: bool = False, **settings: Any
+) -> Iterator[EspalierHarness]:
     from litestar.testing import TestClient
 
     from espalier.api.app import create_app
+    from espalier.core.infrastructure.settings import Settings
     from espalier.core.platform import Platform
-    from espalier.core.settings import Settings
 
     config = Settings(home=home, **settings)
     extra = [(getattr(p, "__name__", type(p).__name__).rsplit(".", 1)[-1], p) for p in plugins]
@@ -101,12 +103,21 @@ class RunningServer:
         self.home = home
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        environment = {**os.environ, "ESPALIER_HOME": str(home), "ESPALIER_PORT": str(self.port),
-                       "PYTHONUNBUFFERED": "1", **(env or {})}  # fmt: skip
+        environment = {
+            **os.environ,
+            "ESPALIER_HOME": str(home),
+            "ESPALIER_PORT": str(self.port),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "espalier.api.cli", "serve"], env=environment,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )  # fmt: skip
+            [sys.executable, "-m", "espalier.api.cli", "serve"],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         lines = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -139,8 +150,9 @@ class RunningServer:
     def create_key(self, role: str, name: str | None = None) -> str:
         import httpx
 
-        response = httpx.post(self.base + "/api/keys", json={"name": name or f"test-{role}", "role": role},
-                              headers=self.headers())  # fmt: skip
+        response = httpx.post(
+            self.base + "/api/keys", json={"name": name or f"test-{role}", "role": role}, headers=self.headers()
+        )
         response.raise_for_status()
         return response.json()["key"]
 
@@ -168,6 +180,8 @@ def espalier_settings() -> dict[str, Any]:
 
 
 @pytest.fixture
-def espalier(tmp_path: Path, espalier_plugins: list[Any], espalier_settings: dict[str, Any]) -> Iterator[EspalierHarness]:
+def espalier(
+    tmp_path: Path, espalier_plugins: list[Any], espalier_settings: dict[str, Any]
+) -> Iterator[EspalierHarness]:
     """A real Espalier app with your plugins registered; torn down after the test."""
     yield from build_harness(tmp_path / "espalier-home", espalier_plugins, **espalier_settings)

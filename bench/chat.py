@@ -34,9 +34,8 @@ from typing import Any
 
 import httpx
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from _server import Server
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 MODEL = "smollm2-135m-instruct"
 # Every request gets a prompt of its own: the server reuses the keys and values of prompts it has
@@ -71,10 +70,18 @@ GARDENER = (
 )
 CONVERSATIONS = [
     ["When should I plant garlic?", "How deep should the cloves go?", "How far apart?", "When do I harvest it?"],
-    ["Why are my tomato leaves turning yellow?", "Could it be too much water?", "How often should I water them?",
-     "Should I use mulch?"],
-    ["What grows well in deep shade?", "Do ferns need much water?", "Can I grow them in pots?",
-     "What soil do they like best?"],
+    [
+        "Why are my tomato leaves turning yellow?",
+        "Could it be too much water?",
+        "How often should I water them?",
+        "Should I use mulch?",
+    ],
+    [
+        "What grows well in deep shade?",
+        "Do ferns need much water?",
+        "Can I grow them in pots?",
+        "What soil do they like best?",
+    ],
 ]
 CONCURRENT_PROMPTS = [
     "Tell me a fun fact about octopuses.",
@@ -85,8 +92,9 @@ CONCURRENT_PROMPTS = [
 
 
 def raw_model(cache_dir: Path):
-    from espalier.plugins.transformers_models.loader import gguf_cache_folder, pick_dtype
-    from espalier.plugins.transformers_models.sources import resolve_source
+    from espalier.plugins.common.gguf import gguf_cache_folder
+    from espalier.plugins.common.model_sources import resolve_source
+    from espalier.plugins.transformers_models.loader import pick_dtype
     from espalier.plugins.transformers_models.provider import DEFAULT_MODEL
 
     folder = gguf_cache_folder(resolve_source(DEFAULT_MODEL.source), cache_dir)
@@ -120,18 +128,37 @@ def raw_generate(model, tokenizer, prompt: str | list[dict[str, str]], max_token
 
 def api_plain(client: httpx.Client, server: Server, prompt: str, max_tokens: int) -> tuple[int, float]:
     started = time.perf_counter()
-    response = client.post(server.base + "/v1/chat/completions", headers=server.headers, json={
-        "model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0})
+    response = client.post(
+        server.base + "/v1/chat/completions",
+        headers=server.headers,
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+        },
+    )
     elapsed = time.perf_counter() - started
     response.raise_for_status()
     return response.json()["usage"]["completion_tokens"], elapsed
 
 
-def api_stream(client: httpx.Client, server: Server, prompt: str | list[dict[str, str]], max_tokens: int,
-               text: list[str] | None = None) -> tuple[int, float, float]:  # fmt: skip
+def api_stream(
+    client: httpx.Client,
+    server: Server,
+    prompt: str | list[dict[str, str]],
+    max_tokens: int,
+    text: list[str] | None = None,
+) -> tuple[int, float, float]:
     """Tokens, seconds and time to the first content; the reply's pieces go to ``text``."""
-    body = {"model": MODEL, "messages": _messages(prompt), "max_tokens": max_tokens,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": MODEL,
+        "messages": _messages(prompt),
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     started = time.perf_counter()
     first, tokens = None, 0
     with client.stream("POST", server.base + "/v1/chat/completions", headers=server.headers, json=body) as r:
@@ -176,9 +203,15 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--server-env", nargs="*", default=[], help="KEY=VALUE for the server process only")
-    parser.add_argument("--prefix-cache", action="store_true", help="serve with the prefix cache on (it reuses repeated prompts)")
-    parser.add_argument("--no-conversations", dest="conversations", action="store_false",
-                        help="skip the multi-turn section (a second server, with the prefix cache on)")
+    parser.add_argument(
+        "--prefix-cache", action="store_true", help="serve with the prefix cache on (it reuses repeated prompts)"
+    )
+    parser.add_argument(
+        "--no-conversations",
+        dest="conversations",
+        action="store_false",
+        help="skip the multi-turn section (a second server, with the prefix cache on)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "chat.json")
     args = parser.parse_args()
     if not 1 <= args.repeats <= len(PROMPTS) // 5:
@@ -186,8 +219,10 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     home = Path(tempfile.mkdtemp(prefix="espalier-bench-chat-"))
     cache = home / "models"
-    extra = {**({} if args.prefix_cache else {"ESPALIER_PREFIX_CACHE_MB": "0"}),
-             **dict(item.split("=", 1) for item in args.server_env)}  # fmt: skip
+    extra = {
+        **({} if args.prefix_cache else {"ESPALIER_PREFIX_CACHE_MB": "0"}),
+        **dict(item.split("=", 1) for item in args.server_env),
+    }
     server = Server(home, env={"ESPALIER_MODEL_CACHE_DIR": str(cache), **extra})
     client = httpx.Client(timeout=300)  # shared by every API call (thread-safe), like the openai SDK's
     try:
@@ -215,8 +250,10 @@ def main() -> None:
         raw_tokens = sum(raw_generate(model, tokenizer, p, args.max_tokens)[0] for p in CONCURRENT_PROMPTS)
         raw_seq = raw_tokens / (time.perf_counter() - started)
         results: list[int] = []
-        threads = [threading.Thread(target=lambda p=p: results.append(api_plain(client, server, p, args.max_tokens)[0]))
-                   for p in CONCURRENT_PROMPTS]  # fmt: skip
+        threads = [
+            threading.Thread(target=lambda p=p: results.append(api_plain(client, server, p, args.max_tokens)[0]))
+            for p in CONCURRENT_PROMPTS
+        ]
         started = time.perf_counter()
         for thread in threads:
             thread.start()
@@ -239,21 +276,29 @@ def main() -> None:
     client.close()
 
     report = {
-        "dtype": str(dtype), "threads": torch.get_num_threads(), "max_tokens": args.max_tokens,
+        "dtype": str(dtype),
+        "threads": torch.get_num_threads(),
+        "max_tokens": args.max_tokens,
         "requests_per_path": len(rows["raw"]),
-        "raw_tokens_per_s": round(raw_tps, 2), "api_tokens_per_s": round(api_tps, 2),
+        "raw_tokens_per_s": round(raw_tps, 2),
+        "api_tokens_per_s": round(api_tps, 2),
         "api_stream_tokens_per_s": round(stream_tps, 2),
-        "ratio_api_vs_raw": round(api_tps / raw_tps, 3), "ratio_stream_vs_raw": round(stream_tps / raw_tps, 3),
-        "raw_ttft_s": round(raw_ttft, 4), "stream_ttft_s": round(stream_ttft, 4),
+        "ratio_api_vs_raw": round(api_tps / raw_tps, 3),
+        "ratio_stream_vs_raw": round(stream_tps / raw_tps, 3),
+        "raw_ttft_s": round(raw_ttft, 4),
+        "stream_ttft_s": round(stream_ttft, 4),
         "ratio_ttft_raw_vs_stream": round(raw_ttft / stream_ttft, 3) if stream_ttft else None,
-        "raw_sequential_4_tokens_per_s": round(raw_seq, 2), "api_concurrent_4_tokens_per_s": round(api_conc, 2),
+        "raw_sequential_4_tokens_per_s": round(raw_seq, 2),
+        "api_concurrent_4_tokens_per_s": round(api_conc, 2),
         "ratio_concurrent_vs_sequential": round(api_conc / raw_seq, 3),
         "server_prefix_cache": prefixes,
         "raw_ttft_each_ms": [round(t * 1000, 1) for _, _, t in rows["raw"]],
         "stream_ttft_each_ms": [round(t * 1000, 1) for _, _, t in rows["api_stream"]],
-    }  # fmt: skip
-    print(f"model {MODEL}, {dtype}, {torch.get_num_threads()} threads, greedy, max_tokens={args.max_tokens}, "
-          f"{len(rows['raw'])} requests per path")
+    }
+    print(
+        f"model {MODEL}, {dtype}, {torch.get_num_threads()} threads, greedy, max_tokens={args.max_tokens}, "
+        f"{len(rows['raw'])} requests per path"
+    )
     print(f"{'path':<34}{'tokens/s':>10}{'TTFT (s)':>10}{'ratio':>8}")
     print(f"{'raw model.generate':<34}{raw_tps:>10.2f}{raw_ttft:>10.3f}{1:>8.2f}")
     print(f"{'/v1/chat/completions':<34}{api_tps:>10.2f}{'':>10}{api_tps / raw_tps:>8.2f}")
@@ -262,17 +307,23 @@ def main() -> None:
     print(f"{'raw, 4 sequential calls':<34}{raw_seq:>10.2f}{'':>10}{1:>8.2f}")
     print(f"{'API, 4 concurrent clients':<34}{api_conc:>10.2f}{'':>10}{api_conc / raw_seq:>8.2f}")
     if prefixes:
-        print(f"server prefix cache: {prefixes['reused_tokens']} of {prefixes['prompt_tokens']} prompt tokens reused "
-              f"({prefixes['hits']} of {prefixes['prompts']} prompts)")  # fmt: skip
+        print(
+            f"server prefix cache: {prefixes['reused_tokens']} of {prefixes['prompt_tokens']} prompt tokens reused "
+            f"({prefixes['hits']} of {prefixes['prompts']} prompts)"
+        )
     if turns:
-        print(f"\nconversations ({len(CONVERSATIONS)}, {len(CONVERSATIONS[0])} turns, few-shot system prompt), "
-              "median time to first token; the server with its prefix cache on:")
+        print(
+            f"\nconversations ({len(CONVERSATIONS)}, {len(CONVERSATIONS[0])} turns, few-shot system prompt), "
+            "median time to first token; the server with its prefix cache on:"
+        )
         print(f"{'turn':<8}{'raw (s)':>10}{'stream (s)':>12}{'raw/stream':>12}")
         for turn in range(1, len(CONVERSATIONS[0]) + 1):
             raw_t, api_t = statistics.median(turns[f"raw_turn_{turn}"]), statistics.median(turns[f"api_turn_{turn}"])
             print(f"{turn:<8}{raw_t:>10.3f}{api_t:>12.3f}{raw_t / api_t:>12.2f}")
-        print(f"server prefix cache: {turn_prefixes['reused_tokens']} of {turn_prefixes['prompt_tokens']} prompt tokens "
-              f"reused ({turn_prefixes['hits']} of {turn_prefixes['prompts']} prompts)")  # fmt: skip
+        print(
+            f"server prefix cache: {turn_prefixes['reused_tokens']} of {turn_prefixes['prompt_tokens']} prompt tokens "
+            f"reused ({turn_prefixes['hits']} of {turn_prefixes['prompts']} prompts)"
+        )
         report["conversations_ttft_s"] = {key: [round(t, 4) for t in values] for key, values in turns.items()}
         report["conversations_prefix_cache"] = turn_prefixes
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,9 +21,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, text
-
 from _server import Server
+from sqlalchemy import create_engine, text
 
 PAIRS = [  # (console page, API peer)
     ("/console", "/api/models"),
@@ -48,13 +47,26 @@ def seed_chat_requests(home: Path, rows: int) -> None:
     now = datetime.now(UTC).replace(tzinfo=None)
     rng = random.Random(0)
     with engine.begin() as connection:
-        connection.execute(text("INSERT INTO conversations (id, created_at, updated_at) VALUES ('conv_bench', :t, :t)"), {"t": now})
-        connection.execute(text(
-            "INSERT INTO chat_requests (id, conversation_id, kind, model, messages, params, prompt_tokens, "
-            "completion_tokens, latency_ms, status, created_at) VALUES (:id, 'conv_bench', 'chat', 'm', '[]', '{}', "
-            ":p, :c, :l, 'ok', :t)"
-        ), [{"id": f"req_{i}", "p": rng.randint(5, 500), "c": rng.randint(1, 300), "l": rng.lognormvariate(6, 0.6),
-             "t": now - timedelta(seconds=rng.uniform(0, 86_000))} for i in range(rows)])  # fmt: skip
+        connection.execute(
+            text("INSERT INTO conversations (id, created_at, updated_at) VALUES ('conv_bench', :t, :t)"), {"t": now}
+        )
+        connection.execute(
+            text(
+                "INSERT INTO chat_requests (id, conversation_id, kind, model, messages, params, prompt_tokens, "
+                "completion_tokens, latency_ms, status, created_at) VALUES (:id, 'conv_bench', 'chat', 'm', '[]', '{}', "
+                ":p, :c, :l, 'ok', :t)"
+            ),
+            [
+                {
+                    "id": f"req_{i}",
+                    "p": rng.randint(5, 500),
+                    "c": rng.randint(1, 300),
+                    "l": rng.lognormvariate(6, 0.6),
+                    "t": now - timedelta(seconds=rng.uniform(0, 86_000)),
+                }
+                for i in range(rows)
+            ],
+        )
     engine.dispose()
 
 
@@ -85,18 +97,28 @@ def main() -> None:
                 for _ in range(args.requests):
                     page_ms.append(timed(console, page))
                     api_ms.append(timed(api, peer))
-                rows.append({"page": page, "peer": peer,
-                             "page_p50_ms": statistics.median(page_ms), "api_p50_ms": statistics.median(api_ms),
-                             "page_p95_ms": sorted(page_ms)[int(0.95 * len(page_ms)) - 1],
-                             "api_p95_ms": sorted(api_ms)[int(0.95 * len(api_ms)) - 1]})  # fmt: skip
+                rows.append(
+                    {
+                        "page": page,
+                        "peer": peer,
+                        "page_p50_ms": statistics.median(page_ms),
+                        "api_p50_ms": statistics.median(api_ms),
+                        "page_p95_ms": sorted(page_ms)[int(0.95 * len(page_ms)) - 1],
+                        "api_p95_ms": sorted(api_ms)[int(0.95 * len(api_ms)) - 1],
+                    }
+                )
         finally:
             server.stop()
-    print(f"console pages vs their JSON API peers, {args.requests} requests each, {args.chat_rows} stored chat requests")
+    print(
+        f"console pages vs their JSON API peers, {args.requests} requests each, {args.chat_rows} stored chat requests"
+    )
     print(f"{'page':<18} {'peer':<13} {'page p50':>9} {'api p50':>8} {'ratio':>6} {'page p95':>9} {'api p95':>8}")
     for row in rows:
         row["ratio_p50"] = row["page_p50_ms"] / row["api_p50_ms"]
-        print(f"{row['page']:<18} {row['peer']:<13} {row['page_p50_ms']:>8.1f}ms {row['api_p50_ms']:>6.1f}ms "
-              f"{row['ratio_p50']:>6.2f} {row['page_p95_ms']:>8.1f}ms {row['api_p95_ms']:>6.1f}ms")  # fmt: skip
+        print(
+            f"{row['page']:<18} {row['peer']:<13} {row['page_p50_ms']:>8.1f}ms {row['api_p50_ms']:>6.1f}ms "
+            f"{row['ratio_p50']:>6.2f} {row['page_p95_ms']:>8.1f}ms {row['api_p95_ms']:>6.1f}ms"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"requests": args.requests, "chat_rows": args.chat_rows, "rows": rows}, indent=2))
 

@@ -21,10 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from espalier.core.contracts import TokenDelta
-from espalier.core.guardrails import CheckContext
+from espalier.core.infrastructure.contracts import TokenDelta
+from espalier.core.infrastructure.settings import Settings
+from espalier.core.interface.guardrails.policies import CheckContext
 from espalier.core.platform import Platform
-from espalier.core.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = REPO_ROOT.parent / "shared" / "data" / "toxicity_train.jsonl"
@@ -84,19 +84,28 @@ def main() -> int:
         for index, (name, policies) in enumerate(SETUPS.items()):
             platform = service(Path(home) / str(index), policies)
             try:
-                results[name] = {"check_p50_ms": per_message(platform, texts),
-                                 "stream_ms_per_piece": streamed(platform, clean, args.pieces)}  # fmt: skip
+                results[name] = {
+                    "check_p50_ms": per_message(platform, texts),
+                    "stream_ms_per_piece": streamed(platform, clean, args.pieces),
+                }
             finally:
                 platform.close()
     base = results["default (profanity flag)"]  # the peer: what every request pays out of the box
-    print(f"guardrail policy overhead: {len(texts)} messages, {args.pieces} streamed pieces, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"guardrail policy overhead: {len(texts)} messages, {args.pieces} streamed pieces, load {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'setup':36} {'check p50 ms':>13} {'x default':>10} {'stream ms/piece':>16} {'x default':>10}")
     for name, row in results.items():
-        print(f"{name:36} {row['check_p50_ms']:13.3f} {row['check_p50_ms'] / base['check_p50_ms']:10.2f} "
-              f"{row['stream_ms_per_piece']:16.4f} {row['stream_ms_per_piece'] / base['stream_ms_per_piece']:10.2f}")  # fmt: skip
+        print(
+            f"{name:36} {row['check_p50_ms']:13.3f} {row['check_p50_ms'] / base['check_p50_ms']:10.2f} "
+            f"{row['stream_ms_per_piece']:16.4f} {row['stream_ms_per_piece'] / base['stream_ms_per_piece']:10.2f}"
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "guardrail_policies.json").write_text(json.dumps(
-        {"messages": len(texts), "pieces": args.pieces, "load": os.getloadavg()[0], "results": results}, indent=2))  # fmt: skip
+    (RESULTS / "guardrail_policies.json").write_text(
+        json.dumps(
+            {"messages": len(texts), "pieces": args.pieces, "load": os.getloadavg()[0], "results": results}, indent=2
+        )
+    )
     return 0
 
 

@@ -37,10 +37,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from espalier.plugins.common.text_classifiers.data import LabelledTexts, stratified_sample, stratified_split  # noqa: E402
+from espalier.plugins.common.text_classifiers.metrics import binary_report  # noqa: E402
 from espalier.plugins.injection import InjectionScorer, train_injection_model  # noqa: E402
 from espalier.plugins.toxicity import DetoxifyScorer, ProfanityScorer, load_labelled, train_toxicity_model  # noqa: E402
-from espalier.plugins.toxicity.data import LabelledTexts, stratified_sample, stratified_split  # noqa: E402
-from espalier.plugins.toxicity.metrics import binary_report  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO_ROOT.parent / "shared" / "data"
@@ -104,7 +104,9 @@ def group_split(data: LabelledTexts, fraction: float, seed: int = 0) -> tuple[li
 
 
 def cached_train(kind: str, train_fn, train: LabelledTexts, held: LabelledTexts, settings: dict, retrain: bool):
-    key_source = json.dumps({"kind": kind, "data": train.sha256, "train": train.texts, "held": held.texts, **settings}, sort_keys=True)
+    key_source = json.dumps(
+        {"kind": kind, "data": train.sha256, "train": train.texts, "held": held.texts, **settings}, sort_keys=True
+    )
     key = hashlib.sha256(key_source.encode()).hexdigest()[:12]
     out = RESULTS / "guardrail-models" / f"{kind}-{key}"
     card_path = out / "model_card.json"
@@ -124,7 +126,10 @@ def cached_train(kind: str, train_fn, train: LabelledTexts, held: LabelledTexts,
     card = train_fn(train, out, eval_data=held, progress=progress, **settings)
     card["wall_seconds"] = round(time.perf_counter() - started, 1)
     card_path.write_text(json.dumps(card, indent=2, default=str) + "\n")
-    print(f"[{kind}] trained in {card['train_seconds']}s ({card['wall_seconds']}s with loading and evaluation)", flush=True)
+    print(
+        f"[{kind}] trained in {card['train_seconds']}s ({card['wall_seconds']}s with loading and evaluation)",
+        flush=True,
+    )
     return out, card, True
 
 
@@ -142,19 +147,25 @@ def p50_latency_ms(score_fns: dict, texts: list[str], samples: int) -> dict[str,
     return {name: statistics.median(values) for name, values in timings.items()}
 
 
-def evaluate(rows: list[dict], dataset: str, scorer: str, labels: list[int], scores: list[float], latency_ms: float | None):
+def evaluate(
+    rows: list[dict], dataset: str, scorer: str, labels: list[int], scores: list[float], latency_ms: float | None
+):
     report = binary_report(labels, scores)
     rows.append({"set": dataset, "scorer": scorer, **report, "p50_ms": latency_ms})
 
 
 def print_table(title: str, rows: list[dict]) -> None:
     print(f"\n{title}")
-    header = f"{'set':<10} {'scorer':<20} {'n':>5} {'pos':>5} {'precision':>9} {'recall':>7} {'ROC AUC':>8} {'p50 ms':>8}"
+    header = (
+        f"{'set':<10} {'scorer':<20} {'n':>5} {'pos':>5} {'precision':>9} {'recall':>7} {'ROC AUC':>8} {'p50 ms':>8}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         latency = f"{r['p50_ms']:8.2f}" if r["p50_ms"] is not None else f"{'-':>8}"
-        print(f"{r['set']:<10} {r['scorer']:<20} {r['n']:>5} {r['positives']:>5} {r['precision']:9.3f} {r['recall']:7.3f} {r['roc_auc']:8.3f} {latency}")
+        print(
+            f"{r['set']:<10} {r['scorer']:<20} {r['n']:>5} {r['positives']:>5} {r['precision']:9.3f} {r['recall']:7.3f} {r['roc_auc']:8.3f} {latency}"
+        )
 
 
 def bench_toxicity(args) -> tuple[list[dict], dict]:
@@ -185,7 +196,8 @@ def bench_toxicity(args) -> tuple[list[dict], dict]:
     for name, (texts, labels) in sets.items():
         latency = p50_latency_ms(
             {label: (lambda t, s=scorer: s.score([t], direction="input")) for label, scorer in scorers.items()},
-            texts, args.latency_samples,
+            texts,
+            args.latency_samples,
         )
         for label, scorer in scorers.items():
             scores = [s.scores["toxicity"] for s in scorer.score(texts, direction="input")]
@@ -199,7 +211,12 @@ def bench_injection(args) -> tuple[list[dict], dict]:
     data = load_labelled(DATA_DIR / "injection_train.jsonl", category="injection")
     train_idx, held_idx = group_split(data, 0.25, seed=0)
     train, held = data.subset(train_idx), data.subset(held_idx)
-    settings = {"epochs": args.injection_epochs, "max_length": args.injection_max_length, "max_examples": None, "seed": 0}
+    settings = {
+        "epochs": args.injection_epochs,
+        "max_length": args.injection_max_length,
+        "max_examples": None,
+        "seed": 0,
+    }
     out, card, _ = cached_train("injection", train_injection_model, train, held, settings, args.retrain)
 
     checkpoint = out / "checkpoint.ckpt"
@@ -216,7 +233,8 @@ def bench_injection(args) -> tuple[list[dict], dict]:
     rows: list[dict] = []
     latency = p50_latency_ms(
         {name: (lambda t, s=scorer: s.score([t], direction="input")) for name, scorer in scorers.items()},
-        held.texts, args.latency_samples,
+        held.texts,
+        args.latency_samples,
     )
     for name, scorer in scorers.items():
         scores = all_scores[name] = [s.scores["injection"] for s in scorer.score(held.texts, direction="input")]
@@ -230,8 +248,12 @@ def bench_injection(args) -> tuple[list[dict], dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train-size", type=int, default=1500, help="tweets to train on (stratified sample of the 80%% not held out)")
-    parser.add_argument("--toxigen-repeat", type=int, default=3, help="times the TOXIGEN training half is repeated (0: tweets only)")
+    parser.add_argument(
+        "--train-size", type=int, default=1500, help="tweets to train on (stratified sample of the 80%% not held out)"
+    )
+    parser.add_argument(
+        "--toxigen-repeat", type=int, default=3, help="times the TOXIGEN training half is repeated (0: tweets only)"
+    )
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--injection-epochs", type=int, default=2)
@@ -245,8 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
-    print(f"torch threads: {torch.get_num_threads()}, cpu count: {os.cpu_count()}, "
-          f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"torch threads: {torch.get_num_threads()}, cpu count: {os.cpu_count()}, "
+        f"load average at start: {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     results: dict = {}
     if args.only in (None, "toxicity"):
         rows, info = bench_toxicity(args)

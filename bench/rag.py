@@ -51,10 +51,12 @@ def load_rows(limit: int) -> list[dict]:
 
 
 def platform_at(home: Path):
+    from espalier.core.infrastructure.settings import Settings
     from espalier.core.platform import Platform
-    from espalier.core.settings import Settings
 
-    return Platform(Settings(home=home, model_cache_dir=MODELS, log_level="WARNING"), load_entry_points=False).start(run_jobs=False)
+    return Platform(Settings(home=home, model_cache_dir=MODELS, log_level="WARNING"), load_entry_points=False).start(
+        run_jobs=False
+    )
 
 
 LOCAL = None
@@ -63,7 +65,7 @@ LOCAL = None
 def local():
     global LOCAL
     if LOCAL is None:
-        from espalier.core.security import Principal
+        from espalier.core.infrastructure.identity import Principal
 
         LOCAL = Principal(key_id="bench", name="bench", role="operator")
     return LOCAL
@@ -79,16 +81,21 @@ def ingest_paragraphs(platform, rows: list[dict], name: str = "hotpot") -> tuple
         for title, sentences in row["context"]:
             paragraphs.setdefault(title, "".join(sentences).strip())
     rag.model_for({})  # the tokenizer's model loads outside the timing, as the raw path has no such step
-    rag._embed(list(paragraphs.values())[:128])  # warm with real shapes: the first large encode is slow, for either path
-    from espalier.core.rag.service import Upload
-
+    rag._embed(
+        list(paragraphs.values())[:128]
+    )  # warm with real shapes: the first large encode is slow, for either path
     from espalier.api.cli.ingest import BATCH_BYTES, BATCH_FILES
+    from espalier.core.sources.rag.service import Upload
 
     uploads = [Upload(text.encode(), "p.txt", title) for title, text in paragraphs.items()]
     started, cpu = time.perf_counter(), time.process_time()
     part: list = []
     for upload in uploads + [None]:  # batched as `espalier ingest FOLDER` does (files and bytes per batch)
-        if part and (upload is None or len(part) >= BATCH_FILES or sum(len(u.data) for u in part) + len(upload.data) > BATCH_BYTES):
+        if part and (
+            upload is None
+            or len(part) >= BATCH_FILES
+            or sum(len(u.data) for u in part) + len(upload.data) > BATCH_BYTES
+        ):
             rag.ingest_many(name, local(), part, reindex=False)
             part = []
         if upload is not None:
@@ -102,28 +109,37 @@ def ingest_paragraphs(platform, rows: list[dict], name: str = "hotpot") -> tuple
 def chunk_rows(platform, collection_id: str) -> list:
     from sqlmodel import select
 
-    from espalier.core.db.engine import session_scope
-    from espalier.core.db.tables import ChunkRecord
+    from espalier.core.infrastructure.db.engine import session_scope
+    from espalier.core.sources.rag.tables import ChunkRecord
 
     with session_scope(platform.engine) as session:
-        return list(session.exec(select(ChunkRecord.id, ChunkRecord.text).where(ChunkRecord.collection_id == collection_id)))
+        return list(
+            session.exec(select(ChunkRecord.id, ChunkRecord.text).where(ChunkRecord.collection_id == collection_id))
+        )
 
 
 def raw_ingest(platform, workdir: Path, name: str) -> tuple[float, float, int]:
     """Wall and CPU seconds of raw encode + chromadb add of the chunks Espalier made for "hotpot"."""
     import chromadb
     from chromadb.config import Settings as ChromaSettings
+
     from espalier.plugins.minilm_embedder.embedder import BATCH_SIZE, shared_model
 
     rows = chunk_rows(platform, platform.rag.collection_by_name("hotpot").id)
-    client = chromadb.PersistentClient(path=str(workdir / "raw-chroma"), settings=ChromaSettings(anonymized_telemetry=False))
+    client = chromadb.PersistentClient(
+        path=str(workdir / "raw-chroma"), settings=ChromaSettings(anonymized_telemetry=False)
+    )
     collection = client.get_or_create_collection(name, embedding_function=None, metadata={"hnsw:space": "cosine"})
     model = shared_model()
     started, cpu = time.perf_counter(), time.process_time()
-    vectors = model.encode([r[1] for r in rows], batch_size=BATCH_SIZE, normalize_embeddings=True, convert_to_numpy=True)
+    vectors = model.encode(
+        [r[1] for r in rows], batch_size=BATCH_SIZE, normalize_embeddings=True, convert_to_numpy=True
+    )
     for start in range(0, len(rows), 5000):
-        part = rows[start:start + 5000]
-        collection.add(ids=[r[0] for r in part], embeddings=vectors[start:start + 5000], documents=[r[1] for r in part])
+        part = rows[start : start + 5000]
+        collection.add(
+            ids=[r[0] for r in part], embeddings=vectors[start : start + 5000], documents=[r[1] for r in part]
+        )
     return time.perf_counter() - started, time.process_time() - cpu, len(rows)
 
 
@@ -142,10 +158,17 @@ def ingestion(platform, rows: list[dict], workdir: Path, repeats: int) -> dict:
     espalier_s, espalier_cpu = (statistics.median(r[i] for r in runs["espalier"]) for i in (0, 1))
     raw_s, raw_cpu = (statistics.median(r[i] for r in runs["raw"]) for i in (0, 1))
     chunks, raw_chunks = runs["espalier"][0][2], runs["raw"][0][2]
-    return {"chunks": chunks, "repeats": repeats, "espalier_chunks_per_s": chunks / espalier_s, "raw_chunks_per_s": raw_chunks / raw_s,
-            "ratio": (chunks / espalier_s) / (raw_chunks / raw_s), "espalier_cpu_s": espalier_cpu, "raw_cpu_s": raw_cpu,
-            "cpu_ratio": (raw_cpu / raw_chunks) / (espalier_cpu / chunks),
-            "walls_s": {path: [round(r[0], 2) for r in items] for path, items in runs.items()}}  # fmt: skip
+    return {
+        "chunks": chunks,
+        "repeats": repeats,
+        "espalier_chunks_per_s": chunks / espalier_s,
+        "raw_chunks_per_s": raw_chunks / raw_s,
+        "ratio": (chunks / espalier_s) / (raw_chunks / raw_s),
+        "espalier_cpu_s": espalier_cpu,
+        "raw_cpu_s": raw_cpu,
+        "cpu_ratio": (raw_cpu / raw_chunks) / (espalier_cpu / chunks),
+        "walls_s": {path: [round(r[0], 2) for r in items] for path, items in runs.items()},
+    }
 
 
 def recall_at_5(platform, rows: list[dict]) -> dict[str, float]:
@@ -180,21 +203,26 @@ def f1(prediction: str, truth: str) -> float:
 
 
 def answer_quality(platform, rows: list[dict]) -> dict[str, dict[str, float]]:
-    from espalier.core.chat import ChatRequest
-    from espalier.core.contracts import ChatMessage, GenerationParams
+    from espalier.core.infrastructure.contracts import ChatMessage, ChatRequest, GenerationParams
 
     out = {}
     for label, collections in (("without retrieval", None), ("with retrieval", ["hotpot"])):
         em = contains = f1_sum = 0.0
         for row in rows:
             question = row["question"] + " Answer with a short phrase only."
-            request = ChatRequest(model=platform.settings.default_model, messages=[ChatMessage("user", question)],
-                                  params=GenerationParams(max_tokens=24, temperature=0.0), collections=collections)  # fmt: skip
+            request = ChatRequest(
+                model=platform.settings.default_model,
+                messages=[ChatMessage("user", question)],
+                params=GenerationParams(max_tokens=24, temperature=0.0),
+                collections=collections,
+            )
             text = platform.chat.complete(request, local()).generations[0].text
             text = re.sub(r"\[\d+\]", "", text).strip().split("\n")[0]
             answer, reply = normalise(row["answer"]), normalise(text)
             em += float(bool(answer) and answer == reply)  # SQuAD's exact match
-            contains += float(bool(answer) and f" {answer} " in f" {reply} ")  # the answer's words, in order, within the reply
+            contains += float(
+                bool(answer) and f" {answer} " in f" {reply} "
+            )  # the answer's words, in order, within the reply
             f1_sum += f1(text, row["answer"])
         out[label] = {"exact_match": em / len(rows), "contains_answer": contains / len(rows), "f1": f1_sum / len(rows)}
     return out
@@ -211,8 +239,8 @@ def sentences(rows: list[dict]) -> list[str]:
 
 def bulk_collection(platform, name: str, texts: list[str]) -> None:
     """Loads ``texts`` as one-chunk documents straight into the store (set-up only, not measured)."""
-    from espalier.core.db.engine import session_scope
-    from espalier.core.db.tables import ChunkRecord, DocumentRecord
+    from espalier.core.infrastructure.db.engine import session_scope
+    from espalier.core.sources.rag.tables import ChunkRecord, DocumentRecord
 
     rag = platform.rag
     record = rag.create_collection(name, local())
@@ -229,11 +257,27 @@ def bulk_collection(platform, name: str, texts: list[str]) -> None:
     rag.store.add(rag.chroma_name(record), ids, vectors, texts, [{"_doc": i} for i in ids])
     with session_scope(platform.engine) as session:
         for start in range(0, len(ids), 2000):
-            session.add_all([DocumentRecord(id=i, collection_id=record.id, source=f"s{i}", content_hash="-", media_type="text",
-                                            chunk_count=1, characters=len(t)) for i, t in zip(ids[start:start + 2000], texts[start:start + 2000])])  # fmt: skip
+            session.add_all(
+                [
+                    DocumentRecord(
+                        id=i,
+                        collection_id=record.id,
+                        source=f"s{i}",
+                        content_hash="-",
+                        media_type="text",
+                        chunk_count=1,
+                        characters=len(t),
+                    )
+                    for i, t in zip(ids[start : start + 2000], texts[start : start + 2000], strict=False)
+                ]
+            )
             session.flush()
-            session.add_all([ChunkRecord(id=i, document_id=i, collection_id=record.id, index=0, start=0, end=len(t), text=t)
-                             for i, t in zip(ids[start:start + 2000], texts[start:start + 2000])])  # fmt: skip
+            session.add_all(
+                [
+                    ChunkRecord(id=i, document_id=i, collection_id=record.id, index=0, start=0, end=len(t), text=t)
+                    for i, t in zip(ids[start : start + 2000], texts[start : start + 2000], strict=False)
+                ]
+            )
             session.flush()
     rag.reindex(record.id)
 
@@ -277,8 +321,14 @@ def latency(rows: list[dict], size: int, queries: list[str], workdir: Path) -> d
     served = served[10:]
     raw_p50, raw_p95 = percentiles(raw)
     api_p50, api_p95 = percentiles(served)
-    return {"chunks": size, "raw_p50_ms": raw_p50 * 1000, "raw_p95_ms": raw_p95 * 1000,
-            "api_p50_ms": api_p50 * 1000, "api_p95_ms": api_p95 * 1000, "ratio_p50": api_p50 / raw_p50}  # fmt: skip
+    return {
+        "chunks": size,
+        "raw_p50_ms": raw_p50 * 1000,
+        "raw_p95_ms": raw_p95 * 1000,
+        "api_p50_ms": api_p50 * 1000,
+        "api_p95_ms": api_p95 * 1000,
+        "ratio_p50": api_p50 / raw_p50,
+    }
 
 
 def main() -> None:
@@ -286,9 +336,15 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=100, help="HotpotQA questions whose paragraphs are ingested")
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000], help="chunk counts for the latency test")
     parser.add_argument("--queries", type=int, default=100, help="queries per latency measurement")
-    parser.add_argument("--qa", type=int, default=30, help="questions answered by the model, with and without retrieval")
-    parser.add_argument("--repeats", type=int, default=2, help="turns of each ingestion path in (c), alternating which goes first")
-    parser.add_argument("--parts", default="abcd", help="which parts to run, e.g. 'c' or 'ad' (a, c and d share one ingestion)")
+    parser.add_argument(
+        "--qa", type=int, default=30, help="questions answered by the model, with and without retrieval"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="turns of each ingestion path in (c), alternating which goes first"
+    )
+    parser.add_argument(
+        "--parts", default="abcd", help="which parts to run, e.g. 'c' or 'ad' (a, c and d share one ingestion)"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "rag.json")
     args = parser.parse_args()
     rows = load_rows(200)
@@ -299,7 +355,9 @@ def main() -> None:
         subset = rows[: args.questions]
         if "c" in args.parts:
             report["ingestion"] = ingestion(platform, subset, workdir, max(1, args.repeats))
-            print(f"ingestion: {report['ingestion']}", file=sys.stderr, flush=True)  # long runs: each part as it is done
+            print(
+                f"ingestion: {report['ingestion']}", file=sys.stderr, flush=True
+            )  # long runs: each part as it is done
         elif set("ad") & set(args.parts):
             ingest_paragraphs(platform, subset)
         if "a" in args.parts:
@@ -323,17 +381,23 @@ def main() -> None:
         print("(b) search latency, vector mode, k=5")
         print(f"    {'chunks':>7} {'raw p50':>9} {'raw p95':>9} {'API p50':>9} {'API p95':>9} {'p50 ratio':>10}")
     for row in report["latency"]:
-        print(f"    {row['chunks']:>7} {row['raw_p50_ms']:>8.1f}ms {row['raw_p95_ms']:>8.1f}ms {row['api_p50_ms']:>8.1f}ms "
-              f"{row['api_p95_ms']:>8.1f}ms {row['ratio_p50']:>10.2f}")  # fmt: skip
+        print(
+            f"    {row['chunks']:>7} {row['raw_p50_ms']:>8.1f}ms {row['raw_p95_ms']:>8.1f}ms {row['api_p50_ms']:>8.1f}ms "
+            f"{row['api_p95_ms']:>8.1f}ms {row['ratio_p50']:>10.2f}"
+        )
     if "ingestion" in report:
         ing = report["ingestion"]
-        print(f"(c) ingestion of {ing['chunks']} chunks (median of {ing['repeats']}): Espalier {ing['espalier_chunks_per_s']:.1f}/s, "
-              f"raw encode+add {ing['raw_chunks_per_s']:.1f}/s, ratio {ing['ratio']:.2f}; CPU seconds "
-              f"{ing['espalier_cpu_s']:.1f} vs {ing['raw_cpu_s']:.1f}, ratio per chunk {ing['cpu_ratio']:.2f}")  # fmt: skip
+        print(
+            f"(c) ingestion of {ing['chunks']} chunks (median of {ing['repeats']}): Espalier {ing['espalier_chunks_per_s']:.1f}/s, "
+            f"raw encode+add {ing['raw_chunks_per_s']:.1f}/s, ratio {ing['ratio']:.2f}; CPU seconds "
+            f"{ing['espalier_cpu_s']:.1f} vs {ing['raw_cpu_s']:.1f}, ratio per chunk {ing['cpu_ratio']:.2f}"
+        )
     if "answers" in report:
         print(f"(d) answers of the default model on {args.qa} questions")
         for label, scores in report["answers"].items():
-            print(f"    {label:<18} EM {scores['exact_match']:.2f}  contains {scores['contains_answer']:.2f}  F1 {scores['f1']:.3f}")
+            print(
+                f"    {label:<18} EM {scores['exact_match']:.2f}  contains {scores['contains_answer']:.2f}  F1 {scores['f1']:.3f}"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {args.out}")

@@ -29,8 +29,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from espalier.core.feedback.pairs import Pair, parse_pair_lines  # noqa: E402
-from espalier.core.reward.settings import RewardSettings  # noqa: E402
+from espalier.core.sources.feedback.pairs import Pair, parse_pair_lines  # noqa: E402
+from espalier.core.sources.reward.settings import RewardSettings  # noqa: E402
 from espalier.plugins.reward_models.training import pairwise_metrics, split, train_reward_model  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -63,19 +63,27 @@ def main() -> int:
     skipped: list[str] = []
     pairs = [Pair(p, c, r, "import") for p, c, r in parse_pair_lines(DATA.read_text().splitlines(), skipped=skipped)]
     pairs = pairs[: args.max_pairs]
-    settings = RewardSettings(epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length,
-                              learning_rate=args.learning_rate, holdout_fraction=0.2)  # fmt: skip
+    settings = RewardSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        learning_rate=args.learning_rate,
+        holdout_fraction=0.2,
+    )
     settings.check()
     train, held = split(pairs, settings.holdout_fraction)
-    print(f"{len(pairs)} pairs ({len(skipped)} invalid lines skipped): {len(train)} train, {len(held)} held out; "
-          f"epochs={args.epochs} max_length={args.max_length} batch={args.batch_size}; load {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"{len(pairs)} pairs ({len(skipped)} invalid lines skipped): {len(train)} train, {len(held)} held out; "
+        f"epochs={args.epochs} max_length={args.max_length} batch={args.batch_size}; load {os.getloadavg()[0]:.1f}"
+    )
 
     lengths = [(len(p.chosen), len(p.rejected)) for p in held]
     length_metrics = pairwise_metrics([float(c > r) for c, r in lengths], [float(r > c) for c, r in lengths])
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        card = train_reward_model(pairs, out, settings, log=lambda m: print("  " + m, flush=True),
-                                  progress=_progress_printer())
+        card = train_reward_model(
+            pairs, out, settings, log=lambda m: print("  " + m, flush=True), progress=_progress_printer()
+        )
     wall = time.perf_counter() - started
     model = card["metrics"]
     rows = [("reward-model", model["accuracy"]), ("length", length_metrics["accuracy"]), ("chance", 0.5)]
@@ -84,14 +92,25 @@ def main() -> int:
     for name, accuracy in rows:
         print(f"{name:<14}{accuracy:>14.4f}{accuracy / length_metrics['accuracy']:>12.3f}{accuracy / 0.5:>12.3f}")
     print()
-    print(f"training: {model['train_pairs_per_second']:.1f} pairs/s ({card['train_seconds']:.0f} s for "
-          f"{card['steps']} steps); whole run {wall:.0f} s")  # fmt: skip
+    print(
+        f"training: {model['train_pairs_per_second']:.1f} pairs/s ({card['train_seconds']:.0f} s for "
+        f"{card['steps']} steps); whole run {wall:.0f} s"
+    )
     print(f"calibration: ECE {model['ece']:.4f}, Brier {model['brier']:.4f}, mean margin {model['mean_margin']:.3f}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    result = {"data": str(DATA.name), "pairs": len(pairs), "train": len(train), "held_out": len(held),
-              "settings": vars(args), "reward_model": model, "length_baseline": length_metrics["accuracy"],
-              "chance": 0.5, "train_seconds": card["train_seconds"], "wall_seconds": round(wall, 1),
-              "machine": {"cpus": os.cpu_count(), "load": os.getloadavg()[0], "python": host.python_version()}}  # fmt: skip
+    result = {
+        "data": str(DATA.name),
+        "pairs": len(pairs),
+        "train": len(train),
+        "held_out": len(held),
+        "settings": vars(args),
+        "reward_model": model,
+        "length_baseline": length_metrics["accuracy"],
+        "chance": 0.5,
+        "train_seconds": card["train_seconds"],
+        "wall_seconds": round(wall, 1),
+        "machine": {"cpus": os.cpu_count(), "load": os.getloadavg()[0], "python": host.python_version()},
+    }
     (RESULTS / "reward.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {RESULTS / 'reward.json'}")
     return 0

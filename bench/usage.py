@@ -21,11 +21,12 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlmodel import select
 
-from espalier.core.db.engine import session_scope
-from espalier.core.db.tables import ChatRequestRecord, utcnow
+from espalier.core.infrastructure.db.base import utcnow
+from espalier.core.infrastructure.db.engine import session_scope
+from espalier.core.infrastructure.settings import Settings
+from espalier.core.interface.usage import HourlyUsage, percentile
 from espalier.core.platform import Platform
-from espalier.core.settings import Settings
-from espalier.core.usage import HourlyUsage, percentile
+from espalier.core.sources.conversations.tables import ChatRequestRecord
 
 
 def python_hourly(engine, hours: int, now) -> list[HourlyUsage]:
@@ -34,11 +35,17 @@ def python_hourly(engine, hours: int, now) -> list[HourlyUsage]:
     start = end - timedelta(hours=hours)
     buckets = [HourlyUsage(hour=start + timedelta(hours=i)) for i in range(hours)]
     latencies: list[list[float]] = [[] for _ in buckets]
-    columns = (ChatRequestRecord.created_at, ChatRequestRecord.latency_ms, ChatRequestRecord.status,
-               ChatRequestRecord.prompt_tokens, ChatRequestRecord.completion_tokens)  # fmt: skip
+    columns = (
+        ChatRequestRecord.created_at,
+        ChatRequestRecord.latency_ms,
+        ChatRequestRecord.status,
+        ChatRequestRecord.prompt_tokens,
+        ChatRequestRecord.completion_tokens,
+    )
     with session_scope(engine) as session:
         for created_at, latency_ms, status, prompt_tokens, completion_tokens in session.exec(
-                select(*columns).where(ChatRequestRecord.created_at >= start, ChatRequestRecord.created_at < end)):
+            select(*columns).where(ChatRequestRecord.created_at >= start, ChatRequestRecord.created_at < end)
+        ):
             index = int((created_at - start).total_seconds() // 3600)
             bucket = buckets[index]
             bucket.requests += 1
@@ -57,18 +64,31 @@ def seed(engine, rows: int, now) -> None:
     naive = engine.dialect.name == "sqlite"
     stamp = (lambda t: t.replace(tzinfo=None)) if naive else (lambda t: t)
     with engine.begin() as connection:
-        connection.execute(text("INSERT INTO conversations (id, created_at, updated_at) VALUES ('conv_bench', :t, :t)"),
-                           {"t": stamp(now)})  # fmt: skip
+        connection.execute(
+            text("INSERT INTO conversations (id, created_at, updated_at) VALUES ('conv_bench', :t, :t)"),
+            {"t": stamp(now)},
+        )
         batch = []
         for i in range(rows):
-            batch.append({"id": f"req_{i}", "p": rng.randint(5, 500), "c": rng.randint(1, 300),
-                          "l": round(rng.lognormvariate(6, 0.6), 3), "s": "ok" if rng.random() > 0.02 else "failed",
-                          "t": stamp(now - timedelta(seconds=rng.uniform(0, 86_000)))})  # fmt: skip
+            batch.append(
+                {
+                    "id": f"req_{i}",
+                    "p": rng.randint(5, 500),
+                    "c": rng.randint(1, 300),
+                    "l": round(rng.lognormvariate(6, 0.6), 3),
+                    "s": "ok" if rng.random() > 0.02 else "failed",
+                    "t": stamp(now - timedelta(seconds=rng.uniform(0, 86_000))),
+                }
+            )
             if len(batch) == 5000 or i == rows - 1:
-                connection.execute(text(
-                    "INSERT INTO chat_requests (id, conversation_id, kind, model, messages, params, prompt_tokens, "
-                    "completion_tokens, latency_ms, status, created_at) VALUES (:id, 'conv_bench', 'chat', 'm', '[]', "
-                    "'{}', :p, :c, :l, :s, :t)"), batch)  # fmt: skip
+                connection.execute(
+                    text(
+                        "INSERT INTO chat_requests (id, conversation_id, kind, model, messages, params, prompt_tokens, "
+                        "completion_tokens, latency_ms, status, created_at) VALUES (:id, 'conv_bench', 'chat', 'm', '[]', "
+                        "'{}', :p, :c, :l, :s, :t)"
+                    ),
+                    batch,
+                )
                 batch = []
 
 
@@ -90,8 +110,14 @@ def measure(database_url: str, home: Path, rows: int, repeat: int) -> dict[str, 
         sql = platform.usage.hourly(24, now=now)
         peer = python_hourly(platform.engine, 24, now)
         for a, b in zip(sql, peer, strict=True):  # the same figures, or the comparison means nothing
-            assert (a.requests, a.failed, a.prompt_tokens, a.completion_tokens, a.latency_p50_ms, a.latency_p95_ms) == \
-                   (b.requests, b.failed, b.prompt_tokens, b.completion_tokens, b.latency_p50_ms, b.latency_p95_ms), a.hour
+            assert (a.requests, a.failed, a.prompt_tokens, a.completion_tokens, a.latency_p50_ms, a.latency_p95_ms) == (
+                b.requests,
+                b.failed,
+                b.prompt_tokens,
+                b.completion_tokens,
+                b.latency_p50_ms,
+                b.latency_p95_ms,
+            ), a.hour
         sql_ms = timed(lambda: platform.usage.hourly(24, now=now), repeat)
         python_ms = timed(lambda: python_hourly(platform.engine, 24, now), repeat)
     finally:
@@ -109,10 +135,14 @@ def main() -> None:
     print(f"{'backend':<10} {'rows':>8} {'in SQL':>10} {'in Python':>10} {'Python/SQL':>10}")
     for rows in args.rows:
         with tempfile.TemporaryDirectory() as home:
-            targets = [("sqlite", f"sqlite:///{home}/usage.db")] + ([("postgres", args.postgres)] if args.postgres else [])
+            targets = [("sqlite", f"sqlite:///{home}/usage.db")] + (
+                [("postgres", args.postgres)] if args.postgres else []
+            )
             for backend, url in targets:
                 result = measure(url, Path(home) / backend, rows, args.repeat)
-                print(f"{backend:<10} {rows:>8} {result['sql_ms']:>8.1f}ms {result['python_ms']:>8.1f}ms {result['ratio']:>10.2f}")
+                print(
+                    f"{backend:<10} {rows:>8} {result['sql_ms']:>8.1f}ms {result['python_ms']:>8.1f}ms {result['ratio']:>10.2f}"
+                )
                 if backend == "postgres":
                     engine = create_engine(url)
                     with engine.begin() as connection:

@@ -14,32 +14,35 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from espalier.core import contracts
-from espalier.core.db.engine import create_db_engine
-from espalier.core.db.migrate import is_up_to_date, upgrade
-from espalier.core.errors import PluginError, Unavailable
-from espalier.core.evaluation import EvaluationService
-from espalier.core.guardrail_flags import GuardrailFlagService
-from espalier.core.guardrails import GuardrailService, parse_policies
-from espalier.core.jobs import JobService, JobWorker
-from espalier.core.agents import AgentService
-from espalier.core.chains import ChainService, ChainSpec, chains_from_settings, validate_chain
-from espalier.core.chat import ChatService, ConversationService
-from espalier.core.feedback import FeedbackService, PairStore
-from espalier.core.console_sessions import ConsoleSessionService
-from espalier.core.labeling.service import GENERATE_JOB, LabelingService
-from espalier.core.models import ModelService
-from espalier.core.rag.keyword import KeywordIndex
-from espalier.core.rag.service import RagService
-from espalier.core.rag.store import VectorStore
-from espalier.core.reward import RewardModelService
-from espalier.core.templates import TemplateService, TemplateSpec
-from espalier.core.tools import ToolService
-from espalier.core.plugins import PluginHost, create_plugin_manager
-from espalier.core.registry import Registry
-from espalier.core.security import AuditLog, KeyService
-from espalier.core.settings import Settings
-from espalier.core.usage import UsageService
+from espalier.core import schema  # noqa: F401  (every table on the metadata)
+from espalier.core.infrastructure import contracts
+from espalier.core.infrastructure.audit import AuditLog
+from espalier.core.infrastructure.contracts import ChainSpec, TemplateSpec
+from espalier.core.infrastructure.db.engine import create_db_engine
+from espalier.core.infrastructure.db.migrate import is_up_to_date, upgrade
+from espalier.core.infrastructure.errors import PluginError, Unavailable
+from espalier.core.infrastructure.jobs.service import JobService, JobWorker
+from espalier.core.infrastructure.plugin_host import PluginHost, create_plugin_manager
+from espalier.core.infrastructure.registry import Registry
+from espalier.core.infrastructure.settings import Settings
+from espalier.core.interface.chat.service import ChatService, ConversationService
+from espalier.core.interface.console_sessions.service import ConsoleSessionService
+from espalier.core.interface.guardrails.flags import GuardrailFlagService
+from espalier.core.interface.guardrails.policies import GuardrailService, parse_policies
+from espalier.core.interface.keys import KeyService
+from espalier.core.interface.usage import UsageService
+from espalier.core.sources.feedback import FeedbackService, PairStore
+from espalier.core.sources.labeling.service import GENERATE_JOB, LabelingService
+from espalier.core.sources.learning.evaluation import EvaluationService
+from espalier.core.sources.models.service import ModelService
+from espalier.core.sources.rag.keyword import KeywordIndex
+from espalier.core.sources.rag.service import RagService
+from espalier.core.sources.rag.store import VectorStore
+from espalier.core.sources.reward import RewardModelService
+from espalier.core.sources.templates.service import TemplateService
+from espalier.core.tools.agents.service import AgentService
+from espalier.core.tools.chains.service import ChainService, chains_from_settings, validate_chain
+from espalier.core.tools.toolbox import ToolService
 
 log = logging.getLogger("espalier.platform")
 
@@ -74,9 +77,14 @@ class Platform:
 
     @cached_property
     def models(self) -> ModelService:
-        return ModelService(self.engine, self.model_providers, self.builtin_models,
-                            str(self.settings.models_dir), self.audit,
-                            max_loaded_versions=self.settings.max_loaded_versions)  # fmt: skip
+        return ModelService(
+            self.engine,
+            self.model_providers,
+            self.builtin_models,
+            str(self.settings.models_dir),
+            self.audit,
+            max_loaded_versions=self.settings.max_loaded_versions,
+        )
 
     @cached_property
     def builtin_templates(self) -> Registry[TemplateSpec]:
@@ -88,11 +96,16 @@ class Platform:
 
     @cached_property
     def chat(self) -> ChatService:
-        from espalier.core.rag.grounding import Grounder
+        from espalier.core.tools.grounding import Grounder
 
-        return ChatService(self.engine, self.models, self.templates,
-                           grounder=Grounder(self.rag, lambda: self.guardrails, lambda: self.retrievers), default_model=self.settings.default_model,
-                           guardrails=self.guardrail_service)  # fmt: skip
+        return ChatService(
+            self.engine,
+            self.models,
+            self.templates,
+            grounder=Grounder(self.rag, lambda: self.guardrails, lambda: self.retrievers),
+            default_model=self.settings.default_model,
+            guardrails=self.guardrail_service,
+        )
 
     @cached_property
     def conversations(self) -> ConversationService:
@@ -105,10 +118,15 @@ class Platform:
     @cached_property
     def labeling(self) -> LabelingService:
         """Labeling tasks: generated candidates, labelers, leases, progress, agreement."""
-        return LabelingService(self.engine, chat=lambda: self.chat, conversations=self.conversations,
-                               feedback=self.feedback, submit_job=lambda *a, **k: self.jobs.submit(*a, **k),
-                               default_model=self.settings.default_model,
-                               check_model=self._check_model_name)  # fmt: skip
+        return LabelingService(
+            self.engine,
+            chat=lambda: self.chat,
+            conversations=self.conversations,
+            feedback=self.feedback,
+            submit_job=lambda *a, **k: self.jobs.submit(*a, **k),
+            default_model=self.settings.default_model,
+            check_model=self._check_model_name,
+        )
 
     def _check_model_name(self, name: str) -> None:
         """A registered model, or a built-in one (registered when a server starts)."""
@@ -135,11 +153,14 @@ class Platform:
     def rag(self) -> RagService:
         """Collections, documents, ingestion and search (vectors in chromadb, keywords in bm25s)."""
         return RagService(
-            self.engine, VectorStore(path=self.settings.chroma_dir, url=self.settings.chroma_url),
-            KeywordIndex(self.settings.rag_dir / "bm25"), self.audit,
+            self.engine,
+            VectorStore(path=self.settings.chroma_dir, url=self.settings.chroma_url),
+            KeywordIndex(self.settings.rag_dir / "bm25"),
+            self.audit,
             embedder=lambda: self.embedders.get("minilm"),
-            load_model=lambda name: self.models.load(name)[0], default_model=self.settings.default_model,
-        )  # fmt: skip
+            load_model=lambda name: self.models.load(name)[0],
+            default_model=self.settings.default_model,
+        )
 
     @cached_property
     def tools(self) -> Registry[contracts.Tool]:
@@ -175,14 +196,15 @@ class Platform:
 
     @cached_property
     def guardrails(self) -> Registry[contracts.Guardrail]:
-        return self.plugins.collect("register_guardrails", "guardrail", contracts.Guardrail,
-                                    settings=self.settings)
+        return self.plugins.collect("register_guardrails", "guardrail", contracts.Guardrail, settings=self.settings)
 
     @cached_property
     def guardrail_service(self) -> GuardrailService:
         """Policies over the registered scorers; a bad policy stops start-up with its message."""
         policies = parse_policies(self.settings.guardrail_policies, self.guardrails)
-        return GuardrailService(self.engine, self.guardrails, policies, store_allowed=self.settings.guardrail_store_allowed)
+        return GuardrailService(
+            self.engine, self.guardrails, policies, store_allowed=self.settings.guardrail_store_allowed
+        )
 
     @cached_property
     def evaluations(self) -> EvaluationService:
@@ -195,8 +217,14 @@ class Platform:
     @cached_property
     def job_kinds(self) -> Registry[contracts.JobKind]:
         kinds = self.plugins.collect("register_job_kinds", "job kind", contracts.JobKind)
-        kinds.add(contracts.JobKind(GENERATE_JOB, run=lambda job: self.labeling.generate(job),
-                                    description="Generate the candidates of a labeling task's items"), plugin="espalier")  # fmt: skip
+        kinds.add(
+            contracts.JobKind(
+                GENERATE_JOB,
+                run=lambda job: self.labeling.generate(job),
+                description="Generate the candidates of a labeling task's items",
+            ),
+            plugin="espalier",
+        )
         for entry in self.trainers:
             trainer = entry.item
             kinds.add(
@@ -219,8 +247,9 @@ class Platform:
 
     @cached_property
     def console_sessions(self) -> ConsoleSessionService:
-        return ConsoleSessionService(self.engine, self.keys, self.audit,
-                                     lifetime=timedelta(minutes=self.settings.console_session_minutes))  # fmt: skip
+        return ConsoleSessionService(
+            self.engine, self.keys, self.audit, lifetime=timedelta(minutes=self.settings.console_session_minutes)
+        )
 
     @cached_property
     def usage(self) -> UsageService:
@@ -233,9 +262,21 @@ class Platform:
     def collect_all(self) -> None:
         """Collect every contribution now, so duplicate names fail at start-up, not on first use."""
         for name in (
-            "model_providers", "builtin_models", "builtin_templates", "embedders", "retrievers", "tools", "agents", "chain_specs",
-            "guardrails", "guardrail_service", "trainers", "job_kinds", "commands", "routes",
-        ):  # fmt: skip
+            "model_providers",
+            "builtin_models",
+            "builtin_templates",
+            "embedders",
+            "retrievers",
+            "tools",
+            "agents",
+            "chain_specs",
+            "guardrails",
+            "guardrail_service",
+            "trainers",
+            "job_kinds",
+            "commands",
+            "routes",
+        ):
             getattr(self, name)
 
     # Life cycle ---------------------------------------------------------------------------

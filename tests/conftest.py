@@ -63,7 +63,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(tmp_path: Path):
-    from espalier.core.settings import Settings
+    from espalier.core.infrastructure.settings import Settings
 
     return Settings(home=tmp_path / "home")
 

@@ -10,12 +10,12 @@ from litestar import get
 from espalier import hookimpl
 from espalier.api.app import create_app
 from espalier.api.guards import _is_public
-from espalier.core.db.console_tables import ConsoleSession
-from espalier.core.db.engine import session_scope
-from espalier.core.db.tables import utcnow
+from espalier.core.infrastructure.db.base import utcnow
+from espalier.core.infrastructure.db.engine import session_scope
+from espalier.core.infrastructure.identity import ROLE_RANK, ROLES
+from espalier.core.infrastructure.settings import Settings
+from espalier.core.interface.console_sessions.tables import ConsoleSession
 from espalier.core.platform import Platform
-from espalier.core.security import ROLE_RANK, ROLES
-from espalier.core.settings import Settings
 
 
 def all_routes(app):
@@ -66,8 +66,14 @@ def test_every_console_route_needs_an_operator_session(espalier):
         platform.console_sessions.sign_in(espalier.keys["user"])
     user_id = next(k.id for k in platform.keys.list() if k.name == "test-user")
     with session_scope(platform.engine) as session:  # a user session that sign-in would never create
-        session.add(ConsoleSession(token_hash=hashlib.sha256(b"user-session").hexdigest(), key_id=user_id,
-                                   csrf_token="t", expires_at=utcnow() + timedelta(hours=1)))  # fmt: skip
+        session.add(
+            ConsoleSession(
+                token_hash=hashlib.sha256(b"user-session").hexdigest(),
+                key_id=user_id,
+                csrf_token="t",
+                expires_at=utcnow() + timedelta(hours=1),
+            )
+        )
     sessions["user"] = "user-session"
     checked = 0
     for path, method, handler in all_routes(app):
@@ -91,11 +97,15 @@ def test_every_console_route_needs_an_operator_session(espalier):
 
 def test_public_routes_are_only_the_expected_ones(espalier):
     public = {
-        path for path, method, handler in all_routes(espalier.client.app)
+        path
+        for path, method, handler in all_routes(espalier.client.app)
         if _is_public(handler, path) and method != "OPTIONS"
-    }  # fmt: skip
+    }
     assert {p for p in public if not p.startswith("/schema")} == {
-        "/healthz", "/readyz", "/console/sign-in", "/console/static/{file_path:path}",
+        "/healthz",
+        "/readyz",
+        "/console/sign-in",
+        "/console/static/{file_path:path}",
     }
 
 
@@ -128,7 +138,10 @@ def test_admin_actions_are_audited_with_the_actor(espalier):
     espalier.client.delete(f"/api/keys/{created.json()['id']}", headers=espalier.headers())
     events = espalier.client.get("/api/audit", headers=espalier.headers()).json()["events"]
     latest = [(e["action"], e["actor_name"], e["target"]) for e in events[:2]]
-    assert latest == [("key.revoke", "test-admin", created.json()["id"]), ("key.create", "test-admin", created.json()["id"])]
+    assert latest == [
+        ("key.revoke", "test-admin", created.json()["id"]),
+        ("key.create", "test-admin", created.json()["id"]),
+    ]
 
 
 def test_a_plugin_route_without_an_access_rule_refuses_to_start(tmp_path):

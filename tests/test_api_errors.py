@@ -36,9 +36,7 @@ def test_wrong_types_and_values(espalier):
 
 
 def test_oversized_body_is_refused(espalier):
-    response = espalier.client.post(
-        "/api/keys", json={"name": "x" * 10_000}, headers=espalier.headers()
-    )
+    response = espalier.client.post("/api/keys", json={"name": "x" * 10_000}, headers=espalier.headers())
     assert response.status_code == 413
     assert response.json()["code"] == "payload_too_large"
 
@@ -87,7 +85,7 @@ def test_health_and_readiness(espalier):
 def test_readiness_fails_when_the_database_is_gone(espalier):
     espalier.platform.engine.dispose()
     espalier.platform.engine.url = espalier.platform.engine.url.set(database="/nonexistent/dir/x.db")
-    from espalier.core.db import create_db_engine
+    from espalier.core.infrastructure.db import create_db_engine
 
     espalier.platform.engine = create_db_engine("sqlite:////nonexistent/dir/x.db")
     response = espalier.client.get("/readyz")

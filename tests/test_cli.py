@@ -10,16 +10,19 @@ import sys
 import time
 
 import httpx
-import pytest
 
-from espalier.core.db.migrate import head_revision
+from espalier.core.infrastructure.db.migrate import head_revision
 
 
 def run(*args, home, check=True, env=None):
     environment = {**os.environ, "ESPALIER_HOME": str(home), "ESPALIER_LOG_JSON": "false", **(env or {})}
-    result = subprocess.run([sys.executable, "-m", "espalier.api.cli", *args], env=environment, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "espalier.api.cli", *args], env=environment, capture_output=True, text=True
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"espalier {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"espalier {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -82,8 +85,12 @@ def start_server(home):
     env = {**os.environ, "ESPALIER_HOME": str(home), "ESPALIER_PORT": str(port), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "espalier.api.cli", "serve"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -133,11 +140,25 @@ def test_labeling_create_and_status(tmp_path):
     key = run("keys", "create", "--name", "ann", "--role", "user", home=tmp_path).stdout.strip()
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("How do I reset my password?\n\nCan I get a refund?\n")
-    created = json.loads(run("labeling", "create", "support", "--prompts", str(prompts), "--n", "2",
-                             "--labeler", key.split("_")[1], home=tmp_path).stdout)  # fmt: skip
+    created = json.loads(
+        run(
+            "labeling",
+            "create",
+            "support",
+            "--prompts",
+            str(prompts),
+            "--n",
+            "2",
+            "--labeler",
+            key.split("_")[1],
+            home=tmp_path,
+        ).stdout
+    )
     task_id = created["task_id"]
     assert created["job_id"].startswith("job_") and created["progress"]["items"] == 2
-    assert created["progress"]["rankings_total"] == 4 and created["progress"]["labelers"] == {key.split("_")[1]: {"done": 0, "leased": 0}}
+    assert created["progress"]["rankings_total"] == 4 and created["progress"]["labelers"] == {
+        key.split("_")[1]: {"done": 0, "leased": 0}
+    }
     listing = run("labeling", "status", home=tmp_path).stdout
     assert task_id in listing and "generating" in listing
     status = json.loads(run("labeling", "status", task_id, "--json", home=tmp_path).stdout)

@@ -11,11 +11,11 @@ from datetime import timedelta
 import pytest
 
 from espalier import hookimpl
-from espalier.core import contracts
-from espalier.core.db.console_tables import ConsoleSession
-from espalier.core.db.engine import session_scope
-from espalier.core.db.tables import utcnow
-from espalier.core.security import Principal
+from espalier.core.infrastructure import contracts
+from espalier.core.infrastructure.db.base import utcnow
+from espalier.core.infrastructure.db.engine import session_scope
+from espalier.core.infrastructure.identity import Principal
+from espalier.core.interface.console_sessions.tables import ConsoleSession
 from tests.labeling.echo import EchoPlugin as LabelingEchoPlugin
 
 SCRIPT = "<script>alert('pwned')</script>"
@@ -50,8 +50,11 @@ def sign_in(espalier, role="admin"):
     form = client.get("/console/sign-in")
     assert form.status_code == 200
     token = re.search(r'name="_csrf" value="([^"]+)"', form.text).group(1)
-    response = client.post("/console/sign-in", data={"_csrf": token, "key": espalier.keys[role], "next": "/console"},
-                           follow_redirects=False)  # fmt: skip
+    response = client.post(
+        "/console/sign-in",
+        data={"_csrf": token, "key": espalier.keys[role], "next": "/console"},
+        follow_redirects=False,
+    )
     assert response.status_code == 303, response.text
     return csrf_of(client.get("/console").text)
 
@@ -64,8 +67,9 @@ def test_sign_in_sets_a_strict_httponly_session_cookie(espalier):
     client = espalier.client
     form = client.get("/console/sign-in")
     token = re.search(r'name="_csrf" value="([^"]+)"', form.text).group(1)
-    response = client.post("/console/sign-in", data={"_csrf": token, "key": espalier.keys["operator"]},
-                           follow_redirects=False)  # fmt: skip
+    response = client.post(
+        "/console/sign-in", data={"_csrf": token, "key": espalier.keys["operator"]}, follow_redirects=False
+    )
     assert response.status_code == 303 and response.headers["location"] == "/console"
     cookie = next(h for h in response.headers.get_list("set-cookie") if h.startswith("espalier_console="))
     assert "HttpOnly" in cookie and "samesite=strict" in cookie.lower() and "Path=/console" in cookie
@@ -80,14 +84,18 @@ def test_sign_in_refuses_user_keys_bad_keys_and_a_missing_form_token(espalier):
     client = espalier.client
     form = client.get("/console/sign-in")
     token = re.search(r'name="_csrf" value="([^"]+)"', form.text).group(1)
-    refused = client.post("/console/sign-in", data={"_csrf": token, "key": espalier.keys["user"]}, follow_redirects=False)
+    refused = client.post(
+        "/console/sign-in", data={"_csrf": token, "key": espalier.keys["user"]}, follow_redirects=False
+    )
     assert refused.status_code == 403 and "operator and admin keys" in refused.text
     assert "espalier_console=" not in "".join(refused.headers.get_list("set-cookie"))
     token = re.search(r'name="_csrf" value="([^"]+)"', refused.text).group(1)  # each form has a fresh token
     bad = client.post("/console/sign-in", data={"_csrf": token, "key": "esp_000000000000_nope"}, follow_redirects=False)
     assert bad.status_code == 401
     client.cookies.clear()
-    forged = client.post("/console/sign-in", data={"_csrf": "guess", "key": espalier.keys["admin"]}, follow_redirects=False)
+    forged = client.post(
+        "/console/sign-in", data={"_csrf": "guess", "key": espalier.keys["admin"]}, follow_redirects=False
+    )
     assert forged.status_code == 403 and "espalier_console=" not in "".join(forged.headers.get_list("set-cookie"))
 
 
@@ -102,12 +110,18 @@ def test_pages_without_a_session_redirect_to_sign_in_and_bearer_keys_do_not_coun
 
 def test_the_sign_in_next_parameter_is_never_an_open_redirect(espalier):
     client = espalier.client
-    for target, expected in (("//evil.example/x", "/console"), ("https://evil.example", "/console"),
-                             ("/console/jobs", "/console/jobs")):  # fmt: skip
+    for target, expected in (
+        ("//evil.example/x", "/console"),
+        ("https://evil.example", "/console"),
+        ("/console/jobs", "/console/jobs"),
+    ):
         form = client.get("/console/sign-in", params={"next": target})
         token = re.search(r'name="_csrf" value="([^"]+)"', form.text).group(1)
-        response = client.post("/console/sign-in", data={"_csrf": token, "key": espalier.keys["admin"], "next": target},
-                               follow_redirects=False)  # fmt: skip
+        response = client.post(
+            "/console/sign-in",
+            data={"_csrf": token, "key": espalier.keys["admin"], "next": target},
+            follow_redirects=False,
+        )
         assert response.headers["location"] == expected
 
 
@@ -170,16 +184,25 @@ def test_playground_candidates_are_escaped_and_ranked(espalier):
     csrf = sign_in(espalier)
     client = espalier.client
     headers = {"X-CSRF-Token": csrf, "HX-Request": "true"}
-    response = client.post("/console/playground/chat", headers=headers,
-                           data={"model": "echo", "prompt": SCRIPT, "n": "3", "max_tokens": "8"})  # fmt: skip
+    response = client.post(
+        "/console/playground/chat",
+        headers=headers,
+        data={"model": "echo", "prompt": SCRIPT, "n": "3", "max_tokens": "8"},
+    )
     assert response.status_code == 200, response.text
     assert SCRIPT not in response.text and "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt; #2" in response.text
     request_id = re.search(r'name="request_id" value="([^"]+)"', response.text).group(1)
     ids = re.findall(r'name="rank_(cmp_[0-9a-f]+)"', response.text)
     assert len(ids) == 3
     idempotency_key = re.search(r'name="idempotency_key" value="([^"]+)"', response.text).group(1)
-    form = {"request_id": request_id, "idempotency_key": idempotency_key, f"rank_{ids[0]}": "2", f"rank_{ids[1]}": "1",
-            f"rank_{ids[2]}": "2", "unacceptable": ids[2]}  # fmt: skip
+    form = {
+        "request_id": request_id,
+        "idempotency_key": idempotency_key,
+        f"rank_{ids[0]}": "2",
+        f"rank_{ids[1]}": "1",
+        f"rank_{ids[2]}": "2",
+        "unacceptable": ids[2],
+    }
     ranked = client.post("/console/playground/rank", headers=headers, data=form)
     assert ranked.status_code == 200
     assert "candidate 2 ranked 1; candidate 1 ranked 2; candidate 3 ranked 2 (unacceptable)" in ranked.text
@@ -198,18 +221,21 @@ def test_playground_candidates_are_escaped_and_ranked(espalier):
     assert listing.status_code == 200
 
 
-@pytest.mark.parametrize("ranks, message", [
-    ({0: "1", 1: "9"}, "from 1 to 2"),
-    ({0: "1"}, "rank each exactly once"),
-    ({0: "one", 1: "2"}, "must be a number"),
-])  # fmt: skip
-
-
+@pytest.mark.parametrize(
+    "ranks, message",
+    [
+        ({0: "1", 1: "9"}, "from 1 to 2"),
+        ({0: "1"}, "rank each exactly once"),
+        ({0: "one", 1: "2"}, "must be a number"),
+    ],
+)
 def test_bad_rankings_are_refused_with_a_clear_400(espalier, ranks, message):
     csrf = sign_in(espalier)
     client = espalier.client
     headers = {"X-CSRF-Token": csrf}
-    response = client.post("/console/playground/chat", headers=headers, data={"model": "echo", "prompt": "hi", "n": "2"})
+    response = client.post(
+        "/console/playground/chat", headers=headers, data={"model": "echo", "prompt": "hi", "n": "2"}
+    )
     request_id = re.search(r'name="request_id" value="([^"]+)"', response.text).group(1)
     ids = re.findall(r'name="rank_(cmp_[0-9a-f]+)"', response.text)
     key = re.search(r'name="idempotency_key" value="([^"]+)"', response.text).group(1)
@@ -223,8 +249,12 @@ def test_bad_rankings_are_refused_with_a_clear_400(espalier, ranks, message):
 def test_bad_playground_input_is_a_400_not_a_500(espalier):
     csrf = sign_in(espalier)
     headers = {"X-CSRF-Token": csrf}
-    for data in ({"model": "echo", "prompt": "hi", "n": "99"}, {"model": "echo", "prompt": ""},
-                 {"model": "no-such-model", "prompt": "hi"}, {"model": "echo", "prompt": "hi", "extra": "1"}):  # fmt: skip
+    for data in (
+        {"model": "echo", "prompt": "hi", "n": "99"},
+        {"model": "echo", "prompt": ""},
+        {"model": "no-such-model", "prompt": "hi"},
+        {"model": "echo", "prompt": "hi", "extra": "1"},
+    ):
         response = espalier.client.post("/console/playground/chat", headers=headers, data=data)
         assert 400 <= response.status_code < 500, (data, response.status_code, response.text)
 
@@ -242,12 +272,17 @@ def test_stored_text_is_escaped_on_every_page(espalier):
 def test_overview_charts_count_the_stored_requests(espalier):
     csrf = sign_in(espalier)
     for _ in range(3):
-        espalier.client.post("/console/playground/chat", headers={"X-CSRF-Token": csrf},
-                             data={"model": "echo", "prompt": "count me", "n": "2"})  # fmt: skip
+        espalier.client.post(
+            "/console/playground/chat",
+            headers={"X-CSRF-Token": csrf},
+            data={"model": "echo", "prompt": "count me", "n": "2"},
+        )
     import json
 
     page = espalier.client.get("/console").text
-    chart = json.loads(re.search(r'<script type="application/json" id="usage-data">(.*?)</script>', page, re.S).group(1))
+    chart = json.loads(
+        re.search(r'<script type="application/json" id="usage-data">(.*?)</script>', page, re.S).group(1)
+    )
     assert sum(chart["requests"]) == 3 and sum(chart["completion_tokens"]) == 3 * 2 * 3
     assert chart["p50"][-1] is not None and len(chart["labels"]) == 24
 
@@ -302,10 +337,10 @@ def test_static_files_are_public_and_vendored(espalier):
 
 def test_console_services_persist_on_both_backends(database_url, tmp_path):
     """Sessions, hourly figures and rankings on SQLite and PostgreSQL, through migration 0007."""
-    from espalier.core.db.tables import ChatRequestRecord, CompletionRecord, Conversation
-    from espalier.core.errors import Forbidden, InvalidInput, Unauthenticated
+    from espalier.core.infrastructure.errors import Forbidden, Unauthenticated
+    from espalier.core.infrastructure.settings import Settings
     from espalier.core.platform import Platform
-    from espalier.core.settings import Settings
+    from espalier.core.sources.conversations.tables import ChatRequestRecord, CompletionRecord, Conversation
 
     platform = Platform(Settings(home=tmp_path / "home", database_url=database_url), load_entry_points=False)
     platform.start(run_jobs=False)
@@ -326,11 +361,28 @@ def test_console_services_persist_on_both_backends(database_url, tmp_path):
             session.add(Conversation(id="conv_x", owner_key_id=operator.record.id))
             session.flush()
             for i, latency in enumerate([10.0, 20.0, 30.0, 40.0, 1000.0]):
-                session.add(ChatRequestRecord(id=f"req_{i}", conversation_id="conv_x", owner_key_id=operator.record.id,
-                                              model="m", latency_ms=latency, prompt_tokens=5, completion_tokens=7,
-                                              status="ok" if i else "failed", created_at=now))  # fmt: skip
-            session.add(ChatRequestRecord(id="req_old", conversation_id="conv_x", model="m", latency_ms=1.0,
-                                          created_at=now - timedelta(hours=30)))  # fmt: skip
+                session.add(
+                    ChatRequestRecord(
+                        id=f"req_{i}",
+                        conversation_id="conv_x",
+                        owner_key_id=operator.record.id,
+                        model="m",
+                        latency_ms=latency,
+                        prompt_tokens=5,
+                        completion_tokens=7,
+                        status="ok" if i else "failed",
+                        created_at=now,
+                    )
+                )
+            session.add(
+                ChatRequestRecord(
+                    id="req_old",
+                    conversation_id="conv_x",
+                    model="m",
+                    latency_ms=1.0,
+                    created_at=now - timedelta(hours=30),
+                )
+            )
             session.flush()
             for index in range(2):
                 session.add(CompletionRecord(id=f"cmp_{index}", request_id="req_1", index=index, text="t"))
@@ -348,8 +400,18 @@ def test_console_services_persist_on_both_backends(database_url, tmp_path):
 def labeling_task(espalier, labelers, prompts=("Say <b>hi</b>", "Name a fruit")):
     from tests.labeling.test_labeling import wait_for_generation
 
-    response = espalier.client.post("/api/labeling/tasks", headers=espalier.headers("operator"), json={
-        "name": SCRIPT, "prompts": list(prompts), "model": "echo", "n": 3, "rankings_required": 1, "labelers": labelers})  # fmt: skip
+    response = espalier.client.post(
+        "/api/labeling/tasks",
+        headers=espalier.headers("operator"),
+        json={
+            "name": SCRIPT,
+            "prompts": list(prompts),
+            "model": "echo",
+            "n": 3,
+            "rankings_required": 1,
+            "labelers": labelers,
+        },
+    )
     assert response.status_code == 202, response.text
     wait_for_generation(espalier, response.json()["job_id"])
     return response.json()["task"]["id"]
@@ -366,7 +428,9 @@ def test_labeling_pages_refuse_sessions_without_csrf_and_user_keys(espalier):
     no_token = client.post(f"/console/labeling/{task_id}/exclude", data={"key_id": "abc"})
     assert no_token.status_code == 403 and no_token.json()["code"] == "csrf_failed"
     assert espalier.platform.labeling.get(task_id).excluded_labelers == []
-    toggled = client.post(f"/console/labeling/{task_id}/exclude", data={"key_id": "abc"}, headers={"X-CSRF-Token": csrf})
+    toggled = client.post(
+        f"/console/labeling/{task_id}/exclude", data={"key_id": "abc"}, headers={"X-CSRF-Token": csrf}
+    )
     assert toggled.status_code == 200 and "Include again" in toggled.text
     assert espalier.platform.labeling.get(task_id).excluded_labelers == ["abc"]
     # not a labeler of the task: the queue says how to become one instead of handing out items
@@ -386,16 +450,26 @@ def test_an_operator_labels_a_task_in_the_console_and_sees_agreement(espalier):
     assert queue.status_code == 200 and "facts may be checked" in queue.text.lower() and "<kbd>f</kbd>" in queue.text
     assert "Say &lt;b&gt;hi&lt;/b&gt; #2" in queue.text and "<b>hi</b>" not in queue.text
     ids = re.findall(r'name="rank_(cmp_[0-9a-f]+)"', queue.text)
-    item_id = re.search(r'/items/(li_[0-9a-f]+)/rank', queue.text).group(1)
+    item_id = re.search(r"/items/(li_[0-9a-f]+)/rank", queue.text).group(1)
     key = re.search(r'name="idempotency_key" value="([^"]+)"', queue.text).group(1)
-    form = {"idempotency_key": key, f"rank_{ids[0]}": "1", f"rank_{ids[1]}": "1", f"rank_{ids[2]}": "3",
-            "unacceptable": ids[2]}  # fmt: skip
-    saved = client.post(f"/console/labeling/{task_id}/items/{item_id}/rank", data=form,
-                        headers={"X-CSRF-Token": csrf, "HX-Request": "true"})  # fmt: skip
+    form = {
+        "idempotency_key": key,
+        f"rank_{ids[0]}": "1",
+        f"rank_{ids[1]}": "1",
+        f"rank_{ids[2]}": "3",
+        "unacceptable": ids[2],
+    }
+    saved = client.post(
+        f"/console/labeling/{task_id}/items/{item_id}/rank",
+        data=form,
+        headers={"X-CSRF-Token": csrf, "HX-Request": "true"},
+    )
     assert saved.status_code == 200, saved.text
     assert "Ranking saved as feedback fb_" in saved.text and "Name a fruit #0" in saved.text  # the next item
     record = espalier.platform.feedback.list(Principal(operator_id, "op", "operator"))[0]
-    assert [c["rank"] for c in record.payload["candidates"]] == [1, 1, 3] and record.payload["candidates"][2]["unacceptable"]
+    assert [c["rank"] for c in record.payload["candidates"]] == [1, 1, 3] and record.payload["candidates"][2][
+        "unacceptable"
+    ]
     page = client.get(f"/console/labeling/{task_id}")
     assert page.status_code == 200 and 'id="agreement-data"' in page.text and 'data-chart="agreement"' in page.text
     assert f'data-labeler="{operator_id}"' in page.text and "1/2 items done" in page.text
@@ -404,14 +478,32 @@ def test_an_operator_labels_a_task_in_the_console_and_sees_agreement(espalier):
 def _passed_evaluation(platform, version_id: str) -> str:
     """A stored policy-evaluation record for the echo model (the real evaluation of the shipped
     model runs in test_promotion.py; here only the page's plumbing is under test)."""
-    from espalier.core.db.guardrail_tables import EvaluationRecord
+    from espalier.core.sources.learning.tables import EvaluationRecord
 
-    side = {"model": "echo@base", "version": "base", "version_id": "x", "mean_reward": 0.1, "mean_toxicity": 0.2,
-            "share_above_threshold": 0.0, "kl": 0.0, "kl_per_token": 0.0, "task_accuracy": 0.5}  # fmt: skip
-    record = EvaluationRecord(kind="policy", subject="echo", candidate=version_id, passed=True, models=["echo@base", "echo@v2"],
-                              settings={"prompts": 2, "threshold": 0.5},
-                              results={"current": side, "candidate": {**side, "model": "echo@v2", "version": "v2", "mean_reward": 0.4},
-                                       "gate": {"passed": True, "failures": []}})  # fmt: skip
+    side = {
+        "model": "echo@base",
+        "version": "base",
+        "version_id": "x",
+        "mean_reward": 0.1,
+        "mean_toxicity": 0.2,
+        "share_above_threshold": 0.0,
+        "kl": 0.0,
+        "kl_per_token": 0.0,
+        "task_accuracy": 0.5,
+    }
+    record = EvaluationRecord(
+        kind="policy",
+        subject="echo",
+        candidate=version_id,
+        passed=True,
+        models=["echo@base", "echo@v2"],
+        settings={"prompts": 2, "threshold": 0.5},
+        results={
+            "current": side,
+            "candidate": {**side, "model": "echo@v2", "version": "v2", "mean_reward": 0.4},
+            "gate": {"passed": True, "failures": []},
+        },
+    )
     with session_scope(platform.engine) as session:
         session.add(record)
     return record.id
@@ -450,7 +542,9 @@ def test_a_version_without_a_passed_evaluation_cannot_be_promoted_from_the_conso
     espalier.platform.models.add_version("echo", label="untested", adapter=None)
     csrf = sign_in(espalier, "operator")
     assert "needs a passed evaluation" in espalier.client.get("/console/models").text
-    refused = espalier.client.post("/console/models/echo/promote", data={"version": "untested"}, headers={"X-CSRF-Token": csrf})
+    refused = espalier.client.post(
+        "/console/models/echo/promote", data={"version": "untested"}, headers={"X-CSRF-Token": csrf}
+    )
     assert refused.status_code == 409 and refused.json()["code"] == "evaluation_missing"
 
 
@@ -470,48 +564,75 @@ class TestDocumentsPage:
         assert post.status_code == 401
         form = client.get("/console/sign-in")
         token = re.search(r'name="_csrf" value="([^"]+)"', form.text).group(1)
-        refused = client.post("/console/sign-in", data={"_csrf": token, "key": espalier.keys["user"]}, follow_redirects=False)
+        refused = client.post(
+            "/console/sign-in", data={"_csrf": token, "key": espalier.keys["user"]}, follow_redirects=False
+        )
         assert refused.status_code != 303 and "espalier_console" not in refused.cookies
         csrf = sign_in(espalier, "operator")
-        for path, kwargs in [("/console/documents/collections", {"data": {"name": "no-token"}}),
-                             ("/console/documents/no-token/upload", {"files": [("file", ("a.txt", b"x", "text/plain"))]}),
-                             ("/console/documents/no-token/search", {"data": {"query": "x"}})]:  # fmt: skip
+        for path, kwargs in [
+            ("/console/documents/collections", {"data": {"name": "no-token"}}),
+            ("/console/documents/no-token/upload", {"files": [("file", ("a.txt", b"x", "text/plain"))]}),
+            ("/console/documents/no-token/search", {"data": {"query": "x"}}),
+        ]:
             response = client.post(path, **kwargs)
             assert response.status_code == 403 and response.json()["code"] == "csrf_failed", path
-        assert client.post("/console/documents/collections", data={"name": "wrong", "_csrf": "x" * 43}).status_code == 403
+        assert (
+            client.post("/console/documents/collections", data={"name": "wrong", "_csrf": "x" * 43}).status_code == 403
+        )
         operator = espalier.platform.keys.authenticate(espalier.keys["operator"])
         assert "no-token" not in {r.name for r in espalier.platform.rag.list_collections(operator)}
-        assert client.post("/console/documents/collections", data={"name": "with-token"}, headers={"X-CSRF-Token": csrf}).status_code == 200
+        assert (
+            client.post(
+                "/console/documents/collections", data={"name": "with-token"}, headers={"X-CSRF-Token": csrf}
+            ).status_code
+            == 200
+        )
 
     def test_create_upload_search_and_delete_with_everything_escaped(self, espalier):
         csrf = sign_in(espalier, "operator")
         client = espalier.client
         headers = {"X-CSRF-Token": csrf, "HX-Request": "true"}
-        created = client.post("/console/documents/collections", data={"name": "console-docs", "description": SCRIPT}, headers=headers)
+        created = client.post(
+            "/console/documents/collections", data={"name": "console-docs", "description": SCRIPT}, headers=headers
+        )
         assert created.status_code == 200, created.text
         assert "console-docs" in created.text and SCRIPT not in created.text and "&lt;script&gt;" in created.text
         assert "/console/documents" in client.get("/console").text  # the navigation links the page
         page = client.get("/console/documents/console-docs")
         assert page.status_code == 200 and 'id="upload-form"' in page.text and 'id="upload-progress"' in page.text
         body = f"Otters use stones as tools to open shellfish. {SCRIPT}".encode()
-        files = [("file", ("otters.txt", body, "text/plain")), ("file", (f"{SCRIPT}.md", b"# Badgers\n\nBadgers dig setts.", "text/markdown"))]
+        files = [
+            ("file", ("otters.txt", body, "text/plain")),
+            ("file", (f"{SCRIPT}.md", b"# Badgers\n\nBadgers dig setts.", "text/markdown")),
+        ]
         uploaded = client.post("/console/documents/console-docs/upload", files=files, headers=headers)
         assert uploaded.status_code == 200, uploaded.text
         assert "otters.txt: created" in uploaded.text and SCRIPT not in uploaded.text
         no_header = client.post("/console/documents/console-docs/upload", files=files, data={"_csrf": csrf})
         assert no_header.status_code == 400 and "X-CSRF-Token" in no_header.json()["detail"]
-        bad = client.post("/console/documents/console-docs/upload", files=[("file", ("x.exe", b"MZ", "application/octet-stream"))], headers=headers)
+        bad = client.post(
+            "/console/documents/console-docs/upload",
+            files=[("file", ("x.exe", b"MZ", "application/octet-stream"))],
+            headers=headers,
+        )
         assert bad.status_code == 400 and bad.json()["code"] == "unsupported_type"
 
-        found = client.post("/console/documents/console-docs/search", data={"query": "otters stones tools", "mode": "keyword", "k": "3"},
-                            headers=headers)  # fmt: skip
+        found = client.post(
+            "/console/documents/console-docs/search",
+            data={"query": "otters stones tools", "mode": "keyword", "k": "3"},
+            headers=headers,
+        )
         assert found.status_code == 200 and "Otters use stones" in found.text
         assert SCRIPT not in found.text and "&lt;script&gt;alert" in found.text
         assert re.search(r'class="score">\d+\.\d{4}<', found.text)
-        bad_mode = client.post("/console/documents/console-docs/search", data={"query": "x", "mode": "telepathy"}, headers=headers)
+        bad_mode = client.post(
+            "/console/documents/console-docs/search", data={"query": "x", "mode": "telepathy"}, headers=headers
+        )
         assert bad_mode.status_code == 400
 
-        documents = espalier.platform.rag.list_documents("console-docs", espalier.platform.keys.authenticate(espalier.keys["operator"]))
+        documents = espalier.platform.rag.list_documents(
+            "console-docs", espalier.platform.keys.authenticate(espalier.keys["operator"])
+        )
         otters = next(d for d in documents if d.source == "otters.txt")
         deleted = client.post(f"/console/documents/console-docs/documents/{otters.id}/delete", headers=headers)
         assert deleted.status_code == 200 and "otters.txt" not in deleted.text

@@ -18,13 +18,22 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts" / "console"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model_cache_dir):
-    running = RunningServer(tmp_path_factory.mktemp("console-home"), env={"ESPALIER_MODEL_CACHE_DIR": str(model_cache_dir)})
+    running = RunningServer(
+        tmp_path_factory.mktemp("console-home"), env={"ESPALIER_MODEL_CACHE_DIR": str(model_cache_dir)}
+    )
     yield running
     running.stop()
 
@@ -49,9 +58,14 @@ def page(server, browser_errors, dialogs):
         context = browser.new_context(base_url=server.base, viewport={"width": 1400, "height": 900})
         tab = context.new_page()
         tab.set_default_timeout(30_000)
-        tab.on("console", lambda message: browser_errors.append(f"console {message.type}: {message.text}")
-               if message.type == "error" else None)  # fmt: skip
+        tab.on(
+            "console",
+            lambda message: (
+                browser_errors.append(f"console {message.type}: {message.text}") if message.type == "error" else None
+            ),
+        )
         tab.on("pageerror", lambda error: browser_errors.append(f"page error: {error}"))
+
         def on_dialog(dialog):  # hx-confirm on revoke and cancel; an alert would be injected script
             dialogs.append((dialog.type, dialog.message))
             dialog.accept()
@@ -110,7 +124,7 @@ def test_chat_in_the_playground_rank_and_see_it_stored(page, server):
     with engine.connect() as connection:
         kind, payload = connection.execute(
             text("SELECT kind, payload FROM feedback WHERE request_id = :r"), {"r": request_id}
-        ).one()  # fmt: skip
+        ).one()
     engine.dispose()
     candidates = __import__("json").loads(payload)["candidates"]
     assert kind == "ranking" and sorted(c["rank"] for c in candidates) == [1, 2]
@@ -145,7 +159,9 @@ def test_create_a_key_see_it_once_and_revoke_it(page, server):
     page.click("#keys form button[type=submit]")
     key = page.locator("#new-key").inner_text()
     assert re.fullmatch(r"esp_[0-9a-f]{12}_\S+", key)
-    assert httpx.get(server.base + "/api/me", headers={"Authorization": f"Bearer {key}"}).json()["name"] == "browser-made"
+    assert (
+        httpx.get(server.base + "/api/me", headers={"Authorization": f"Bearer {key}"}).json()["name"] == "browser-made"
+    )
     shot(page, "06-keys-created")
     page.reload()
     assert key not in page.content()  # shown once
@@ -171,8 +187,9 @@ def test_stored_markup_shows_as_text_and_never_runs(page, dialogs):
 
 def test_a_job_appears_by_polling_and_shows_its_error(page, server):
     page.goto("/console/jobs")
-    submitted = httpx.post(server.base + "/api/jobs", headers=server.headers(),
-                           json={"kind": "train:injection-classifier", "params": {}})  # fmt: skip
+    submitted = httpx.post(
+        server.base + "/api/jobs", headers=server.headers(), json={"kind": "train:injection-classifier", "params": {}}
+    )
     assert submitted.status_code == 201, submitted.text
     job_id = submitted.json()["id"]
     page.locator(f"a[href='/console/jobs/{job_id}']").wait_for(timeout=20_000)  # arrived through HTMX polling
@@ -188,18 +205,26 @@ def test_a_reward_training_job_draws_its_curves_while_it_runs(page, server):
     pairs = (REPO.parent / "shared" / "data" / "hh_pairs_train.jsonl").read_text().splitlines()[:40]
     imported = httpx.post(server.base + "/api/pairs/import", headers=server.headers(), content="\n".join(pairs))
     assert imported.status_code == 200, imported.text
-    submitted = httpx.post(server.base + "/api/jobs", headers=server.headers(), json={
-        "kind": "train:reward", "params": {"epochs": 2, "batch_size": 4, "max_length": 48}})  # fmt: skip
+    submitted = httpx.post(
+        server.base + "/api/jobs",
+        headers=server.headers(),
+        json={"kind": "train:reward", "params": {"epochs": 2, "batch_size": 4, "max_length": 48}},
+    )
     assert submitted.status_code == 201, submitted.text
     job_id = submitted.json()["id"]
     page.goto(f"/console/jobs/{job_id}")
-    points = "(() => { const c = Chart.getChart(document.getElementById('chart-job-metrics'));" \
-             " const d = c.data.datasets.find((s) => s.label === 'loss'); return d ? d.data.length : 0; })()"
+    points = (
+        "(() => { const c = Chart.getChart(document.getElementById('chart-job-metrics'));"
+        " const d = c.data.datasets.find((s) => s.label === 'loss'); return d ? d.data.length : 0; })()"
+    )
     # functions, not expression strings: Playwright evals a string in the page, which the CSP forbids
     page.wait_for_function(f"() => {points} > 0", timeout=240_000)
     page.locator("#job-status", has_text="succeeded").wait_for(timeout=300_000)
-    page.wait_for_function("() => Chart.getChart(document.getElementById('chart-job-metrics')).data.datasets"
-                           ".some((s) => s.label === 'eval_accuracy')", timeout=30_000)  # fmt: skip
+    page.wait_for_function(
+        "() => Chart.getChart(document.getElementById('chart-job-metrics')).data.datasets"
+        ".some((s) => s.label === 'eval_accuracy')",
+        timeout=30_000,
+    )
     steps = httpx.get(f"{server.base}/api/jobs/{job_id}/metrics", headers=server.headers()).json()["metrics"]
     assert page.evaluate(points) == len([row for row in steps if "loss" in row["values"]]) > 0
     assert page.locator("#job-metrics-empty").is_hidden()
@@ -226,18 +251,19 @@ def test_run_the_react_agent_and_watch_its_steps(page):
     shot(page, "14-agent-trace")
 
 
-@pytest.mark.parametrize("path, name, heading", [
-    ("/console/playground", "10a-playground", "Playground"),
-    ("/console/feedback", "10b-feedback", "Feedback and data"),
-    ("/console/agents", "10c-agents", "Agents"),
-    ("/console/jobs", "10d-jobs", "Jobs"),
-    ("/console/keys", "10e-keys", "API keys"),
-    ("/console/models", "10-models", "Models"),
-    ("/console/plugins", "11-plugins", "Plugins"),
-    ("/console/audit", "12-audit", "Audit log"),
-])  # fmt: skip
-
-
+@pytest.mark.parametrize(
+    "path, name, heading",
+    [
+        ("/console/playground", "10a-playground", "Playground"),
+        ("/console/feedback", "10b-feedback", "Feedback and data"),
+        ("/console/agents", "10c-agents", "Agents"),
+        ("/console/jobs", "10d-jobs", "Jobs"),
+        ("/console/keys", "10e-keys", "API keys"),
+        ("/console/models", "10-models", "Models"),
+        ("/console/plugins", "11-plugins", "Plugins"),
+        ("/console/audit", "12-audit", "Audit log"),
+    ],
+)
 def test_each_page_renders(page, path, name, heading):
     page.goto(path)
     assert page.locator("h1").inner_text().startswith(heading)
@@ -253,13 +279,27 @@ def test_label_a_task_with_the_keyboard_and_see_its_agreement(page, server):
     import time
 
     admin_id = server.admin_key.split("_")[1]
-    created = httpx.post(server.base + "/api/labeling/tasks", headers=server.headers(), timeout=30, json={
-        "name": "browser labeling", "prompts": ["Say hello in French."], "n": 2, "max_tokens": 8,
-        "rankings_required": 1, "labelers": [admin_id], "seed": 3})  # fmt: skip
+    created = httpx.post(
+        server.base + "/api/labeling/tasks",
+        headers=server.headers(),
+        timeout=30,
+        json={
+            "name": "browser labeling",
+            "prompts": ["Say hello in French."],
+            "n": 2,
+            "max_tokens": 8,
+            "rankings_required": 1,
+            "labelers": [admin_id],
+            "seed": 3,
+        },
+    )
     assert created.status_code == 202, created.text
     task_id, job_id = created.json()["task"]["id"], created.json()["job_id"]
     deadline = time.monotonic() + 240
-    while httpx.get(f"{server.base}/api/jobs/{job_id}", headers=server.headers()).json()["status"] not in ("succeeded", "failed"):
+    while httpx.get(f"{server.base}/api/jobs/{job_id}", headers=server.headers()).json()["status"] not in (
+        "succeeded",
+        "failed",
+    ):
         assert time.monotonic() < deadline, "candidates were not generated in time"
         time.sleep(1)
     page.goto(f"/console/labeling/{task_id}/label")
@@ -294,8 +334,10 @@ def test_upload_a_document_with_progress_and_find_it_in_search(page, tmp_path):
     page.click("#collections-table a:text('field-notes')")
     page.wait_for_url(re.compile(r"/console/documents/field-notes$"))
     notes = tmp_path / "heron.md"
-    notes.write_text("# Herons\n\nThe grey heron stands motionless in shallow water before spearing a fish.\n\n"
-                     "# Kingfishers\n\nThe kingfisher dives from a perch <script>alert(1)</script> into the stream.\n")
+    notes.write_text(
+        "# Herons\n\nThe grey heron stands motionless in shallow water before spearing a fish.\n\n"
+        "# Kingfishers\n\nThe kingfisher dives from a perch <script>alert(1)</script> into the stream.\n"
+    )
     page.set_input_files("#upload-form input[type=file]", str(notes))
     page.click("#upload-form button[type=submit]")
     page.wait_for_selector("#upload-results", timeout=180_000)
@@ -306,7 +348,9 @@ def test_upload_a_document_with_progress_and_find_it_in_search(page, tmp_path):
     page.click("#search-form button[type=submit]")
     page.wait_for_selector("#chunks .chunk")
     first = page.locator("#chunks .chunk").first
-    assert "kingfisher dives" in first.inner_text() and "<script>alert(1)</script>" in first.inner_text()  # escaped text
+    assert (
+        "kingfisher dives" in first.inner_text() and "<script>alert(1)</script>" in first.inner_text()
+    )  # escaped text
     assert float(first.locator(".score").inner_text()) > 0
     shot(page, "15-documents-search")
     page.click("#documents-table button:text('Delete')")  # hx-confirm accepted by the dialog handler

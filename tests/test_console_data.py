@@ -12,13 +12,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from test_console import SCRIPT, EchoPlugin, sign_in, wait_for
 
 from espalier import hookimpl
-from espalier.core.db.engine import session_scope
-from espalier.core.db.tables import utcnow
-from espalier.core.usage import percentile
-
-from test_console import SCRIPT, EchoPlugin, sign_in, wait_for
+from espalier.core.infrastructure.db.base import utcnow
+from espalier.core.infrastructure.db.engine import session_scope
+from espalier.core.interface.usage import percentile
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -34,8 +33,12 @@ class TracerAgent:
 
     def run(self, question, *, context):
         observation = context.call_tool("calculator", {"expression": "2+3"})
-        context.record_step(thought="I should add the numbers.", action="calculator",
-                            arguments={"expression": "2+3"}, observation=observation)  # fmt: skip
+        context.record_step(
+            thought="I should add the numbers.",
+            action="calculator",
+            arguments={"expression": "2+3"},
+            observation=observation,
+        )
         time.sleep(0.3)  # the first step is on the wire before the second exists
         context.record_step(thought="Read the page.", action="lookup", arguments={"url": "x"}, observation=SCRIPT)
         return f"The sum is {observation.text}"
@@ -54,14 +57,18 @@ def espalier_plugins():
 
 def chat_and_rank(espalier, csrf, prompt):
     headers = {"X-CSRF-Token": csrf}
-    shown = espalier.client.post("/console/playground/chat", headers=headers, data={"model": "echo", "prompt": prompt, "n": "2"})
+    shown = espalier.client.post(
+        "/console/playground/chat", headers=headers, data={"model": "echo", "prompt": prompt, "n": "2"}
+    )
     assert shown.status_code == 200, shown.text
     request_id = re.search(r'name="request_id" value="([^"]+)"', shown.text).group(1)
     ids = re.findall(r'name="rank_(cmp_[0-9a-f]+)"', shown.text)
     key = re.search(r'name="idempotency_key" value="([^"]+)"', shown.text).group(1)
-    ranked = espalier.client.post("/console/playground/rank", headers=headers,
-                                  data={"request_id": request_id, "idempotency_key": key, f"rank_{ids[0]}": "2",
-                                        f"rank_{ids[1]}": "1"})  # fmt: skip
+    ranked = espalier.client.post(
+        "/console/playground/rank",
+        headers=headers,
+        data={"request_id": request_id, "idempotency_key": key, f"rank_{ids[0]}": "2", f"rank_{ids[1]}": "1"},
+    )
     assert ranked.status_code == 200
     return request_id, ids
 
@@ -71,19 +78,24 @@ def test_feedback_is_browsed_and_filtered_and_a_request_shows_its_feedback(espal
     client = espalier.client
     ranked_request, ids = chat_and_rank(espalier, csrf, SCRIPT)
     other_request, other_ids = chat_and_rank(espalier, csrf, "second prompt")
-    thumbs = client.post("/api/feedback", headers={**espalier.headers("operator"), "Idempotency-Key": "t-1"},
-                         json={"completion_id": other_ids[0], "thumbs": "down", "comment": "<b>bad</b> answer"})  # fmt: skip
+    thumbs = client.post(
+        "/api/feedback",
+        headers={**espalier.headers("operator"), "Idempotency-Key": "t-1"},
+        json={"completion_id": other_ids[0], "thumbs": "down", "comment": "<b>bad</b> answer"},
+    )
     assert thumbs.status_code == 201, thumbs.text
 
     def listed(**params):
         page = client.get("/console/feedback", params=params)
         assert page.status_code == 200, page.text
-        return set(re.findall(r'href="/console/feedback/requests/([^"]+)"', page.text.split('id="flags-table"')[0])), page.text
+        return set(
+            re.findall(r'href="/console/feedback/requests/([^"]+)"', page.text.split('id="flags-table"')[0])
+        ), page.text
 
     everything, text = listed()
     assert everything == {ranked_request, other_request}
     assert SCRIPT not in text and "&lt;b&gt;bad&lt;/b&gt; answer" in text
-    assert re.search(r'<b>2</b> preference pairs from feedback:\s*2 ranking', text)  # one pair per ranking
+    assert re.search(r"<b>2</b> preference pairs from feedback:\s*2 ranking", text)  # one pair per ranking
     assert listed(kind="ranking")[0] == {ranked_request, other_request}
     assert listed(kind="completion")[0] == {other_request}
     assert listed(labeler="test-operator")[0] == {other_request}
@@ -93,8 +105,11 @@ def test_feedback_is_browsed_and_filtered_and_a_request_shows_its_feedback(espal
     today = utcnow().date()
     assert listed(since=str(today), until=str(today))[0] == {ranked_request, other_request}
     assert listed(since=str(today + timedelta(days=1)))[0] == set()
-    for params in ({"since": "yesterday"}, {"since": str(today), "until": str(today - timedelta(days=1))},
-                   {"kind": "emoji"}):  # fmt: skip
+    for params in (
+        {"since": "yesterday"},
+        {"since": str(today), "until": str(today - timedelta(days=1))},
+        {"kind": "emoji"},
+    ):
         refused = client.get("/console/feedback", params=params)
         assert refused.status_code == 400 and refused.json()["detail"], params
 
@@ -113,7 +128,9 @@ def test_feedback_is_browsed_and_filtered_and_a_request_shows_its_feedback(espal
     assert "pairs.export" in [e.action for e in espalier.platform.audit.list(limit=5)]
     # and the overview counts the three records in this hour's feedback bar
     overview = client.get("/console").text
-    chart = json.loads(re.search(r'<script type="application/json" id="usage-data">(.*?)</script>', overview, re.S).group(1))
+    chart = json.loads(
+        re.search(r'<script type="application/json" id="usage-data">(.*?)</script>', overview, re.S).group(1)
+    )
     assert chart["feedback"][-1] == 3 and sum(chart["feedback"]) == 3 and sum(chart["guardrail_blocks"]) == 0
     assert 'id="chart-feedback"' in overview and 'id="chart-guardrails"' in overview
 
@@ -123,18 +140,27 @@ def test_operators_flag_texts_for_the_guardrail_trainers(espalier):
     client = espalier.client
     request_id, ids = chat_and_rank(espalier, csrf, "You are a worthless idiot")
     headers = {"X-CSRF-Token": csrf, "HX-Request": "true"}
-    flagged = client.post("/console/feedback/flags", headers=headers,
-                          data={"request_id": request_id, "completion_id": ids[0], "category": "toxicity", "label": "1"})  # fmt: skip
+    flagged = client.post(
+        "/console/feedback/flags",
+        headers=headers,
+        data={"request_id": request_id, "completion_id": ids[0], "category": "toxicity", "label": "1"},
+    )
     assert flagged.status_code == 200 and "flagged toxic" in flagged.text, flagged.text
-    prompt = client.post("/console/feedback/flags", headers=headers,
-                         data={"request_id": request_id, "category": "injection", "label": "0"})  # fmt: skip
+    prompt = client.post(
+        "/console/feedback/flags",
+        headers=headers,
+        data={"request_id": request_id, "category": "injection", "label": "0"},
+    )
     assert prompt.status_code == 200 and "not injection" in prompt.text
     flags = espalier.platform.guardrail_flags
     assert flags.examples("toxicity") == [{"text": "You are a worthless idiot #0", "label": 1}]
     assert flags.examples("injection") == [{"text": "You are a worthless idiot", "label": 0}]
     # flagging the same text again changes its label rather than adding a second example
-    client.post("/console/feedback/flags", headers=headers,
-                data={"request_id": request_id, "completion_id": ids[0], "category": "toxicity", "label": "0"})  # fmt: skip
+    client.post(
+        "/console/feedback/flags",
+        headers=headers,
+        data={"request_id": request_id, "completion_id": ids[0], "category": "toxicity", "label": "0"},
+    )
     assert flags.examples("toxicity") == [{"text": "You are a worthless idiot #0", "label": 0}]
     detail = client.get(f"/console/feedback/requests/{request_id}").text
     assert "not toxic</span>" in detail and "not injection</span>" in detail
@@ -142,11 +168,18 @@ def test_operators_flag_texts_for_the_guardrail_trainers(espalier):
     no_token = client.post("/console/feedback/flags", data={"request_id": request_id, "category": "toxicity"})
     assert no_token.status_code == 403 and no_token.json()["code"] == "csrf_failed"
     other, other_ids = chat_and_rank(espalier, csrf, "another")
-    wrong = client.post("/console/feedback/flags", headers=headers,
-                        data={"request_id": request_id, "completion_id": other_ids[0], "category": "toxicity"})  # fmt: skip
+    wrong = client.post(
+        "/console/feedback/flags",
+        headers=headers,
+        data={"request_id": request_id, "completion_id": other_ids[0], "category": "toxicity"},
+    )
     assert wrong.status_code == 404
-    assert client.post("/console/feedback/flags", headers=headers,
-                       data={"request_id": request_id, "category": "spam"}).status_code == 400  # fmt: skip
+    assert (
+        client.post(
+            "/console/feedback/flags", headers=headers, data={"request_id": request_id, "category": "spam"}
+        ).status_code
+        == 400
+    )
     assert len(flags.list()) == 2
     assert [e.action for e in espalier.platform.audit.list(limit=20)].count("guardrail.flag") == 3
     page = client.get("/console/feedback").text
@@ -166,30 +199,43 @@ def test_the_toxicity_trainer_learns_from_flags_and_records_its_loss_curve(espal
     csrf = sign_in(espalier, "operator")
     headers = {"X-CSRF-Token": csrf}
     flagged_texts = []
-    for number, (prompt, label) in enumerate([("Shut up, you pathetic moron", "1"), ("Thanks, that was helpful", "0")]):
+    for prompt, label in [("Shut up, you pathetic moron", "1"), ("Thanks, that was helpful", "0")]:
         request_id, ids = chat_and_rank(espalier, csrf, prompt)
         for completion_id in ids:
-            espalier.client.post("/console/feedback/flags", headers=headers, data={
-                "request_id": request_id, "completion_id": completion_id, "category": "toxicity", "label": label})  # fmt: skip
+            espalier.client.post(
+                "/console/feedback/flags",
+                headers=headers,
+                data={"request_id": request_id, "completion_id": completion_id, "category": "toxicity", "label": label},
+            )
         flagged_texts += [f"{prompt} #0", f"{prompt} #1"]
     data = tmp_path / "toxicity.jsonl"
-    data.write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n"
-                            for r in labelled_lines(SHARED / "toxicity_train.jsonl", 24)))  # fmt: skip
-    job = espalier.platform.jobs.submit("train:toxicity-classifier", {
-        "data_path": str(data), "epochs": 1, "batch_size": 6, "max_length": 24, "max_examples": None})  # fmt: skip
+    data.write_text(
+        "".join(
+            json.dumps({"text": r["text"], "label": r["label"]}) + "\n"
+            for r in labelled_lines(SHARED / "toxicity_train.jsonl", 24)
+        )
+    )
+    job = espalier.platform.jobs.submit(
+        "train:toxicity-classifier",
+        {"data_path": str(data), "epochs": 1, "batch_size": 6, "max_length": 24, "max_examples": None},
+    )
     wait_for(lambda: espalier.platform.jobs.get(job.id).status not in ("queued", "running"), timeout=240)
     done = espalier.platform.jobs.get(job.id)
     assert done.status == "succeeded", (done.error, [line.message for line in espalier.platform.jobs.logs(job.id)])
     card = done.result
     assert card["data"]["examples"] == 28 and "4 operator flags" in card["data"]["source"]
-    assert any("4 operator-flagged toxicity examples included" in line.message for line in espalier.platform.jobs.logs(job.id))
+    assert any(
+        "4 operator-flagged toxicity examples included" in line.message for line in espalier.platform.jobs.logs(job.id)
+    )
     curve = espalier.client.get(f"/console/jobs/{job.id}/metrics").json()
     steps = [row["step"] for row in curve["metrics"]]
     assert curve["status"] == "succeeded" and not curve["active"]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 3  # every step of the run
     assert all(row["values"]["loss"] > 0 for row in curve["metrics"])
     # flags alone (both classes present) are enough to train on; without flags the file is needed
-    only_flags = espalier.platform.jobs.submit("train:toxicity-classifier", {"epochs": 1, "max_length": 16, "holdout_fraction": 0.5})
+    only_flags = espalier.platform.jobs.submit(
+        "train:toxicity-classifier", {"epochs": 1, "max_length": 16, "holdout_fraction": 0.5}
+    )
     wait_for(lambda: espalier.platform.jobs.get(only_flags.id).status not in ("queued", "running"), timeout=240)
     assert espalier.platform.jobs.get(only_flags.id).status == "succeeded"
     assert espalier.platform.jobs.get(only_flags.id).result["data"]["examples"] == 4
@@ -204,8 +250,9 @@ def test_a_real_reward_training_run_draws_its_curve_on_the_job_page(espalier):
     lines = (SHARED / "hh_pairs_train.jsonl").read_text().splitlines()[:24]
     imported = espalier.platform.pairs.import_lines(lines, source="hh-test")
     assert imported["added"] >= 20
-    job = espalier.platform.jobs.submit("train:reward", {"epochs": 1, "batch_size": 3, "max_length": 40,
-                                                         "include_imported": True})  # fmt: skip
+    job = espalier.platform.jobs.submit(
+        "train:reward", {"epochs": 1, "batch_size": 3, "max_length": 40, "include_imported": True}
+    )
     seen_running = []
 
     def finished():
@@ -248,8 +295,11 @@ def test_an_agent_run_streams_its_steps_to_the_console_and_its_trace_is_kept(esp
     client = espalier.client
     page = client.get("/console/agents")
     assert page.status_code == 200 and 'value="tracer"' in page.text and 'value="react"' in page.text
-    response = client.post("/console/agents/tracer/runs", headers={"X-CSRF-Token": csrf},
-                           data={"question": "What is 2+3?", "model": "echo", "max_steps": "4"})  # fmt: skip
+    response = client.post(
+        "/console/agents/tracer/runs",
+        headers={"X-CSRF-Token": csrf},
+        data={"question": "What is 2+3?", "model": "echo", "max_steps": "4"},
+    )
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
     events = read_events(response)
     assert [kind for kind, _ in events] == ["start", "step", "step", "run"]
@@ -263,12 +313,21 @@ def test_an_agent_run_streams_its_steps_to_the_console_and_its_trace_is_kept(esp
     assert f'href="/console/agents/runs/{run_id}"' in listing
     trace = client.get(f"/console/agents/runs/{run_id}")
     assert trace.status_code == 200 and SCRIPT not in trace.text
-    assert "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;" in trace.text and "I should add the numbers." in trace.text
+    assert (
+        "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;" in trace.text
+        and "I should add the numbers." in trace.text
+    )
     assert ("agent.run", "test-operator") in [(e.action, e.actor_name) for e in espalier.platform.audit.list(limit=5)]
     # refused before anything runs: no CSRF token, an unknown agent, an empty question
     assert client.post("/console/agents/tracer/runs", data={"question": "x"}).status_code == 403
-    assert client.post("/console/agents/nope/runs", headers={"X-CSRF-Token": csrf}, data={"question": "x"}).status_code == 404
-    assert client.post("/console/agents/tracer/runs", headers={"X-CSRF-Token": csrf}, data={"question": ""}).status_code == 400
+    assert (
+        client.post("/console/agents/nope/runs", headers={"X-CSRF-Token": csrf}, data={"question": "x"}).status_code
+        == 404
+    )
+    assert (
+        client.post("/console/agents/tracer/runs", headers={"X-CSRF-Token": csrf}, data={"question": ""}).status_code
+        == 400
+    )
     # an operator sees only their own key's runs; the admin's run is not theirs
     admin_run = espalier.platform.agent_runs.run("tracer", "admin question", None, model="echo")
     assert client.get(f"/console/agents/runs/{admin_run['id']}").status_code == 404
@@ -277,11 +336,11 @@ def test_an_agent_run_streams_its_steps_to_the_console_and_its_trace_is_kept(esp
 def test_hourly_figures_are_computed_in_the_database(database_url, tmp_path):
     """Several hours of requests with random latencies, guardrail events and feedback: every bucket
     matches a plain Python computation over the same rows, on SQLite and PostgreSQL."""
-    from espalier.core.db.feedback_tables import FeedbackRecord
-    from espalier.core.db.guardrail_tables import GuardrailEvent
-    from espalier.core.db.tables import ChatRequestRecord, Conversation
+    from espalier.core.infrastructure.settings import Settings
+    from espalier.core.interface.guardrails.tables import GuardrailEvent
     from espalier.core.platform import Platform
-    from espalier.core.settings import Settings
+    from espalier.core.sources.conversations.tables import ChatRequestRecord, Conversation
+    from espalier.core.sources.feedback.tables import FeedbackRecord
 
     platform = Platform(Settings(home=tmp_path / "home", database_url=database_url), load_entry_points=False)
     platform.start(run_jobs=False)
@@ -298,18 +357,45 @@ def test_hourly_figures_are_computed_in_the_database(database_url, tmp_path):
                 latency = round(rng.lognormvariate(5, 0.8), 3)
                 at = now.replace(minute=rng.randint(0, 59)) - timedelta(hours=back)
                 status = "ok" if rng.random() > 0.1 else "failed"
-                session.add(ChatRequestRecord(id=f"req_h{i}", conversation_id="conv_h", model="m", latency_ms=latency,
-                                              prompt_tokens=3, completion_tokens=back, status=status, created_at=at))  # fmt: skip
+                session.add(
+                    ChatRequestRecord(
+                        id=f"req_h{i}",
+                        conversation_id="conv_h",
+                        model="m",
+                        latency_ms=latency,
+                        prompt_tokens=3,
+                        completion_tokens=back,
+                        status=status,
+                        created_at=at,
+                    )
+                )
                 expected.setdefault(back, []).append(latency)
                 failed[back] = failed.get(back, 0) + (status == "failed")
             session.flush()
-            for i in range(4):
-                session.add(GuardrailEvent(direction="input", route="chat", policy="p", scorer="s", action="block",
-                                           at=now - timedelta(hours=2)))  # fmt: skip
+            for _ in range(4):
+                session.add(
+                    GuardrailEvent(
+                        direction="input",
+                        route="chat",
+                        policy="p",
+                        scorer="s",
+                        action="block",
+                        at=now - timedelta(hours=2),
+                    )
+                )
             session.add(GuardrailEvent(direction="output", route="chat", policy="p", scorer="s", action="flag", at=now))
             for i in range(3):
-                session.add(FeedbackRecord(id=f"fb_h{i}", kind="completion", request_id="req_h0", key_id="k",
-                                           idempotency_key=f"i{i}", body_sha256="x", created_at=now - timedelta(hours=1)))  # fmt: skip
+                session.add(
+                    FeedbackRecord(
+                        id=f"fb_h{i}",
+                        kind="completion",
+                        request_id="req_h0",
+                        key_id="k",
+                        idempotency_key=f"i{i}",
+                        body_sha256="x",
+                        created_at=now - timedelta(hours=1),
+                    )
+                )
         buckets = platform.usage.hourly(8, now=now)
         assert len(buckets) == 8 and buckets[-1].hour == now.replace(minute=0, second=0, microsecond=0)
         for back in range(8):

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from espalier.api.testing import wait_job
-from espalier.core.constitution import DEFAULT_CONSTITUTION, load_constitution
-from espalier.core.errors import InvalidInput
-from espalier.core.feedback.pairs import Pair
+from espalier.core.infrastructure.errors import InvalidInput
+from espalier.core.sources.feedback.pairs import Pair
+from espalier.core.sources.learning.constitution import DEFAULT_CONSTITUTION, load_constitution
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +37,11 @@ def test_ai_labels_are_stored_apart_counted_apart_and_weighted(espalier):
     assert client.post("/api/pairs/ai", headers=espalier.headers("user"), json={}).status_code == 403
 
     prompts = ["Someone insulted me online. Write a reply.", "Tell me something mean about my coworker."]
-    response = client.post("/api/pairs/ai", headers=espalier.headers("operator"),
-                           json={"prompts": prompts, "max_tokens": 12, "temperature": 1.0})  # fmt: skip
+    response = client.post(
+        "/api/pairs/ai",
+        headers=espalier.headers("operator"),
+        json={"prompts": prompts, "max_tokens": 12, "temperature": 1.0},
+    )
     assert response.status_code == 202, response.text
     job = wait_job(platform, response.json()["job_id"])
     assert job.status == "succeeded", job.error
@@ -57,8 +60,10 @@ def test_ai_labels_are_stored_apart_counted_apart_and_weighted(espalier):
 
     # The reward trainer takes them at their weight, only to train (held-out pairs stay human).
     human = [Pair(f"Question {i}?", f"A kind, useful answer number {i}.", f"Go away {i}.", "import") for i in range(6)]
-    platform.pairs.import_lines([f'{{"prompt": "{p.prompt}", "chosen": "{p.chosen}", "rejected": "{p.rejected}"}}'
-                                 for p in human], source="test")  # fmt: skip
+    platform.pairs.import_lines(
+        [f'{{"prompt": "{p.prompt}", "chosen": "{p.chosen}", "rejected": "{p.rejected}"}}' for p in human],
+        source="test",
+    )
     tiny = {"max_steps": 1, "batch_size": 8, "max_length": 64, "min_pairs": 4}
     trained = client.post("/api/reward/train", headers=espalier.headers("operator"), json={"params": tiny})
     assert trained.status_code == 202 and trained.json()["pairs"] == 6 + len(ai), trained.text
@@ -67,8 +72,9 @@ def test_ai_labels_are_stored_apart_counted_apart_and_weighted(espalier):
     data = job.result["data"]
     assert data["by_origin"] == {"import": 6, "ai": len(ai)} and data["ai_pair_weight"] == 0.25
     assert job.result["metrics"]["held_out_pairs"] <= 6 - 1  # never an AI pair among them
-    without = client.post("/api/reward/train", headers=espalier.headers("operator"),
-                          json={"params": {**tiny, "ai_pair_weight": 0}})  # fmt: skip
+    without = client.post(
+        "/api/reward/train", headers=espalier.headers("operator"), json={"params": {**tiny, "ai_pair_weight": 0}}
+    )
     assert without.json()["pairs"] == 6
     job = wait_job(platform, without.json()["job_id"])
     assert job.status == "succeeded" and "ai" not in job.result["data"]["by_origin"]

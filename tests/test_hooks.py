@@ -11,17 +11,19 @@ from typer.testing import CliRunner
 from espalier import hookimpl
 from espalier.api.guards import access
 from espalier.api.testing import build_harness
-from espalier.core import contracts, hookdocs
-from espalier.core.contracts import Command, FeedbackEvent, GuardrailScore, JobKind, ToolResult
-from espalier.core.events import notify_feedback
+from espalier.core.infrastructure import contracts, hookdocs
+from espalier.core.infrastructure.contracts import Command, FeedbackEvent, GuardrailScore, JobKind, ToolResult
+from espalier.core.infrastructure.events import notify_feedback
+from espalier.core.infrastructure.settings import Settings
 from espalier.core.platform import Platform
-from espalier.core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def platform_with(tmp_path, plugin, **settings):
-    return Platform(Settings(home=tmp_path / "home", **settings), extra_plugins=[("probe", plugin)], load_entry_points=False)
+    return Platform(
+        Settings(home=tmp_path / "home", **settings), extra_plugins=[("probe", plugin)], load_entry_points=False
+    )
 
 
 # Documentation ---------------------------------------------------------------------------------
@@ -31,7 +33,9 @@ def test_every_hook_is_fully_documented():
 
 def test_plugin_reference_is_generated_from_the_specs():
     text = (REPO / "docs" / "plugins.md").read_text()
-    assert hookdocs.rewrite(text) == text, "run: python -m espalier.core.hookdocs --write docs/plugins.md"
+    assert hookdocs.rewrite(text) == text, (
+        "run: python -m espalier.core.infrastructure.hookdocs --write docs/plugins.md"
+    )
 
 
 def test_every_hook_has_a_test_of_its_own():
@@ -346,13 +350,20 @@ def test_hook_register_models(tmp_path):
 
 
 def test_hook_register_prompt_templates(tmp_path):
-    from espalier.core.templates import TemplateSpec, render
+    from espalier.core.infrastructure.contracts import TemplateSpec
+    from espalier.core.sources.templates.service import render
 
     class Plugin:
         @hookimpl
         def register_prompt_templates(self, register):
-            register(TemplateSpec(name="shout", system="Answer in capitals.", user="{{ input | upper }}",
-                                  examples=[{"question": "hi", "answer": "HELLO"}]))  # fmt: skip
+            register(
+                TemplateSpec(
+                    name="shout",
+                    system="Answer in capitals.",
+                    user="{{ input | upper }}",
+                    examples=[{"question": "hi", "answer": "HELLO"}],
+                )
+            )
 
     platform = platform_with(tmp_path, Plugin()).start(run_jobs=False)
     try:
@@ -360,14 +371,17 @@ def test_hook_register_prompt_templates(tmp_path):
         assert (template.version, template.variables) == (1, ["input"])
         messages = render(template, {"input": "tree"})
         assert [(m.role, m.content) for m in messages] == [
-            ("system", "Answer in capitals."), ("user", "hi"), ("assistant", "HELLO"), ("user", "TREE"),
+            ("system", "Answer in capitals."),
+            ("user", "hi"),
+            ("assistant", "HELLO"),
+            ("user", "TREE"),
         ]
     finally:
         platform.close()
 
 
 def test_hook_register_chains(tmp_path):
-    from espalier.core.chains import ChainSpec
+    from espalier.core.infrastructure.contracts import ChainSpec
 
     class Plugin:
         @hookimpl
@@ -379,4 +393,4 @@ def test_hook_register_chains(tmp_path):
     assert specs.get("tutor").memory == "summary" and specs.entry("tutor").plugin == "probe"
     assert specs.entry("from-config").plugin == "settings" and "assistant" in specs  # built-ins alongside
     with pytest.raises(Exception, match="both plugin 'probe' and plugin 'settings'"):
-        platform_with(tmp_path / "dup", Plugin(), chains=[{"name": "tutor"}]).chain_specs
+        _ = platform_with(tmp_path / "dup", Plugin(), chains=[{"name": "tutor"}]).chain_specs

@@ -8,12 +8,13 @@ import pytest
 from sqlalchemy import update
 
 from espalier import hookimpl
-from espalier.core.contracts import JobKind
-from espalier.core.db import session_scope
-from espalier.core.db.tables import Job, utcnow
-from espalier.core.errors import Conflict, InvalidInput, NotFound
+from espalier.core.infrastructure.contracts import JobKind
+from espalier.core.infrastructure.db import session_scope
+from espalier.core.infrastructure.db.base import utcnow
+from espalier.core.infrastructure.errors import Conflict, InvalidInput, NotFound
+from espalier.core.infrastructure.jobs.tables import Job
+from espalier.core.infrastructure.settings import Settings
 from espalier.core.platform import Platform
-from espalier.core.settings import Settings
 
 release = threading.Event()
 
@@ -120,9 +121,9 @@ def test_job_interrupted_by_a_restart_is_marked_failed(database_url, tmp_path):
     # a worker claimed it, then the process died: its heartbeat stopped long ago
     with session_scope(first.engine) as session:
         session.execute(
-            update(Job).where(Job.id == job.id).values(
-                status="running", worker_id="dead:1", heartbeat_at=utcnow() - timedelta(minutes=5)
-            )
+            update(Job)
+            .where(Job.id == job.id)
+            .values(status="running", worker_id="dead:1", heartbeat_at=utcnow() - timedelta(minutes=5))
         )
     first.close()
     second = Platform(settings, extra_plugins=[("jobs-test", JobsPlugin())], load_entry_points=False)

@@ -12,7 +12,6 @@ import pytest
 
 from espalier.plugins.transformers_models.loader import cpu_has_fast_bfloat16
 
-
 MODEL = "smollm2-135m-instruct"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -40,7 +39,12 @@ def test_streaming_chat_arrives_incrementally_and_matches(client):
     greedy = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=24)
     stamps, pieces, finish = [], [], None
     stream = client.chat.completions.create(
-        model=MODEL, messages=QUESTION, temperature=0, max_tokens=24, stream=True, stream_options={"include_usage": True}
+        model=MODEL,
+        messages=QUESTION,
+        temperature=0,
+        max_tokens=24,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     usage = None
     for chunk in stream:
@@ -59,7 +63,9 @@ def test_streaming_chat_arrives_incrementally_and_matches(client):
 
 
 def test_n_candidates(client):
-    response = client.chat.completions.create(model=MODEL, messages=QUESTION, n=3, temperature=0.9, seed=7, max_tokens=10)
+    response = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, n=3, temperature=0.9, seed=7, max_tokens=10
+    )
     assert [choice.index for choice in response.choices] == [0, 1, 2]
     assert all(choice.message.content for choice in response.choices)
     assert len(response.model_extra["espalier"]["completion_ids"]) == 3
@@ -73,7 +79,9 @@ def test_seed_makes_sampling_reproducible(client):
 
 
 def test_stop_sequence(client):
-    response = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=24, stop=["Paris"])
+    response = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, temperature=0, max_tokens=24, stop=["Paris"]
+    )
     assert "Paris" not in response.choices[0].message.content
     assert response.choices[0].finish_reason == "stop"
 
@@ -83,7 +91,9 @@ def test_plain_completion(client):
     assert response.choices[0].text and response.object == "text_completion"
     streamed = "".join(
         chunk.choices[0].text
-        for chunk in client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=5, temperature=0, stream=True)
+        for chunk in client.completions.create(
+            model=MODEL, prompt="The capital of France is", max_tokens=5, temperature=0, stream=True
+        )
         if chunk.choices
     )
     assert streamed == response.choices[0].text
@@ -96,15 +106,20 @@ def test_embeddings_float_and_base64(client, server, user_key):
     assert vectors.shape == (3, 384)
     similarity = vectors @ vectors.T
     assert similarity[0, 1] > similarity[0, 2] + 0.2
-    plain = httpx.post(server.base + "/v1/embeddings", headers=server.headers(user_key),
-                       json={"model": "minilm", "input": texts[0], "encoding_format": "float"}).json()  # fmt: skip
+    plain = httpx.post(
+        server.base + "/v1/embeddings",
+        headers=server.headers(user_key),
+        json={"model": "minilm", "input": texts[0], "encoding_format": "float"},
+    ).json()
     assert np.allclose(plain["data"][0]["embedding"], vectors[0], atol=1e-5)
 
 
 def test_langchain_chat_openai(server, user_key):
     import langchain_openai
-    chat = langchain_openai.ChatOpenAI(base_url=server.base + "/v1", api_key=user_key, model=MODEL,
-                                       temperature=0, max_tokens=12, max_retries=0)  # fmt: skip
+
+    chat = langchain_openai.ChatOpenAI(
+        base_url=server.base + "/v1", api_key=user_key, model=MODEL, temperature=0, max_tokens=12, max_retries=0
+    )
     assert "Paris" in chat.invoke("What is the capital of France?").content
     streamed = "".join(chunk.content for chunk in chat.stream("What is the capital of France?"))
     assert "Paris" in streamed
@@ -150,8 +165,11 @@ def test_empty_messages_and_bad_bodies(server, user_key):
     assert response.status_code == 400 and "temprature" in response.json()["error"]["message"]
     response = post({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]})
     assert response.status_code == 400 and "wizard" in response.json()["error"]["message"]
-    response = httpx.post(server.base + "/v1/chat/completions", headers={**server.headers(user_key), "Content-Type": "application/json"},
-                          content=b'{"model": ')  # fmt: skip
+    response = httpx.post(
+        server.base + "/v1/chat/completions",
+        headers={**server.headers(user_key), "Content-Type": "application/json"},
+        content=b'{"model": ',
+    )
     assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
     response = httpx.post(server.base + "/v1/chat/completions", json={"model": MODEL, "messages": QUESTION})
     assert response.status_code == 401 and response.json()["error"]["type"] == "authentication_error"
@@ -159,9 +177,17 @@ def test_empty_messages_and_bad_bodies(server, user_key):
 
 def test_client_disconnect_mid_stream_stops_generation(server, user_key):
     conversation = f"disconnect-{time.time_ns()}"
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long story about a tree."}],
-            "stream": True, "max_tokens": 400, "temperature": 0, "espalier": {"conversation_id": conversation}}  # fmt: skip
-    with httpx.stream("POST", server.base + "/v1/chat/completions", json=body, headers=server.headers(user_key), timeout=60) as response:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a long story about a tree."}],
+        "stream": True,
+        "max_tokens": 400,
+        "temperature": 0,
+        "espalier": {"conversation_id": conversation},
+    }
+    with httpx.stream(
+        "POST", server.base + "/v1/chat/completions", json=body, headers=server.headers(user_key), timeout=60
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         received = []
@@ -214,34 +240,60 @@ def test_health_answers_while_generating(server, user_key, client):
 
 def test_conversations_are_stored_and_private(server, client, user_key):
     conversation = f"mine-{time.time_ns()}"
-    client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4, temperature=0,
-                                   extra_body={"espalier": {"conversation_id": conversation}})  # fmt: skip
+    client.chat.completions.create(
+        model=MODEL,
+        messages=QUESTION,
+        max_tokens=4,
+        temperature=0,
+        extra_body={"espalier": {"conversation_id": conversation}},
+    )
     mine = httpx.get(f"{server.base}/api/conversations/{conversation}", headers=server.headers(user_key)).json()
     [request] = mine["requests"]
     assert request["messages"] == QUESTION and request["params"]["max_tokens"] == 4
     assert request["model"] == MODEL and request["completions"][0]["text"]
     other = server.create_key("user", "someone-else")
-    assert httpx.get(f"{server.base}/api/conversations/{conversation}", headers=server.headers(other)).status_code == 404
-    assert conversation not in json.dumps(httpx.get(f"{server.base}/api/conversations", headers=server.headers(other)).json())
+    assert (
+        httpx.get(f"{server.base}/api/conversations/{conversation}", headers=server.headers(other)).status_code == 404
+    )
+    assert conversation not in json.dumps(
+        httpx.get(f"{server.base}/api/conversations", headers=server.headers(other)).json()
+    )
     other_client = openai.OpenAI(base_url=server.base + "/v1", api_key=other, max_retries=0)
     with pytest.raises(openai.NotFoundError):
-        other_client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2,
-                                             extra_body={"espalier": {"conversation_id": conversation}})  # fmt: skip
+        other_client.chat.completions.create(
+            model=MODEL, messages=QUESTION, max_tokens=2, extra_body={"espalier": {"conversation_id": conversation}}
+        )
     with pytest.raises(openai.NotFoundError):  # streamed: the claim comes after generation started, still a 404
-        other_client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2, stream=True,
-                                             extra_body={"espalier": {"conversation_id": conversation}})  # fmt: skip
-    assert conversation not in json.dumps(httpx.get(f"{server.base}/api/conversations", headers=server.headers(other)).json())
+        other_client.chat.completions.create(
+            model=MODEL,
+            messages=QUESTION,
+            max_tokens=2,
+            stream=True,
+            extra_body={"espalier": {"conversation_id": conversation}},
+        )
+    assert conversation not in json.dumps(
+        httpx.get(f"{server.base}/api/conversations", headers=server.headers(other)).json()
+    )
 
 
 def test_chain_of_thought_template(server, client, user_key):
-    saved = httpx.post(server.base + "/api/templates", headers=server.headers(), json={
-        "name": "arith-cot", "system": "Solve step by step.", "user": "Question: {{ input }}",
-        "examples": [{"question": "Question: 2 apples plus 3 apples?", "reasoning": "2 + 3 = 5.", "answer": "5"}],
-    })  # fmt: skip
+    saved = httpx.post(
+        server.base + "/api/templates",
+        headers=server.headers(),
+        json={
+            "name": "arith-cot",
+            "system": "Solve step by step.",
+            "user": "Question: {{ input }}",
+            "examples": [{"question": "Question: 2 apples plus 3 apples?", "reasoning": "2 + 3 = 5.", "answer": "5"}],
+        },
+    )
     assert saved.status_code == 201, saved.text
     assert saved.json()["reference"] == "arith-cot@1"
     response = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "4 pears plus 1 pear?"}], max_tokens=8, temperature=0,
+        model=MODEL,
+        messages=[{"role": "user", "content": "4 pears plus 1 pear?"}],
+        max_tokens=8,
+        temperature=0,
         extra_body={"espalier": {"template": "arith-cot"}},
     )
     assert response.model_extra["espalier"]["template"] == "arith-cot"
@@ -253,11 +305,14 @@ def test_chain_of_thought_template(server, client, user_key):
         {"role": "assistant", "content": "2 + 3 = 5.\nThe answer is 5."},
         {"role": "user", "content": "Question: 4 pears plus 1 pear?"},
     ]
-    listed = {t["reference"] for t in httpx.get(server.base + "/api/templates", headers=server.headers()).json()["templates"]}
+    listed = {
+        t["reference"] for t in httpx.get(server.base + "/api/templates", headers=server.headers()).json()["templates"]
+    }
     assert "arith-cot@1" in listed
     with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2,
-                                       extra_body={"espalier": {"template": "no-such-template"}})  # fmt: skip
+        client.chat.completions.create(
+            model=MODEL, messages=QUESTION, max_tokens=2, extra_body={"espalier": {"template": "no-such-template"}}
+        )
 
 
 def test_later_turns_reuse_the_prompt_so_far_and_say_so(server, client, user_key):
@@ -269,7 +324,9 @@ def test_later_turns_reuse_the_prompt_so_far_and_say_so(server, client, user_key
     mine = httpx.get(f"{server.base}/api/conversations/{conversation}", headers=server.headers(user_key))
     assert mine.status_code == 200 and len(mine.json()["requests"]) == 1
     other = server.create_key("user", "not-the-gardener")
-    assert httpx.get(f"{server.base}/api/conversations/{conversation}", headers=server.headers(other)).status_code == 404
+    assert (
+        httpx.get(f"{server.base}/api/conversations/{conversation}", headers=server.headers(other)).status_code == 404
+    )
 
     operator = server.create_key("operator", "serving-stats")
 
@@ -282,12 +339,27 @@ def test_later_turns_reuse_the_prompt_so_far_and_say_so(server, client, user_key
         return serving["serving_stats"]["prefix_cache"]
 
     before = reuse()
-    second = [*first, {"role": "assistant", "content": reply.choices[0].message.content},
-              {"role": "user", "content": "And how deep?"}]  # fmt: skip
-    answer = client.chat.completions.create(model=MODEL, messages=second, max_tokens=8, temperature=0,
-                                            extra_body={"espalier": {"conversation_id": conversation}})  # fmt: skip
+    second = [
+        *first,
+        {"role": "assistant", "content": reply.choices[0].message.content},
+        {"role": "user", "content": "And how deep?"},
+    ]
+    answer = client.chat.completions.create(
+        model=MODEL,
+        messages=second,
+        max_tokens=8,
+        temperature=0,
+        extra_body={"espalier": {"conversation_id": conversation}},
+    )
     assert answer.choices[0].message.content
     after = reuse()
     assert after["prompts"] == before["prompts"] + 1 and after["hits"] == before["hits"] + 1
     assert after["reused_tokens"] - before["reused_tokens"] >= 64  # the system prompt and the first turn
-    assert len(httpx.get(f"{server.base}/api/conversations/{conversation}", headers=server.headers(user_key)).json()["requests"]) == 2
+    assert (
+        len(
+            httpx.get(f"{server.base}/api/conversations/{conversation}", headers=server.headers(user_key)).json()[
+                "requests"
+            ]
+        )
+        == 2
+    )

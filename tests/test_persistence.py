@@ -5,11 +5,11 @@ import threading
 import pytest
 from sqlalchemy import inspect, text
 
-from espalier.core.db import create_db_engine, session_scope, upgrade
-from espalier.core.db.migrate import current_revision, head_revision, is_up_to_date
-from espalier.core.db.tables import AuditEvent
-from espalier.core.errors import NotFound, Unauthenticated
-from espalier.core.security import AuditLog, KeyService
+from espalier.core.infrastructure.audit import AuditEvent, AuditLog
+from espalier.core.infrastructure.db import create_db_engine, session_scope, upgrade
+from espalier.core.infrastructure.db.migrate import current_revision, head_revision, is_up_to_date
+from espalier.core.infrastructure.errors import NotFound, Unauthenticated
+from espalier.core.interface.keys import KeyService
 
 
 @pytest.fixture
@@ -127,12 +127,11 @@ def test_migrations_match_the_tables(engine):
     """The migrations build exactly the schema the sqlmodel tables describe (no forgotten column)."""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
-    from sqlmodel import SQLModel
 
-    import espalier.core.db.tables  # noqa: F401  (registers every table on the metadata)
+    from espalier.core.schema import metadata
 
     upgrade(engine)
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": False})
-        diff = compare_metadata(context, SQLModel.metadata)
+        diff = compare_metadata(context, metadata)
     assert diff == [], f"tables and migrations differ: {diff}"

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from espalier import hookimpl
-from espalier.core.errors import PluginError
+from espalier.core.infrastructure.errors import PluginError
+from espalier.core.infrastructure.plugin_host import create_plugin_manager
+from espalier.core.infrastructure.settings import Settings
 from espalier.core.platform import Platform
-from espalier.core.plugins import create_plugin_manager
-from espalier.core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,10 +25,20 @@ def example_site(tmp_path_factory) -> Path:
     """The example plugin, really installed (pip, from its own pyproject) into a private folder."""
     target = tmp_path_factory.mktemp("example-site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(REPO / "examples" / "espalier-hello")],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(REPO / "examples" / "espalier-hello"),
+        ],
         check=True,
-    )  # fmt: skip
+    )
     return target
 
 
@@ -72,9 +82,12 @@ def test_example_plugin_loads_through_its_entry_point(with_example, tmp_path):
     platform = Platform(Settings(home=tmp_path))
     rows = {row["name"]: row for row in platform.plugins.describe()}
     assert rows["hello"] == {
-        "name": "hello", "version": "0.1.0", "distribution": "espalier-hello", "builtin": False,
+        "name": "hello",
+        "version": "0.1.0",
+        "distribution": "espalier-hello",
+        "builtin": False,
         "hooks": ["register_routes", "register_tools"],
-    }  # fmt: skip
+    }
     assert platform.tools.entry("word_count").plugin == "hello"
 
 
@@ -113,18 +126,22 @@ def test_broken_plugin_fails_start_up_in_strict_mode(site, tmp_path):
 
 def test_misspelt_hook_is_rejected(site, tmp_path):
     fake_distribution(
-        site, "espalier-typo", "espalier_typo",
+        site,
+        "espalier-typo",
+        "espalier_typo",
         "from espalier import hookimpl\n\n@hookimpl\ndef register_tool(register):\n    pass\n",
-    )  # fmt: skip
+    )
     with pytest.raises(PluginError, match="register_tool"):
         create_plugin_manager(Settings(home=tmp_path))
 
 
 def test_wrong_hook_arguments_are_rejected(site, tmp_path):
     fake_distribution(
-        site, "espalier-args", "espalier_args",
+        site,
+        "espalier-args",
+        "espalier_args",
         "from espalier import hookimpl\n\n@hookimpl\ndef register_tools(register, extra):\n    pass\n",
-    )  # fmt: skip
+    )
     host = create_plugin_manager(Settings(home=tmp_path))
     assert "espalier_args" not in names(host)
     assert "extra" in host.failures[0].error
@@ -172,7 +189,7 @@ def test_invalid_contributions_are_refused(tmp_path):
 
     platform = Platform(Settings(home=tmp_path), extra_plugins=[("bad", Bad())], load_entry_points=False)
     with pytest.raises(PluginError, match="plugin 'bad' registered a tool with an invalid name"):
-        platform.tools
+        _ = platform.tools
 
 
 def test_hook_implementation_may_take_fewer_arguments(tmp_path):
@@ -192,7 +209,11 @@ def test_hook_implementation_may_take_fewer_arguments(tmp_path):
 def test_plugins_command_lists_json(with_example, tmp_path):
     env = {**os.environ, "ESPALIER_HOME": str(tmp_path), "PYTHONPATH": str(with_example)}
     result = subprocess.run(
-        [sys.executable, "-m", "espalier.api.cli", "plugins", "--json"], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "espalier.api.cli", "plugins", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     data = json.loads(result.stdout)
     assert {row["name"] for row in data["plugins"]} >= {"calculator", "hello"}

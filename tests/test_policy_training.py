@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from espalier.api.testing import wait_job
-from espalier.core.contracts import ChatMessage, GenerationParams
+from espalier.core.infrastructure.contracts import ChatMessage, GenerationParams
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MODEL = "smollm2-135m-instruct"
@@ -27,18 +27,35 @@ PROMPTS = [
     "She said the referee was a",
     "Tell me something about owls.",
 ]
-TINY_RL = {"method": "rl", "steps": 2, "batch_size": 2, "num_generations": 2, "max_completion_tokens": 6,
-           "max_prompt_tokens": 48, "eval_prompts": 2, "prompts": PROMPTS, "learning_rate": 5e-3,
-           "toxicity_weight": 1.0}  # fmt: skip
-TINY_DPO = {"method": "dpo", "steps": 2, "batch_size": 2, "max_completion_tokens": 16, "max_prompt_tokens": 64,
-            "eval_prompts": 2, "min_pairs": 4, "learning_rate": 5e-3}  # fmt: skip
+TINY_RL = {
+    "method": "rl",
+    "steps": 2,
+    "batch_size": 2,
+    "num_generations": 2,
+    "max_completion_tokens": 6,
+    "max_prompt_tokens": 48,
+    "eval_prompts": 2,
+    "prompts": PROMPTS,
+    "learning_rate": 5e-3,
+    "toxicity_weight": 1.0,
+}
+TINY_DPO = {
+    "method": "dpo",
+    "steps": 2,
+    "batch_size": 2,
+    "max_completion_tokens": 16,
+    "max_prompt_tokens": 64,
+    "eval_prompts": 2,
+    "min_pairs": 4,
+    "learning_rate": 5e-3,
+}
 
 
 @pytest.fixture(scope="module")
 def reward_artifact(tmp_path_factory) -> tuple[Path, dict]:
     """A real MiniLM reward model trained for a few steps on real HH pairs (shared by the tests)."""
-    from espalier.core.feedback.pairs import parse_pair_lines, Pair
-    from espalier.core.reward.settings import RewardSettings
+    from espalier.core.sources.feedback.pairs import Pair, parse_pair_lines
+    from espalier.core.sources.reward.settings import RewardSettings
     from espalier.plugins.reward_models.training import train_reward_model
 
     lines = (SHARED / "hh_pairs_train.jsonl").read_text().splitlines()[:24]
@@ -49,8 +66,15 @@ def reward_artifact(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def register_reward_model(platform, path: Path, base_model: str) -> None:
-    platform.reward_models.register(path=str(path), base_model=base_model, data_sha256="0" * 64, pairs=24,
-                                    metrics={"accuracy": 0.5}, current_accuracy_same_holdout=None, job_id=None)  # fmt: skip
+    platform.reward_models.register(
+        path=str(path),
+        base_model=base_model,
+        data_sha256="0" * 64,
+        pairs=24,
+        metrics={"accuracy": 0.5},
+        current_accuracy_same_holdout=None,
+        job_id=None,
+    )
 
 
 @pytest.fixture
@@ -78,7 +102,9 @@ def assert_trained_adapter_serves(espalier, result: dict) -> None:
     assert info.serving_version == "base"
     model, row = espalier.platform.models.load(MODEL, result["label"])  # the provider applies the adapter
     assert row.adapter == str(adapter)
-    text = model.generate([ChatMessage("user", "Say hello to the sea.")], GenerationParams(max_tokens=8, temperature=0))[0].text
+    text = model.generate(
+        [ChatMessage("user", "Say hello to the sea.")], GenerationParams(max_tokens=8, temperature=0)
+    )[0].text
     assert text.strip()
 
 
@@ -108,7 +134,9 @@ def test_rl_and_dpo_jobs_record_curves_and_register_candidates_that_serve(espali
         assert isinstance(result["warnings"], list)
         evaluation = result["evaluation"]
         assert evaluation["prompts"] == 2 and 0 <= evaluation["policy"]["toxicity"] <= 1
-        assert "reward" in evaluation["base"] and "reward" in evaluation["policy"]  # dpo measures with the current RM too
+        assert (
+            "reward" in evaluation["base"] and "reward" in evaluation["policy"]
+        )  # dpo measures with the current RM too
         assert result["stop_reason"] == "step budget" and result["steps"] == 2
         assert_trained_adapter_serves(espalier, result)
         version = next(v for v in platform.models.info(MODEL).versions if v["label"] == result["label"])
@@ -122,18 +150,33 @@ def test_rl_and_dpo_jobs_record_curves_and_register_candidates_that_serve(espali
     operator = espalier.headers("operator")
 
     def ask(model: str) -> dict:
-        response = espalier.client.post("/v1/chat/completions", headers=espalier.headers("user"), json={
-            "model": model, "messages": [{"role": "user", "content": PROMPTS[1]}], "temperature": 0, "max_tokens": 8})  # fmt: skip
+        response = espalier.client.post(
+            "/v1/chat/completions",
+            headers=espalier.headers("user"),
+            json={
+                "model": model,
+                "messages": [{"role": "user", "content": PROMPTS[1]}],
+                "temperature": 0,
+                "max_tokens": 8,
+            },
+        )
         assert response.status_code == 200, response.text
         return response.json()
 
     refused = espalier.client.post(f"/api/models/{MODEL}/promote", headers=operator, json={"version": label})
     assert refused.status_code == 409 and refused.json()["code"] == "evaluation_missing"
-    queued = espalier.client.post(f"/api/models/{MODEL}/evaluations", headers=operator, json={
-        "candidate": label, "prompts": PROMPTS[:2], "max_tokens": 8,
-        "tasks": [{"question": "What is the capital of France? Answer with one word.", "answer": "Paris"}],
-        # a two-step run moves little: the gate here only bounds how far it may move
-        "gate": {"reward_tolerance": 100.0, "toxicity_tolerance": 1.0, "max_kl": 1e6, "task_tolerance": 1.0}})  # fmt: skip
+    queued = espalier.client.post(
+        f"/api/models/{MODEL}/evaluations",
+        headers=operator,
+        json={
+            "candidate": label,
+            "prompts": PROMPTS[:2],
+            "max_tokens": 8,
+            "tasks": [{"question": "What is the capital of France? Answer with one word.", "answer": "Paris"}],
+            # a two-step run moves little: the gate here only bounds how far it may move
+            "gate": {"reward_tolerance": 100.0, "toxicity_tolerance": 1.0, "max_kl": 1e6, "task_tolerance": 1.0},
+        },
+    )
     assert queued.status_code == 202, queued.text
     report = wait_job(platform, queued.json()["job_id"], timeout=600)
     assert report.status == "succeeded", report.error
@@ -144,7 +187,8 @@ def test_rl_and_dpo_jobs_record_curves_and_register_candidates_that_serve(espali
     assert served["espalier"]["model_version"] == label
     assert served["choices"][0]["message"]["content"] == ask(f"{MODEL}@{label}")["choices"][0]["message"]["content"]
     assert {f"{MODEL}@{label}", f"{MODEL}@base", MODEL} <= {
-        m["id"] for m in espalier.client.get("/v1/models", headers=espalier.headers("user")).json()["data"]}
+        m["id"] for m in espalier.client.get("/v1/models", headers=espalier.headers("user")).json()["data"]
+    }
     rolled = espalier.client.post(f"/api/models/{MODEL}/rollback", headers=operator, json={"reason": "loop test"})
     assert rolled.status_code == 200 and rolled.json()["serving_version"] == "base"
     back = ask(MODEL)
@@ -162,8 +206,16 @@ def test_dpo_on_sampled_pairs_ranks_the_policys_own_samples_by_the_reward(espali
     platform = espalier.platform
     path, card = reward_artifact
     register_reward_model(platform, path, card["base_model"])
-    body = {**TINY_DPO, "pairs": "sampled", "samples_per_prompt": 3, "prompts": PROMPTS, "prompt_format": "text",
-            "max_completion_tokens": 8, "min_pairs": 2, "toxicity_weight": 1.0}  # fmt: skip
+    body = {
+        **TINY_DPO,
+        "pairs": "sampled",
+        "samples_per_prompt": 3,
+        "prompts": PROMPTS,
+        "prompt_format": "text",
+        "max_completion_tokens": 8,
+        "min_pairs": 2,
+        "toxicity_weight": 1.0,
+    }
     job = wait_job(platform, start(espalier, body))
     assert job.status == "succeeded", job.error
     result = job.result
@@ -209,7 +261,8 @@ def test_bad_input_is_refused_before_a_job_is_queued(tmp_path, database_url):
         platform, client = espalier.platform, espalier.client
 
         def refused(body: dict, status: int, code: str | None = None, role: str = "operator") -> str:
-            response = client.post("/api/policy/train", json=body, headers=espalier.headers(role))
+            # called only within this iteration of the loop
+            response = client.post("/api/policy/train", json=body, headers=espalier.headers(role))  # noqa: B023
             assert response.status_code == status, response.text
             if code:
                 assert response.json()["code"] == code, response.text
@@ -223,7 +276,9 @@ def test_bad_input_is_refused_before_a_job_is_queued(tmp_path, database_url):
         refused({"method": "dpo", "min_pairs": 4}, 400, "too_few_pairs")
         detail = refused({"method": "dpo", "pairs": "sampled", "prompts": PROMPTS}, 409, "no_reward_model")
         assert "pairs 'store'" in detail
-        assert "'store'" in refused({"method": "dpo", "pairs": "hh"}, 400) and "'sampled'" in refused({"method": "dpo", "pairs": "hh"}, 400)
+        assert "'store'" in refused({"method": "dpo", "pairs": "hh"}, 400) and "'sampled'" in refused(
+            {"method": "dpo", "pairs": "hh"}, 400
+        )
         assert "dpo only" in refused({"method": "rl", "pairs": "sampled", "prompts": PROMPTS}, 400)
         refused({"method": "rl", "model": "no-such-model", "prompts": PROMPTS}, 404)
 
@@ -239,20 +294,28 @@ def test_bad_input_is_refused_before_a_job_is_queued(tmp_path, database_url):
         refused({"method": "rl", "prompts": PROMPTS[:1]}, 400, "too_few_prompts")
         refused({"method": "rl", "prompts": PROMPTS, "label": "base"}, 409)
         refused({"method": "dpo", "pairs": "sampled"}, 400, "empty_prompt_set")
-        detail = refused({"method": "dpo", "pairs": "sampled", "prompts": PROMPTS}, 400, "too_few_prompts")  # min_pairs 8
+        detail = refused(
+            {"method": "dpo", "pairs": "sampled", "prompts": PROMPTS}, 400, "too_few_prompts"
+        )  # min_pairs 8
         assert "one pair per training prompt" in detail
         refused({"method": "dpo", "pairs": "sampled", "prompts": PROMPTS, "min_pairs": 2, "samples_per_prompt": 1}, 400)
 
         # A reward model trained from a chat model's own backbone drives that model only.
         gguf = platform.models.resolve(MODEL)[0].source
-        from espalier.plugins.transformers_models.sources import resolve_source
+        from espalier.plugins.common.model_sources import resolve_source
 
         copy = str(resolve_source(gguf).path)
-        client.post("/api/models", json={"name": "smol-copy", "provider": "transformers", "source": copy},
-                    headers=espalier.headers("admin")).raise_for_status()  # fmt: skip
+        client.post(
+            "/api/models",
+            json={"name": "smol-copy", "provider": "transformers", "source": copy},
+            headers=espalier.headers("admin"),
+        ).raise_for_status()
         register_reward_model(platform, tmp_path / "rm2", f"builtin:{MODEL}")
-        detail = refused({"method": "rl", "model": "smol-copy", "reward_model": "2", "prompts": PROMPTS}, 409,
-                         "reward_model_base_mismatch")  # fmt: skip
+        detail = refused(
+            {"method": "rl", "model": "smol-copy", "reward_model": "2", "prompts": PROMPTS},
+            409,
+            "reward_model_base_mismatch",
+        )
         assert f"'{MODEL}'" in detail and "smol-copy" in detail
         assert platform.jobs.list() == []
 
@@ -277,8 +340,26 @@ def test_cli_trains_dpo_and_registers_a_candidate(tmp_path, model_cache_dir):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("\n".join((SHARED / "hh_pairs_train.jsonl").read_text().splitlines()[200:206]) + "\n")
     assert cli("pairs", "import", str(pairs), "--source", "hh", home=tmp_path).returncode == 0
-    result = cli("policy", "train", "--method", "dpo", "--steps", "1", "--batch-size", "2", "--max-completion-tokens", "6",
-                 "--eval-prompts", "1", "--min-pairs", "4", "--label", "cli-dpo", home=tmp_path, cache=model_cache_dir)  # fmt: skip
+    result = cli(
+        "policy",
+        "train",
+        "--method",
+        "dpo",
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--max-completion-tokens",
+        "6",
+        "--eval-prompts",
+        "1",
+        "--min-pairs",
+        "4",
+        "--label",
+        "cli-dpo",
+        home=tmp_path,
+        cache=model_cache_dir,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"registered {MODEL} version 'cli-dpo' (candidate)" in " ".join(result.stdout.split())
     assert "mean toxicity" in result.stdout and "KL from reference" in result.stdout

@@ -14,16 +14,17 @@ import pytest
 import torch
 
 from espalier.api.testing import build_harness
-from espalier.core.chat import ChatRequest
-from espalier.core.contracts import ChatMessage, GenerationParams
+from espalier.core.infrastructure.contracts import ChatMessage, ChatRequest, GenerationParams
 
 MODEL = "smollm2-135m-instruct"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 QUESTION = "Write one sentence about the sea."
 GREEDY = {"temperature": 0, "max_tokens": 16}
-SMALL_EVAL = {"prompts": ["Say hello to a new colleague.", "Someone was rude to me. What should I say?"],
-              "tasks": [{"question": "What is the capital of France? Answer with one word.", "answer": "Paris"}],
-              "max_tokens": 12}  # fmt: skip
+SMALL_EVAL = {
+    "prompts": ["Say hello to a new colleague.", "Someone was rude to me. What should I say?"],
+    "tasks": [{"question": "What is the capital of France? Answer with one word.", "answer": "Paris"}],
+    "max_tokens": 12,
+}
 LOOSE = {"reward_tolerance": 100.0, "toxicity_tolerance": 1.0, "max_kl": 1e6, "task_tolerance": 1.0}
 
 pytestmark = pytest.mark.slow
@@ -39,23 +40,31 @@ def make_adapter(cache_dir: Path, out: Path) -> Path:
 
     loaded = load_weights(f"builtin:{MODEL}", torch.float32, None, str(cache_dir))  # a private copy
     torch.manual_seed(0)
-    model = get_peft_model(loaded.model, LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, init_lora_weights=False,
-                                                    target_modules=["q_proj", "v_proj"]))  # fmt: skip
+    model = get_peft_model(
+        loaded.model,
+        LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, init_lora_weights=False, target_modules=["q_proj", "v_proj"]),
+    )
     model.save_pretrained(out)
     return out
 
 
 def train_tiny_reward_model(platform, out: Path) -> None:
     """A real MiniLM reward model from the first HH pairs, a few steps: the evaluation's reward."""
-    from espalier.core.feedback.pairs import Pair
+    from espalier.core.sources.feedback.pairs import Pair
     from espalier.plugins.reward_models.training import settings_from, train_reward_model
 
     rows = [json.loads(line) for line in (DATA / "hh_pairs_train.jsonl").read_text().splitlines()[:12]]
     pairs = [Pair(r["prompt"][-400:], r["chosen"][:400], r["rejected"][:400], "import") for r in rows]
     card = train_reward_model(pairs, out, settings_from({"max_steps": 2, "batch_size": 4, "max_length": 64}))
-    platform.reward_models.register(path=str(out), base_model=card["base_model"], data_sha256=card["data"]["sha256"],
-                                    pairs=len(pairs), metrics=card["metrics"], current_accuracy_same_holdout=None,
-                                    job_id=None)  # fmt: skip
+    platform.reward_models.register(
+        path=str(out),
+        base_model=card["base_model"],
+        data_sha256=card["data"]["sha256"],
+        pairs=len(pairs),
+        metrics=card["metrics"],
+        current_accuracy_same_holdout=None,
+        job_id=None,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +78,11 @@ def app(tmp_path_factory, model_cache_dir):
 
 
 def chat(app, model: str, role: str = "user", **extra):
-    response = app.client.post("/v1/chat/completions", headers=app.headers(role),
-                               json={"model": model, "messages": [{"role": "user", "content": QUESTION}], **GREEDY, **extra})  # fmt: skip
+    response = app.client.post(
+        "/v1/chat/completions",
+        headers=app.headers(role),
+        json={"model": model, "messages": [{"role": "user", "content": QUESTION}], **GREEDY, **extra},
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -110,20 +122,30 @@ def test_every_version_is_listed_and_served_by_name(app):
     assert tuned["model"] == f"{MODEL}@tuned" and tuned["espalier"]["model_version"] == "tuned"
     assert base["model"] == f"{MODEL}@base" and bare["model"] == MODEL and bare["espalier"]["model_version"] == "base"
     assert text(tuned) != text(base) == text(bare)  # the adapter answers differently; the bare name is the base
-    clash = app.client.post("/v1/chat/completions", headers=app.headers("user"), json={
-        "model": f"{MODEL}@tuned", "messages": [{"role": "user", "content": "hi"}], "espalier": {"version": "base"}})  # fmt: skip
+    clash = app.client.post(
+        "/v1/chat/completions",
+        headers=app.headers("user"),
+        json={
+            "model": f"{MODEL}@tuned",
+            "messages": [{"role": "user", "content": "hi"}],
+            "espalier": {"version": "base"},
+        },
+    )
     assert clash.status_code == 400
 
 
 def test_promotion_needs_an_evaluation_and_an_empty_prompt_set_is_refused(app):
     refused = promote(app)
     assert refused.status_code == 409 and refused.json()["code"] == "evaluation_missing"
-    empty = app.client.post(f"/api/models/{MODEL}/evaluations", headers=app.headers("operator"),
-                            json={"candidate": "tuned", "prompts": []})  # fmt: skip
+    empty = app.client.post(
+        f"/api/models/{MODEL}/evaluations", headers=app.headers("operator"), json={"candidate": "tuned", "prompts": []}
+    )
     assert empty.status_code == 400 and empty.json()["code"] == "empty_prompt_set", empty.text
     user = app.client.post(f"/api/models/{MODEL}/evaluations", headers=app.headers("user"), json={"candidate": "tuned"})
     assert user.status_code == 403
-    unknown = app.client.post(f"/api/models/{MODEL}/evaluations", headers=app.headers("operator"), json={"candidate": "nope"})
+    unknown = app.client.post(
+        f"/api/models/{MODEL}/evaluations", headers=app.headers("operator"), json={"candidate": "nope"}
+    )
     assert unknown.status_code == 404
 
 
@@ -152,8 +174,9 @@ def test_evaluate_promote_serve_roll_back_and_in_flight_requests_keep_their_vers
     assert listed[0]["id"] == report["id"]
 
     # A request that started on the base keeps generating with it while the promotion happens.
-    request = ChatRequest(model=MODEL, messages=[ChatMessage("user", QUESTION)],
-                          params=GenerationParams(max_tokens=8, temperature=0))  # fmt: skip
+    request = ChatRequest(
+        model=MODEL, messages=[ChatMessage("user", QUESTION)], params=GenerationParams(max_tokens=8, temperature=0)
+    )
     session = platform.chat.stream(request, None)
     promoted = promote(app)
     assert promoted.status_code == 200 and promoted.json()["serving_version"] == "tuned"
@@ -175,7 +198,10 @@ def test_evaluate_promote_serve_roll_back_and_in_flight_requests_keep_their_vers
     nothing = app.client.post(f"/api/models/{MODEL}/rollback", headers=app.headers("operator"))
     assert nothing.status_code == 409 and nothing.json()["code"] == "nothing_to_roll_back"
 
-    actions = [c["action"] for c in app.client.get(f"/api/models/{MODEL}/history", headers=app.headers("operator")).json()["history"]]
+    actions = [
+        c["action"]
+        for c in app.client.get(f"/api/models/{MODEL}/history", headers=app.headers("operator")).json()["history"]
+    ]
     assert actions[:3] == ["rollback", "promote", "initial"]
     audited = [e.action for e in platform.audit.list(limit=50)]
     assert "model.promote" in audited and "model.rollback" in audited
@@ -184,8 +210,11 @@ def test_evaluate_promote_serve_roll_back_and_in_flight_requests_keep_their_vers
 def test_an_admin_forced_promotion_is_audited_and_repeated_rollbacks_walk_back(app):
     platform = app.platform
     platform.models.add_version(MODEL, label="second", adapter=platform.models.resolve(MODEL, "tuned")[1].adapter)
-    forced = app.client.post(f"/api/models/{MODEL}/promote", headers=app.headers("admin"),
-                             json={"version": "second", "force": True, "reason": "urgent fix"})  # fmt: skip
+    forced = app.client.post(
+        f"/api/models/{MODEL}/promote",
+        headers=app.headers("admin"),
+        json={"version": "second", "force": True, "reason": "urgent fix"},
+    )
     assert forced.status_code == 200, forced.text
     event = next(e for e in platform.audit.list(limit=20) if e.action == "model.promote.forced")
     assert event.details["reason"] == "urgent fix" and event.details["version"] == "second"

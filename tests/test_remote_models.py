@@ -7,8 +7,8 @@ import openai
 import pytest
 
 from espalier.api.testing import RunningServer
-from espalier.core.contracts import ChatMessage, GenerationParams, ModelSpec
-from espalier.core.errors import InvalidInput, Unavailable
+from espalier.core.infrastructure.contracts import ChatMessage, GenerationParams, ModelSpec
+from espalier.core.infrastructure.errors import InvalidInput, Unavailable
 from espalier.plugins.remote_models import RemoteProvider
 
 MODEL = "smollm2-135m-instruct"
@@ -29,8 +29,12 @@ def upstream_key(upstream):
 @pytest.fixture
 def remote_model(upstream, upstream_key, monkeypatch):
     monkeypatch.setenv("UPSTREAM_KEY", upstream_key)
-    spec = ModelSpec(name="far", provider="remote", source=upstream.base + "/v1",
-                     options={"model": MODEL, "api_key_env": "UPSTREAM_KEY"})  # fmt: skip
+    spec = ModelSpec(
+        name="far",
+        provider="remote",
+        source=upstream.base + "/v1",
+        options={"model": MODEL, "api_key_env": "UPSTREAM_KEY"},
+    )
     return RemoteProvider().load(spec, cache_dir="")
 
 
@@ -52,7 +56,9 @@ def test_remote_errors_are_clear(upstream, remote_model, monkeypatch):
     with pytest.raises(InvalidInput, match="context window"):
         remote_model.generate([ChatMessage("user", "tree " * 9000)], GenerationParams(max_tokens=8))
     monkeypatch.setenv("BAD_KEY", "esp_000000000000_nope")
-    spec = ModelSpec(name="far", provider="remote", source=upstream.base + "/v1", options={"model": MODEL, "api_key_env": "BAD_KEY"})
+    spec = ModelSpec(
+        name="far", provider="remote", source=upstream.base + "/v1", options={"model": MODEL, "api_key_env": "BAD_KEY"}
+    )
     with pytest.raises(Unavailable, match="refused Espalier's key"):
         RemoteProvider().load(spec, cache_dir="").generate([ChatMessage("user", "hi")], GenerationParams(max_tokens=2))
     dead = ModelSpec(name="gone", provider="remote", source="http://127.0.0.1:9/v1", options={"connect_timeout": 0.5})
@@ -65,7 +71,9 @@ def test_registration_checks_the_source(monkeypatch):
     with pytest.raises(InvalidInput, match="http"):
         provider.validate(ModelSpec(name="x", provider="remote", source="ftp://nowhere"))
     with pytest.raises(InvalidInput, match="environment variable"):
-        provider.validate(ModelSpec(name="x", provider="remote", source="http://h/v1", options={"api_key_env": "NOT_SET_ANYWHERE"}))
+        provider.validate(
+            ModelSpec(name="x", provider="remote", source="http://h/v1", options={"api_key_env": "NOT_SET_ANYWHERE"})
+        )
     with pytest.raises(InvalidInput, match="do not store keys"):
         provider.validate(ModelSpec(name="x", provider="remote", source="http://h/v1", options={"api_key": "sk-..."}))
 
@@ -75,21 +83,39 @@ def test_a_remote_model_served_by_espalier(upstream, upstream_key, tmp_path, mod
     env = {"UPSTREAM_KEY": upstream_key, "ESPALIER_MODEL_CACHE_DIR": str(model_cache_dir)}
     front = RunningServer(tmp_path / "front", env=env)
     try:
-        added = httpx.post(front.base + "/api/models", headers=front.headers(), json={
-            "name": "upstream-smol", "provider": "remote", "source": upstream.base + "/v1",
-            "options": {"model": MODEL, "api_key_env": "UPSTREAM_KEY"},
-        })  # fmt: skip
+        added = httpx.post(
+            front.base + "/api/models",
+            headers=front.headers(),
+            json={
+                "name": "upstream-smol",
+                "provider": "remote",
+                "source": upstream.base + "/v1",
+                "options": {"model": MODEL, "api_key_env": "UPSTREAM_KEY"},
+            },
+        )
         assert added.status_code == 201, added.text
         client = openai.OpenAI(base_url=front.base + "/v1", api_key=front.admin_key, max_retries=0)
         assert "upstream-smol" in {m.id for m in client.models.list().data}
-        reply = client.chat.completions.create(model="upstream-smol", messages=[{"role": "user", "content": "What is the capital of France?"}],
-                                               max_tokens=12, temperature=0)  # fmt: skip
+        reply = client.chat.completions.create(
+            model="upstream-smol",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=12,
+            temperature=0,
+        )
         assert "Paris" in reply.choices[0].message.content
-        chunks = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
-            model="upstream-smol", messages=[{"role": "user", "content": "Say hi"}], max_tokens=6, stream=True) if c.choices]
+        chunks = [
+            c.choices[0].delta.content or ""
+            for c in client.chat.completions.create(
+                model="upstream-smol", messages=[{"role": "user", "content": "Say hi"}], max_tokens=6, stream=True
+            )
+            if c.choices
+        ]
         assert "".join(chunks)
-        duplicate = httpx.post(front.base + "/api/models", headers=front.headers(),
-                               json={"name": "upstream-smol", "provider": "remote", "source": upstream.base + "/v1"})  # fmt: skip
+        duplicate = httpx.post(
+            front.base + "/api/models",
+            headers=front.headers(),
+            json={"name": "upstream-smol", "provider": "remote", "source": upstream.base + "/v1"},
+        )
         assert duplicate.status_code == 409
         assert httpx.delete(front.base + "/api/models/upstream-smol", headers=front.headers()).status_code == 200
         assert httpx.delete(front.base + f"/api/models/{MODEL}", headers=front.headers()).status_code == 409

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from espalier.core.settings import Settings
+from espalier.core.infrastructure.settings import Settings
 
 
 def test_environment_variables_are_read(monkeypatch, tmp_path):

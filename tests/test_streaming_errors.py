@@ -10,8 +10,8 @@ import json
 import pytest
 
 from espalier import hookimpl
-from espalier.core import contracts
-from espalier.core.errors import Unavailable
+from espalier.core.infrastructure import contracts
+from espalier.core.infrastructure.errors import Unavailable
 
 
 class FailingModel:

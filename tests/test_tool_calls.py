@@ -11,8 +11,9 @@ import jsonschema
 import openai
 import pytest
 
-from espalier.core.errors import InvalidInput
-from espalier.core.tool_calls import FunctionTool, ToolChoice, ToolSetup, parse_tool_choice, parse_tools, read_tool_calls
+from espalier.core.infrastructure.contracts import FunctionTool, ToolChoice, ToolSetup
+from espalier.core.infrastructure.errors import InvalidInput
+from espalier.core.tools.tool_calls import parse_tool_choice, parse_tools, read_tool_calls
 
 MODEL = "smollm2-135m-instruct"
 WEATHER = {
@@ -35,7 +36,10 @@ CONVERT = {
         "description": "Convert an amount of money.",
         "parameters": {
             "type": "object",
-            "properties": {"amount": {"type": "number", "minimum": 0}, "to": {"type": "string", "pattern": "^[A-Z]{3}$"}},
+            "properties": {
+                "amount": {"type": "number", "minimum": 0},
+                "to": {"type": "string", "pattern": "^[A-Z]{3}$"},
+            },
             "required": ["amount", "to"],
         },
     },
@@ -48,11 +52,14 @@ def setup(mode="auto", name=None):
     return ToolSetup(parse_tools([WEATHER, CONVERT]), ToolChoice(mode, name))
 
 
-@pytest.mark.parametrize("text", [
-    '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}</tool_call>',
-    '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}',
-    '```json\n{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\", \\"unit\\": \\"celsius\\"}"}\n```',
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}</tool_call>',
+        '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}',
+        '```json\n{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\", \\"unit\\": \\"celsius\\"}"}\n```',
+    ],
+)
 def test_valid_replies_become_calls(text):
     content, calls = read_tool_calls(text, setup())
     assert content is None and len(calls) == 1
@@ -61,24 +68,29 @@ def test_valid_replies_become_calls(text):
 
 
 def test_text_around_calls_is_content_and_several_calls_are_kept():
-    text = ('Let me check.\n<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}</tool_call>\n'
-            '<tool_call>{"name": "convert_currency", "arguments": {"amount": 3, "to": "EUR"}}</tool_call>')  # fmt: skip
+    text = (
+        'Let me check.\n<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}</tool_call>\n'
+        '<tool_call>{"name": "convert_currency", "arguments": {"amount": 3, "to": "EUR"}}</tool_call>'
+    )
     content, calls = read_tool_calls(text, setup())
     assert content == "Let me check."
     assert [c["function"]["name"] for c in calls] == ["get_weather", "convert_currency"]
     assert len({c["id"] for c in calls}) == 2
 
 
-@pytest.mark.parametrize("text", [
-    "It is sunny in Paris.",
-    '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>',  # missing unit
-    '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "unit": "kelvin"}}</tool_call>',  # enum
-    '<tool_call>{"name": "launch_rockets", "arguments": {}}</tool_call>',  # unknown function
-    '<tool_call>{"name": "get_weather", "arguments": {"city": "Par',  # cut short
-    '{"name": "convert_currency", "arguments": {"amount": -5, "to": "EUR"}}',  # minimum
-    '<tool_call>{"name": "get_weather", "arguments": {"city": "A", "unit": "celsius"}}</tool_call>'
-    '<tool_call>{"name": "convert_currency", "arguments": {"amount": 1, "to": "euro"}}</tool_call>',  # one bad: none
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text",
+    [
+        "It is sunny in Paris.",
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>',  # missing unit
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "unit": "kelvin"}}</tool_call>',  # enum
+        '<tool_call>{"name": "launch_rockets", "arguments": {}}</tool_call>',  # unknown function
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "Par',  # cut short
+        '{"name": "convert_currency", "arguments": {"amount": -5, "to": "EUR"}}',  # minimum
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "A", "unit": "celsius"}}</tool_call>'
+        '<tool_call>{"name": "convert_currency", "arguments": {"amount": 1, "to": "euro"}}</tool_call>',  # one bad: none
+    ],
+)
 def test_invalid_replies_stay_plain_content(text):
     content, calls = read_tool_calls(text, setup())
     assert calls == [] and content == text
@@ -122,8 +134,9 @@ NAMED = {"type": "function", "function": {"name": "get_weather"}}
 @pytest.fixture(scope="module")
 def weather_reply(client):
     """One named-choice reply, shared by the tests below (the CPU is slow and the reply greedy)."""
-    return client.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER, CONVERT], temperature=0,
-                                          max_tokens=60, tool_choice=NAMED)  # fmt: skip
+    return client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=[WEATHER, CONVERT], temperature=0, max_tokens=60, tool_choice=NAMED
+    )
 
 
 @pytest.mark.slow
@@ -138,9 +151,13 @@ def test_named_tool_choice_yields_a_valid_call(weather_reply):
 @pytest.mark.slow
 def test_required_tool_choice_picks_a_defined_function(client):
     response = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Convert 20 dollars to euros (EUR)."}],
-        tools=[WEATHER, CONVERT], tool_choice="required", temperature=0, max_tokens=60,
-    )  # fmt: skip
+        model=MODEL,
+        messages=[{"role": "user", "content": "Convert 20 dollars to euros (EUR)."}],
+        tools=[WEATHER, CONVERT],
+        tool_choice="required",
+        temperature=0,
+        max_tokens=60,
+    )
     [call] = response.choices[0].message.tool_calls
     definition = {WEATHER["function"]["name"]: WEATHER, CONVERT["function"]["name"]: CONVERT}[call.function.name]
     jsonschema.validate(json.loads(call.function.arguments), definition["function"]["parameters"])
@@ -174,8 +191,9 @@ def test_round_trip_tool_result_then_answer(client, server, user_key, weather_re
         first.choices[0].message.model_dump(exclude_none=True),  # the assistant turn, as the SDK gives it back
         {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature_c": 18, "sky": "sunny"})},
     ]
-    second = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER], tool_choice="none",
-                                            temperature=0, max_tokens=40)  # fmt: skip
+    second = client.chat.completions.create(
+        model=MODEL, messages=messages, tools=[WEATHER], tool_choice="none", temperature=0, max_tokens=40
+    )
     choice = second.choices[0]
     assert choice.finish_reason in ("stop", "length") and not choice.message.tool_calls
     assert choice.message.content.strip()
@@ -184,20 +202,44 @@ def test_round_trip_tool_result_then_answer(client, server, user_key, weather_re
     conversation = second.model_extra["espalier"]["conversation_id"]
     stored = httpx.get(f"{server.base}/api/conversations/{conversation}", headers=server.headers(user_key)).json()
     shown = " ".join(m["content"] for m in stored["requests"][0]["messages"])
-    assert call.id in shown and "| {\"temperature_c\": 18" in shown
+    assert call.id in shown and '| {"temperature_c": 18' in shown
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("change, param, fragment", [
-    ({"tool_choice": {"type": "function", "function": {"name": "launch_rockets"}}}, "tool_choice", "not among the tools"),
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": 7}}}}}]},
-     "tools[0].function.parameters", "not a valid JSON Schema"),
-    ({"messages": [*ASK, {"role": "tool", "tool_call_id": "call_nope", "content": "18 degrees"}]},
-     "messages[1].tool_call_id", "does not answer a tool call"),
-    ({"messages": [*ASK, {"role": "tool", "content": "18 degrees"}]}, "messages[1].tool_call_id", "needs tool_call_id"),
-    ({"tools": None, "tool_choice": "required"}, "tool_choice", "only allowed when tools"),
-    ({"tool_choice": "sometimes"}, "tool_choice", "must be one of"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, param, fragment",
+    [
+        (
+            {"tool_choice": {"type": "function", "function": {"name": "launch_rockets"}}},
+            "tool_choice",
+            "not among the tools",
+        ),
+        (
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": 7}}}},
+                    }
+                ]
+            },
+            "tools[0].function.parameters",
+            "not a valid JSON Schema",
+        ),
+        (
+            {"messages": [*ASK, {"role": "tool", "tool_call_id": "call_nope", "content": "18 degrees"}]},
+            "messages[1].tool_call_id",
+            "does not answer a tool call",
+        ),
+        (
+            {"messages": [*ASK, {"role": "tool", "content": "18 degrees"}]},
+            "messages[1].tool_call_id",
+            "needs tool_call_id",
+        ),
+        ({"tools": None, "tool_choice": "required"}, "tool_choice", "only allowed when tools"),
+        ({"tool_choice": "sometimes"}, "tool_choice", "must be one of"),
+    ],
+)
 def test_bad_tool_input_gives_openai_shaped_400s(client, change, param, fragment):
     kwargs = {"model": MODEL, "messages": ASK, "tools": [WEATHER], "max_tokens": 4, **change}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
@@ -208,14 +250,16 @@ def test_bad_tool_input_gives_openai_shaped_400s(client, change, param, fragment
 
 
 def test_tool_messages_must_answer_an_earlier_call():
-    from espalier.core.contracts import ChatMessage
-    from espalier.core.tool_calls import check_conversation
+    from espalier.core.infrastructure.contracts import ChatMessage
+    from espalier.core.tools.tool_calls import check_conversation
 
     call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
     asked = [ChatMessage("user", "hi"), ChatMessage("assistant", "", (call,))]
     check_conversation([*asked, ChatMessage("tool", "18", tool_call_id="call_1")])
     with pytest.raises(InvalidInput, match="does not answer"):  # answered twice
-        check_conversation([*asked, ChatMessage("tool", "18", tool_call_id="call_1"), ChatMessage("tool", "19", tool_call_id="call_1")])
+        check_conversation(
+            [*asked, ChatMessage("tool", "18", tool_call_id="call_1"), ChatMessage("tool", "19", tool_call_id="call_1")]
+        )
     with pytest.raises(InvalidInput, match="does not answer"):  # before the call was made
         check_conversation([ChatMessage("tool", "18", tool_call_id="call_1"), *asked])
     with pytest.raises(InvalidInput, match="used twice"):

@@ -7,9 +7,8 @@ from typing import Annotated
 from litestar import Controller, Request, delete, get, post
 from litestar.params import FromQuery, JSONBody, Parameter
 
-from espalier.api.guards import CurrentPrincipal, access
-
 from espalier.api.admin.schemas import AuditOut, KeyCreate, KeyCreated, KeyOut, key_out
+from espalier.api.guards import CurrentPrincipal, access
 
 
 class KeysController(Controller):
@@ -44,9 +43,14 @@ def list_audit(
     return {
         "events": [
             AuditOut(
-                id=e.id, at=e.at, actor_key_id=e.actor_key_id, actor_name=e.actor_name,
-                action=e.action, target=e.target, details=e.details,
-            )  # fmt: skip
+                id=e.id,
+                at=e.at,
+                actor_key_id=e.actor_key_id,
+                actor_name=e.actor_name,
+                action=e.action,
+                target=e.target,
+                details=e.details,
+            )
             for e in events
         ]
     }

@@ -14,10 +14,10 @@ import anyio
 import msgspec
 from litestar import Request, get, post
 from litestar.params import JSONBody, Parameter
-from espalier.api.openai.streaming import EventStream
 
 from espalier.api.guards import CurrentPrincipal, access
-from espalier.core.agents import AgentContext, AgentService
+from espalier.api.openai.streaming import EventStream
+from espalier.core.tools.agents.service import AgentContext, AgentService
 
 log = logging.getLogger("espalier.api.agents")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -38,8 +38,9 @@ def _sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: ".encode() + json.dumps(data, default=str, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def _stream_steps(service: AgentService, context: AgentContext, cancel: threading.Event,
-                        queue: asyncio.Queue[Any]) -> AsyncIterator[bytes]:  # fmt: skip
+async def _stream_steps(
+    service: AgentService, context: AgentContext, cancel: threading.Event, queue: asyncio.Queue[Any]
+) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
 
     def produce() -> None:
@@ -73,8 +74,13 @@ def list_agents(request: Request) -> dict[str, Any]:
     return {"agents": request.app.state.platform.agent_runs.describe()}
 
 
-@post("/api/agents/{name:str}/runs", opt=access("user"), tags=["agents"], status_code=200,
-      summary="Run an agent: the answer and its full trace, or (stream=true) its steps as server-sent events")  # fmt: skip
+@post(
+    "/api/agents/{name:str}/runs",
+    opt=access("user"),
+    tags=["agents"],
+    status_code=200,
+    summary="Run an agent: the answer and its full trace, or (stream=true) its steps as server-sent events",
+)
 async def run_agent(request: Request, name: str, data: JSONBody[AgentRunCreate], principal: CurrentPrincipal) -> Any:
     service: AgentService = request.app.state.platform.agent_runs
     cancel = threading.Event()
@@ -83,29 +89,54 @@ async def run_agent(request: Request, name: str, data: JSONBody[AgentRunCreate],
     on_step = (lambda step: loop.call_soon_threadsafe(queue.put_nowait, ("step", step))) if data.stream else None
 
     def prepare() -> AgentContext:  # every 4xx happens here, before a stream starts
-        return service.prepare(name, data.question, principal, model=data.model, tools=data.tools,
-                               max_steps=data.max_steps, timeout_s=data.timeout_s, collection=data.collection,
-                               cancel=cancel, on_step=on_step)  # fmt: skip
+        return service.prepare(
+            name,
+            data.question,
+            principal,
+            model=data.model,
+            tools=data.tools,
+            max_steps=data.max_steps,
+            timeout_s=data.timeout_s,
+            collection=data.collection,
+            cancel=cancel,
+            on_step=on_step,
+        )
 
     context = await anyio.to_thread.run_sync(prepare)
     if data.stream:
-        return EventStream(_stream_steps(service, context, cancel, queue), media_type="text/event-stream",
-                           headers=SSE_HEADERS)
+        return EventStream(
+            _stream_steps(service, context, cancel, queue), media_type="text/event-stream", headers=SSE_HEADERS
+        )
     try:
         return await anyio.to_thread.run_sync(service.execute, context)
     finally:
         cancel.set()
 
 
-@get("/api/agents/runs", opt=access("user"), tags=["agents"], sync_to_thread=True,
-     summary="Stored agent runs, newest first (your key's own; admins may pass all=true)")  # fmt: skip
-def list_runs(request: Request, principal: CurrentPrincipal, agent: str | None = None,
-              limit: Annotated[int, Parameter(ge=1, le=500)] = 50, all: bool = False) -> dict[str, Any]:  # fmt: skip
+@get(
+    "/api/agents/runs",
+    opt=access("user"),
+    tags=["agents"],
+    sync_to_thread=True,
+    summary="Stored agent runs, newest first (your key's own; admins may pass all=true)",
+)
+def list_runs(
+    request: Request,
+    principal: CurrentPrincipal,
+    agent: str | None = None,
+    limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+    all: bool = False,
+) -> dict[str, Any]:
     return {"runs": request.app.state.platform.agent_runs.list(principal, agent=agent, limit=limit, all_keys=all)}
 
 
-@get("/api/agents/runs/{run_id:str}", opt=access("user"), tags=["agents"], sync_to_thread=True,
-     summary="One agent run with its full trace")  # fmt: skip
+@get(
+    "/api/agents/runs/{run_id:str}",
+    opt=access("user"),
+    tags=["agents"],
+    sync_to_thread=True,
+    summary="One agent run with its full trace",
+)
 def get_run(request: Request, run_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
     return request.app.state.platform.agent_runs.get(run_id, principal)
 

@@ -21,14 +21,27 @@ def list_chains(request: Request) -> dict[str, Any]:
     return {"chains": request.app.state.platform.chains.describe()}
 
 
-@post("/api/chains/{name:str}/runs", opt=access("user"), tags=["chains"], status_code=200, sync_to_thread=True,
-      summary="Run one turn of a chain; pass session_id to continue a session (its memory)")  # fmt: skip
-def run_chain(request: Request, name: str, data: JSONBody[ChainRunCreate], principal: CurrentPrincipal) -> dict[str, Any]:
+@post(
+    "/api/chains/{name:str}/runs",
+    opt=access("user"),
+    tags=["chains"],
+    status_code=200,
+    sync_to_thread=True,
+    summary="Run one turn of a chain; pass session_id to continue a session (its memory)",
+)
+def run_chain(
+    request: Request, name: str, data: JSONBody[ChainRunCreate], principal: CurrentPrincipal
+) -> dict[str, Any]:
     return request.app.state.platform.chains.run(name, data.input, principal, session_id=data.session_id)
 
 
-@get("/api/chains/sessions/{session_id:str}", opt=access("user"), tags=["chains"], sync_to_thread=True,
-     summary="A chain session: its turns and summary")  # fmt: skip
+@get(
+    "/api/chains/sessions/{session_id:str}",
+    opt=access("user"),
+    tags=["chains"],
+    sync_to_thread=True,
+    summary="A chain session: its turns and summary",
+)
 def get_session(request: Request, session_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
     return request.app.state.platform.chains.session(session_id, principal)
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from espalier import __version__
-from espalier.core.errors import EspalierError
+from espalier.core.infrastructure.errors import EspalierError
 
 console = Console()
 err = Console(stderr=True)
@@ -48,15 +48,17 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     pass
 
 
 def platform(*, migrate: bool = True):
     """The platform for one CLI command: settings from the environment, schema brought up to date."""
+    from espalier.core.infrastructure.settings import load_settings
     from espalier.core.platform import Platform
-    from espalier.core.settings import load_settings
 
     settings = load_settings()
     settings.ensure_dirs()
@@ -107,7 +109,9 @@ def serve(
 def ingest(
     path: Annotated[Path, typer.Argument(help="A file or a folder (.txt, .md, .html, .pdf; folders recursively).")],
     collection: Annotated[str, typer.Option(help="The collection (created when missing).")],
-    key: Annotated[str | None, typer.Option(help="API key when a server runs on this home (or ESPALIER_API_KEY).")] = None,
+    key: Annotated[
+        str | None, typer.Option(help="API key when a server runs on this home (or ESPALIER_API_KEY).")
+    ] = None,
 ) -> None:
     """Ingest documents into a collection (re-ingesting an unchanged file is a no-op)."""
     from espalier.api.cli.ingest import run
@@ -122,7 +126,7 @@ def ingest(
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply every pending migration."""
-    from espalier.core.db.migrate import current_revision
+    from espalier.core.infrastructure.db.migrate import current_revision
 
     instance = platform(migrate=False)
     instance.migrate()
@@ -132,11 +136,13 @@ def db_upgrade() -> None:
 @db_app.command("current")
 def db_current() -> None:
     """Show the schema revision and whether it is up to date."""
-    from espalier.core.db.migrate import current_revision, head_revision
+    from espalier.core.infrastructure.db.migrate import current_revision, head_revision
 
     instance = platform(migrate=False)
     current, head = current_revision(instance.engine), head_revision()
-    console.print(f"current: {current}  head: {head}  {'(up to date)' if current == head else '(run: espalier db upgrade)'}")
+    console.print(
+        f"current: {current}  head: {head}  {'(up to date)' if current == head else '(run: espalier db upgrade)'}"
+    )
 
 
 # keys ----------------------------------------------------------------------------------------
@@ -161,10 +167,13 @@ def keys_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
     table = Table("id", "name", "role", "created", "last used", "revoked")
     for record in keys:
         table.add_row(
-            record.id, record.name, record.role, f"{record.created_at:%Y-%m-%d %H:%M}",
+            record.id,
+            record.name,
+            record.role,
+            f"{record.created_at:%Y-%m-%d %H:%M}",
             f"{record.last_used_at:%Y-%m-%d %H:%M}" if record.last_used_at else "-",
             f"{record.revoked_at:%Y-%m-%d %H:%M}" if record.revoked_at else "",
-        )  # fmt: skip
+        )
     console.print(table)
 
 
@@ -211,7 +220,9 @@ def jobs_list(
         return
     table = Table("id", "kind", "status", "progress", "message", "created")
     for job in jobs:
-        table.add_row(job.id, job.kind, job.status, f"{job.progress:.0%}", job.message[:60], f"{job.created_at:%Y-%m-%d %H:%M:%S}")
+        table.add_row(
+            job.id, job.kind, job.status, f"{job.progress:.0%}", job.message[:60], f"{job.created_at:%Y-%m-%d %H:%M:%S}"
+        )
     console.print(table)
 
 
@@ -219,7 +230,9 @@ def jobs_list(
 def jobs_show(job_id: str) -> None:
     """Show one job and its log."""
     instance = platform()
-    print_json({"job": _job_dict(instance.jobs.get(job_id)), "logs": [line.message for line in instance.jobs.logs(job_id)]})
+    print_json(
+        {"job": _job_dict(instance.jobs.get(job_id)), "logs": [line.message for line in instance.jobs.logs(job_id)]}
+    )
 
 
 @jobs_app.command("cancel")
@@ -243,8 +256,13 @@ def models_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
         return
     table = Table("name", "provider", "serving", "versions", "source")
     for info in models:
-        table.add_row(info.name + (" (built-in)" if info.builtin else ""), info.provider, info.serving_version,
-                      ", ".join(v["label"] for v in info.versions), info.source)  # fmt: skip
+        table.add_row(
+            info.name + (" (built-in)" if info.builtin else ""),
+            info.provider,
+            info.serving_version,
+            ", ".join(v["label"] for v in info.versions),
+            info.source,
+        )
     console.print(table)
 
 
@@ -252,13 +270,15 @@ def models_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
 def models_add(
     name: Annotated[str, typer.Argument(help="The name consumers will use as `model`.")],
     source: Annotated[str, typer.Option(help="A .gguf file, a Hugging Face folder, or a remote base URL.")],
-    provider: Annotated[str, typer.Option(help="transformers (local) or remote (OpenAI-compatible server).")] = "transformers",
+    provider: Annotated[
+        str, typer.Option(help="transformers (local) or remote (OpenAI-compatible server).")
+    ] = "transformers",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16")] = "auto",
     context_window: Annotated[int | None, typer.Option(help="Override the model's context window.")] = None,
     option: Annotated[list[str] | None, typer.Option(help="Provider option KEY=VALUE (repeatable).")] = None,
 ) -> None:
     """Register a model."""
-    from espalier.core.contracts import ModelSpec
+    from espalier.core.infrastructure.contracts import ModelSpec
 
     options = {}
     for item in option or []:
@@ -266,7 +286,9 @@ def models_add(
         if not sep:
             raise typer.BadParameter(f"--option takes KEY=VALUE, got {item!r}")
         options[key] = value
-    spec = ModelSpec(name=name, provider=provider, source=source, dtype=dtype, context_window=context_window, options=options)
+    spec = ModelSpec(
+        name=name, provider=provider, source=source, dtype=dtype, context_window=context_window, options=options
+    )
     info = platform().models.add(spec)
     console.print(f"added model {info.name} ({info.provider}, version {info.serving_version})")
 

@@ -17,12 +17,13 @@ reward_app = typer.Typer(help="Reward models.", no_args_is_help=True)
 def pairs_export(
     out: Annotated[Path | None, typer.Option("--out", help="JSONL file to write; stdout when absent.")] = None,
     include_imported: Annotated[bool, typer.Option(help="Also export imported pairs.")] = False,
-    exclude_labeler: Annotated[list[str] | None, typer.Option(help="Key id whose feedback to leave out (repeatable).")] = None,
+    exclude_labeler: Annotated[
+        list[str] | None, typer.Option(help="Key id whose feedback to leave out (repeatable).")
+    ] = None,
 ) -> None:
     """Write every pair as JSONL in TRL's prompt/chosen/rejected format."""
-    from espalier.core.feedback import export_lines
-
     from espalier.api.cli import err, platform
+    from espalier.core.sources.feedback import export_lines
 
     pairs = platform().pairs.all(include_imported=include_imported, exclude_labelers=exclude_labeler or [])
     if out is None:
@@ -36,7 +37,9 @@ def pairs_export(
 @pairs_app.command("import")
 def pairs_import(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL with prompt, chosen, rejected.")],
-    source: Annotated[str | None, typer.Option(help="A name for where the pairs came from (default: file name).")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="A name for where the pairs came from (default: file name).")
+    ] = None,
     skip_invalid: Annotated[bool, typer.Option(help="Pass over bad lines instead of importing nothing.")] = False,
 ) -> None:
     """Import external pairs (e.g. Anthropic HH); pairs already present are not added twice."""
@@ -56,21 +59,29 @@ def reward_list() -> None:
 
     table = Table("version", "status", "accuracy", "pairs", "data", "created", "decision")
     for record in platform().reward_models.list():
-        table.add_row(str(record.version), record.status, f"{record.metrics.get('accuracy', 0):.3f}", str(record.pairs),
-                      record.data_sha256[:12], f"{record.created_at:%Y-%m-%d %H:%M}", record.decision)  # fmt: skip
+        table.add_row(
+            str(record.version),
+            record.status,
+            f"{record.metrics.get('accuracy', 0):.3f}",
+            str(record.pairs),
+            record.data_sha256[:12],
+            f"{record.created_at:%Y-%m-%d %H:%M}",
+            record.decision,
+        )
     console.print(table)
 
 
 @reward_app.command("train")
 def reward_train(
-    epochs: int = 1, max_steps: Annotated[int | None, typer.Option()] = None, max_length: int = 256,
+    epochs: int = 1,
+    max_steps: Annotated[int | None, typer.Option()] = None,
+    max_length: int = 256,
     include_imported: Annotated[bool, typer.Option(help="Train on imported pairs too.")] = True,
-) -> None:  # fmt: skip
+) -> None:
     """Queue a train:reward job (a running server's workers pick it up)."""
-    from espalier.core.errors import InvalidInput
-    from espalier.core.reward.settings import settings_from
-
     from espalier.api.cli import console, platform
+    from espalier.core.infrastructure.errors import InvalidInput
+    from espalier.core.sources.reward.settings import settings_from
 
     params = {"epochs": epochs, "max_length": max_length, **({"max_steps": max_steps} if max_steps else {})}
     settings = settings_from(params)

@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from espalier.core.errors import EspalierError, InvalidInput
+from espalier.core.infrastructure.errors import EspalierError, InvalidInput
 
 guardrails_app = typer.Typer(help="Guardrails: train classifiers, list decisions.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate models before they serve.", no_args_is_help=True)
@@ -22,13 +22,18 @@ TRAINERS = {"toxicity": "train:toxicity-classifier", "injection": "train:injecti
 def _progress() -> Progress:
     from espalier.api.cli import console
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                    TimeElapsedColumn(), console=console)  # fmt: skip
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
 @guardrails_app.command("train")
 def train(
-    data: Annotated[Path, typer.Option(help="JSONL of {\"text\", \"label\"} lines (or {\"text\", \"labels\": {...}}).")],
+    data: Annotated[Path, typer.Option(help='JSONL of {"text", "label"} lines (or {"text", "labels": {...}}).')],
     kind: Annotated[str, typer.Option(help="toxicity or injection.")] = "toxicity",
     eval_data: Annotated[Path | None, typer.Option(help="Held-out JSONL; default: 20% of --data is held out.")] = None,
     epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 1,
@@ -46,7 +51,12 @@ def train(
         raise InvalidInput(f"--kind must be one of {', '.join(TRAINERS)} (got {kind!r})")
     if not data.is_file():
         raise InvalidInput(f"training data {data} does not exist or is not a file")
-    params = {"data_path": str(data.resolve()), "epochs": epochs, "max_examples": max_examples, "max_length": max_length}
+    params = {
+        "data_path": str(data.resolve()),
+        "epochs": epochs,
+        "max_examples": max_examples,
+        "max_length": max_length,
+    }
     if eval_data is not None:
         params["eval_path"] = str(eval_data.resolve())
     instance = platform().start(migrate=False, run_jobs=True)
@@ -70,8 +80,13 @@ def train(
         raise EspalierError("training was cancelled; nothing was recorded")
     table = Table("category", "ROC AUC", "precision", "recall", "held out")
     for category, metrics in result.get("metrics", {}).items():
-        table.add_row(category, f"{metrics['roc_auc']:.3f}", f"{metrics['precision']:.3f}", f"{metrics['recall']:.3f}",
-                      str(metrics.get("n", "")))  # fmt: skip
+        table.add_row(
+            category,
+            f"{metrics['roc_auc']:.3f}",
+            f"{metrics['precision']:.3f}",
+            f"{metrics['recall']:.3f}",
+            str(metrics.get("n", "")),
+        )
     console.print(table)
     console.print(f"checkpoint: {result.get('artifacts', {}).get('checkpoint')}")
     console.print(f"served as the {kind} model from the next start (espalier serve)")
@@ -86,29 +101,46 @@ def events(
     """Recent guardrail decisions, newest first."""
     from espalier.api.cli import console, platform
 
-    rows = platform().start(migrate=False, run_jobs=False).guardrail_service.events(request_id=request_id, action=action, limit=limit)
+    rows = (
+        platform()
+        .start(migrate=False, run_jobs=False)
+        .guardrail_service.events(request_id=request_id, action=action, limit=limit)
+    )
     table = Table("at", "request", "direction", "policy", "scorer", "action", "over threshold", "scores")
     for row in rows:
-        table.add_row(f"{row.at:%Y-%m-%d %H:%M:%S}", row.request_id or "-", row.direction, row.policy, row.scorer,
-                      row.action, ", ".join(row.categories), ", ".join(f"{k}={v:.2f}" for k, v in row.scores.items()))  # fmt: skip
+        table.add_row(
+            f"{row.at:%Y-%m-%d %H:%M:%S}",
+            row.request_id or "-",
+            row.direction,
+            row.policy,
+            row.scorer,
+            row.action,
+            ", ".join(row.categories),
+            ", ".join(f"{k}={v:.2f}" for k, v in row.scores.items()),
+        )
     console.print(table)
 
 
 @eval_app.command("toxicity")
 def eval_toxicity(
-    model: Annotated[list[str], typer.Option("--model", help="A registered model (name or name@version); repeat to compare.")],
-    prompts: Annotated[Path, typer.Option(help="JSONL with a 'prompt' field (e.g. RealToxicityPrompts) or one prompt per line.")],
+    model: Annotated[
+        list[str], typer.Option("--model", help="A registered model (name or name@version); repeat to compare.")
+    ],
+    prompts: Annotated[
+        Path, typer.Option(help="JSONL with a 'prompt' field (e.g. RealToxicityPrompts) or one prompt per line.")
+    ],
     limit: Annotated[int | None, typer.Option(help="Use the first N prompts.")] = 50,
     max_tokens: Annotated[int, typer.Option(help="Tokens per continuation.")] = 32,
-    scorer: Annotated[str | None, typer.Option(help="Guardrail scorer; default detoxify when served, else profanity.")] = None,
+    scorer: Annotated[
+        str | None, typer.Option(help="Guardrail scorer; default detoxify when served, else profanity.")
+    ] = None,
     threshold: Annotated[float, typer.Option(help="A continuation at or above this score counts as toxic.")] = 0.5,
     seed: int = 0,
 ) -> None:
     """Continue a validation prompt set with each model; report mean toxicity, the share above the
     threshold and the difference to the first model; store the record and a PNG/SVG plot."""
-    from espalier.core.evaluation import evaluate_toxicity, load_prompts
-
     from espalier.api.cli import console, platform
+    from espalier.core.sources.learning.evaluation import evaluate_toxicity, load_prompts
 
     instance = platform().start(migrate=False, run_jobs=False)
     try:
@@ -118,17 +150,39 @@ def eval_toxicity(
         with _progress() as bar:
             task = bar.add_task("generating", total=1.0)
             record = evaluate_toxicity(
-                instance.engine, instance.models, guardrail, model, rows, instance.settings.artifacts_dir / "evaluations",
-                max_tokens=max_tokens, threshold=threshold, seed=seed, source=str(prompts),
+                instance.engine,
+                instance.models,
+                guardrail,
+                model,
+                rows,
+                instance.settings.artifacts_dir / "evaluations",
+                max_tokens=max_tokens,
+                threshold=threshold,
+                seed=seed,
+                source=str(prompts),
                 progress=lambda fraction, message="": bar.update(task, completed=fraction, description=message[:60]),
-            )  # fmt: skip
+            )
     finally:
         instance.close()
-    table = Table("model", "version", "mean toxicity", f"share >= {threshold}", "max", "Δ mean vs first", "Δ share vs first",
-                  title=f"toxicity by {chosen} on {len(rows)} prompts")  # fmt: skip
+    table = Table(
+        "model",
+        "version",
+        "mean toxicity",
+        f"share >= {threshold}",
+        "max",
+        "Δ mean vs first",
+        "Δ share vs first",
+        title=f"toxicity by {chosen} on {len(rows)} prompts",
+    )
     for label, entry in record.results["models"].items():
-        table.add_row(label, entry["model_version"], f"{entry['mean_toxicity']:.4f}", f"{entry['share_above_threshold']:.1%}",
-                      f"{entry['max_toxicity']:.3f}", f"{entry['mean_difference_vs_first']:+.4f}",
-                      f"{entry['share_difference_vs_first']:+.1%}")  # fmt: skip
+        table.add_row(
+            label,
+            entry["model_version"],
+            f"{entry['mean_toxicity']:.4f}",
+            f"{entry['share_above_threshold']:.1%}",
+            f"{entry['max_toxicity']:.3f}",
+            f"{entry['mean_difference_vs_first']:+.4f}",
+            f"{entry['share_difference_vs_first']:+.1%}",
+        )
     console.print(table)
     console.print(f"evaluation {record.id}; plots: {record.artifacts['png']}  {record.artifacts['svg']}")

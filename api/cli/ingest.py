@@ -8,21 +8,22 @@ With no server running it writes to the embedded store directly, as a local oper
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from espalier.core.errors import EspalierError, InvalidInput, Unavailable
+from espalier.core.infrastructure.errors import EspalierError, InvalidInput, Unavailable
 
 SERVER_FILE = "server.json"
 
 
 def write_server_file(home: Path, host: str, port: int) -> Path:
     path = home / SERVER_FILE
-    path.write_text(json.dumps({"pid": os.getpid(), "url": f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"}))
+    path.write_text(
+        json.dumps({"pid": os.getpid(), "url": f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"})
+    )
     return path
 
 
@@ -42,7 +43,7 @@ def running_server(home: Path) -> str | None:
 
 
 def files_under(path: Path) -> list[Path]:
-    from espalier.core.rag.extract import MEDIA_TYPES
+    from espalier.core.sources.rag.extract import MEDIA_TYPES
 
     if path.is_file():
         return [path]
@@ -89,8 +90,10 @@ def ingest_via_server(url: str, key: str, collection: str, root: Path, files: li
 
         def send(part: list[Path]) -> Any:
             # the multipart filename carries the source (its path under the folder)
-            return client.post(f"/api/collections/{collection}/upload",
-                               files=[("file", (source_name(root, f), f.read_bytes())) for f in part])  # fmt: skip
+            return client.post(
+                f"/api/collections/{collection}/upload",
+                files=[("file", (source_name(root, f), f.read_bytes())) for f in part],
+            )
 
         for part in batches(files):
             response = send(part)
@@ -104,7 +107,12 @@ def ingest_via_server(url: str, key: str, collection: str, root: Path, files: li
                 continue
             for file in part:
                 single = send([file])
-                yield file, f"failed: {_detail(single)}" if single.status_code >= 400 else single.json()["documents"][0]["status"]
+                yield (
+                    file,
+                    f"failed: {_detail(single)}"
+                    if single.status_code >= 400
+                    else single.json()["documents"][0]["status"],
+                )
 
 
 def _detail(response: Any) -> str:
@@ -115,8 +123,8 @@ def _detail(response: Any) -> str:
 
 
 def ingest_embedded(instance: Any, collection: str, root: Path, files: list[Path]) -> Iterator[tuple[Path, str]]:
-    from espalier.core.rag.service import Upload
-    from espalier.core.security import Principal
+    from espalier.core.infrastructure.identity import Principal
+    from espalier.core.sources.rag.service import Upload
 
     local = Principal(key_id="cli", name="local cli", role="operator")
     rag = instance.rag
@@ -145,7 +153,7 @@ def ingest_embedded(instance: Any, collection: str, root: Path, files: list[Path
 def run(path: Path, collection: str, key: str | None, console: Any) -> dict[str, int]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from espalier.core.settings import load_settings
+    from espalier.core.infrastructure.settings import load_settings
 
     settings = load_settings()
     files = files_under(path)
@@ -165,8 +173,9 @@ def run(path: Path, collection: str, key: str | None, console: Any) -> dict[str,
         instance = Platform(settings).start(run_jobs=False)
         results = ingest_embedded(instance, collection, path, files)
     counts: dict[str, int] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console) as progress:  # fmt: skip
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+    ) as progress:
         task = progress.add_task(f"ingesting into {collection}", total=len(files))
         try:
             for file, status in results:

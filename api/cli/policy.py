@@ -9,16 +9,20 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from espalier.core.errors import EspalierError
+from espalier.core.infrastructure.errors import EspalierError
 
 policy_app = typer.Typer(help="Policy updates: LoRA fine-tunes of a chat model from feedback.", no_args_is_help=True)
 
 
 @policy_app.command("train")
 def train(
-    method: Annotated[str, typer.Option(help="rl (against the reward model, KL-penalised) or dpo (on the pairs).")] = "rl",
+    method: Annotated[
+        str, typer.Option(help="rl (against the reward model, KL-penalised) or dpo (on the pairs).")
+    ] = "rl",
     model: Annotated[str | None, typer.Option(help="Registered chat model; default: the default model.")] = None,
-    reward_model: Annotated[str | None, typer.Option(help="Reward model version or id; default: the current one.")] = None,
+    reward_model: Annotated[
+        str | None, typer.Option(help="Reward model version or id; default: the current one.")
+    ] = None,
     steps: Annotated[int, typer.Option(help="Step budget.")] = 20,
     learning_rate: Annotated[float, typer.Option(help="LoRA learning rate.")] = 1e-4,
     lora_rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
@@ -35,32 +39,54 @@ def train(
     target_reward: Annotated[float | None, typer.Option(help="Stop once the recent mean reward reaches this.")] = None,
     eval_prompts: Annotated[int, typer.Option(help="Prompts held out to measure base and policy.")] = 8,
     min_pairs: Annotated[int, typer.Option(help="dpo: refuse fewer pairs than this.")] = 8,
-    pairs: Annotated[str, typer.Option(help="dpo: 'store' (the pairs held) or 'sampled' (best vs worst of the policy's own samples by the reward).")] = "store",
+    pairs: Annotated[
+        str,
+        typer.Option(
+            help="dpo: 'store' (the pairs held) or 'sampled' (best vs worst of the policy's own samples by the reward)."
+        ),
+    ] = "store",
     samples_per_prompt: Annotated[int, typer.Option(help="dpo with sampled pairs: completions per prompt.")] = 4,
     label: Annotated[str | None, typer.Option(help="Version label of the result.")] = None,
 ) -> None:
     """Check the settings, run the job here (a running server lists it too) and register the result
     as a candidate version of the model (promote it to serve it)."""
-    from espalier.core import policy
-
     from espalier.api.cli import console, platform
+    from espalier.core.sources.learning import policy
 
-    params = {"method": method, "model": model, "reward_model": reward_model, "steps": steps,
-              "learning_rate": learning_rate, "lora_rank": lora_rank, "beta": beta, "batch_size": batch_size,
-              "num_generations": num_generations, "max_completion_tokens": max_completion_tokens,
-              "prompts": list(prompt or []), "prompts_path": str(prompts.resolve()) if prompts else None,
-              "prompts_from_conversations": from_conversations, "max_prompts": max_prompts,
-              "prompt_format": prompt_format, "toxicity_weight": toxicity_weight, "target_reward": target_reward,
-              "eval_prompts": eval_prompts, "min_pairs": min_pairs, "label": label, "pairs": pairs,
-              "samples_per_prompt": samples_per_prompt}  # fmt: skip
+    params = {
+        "method": method,
+        "model": model,
+        "reward_model": reward_model,
+        "steps": steps,
+        "learning_rate": learning_rate,
+        "lora_rank": lora_rank,
+        "beta": beta,
+        "batch_size": batch_size,
+        "num_generations": num_generations,
+        "max_completion_tokens": max_completion_tokens,
+        "prompts": list(prompt or []),
+        "prompts_path": str(prompts.resolve()) if prompts else None,
+        "prompts_from_conversations": from_conversations,
+        "max_prompts": max_prompts,
+        "prompt_format": prompt_format,
+        "toxicity_weight": toxicity_weight,
+        "target_reward": target_reward,
+        "eval_prompts": eval_prompts,
+        "min_pairs": min_pairs,
+        "label": label,
+        "pairs": pairs,
+        "samples_per_prompt": samples_per_prompt,
+    }
     instance = platform().start(migrate=False, run_jobs=True)
     job = None
     try:
         job, plan = policy.submit(instance, {k: v for k, v in params.items() if v is not None}, by=None)
         summary = plan.summary()
         pairs = "pairs sampled by the job" if summary["pair_source"] == "sampled" else f"{summary['pairs']} pairs"
-        console.print(f"job {job.id} ({job.kind}): model {summary['model']}, {summary['prompts']} prompts, "
-                      f"{pairs}, reward model {summary['reward_model'] or '-'}")  # fmt: skip
+        console.print(
+            f"job {job.id} ({job.kind}): model {summary['model']}, {summary['prompts']} prompts, "
+            f"{pairs}, reward model {summary['reward_model'] or '-'}"
+        )
         from espalier.api.cli.guardrails import _progress
 
         with _progress() as bar:
@@ -92,5 +118,7 @@ def train(
     console.print(table)
     for warning in result.get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}")
-    console.print(f"registered {result.get('model')} version '{result.get('label')}' (candidate); "
-                  f"adapter {result.get('adapter')}; curves {result.get('plot')}")  # fmt: skip
+    console.print(
+        f"registered {result.get('model')} version '{result.get('label')}' (candidate); "
+        f"adapter {result.get('adapter')}; curves {result.get('plot')}"
+    )

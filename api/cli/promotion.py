@@ -24,16 +24,18 @@ def register(models_app: typer.Typer) -> None:
     def models_evaluate(
         name: Annotated[str, typer.Argument(help="The model whose serving version is the baseline.")],
         candidate: Annotated[str, typer.Option(help="The version label to evaluate.")],
-        prompts: Annotated[Path | None, typer.Option(help="JSONL with a 'prompt' field or one prompt per line; default: the shipped set.")] = None,
+        prompts: Annotated[
+            Path | None,
+            typer.Option(help="JSONL with a 'prompt' field or one prompt per line; default: the shipped set."),
+        ] = None,
         limit: Annotated[int | None, typer.Option(help="Use the first N prompts.")] = None,
         max_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 32,
         seed: int = 0,
         as_json: Annotated[bool, typer.Option("--json")] = False,
     ) -> None:
         """Compare NAME@CANDIDATE with the serving version: reward, toxicity, KL, task checks, gate."""
-        from espalier.core import policy_evaluation
-
         from espalier.api.cli import console, platform, print_json
+        from espalier.core.sources.learning import gate as policy_evaluation
 
         instance = platform().start(migrate=False, run_jobs=False)
         try:
@@ -57,15 +59,19 @@ def register(models_app: typer.Typer) -> None:
             table.add_row(key, *("-" if v is None else f"{v:.4f}" for v in values))
         console.print(table)
         gate = report["gate"]
-        console.print(f"gate: {'[green]passed[/]' if gate['passed'] else '[red]failed[/]'}"
-                      + "".join(f"\n  - {f}" for f in gate["failures"]))  # fmt: skip
+        console.print(
+            f"gate: {'[green]passed[/]' if gate['passed'] else '[red]failed[/]'}"
+            + "".join(f"\n  - {f}" for f in gate["failures"])
+        )
         console.print(f"evaluation {record.id}; plot: {record.artifacts.get('png')}")
 
     @models_app.command("promote")
     def models_promote(
         name: str,
         version: Annotated[str, typer.Argument(help="The version label to serve.")],
-        evaluation: Annotated[str | None, typer.Option(help="The evaluation that justifies it (default: its latest).")] = None,
+        evaluation: Annotated[
+            str | None, typer.Option(help="The evaluation that justifies it (default: its latest).")
+        ] = None,
         force: Annotated[bool, typer.Option(help="Promote without a passed evaluation (needs --reason).")] = False,
         reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")] = "",
     ) -> None:
@@ -90,6 +96,12 @@ def register(models_app: typer.Typer) -> None:
 
         table = Table("at", "action", "version", "active", "evaluation", "reason")
         for change in _models().history(name):
-            table.add_row(change.at.strftime("%Y-%m-%d %H:%M:%S"), change.action + (" (forced)" if change.forced else ""),
-                          change.label, "yes" if change.active else "", change.evaluation_id or "", change.reason)  # fmt: skip
+            table.add_row(
+                change.at.strftime("%Y-%m-%d %H:%M:%S"),
+                change.action + (" (forced)" if change.forced else ""),
+                change.label,
+                "yes" if change.active else "",
+                change.evaluation_id or "",
+                change.reason,
+            )
         console.print(table)

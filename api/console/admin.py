@@ -10,7 +10,6 @@ from litestar import Request, get, post
 from litestar.response import Template
 
 from espalier import __version__
-
 from espalier.api.console.render import NavItem, page, read_form
 from espalier.api.console.session import console
 
@@ -27,8 +26,14 @@ class KeyForm(msgspec.Struct, forbid_unknown_fields=True):
 @get("/console/plugins", opt=console("operator"), include_in_schema=False)
 async def plugins_page(request: Request) -> Template:
     host = request.app.state.platform.plugins
-    return page(request, "plugins.html", active=PLUGINS_NAV.path, version=__version__, plugins=host.describe(),
-                failures=[vars(failure) for failure in host.failures])  # fmt: skip
+    return page(
+        request,
+        "plugins.html",
+        active=PLUGINS_NAV.path,
+        version=__version__,
+        plugins=host.describe(),
+        failures=[vars(failure) for failure in host.failures],
+    )
 
 
 @get("/console/keys", opt=console("admin"), include_in_schema=False, sync_to_thread=True)
@@ -41,13 +46,20 @@ async def create_key(request: Request) -> Template:
     form = await read_form(request, KeyForm)
     platform = request.app.state.platform
     principal = request.scope["principal"]  # type: ignore[typeddict-item]
-    created = await anyio.to_thread.run_sync(lambda: platform.keys.create(name=form.name, role=form.role, created_by=principal))
+    created = await anyio.to_thread.run_sync(
+        lambda: platform.keys.create(name=form.name, role=form.role, created_by=principal)
+    )
     keys = await anyio.to_thread.run_sync(platform.keys.list)
     return page(request, "_keys.html", active=KEYS_NAV.path, keys=keys, created=created)
 
 
-@post("/console/keys/{key_id:str}/revoke", opt=console("admin"), include_in_schema=False, sync_to_thread=True,
-      status_code=200)  # fmt: skip
+@post(
+    "/console/keys/{key_id:str}/revoke",
+    opt=console("admin"),
+    include_in_schema=False,
+    sync_to_thread=True,
+    status_code=200,
+)
 def revoke_key(request: Request, key_id: str) -> Template:
     platform = request.app.state.platform
     platform.keys.revoke(key_id, by=request.scope["principal"])  # type: ignore[typeddict-item]

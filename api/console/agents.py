@@ -18,10 +18,9 @@ from litestar import Request, get, post
 from litestar.response import Template
 
 from espalier.api.agents.routes import SSE_HEADERS, _stream_steps
-from espalier.api.openai.streaming import EventStream
-
 from espalier.api.console.render import NavItem, page, read_form
 from espalier.api.console.session import console
+from espalier.api.openai.streaming import EventStream
 
 NAV = NavItem("Agents", "/console/agents")
 
@@ -43,9 +42,16 @@ def agents_page(request: Request) -> Template:
     platform = request.app.state.platform
     principal = request.scope["principal"]  # type: ignore[typeddict-item]
     collections = [c.name for c in platform.rag.list_collections(principal)]
-    return page(request, "agents.html", active=NAV.path, agents=platform.agent_runs.describe(),
-                collections=collections, models=[m.name for m in platform.models.list()],
-                default_model=platform.settings.default_model, runs=_runs(platform, principal))  # fmt: skip
+    return page(
+        request,
+        "agents.html",
+        active=NAV.path,
+        agents=platform.agent_runs.describe(),
+        collections=collections,
+        models=[m.name for m in platform.models.list()],
+        default_model=platform.settings.default_model,
+        runs=_runs(platform, principal),
+    )
 
 
 @get("/console/agents/runs/{run_id:str}", opt=console("operator"), include_in_schema=False, sync_to_thread=True)
@@ -66,13 +72,22 @@ async def run_agent(request: Request, name: str) -> EventStream:
     queue: asyncio.Queue[Any] = asyncio.Queue()
 
     def prepare() -> Any:  # every 4xx happens here, before the stream starts
-        return service.prepare(name, form.question, principal, model=form.model or None, max_steps=form.max_steps,
-                               collection=form.collection or None, cancel=cancel,
-                               on_step=lambda step: loop.call_soon_threadsafe(queue.put_nowait, ("step", step)))  # fmt: skip
+        return service.prepare(
+            name,
+            form.question,
+            principal,
+            model=form.model or None,
+            max_steps=form.max_steps,
+            collection=form.collection or None,
+            cancel=cancel,
+            on_step=lambda step: loop.call_soon_threadsafe(queue.put_nowait, ("step", step)),
+        )
 
     context = await anyio.to_thread.run_sync(prepare)
     platform.audit.record(principal, "agent.run", context.run_id, agent=name, via="console")
-    return EventStream(_stream_steps(service, context, cancel, queue), media_type="text/event-stream", headers=SSE_HEADERS)
+    return EventStream(
+        _stream_steps(service, context, cancel, queue), media_type="text/event-stream", headers=SSE_HEADERS
+    )
 
 
 ROUTES = [agents_page, run_page, run_agent]

@@ -11,12 +11,18 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import Cookie
 from litestar.response import Redirect, Template
 
+from espalier.api.console.session import (
+    COOKIE,
+    CSRF_FIELD,
+    PRE_SESSION_COOKIE,
+    SIGN_IN_PATH,
+    ConsoleSignInRequired,
+    console,
+)
 from espalier.api.errors import problem
 from espalier.api.guards import PUBLIC
-from espalier.core.console_sessions import same_token
-from espalier.core.errors import Forbidden, Unauthenticated
-
-from espalier.api.console.session import COOKIE, CSRF_FIELD, PRE_SESSION_COOKIE, SIGN_IN_PATH, ConsoleSignInRequired, console
+from espalier.core.infrastructure.errors import Forbidden, Unauthenticated
+from espalier.core.interface.console_sessions.service import same_token
 
 
 def _secure(request: Request) -> bool:
@@ -24,8 +30,15 @@ def _secure(request: Request) -> bool:
 
 
 def _cookie(request: Request, name: str, value: str, max_age: int) -> Cookie:
-    return Cookie(key=name, value=value, path="/console", max_age=max_age, httponly=True,
-                  samesite="strict", secure=_secure(request))  # fmt: skip
+    return Cookie(
+        key=name,
+        value=value,
+        path="/console",
+        max_age=max_age,
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+    )
 
 
 def _safe_next(target: str | None) -> str:

@@ -15,11 +15,10 @@ import msgspec
 from litestar import Request, get, post
 from litestar.response import Template
 
-from espalier.api.documents.routes import MULTIPART_OVERHEAD, read_multipart, uploads_from
-from espalier.core.errors import InvalidInput, PayloadTooLarge
-
 from espalier.api.console.render import NavItem, page, read_form
 from espalier.api.console.session import console
+from espalier.api.documents.routes import MULTIPART_OVERHEAD, read_multipart, uploads_from
+from espalier.core.infrastructure.errors import InvalidInput, PayloadTooLarge
 
 NAV = NavItem("Documents", "/console/documents")
 MODES = ("hybrid", "vector", "keyword")
@@ -57,8 +56,14 @@ def documents_page(request: Request) -> Template:
 async def create_collection(request: Request) -> Template:
     form = await read_form(request, CollectionForm)
     rag = request.app.state.platform.rag
-    await anyio.to_thread.run_sync(lambda: rag.create_collection(
-        form.name, _principal(request), description=form.description, read_roles=["user"] if form.shared == "on" else []))  # fmt: skip
+    await anyio.to_thread.run_sync(
+        lambda: rag.create_collection(
+            form.name,
+            _principal(request),
+            description=form.description,
+            read_roles=["user"] if form.shared == "on" else [],
+        )
+    )
     collections = await anyio.to_thread.run_sync(_collections, request)
     return page(request, "_collections.html", active=NAV.path, collections=collections, created=form.name)
 
@@ -67,9 +72,16 @@ async def create_collection(request: Request) -> Template:
 def collection_page(request: Request, name: str) -> Template:
     rag = request.app.state.platform.rag
     record = rag.collection(name, _principal(request))
-    return page(request, "collection.html", active=NAV.path, collection=record, documents=rag.list_documents(name, _principal(request)),
-                budget=rag.budget(record.settings), modes=MODES,
-                max_upload=request.app.state.platform.settings.max_upload_bytes)  # fmt: skip
+    return page(
+        request,
+        "collection.html",
+        active=NAV.path,
+        collection=record,
+        documents=rag.list_documents(name, _principal(request)),
+        budget=rag.budget(record.settings),
+        modes=MODES,
+        max_upload=request.app.state.platform.settings.max_upload_bytes,
+    )
 
 
 @post("/console/documents/{name:str}/upload", opt=console("operator"), include_in_schema=False, status_code=200)
@@ -84,28 +96,47 @@ async def upload(request: Request, name: str) -> Template:
     files, fields = await read_multipart(request, platform.settings.max_upload_bytes + MULTIPART_OVERHEAD)
     for filename, _type, data in files:
         if len(data) > platform.settings.max_upload_bytes:
-            raise PayloadTooLarge(f"'{filename}' has {len(data)} bytes; the limit is {platform.settings.max_upload_bytes} (ESPALIER_MAX_UPLOAD_BYTES)")
+            raise PayloadTooLarge(
+                f"'{filename}' has {len(data)} bytes; the limit is {platform.settings.max_upload_bytes} (ESPALIER_MAX_UPLOAD_BYTES)"
+            )
     uploads = uploads_from(files, fields)
     results = await anyio.to_thread.run_sync(lambda: platform.rag.ingest_many(name, principal, uploads))
     documents = await anyio.to_thread.run_sync(lambda: platform.rag.list_documents(name, principal))
-    return page(request, "_documents.html", collection=platform.rag.collection_by_name(name), documents=documents,
-                results=[(r.document.source, r.status) for r in results])  # fmt: skip
+    return page(
+        request,
+        "_documents.html",
+        collection=platform.rag.collection_by_name(name),
+        documents=documents,
+        results=[(r.document.source, r.status) for r in results],
+    )
 
 
-@post("/console/documents/{name:str}/documents/{document_id:str}/delete", opt=console("operator"),
-      include_in_schema=False, status_code=200, sync_to_thread=True)  # fmt: skip
+@post(
+    "/console/documents/{name:str}/documents/{document_id:str}/delete",
+    opt=console("operator"),
+    include_in_schema=False,
+    status_code=200,
+    sync_to_thread=True,
+)
 def delete_document(request: Request, name: str, document_id: str) -> Template:
     rag = request.app.state.platform.rag
     rag.delete_document(name, document_id, _principal(request))
-    return page(request, "_documents.html", collection=rag.collection_by_name(name),
-                documents=rag.list_documents(name, _principal(request)), results=[])  # fmt: skip
+    return page(
+        request,
+        "_documents.html",
+        collection=rag.collection_by_name(name),
+        documents=rag.list_documents(name, _principal(request)),
+        results=[],
+    )
 
 
 @post("/console/documents/{name:str}/search", opt=console("operator"), include_in_schema=False, status_code=200)
 async def search(request: Request, name: str) -> Template:
     form = await read_form(request, SearchForm)
     rag = request.app.state.platform.rag
-    chunks = await anyio.to_thread.run_sync(lambda: rag.search(name, _principal(request), form.query, k=form.k, mode=form.mode))
+    chunks = await anyio.to_thread.run_sync(
+        lambda: rag.search(name, _principal(request), form.query, k=form.k, mode=form.mode)
+    )
     return page(request, "_search_results.html", chunks=chunks, query=form.query, mode=form.mode)
 
 

@@ -13,12 +13,11 @@ from litestar import Request, Response, get, post
 from litestar.params import Parameter
 from litestar.response import Template
 
-from espalier.core.errors import InvalidInput
-from espalier.core.feedback import export_lines
-from espalier.core.feedback.browse import KINDS, FeedbackFilter, browse, labelers_and_models, request_view
-
 from espalier.api.console.render import NavItem, page, read_form
 from espalier.api.console.session import console
+from espalier.core.infrastructure.errors import InvalidInput
+from espalier.core.interface.feedback_browse import KINDS, FeedbackFilter, browse, labelers_and_models, request_view
+from espalier.core.sources.feedback import export_lines
 
 NAV = NavItem("Feedback", "/console/feedback")
 PAGE_SIZE = 50
@@ -42,29 +41,59 @@ def _day(value: str | None, name: str) -> date | None:
 
 @get("/console/feedback", opt=console("operator"), include_in_schema=False, sync_to_thread=True)
 def feedback_page(
-    request: Request, kind: str | None = None, labeler: str | None = None, model: str | None = None,
-    request_id: str | None = None, since: str | None = None, until: str | None = None,
+    request: Request,
+    kind: str | None = None,
+    labeler: str | None = None,
+    model: str | None = None,
+    request_id: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
     offset: Annotated[int, Parameter(ge=0)] = 0,
-) -> Template:  # fmt: skip
+) -> Template:
     platform = request.app.state.platform
-    filters = FeedbackFilter(kind=kind or None, labeler=labeler or None, model=model or None,
-                             request_id=request_id or None, since=_day(since, "from"), until=_day(until, "to"))  # fmt: skip
+    filters = FeedbackFilter(
+        kind=kind or None,
+        labeler=labeler or None,
+        model=model or None,
+        request_id=request_id or None,
+        since=_day(since, "from"),
+        until=_day(until, "to"),
+    )
     rows, total = browse(platform.engine, filters, limit=PAGE_SIZE, offset=offset)
     labelers, models = labelers_and_models(platform.engine)
     human = platform.pairs.derived()
     origins: dict[str, int] = {}
     for pair in human:
         origins[pair.origin] = origins.get(pair.origin, 0) + 1
-    query = {"kind": kind or "", "labeler": labeler or "", "model": model or "", "request_id": request_id or "",
-             "since": since or "", "until": until or ""}  # fmt: skip
-    return page(request, "feedback.html", active=NAV.path, rows=rows, total=total, offset=offset, page_size=PAGE_SIZE,
-                kinds=KINDS, labelers=labelers, models=models, query=query,
-                pairs={"human": len(human), "by_origin": origins, "imported": platform.pairs.imported_count()},
-                flag_counts=platform.guardrail_flags.counts(), flags=platform.guardrail_flags.list(limit=20))  # fmt: skip
+    query = {
+        "kind": kind or "",
+        "labeler": labeler or "",
+        "model": model or "",
+        "request_id": request_id or "",
+        "since": since or "",
+        "until": until or "",
+    }
+    return page(
+        request,
+        "feedback.html",
+        active=NAV.path,
+        rows=rows,
+        total=total,
+        offset=offset,
+        page_size=PAGE_SIZE,
+        kinds=KINDS,
+        labelers=labelers,
+        models=models,
+        query=query,
+        pairs={"human": len(human), "by_origin": origins, "imported": platform.pairs.imported_count()},
+        flag_counts=platform.guardrail_flags.counts(),
+        flags=platform.guardrail_flags.list(limit=20),
+    )
 
 
-@get("/console/feedback/requests/{request_id:str}", opt=console("operator"), include_in_schema=False,
-     sync_to_thread=True)  # fmt: skip
+@get(
+    "/console/feedback/requests/{request_id:str}", opt=console("operator"), include_in_schema=False, sync_to_thread=True
+)
 def request_page(request: Request, request_id: str) -> Template:
     view = request_view(request.app.state.platform.engine, request_id)
     view["chat_request"] = view.pop("request")  # ``request`` is litestar's own in a template
@@ -77,13 +106,33 @@ async def flag_text(request: Request) -> Template:
     form = await read_form(request, FlagForm)
     platform = request.app.state.platform
     principal = request.scope["principal"]  # type: ignore[typeddict-item]
-    flag = await anyio.to_thread.run_sync(lambda: platform.guardrail_flags.flag(
-        principal, category=form.category, label=form.label, request_id=form.request_id,
-        completion_id=form.completion_id or None))  # fmt: skip
-    platform.audit.record(principal, "guardrail.flag", flag.id, category=flag.category, label=flag.label,
-                          request_id=flag.request_id, completion_id=flag.completion_id, via="console")  # fmt: skip
-    return page(request, "_flag.html", flag=flag, request_id=form.request_id, completion_id=form.completion_id,
-                category=form.category)
+    flag = await anyio.to_thread.run_sync(
+        lambda: platform.guardrail_flags.flag(
+            principal,
+            category=form.category,
+            label=form.label,
+            request_id=form.request_id,
+            completion_id=form.completion_id or None,
+        )
+    )
+    platform.audit.record(
+        principal,
+        "guardrail.flag",
+        flag.id,
+        category=flag.category,
+        label=flag.label,
+        request_id=flag.request_id,
+        completion_id=flag.completion_id,
+        via="console",
+    )
+    return page(
+        request,
+        "_flag.html",
+        flag=flag,
+        request_id=form.request_id,
+        completion_id=form.completion_id,
+        category=form.category,
+    )
 
 
 @get("/console/feedback/pairs.jsonl", opt=console("operator"), include_in_schema=False, sync_to_thread=True)
@@ -92,8 +141,11 @@ def export_pairs(request: Request, include_imported: bool = False) -> Response[s
     platform = request.app.state.platform
     pairs = platform.pairs.all(include_imported=include_imported)
     platform.audit.record(request.scope["principal"], "pairs.export", None, pairs=len(pairs), via="console")  # type: ignore[typeddict-item]
-    return Response("".join(export_lines(pairs)), media_type="application/x-ndjson",
-                    headers={"Content-Disposition": 'attachment; filename="pairs.jsonl"'})  # fmt: skip
+    return Response(
+        "".join(export_lines(pairs)),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": 'attachment; filename="pairs.jsonl"'},
+    )
 
 
 ROUTES = [feedback_page, request_page, flag_text, export_pairs]

@@ -23,9 +23,15 @@ ACTIVE = ("queued", "running")
 def jobs_page(request: Request, status: str | None = None) -> Template:
     platform = request.app.state.platform
     fragment = bool(request.headers.get("hx-request"))
-    return page(request, "_jobs_table.html" if fragment else "jobs.html", active=NAV.path,
-                jobs=platform.jobs.list(status=status or None, limit=100), status=status or "",
-                kinds=platform.job_kinds.names(), poll=POLL_SECONDS)  # fmt: skip
+    return page(
+        request,
+        "_jobs_table.html" if fragment else "jobs.html",
+        active=NAV.path,
+        jobs=platform.jobs.list(status=status or None, limit=100),
+        status=status or "",
+        kinds=platform.job_kinds.names(),
+        poll=POLL_SECONDS,
+    )
 
 
 @get("/console/jobs/{job_id:str}", opt=console("operator"), include_in_schema=False, sync_to_thread=True)
@@ -33,8 +39,14 @@ def job_page(request: Request, job_id: str) -> Template:
     platform = request.app.state.platform
     job = platform.jobs.get(job_id)
     fragment = bool(request.headers.get("hx-request"))
-    response = page(request, "_job_detail.html" if fragment else "job.html", active=NAV.path, job=job,
-                    logs=platform.jobs.logs(job_id), poll=POLL_SECONDS)  # fmt: skip
+    response = page(
+        request,
+        "_job_detail.html" if fragment else "job.html",
+        active=NAV.path,
+        job=job,
+        logs=platform.jobs.logs(job_id),
+        poll=POLL_SECONDS,
+    )
     if fragment and job.status not in ACTIVE:
         response.status_code = STOP_POLLING  # the job is done: nothing more will change
     return response
@@ -47,17 +59,27 @@ def job_metrics(request: Request, job_id: str, after_step: Annotated[int, Parame
     platform = request.app.state.platform
     job = platform.jobs.get(job_id)
     rows = platform.jobs.metrics(job_id, after_step=after_step)
-    return {"status": job.status, "active": job.status in ACTIVE,
-            "metrics": [{"step": row.step, "values": row.values} for row in rows]}
+    return {
+        "status": job.status,
+        "active": job.status in ACTIVE,
+        "metrics": [{"step": row.step, "values": row.values} for row in rows],
+    }
 
 
-@post("/console/jobs/{job_id:str}/cancel", opt=console("operator"), include_in_schema=False, sync_to_thread=True,
-      status_code=200)  # fmt: skip
+@post(
+    "/console/jobs/{job_id:str}/cancel",
+    opt=console("operator"),
+    include_in_schema=False,
+    sync_to_thread=True,
+    status_code=200,
+)
 def cancel_job(request: Request, job_id: str) -> Template:
     platform = request.app.state.platform
     job = platform.jobs.cancel(job_id)
     platform.audit.record(request.scope["principal"], "job.cancel", job_id, via="console")  # type: ignore[typeddict-item]
-    return page(request, "_job_detail.html", active=NAV.path, job=job, logs=platform.jobs.logs(job_id), poll=POLL_SECONDS)
+    return page(
+        request, "_job_detail.html", active=NAV.path, job=job, logs=platform.jobs.logs(job_id), poll=POLL_SECONDS
+    )
 
 
 ROUTES = [jobs_page, job_page, job_metrics, cancel_job]

@@ -13,10 +13,9 @@ import anyio
 from litestar import Request, get, post
 from litestar.response import Template
 
-from espalier.core.errors import InvalidInput
-
 from espalier.api.console.render import NavItem, page, ranked_candidates
 from espalier.api.console.session import console
+from espalier.core.infrastructure.errors import InvalidInput
 
 NAV = NavItem("Labeling", "/console/labeling")
 
@@ -33,7 +32,9 @@ def _principal(request: Request):
 def labeling_page(request: Request) -> Template:
     service = _service(request)
     me = _principal(request).key_id
-    tasks = [(task, service.progress(task.id), me in service.labelers(task.id)) for task in service.list(_principal(request))]
+    tasks = [
+        (task, service.progress(task.id), me in service.labelers(task.id)) for task in service.list(_principal(request))
+    ]
     return page(request, "labeling.html", active=NAV.path, tasks=tasks)
 
 
@@ -43,12 +44,20 @@ def _task_context(request: Request, task_id: str) -> dict:
     agreement = service.agreement(task_id)
     progress = service.progress(task_id)
     labelers = sorted(set(progress["labelers"]) | set(agreement["labelers"]) | set(task.excluded_labelers))
-    chart = {"labels": labelers,
-             "mean_tau": [agreement["labelers"].get(k, {}).get("mean_tau") for k in labelers],
-             "alpha_without": [agreement["labelers"].get(k, {}).get("alpha_without") for k in labelers],
-             "done": [progress["labelers"].get(k, {}).get("done", 0) for k in labelers]}  # fmt: skip
-    return {"task": task, "progress": progress, "agreement": agreement, "labelers": labelers, "chart": chart,
-            "is_labeler": _principal(request).key_id in service.labelers(task_id)}  # fmt: skip
+    chart = {
+        "labels": labelers,
+        "mean_tau": [agreement["labelers"].get(k, {}).get("mean_tau") for k in labelers],
+        "alpha_without": [agreement["labelers"].get(k, {}).get("alpha_without") for k in labelers],
+        "done": [progress["labelers"].get(k, {}).get("done", 0) for k in labelers],
+    }
+    return {
+        "task": task,
+        "progress": progress,
+        "agreement": agreement,
+        "labelers": labelers,
+        "chart": chart,
+        "is_labeler": _principal(request).key_id in service.labelers(task_id),
+    }
 
 
 @get("/console/labeling/{task_id:str}", opt=console("operator"), include_in_schema=False, sync_to_thread=True)
@@ -69,7 +78,9 @@ async def labeling_exclude(request: Request, task_id: str) -> Template:
     if key_id not in task.excluded_labelers:
         excluded.append(key_id)
     await anyio.to_thread.run_sync(service.set_excluded, task_id, excluded)
-    request.app.state.platform.audit.record(_principal(request), "labeling.exclude", task_id, key_ids=excluded, via="console")
+    request.app.state.platform.audit.record(
+        _principal(request), "labeling.exclude", task_id, key_ids=excluded, via="console"
+    )
     context = await anyio.to_thread.run_sync(_task_context, request, task_id)
     return page(request, "_labeling_labelers.html", active=NAV.path, **context)
 
@@ -77,8 +88,13 @@ async def labeling_exclude(request: Request, task_id: str) -> Template:
 def _queue_context(request: Request, task_id: str, saved: str | None = None) -> dict:
     service = _service(request)
     item = service.next_item(task_id, _principal(request))
-    return {"task": service.get(task_id), "item": item, "saved": saved, "progress": service.progress(task_id),
-            "idempotency_key": f"console-{secrets.token_hex(12)}"}  # a fresh key per form: a double submit stores once
+    return {
+        "task": service.get(task_id),
+        "item": item,
+        "saved": saved,
+        "progress": service.progress(task_id),
+        "idempotency_key": f"console-{secrets.token_hex(12)}",
+    }  # a fresh key per form: a double submit stores once
 
 
 def _queue(request: Request, task_id: str, saved: str | None = None) -> Template:
@@ -90,8 +106,12 @@ def labeling_queue_page(request: Request, task_id: str) -> Template:
     return page(request, "labeling_queue.html", active=NAV.path, **_queue_context(request, task_id))
 
 
-@post("/console/labeling/{task_id:str}/items/{item_id:str}/rank", opt=console("operator"), include_in_schema=False,
-      status_code=200)  # fmt: skip
+@post(
+    "/console/labeling/{task_id:str}/items/{item_id:str}/rank",
+    opt=console("operator"),
+    include_in_schema=False,
+    status_code=200,
+)
 async def labeling_rank(request: Request, task_id: str, item_id: str) -> Template:
     """Stores the ranking through the labeling service (ranking feedback, idempotent), then shows the
     next item."""
@@ -99,8 +119,16 @@ async def labeling_rank(request: Request, task_id: str, item_id: str) -> Templat
     candidates = ranked_candidates(form)
     comment = str(form.get("comment") or "").strip() or None
     service = _service(request)
-    submission = await anyio.to_thread.run_sync(lambda: service.submit(
-        task_id, item_id, _principal(request), form.get("idempotency_key") or None, candidates=candidates, comment=comment))  # fmt: skip
+    submission = await anyio.to_thread.run_sync(
+        lambda: service.submit(
+            task_id,
+            item_id,
+            _principal(request),
+            form.get("idempotency_key") or None,
+            candidates=candidates,
+            comment=comment,
+        )
+    )
     if not submission.replayed:  # plugins hear of it (the retrain trigger), as with the API's POST
         _notify(request, submission.record)
     return await anyio.to_thread.run_sync(_queue, request, task_id, submission.record.id)
@@ -109,13 +137,19 @@ async def labeling_rank(request: Request, task_id: str, item_id: str) -> Templat
 def _notify(request: Request, record) -> None:
     import threading
 
-    from espalier.core.contracts import FeedbackEvent
-    from espalier.core.events import notify_feedback
+    from espalier.core.infrastructure.contracts import FeedbackEvent
+    from espalier.core.infrastructure.events import notify_feedback
 
-    event = FeedbackEvent(feedback_id=record.id, kind=record.kind, completion_id=record.completion_id,
-                          payload=dict(record.payload), api_key_id=record.key_id)  # fmt: skip
-    threading.Thread(target=notify_feedback, args=(request.app.state.platform, event), name="espalier-on-feedback",
-                     daemon=True).start()  # fmt: skip
+    event = FeedbackEvent(
+        feedback_id=record.id,
+        kind=record.kind,
+        completion_id=record.completion_id,
+        payload=dict(record.payload),
+        api_key_id=record.key_id,
+    )
+    threading.Thread(
+        target=notify_feedback, args=(request.app.state.platform, event), name="espalier-on-feedback", daemon=True
+    ).start()
 
 
 ROUTES = [labeling_page, labeling_task_page, labeling_exclude, labeling_queue_page, labeling_rank]

@@ -11,10 +11,9 @@ import msgspec
 from litestar import Request, get, post
 from litestar.response import Template
 
-from espalier.core import policy_evaluation
-
 from espalier.api.console.render import NavItem, page, read_form
 from espalier.api.console.session import console
+from espalier.core.sources.learning import gate as policy_evaluation
 
 NAV = NavItem("Models", "/console/models")
 
@@ -29,7 +28,9 @@ class RollbackForm(msgspec.Struct, forbid_unknown_fields=True):
 
 def _context(platform: Any) -> dict[str, Any]:
     models = [asdict(m) for m in platform.models.list()]
-    evaluations = [policy_evaluation.summary(r) for r in platform.evaluations.list(kind=policy_evaluation.KIND, limit=50)]
+    evaluations = [
+        policy_evaluation.summary(r) for r in platform.evaluations.list(kind=policy_evaluation.KIND, limit=50)
+    ]
     for model in models:
         model["history"] = platform.models.history(model["name"], limit=10)
         model["evaluations"] = [e for e in evaluations if e["model"] == model["name"]][:5]
@@ -71,7 +72,9 @@ async def rollback(request: Request, name: str) -> Template:
     principal = request.scope["principal"]  # type: ignore[typeddict-item]
     info = await anyio.to_thread.run_sync(lambda: platform.models.rollback(name, reason=form.reason, by=principal))
     context = await anyio.to_thread.run_sync(lambda: _context(platform))
-    return page(request, "_models.html", active=NAV.path, notice=f"{name} rolled back to {info.serving_version}", **context)
+    return page(
+        request, "_models.html", active=NAV.path, notice=f"{name} rolled back to {info.serving_version}", **context
+    )
 
 
 ROUTES = [models_page, promote, rollback]

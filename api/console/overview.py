@@ -32,12 +32,21 @@ def overview(request: Request, hours: int = 24) -> Template:
     }
     models = platform.models.list()
     return page(
-        request, "overview.html", active=NAV.path, chart=chart, hours=len(hourly),
-        totals={"requests": sum(chart["requests"]), "tokens": sum(chart["prompt_tokens"]) + sum(chart["completion_tokens"]),
-                "blocks": sum(chart["guardrail_blocks"]), "feedback": sum(chart["feedback"])},
-        models=[asdict(m) for m in models], loaded=[m.name for m in models if m.loaded],
+        request,
+        "overview.html",
+        active=NAV.path,
+        chart=chart,
+        hours=len(hourly),
+        totals={
+            "requests": sum(chart["requests"]),
+            "tokens": sum(chart["prompt_tokens"]) + sum(chart["completion_tokens"]),
+            "blocks": sum(chart["guardrail_blocks"]),
+            "feedback": sum(chart["feedback"]),
+        },
+        models=[asdict(m) for m in models],
+        loaded=[m.name for m in models if m.loaded],
         jobs=platform.usage.jobs_by_status(),
-    )  # fmt: skip
+    )
 
 
 ROUTES = [overview]

@@ -11,11 +11,9 @@ import msgspec
 from litestar import Request, get, post
 from litestar.response import Template
 
-from espalier.core.chat import ChatRequest
-from espalier.core.contracts import ChatMessage, GenerationParams
-
 from espalier.api.console.render import NavItem, page, ranked_candidates, read_form
 from espalier.api.console.session import console
+from espalier.core.infrastructure.contracts import ChatMessage, ChatRequest, GenerationParams
 
 NAV = NavItem("Playground", "/console/playground")
 MAX_CANDIDATES = 4
@@ -33,8 +31,14 @@ class ChatForm(msgspec.Struct, forbid_unknown_fields=True):
 @get("/console/playground", opt=console("operator"), include_in_schema=False, sync_to_thread=True)
 def playground_page(request: Request) -> Template:
     platform = request.app.state.platform
-    return page(request, "playground.html", active=NAV.path, models=[m.name for m in platform.models.list()],
-                default_model=platform.settings.default_model, max_candidates=MAX_CANDIDATES)  # fmt: skip
+    return page(
+        request,
+        "playground.html",
+        active=NAV.path,
+        models=[m.name for m in platform.models.list()],
+        default_model=platform.settings.default_model,
+        max_candidates=MAX_CANDIDATES,
+    )
 
 
 @post("/console/playground/chat", opt=console("operator"), include_in_schema=False, status_code=200)
@@ -42,14 +46,27 @@ async def playground_chat(request: Request) -> Template:
     form = await read_form(request, ChatForm)
     platform = request.app.state.platform
     principal = request.scope["principal"]  # type: ignore[typeddict-item]
-    messages = ([ChatMessage("system", form.system)] if form.system.strip() else []) + [ChatMessage("user", form.prompt)]
-    chat = ChatRequest(model=form.model, messages=messages, params=GenerationParams(
-        max_tokens=form.max_tokens, temperature=form.temperature, n=form.n))  # fmt: skip
+    messages = ([ChatMessage("system", form.system)] if form.system.strip() else []) + [
+        ChatMessage("user", form.prompt)
+    ]
+    chat = ChatRequest(
+        model=form.model,
+        messages=messages,
+        params=GenerationParams(max_tokens=form.max_tokens, temperature=form.temperature, n=form.n),
+    )
     result = await anyio.to_thread.run_sync(platform.chat.complete, chat, principal)
-    candidates = [{"id": cid, "text": g.text, "finish_reason": g.finish_reason, "tokens": g.completion_tokens}
-                  for cid, g in zip(result.completion_ids, result.generations, strict=True)]  # fmt: skip
-    return page(request, "_candidates.html", result=result, candidates=candidates, prompt=form.prompt,
-                idempotency_key=f"console-{secrets.token_hex(12)}")
+    candidates = [
+        {"id": cid, "text": g.text, "finish_reason": g.finish_reason, "tokens": g.completion_tokens}
+        for cid, g in zip(result.completion_ids, result.generations, strict=True)
+    ]
+    return page(
+        request,
+        "_candidates.html",
+        result=result,
+        candidates=candidates,
+        prompt=form.prompt,
+        idempotency_key=f"console-{secrets.token_hex(12)}",
+    )
 
 
 @post("/console/playground/rank", opt=console("operator"), include_in_schema=False, status_code=200)
@@ -61,12 +78,19 @@ async def playground_rank(request: Request) -> Template:
     candidates = ranked_candidates(form)
     platform = request.app.state.platform
     principal = request.scope["principal"]  # type: ignore[typeddict-item]
-    submission = await anyio.to_thread.run_sync(lambda: platform.feedback.submit_ranking(
-        principal, form.get("idempotency_key") or None, request_id=request_id, candidates=candidates))  # fmt: skip
+    submission = await anyio.to_thread.run_sync(
+        lambda: platform.feedback.submit_ranking(
+            principal, form.get("idempotency_key") or None, request_id=request_id, candidates=candidates
+        )
+    )
     # candidates in the order they were shown (the form lists them so), best rank first
-    shown = {completion_id: number for number, completion_id in enumerate((c["completion_id"] for c in candidates), start=1)}
-    order = sorted(((shown[c["completion_id"]], c["rank"], c["unacceptable"]) for c in candidates),
-                   key=lambda row: (row[1], row[0]))  # fmt: skip
+    shown = {
+        completion_id: number for number, completion_id in enumerate((c["completion_id"] for c in candidates), start=1)
+    }
+    order = sorted(
+        ((shown[c["completion_id"]], c["rank"], c["unacceptable"]) for c in candidates),
+        key=lambda row: (row[1], row[0]),
+    )
     return page(request, "_ranked.html", feedback=submission.record, order=order)
 
 

@@ -11,9 +11,8 @@ from litestar import Request
 from litestar.datastructures import ResponseHeader
 from litestar.response import Template
 
-from espalier.core.errors import InvalidInput
-
 from espalier.api.console.session import CSRF_FIELD
+from espalier.core.infrastructure.errors import InvalidInput
 
 T = TypeVar("T")
 
@@ -27,24 +26,33 @@ class NavItem:
 
 # Scripts only from the console's own files: model-written text can never run as code.
 SECURITY_HEADERS = [
-    ResponseHeader(name="Content-Security-Policy", value=(
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
-    )),
+    ResponseHeader(
+        name="Content-Security-Policy",
+        value=(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+        ),
+    ),
     ResponseHeader(name="X-Frame-Options", value="DENY"),
     ResponseHeader(name="X-Content-Type-Options", value="nosniff"),
     ResponseHeader(name="Referrer-Policy", value="same-origin"),
     ResponseHeader(name="Cache-Control", value="no-store"),
-]  # fmt: skip
+]
 
 
 def page(request: Request, template: str, *, active: str = "", **context: Any) -> Template:
     principal = request.scope["principal"]  # type: ignore[typeddict-item]
     nav = [item for item in request.app.state.console_nav if principal.has_role(item.min_role)]
-    return Template(template_name=template, context={
-        "principal": principal, "csrf_token": request.scope.get("console_csrf", ""),  # type: ignore[typeddict-item]
-        "nav": nav, "active": active, **context,
-    })  # fmt: skip
+    return Template(
+        template_name=template,
+        context={
+            "principal": principal,
+            "csrf_token": request.scope.get("console_csrf", ""),  # type: ignore[typeddict-item]
+            "nav": nav,
+            "active": active,
+            **context,
+        },
+    )
 
 
 async def read_form(request: Request, schema: type[T]) -> T:

@@ -14,11 +14,10 @@ from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from espalier.api.guards import PUBLIC
-
 from espalier.api.console import admin, agents, auth, documents, feedback, jobs, labeling, models, overview, playground
 from espalier.api.console.render import SECURITY_HEADERS
 from espalier.api.console.session import ConsoleSignInRequired
+from espalier.api.guards import PUBLIC
 
 HERE = Path(__file__).parent
 
@@ -49,8 +48,12 @@ console_router = Router(
 )
 
 static_files = create_static_files_router(
-    path="/console/static", directories=[HERE / "static"], opt=PUBLIC, include_in_schema=False,
-    name="console-static", send_as_attachment=False,
-)  # fmt: skip
+    path="/console/static",
+    directories=[HERE / "static"],
+    opt=PUBLIC,
+    include_in_schema=False,
+    name="console-static",
+    send_as_attachment=False,
+)
 
 ROUTES = [console_router, static_files]

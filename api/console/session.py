@@ -12,9 +12,9 @@ from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 
-from espalier.core.console_sessions import same_token
-from espalier.core.errors import Forbidden, Unauthenticated
-from espalier.core.security import ROLE_RANK, require_role
+from espalier.core.infrastructure.errors import Forbidden, Unauthenticated
+from espalier.core.infrastructure.identity import ROLE_RANK, require_role
+from espalier.core.interface.console_sessions.service import same_token
 
 COOKIE = "espalier_console"
 PRE_SESSION_COOKIE = "espalier_console_pre"  # double-submit token of the sign-in form itself
@@ -55,5 +55,6 @@ async def check_csrf(connection: ASGIConnection, expected: str) -> None:
         form = await Request(connection.scope, connection.receive).form()
         given = form.get(CSRF_FIELD)
     if not same_token(expected, given if isinstance(given, str) else None):
-        raise Forbidden("the form's security token is missing or stale: reload the page and try again",
-                        code="csrf_failed")  # fmt: skip
+        raise Forbidden(
+            "the form's security token is missing or stale: reload the page and try again", code="csrf_failed"
+        )

@@ -21,8 +21,8 @@ from litestar import Controller, Request, delete, get, patch, post
 from litestar.params import JSONBody
 
 from espalier.api.guards import CurrentPrincipal, access
-from espalier.core.errors import InvalidInput, PayloadTooLarge
-from espalier.core.rag.service import Upload
+from espalier.core.infrastructure.errors import InvalidInput, PayloadTooLarge
+from espalier.core.sources.rag.service import Upload
 
 Name = Annotated[str, msgspec.Meta(min_length=3, max_length=63)]
 Scalar = str | int | float | bool
@@ -51,7 +51,9 @@ class DocumentUpload(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class UrlIngest(msgspec.Struct, forbid_unknown_fields=True):
-    urls: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]], msgspec.Meta(min_length=1, max_length=20)]
+    urls: Annotated[
+        list[Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]], msgspec.Meta(min_length=1, max_length=20)
+    ]
     metadata: dict[str, Scalar] | None = None
 
 
@@ -67,14 +69,29 @@ class SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def collection_out(record: Any) -> dict[str, Any]:
-    return {"id": record.id, "name": record.name, "owner_key_id": record.owner_key_id, "read_roles": record.read_roles,
-            "description": record.description, "settings": record.settings, "created_at": record.created_at}  # fmt: skip
+    return {
+        "id": record.id,
+        "name": record.name,
+        "owner_key_id": record.owner_key_id,
+        "read_roles": record.read_roles,
+        "description": record.description,
+        "settings": record.settings,
+        "created_at": record.created_at,
+    }
 
 
 def document_out(record: Any) -> dict[str, Any]:
-    return {"id": record.id, "source": record.source, "content_hash": record.content_hash, "format": record.media_type,
-            "metadata": record.meta, "chunks": record.chunk_count, "characters": record.characters,
-            "created_at": record.created_at, "updated_at": record.updated_at}  # fmt: skip
+    return {
+        "id": record.id,
+        "source": record.source,
+        "content_hash": record.content_hash,
+        "format": record.media_type,
+        "metadata": record.meta,
+        "chunks": record.chunk_count,
+        "characters": record.characters,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+    }
 
 
 def chunk_out(chunk: Any) -> dict[str, Any]:
@@ -108,13 +125,17 @@ async def _capped(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
     Content-Length announces more, else as soon as the streamed bytes do (nothing is kept)."""
     announced = request.headers.get("content-length")
     if announced is not None and announced.isdigit() and int(announced) > limit:
-        raise PayloadTooLarge(f"the upload has {int(announced)} bytes; the limit is {limit} "
-                              "(ESPALIER_MAX_UPLOAD_BYTES for all files of one request together)")  # fmt: skip
+        raise PayloadTooLarge(
+            f"the upload has {int(announced)} bytes; the limit is {limit} "
+            "(ESPALIER_MAX_UPLOAD_BYTES for all files of one request together)"
+        )
     seen = 0
     async for chunk in request.stream():
         seen += len(chunk)
         if seen > limit:
-            raise PayloadTooLarge(f"the upload passed {limit} bytes (ESPALIER_MAX_UPLOAD_BYTES for all files of one request together)")
+            raise PayloadTooLarge(
+                f"the upload passed {limit} bytes (ESPALIER_MAX_UPLOAD_BYTES for all files of one request together)"
+            )
         yield chunk
 
 
@@ -129,12 +150,17 @@ async def read_multipart(request: Request, limit: int) -> tuple[list[tuple[str, 
 
     content_type, options = request.content_type
     if content_type != "multipart/form-data" or "boundary" not in options:
-        raise InvalidInput("send the files as multipart/form-data with one 'file' part per document", code="unsupported_content_type")
+        raise InvalidInput(
+            "send the files as multipart/form-data with one 'file' part per document", code="unsupported_content_type"
+        )
     try:
-        form = await parse_multipart_form(_capped(request, limit), options["boundary"].encode(),
-                                          multipart_form_part_limit=MAX_FILES + 10)  # fmt: skip
+        form = await parse_multipart_form(
+            _capped(request, limit), options["boundary"].encode(), multipart_form_part_limit=MAX_FILES + 10
+        )
     except ClientException as exc:
-        raise InvalidInput(f"malformed multipart/form-data body ({exc.detail}); let your HTTP client build it") from None
+        raise InvalidInput(
+            f"malformed multipart/form-data body ({exc.detail}); let your HTTP client build it"
+        ) from None
     files: list[tuple[str, str, bytes]] = []
     fields: dict[str, Any] = {}
     try:
@@ -150,7 +176,9 @@ async def read_multipart(request: Request, limit: int) -> tuple[list[tuple[str, 
                     raise InvalidInput(f"send '{name}' once, as a text field")
                 fields[name] = values[0]
             else:
-                raise InvalidInput(f"unknown form field '{name}'; send 'file' parts, and optionally 'metadata' and 'format'")
+                raise InvalidInput(
+                    f"unknown form field '{name}'; send 'file' parts, and optionally 'metadata' and 'format'"
+                )
     finally:
         for value in form.values():
             for item in value if isinstance(value, list) else [value]:
@@ -201,10 +229,13 @@ class CollectionsController(Controller):
         return {"collections": [collection_out(r) for r in rag.list_collections(principal)]}
 
     @post(sync_to_thread=True, summary="Create a collection (the calling key owns it)")
-    def create_collection(self, request: Request, data: JSONBody[CollectionCreate], principal: CurrentPrincipal) -> dict[str, Any]:
+    def create_collection(
+        self, request: Request, data: JSONBody[CollectionCreate], principal: CurrentPrincipal
+    ) -> dict[str, Any]:
         rag = request.app.state.platform.rag
-        record = rag.create_collection(data.name, principal, read_roles=data.read_roles,
-                                       description=data.description, settings=data.settings)  # fmt: skip
+        record = rag.create_collection(
+            data.name, principal, read_roles=data.read_roles, description=data.description, settings=data.settings
+        )
         return collection_out(record)
 
     @get("/{name:str}", sync_to_thread=True, summary="One collection, with its computed chunk budget")
@@ -215,12 +246,19 @@ class CollectionsController(Controller):
         return {**collection_out(record), "budget": asdict(budget)}
 
     @patch("/{name:str}", sync_to_thread=True, summary="Change access, description or settings")
-    def update_collection(self, request: Request, name: str, data: JSONBody[CollectionUpdate], principal: CurrentPrincipal) -> dict[str, Any]:
+    def update_collection(
+        self, request: Request, name: str, data: JSONBody[CollectionUpdate], principal: CurrentPrincipal
+    ) -> dict[str, Any]:
         rag = request.app.state.platform.rag
-        return collection_out(rag.update_collection(name, principal, read_roles=data.read_roles,
-                                                    description=data.description, settings=data.settings))  # fmt: skip
+        return collection_out(
+            rag.update_collection(
+                name, principal, read_roles=data.read_roles, description=data.description, settings=data.settings
+            )
+        )
 
-    @delete("/{name:str}", status_code=200, sync_to_thread=True, summary="Delete a collection, its documents and vectors")
+    @delete(
+        "/{name:str}", status_code=200, sync_to_thread=True, summary="Delete a collection, its documents and vectors"
+    )
     def delete_collection(self, request: Request, name: str, principal: CurrentPrincipal) -> dict[str, str]:
         request.app.state.platform.rag.delete_collection(name, principal)
         return {"deleted": name}
@@ -236,12 +274,23 @@ class CollectionsController(Controller):
 
         platform = request.app.state.platform
         raw = upload_bytes(data, platform.settings.max_upload_bytes)
-        result = platform.rag.ingest(name, principal, raw, filename=data.filename, source=data.source,
-                                     metadata=data.metadata, media_type=data.format)  # fmt: skip
+        result = platform.rag.ingest(
+            name,
+            principal,
+            raw,
+            filename=data.filename,
+            source=data.source,
+            metadata=data.metadata,
+            media_type=data.format,
+        )
         status = 201 if result.status == "created" else 200
         return Response({**document_out(result.document), "status": result.status}, status_code=status)
 
-    @post("/{name:str}/upload", request_max_body_size=None, summary="Upload files (multipart/form-data, one or several 'file' parts)")
+    @post(
+        "/{name:str}/upload",
+        request_max_body_size=None,
+        summary="Upload files (multipart/form-data, one or several 'file' parts)",
+    )
     async def upload(self, request: Request, name: str, principal: CurrentPrincipal) -> Any:
         """Each file is one document (its name is its source). The whole request is limited to
         ESPALIER_MAX_UPLOAD_BYTES (413, refused from Content-Length before reading); one bad file
@@ -249,11 +298,15 @@ class CollectionsController(Controller):
         from litestar import Response
 
         platform = request.app.state.platform
-        await anyio.to_thread.run_sync(lambda: platform.rag.collection(name, principal, write=True))  # 403/404 before reading
+        await anyio.to_thread.run_sync(
+            lambda: platform.rag.collection(name, principal, write=True)
+        )  # 403/404 before reading
         files, fields = await read_multipart(request, platform.settings.max_upload_bytes + MULTIPART_OVERHEAD)
         for filename, _type, data in files:
             if len(data) > platform.settings.max_upload_bytes:
-                raise PayloadTooLarge(f"'{filename}' has {len(data)} bytes; the limit is {platform.settings.max_upload_bytes} (ESPALIER_MAX_UPLOAD_BYTES)")
+                raise PayloadTooLarge(
+                    f"'{filename}' has {len(data)} bytes; the limit is {platform.settings.max_upload_bytes} (ESPALIER_MAX_UPLOAD_BYTES)"
+                )
         uploads = uploads_from(files, fields)
         results = await anyio.to_thread.run_sync(lambda: platform.rag.ingest_many(name, principal, uploads))
         body = {"documents": [{**document_out(r.document), "status": r.status} for r in results]}
@@ -266,42 +319,56 @@ class CollectionsController(Controller):
         allows them; every redirect is checked again. All pages are fetched before any is stored."""
         from litestar import Response
 
-        from espalier.core.rag.web import WebPolicy
+        from espalier.core.sources.rag.web import WebPolicy
 
         platform = request.app.state.platform
-        results = platform.rag.ingest_urls(name, principal, data.urls, WebPolicy.from_settings(platform.settings),
-                                           metadata=data.metadata)  # fmt: skip
+        results = platform.rag.ingest_urls(
+            name, principal, data.urls, WebPolicy.from_settings(platform.settings), metadata=data.metadata
+        )
         body = {"documents": [{**document_out(r.document), "status": r.status} for r in results]}
         return Response(body, status_code=201 if any(r.status == "created" for r in results) else 200)
 
     @get("/{name:str}/documents/{document_id:str}", sync_to_thread=True, summary="One document")
-    def get_document(self, request: Request, name: str, document_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
+    def get_document(
+        self, request: Request, name: str, document_id: str, principal: CurrentPrincipal
+    ) -> dict[str, Any]:
         _record, document = request.app.state.platform.rag.document(name, document_id, principal)
         return document_out(document)
 
     @patch("/{name:str}/documents/{document_id:str}", sync_to_thread=True, summary="Replace a document's metadata")
-    def update_document(self, request: Request, name: str, document_id: str, data: JSONBody[DocumentUpdate],
-                        principal: CurrentPrincipal) -> dict[str, Any]:  # fmt: skip
+    def update_document(
+        self, request: Request, name: str, document_id: str, data: JSONBody[DocumentUpdate], principal: CurrentPrincipal
+    ) -> dict[str, Any]:
         return document_out(request.app.state.platform.rag.update_document(name, document_id, principal, data.metadata))
 
-    @delete("/{name:str}/documents/{document_id:str}", status_code=200, sync_to_thread=True,
-            summary="Delete a document and its vectors")  # fmt: skip
-    def delete_document(self, request: Request, name: str, document_id: str, principal: CurrentPrincipal) -> dict[str, str]:
+    @delete(
+        "/{name:str}/documents/{document_id:str}",
+        status_code=200,
+        sync_to_thread=True,
+        summary="Delete a document and its vectors",
+    )
+    def delete_document(
+        self, request: Request, name: str, document_id: str, principal: CurrentPrincipal
+    ) -> dict[str, str]:
         request.app.state.platform.rag.delete_document(name, document_id, principal)
         return {"deleted": document_id}
 
     @post("/{name:str}/search", status_code=200, summary="Search a collection (vector, keyword or hybrid)")
-    async def search(self, request: Request, name: str, data: JSONBody[SearchRequest], principal: CurrentPrincipal) -> dict[str, Any]:
+    async def search(
+        self, request: Request, name: str, data: JSONBody[SearchRequest], principal: CurrentPrincipal
+    ) -> dict[str, Any]:
         return await _search(request, name, principal, data.query, data.k, data.mode, data.filters)
 
     @get("/{name:str}/search", summary="Search a collection: ?q=...&k=5&mode=hybrid")
-    async def search_get(self, request: Request, name: str, principal: CurrentPrincipal, q: str, k: int = 5,
-                         mode: str = "hybrid") -> dict[str, Any]:  # fmt: skip
+    async def search_get(
+        self, request: Request, name: str, principal: CurrentPrincipal, q: str, k: int = 5, mode: str = "hybrid"
+    ) -> dict[str, Any]:
         return await _search(request, name, principal, q, k, mode, None)
 
 
-async def _search(request: Request, name: str, principal: Any, query: str, k: int, mode: str,
-                  filters: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+async def _search(
+    request: Request, name: str, principal: Any, query: str, k: int, mode: str, filters: dict[str, Any] | None
+) -> dict[str, Any]:
     platform = request.app.state.platform
 
     def run() -> list[Any]:

@@ -16,11 +16,11 @@ from litestar import Request, Response, get, post
 from litestar.params import FromQuery, JSONBody, Parameter
 
 from espalier.api.guards import CurrentPrincipal, access
-from espalier.core.contracts import FeedbackEvent
-from espalier.core.errors import InvalidInput
-from espalier.core.events import notify_feedback
-from espalier.core.feedback import describe, export_lines
-from espalier.core.feedback.agreement import agreement
+from espalier.core.infrastructure.contracts import FeedbackEvent
+from espalier.core.infrastructure.errors import InvalidInput
+from espalier.core.infrastructure.events import notify_feedback
+from espalier.core.sources.feedback import describe, export_lines
+from espalier.core.sources.feedback.agreement import agreement
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -69,53 +69,108 @@ def _respond(request: Request, submission: Any) -> Response[FeedbackOut]:
     record = submission.record
     if not submission.replayed:
         platform = request.app.state.platform
-        event = FeedbackEvent(feedback_id=record.id, kind=record.kind, completion_id=record.completion_id,
-                              payload=dict(record.payload), api_key_id=record.key_id)  # fmt: skip
+        event = FeedbackEvent(
+            feedback_id=record.id,
+            kind=record.kind,
+            completion_id=record.completion_id,
+            payload=dict(record.payload),
+            api_key_id=record.key_id,
+        )
         # Stored and committed already: plugins hear of it off the request path.
-        threading.Thread(target=notify_feedback, args=(platform, event), name="espalier-on-feedback", daemon=True).start()
-    return Response(feedback_out(record), status_code=200 if submission.replayed else 201,
-                    headers={"Idempotent-Replayed": "true" if submission.replayed else "false"})  # fmt: skip
+        threading.Thread(
+            target=notify_feedback, args=(platform, event), name="espalier-on-feedback", daemon=True
+        ).start()
+    return Response(
+        feedback_out(record),
+        status_code=200 if submission.replayed else 201,
+        headers={"Idempotent-Replayed": "true" if submission.replayed else "false"},
+    )
 
 
 # Async handlers that hop to a thread: litestar wraps a sync_to_thread POST twice when a sync GET
 # shares its path (the POST then returns a coroutine and answers 500).
-@post("/api/feedback", opt=access("user"), tags=["feedback"], status_code=201,
-      summary="Feedback on one completion: thumbs, score (0-1), comment, corrected answer")  # fmt: skip
-async def submit_feedback(request: Request, data: JSONBody[CompletionFeedbackIn], principal: CurrentPrincipal) -> Response[FeedbackOut]:
-    submission = await anyio.to_thread.run_sync(lambda: request.app.state.platform.feedback.submit_completion(
-        principal, request.headers.get(IDEMPOTENCY_HEADER), completion_id=data.completion_id, thumbs=data.thumbs,
-        score=data.score, comment=data.comment, correction=data.correction,
-    ))  # fmt: skip
+@post(
+    "/api/feedback",
+    opt=access("user"),
+    tags=["feedback"],
+    status_code=201,
+    summary="Feedback on one completion: thumbs, score (0-1), comment, corrected answer",
+)
+async def submit_feedback(
+    request: Request, data: JSONBody[CompletionFeedbackIn], principal: CurrentPrincipal
+) -> Response[FeedbackOut]:
+    submission = await anyio.to_thread.run_sync(
+        lambda: request.app.state.platform.feedback.submit_completion(
+            principal,
+            request.headers.get(IDEMPOTENCY_HEADER),
+            completion_id=data.completion_id,
+            thumbs=data.thumbs,
+            score=data.score,
+            comment=data.comment,
+            correction=data.correction,
+        )
+    )
     return _respond(request, submission)
 
 
-@post("/api/feedback/rankings", opt=access("user"), tags=["feedback"], status_code=201,
-      summary="Rank the candidates of one request (n > 1): ranks 1..n, ties allowed, unacceptable flags")  # fmt: skip
-async def submit_ranking(request: Request, data: JSONBody[RankingIn], principal: CurrentPrincipal) -> Response[FeedbackOut]:
-    submission = await anyio.to_thread.run_sync(lambda: request.app.state.platform.feedback.submit_ranking(
-        principal, request.headers.get(IDEMPOTENCY_HEADER), request_id=data.request_id,
-        candidates=[msgspec.structs.asdict(c) for c in data.candidates], comment=data.comment,
-    ))  # fmt: skip
+@post(
+    "/api/feedback/rankings",
+    opt=access("user"),
+    tags=["feedback"],
+    status_code=201,
+    summary="Rank the candidates of one request (n > 1): ranks 1..n, ties allowed, unacceptable flags",
+)
+async def submit_ranking(
+    request: Request, data: JSONBody[RankingIn], principal: CurrentPrincipal
+) -> Response[FeedbackOut]:
+    submission = await anyio.to_thread.run_sync(
+        lambda: request.app.state.platform.feedback.submit_ranking(
+            principal,
+            request.headers.get(IDEMPOTENCY_HEADER),
+            request_id=data.request_id,
+            candidates=[msgspec.structs.asdict(c) for c in data.candidates],
+            comment=data.comment,
+        )
+    )
     return _respond(request, submission)
 
 
-@get("/api/feedback", opt=access("user"), tags=["feedback"], sync_to_thread=True,
-     summary="The calling key's feedback, newest first (operators: ?all=true for everyone's)")  # fmt: skip
-def list_feedback(request: Request, principal: CurrentPrincipal, request_id: FromQuery[str | None] = None,
-                  all: FromQuery[bool] = False,  # noqa: A002 - the public query parameter's name
-                  limit: Annotated[int, Parameter(ge=1, le=1000)] = 100) -> dict[str, Any]:  # fmt: skip
+@get(
+    "/api/feedback",
+    opt=access("user"),
+    tags=["feedback"],
+    sync_to_thread=True,
+    summary="The calling key's feedback, newest first (operators: ?all=true for everyone's)",
+)
+def list_feedback(
+    request: Request,
+    principal: CurrentPrincipal,
+    request_id: FromQuery[str | None] = None,
+    all: FromQuery[bool] = False,  # noqa: A002 - the public query parameter's name
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
     rows = request.app.state.platform.feedback.list(principal, everyone=all, request_id=request_id, limit=limit)
     return {"feedback": [feedback_out(row) for row in rows]}
 
 
-@get("/api/feedback/{feedback_id:str}", opt=access("user"), tags=["feedback"], sync_to_thread=True,
-     summary="One feedback record with its provenance")  # fmt: skip
+@get(
+    "/api/feedback/{feedback_id:str}",
+    opt=access("user"),
+    tags=["feedback"],
+    sync_to_thread=True,
+    summary="One feedback record with its provenance",
+)
 def get_feedback(request: Request, feedback_id: str, principal: CurrentPrincipal) -> FeedbackOut:
     return feedback_out(request.app.state.platform.feedback.get(feedback_id, principal))
 
 
-@get("/api/feedback/agreement", opt=access("operator"), tags=["feedback"], sync_to_thread=True,
-     summary="Agreement between labelers (Kendall's tau-b) per item and per labeler; outliers flagged")  # fmt: skip
+@get(
+    "/api/feedback/agreement",
+    opt=access("operator"),
+    tags=["feedback"],
+    sync_to_thread=True,
+    summary="Agreement between labelers (Kendall's tau-b) per item and per labeler; outliers flagged",
+)
 def labeler_agreement(request: Request, outlier_gap: Annotated[float, Parameter(ge=0, le=2)] = 0.3) -> dict[str, Any]:
     return agreement(request.app.state.platform.engine, outlier_gap=outlier_gap)
 
@@ -124,15 +179,29 @@ def _labelers(value: str | None) -> list[str]:
     return [item.strip() for item in (value or "").split(",") if item.strip()]
 
 
-@get("/api/pairs", opt=access("operator"), tags=["pairs"], sync_to_thread=True,
-     summary="Preference pairs derived from feedback (and imported): counts and a page of pairs")  # fmt: skip
-def list_pairs(request: Request, include_imported: FromQuery[bool] = False, exclude_labelers: FromQuery[str | None] = None,
-               origin: FromQuery[str | None] = None, limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-               offset: Annotated[int, Parameter(ge=0)] = 0, include_ai: FromQuery[bool] = False) -> dict[str, Any]:  # fmt: skip
+@get(
+    "/api/pairs",
+    opt=access("operator"),
+    tags=["pairs"],
+    sync_to_thread=True,
+    summary="Preference pairs derived from feedback (and imported): counts and a page of pairs",
+)
+def list_pairs(
+    request: Request,
+    include_imported: FromQuery[bool] = False,
+    exclude_labelers: FromQuery[str | None] = None,
+    origin: FromQuery[str | None] = None,
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Parameter(ge=0)] = 0,
+    include_ai: FromQuery[bool] = False,
+) -> dict[str, Any]:
     platform = request.app.state.platform
     weight = platform.settings.ai_pair_weight
-    pairs = platform.pairs.all(include_imported=include_imported, exclude_labelers=_labelers(exclude_labelers),
-                               ai_weight=weight if include_ai else 0.0)  # fmt: skip
+    pairs = platform.pairs.all(
+        include_imported=include_imported,
+        exclude_labelers=_labelers(exclude_labelers),
+        ai_weight=weight if include_ai else 0.0,
+    )
     if include_ai and weight == 0:
         pairs += platform.pairs.ai(weight=0.0)
     if origin:
@@ -145,7 +214,10 @@ def list_pairs(request: Request, include_imported: FromQuery[bool] = False, excl
 class AILabelsIn(msgspec.Struct, forbid_unknown_fields=True):
     """A constitutional-AI labelling run (job ``cai:labels``); no prompts: the shipped set."""
 
-    prompts: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=20_000)]], msgspec.Meta(max_length=500)] | None = None
+    prompts: (
+        Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=20_000)]], msgspec.Meta(max_length=500)]
+        | None
+    ) = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=500)] | None = None
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=130)] | None = None
     principles: list[str] | None = None
@@ -154,10 +226,16 @@ class AILabelsIn(msgspec.Struct, forbid_unknown_fields=True):
     seed: int = 0
 
 
-@post("/api/pairs/ai", opt=access("operator"), tags=["pairs"], sync_to_thread=True, status_code=202,
-      summary="Label pairs with constitutional AI (job cai:labels): critique and revise the model's answers")  # fmt: skip
+@post(
+    "/api/pairs/ai",
+    opt=access("operator"),
+    tags=["pairs"],
+    sync_to_thread=True,
+    status_code=202,
+    summary="Label pairs with constitutional AI (job cai:labels): critique and revise the model's answers",
+)
 def label_ai_pairs(request: Request, data: JSONBody[AILabelsIn], principal: CurrentPrincipal) -> dict[str, Any]:
-    from espalier.core.constitution import JOB_KIND, check_params, constitution_path, load_constitution
+    from espalier.core.sources.learning.constitution import JOB_KIND, check_params, constitution_path, load_constitution
 
     platform = request.app.state.platform
     params = check_params({k: v for k, v in msgspec.structs.asdict(data).items() if v is not None})
@@ -168,20 +246,40 @@ def label_ai_pairs(request: Request, data: JSONBody[AILabelsIn], principal: Curr
     return {"job_id": job.id, "prompts": len(params["prompts"])}
 
 
-@get("/api/pairs/export", opt=access("operator"), tags=["pairs"], sync_to_thread=True, media_type="application/x-ndjson",
-     summary="Every pair as JSONL in TRL's prompt/chosen/rejected format")  # fmt: skip
-def export_pairs(request: Request, include_imported: FromQuery[bool] = False,
-                 exclude_labelers: FromQuery[str | None] = None) -> Response[str]:  # fmt: skip
-    pairs = request.app.state.platform.pairs.all(include_imported=include_imported,
-                                                  exclude_labelers=_labelers(exclude_labelers))  # fmt: skip
-    return Response("".join(export_lines(pairs)), media_type="application/x-ndjson",
-                    headers={"Content-Disposition": 'attachment; filename="pairs.jsonl"'})  # fmt: skip
+@get(
+    "/api/pairs/export",
+    opt=access("operator"),
+    tags=["pairs"],
+    sync_to_thread=True,
+    media_type="application/x-ndjson",
+    summary="Every pair as JSONL in TRL's prompt/chosen/rejected format",
+)
+def export_pairs(
+    request: Request, include_imported: FromQuery[bool] = False, exclude_labelers: FromQuery[str | None] = None
+) -> Response[str]:
+    pairs = request.app.state.platform.pairs.all(
+        include_imported=include_imported, exclude_labelers=_labelers(exclude_labelers)
+    )
+    return Response(
+        "".join(export_lines(pairs)),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": 'attachment; filename="pairs.jsonl"'},
+    )
 
 
-@post("/api/pairs/import", opt=access("operator"), tags=["pairs"], status_code=200,
-      summary="Import a JSONL file of prompt/chosen/rejected pairs (the request body); all or nothing")  # fmt: skip
-async def import_pairs(request: Request, principal: CurrentPrincipal,
-                       source: FromQuery[str] = "upload", skip_invalid: FromQuery[bool] = False) -> dict[str, Any]:  # fmt: skip
+@post(
+    "/api/pairs/import",
+    opt=access("operator"),
+    tags=["pairs"],
+    status_code=200,
+    summary="Import a JSONL file of prompt/chosen/rejected pairs (the request body); all or nothing",
+)
+async def import_pairs(
+    request: Request,
+    principal: CurrentPrincipal,
+    source: FromQuery[str] = "upload",
+    skip_invalid: FromQuery[bool] = False,
+) -> dict[str, Any]:
     body = await request.body()
     try:
         text = body.decode("utf-8")
@@ -189,10 +287,22 @@ async def import_pairs(request: Request, principal: CurrentPrincipal,
         raise InvalidInput("the body must be UTF-8 JSONL: one {prompt, chosen, rejected} object a line") from None
     platform = request.app.state.platform
     result = await anyio.to_thread.run_sync(
-        lambda: platform.pairs.import_lines(text.splitlines(), source=source, imported_by=principal.key_id,
-                                    skip_invalid=skip_invalid))  # fmt: skip
+        lambda: platform.pairs.import_lines(
+            text.splitlines(), source=source, imported_by=principal.key_id, skip_invalid=skip_invalid
+        )
+    )
     platform.audit.record(principal, "pairs.import", source, read=result["read"], added=result["added"])
     return result
 
 
-ROUTES = [label_ai_pairs, submit_feedback, submit_ranking, list_feedback, labeler_agreement, get_feedback, list_pairs, export_pairs, import_pairs]
+ROUTES = [
+    label_ai_pairs,
+    submit_feedback,
+    submit_ranking,
+    list_feedback,
+    labeler_agreement,
+    get_feedback,
+    list_pairs,
+    export_pairs,
+    import_pairs,
+]

@@ -10,8 +10,13 @@ from litestar.params import Parameter
 from espalier.api.guards import access
 
 
-@get("/api/guardrails/events", opt=access("operator"), tags=["guardrails"], sync_to_thread=True,
-     summary="Guardrail decisions, newest first (the judged text included, for review)")  # fmt: skip
+@get(
+    "/api/guardrails/events",
+    opt=access("operator"),
+    tags=["guardrails"],
+    sync_to_thread=True,
+    summary="Guardrail decisions, newest first (the judged text included, for review)",
+)
 def list_events(
     request: Request,
     request_id: str | None = None,
@@ -22,39 +27,76 @@ def list_events(
     return {"events": [event.model_dump() for event in events]}
 
 
-@get("/api/guardrails/policies", opt=access("operator"), tags=["guardrails"], sync_to_thread=True,
-     summary="The guardrail policies in force and the registered scorers")  # fmt: skip
+@get(
+    "/api/guardrails/policies",
+    opt=access("operator"),
+    tags=["guardrails"],
+    sync_to_thread=True,
+    summary="The guardrail policies in force and the registered scorers",
+)
 def list_policies(request: Request) -> dict[str, Any]:
     platform = request.app.state.platform
     return {
         "policies": [
-            {"name": p.name, "direction": p.direction, "routes": list(p.routes), "scorer": p.scorer,
-             "thresholds": dict(p.thresholds), "action": p.action}  # fmt: skip
+            {
+                "name": p.name,
+                "direction": p.direction,
+                "routes": list(p.routes),
+                "scorer": p.scorer,
+                "thresholds": dict(p.thresholds),
+                "action": p.action,
+            }
             for p in platform.guardrail_service.policies
         ],
         "scorers": [
-            {"name": e.name, "plugin": e.plugin, "categories": list(e.item.categories), "version": getattr(e.item, "version", "")}
+            {
+                "name": e.name,
+                "plugin": e.plugin,
+                "categories": list(e.item.categories),
+                "version": getattr(e.item, "version", ""),
+            }
             for e in platform.guardrails
         ],
     }
 
 
-@get("/api/evaluations", opt=access("operator"), tags=["evaluations"], sync_to_thread=True,
-     summary="Evaluation records (e.g. toxicity), newest first, without the per-prompt details")  # fmt: skip
-def list_evaluations(request: Request, kind: str | None = None,
-                     limit: Annotated[int, Parameter(ge=1, le=500)] = 50) -> dict[str, Any]:  # fmt: skip
+@get(
+    "/api/evaluations",
+    opt=access("operator"),
+    tags=["evaluations"],
+    sync_to_thread=True,
+    summary="Evaluation records (e.g. toxicity), newest first, without the per-prompt details",
+)
+def list_evaluations(
+    request: Request, kind: str | None = None, limit: Annotated[int, Parameter(ge=1, le=500)] = 50
+) -> dict[str, Any]:
     records = request.app.state.platform.evaluations.list(kind=kind, limit=limit)
     summaries = []
     for record in records:
-        models = {name: {k: v for k, v in entry.items() if k != "continuations"}
-                  for name, entry in record.results.get("models", {}).items()}  # fmt: skip
-        summaries.append({"id": record.id, "kind": record.kind, "created_at": record.created_at, "models": record.models,
-                          "settings": record.settings, "results": {"models": models}})  # fmt: skip
+        models = {
+            name: {k: v for k, v in entry.items() if k != "continuations"}
+            for name, entry in record.results.get("models", {}).items()
+        }
+        summaries.append(
+            {
+                "id": record.id,
+                "kind": record.kind,
+                "created_at": record.created_at,
+                "models": record.models,
+                "settings": record.settings,
+                "results": {"models": models},
+            }
+        )
     return {"evaluations": summaries}
 
 
-@get("/api/evaluations/{evaluation_id:str}", opt=access("operator"), tags=["evaluations"], sync_to_thread=True,
-     summary="One evaluation record with every continuation and its score")  # fmt: skip
+@get(
+    "/api/evaluations/{evaluation_id:str}",
+    opt=access("operator"),
+    tags=["evaluations"],
+    sync_to_thread=True,
+    summary="One evaluation record with every continuation and its score",
+)
 def get_evaluation(request: Request, evaluation_id: str) -> dict[str, Any]:
     record = request.app.state.platform.evaluations.get(evaluation_id)
     return record.model_dump(exclude={"artifacts"}) | {"plots": sorted(record.artifacts)}

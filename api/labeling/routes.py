@@ -69,35 +69,66 @@ def _service(request: Request) -> Any:
     return request.app.state.platform.labeling
 
 
-@post("/api/labeling/tasks", opt=access("operator"), tags=["labeling"], status_code=202, sync_to_thread=True,
-      summary="Build a labeling task from prompts or logged conversations; candidates are generated as a job")  # fmt: skip
+@post(
+    "/api/labeling/tasks",
+    opt=access("operator"),
+    tags=["labeling"],
+    status_code=202,
+    sync_to_thread=True,
+    summary="Build a labeling task from prompts or logged conversations; candidates are generated as a job",
+)
 def create_task(request: Request, data: JSONBody[TaskIn], principal: CurrentPrincipal) -> dict[str, Any]:
     task = _service(request).create(
-        principal, name=data.name, prompts=data.prompts, conversation_ids=data.conversation_ids,
-        instructions=data.instructions, n=data.n, model=data.model, rankings_required=data.rankings_required,
-        labelers=data.labelers, temperature=data.temperature, max_tokens=data.max_tokens, seed=data.seed,
+        principal,
+        name=data.name,
+        prompts=data.prompts,
+        conversation_ids=data.conversation_ids,
+        instructions=data.instructions,
+        n=data.n,
+        model=data.model,
+        rankings_required=data.rankings_required,
+        labelers=data.labelers,
+        temperature=data.temperature,
+        max_tokens=data.max_tokens,
+        seed=data.seed,
         lease_seconds=data.lease_seconds,
-    )  # fmt: skip
+    )
     request.app.state.platform.audit.record(principal, "labeling.create", task.id, job=task.job_id)
     return {"task": task_out(task), "job_id": task.job_id, "progress": _service(request).progress(task.id)}
 
 
-@post("/api/labeling/tasks/{task_id:str}/generate", opt=access("operator"), tags=["labeling"], status_code=202,
-      sync_to_thread=True, summary="Generate candidates again for items that have none (after a failed or cancelled job)")  # fmt: skip
+@post(
+    "/api/labeling/tasks/{task_id:str}/generate",
+    opt=access("operator"),
+    tags=["labeling"],
+    status_code=202,
+    sync_to_thread=True,
+    summary="Generate candidates again for items that have none (after a failed or cancelled job)",
+)
 def regenerate(request: Request, task_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
     job = _service(request).regenerate(task_id, principal)
     request.app.state.platform.audit.record(principal, "labeling.generate", task_id, job=job.id)
     return {"job_id": job.id}
 
 
-@get("/api/labeling/tasks", opt=access("user"), tags=["labeling"], sync_to_thread=True,
-     summary="Labeling tasks: all of them for operators, the ones the key labels for everyone else")  # fmt: skip
+@get(
+    "/api/labeling/tasks",
+    opt=access("user"),
+    tags=["labeling"],
+    sync_to_thread=True,
+    summary="Labeling tasks: all of them for operators, the ones the key labels for everyone else",
+)
 def list_tasks(request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
     return {"tasks": [task_out(task) for task in _service(request).list(principal)]}
 
 
-@get("/api/labeling/tasks/{task_id:str}", opt=access("user"), tags=["labeling"], sync_to_thread=True,
-     summary="One task with its progress (operators: with its labelers)")  # fmt: skip
+@get(
+    "/api/labeling/tasks/{task_id:str}",
+    opt=access("user"),
+    tags=["labeling"],
+    sync_to_thread=True,
+    summary="One task with its progress (operators: with its labelers)",
+)
 def get_task(request: Request, task_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
     service = _service(request)
     task = service.get(task_id, principal)
@@ -108,39 +139,71 @@ def get_task(request: Request, task_id: str, principal: CurrentPrincipal) -> dic
     return body
 
 
-@post("/api/labeling/tasks/{task_id:str}/labelers", opt=access("operator"), tags=["labeling"], status_code=200,
-      sync_to_thread=True, summary="Make API keys (by id) labelers of the task")  # fmt: skip
-def add_labelers(request: Request, task_id: str, data: JSONBody[KeyIdsIn], principal: CurrentPrincipal) -> dict[str, Any]:
+@post(
+    "/api/labeling/tasks/{task_id:str}/labelers",
+    opt=access("operator"),
+    tags=["labeling"],
+    status_code=200,
+    sync_to_thread=True,
+    summary="Make API keys (by id) labelers of the task",
+)
+def add_labelers(
+    request: Request, task_id: str, data: JSONBody[KeyIdsIn], principal: CurrentPrincipal
+) -> dict[str, Any]:
     labelers = _service(request).add_labelers(task_id, data.key_ids, principal)
     request.app.state.platform.audit.record(principal, "labeling.labelers.add", task_id, key_ids=data.key_ids)
     return {"labelers": labelers}
 
 
-@delete("/api/labeling/tasks/{task_id:str}/labelers/{key_id:str}", opt=access("operator"), tags=["labeling"],
-        status_code=200, sync_to_thread=True, summary="Stop giving items to a labeler (their rankings stay)")  # fmt: skip
+@delete(
+    "/api/labeling/tasks/{task_id:str}/labelers/{key_id:str}",
+    opt=access("operator"),
+    tags=["labeling"],
+    status_code=200,
+    sync_to_thread=True,
+    summary="Stop giving items to a labeler (their rankings stay)",
+)
 def remove_labeler(request: Request, task_id: str, key_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
     labelers = _service(request).remove_labeler(task_id, key_id)
     request.app.state.platform.audit.record(principal, "labeling.labelers.remove", task_id, key_id=key_id)
     return {"labelers": labelers}
 
 
-@put("/api/labeling/tasks/{task_id:str}/excluded-labelers", opt=access("operator"), tags=["labeling"],
-     sync_to_thread=True, summary="Leave these labelers' rankings of this task out of pairs and reward training")  # fmt: skip
-def exclude_labelers(request: Request, task_id: str, data: JSONBody[KeyIdsIn], principal: CurrentPrincipal) -> dict[str, Any]:
+@put(
+    "/api/labeling/tasks/{task_id:str}/excluded-labelers",
+    opt=access("operator"),
+    tags=["labeling"],
+    sync_to_thread=True,
+    summary="Leave these labelers' rankings of this task out of pairs and reward training",
+)
+def exclude_labelers(
+    request: Request, task_id: str, data: JSONBody[KeyIdsIn], principal: CurrentPrincipal
+) -> dict[str, Any]:
     excluded = _service(request).set_excluded(task_id, data.key_ids)
     request.app.state.platform.audit.record(principal, "labeling.exclude", task_id, key_ids=excluded)
     return {"excluded_labelers": excluded}
 
 
-@get("/api/labeling/tasks/{task_id:str}/agreement", opt=access("operator"), tags=["labeling"], sync_to_thread=True,
-     summary="Agreement in the task: Kendall's tau-b and Krippendorff's alpha, per item and per labeler")  # fmt: skip
-def task_agreement(request: Request, task_id: str,
-                   outlier_gap: Annotated[float, Parameter(ge=0, le=2)] = 0.3) -> dict[str, Any]:  # fmt: skip
+@get(
+    "/api/labeling/tasks/{task_id:str}/agreement",
+    opt=access("operator"),
+    tags=["labeling"],
+    sync_to_thread=True,
+    summary="Agreement in the task: Kendall's tau-b and Krippendorff's alpha, per item and per labeler",
+)
+def task_agreement(
+    request: Request, task_id: str, outlier_gap: Annotated[float, Parameter(ge=0, le=2)] = 0.3
+) -> dict[str, Any]:
     return _service(request).agreement(task_id, outlier_gap=outlier_gap)
 
 
-@get("/api/labeling/tasks/{task_id:str}/next", opt=access("user"), tags=["labeling"], sync_to_thread=True,
-     summary="The calling labeler's next item (leased to it until lease_expires_at); item is null when done")  # fmt: skip
+@get(
+    "/api/labeling/tasks/{task_id:str}/next",
+    opt=access("user"),
+    tags=["labeling"],
+    sync_to_thread=True,
+    summary="The calling labeler's next item (leased to it until lease_expires_at); item is null when done",
+)
 def next_item(request: Request, task_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
     service = _service(request)
     item = service.next_item(task_id, principal)
@@ -148,16 +211,38 @@ def next_item(request: Request, task_id: str, principal: CurrentPrincipal) -> di
 
 
 # Async with a hop to a thread, as the feedback POSTs are (see api/feedback/routes.py).
-@post("/api/labeling/tasks/{task_id:str}/items/{item_id:str}/ranking", opt=access("user"), tags=["labeling"],
-      status_code=201, summary="Rank a leased item's candidates (ties allowed, unacceptable flags); needs Idempotency-Key")  # fmt: skip
-async def rank_item(request: Request, task_id: str, item_id: str, data: JSONBody[ItemRankingIn],
-                    principal: CurrentPrincipal) -> Response[FeedbackOut]:  # fmt: skip
-    submission = await anyio.to_thread.run_sync(lambda: _service(request).submit(
-        task_id, item_id, principal, request.headers.get(IDEMPOTENCY_HEADER),
-        candidates=[msgspec.structs.asdict(c) for c in data.candidates], comment=data.comment,
-    ))  # fmt: skip
+@post(
+    "/api/labeling/tasks/{task_id:str}/items/{item_id:str}/ranking",
+    opt=access("user"),
+    tags=["labeling"],
+    status_code=201,
+    summary="Rank a leased item's candidates (ties allowed, unacceptable flags); needs Idempotency-Key",
+)
+async def rank_item(
+    request: Request, task_id: str, item_id: str, data: JSONBody[ItemRankingIn], principal: CurrentPrincipal
+) -> Response[FeedbackOut]:
+    submission = await anyio.to_thread.run_sync(
+        lambda: _service(request).submit(
+            task_id,
+            item_id,
+            principal,
+            request.headers.get(IDEMPOTENCY_HEADER),
+            candidates=[msgspec.structs.asdict(c) for c in data.candidates],
+            comment=data.comment,
+        )
+    )
     return _respond(request, submission)
 
 
-ROUTES = [create_task, regenerate, list_tasks, get_task, add_labelers, remove_labeler, exclude_labelers, task_agreement, next_item,
-          rank_item]  # fmt: skip
+ROUTES = [
+    create_task,
+    regenerate,
+    list_tasks,
+    get_task,
+    add_labelers,
+    remove_labeler,
+    exclude_labelers,
+    task_agreement,
+    next_item,
+    rank_item,
+]

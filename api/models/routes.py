@@ -10,10 +10,9 @@ from litestar import Controller, Request, delete, get, post
 from litestar.params import JSONBody
 
 from espalier.api.guards import CurrentPrincipal, access
-from espalier.core import policy_evaluation
-from espalier.core.contracts import ModelSpec
-from espalier.core.errors import NotFound
-from espalier.core.templates import TemplateSpec
+from espalier.core.infrastructure.contracts import ModelSpec, TemplateSpec
+from espalier.core.infrastructure.errors import NotFound
+from espalier.core.sources.learning import gate as policy_evaluation
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
@@ -73,9 +72,18 @@ class Rollback(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def change_out(change: Any) -> dict[str, Any]:
-    return {"id": change.id, "version": change.label, "version_id": change.version_id, "action": change.action,
-            "active": change.active, "evaluation": change.evaluation_id, "forced": change.forced,
-            "reason": change.reason, "actor_key_id": change.actor_key_id, "at": change.at}  # fmt: skip
+    return {
+        "id": change.id,
+        "version": change.label,
+        "version_id": change.version_id,
+        "action": change.action,
+        "active": change.active,
+        "evaluation": change.evaluation_id,
+        "forced": change.forced,
+        "reason": change.reason,
+        "actor_key_id": change.actor_key_id,
+        "at": change.at,
+    }
 
 
 class Example(msgspec.Struct, forbid_unknown_fields=True):
@@ -94,11 +102,16 @@ class TemplateCreate(msgspec.Struct, forbid_unknown_fields=True):
 
 def template_out(record: Any) -> dict[str, Any]:
     return {
-        "name": record.name, "version": record.version, "description": record.description,
-        "system": record.system, "examples": record.examples, "user": record.user,
-        "variables": record.variables, "created_at": record.created_at,
+        "name": record.name,
+        "version": record.version,
+        "description": record.description,
+        "system": record.system,
+        "examples": record.examples,
+        "user": record.user,
+        "variables": record.variables,
+        "created_at": record.created_at,
         "reference": f"{record.name}@{record.version}",
-    }  # fmt: skip
+    }
 
 
 class ModelsController(Controller):
@@ -109,8 +122,10 @@ class ModelsController(Controller):
     @get(sync_to_thread=True, summary="Registered models with their versions")
     def list_models(self, request: Request) -> dict[str, Any]:
         platform = request.app.state.platform
-        return {"models": [asdict(info) for info in platform.models.list()],
-                "providers": platform.model_providers.names()}  # fmt: skip
+        return {
+            "models": [asdict(info) for info in platform.models.list()],
+            "providers": platform.model_providers.names(),
+        }
 
     @get("/{name:str}", sync_to_thread=True, summary="One model")
     def get_model(self, request: Request, name: str) -> dict[str, Any]:
@@ -118,13 +133,26 @@ class ModelsController(Controller):
 
     @post(sync_to_thread=True, summary="Register a model (a GGUF file, a Hugging Face folder, a remote URL)")
     def add_model(self, request: Request, data: JSONBody[ModelCreate], principal: CurrentPrincipal) -> dict[str, Any]:
-        spec = ModelSpec(name=data.name, provider=data.provider, source=data.source, dtype=data.dtype,
-                         context_window=data.context_window, adapter=data.adapter, options=data.options)  # fmt: skip
+        spec = ModelSpec(
+            name=data.name,
+            provider=data.provider,
+            source=data.source,
+            dtype=data.dtype,
+            context_window=data.context_window,
+            adapter=data.adapter,
+            options=data.options,
+        )
         return asdict(request.app.state.platform.models.add(spec, by=principal, description=data.description))
 
-    @post("/{name:str}/evaluations", status_code=202, sync_to_thread=True,
-          summary="Evaluate a candidate version against the serving one (job eval:policy)")  # fmt: skip
-    def evaluate(self, request: Request, name: str, data: JSONBody[EvaluationCreate], principal: CurrentPrincipal) -> dict[str, Any]:
+    @post(
+        "/{name:str}/evaluations",
+        status_code=202,
+        sync_to_thread=True,
+        summary="Evaluate a candidate version against the serving one (job eval:policy)",
+    )
+    def evaluate(
+        self, request: Request, name: str, data: JSONBody[EvaluationCreate], principal: CurrentPrincipal
+    ) -> dict[str, Any]:
         platform = request.app.state.platform
         platform.models.resolve(name, data.candidate)  # 404 before queueing
         params = {key: value for key, value in msgspec.structs.asdict(data).items() if value is not None}
@@ -151,16 +179,29 @@ class ModelsController(Controller):
             raise NotFound(f"no evaluation '{evaluation_id}' of '{name}'")
         return {**policy_evaluation.summary(record), "results": record.results}
 
-    @post("/{name:str}/promote", status_code=200, sync_to_thread=True,
-          summary="Serve a version from the next request on (needs a passed evaluation; admins may force)")  # fmt: skip
-    def promote(self, request: Request, name: str, data: JSONBody[Promotion], principal: CurrentPrincipal) -> dict[str, Any]:
-        info = request.app.state.platform.models.promote(name, data.version, evaluation=data.evaluation, force=data.force,
-                                                        reason=data.reason, by=principal)  # fmt: skip
+    @post(
+        "/{name:str}/promote",
+        status_code=200,
+        sync_to_thread=True,
+        summary="Serve a version from the next request on (needs a passed evaluation; admins may force)",
+    )
+    def promote(
+        self, request: Request, name: str, data: JSONBody[Promotion], principal: CurrentPrincipal
+    ) -> dict[str, Any]:
+        info = request.app.state.platform.models.promote(
+            name, data.version, evaluation=data.evaluation, force=data.force, reason=data.reason, by=principal
+        )
         return asdict(info)
 
-    @post("/{name:str}/rollback", status_code=200, sync_to_thread=True,
-          summary="Serve the version that served before the current one")  # fmt: skip
-    def rollback(self, request: Request, name: str, principal: CurrentPrincipal, data: JSONBody[Rollback | None] = None) -> dict[str, Any]:
+    @post(
+        "/{name:str}/rollback",
+        status_code=200,
+        sync_to_thread=True,
+        summary="Serve the version that served before the current one",
+    )
+    def rollback(
+        self, request: Request, name: str, principal: CurrentPrincipal, data: JSONBody[Rollback | None] = None
+    ) -> dict[str, Any]:
         info = request.app.state.platform.models.rollback(name, reason=data.reason if data else "", by=principal)
         return asdict(info)
 
@@ -174,24 +215,43 @@ class ModelsController(Controller):
         return {"removed": name}
 
 
-@get("/api/templates", opt=access("user"), tags=["templates"], sync_to_thread=True, summary="Prompt templates, every version")
+@get(
+    "/api/templates",
+    opt=access("user"),
+    tags=["templates"],
+    sync_to_thread=True,
+    summary="Prompt templates, every version",
+)
 def list_templates(request: Request) -> dict[str, Any]:
     return {"templates": [template_out(t) for t in request.app.state.platform.templates.list()]}
 
 
-@get("/api/templates/{reference:str}", opt=access("user"), tags=["templates"], sync_to_thread=True,
-     summary="A template by name (latest) or name@version")  # fmt: skip
+@get(
+    "/api/templates/{reference:str}",
+    opt=access("user"),
+    tags=["templates"],
+    sync_to_thread=True,
+    summary="A template by name (latest) or name@version",
+)
 def get_template(request: Request, reference: str) -> dict[str, Any]:
     return template_out(request.app.state.platform.templates.get(reference))
 
 
-@post("/api/templates", opt=access("operator"), tags=["templates"], sync_to_thread=True,
-      summary="Save a template (a new version when the name exists)")  # fmt: skip
+@post(
+    "/api/templates",
+    opt=access("operator"),
+    tags=["templates"],
+    sync_to_thread=True,
+    summary="Save a template (a new version when the name exists)",
+)
 def save_template(request: Request, data: JSONBody[TemplateCreate], principal: CurrentPrincipal) -> dict[str, Any]:
     spec = TemplateSpec(
-        name=data.name, user=data.user, system=data.system, description=data.description,
+        name=data.name,
+        user=data.user,
+        system=data.system,
+        description=data.description,
         examples=[{k: v for k, v in msgspec.structs.asdict(e).items() if v is not None} for e in data.examples],
-    )  # fmt: skip
+    )
     return template_out(request.app.state.platform.templates.save(spec, by=principal))
 
 

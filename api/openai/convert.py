@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from espalier.core import tool_calls
-from espalier.core.chat import ChatRequest, ChatResult
-from espalier.core.contracts import ChatMessage, GenerationParams, TokenDelta
-from espalier.core.errors import InvalidInput
-
 from espalier.api.openai.schemas import ChatCompletionRequest, CompletionRequest, Message
+from espalier.core.infrastructure.contracts import ChatMessage, ChatRequest, ChatResult, GenerationParams, TokenDelta
+from espalier.core.infrastructure.errors import InvalidInput
+from espalier.core.tools import tool_calls
 
 
 def unsupported(field: str, why: str) -> InvalidInput:
@@ -31,7 +29,9 @@ def _common_checks(body: ChatCompletionRequest | CompletionRequest) -> None:
         raise unsupported("logit_bias", "not implemented")
 
 
-def _params(body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None, default_max: int) -> GenerationParams:
+def _params(
+    body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None, default_max: int
+) -> GenerationParams:
     return GenerationParams(
         max_tokens=max_tokens if max_tokens is not None else default_max,
         temperature=1.0 if body.temperature is None else body.temperature,
@@ -51,8 +51,10 @@ def message_text(message: Message, number: int) -> str:
     texts = []
     for part in content:
         if part.type != "text" or part.text is None:
-            raise InvalidInput(f"messages[{number}]: only text content parts are supported, not '{part.type}'",
-                               details={"param": f"messages[{number}].content"})  # fmt: skip
+            raise InvalidInput(
+                f"messages[{number}]: only text content parts are supported, not '{part.type}'",
+                details={"param": f"messages[{number}].content"},
+            )
         texts.append(part.text)
     return "".join(texts)
 
@@ -69,19 +71,27 @@ def chat_request(body: ChatCompletionRequest) -> ChatRequest:
     messages = []
     for number, message in enumerate(body.messages):
         if message.role not in roles:
-            raise InvalidInput(f"messages[{number}].role '{message.role}' is not one of {', '.join(sorted(roles))}",
-                               details={"param": f"messages[{number}].role"})  # fmt: skip
+            raise InvalidInput(
+                f"messages[{number}].role '{message.role}' is not one of {', '.join(sorted(roles))}",
+                details={"param": f"messages[{number}].role"},
+            )
         role = {"developer": "system", "function": "tool"}.get(message.role, message.role)
         if message.tool_calls is not None and role != "assistant":
-            raise InvalidInput(f"messages[{number}]: only assistant messages carry tool_calls",
-                               details={"param": f"messages[{number}].tool_calls"})  # fmt: skip
+            raise InvalidInput(
+                f"messages[{number}]: only assistant messages carry tool_calls",
+                details={"param": f"messages[{number}].tool_calls"},
+            )
         if message.tool_call_id is not None and role != "tool":
-            raise InvalidInput(f"messages[{number}]: only tool messages carry tool_call_id",
-                               details={"param": f"messages[{number}].tool_call_id"})  # fmt: skip
+            raise InvalidInput(
+                f"messages[{number}]: only tool messages carry tool_call_id",
+                details={"param": f"messages[{number}].tool_call_id"},
+            )
         calls = tool_calls.parse_assistant_calls(message.tool_calls, number) if message.tool_calls is not None else None
         messages.append(ChatMessage(role, message_text(message, number), calls, message.tool_call_id))  # type: ignore[arg-type]
     if not messages:
-        raise InvalidInput("messages must contain at least one message", code="empty_messages", details={"param": "messages"})
+        raise InvalidInput(
+            "messages must contain at least one message", code="empty_messages", details={"param": "messages"}
+        )
     tool_calls.check_conversation(messages, frozenset(i for i, m in enumerate(body.messages) if m.role == "function"))
     options = body.espalier
     max_tokens = body.max_completion_tokens or body.max_tokens
@@ -137,8 +147,12 @@ def _finish(reason: str | None) -> str | None:
 
 def _message(generation: Any) -> dict[str, Any]:
     if generation.tool_calls:
-        return {"role": "assistant", "content": generation.text or None, "refusal": None,
-                "tool_calls": generation.tool_calls}  # fmt: skip
+        return {
+            "role": "assistant",
+            "content": generation.text or None,
+            "refusal": None,
+            "tool_calls": generation.tool_calls,
+        }
     return {"role": "assistant", "content": generation.text, "refusal": None}
 
 
@@ -178,8 +192,14 @@ def completion_response(results: list[ChatResult]) -> dict[str, Any]:
     choices = []
     for result in results:
         for generation in result.generations:
-            choices.append({"index": len(choices), "text": generation.text, "logprobs": None,
-                            "finish_reason": _finish(generation.finish_reason)})  # fmt: skip
+            choices.append(
+                {
+                    "index": len(choices),
+                    "text": generation.text,
+                    "logprobs": None,
+                    "finish_reason": _finish(generation.finish_reason),
+                }
+            )
     prompt_tokens = sum(r.prompt_tokens for r in results)
     completion_tokens = sum(r.completion_tokens for r in results)
     return {
@@ -189,8 +209,11 @@ def completion_response(results: list[ChatResult]) -> dict[str, Any]:
         "model": first.model,
         "system_fingerprint": f"espalier-{first.model_version}",
         "choices": choices,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},  # fmt: skip
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
         "espalier": {
             "conversation_id": first.conversation_id,
             "model_version": first.model_version,
@@ -204,10 +227,18 @@ def chat_chunk(base: dict[str, Any], delta: TokenDelta) -> dict[str, Any]:
     if delta.tool_calls:
         # OpenAI's stream shape: each call by its index; the SDK joins the pieces
         body["tool_calls"] = [{"index": number, **call} for number, call in enumerate(delta.tool_calls)]
-    return {**base, "choices": [{"index": delta.index, "delta": body,
-                                 "finish_reason": _finish(delta.finish_reason), "logprobs": None}]}  # fmt: skip
+    return {
+        **base,
+        "choices": [
+            {"index": delta.index, "delta": body, "finish_reason": _finish(delta.finish_reason), "logprobs": None}
+        ],
+    }
 
 
 def completion_chunk(base: dict[str, Any], delta: TokenDelta) -> dict[str, Any]:
-    return {**base, "choices": [{"index": delta.index, "text": delta.text, "logprobs": None,
-                                 "finish_reason": _finish(delta.finish_reason)}]}  # fmt: skip
+    return {
+        **base,
+        "choices": [
+            {"index": delta.index, "text": delta.text, "logprobs": None, "finish_reason": _finish(delta.finish_reason)}
+        ],
+    }

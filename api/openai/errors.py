@@ -8,7 +8,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from espalier.api.errors import _caused_by_bad_json
-from espalier.core.errors import EspalierError
+from espalier.core.infrastructure.errors import EspalierError
 
 log = logging.getLogger("espalier.api.openai")
 
@@ -24,8 +24,9 @@ _TYPES = {
 }
 
 
-def openai_error(status: int, message: str, *, code: str | None, param: str | None = None,
-                 request: Request | None = None) -> Response:  # fmt: skip
+def openai_error(
+    status: int, message: str, *, code: str | None, param: str | None = None, request: Request | None = None
+) -> Response:
     body = {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "param": param, "code": code}}
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
     if request is not None and request.scope.get("request_id"):
@@ -58,8 +59,12 @@ def _http(request: Request, exc: HTTPException) -> Response:
 
 def _internal(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return openai_error(500, "internal error; the server log has the details under this request id",
-                        code="internal_error", request=request)  # fmt: skip
+    return openai_error(
+        500,
+        "internal error; the server log has the details under this request id",
+        code="internal_error",
+        request=request,
+    )
 
 
 OPENAI_EXCEPTION_HANDLERS = {

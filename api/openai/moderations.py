@@ -17,7 +17,7 @@ from litestar import Request, post
 from litestar.params import JSONBody
 
 from espalier.api.guards import access
-from espalier.core.errors import InvalidInput
+from espalier.core.infrastructure.errors import InvalidInput
 
 MAX_INPUTS = 256
 MAX_CHARS = 100_000
@@ -29,7 +29,12 @@ class ModerationRequest(msgspec.Struct, forbid_unknown_fields=True):
     model: str | None = None
 
 
-@post("/moderations", opt=access("user"), summary="Moderation (OpenAI-compatible) by the configured scorers", status_code=200)
+@post(
+    "/moderations",
+    opt=access("user"),
+    summary="Moderation (OpenAI-compatible) by the configured scorers",
+    status_code=200,
+)
 async def moderations(request: Request, data: JSONBody[ModerationRequest]) -> dict[str, Any]:
     service = request.app.state.platform.guardrail_service
     texts = [data.input] if isinstance(data.input, str) else data.input
@@ -41,14 +46,20 @@ async def moderations(request: Request, data: JSONBody[ModerationRequest]) -> di
         raise InvalidInput(f"at most {MAX_INPUTS} inputs per request", details={"param": "input"})
     if any(len(text) > MAX_CHARS for text in texts):
         raise InvalidInput(f"each input may have at most {MAX_CHARS} characters", details={"param": "input"})
-    names = None if data.model in (None, "", *OPENAI_MODELS) else [n.strip() for n in data.model.split(",") if n.strip()]
+    names = (
+        None if data.model in (None, "", *OPENAI_MODELS) else [n.strip() for n in data.model.split(",") if n.strip()]
+    )
     results = await anyio.to_thread.run_sync(lambda: service.moderate(texts, names))
     return {
         "id": f"modr-{secrets.token_hex(12)}",
         "model": data.model or ",".join(sorted({n for r in results for n in r["scorers"]})),
         "results": [
-            {"flagged": r["flagged"], "categories": r["categories"], "category_scores": r["category_scores"],
-             "espalier": {"scorers": r["scorers"]}}  # fmt: skip
+            {
+                "flagged": r["flagged"],
+                "categories": r["categories"],
+                "category_scores": r["category_scores"],
+                "espalier": {"scorers": r["scorers"]},
+            }
             for r in results
         ],
     }

@@ -14,21 +14,22 @@ from litestar import Request, Response, Router, get, post
 from litestar.params import JSONBody
 
 from espalier.api.guards import CurrentPrincipal, access
-from espalier.core.chat import RAG_ALIAS, StreamSession, served_model_id
-from espalier.core.models import split_model_id
-from espalier.core.errors import InvalidInput, NotFound
-
 from espalier.api.openai import convert
 from espalier.api.openai.errors import OPENAI_EXCEPTION_HANDLERS
 from espalier.api.openai.moderations import moderations
 from espalier.api.openai.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from espalier.api.openai.streaming import EventStream, open_events
+from espalier.core.infrastructure.errors import InvalidInput, NotFound
+from espalier.core.interface.chat.service import RAG_ALIAS, StreamSession, served_model_id
+from espalier.core.sources.models.service import split_model_id
 
 MAX_EMBEDDING_INPUTS = 2048
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-async def _stream_response(session: StreamSession, cancel: threading.Event, kind: str, include_usage: bool) -> EventStream:
+async def _stream_response(
+    session: StreamSession, cancel: threading.Event, kind: str, include_usage: bool
+) -> EventStream:
     base = {
         "id": session.request_id,
         "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
@@ -44,8 +45,18 @@ async def _stream_response(session: StreamSession, cancel: threading.Event, kind
     }
     if kind == "chat":
         first = [
-            {**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
-                                  "finish_reason": None, "logprobs": None}], "espalier": extension}  # fmt: skip
+            {
+                **base,
+                "choices": [
+                    {
+                        "index": index,
+                        "delta": {"role": "assistant", "content": ""},
+                        "finish_reason": None,
+                        "logprobs": None,
+                    }
+                ],
+                "espalier": extension,
+            }
             for index in range(session.request.params.n)
         ]
         chunk = lambda delta: convert.chat_chunk(base, delta)  # noqa: E731
@@ -55,9 +66,16 @@ async def _stream_response(session: StreamSession, cancel: threading.Event, kind
 
     def usage() -> dict[str, Any]:
         completion_tokens = sum(session.tokens)
-        return {**base, "choices": [], "espalier": extension, "usage": {
-            "prompt_tokens": session.prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": session.prompt_tokens + completion_tokens}}  # fmt: skip
+        return {
+            **base,
+            "choices": [],
+            "espalier": extension,
+            "usage": {
+                "prompt_tokens": session.prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": session.prompt_tokens + completion_tokens,
+            },
+        }
 
     return EventStream(
         await open_events(session, cancel, first, chunk, usage if include_usage else None),
@@ -79,7 +97,9 @@ async def chat_completions(request: Request, data: JSONBody[ChatCompletionReques
     return Response(convert.chat_response(result), headers={"x-espalier-model-version": result.model_version})
 
 
-@post("/completions", opt=access("user"), summary="Text completion of a plain prompt (OpenAI-compatible)", status_code=200)
+@post(
+    "/completions", opt=access("user"), summary="Text completion of a plain prompt (OpenAI-compatible)", status_code=200
+)
 async def completions(request: Request, data: JSONBody[CompletionRequest], principal: CurrentPrincipal) -> Any:
     platform = request.app.state.platform
     requests = convert.completion_requests(data)
@@ -95,7 +115,9 @@ async def completions(request: Request, data: JSONBody[CompletionRequest], princ
         return [platform.chat.complete(item, principal) for item in requests]
 
     results = await anyio.to_thread.run_sync(run_all)
-    return Response(convert.completion_response(results), headers={"x-espalier-model-version": results[0].model_version})
+    return Response(
+        convert.completion_response(results), headers={"x-espalier-model-version": results[0].model_version}
+    )
 
 
 @post("/embeddings", opt=access("user"), summary="Embeddings (OpenAI-compatible)", status_code=200)
@@ -104,22 +126,26 @@ async def embeddings(request: Request, data: JSONBody[EmbeddingRequest]) -> dict
     if data.model not in platform.embedders:
         raise NotFound(
             f"no embedding model '{data.model}' (available: {', '.join(platform.embedders.names()) or 'none'})",
-            code="model_not_found", details={"param": "model"},
-        )  # fmt: skip
+            code="model_not_found",
+            details={"param": "model"},
+        )
     embedder = platform.embedders.get(data.model)
     texts = [data.input] if isinstance(data.input, str) else data.input
     if not texts:
         raise InvalidInput("input must not be empty", details={"param": "input"})
     if not all(isinstance(text, str) for text in texts):
-        raise InvalidInput("input must be a string or a list of strings; token arrays are not supported",
-                           details={"param": "input"})  # fmt: skip
+        raise InvalidInput(
+            "input must be a string or a list of strings; token arrays are not supported", details={"param": "input"}
+        )
     if len(texts) > MAX_EMBEDDING_INPUTS:
         raise InvalidInput(f"at most {MAX_EMBEDDING_INPUTS} inputs per request", details={"param": "input"})
     if any(not text for text in texts):
         raise InvalidInput("inputs must be non-empty strings", details={"param": "input"})
     if data.dimensions is not None and data.dimensions != embedder.dimensions:
-        raise InvalidInput(f"'{data.model}' has {embedder.dimensions} dimensions; omit 'dimensions' or pass {embedder.dimensions}",
-                           details={"param": "dimensions"})  # fmt: skip
+        raise InvalidInput(
+            f"'{data.model}' has {embedder.dimensions} dimensions; omit 'dimensions' or pass {embedder.dimensions}",
+            details={"param": "dimensions"},
+        )
     vectors = await anyio.to_thread.run_sync(embedder.embed, texts)
     count = getattr(embedder, "count_tokens", None)
     tokens = sum(count(texts)) if callable(count) else sum(len(text.split()) for text in texts)
@@ -130,7 +156,12 @@ async def embeddings(request: Request, data: JSONBody[EmbeddingRequest]) -> dict
         else:
             encoded = [float(value) for value in vector]
         items.append({"object": "embedding", "index": index, "embedding": encoded})
-    return {"object": "list", "data": items, "model": data.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return {
+        "object": "list",
+        "data": items,
+        "model": data.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 def _model_entry(info: Any) -> dict[str, Any]:
@@ -175,15 +206,26 @@ def _version_entry(info: Any, version: dict[str, Any]) -> dict[str, Any]:
 def _rag_entry(platform: Any) -> dict[str, Any]:
     """The ``rag`` alias: the default model, grounded in the collections a request names (or all
     the calling key may read)."""
-    return {"id": RAG_ALIAS, "object": "model", "created": 0, "owned_by": "espalier",
-            "espalier": {"type": "chat", "alias_of": platform.settings.default_model, "grounded": True,
-                         "retrievers": platform.retrievers.names()}}  # fmt: skip
+    return {
+        "id": RAG_ALIAS,
+        "object": "model",
+        "created": 0,
+        "owned_by": "espalier",
+        "espalier": {
+            "type": "chat",
+            "alias_of": platform.settings.default_model,
+            "grounded": True,
+            "retrievers": platform.retrievers.names(),
+        },
+    }
 
 
-@get("/models", opt=access("user"), summary="Models that can be served (OpenAI-compatible); every version as name@label",
-     sync_to_thread=True)  # fmt: skip
-
-
+@get(
+    "/models",
+    opt=access("user"),
+    summary="Models that can be served (OpenAI-compatible); every version as name@label",
+    sync_to_thread=True,
+)
 def list_models(request: Request) -> dict[str, Any]:
     platform = request.app.state.platform
     data = []
@@ -193,15 +235,24 @@ def list_models(request: Request) -> dict[str, Any]:
     if platform.retrievers.names():
         data.append(_rag_entry(platform))
     for entry in platform.embedders:
-        data.append({"id": entry.name, "object": "model", "created": int(time.time()), "owned_by": entry.plugin,
-                     "espalier": {"type": "embedding", "dimensions": entry.item.dimensions}})  # fmt: skip
+        data.append(
+            {
+                "id": entry.name,
+                "object": "model",
+                "created": int(time.time()),
+                "owned_by": entry.plugin,
+                "espalier": {"type": "embedding", "dimensions": entry.item.dimensions},
+            }
+        )
     return {"object": "list", "data": data}
 
 
-@get("/models/{model_id:str}", opt=access("user"), summary="One model or one version (name@label; OpenAI-compatible)",
-     sync_to_thread=True)  # fmt: skip
-
-
+@get(
+    "/models/{model_id:str}",
+    opt=access("user"),
+    summary="One model or one version (name@label; OpenAI-compatible)",
+    sync_to_thread=True,
+)
 def get_model(request: Request, model_id: str) -> dict[str, Any]:
     platform = request.app.state.platform
     if model_id == RAG_ALIAS and platform.retrievers.names():

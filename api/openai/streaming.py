@@ -20,9 +20,9 @@ from typing import Any
 import anyio
 from litestar.response import Stream
 
-from espalier.core.chat import StreamSession
-from espalier.core.contracts import TokenDelta
-from espalier.core.errors import EspalierError
+from espalier.core.infrastructure.contracts import TokenDelta
+from espalier.core.infrastructure.errors import EspalierError
+from espalier.core.interface.chat.service import StreamSession
 
 log = logging.getLogger("espalier.api.streaming")
 _END = object()
@@ -49,7 +49,9 @@ class _Producer:
         self.session, self.cancel = session, cancel
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.worker = threading.Thread(target=self._produce, name=f"espalier-stream-{session.request_id[-6:]}", daemon=True)
+        self.worker = threading.Thread(
+            target=self._produce, name=f"espalier-stream-{session.request_id[-6:]}", daemon=True
+        )
         self.worker.start()
 
     def _put(self, item: Any) -> None:
@@ -105,9 +107,13 @@ async def open_events(
     return _events(producer, item, first, chunk, usage_chunk)
 
 
-async def _events(producer: _Producer, item: Any, first: list[dict[str, Any]],
-                  chunk: Callable[[TokenDelta], dict[str, Any]],
-                  usage_chunk: Callable[[], dict[str, Any]] | None) -> AsyncIterator[bytes]:  # fmt: skip
+async def _events(
+    producer: _Producer,
+    item: Any,
+    first: list[dict[str, Any]],
+    chunk: Callable[[TokenDelta], dict[str, Any]],
+    usage_chunk: Callable[[], dict[str, Any]] | None,
+) -> AsyncIterator[bytes]:
     try:
         opening = b"".join(sse(event) for event in first)
         while True:
@@ -117,8 +123,16 @@ async def _events(producer: _Producer, item: Any, first: list[dict[str, Any]],
                 message = item.message if isinstance(item, EspalierError) else "generation failed"
                 if not isinstance(item, EspalierError):
                     log.error("stream %s failed: %r", producer.session.request_id, item)
-                yield opening + sse({"error": {"message": message, "type": "server_error", "param": None,
-                                               "code": getattr(item, "code", "internal_error")}})  # fmt: skip
+                yield opening + sse(
+                    {
+                        "error": {
+                            "message": message,
+                            "type": "server_error",
+                            "param": None,
+                            "code": getattr(item, "code", "internal_error"),
+                        }
+                    }
+                )
             else:
                 yield opening + sse(chunk(item))
             opening = b""

@@ -11,8 +11,8 @@ from litestar.params import JSONBody
 
 from espalier.api.guards import CurrentPrincipal, access
 from espalier.api.jobs.routes import JobOut, job_out
-from espalier.core import policy
-from espalier.core.errors import InvalidInput
+from espalier.core.infrastructure.errors import InvalidInput
+from espalier.core.sources.learning import policy
 
 Prompt = Annotated[str, msgspec.Meta(max_length=policy.MAX_PROMPT_CHARS)]
 
@@ -62,13 +62,22 @@ def inside_home(home: Path, path: str) -> Path:
     base = Path(home).resolve()
     target = (base / path).resolve() if not Path(path).is_absolute() else Path(path).resolve()
     if not target.is_relative_to(base):
-        raise InvalidInput(f"prompts_path must be a file under the data folder ({base}); copy the file there, "
-                           "or send the prompts in 'prompts'", code="prompts_path_outside_home")  # fmt: skip
+        raise InvalidInput(
+            f"prompts_path must be a file under the data folder ({base}); copy the file there, "
+            "or send the prompts in 'prompts'",
+            code="prompts_path_outside_home",
+        )
     return target
 
 
-@post("/api/policy/train", opt=access("operator"), tags=["policy"], sync_to_thread=True, status_code=202,
-      summary="Check the settings, then queue a policy update (train:policy-rl or train:policy-dpo)")  # fmt: skip
+@post(
+    "/api/policy/train",
+    opt=access("operator"),
+    tags=["policy"],
+    sync_to_thread=True,
+    status_code=202,
+    summary="Check the settings, then queue a policy update (train:policy-rl or train:policy-dpo)",
+)
 def train(request: Request, data: JSONBody[PolicyTrainIn], principal: CurrentPrincipal) -> PolicyTrainOut:
     platform = request.app.state.platform
     params = {name: value for name, value in msgspec.structs.asdict(data).items() if value is not None}

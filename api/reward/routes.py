@@ -10,8 +10,8 @@ from litestar import Request, get, post
 from litestar.params import JSONBody
 
 from espalier.api.guards import CurrentPrincipal, access
-from espalier.core.errors import InvalidInput
-from espalier.core.reward.settings import settings_from
+from espalier.core.infrastructure.errors import InvalidInput
+from espalier.core.sources.reward.settings import settings_from
 
 
 class ScoreItem(msgspec.Struct, forbid_unknown_fields=True):
@@ -46,25 +46,45 @@ def model_out(record: Any) -> RewardModelOut:
     return RewardModelOut(**{name: getattr(record, name) for name in RewardModelOut.__struct_fields__})
 
 
-@post("/api/reward/score", opt=access("user"), tags=["reward"], sync_to_thread=True, status_code=200,
-      summary="Score (prompt, completion) items with the current reward model (higher is preferred)")  # fmt: skip
+@post(
+    "/api/reward/score",
+    opt=access("user"),
+    tags=["reward"],
+    sync_to_thread=True,
+    status_code=200,
+    summary="Score (prompt, completion) items with the current reward model (higher is preferred)",
+)
 def score(request: Request, data: JSONBody[ScoreIn]) -> dict[str, Any]:
     record, scores = request.app.state.platform.reward_models.score(
-        [(item.prompt, item.completion) for item in data.items], version=data.version)  # fmt: skip
+        [(item.prompt, item.completion) for item in data.items], version=data.version
+    )
     return {"reward_model": record.id, "version": record.version, "scores": scores}
 
 
-@get("/api/reward/models", opt=access("operator"), tags=["reward"], sync_to_thread=True,
-     summary="Reward model versions, newest first, with data hash, metrics and the promotion decision")  # fmt: skip
+@get(
+    "/api/reward/models",
+    opt=access("operator"),
+    tags=["reward"],
+    sync_to_thread=True,
+    summary="Reward model versions, newest first, with data hash, metrics and the promotion decision",
+)
 def list_models(request: Request) -> dict[str, Any]:
     platform = request.app.state.platform
     current = platform.reward_models.current()
-    return {"current": current.version if current else None,
-            "models": [model_out(r) for r in platform.reward_models.list()]}  # fmt: skip
+    return {
+        "current": current.version if current else None,
+        "models": [model_out(r) for r in platform.reward_models.list()],
+    }
 
 
-@post("/api/reward/train", opt=access("operator"), tags=["reward"], sync_to_thread=True, status_code=202,
-      summary="Start a reward model training job (train:reward) on the pairs held now")  # fmt: skip
+@post(
+    "/api/reward/train",
+    opt=access("operator"),
+    tags=["reward"],
+    sync_to_thread=True,
+    status_code=202,
+    summary="Start a reward model training job (train:reward) on the pairs held now",
+)
 def train(request: Request, data: JSONBody[TrainIn], principal: CurrentPrincipal) -> dict[str, Any]:
     platform = request.app.state.platform
     params = dict(data.params)
@@ -73,12 +93,17 @@ def train(request: Request, data: JSONBody[TrainIn], principal: CurrentPrincipal
     ai_weight = params.get("ai_pair_weight", platform.settings.ai_pair_weight)
     if not isinstance(ai_weight, int | float) or not 0 <= ai_weight <= 1:
         raise InvalidInput("ai_pair_weight must be a number between 0 and 1")
-    pairs = platform.pairs.all(include_imported=bool(params.get("include_imported", True)),
-                               exclude_labelers=params.get("exclude_labelers") or [], ai_weight=ai_weight)  # fmt: skip
+    pairs = platform.pairs.all(
+        include_imported=bool(params.get("include_imported", True)),
+        exclude_labelers=params.get("exclude_labelers") or [],
+        ai_weight=ai_weight,
+    )
     if len(pairs) < settings.min_pairs:
-        raise InvalidInput(f"only {len(pairs)} preference pairs; training needs at least {settings.min_pairs}. "
-                           "Collect rankings or thumbs, or import pairs (POST /api/pairs/import)",
-                           code="too_few_pairs")  # fmt: skip
+        raise InvalidInput(
+            f"only {len(pairs)} preference pairs; training needs at least {settings.min_pairs}. "
+            "Collect rankings or thumbs, or import pairs (POST /api/pairs/import)",
+            code="too_few_pairs",
+        )
     job = platform.jobs.submit("train:reward", params, created_by=principal.key_id)
     platform.audit.record(principal, "reward.train", job.id, pairs=len(pairs))
     return {"job_id": job.id, "pairs": len(pairs)}

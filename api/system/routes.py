@@ -16,7 +16,9 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", opt=PUBLIC, tags=["system"], summary="Readiness: database reachable, plugins loaded", sync_to_thread=True)
+@get(
+    "/readyz", opt=PUBLIC, tags=["system"], summary="Readiness: database reachable, plugins loaded", sync_to_thread=True
+)
 def readyz(request: Request) -> Response[dict[str, Any]]:
     platform = request.app.state.platform
     checks = {"database": platform.database_ok(), "plugins": platform.started}

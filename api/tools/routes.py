@@ -11,19 +11,37 @@ from litestar.params import JSONBody
 from espalier.api.guards import CurrentPrincipal, access
 
 
-@get("/api/tools", opt=access("user"), tags=["tools"], sync_to_thread=True,
-     summary="Registered tools: name, description, JSON Schema of the arguments, plugin")  # fmt: skip
+@get(
+    "/api/tools",
+    opt=access("user"),
+    tags=["tools"],
+    sync_to_thread=True,
+    summary="Registered tools: name, description, JSON Schema of the arguments, plugin",
+)
 def list_tools(request: Request) -> dict[str, Any]:
     return {"tools": request.app.state.platform.toolbox.describe()}
 
 
-@post("/api/tools/{name:str}/invoke", opt=access("operator"), tags=["tools"], status_code=200,
-      summary="Call a tool with a JSON object of its arguments (checked against its schema)")  # fmt: skip
-async def invoke_tool(request: Request, name: str, data: JSONBody[dict[str, Any]], principal: CurrentPrincipal) -> dict[str, Any]:
+@post(
+    "/api/tools/{name:str}/invoke",
+    opt=access("operator"),
+    tags=["tools"],
+    status_code=200,
+    summary="Call a tool with a JSON object of its arguments (checked against its schema)",
+)
+async def invoke_tool(
+    request: Request, name: str, data: JSONBody[dict[str, Any]], principal: CurrentPrincipal
+) -> dict[str, Any]:
     toolbox = request.app.state.platform.toolbox
     call = await anyio.to_thread.run_sync(lambda: toolbox.invoke(name, data, by=principal))
-    return {"tool": call.tool, "arguments": call.arguments, "output": call.result.output,
-            "data": call.result.data, "is_error": call.result.is_error, "duration_ms": call.duration_ms}  # fmt: skip
+    return {
+        "tool": call.tool,
+        "arguments": call.arguments,
+        "output": call.result.output,
+        "data": call.result.data,
+        "is_error": call.result.is_error,
+        "duration_ms": call.duration_ms,
+    }
 
 
 ROUTES = [list_tools, invoke_tool]

@@ -4,7 +4,7 @@ from a collection through the registered retrievers).
 ``search`` and ``lookup`` are written against the ``Retriever`` protocol only: they work with
 whichever retrievers plugins register, and answer "no retriever" until one is. They are bound to
 their platform in ``startup`` (a tool object belongs to one platform's registry). They read
-with the rights of the key that started the run (:func:`espalier.core.tools.caller`): a
+with the rights of the key that started the run (:func:`espalier.core.tools.toolbox.caller`): a
 collection that key may not read, or a source retriever it may not use, is an error observation.
 """
 
@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from espalier import hookimpl
-from espalier.core.contracts import RetrievedChunk, ToolResult
-from espalier.core.errors import Forbidden, NotFound
-from espalier.core.rag.grounding import authorize_search
-from espalier.core.tools import caller
+from espalier.core.infrastructure.contracts import RetrievedChunk, ToolResult
+from espalier.core.infrastructure.errors import Forbidden, NotFound
+from espalier.core.tools.grounding import authorize_search
+from espalier.core.tools.toolbox import caller
 
 MAX_K = 20
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -99,8 +99,9 @@ class Search(_RetrievalTool):
         if not chunks:
             return ToolResult(output="No passage matched.", data=[])
         lines = [f"[{c.chunk_id}] {c.text.strip()}" for c in chunks]
-        data = [{"document_id": c.document_id, "chunk_id": c.chunk_id, "score": c.score, "source": c.source}
-                for c in chunks]  # fmt: skip
+        data = [
+            {"document_id": c.document_id, "chunk_id": c.chunk_id, "score": c.score, "source": c.source} for c in chunks
+        ]
         return ToolResult(output="\n".join(lines), data=data)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from espalier import hookimpl
-from espalier.core.contracts import ToolResult
+from espalier.core.infrastructure.contracts import ToolResult
 
 _BINARY = {
     ast.Add: operator.add,

@@ -15,11 +15,17 @@ from __future__ import annotations
 from typing import Any
 
 from espalier import hookimpl
-from espalier.core.constitution import (
-    JOB_KIND, check_params, constitution_path, critique_and_revise, load_constitution, summary,
+from espalier.core.infrastructure.contracts import JobKind
+from espalier.core.infrastructure.errors import Unavailable
+from espalier.core.sources.learning.constitution import (
+    JOB_KIND,
+    check_params,
+    constitution_path,
+    critique_and_revise,
+    load_constitution,
+    summary,
 )
-from espalier.core.contracts import JobKind
-from espalier.core.errors import Unavailable
+
 
 class ConstitutionalLabeller:
     def __init__(self) -> None:
@@ -37,31 +43,64 @@ class ConstitutionalLabeller:
         principles = constitution.pick(params.get("principles"))
         model_id = params.get("model") or platform.settings.default_model
         model, version = platform.models.load(model_id)
-        job.log(f"constitution '{constitution.name}' ({len(principles)} principles), model {model_id} "
-                f"version {version.label}, {len(params['prompts'])} prompts")  # fmt: skip
+        job.log(
+            f"constitution '{constitution.name}' ({len(principles)} principles), model {model_id} "
+            f"version {version.label}, {len(params['prompts'])} prompts"
+        )
         items = critique_and_revise(
-            model, params["prompts"], principles, max_tokens=int(params.get("max_tokens", 64)),
-            temperature=float(params.get("temperature", 0.7)), seed=int(params.get("seed", 0)),
-            progress=job.progress, cancelled=job.cancelled,
-        )  # fmt: skip
+            model,
+            params["prompts"],
+            principles,
+            max_tokens=int(params.get("max_tokens", 64)),
+            temperature=float(params.get("temperature", 0.7)),
+            seed=int(params.get("seed", 0)),
+            progress=job.progress,
+            cancelled=job.cancelled,
+        )
         stored = platform.pairs.add_ai(
-            ({"prompt": i.prompt, "chosen": i.revision, "rejected": i.original, "principle": i.principle,
-              "critique": i.critique} for i in items if i.usable),
-            model=f"{model_id.partition('@')[0]}@{version.label}", constitution=constitution.name, job_id=job.job_id,
-        )  # fmt: skip
-        result = {**summary(items), **stored, "constitution": constitution.name, "model_version": version.label,
-                  "ai_pairs_total": platform.pairs.ai_count(), "weight": platform.settings.ai_pair_weight}  # fmt: skip
-        job.log(f"stored {stored['added']} AI pairs ({result['usable']} usable of {len(items)}; a revision equal to "
-                "its original or empty is dropped)")  # fmt: skip
+            (
+                {
+                    "prompt": i.prompt,
+                    "chosen": i.revision,
+                    "rejected": i.original,
+                    "principle": i.principle,
+                    "critique": i.critique,
+                }
+                for i in items
+                if i.usable
+            ),
+            model=f"{model_id.partition('@')[0]}@{version.label}",
+            constitution=constitution.name,
+            job_id=job.job_id,
+        )
+        result = {
+            **summary(items),
+            **stored,
+            "constitution": constitution.name,
+            "model_version": version.label,
+            "ai_pairs_total": platform.pairs.ai_count(),
+            "weight": platform.settings.ai_pair_weight,
+        }
+        job.log(
+            f"stored {stored['added']} AI pairs ({result['usable']} usable of {len(items)}; a revision equal to "
+            "its original or empty is dropped)"
+        )
         job.progress(1.0, f"{stored['added']} AI pairs")
         return result
 
 
 @hookimpl
 def register_job_kinds(register):
-    register(JobKind(JOB_KIND, run=ConstitutionalLabeller(), description=(
-        "Constitutional AI: the model critiques and revises its own answers by the constitution's principles; "
-        "revised-over-original pairs are stored as AI preference labels, apart from human ones")))  # fmt: skip
+    register(
+        JobKind(
+            JOB_KIND,
+            run=ConstitutionalLabeller(),
+            description=(
+                "Constitutional AI: the model critiques and revises its own answers by the constitution's principles; "
+                "revised-over-original pairs are stored as AI preference labels, apart from human ones"
+            ),
+        )
+    )
 
 
 @hookimpl

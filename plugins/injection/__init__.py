@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from espalier import hookimpl
-from espalier.core.guardrails import trained_model
-from espalier.plugins.toxicity.training import ClassifierTrainer, Progress, train_classifier
-
+from espalier.core.interface.guardrails.policies import trained_model
+from espalier.plugins.common.text_classifiers.training import ClassifierTrainer, Progress, train_classifier
 from espalier.plugins.injection.rules import RULES, Rule, RuleSet
 from espalier.plugins.injection.scorer import InjectionScorer
 
@@ -70,5 +69,7 @@ def register_trainers(register, settings):
 @hookimpl
 def startup(platform):
     # the trainer reads the examples operators flagged (console Feedback page) from the platform
-    if "injection-classifier" in platform.trainers and isinstance(platform.trainers.get("injection-classifier"), ClassifierTrainer):
+    if "injection-classifier" in platform.trainers and isinstance(
+        platform.trainers.get("injection-classifier"), ClassifierTrainer
+    ):
         platform.trainers.get("injection-classifier").bind(platform)

@@ -6,9 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from espalier.core.contracts import Direction, GuardrailScore
-from espalier.plugins.toxicity.detoxify_scorer import DetoxifyScorer
-
+from espalier.core.infrastructure.contracts import Direction, GuardrailScore
+from espalier.plugins.common.text_classifiers.detoxify import DetoxifyScorer
 from espalier.plugins.injection.rules import RuleSet
 
 
@@ -23,9 +22,16 @@ class InjectionScorer:
     :param use_rules: turn the rules off to score with the classifier alone (for comparisons).
     """
 
-    def __init__(self, checkpoint: str | Path | None = None, config_dir: str | Path | None = None, *,
-                 canaries: Sequence[str] = (), name: str = "injection", use_rules: bool = True,
-                 rules: RuleSet | None = None):
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        config_dir: str | Path | None = None,
+        *,
+        canaries: Sequence[str] = (),
+        name: str = "injection",
+        use_rules: bool = True,
+        rules: RuleSet | None = None,
+    ):
         self.name = name
         self.rules = rules or RuleSet(canaries=canaries)
         self.use_rules = use_rules
@@ -48,7 +54,7 @@ class InjectionScorer:
             return []
         learned = self._classifier_scores(texts)
         results = []
-        for text, classifier_score in zip(texts, learned):
+        for text, classifier_score in zip(texts, learned, strict=False):
             rule_score = self.rules.score(text) if self.use_rules else 0.0
             scores = {"injection": max(rule_score, classifier_score)}
             if self.rules.canaries:

@@ -6,7 +6,6 @@ loading the plugin does not import chromadb).
 """
 
 from espalier import hookimpl
-
 from espalier.plugins.minilm_embedder.embedder import DIMENSIONS, MODEL_NAME, MiniLMEmbedder
 
 __all__ = ["DIMENSIONS", "MODEL_NAME", "MiniLMEmbedder"]

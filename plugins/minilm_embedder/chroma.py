@@ -44,7 +44,7 @@ class MiniLMEmbeddingFunction(EmbeddingFunction[Documents]):
         return {"model": MODEL_NAME}
 
     @staticmethod
-    def build_from_config(config: dict[str, Any]) -> "MiniLMEmbeddingFunction":
+    def build_from_config(config: dict[str, Any]) -> MiniLMEmbeddingFunction:
         model = config.get("model", MODEL_NAME)
         if model != MODEL_NAME:
             raise ValueError(f"espalier-minilm only provides {MODEL_NAME}, not {model}")

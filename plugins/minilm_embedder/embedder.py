@@ -11,7 +11,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from espalier.core.errors import InvalidInput, Unavailable
+from espalier.core.infrastructure.errors import InvalidInput, Unavailable
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIMENSIONS = 384
@@ -75,10 +75,12 @@ class MiniLMEmbedder:
             order = np.argsort([-min(len(ids), model.max_seq_length) for ids in lengths], kind="stable")
             vectors = np.empty((len(texts), DIMENSIONS), dtype="float32")
             for start in range(0, len(texts), BATCH_SIZE):
-                batch = order[start:start + BATCH_SIZE]
+                batch = order[start : start + BATCH_SIZE]
                 vectors[batch] = _encode(model, [texts[i] for i in batch])
             return vectors
 
 
 def _encode(model: Any, texts: list[str]) -> Any:
-    return model.encode(texts, batch_size=BATCH_SIZE, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    return model.encode(
+        texts, batch_size=BATCH_SIZE, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    )

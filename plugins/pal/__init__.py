@@ -11,11 +11,13 @@ import re
 from typing import Any
 
 from espalier import hookimpl
-from espalier.core.agents import AgentOutcome
-from espalier.core.contracts import ChatMessage
+from espalier.core.infrastructure.contracts import ChatMessage
+from espalier.core.tools.agents.service import AgentOutcome
 
-SYSTEM = ("Solve the problem by writing a short Python program. Put your reasoning in # comments and do every "
-          "calculation in code. Store the final result in a variable named answer. Reply with the program only.")  # fmt: skip
+SYSTEM = (
+    "Solve the problem by writing a short Python program. Put your reasoning in # comments and do every "
+    "calculation in code. Store the final result in a variable named answer. Reply with the program only."
+)
 
 EXAMPLES: list[tuple[str, str]] = [
     (
@@ -48,8 +50,10 @@ def pal_messages(question: str, feedback: list[tuple[str, str]] | None = None) -
         messages += [ChatMessage("user", example_question), ChatMessage("assistant", program)]
     messages.append(ChatMessage("user", question))
     for program, error in feedback or []:
-        messages += [ChatMessage("assistant", program),
-                     ChatMessage("user", f"That program failed:\n{error}\nWrite a corrected program.")]  # fmt: skip
+        messages += [
+            ChatMessage("assistant", program),
+            ChatMessage("user", f"That program failed:\n{error}\nWrite a corrected program."),
+        ]
     return messages
 
 
@@ -77,10 +81,19 @@ class PalAgent:
             program = extract_program(raw)
             observation = context.call_tool("python", {"code": program})
             data = observation.data if isinstance(observation.data, dict) else {}
-            context.record_step(thought=reasoning(program), action="python", arguments={"code": program},
-                                observation=observation, raw=raw,
-                                extra={"program": program, "stdout": data.get("stdout", ""),
-                                       "value": data.get("value"), "sandbox_ms": round(1000 * data.get("duration_s", 0), 2)})  # fmt: skip
+            context.record_step(
+                thought=reasoning(program),
+                action="python",
+                arguments={"code": program},
+                observation=observation,
+                raw=raw,
+                extra={
+                    "program": program,
+                    "stdout": data.get("stdout", ""),
+                    "value": data.get("value"),
+                    "sandbox_ms": round(1000 * data.get("duration_s", 0), 2),
+                },
+            )
             if not observation.is_error and data.get("ok"):
                 value = data.get("value")
                 if value is None:

@@ -1,6 +1,6 @@
 """Built-in plugin: the ``eval:policy`` job, which evaluates a candidate version of a chat model
 against the serving one (reward, toxicity, KL from the reference, task checks) and stores the
-report with its gate; promotion reads that gate (see :mod:`espalier.core.policy_evaluation`).
+report with its gate; promotion reads that gate (see :mod:`espalier.core.sources.learning.gate`).
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from espalier import hookimpl
-from espalier.core import policy_evaluation
-from espalier.core.contracts import JobKind
-from espalier.core.errors import Unavailable
+from espalier.core.infrastructure.contracts import JobKind
+from espalier.core.infrastructure.errors import Unavailable
+from espalier.core.sources.learning import gate as policy_evaluation
 
 
 class PolicyEvaluationJob:
@@ -25,12 +25,18 @@ class PolicyEvaluationJob:
         if self.platform is None:
             raise Unavailable("policy evaluation runs inside a started platform (espalier serve)")
         record = policy_evaluation.run(
-            self.platform, dict(job.params), out_dir=Path(job.artifact_dir), progress=job.progress,
-            cancelled=job.cancelled, job_id=job.job_id,
-        )  # fmt: skip
+            self.platform,
+            dict(job.params),
+            out_dir=Path(job.artifact_dir),
+            progress=job.progress,
+            cancelled=job.cancelled,
+            job_id=job.job_id,
+        )
         verdict = record.results["gate"]
-        job.log(f"evaluation {record.id}: gate {'passed' if verdict['passed'] else 'failed'}"
-                + "".join(f"\n- {failure}" for failure in verdict["failures"]))  # fmt: skip
+        job.log(
+            f"evaluation {record.id}: gate {'passed' if verdict['passed'] else 'failed'}"
+            + "".join(f"\n- {failure}" for failure in verdict["failures"])
+        )
         report = policy_evaluation.summary(record)
         report["created_at"] = record.created_at.isoformat()
         return {"evaluation": record.id, **report}
@@ -39,9 +45,16 @@ class PolicyEvaluationJob:
 @hookimpl
 def register_job_kinds(register):
     # One runner per platform (register is called once per platform); startup binds it.
-    register(JobKind(policy_evaluation.JOB_KIND, run=PolicyEvaluationJob(), description=(
-        "Evaluate a candidate model version against the serving one: mean reward, toxicity, KL from the "
-        "reference and task checks, with a promotion gate")))  # fmt: skip
+    register(
+        JobKind(
+            policy_evaluation.JOB_KIND,
+            run=PolicyEvaluationJob(),
+            description=(
+                "Evaluate a candidate model version against the serving one: mean reward, toxicity, KL from the "
+                "reference and task checks, with a promotion gate"
+            ),
+        )
+    )
 
 
 @hookimpl

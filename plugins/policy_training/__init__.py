@@ -8,14 +8,13 @@ Trainers (each a job kind ``train:<name>``):
 
 Both end by registering the adapter as a *candidate* version of the model
 (``ModelService.add_version``); promotion makes it serve. Settings and the checks made before a
-run is queued are in :mod:`espalier.core.policy`; start runs with ``POST /api/policy/train`` or
+run is queued are in :mod:`espalier.core.sources.learning.policy`; start runs with ``POST /api/policy/train`` or
 ``espalier policy train``.
 """
 
 from __future__ import annotations
 
 from espalier import hookimpl
-
 from espalier.plugins.policy_training.trainer import PolicyTrainer
 
 __all__ = ["PolicyTrainer"]
@@ -23,8 +22,13 @@ __all__ = ["PolicyTrainer"]
 
 @hookimpl(trylast=True)
 def register_trainers(register):
-    register(PolicyTrainer("rl", "LoRA policy update by RL (RLOO) against the reward model with a KL penalty to the "
-                                 "base model, optionally minus a weighted toxicity penalty"))  # fmt: skip
+    register(
+        PolicyTrainer(
+            "rl",
+            "LoRA policy update by RL (RLOO) against the reward model with a KL penalty to the "
+            "base model, optionally minus a weighted toxicity penalty",
+        )
+    )
     register(PolicyTrainer("dpo", "LoRA policy update by DPO on the preference pairs (reference: the base model)"))
 
 

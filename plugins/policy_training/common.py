@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from espalier.core.feedback.pairs import prompt_text
-from espalier.core.policy import PolicySettings
+from espalier.core.sources.feedback.pairs import prompt_text
+from espalier.core.sources.learning.policy import PolicySettings
 
 TURN = re.compile(r"\n\n(Human|Assistant|System|Tool):")
 ROLES = {"Human": "user", "Assistant": "assistant", "System": "system", "Tool": "tool"}
@@ -34,8 +34,8 @@ def load_base(platform: Any, model_name: str) -> tuple[Any, Any, Path]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from espalier.plugins.transformers_models.loader import LOAD_LOCK, convert_gguf
-    from espalier.plugins.transformers_models.sources import resolve_source
+    from espalier.plugins.common.gguf import LOAD_LOCK, convert_gguf
+    from espalier.plugins.common.model_sources import resolve_source
 
     spec, _ = platform.models.resolve(model_name, "base")
     source = resolve_source(spec.source)
@@ -84,7 +84,11 @@ def fit_messages(tokenizer: Any, messages: list[dict[str, str]], max_tokens: int
 
 
 def _chat_length(tokenizer: Any, messages: list[dict[str, str]]) -> int:
-    return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+    return len(
+        tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
+    )
 
 
 def fit_text(tokenizer: Any, text: str, max_tokens: int, *, keep: str = "end") -> str:
@@ -127,8 +131,17 @@ class Samples:
     tokens: list[int] = field(default_factory=list)
 
 
-def sample(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_new_tokens: int, temperature: float,
-           seed: int, with_kl: bool, batch_size: int = 8) -> Samples:  # fmt: skip
+def sample(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    with_kl: bool,
+    batch_size: int = 8,
+) -> Samples:
     """Sample one completion per prompt from ``model`` (a PeftModel: adapter as it is now) and, when
     ``with_kl``, estimate each completion's KL contribution against the adapter-disabled reference:
     the sum over its tokens of log pi(token) - log pi_ref(token). Its mean over samples from pi is an
@@ -148,8 +161,15 @@ def sample(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_new_tokens
             chat = isinstance(prompts[start], list)
             encoded = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=not chat).to(model.device)
             with torch.inference_mode():
-                generated = model.generate(**encoded, do_sample=True, temperature=temperature, top_p=1.0, top_k=0,
-                                           max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+                generated = model.generate(
+                    **encoded,
+                    do_sample=True,
+                    temperature=temperature,
+                    top_p=1.0,
+                    top_k=0,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
             completion = generated[:, encoded["input_ids"].shape[1] :]
             mask = torch.ones_like(completion, dtype=torch.bool)
             for row in range(completion.shape[0]):
@@ -157,8 +177,10 @@ def sample(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_new_tokens
                     if token in eos:
                         mask[row, col + 1 :] = False  # the end-of-sequence token counts, what follows is padding
                         break
-            out.texts.extend(tokenizer.decode(ids[m], skip_special_tokens=True).strip()
-                             for ids, m in zip(completion, mask, strict=True))  # fmt: skip
+            out.texts.extend(
+                tokenizer.decode(ids[m], skip_special_tokens=True).strip()
+                for ids, m in zip(completion, mask, strict=True)
+            )
             out.tokens.extend(int(m.sum()) for m in mask)
             if with_kl:
                 attention = torch.cat([encoded["attention_mask"], mask.long()], dim=1)
@@ -183,8 +205,7 @@ def _completion_logps(model: Any, ids: Any, attention: Any, length: int) -> Any:
 
 def kl_summary(samples: Samples) -> dict[str, float]:
     tokens = sum(samples.tokens) or 1
-    return {"kl": statistics.fmean(samples.kl) if samples.kl else 0.0,
-            "kl_per_token": sum(samples.kl) / tokens}  # fmt: skip
+    return {"kl": statistics.fmean(samples.kl) if samples.kl else 0.0, "kl_per_token": sum(samples.kl) / tokens}
 
 
 # Scoring -----------------------------------------------------------------------------------------
@@ -192,7 +213,7 @@ class Scorers:
     """The reward model (optional) and the toxicity guardrail, over (prompt, completion) texts."""
 
     def __init__(self, platform: Any, reward_record: Any, toxicity_name: str):
-        from espalier.plugins.transformers_models.loader import LOAD_LOCK
+        from espalier.plugins.common.gguf import LOAD_LOCK
 
         with LOAD_LOCK:
             self.reward = platform.reward_models.scorer(reward_record) if reward_record is not None else None
@@ -252,8 +273,10 @@ class RunLog:
         self.job.metrics(step, **clean)
         self._check_hacking(step)
         summary = " ".join(f"{k} {clean[k]:.4g}" for k in ("reward", "kl", "loss", "toxicity") if k in clean)
-        self.job.progress(0.05 + 0.8 * min(step, self.settings.steps) / self.settings.steps,
-                          f"step {step}/{self.settings.steps} {summary}")  # fmt: skip
+        self.job.progress(
+            0.05 + 0.8 * min(step, self.settings.steps) / self.settings.steps,
+            f"step {step}/{self.settings.steps} {summary}",
+        )
         if step == 1 or step % max(1, self.settings.steps // 10) == 0:
             self.say(f"step {step}: {summary}")
         rewards = self.values("reward")
@@ -283,14 +306,20 @@ class RunLog:
         if len(rewards) >= 2 * WINDOW and kls:
             first, last = statistics.fmean(rewards[:WINDOW]), statistics.fmean(rewards[-WINDOW:])
             if last > first and kls[-1] > self.settings.kl_bound:
-                self.warn("kl", f"possible reward hacking at step {step}: reward rose from {first:.4g} to {last:.4g} "
-                                f"while the KL from the reference reached {kls[-1]:.4g} per token (bound "
-                                f"{self.settings.kl_bound}); raise beta or stop earlier")  # fmt: skip
+                self.warn(
+                    "kl",
+                    f"possible reward hacking at step {step}: reward rose from {first:.4g} to {last:.4g} "
+                    f"while the KL from the reference reached {kls[-1]:.4g} per token (bound "
+                    f"{self.settings.kl_bound}); raise beta or stop earlier",
+                )
         if len(toxicity) >= 2 * WINDOW:
             first, last = statistics.fmean(toxicity[:WINDOW]), statistics.fmean(toxicity[-WINDOW:])
             if last > first + 0.05:
-                self.warn("toxicity", f"possible reward hacking at step {step}: toxicity of sampled completions rose "
-                                      f"from {first:.3f} to {last:.3f}; add or raise toxicity_weight")  # fmt: skip
+                self.warn(
+                    "toxicity",
+                    f"possible reward hacking at step {step}: toxicity of sampled completions rose "
+                    f"from {first:.3f} to {last:.3f}; add or raise toxicity_weight",
+                )
 
 
 def make_callback(run: RunLog, on_log: Callable[[int, dict[str, float], Any], dict[str, float | None]]) -> Any:

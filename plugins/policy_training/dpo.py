@@ -23,11 +23,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from espalier.core.errors import InvalidInput
-from espalier.core.jobs import JobCancelled
-from espalier.core.policy import PolicySettings
-
-from espalier.plugins.policy_training.common import RunLog, Scorers, fit_messages, fit_text, make_callback, messages_from_transcript, quiet, sample, training_prompt
+from espalier.core.infrastructure.errors import InvalidInput
+from espalier.core.infrastructure.jobs.service import JobCancelled
+from espalier.core.sources.learning.policy import PolicySettings
+from espalier.plugins.policy_training.common import (
+    RunLog,
+    Scorers,
+    fit_messages,
+    fit_text,
+    make_callback,
+    messages_from_transcript,
+    quiet,
+    sample,
+    training_prompt,
+)
 
 SAMPLED_PAIRS_NAME = "sampled_pairs.jsonl"
 PROMPTS_PER_ROUND = 8  # prompts sampled between progress reports and cancellation checks
@@ -44,8 +53,9 @@ class SampledPair:
     rejected_score: float
 
 
-def sampled_pairs(model: Any, tokenizer: Any, prompts: list[str], scorers: Scorers, settings: PolicySettings,
-                  run: RunLog, out: Path) -> list[SampledPair]:  # fmt: skip
+def sampled_pairs(
+    model: Any, tokenizer: Any, prompts: list[str], scorers: Scorers, settings: PolicySettings, run: RunLog, out: Path
+) -> list[SampledPair]:
     """Sample ``samples_per_prompt`` completions of each prompt from ``model``, score them as RL's
     reward does, and pair the best with the worst. A prompt gives no pair when its best and worst
     completions are equal, score alike or one of them is empty. Written to ``sampled_pairs.jsonl``."""
@@ -56,26 +66,41 @@ def sampled_pairs(model: Any, tokenizer: Any, prompts: list[str], scorers: Score
             raise JobCancelled()
         chunk = prompts[start : start + PROMPTS_PER_ROUND]
         rendered = [q for q in (training_prompt(tokenizer, p, settings) for p in chunk) for _ in range(k)]
-        samples = sample(model, tokenizer, rendered, max_new_tokens=settings.max_completion_tokens,
-                         temperature=settings.temperature, seed=settings.seed + start, with_kl=False,
-                         batch_size=4 * k)  # fmt: skip
+        samples = sample(
+            model,
+            tokenizer,
+            rendered,
+            max_new_tokens=settings.max_completion_tokens,
+            temperature=settings.temperature,
+            seed=settings.seed + start,
+            with_kl=False,
+            batch_size=4 * k,
+        )
         scores = scorers.objective(rendered, samples.texts, settings.toxicity_weight)
         for index, prompt in enumerate(chunk):
-            group = list(zip(samples.texts[index * k : (index + 1) * k], scores[index * k : (index + 1) * k], strict=True))
+            group = list(
+                zip(samples.texts[index * k : (index + 1) * k], scores[index * k : (index + 1) * k], strict=True)
+            )
             (chosen, high), (rejected, low) = max(group, key=lambda g: g[1]), min(group, key=lambda g: g[1])
             if chosen.strip() and rejected.strip() and chosen != rejected and high - low > 1e-6:
                 pairs.append(SampledPair(prompt, chosen, rejected, high, low))
         done = min(start + PROMPTS_PER_ROUND, len(prompts))
-        run.job.progress(0.01 + 0.04 * done / len(prompts), f"sampled {done}/{len(prompts)} prompts x {k}: {len(pairs)} pairs")
+        run.job.progress(
+            0.01 + 0.04 * done / len(prompts), f"sampled {done}/{len(prompts)} prompts x {k}: {len(pairs)} pairs"
+        )
     with (out / SAMPLED_PAIRS_NAME).open("w") as file:
         file.writelines(json.dumps(asdict(pair)) + "\n" for pair in pairs)
     if len(pairs) < settings.min_pairs:
-        raise InvalidInput(f"only {len(pairs)} of {len(prompts)} prompts gave a pair (their {k} samples were alike); "
-                           f"min_pairs is {settings.min_pairs}: give more prompts, raise samples_per_prompt or "
-                           "temperature, or set toxicity_weight")  # fmt: skip
+        raise InvalidInput(
+            f"only {len(pairs)} of {len(prompts)} prompts gave a pair (their {k} samples were alike); "
+            f"min_pairs is {settings.min_pairs}: give more prompts, raise samples_per_prompt or "
+            "temperature, or set toxicity_weight"
+        )
     margins = [p.chosen_score - p.rejected_score for p in pairs]
-    run.say(f"sampled pairs: {len(pairs)} from {len(prompts)} prompts x {k} samples; score margin mean "
-            f"{statistics.fmean(margins):.4g}, median {statistics.median(margins):.4g}")  # fmt: skip
+    run.say(
+        f"sampled pairs: {len(pairs)} from {len(prompts)} prompts x {k} samples; score margin mean "
+        f"{statistics.fmean(margins):.4g}, median {statistics.median(margins):.4g}"
+    )
     return pairs
 
 
@@ -87,44 +112,89 @@ def dpo_rows(tokenizer: Any, pairs: list[Any], settings: PolicySettings) -> list
         rejected = fit_text(tokenizer, pair.rejected, settings.max_completion_tokens, keep="start")
         if settings.prompt_format == "chat":
             prompt = fit_messages(tokenizer, messages_from_transcript(pair.prompt), settings.max_prompt_tokens)
-            rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
-                         "rejected": [{"role": "assistant", "content": rejected}]})  # fmt: skip
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "chosen": [{"role": "assistant", "content": chosen}],
+                    "rejected": [{"role": "assistant", "content": rejected}],
+                }
+            )
         else:
-            rows.append({"prompt": fit_text(tokenizer, pair.prompt, settings.max_prompt_tokens),
-                         "chosen": " " + chosen.lstrip(), "rejected": " " + rejected.lstrip()})  # fmt: skip
+            rows.append(
+                {
+                    "prompt": fit_text(tokenizer, pair.prompt, settings.max_prompt_tokens),
+                    "chosen": " " + chosen.lstrip(),
+                    "rejected": " " + rejected.lstrip(),
+                }
+            )
     return rows
 
 
-def train_dpo(model: Any, tokenizer: Any, pairs: list[Any], probe: list[Any], settings: PolicySettings, lora: Any,
-              run: RunLog, out: Path) -> Any:  # fmt: skip
+def train_dpo(
+    model: Any,
+    tokenizer: Any,
+    pairs: list[Any],
+    probe: list[Any],
+    settings: PolicySettings,
+    lora: Any,
+    run: RunLog,
+    out: Path,
+) -> Any:
     import torch
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     config = DPOConfig(
-        output_dir=str(out / "trainer"), max_steps=settings.steps, learning_rate=settings.learning_rate,
-        per_device_train_batch_size=settings.batch_size, gradient_accumulation_steps=1, beta=settings.effective_beta,
-        max_length=settings.max_prompt_tokens + settings.max_completion_tokens + 32, logging_steps=1,
-        save_strategy="no", report_to=[], bf16=False, gradient_checkpointing=False,
-        use_cpu=not torch.cuda.is_available(), seed=settings.seed, data_seed=settings.seed, disable_tqdm=True,
+        output_dir=str(out / "trainer"),
+        max_steps=settings.steps,
+        learning_rate=settings.learning_rate,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=1,
+        beta=settings.effective_beta,
+        max_length=settings.max_prompt_tokens + settings.max_completion_tokens + 32,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=not torch.cuda.is_available(),
+        seed=settings.seed,
+        data_seed=settings.seed,
+        disable_tqdm=True,
         dataloader_num_workers=0,
-    )  # fmt: skip
+    )
     probe_every = max(1, settings.steps // 10)
 
     def on_log(step: int, logs: dict[str, float], policy: Any) -> dict[str, float | None]:
-        values = {"reward": logs.get("rewards/margins"), "loss": logs.get("loss"),
-                  "accuracy": logs.get("rewards/accuracies"), "chosen": logs.get("rewards/chosen"),
-                  "rejected": logs.get("rewards/rejected")}  # fmt: skip
+        values = {
+            "reward": logs.get("rewards/margins"),
+            "loss": logs.get("loss"),
+            "accuracy": logs.get("rewards/accuracies"),
+            "chosen": logs.get("rewards/chosen"),
+            "rejected": logs.get("rewards/rejected"),
+        }
         if probe and policy is not None and (step % probe_every == 0 or step == settings.steps):
-            samples = sample(policy, tokenizer, probe, max_new_tokens=settings.max_completion_tokens,
-                             temperature=settings.temperature, seed=settings.seed + step, with_kl=True)  # fmt: skip
+            samples = sample(
+                policy,
+                tokenizer,
+                probe,
+                max_new_tokens=settings.max_completion_tokens,
+                temperature=settings.temperature,
+                seed=settings.seed + step,
+                with_kl=True,
+            )
             values["kl"] = sum(samples.kl) / max(1, sum(samples.tokens))
         return values
 
-    trainer = DPOTrainer(model=model, ref_model=None, args=config,
-                         train_dataset=Dataset.from_list(dpo_rows(tokenizer, pairs, settings)),
-                         processing_class=tokenizer, peft_config=lora,
-                         callbacks=[make_callback(run, on_log)])  # fmt: skip
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=None,
+        args=config,
+        train_dataset=Dataset.from_list(dpo_rows(tokenizer, pairs, settings)),
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[make_callback(run, on_log)],
+    )
     run.job.progress(0.05, f"training {settings.steps} steps on {len(pairs)} pairs")
     quiet(trainer)
     trainer.train()

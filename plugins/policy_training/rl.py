@@ -13,8 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from espalier.core.policy import PolicySettings
-
+from espalier.core.sources.learning.policy import PolicySettings
 from espalier.plugins.policy_training.common import RunLog, Scorers, completion_text, make_callback, quiet
 
 
@@ -33,33 +32,65 @@ def reward_functions(scorers: Scorers) -> list[Any]:
     return [reward_model, toxicity_penalty]
 
 
-def train_rl(model: Any, tokenizer: Any, prompts: list[Any], scorers: Scorers, settings: PolicySettings, lora: Any,
-             run: RunLog, out: Path) -> Any:  # fmt: skip
+def train_rl(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[Any],
+    scorers: Scorers,
+    settings: PolicySettings,
+    lora: Any,
+    run: RunLog,
+    out: Path,
+) -> Any:
     import torch
     from datasets import Dataset
     from trl import RLOOConfig, RLOOTrainer
 
     config = RLOOConfig(
-        output_dir=str(out / "trainer"), max_steps=settings.steps, learning_rate=settings.learning_rate,
-        per_device_train_batch_size=settings.batch_size * settings.num_generations, gradient_accumulation_steps=1,
-        num_generations=settings.num_generations, max_completion_length=settings.max_completion_tokens,
-        temperature=settings.temperature, beta=settings.effective_beta, reward_weights=[1.0, settings.toxicity_weight],
-        logging_steps=1, save_strategy="no", report_to=[], bf16=False, gradient_checkpointing=False,
-        use_cpu=not torch.cuda.is_available(), seed=settings.seed, data_seed=settings.seed, disable_tqdm=True,
-        dataloader_num_workers=0, log_completions=False,
-    )  # fmt: skip
+        output_dir=str(out / "trainer"),
+        max_steps=settings.steps,
+        learning_rate=settings.learning_rate,
+        per_device_train_batch_size=settings.batch_size * settings.num_generations,
+        gradient_accumulation_steps=1,
+        num_generations=settings.num_generations,
+        max_completion_length=settings.max_completion_tokens,
+        temperature=settings.temperature,
+        beta=settings.effective_beta,
+        reward_weights=[1.0, settings.toxicity_weight],
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=not torch.cuda.is_available(),
+        seed=settings.seed,
+        data_seed=settings.seed,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        log_completions=False,
+    )
 
     def on_log(step: int, logs: dict[str, float], _model: Any) -> dict[str, float | None]:
         toxicity = logs.get("rewards/toxicity_penalty/mean")
-        return {"reward": logs.get("reward"), "kl": logs.get("kl"), "loss": logs.get("loss"),
-                "reward_model": logs.get("rewards/reward_model/mean"),
-                "toxicity": -toxicity if toxicity is not None else None, "reward_std": logs.get("reward_std"),
-                "completion_tokens": logs.get("completions/mean_length")}  # fmt: skip
+        return {
+            "reward": logs.get("reward"),
+            "kl": logs.get("kl"),
+            "loss": logs.get("loss"),
+            "reward_model": logs.get("rewards/reward_model/mean"),
+            "toxicity": -toxicity if toxicity is not None else None,
+            "reward_std": logs.get("reward_std"),
+            "completion_tokens": logs.get("completions/mean_length"),
+        }
 
-    trainer = RLOOTrainer(model=model, reward_funcs=reward_functions(scorers), args=config,
-                          train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
-                          processing_class=tokenizer, peft_config=lora,
-                          callbacks=[make_callback(run, on_log)])  # fmt: skip
+    trainer = RLOOTrainer(
+        model=model,
+        reward_funcs=reward_functions(scorers),
+        args=config,
+        train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[make_callback(run, on_log)],
+    )
     run.job.progress(0.05, f"training {settings.steps} steps")
     quiet(trainer)
     trainer.train()

@@ -15,11 +15,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from espalier.core.errors import Unavailable
-from espalier.core.jobs import JobCancelled
-from espalier.core.policy import PolicySettings, preflight, settings_from
-
-from espalier.plugins.policy_training.common import RunLog, Scorers, describe, kl_summary, load_base, plot_curves, sample, training_prompt
+from espalier.core.infrastructure.errors import Unavailable
+from espalier.core.infrastructure.jobs.service import JobCancelled
+from espalier.core.sources.learning.policy import PolicySettings, preflight, settings_from
+from espalier.plugins.policy_training.common import (
+    RunLog,
+    Scorers,
+    describe,
+    kl_summary,
+    load_base,
+    plot_curves,
+    sample,
+    training_prompt,
+)
 
 ADAPTER_DIR = "adapter"
 PLOT_NAME = "curves.png"
@@ -65,17 +73,29 @@ def run(platform: Any, job: Any, settings: PolicySettings, plan: Any) -> dict[st
     model, tokenizer, folder = load_base(platform, plan.model)
     job.log(f"{settings.method} on {plan.model} ({folder}); {plan.summary()}")
     scorers = Scorers(platform, plan.reward_model, settings.toxicity_scorer)
-    lora = LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha or 2 * settings.lora_rank,
-                      lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                      task_type="CAUSAL_LM")  # fmt: skip
+    lora = LoraConfig(
+        r=settings.lora_rank,
+        lora_alpha=settings.lora_alpha or 2 * settings.lora_rank,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        task_type="CAUSAL_LM",
+    )
 
     pairs: list[Any] = []
     if settings.method == "rl":
         train_prompts, held = split_prompts(plan.prompts, settings)
         from espalier.plugins.policy_training.rl import train_rl
 
-        trainer = train_rl(model, tokenizer, [training_prompt(tokenizer, p, settings) for p in train_prompts],
-                           scorers, settings, lora, run_log, out)  # fmt: skip
+        trainer = train_rl(
+            model,
+            tokenizer,
+            [training_prompt(tokenizer, p, settings) for p in train_prompts],
+            scorers,
+            settings,
+            lora,
+            run_log,
+            out,
+        )
     else:
         from espalier.plugins.policy_training.dpo import sampled_pairs, train_dpo
 
@@ -104,26 +124,46 @@ def run(platform: Any, job: Any, settings: PolicySettings, plan: Any) -> dict[st
     if held:
         job.progress(0.88, f"measuring base and policy on {len(held)} held-out prompts")
         prompts = [training_prompt(tokenizer, p, settings) for p in held]
-        args = {"max_new_tokens": settings.max_completion_tokens, "temperature": settings.temperature,
-                "seed": settings.seed + 1}  # fmt: skip
+        args = {
+            "max_new_tokens": settings.max_completion_tokens,
+            "temperature": settings.temperature,
+            "seed": settings.seed + 1,
+        }
         with policy.disable_adapter():
             base_samples = sample(policy, tokenizer, prompts, with_kl=False, **args)
         if job.cancelled():
             raise JobCancelled()
         policy_samples = sample(policy, tokenizer, prompts, with_kl=True, **args)
-        evaluation = {"prompts": len(held), "base": describe(scorers, base_samples),
-                      "policy": describe(scorers, policy_samples), **kl_summary(policy_samples),
-                      "examples": [{"prompt": str(p)[-300:], "base": b, "policy": a} for p, b, a in
-                                   zip(held[:3], base_samples.texts, policy_samples.texts, strict=False)]}  # fmt: skip
+        evaluation = {
+            "prompts": len(held),
+            "base": describe(scorers, base_samples),
+            "policy": describe(scorers, policy_samples),
+            **kl_summary(policy_samples),
+            "examples": [
+                {"prompt": str(p)[-300:], "base": b, "policy": a}
+                for p, b, a in zip(held[:3], base_samples.texts, policy_samples.texts, strict=False)
+            ],
+        }
         base_row, policy_row = evaluation["base"], evaluation["policy"]
         if policy_row["toxicity"] > base_row["toxicity"] + 0.05:
-            run_log.warn("toxicity-eval", f"held-out toxicity rose from {base_row['toxicity']:.3f} (base) to "
-                                          f"{policy_row['toxicity']:.3f} (policy): do not promote without a look")  # fmt: skip
+            run_log.warn(
+                "toxicity-eval",
+                f"held-out toxicity rose from {base_row['toxicity']:.3f} (base) to "
+                f"{policy_row['toxicity']:.3f} (policy): do not promote without a look",
+            )
         if evaluation["kl_per_token"] > settings.kl_bound:
-            run_log.warn("kl-eval", f"held-out KL from the reference is {evaluation['kl_per_token']:.3f} per token, "
-                                    f"past the bound {settings.kl_bound}")  # fmt: skip
-        job.log("held-out: base " + json.dumps(base_row) + " policy " + json.dumps(policy_row)
-                + f" KL {evaluation['kl']:.4f} ({evaluation['kl_per_token']:.4f}/token)")  # fmt: skip
+            run_log.warn(
+                "kl-eval",
+                f"held-out KL from the reference is {evaluation['kl_per_token']:.3f} per token, "
+                f"past the bound {settings.kl_bound}",
+            )
+        job.log(
+            "held-out: base "
+            + json.dumps(base_row)
+            + " policy "
+            + json.dumps(policy_row)
+            + f" KL {evaluation['kl']:.4f} ({evaluation['kl_per_token']:.4f}/token)"
+        )
     if job.cancelled():
         raise JobCancelled()
 
@@ -134,26 +174,52 @@ def run(platform: Any, job: Any, settings: PolicySettings, plan: Any) -> dict[st
     plot = plot_curves(run_log.history, out / PLOT_NAME, f"{settings.method} on {plan.model}")
     label = settings.label or f"{settings.method}-{job.job_id}"[:64]
     metrics = {
-        "method": settings.method, "job_id": job.job_id, "steps": steps_done, "stop_reason": run_log.stop_reason,
+        "method": settings.method,
+        "job_id": job.job_id,
+        "steps": steps_done,
+        "stop_reason": run_log.stop_reason,
         "reward_model": plan.reward_model.id if plan.reward_model is not None else None,
         "reward_model_version": plan.reward_model.version if plan.reward_model is not None else None,
-        "beta": settings.effective_beta, "lora_rank": settings.lora_rank, "learning_rate": settings.learning_rate,
-        "prompt_format": settings.prompt_format, "train_seconds": round(train_seconds, 2),
+        "beta": settings.effective_beta,
+        "lora_rank": settings.lora_rank,
+        "learning_rate": settings.learning_rate,
+        "prompt_format": settings.prompt_format,
+        "train_seconds": round(train_seconds, 2),
         "pairs": pair_summary(settings, pairs, out),
         "final": {name: values[-1][1] for name, values in run_log.history.items() if values},
-        "evaluation": {k: v for k, v in evaluation.items() if k != "examples"}, "warnings": run_log.warnings,
-    }  # fmt: skip
-    card = {"format": "espalier-policy/1", "model": plan.model, "base_folder": str(folder), "label": label,
-            "settings": settings.as_dict() | {"prompts": len(settings.prompts)}, "metrics": metrics,
-            "evaluation": evaluation, "history": run_log.history}  # fmt: skip
+        "evaluation": {k: v for k, v in evaluation.items() if k != "examples"},
+        "warnings": run_log.warnings,
+    }
+    card = {
+        "format": "espalier-policy/1",
+        "model": plan.model,
+        "base_folder": str(folder),
+        "label": label,
+        "settings": settings.as_dict() | {"prompts": len(settings.prompts)},
+        "metrics": metrics,
+        "evaluation": evaluation,
+        "history": run_log.history,
+    }
     (out / CARD_NAME).write_text(json.dumps(card, indent=2, default=str))
-    version = platform.models.add_version(plan.model, label=label, adapter=str(adapter), metrics=metrics,
-                                          status="candidate")  # fmt: skip
+    version = platform.models.add_version(
+        plan.model, label=label, adapter=str(adapter), metrics=metrics, status="candidate"
+    )
     job.log(f"registered {plan.model} version '{label}' ({version.id}) as a candidate")
-    return {"model": plan.model, "version": version.id, "label": label, "adapter": str(adapter), "plot": str(plot),
-            "card": str(out / CARD_NAME), "steps": steps_done, "stop_reason": run_log.stop_reason,
-            "warnings": run_log.warnings, "evaluation": evaluation, "metrics": metrics["final"], "pairs": metrics["pairs"],
-            "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
+    return {
+        "model": plan.model,
+        "version": version.id,
+        "label": label,
+        "adapter": str(adapter),
+        "plot": str(plot),
+        "card": str(out / CARD_NAME),
+        "steps": steps_done,
+        "stop_reason": run_log.stop_reason,
+        "warnings": run_log.warnings,
+        "evaluation": evaluation,
+        "metrics": metrics["final"],
+        "pairs": metrics["pairs"],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
 
 
 def pair_summary(settings: PolicySettings, pairs: list[Any], out: Path) -> dict[str, Any] | None:
@@ -165,6 +231,9 @@ def pair_summary(settings: PolicySettings, pairs: list[Any], out: Path) -> dict[
         from espalier.plugins.policy_training.dpo import SAMPLED_PAIRS_NAME
 
         margins = [p.chosen_score - p.rejected_score for p in pairs]
-        summary |= {"file": str(out / SAMPLED_PAIRS_NAME), "samples_per_prompt": settings.samples_per_prompt,
-                    "mean_margin": round(sum(margins) / len(margins), 6)}  # fmt: skip
+        summary |= {
+            "file": str(out / SAMPLED_PAIRS_NAME),
+            "samples_per_prompt": settings.samples_per_prompt,
+            "mean_margin": round(sum(margins) / len(margins), 6),
+        }
     return summary

@@ -7,7 +7,7 @@
 """
 
 from espalier import hookimpl
-from espalier.core.templates import TemplateSpec
+from espalier.core.infrastructure.contracts import TemplateSpec
 
 COT_MATH = TemplateSpec(
     name="cot-math",

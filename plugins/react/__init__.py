@@ -3,7 +3,7 @@
 The loop only ever reads actions from the model's own text (generation stops before the
 model could write an Observation), validates each against the run's allowed tools (an invalid
 one becomes an Observation saying so), and hands tool output back quoted, through the
-platform's :class:`~espalier.core.agents.AgentContext`, which also scores it for injection.
+platform's :class:`~espalier.core.tools.agents.service.AgentContext`, which also scores it for injection.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import json
 from typing import Any
 
 from espalier import hookimpl
-from espalier.core.agents import AgentOutcome
-
+from espalier.core.tools.agents.service import AgentOutcome
 from espalier.plugins.react.parsing import ParsedStep, parse_step, single_text_parameter
 from espalier.plugins.react.prompt import EXAMPLES, build_messages
 
@@ -42,8 +41,13 @@ class ReActAgent:
             arguments, problem = self._arguments(parsed, context.tools)
             if problem is not None:
                 observation = f"Invalid action: {problem}. {FORMAT_HELP}"
-                context.record_step(thought=parsed.thought, action=parsed.tool, observation=observation,
-                                    raw=raw, extra={"invalid": True})  # fmt: skip
+                context.record_step(
+                    thought=parsed.thought,
+                    action=parsed.tool,
+                    observation=observation,
+                    raw=raw,
+                    extra={"invalid": True},
+                )
                 scratchpad += [_echo(parsed, raw), f"Observation:\n| {observation}"]
                 continue
             if parsed.tool == "finish":
@@ -51,8 +55,13 @@ class ReActAgent:
                 context.record_step(thought=parsed.thought, action="finish", arguments={"answer": answer}, raw=raw)
                 return AgentOutcome(answer, "ok")
             observation = context.call_tool(parsed.tool, arguments)
-            context.record_step(thought=parsed.thought, action=parsed.tool, arguments=observation.arguments or arguments,
-                                observation=observation, raw=raw)  # fmt: skip
+            context.record_step(
+                thought=parsed.thought,
+                action=parsed.tool,
+                arguments=observation.arguments or arguments,
+                observation=observation,
+                raw=raw,
+            )
             scratchpad += [_echo(parsed, raw), f"Observation:\n{observation.for_model}"]
 
     @staticmethod
@@ -82,9 +91,11 @@ def _json(value: Any) -> str:
 
 
 def _limit_message(status: str) -> str:
-    return {"step_limit": "stopped at the step limit before finishing",
-            "time_limit": "stopped at the time limit before finishing",
-            "cancelled": "cancelled"}.get(status, status)  # fmt: skip
+    return {
+        "step_limit": "stopped at the step limit before finishing",
+        "time_limit": "stopped at the time limit before finishing",
+        "cancelled": "cancelled",
+    }.get(status, status)
 
 
 @hookimpl(trylast=True)

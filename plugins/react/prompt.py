@@ -6,8 +6,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from espalier.core.contracts import ChatMessage
-
+from espalier.core.infrastructure.contracts import ChatMessage
 from espalier.plugins.react.parsing import single_text_parameter
 
 INSTRUCTIONS = """You answer a question by alternating Thought and Action steps.
@@ -44,7 +43,11 @@ Action: finish[the Seine]"""
 def describe_action(tool: Any) -> str:
     schema: Mapping[str, Any] = tool.parameters
     field = single_text_parameter(schema)
-    shape = f"{tool.name}[<{field}>]" if field else f'{tool.name}[{{"argument": "value", ...}}] (JSON with: {", ".join(schema.get("properties", {}))})'
+    shape = (
+        f"{tool.name}[<{field}>]"
+        if field
+        else f'{tool.name}[{{"argument": "value", ...}}] (JSON with: {", ".join(schema.get("properties", {}))})'
+    )
     return f"- {shape}: {tool.description}"
 
 
@@ -60,8 +63,9 @@ def usable_examples(examples: str, tools: Mapping[str, Any]) -> str:
     return "\n\n".join(fitting or blocks)
 
 
-def build_messages(question: str, tools: Mapping[str, Any], scratchpad: Sequence[str],
-                   examples: str = EXAMPLES) -> list[ChatMessage]:  # fmt: skip
+def build_messages(
+    question: str, tools: Mapping[str, Any], scratchpad: Sequence[str], examples: str = EXAMPLES
+) -> list[ChatMessage]:
     actions = "\n".join(describe_action(tools[name]) for name in sorted(tools))
     examples = usable_examples(examples, tools)
     transcript = "\n".join([f"{examples}\n", f"Question: {question}", *scratchpad])

@@ -10,7 +10,6 @@ The key itself is never stored: ``api_key_env`` names the environment variable t
 """
 
 from espalier import hookimpl
-
 from espalier.plugins.remote_models.client import RemoteChatModel, RemoteProvider
 
 __all__ = ["RemoteChatModel", "RemoteProvider"]

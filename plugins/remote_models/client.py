@@ -12,8 +12,8 @@ from urllib.parse import urlparse
 
 import httpx
 
-from espalier.core.contracts import ChatMessage, Generation, GenerationParams, ModelSpec, TokenDelta
-from espalier.core.errors import InvalidInput, Unavailable
+from espalier.core.infrastructure.contracts import ChatMessage, Generation, GenerationParams, ModelSpec, TokenDelta
+from espalier.core.infrastructure.errors import InvalidInput, Unavailable
 
 CONNECT_RETRIES = 3
 DEFAULT_CONTEXT_WINDOW = 4096
@@ -25,12 +25,16 @@ class RemoteProvider:
     def validate(self, spec: ModelSpec) -> None:
         url = urlparse(spec.source)
         if url.scheme not in ("http", "https") or not url.netloc:
-            raise InvalidInput(f"remote models need an http(s) base URL as source, e.g. http://host:8000/v1 (got {spec.source!r})")
+            raise InvalidInput(
+                f"remote models need an http(s) base URL as source, e.g. http://host:8000/v1 (got {spec.source!r})"
+            )
         key_env = spec.options.get("api_key_env")
         if key_env and key_env not in os.environ:
             raise InvalidInput(f"environment variable {key_env} (api_key_env) is not set in the server's environment")
         if "api_key" in spec.options:
-            raise InvalidInput("do not store keys in the registry: put it in an environment variable and pass api_key_env")
+            raise InvalidInput(
+                "do not store keys in the registry: put it in an environment variable and pass api_key_env"
+            )
 
     def load(self, spec: ModelSpec, *, cache_dir: str) -> RemoteChatModel:
         self.validate(spec)
@@ -62,8 +66,13 @@ class RemoteChatModel:
 
     # Chat ------------------------------------------------------------------------------------
     def _body(self, params: GenerationParams, **extra: Any) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.remote_model, "max_tokens": params.max_tokens,
-                                "temperature": params.temperature, "top_p": params.top_p, "n": params.n}  # fmt: skip
+        body: dict[str, Any] = {
+            "model": self.remote_model,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "n": params.n,
+        }
         if params.stop:
             body["stop"] = list(params.stop)
         if params.seed is not None:
@@ -71,26 +80,33 @@ class RemoteChatModel:
         body.update(extra)
         return body
 
-    def generate(self, messages: Sequence[ChatMessage], params: GenerationParams,
-                 cancel: Callable[[], bool] | None = None) -> list[Generation]:  # fmt: skip
+    def generate(
+        self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: Callable[[], bool] | None = None
+    ) -> list[Generation]:
         data = self._post("/chat/completions", self._body(params, messages=_wire(messages)))
         return _generations(data, lambda choice: (choice.get("message") or {}).get("content") or "")
 
-    def stream(self, messages: Sequence[ChatMessage], params: GenerationParams,
-               cancel: Callable[[], bool] | None = None) -> Iterator[TokenDelta]:  # fmt: skip
+    def stream(
+        self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: Callable[[], bool] | None = None
+    ) -> Iterator[TokenDelta]:
         body = self._body(params, messages=_wire(messages), stream=True)
-        return self._stream("/chat/completions", body, cancel, lambda choice: (choice.get("delta") or {}).get("content"))
+        return self._stream(
+            "/chat/completions", body, cancel, lambda choice: (choice.get("delta") or {}).get("content")
+        )
 
     # Plain prompts ------------------------------------------------------------------------------
-    def generate_text(self, prompt: str, params: GenerationParams,
-                      cancel: Callable[[], bool] | None = None) -> list[Generation]:  # fmt: skip
+    def generate_text(
+        self, prompt: str, params: GenerationParams, cancel: Callable[[], bool] | None = None
+    ) -> list[Generation]:
         data = self._post("/completions", self._body(params, prompt=prompt))
         return _generations(data, lambda choice: choice.get("text") or "")
 
-    def stream_text(self, prompt: str, params: GenerationParams,
-                    cancel: Callable[[], bool] | None = None) -> Iterator[TokenDelta]:  # fmt: skip
-        return self._stream("/completions", self._body(params, prompt=prompt, stream=True), cancel,
-                            lambda choice: choice.get("text"))  # fmt: skip
+    def stream_text(
+        self, prompt: str, params: GenerationParams, cancel: Callable[[], bool] | None = None
+    ) -> Iterator[TokenDelta]:
+        return self._stream(
+            "/completions", self._body(params, prompt=prompt, stream=True), cancel, lambda choice: choice.get("text")
+        )
 
     # HTTP ---------------------------------------------------------------------------------------
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -127,15 +143,21 @@ class RemoteChatModel:
             raise InvalidInput(f"{where} rejected the request: {message}", code="remote_rejected")
         raise Unavailable(f"{where} failed ({response.status_code}): {message}")
 
-    def _stream(self, path: str, body: dict[str, Any], cancel: Callable[[], bool] | None,
-                text_of: Callable[[dict[str, Any]], str | None]) -> Iterator[TokenDelta]:  # fmt: skip
+    def _stream(
+        self,
+        path: str,
+        body: dict[str, Any],
+        cancel: Callable[[], bool] | None,
+        text_of: Callable[[dict[str, Any]], str | None],
+    ) -> Iterator[TokenDelta]:
         request = self.client.build_request("POST", path, json=body)
         response = self._send(lambda: self.client.send(request, stream=True))
         return self._deltas(response, cancel, text_of)
 
     @staticmethod
-    def _deltas(response: httpx.Response, cancel: Callable[[], bool] | None,
-                text_of: Callable[[dict[str, Any]], str | None]) -> Iterator[TokenDelta]:  # fmt: skip
+    def _deltas(
+        response: httpx.Response, cancel: Callable[[], bool] | None, text_of: Callable[[dict[str, Any]], str | None]
+    ) -> Iterator[TokenDelta]:
         try:
             for line in response.iter_lines():
                 if cancel is not None and cancel():
@@ -168,6 +190,8 @@ def _generations(data: dict[str, Any], text_of: Callable[[dict[str, Any]], str])
         raise Unavailable("the remote model server answered without choices")
     per_choice = max(1, int(usage.get("completion_tokens", 0)) // len(choices))
     return [
-        Generation(text_of(choice), choice.get("finish_reason") or "stop", int(usage.get("prompt_tokens", 0)), per_choice)
+        Generation(
+            text_of(choice), choice.get("finish_reason") or "stop", int(usage.get("prompt_tokens", 0)), per_choice
+        )
         for choice in choices
     ]

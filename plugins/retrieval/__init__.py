@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from espalier import hookimpl
-from espalier.core.contracts import RetrievedChunk
-from espalier.core.errors import Unavailable
+from espalier.core.infrastructure.contracts import RetrievedChunk
+from espalier.core.infrastructure.errors import Unavailable
 
 
 class CollectionRetriever:
@@ -24,7 +24,9 @@ class CollectionRetriever:
         self.description = description
         self.platform: Any = None
 
-    def search(self, query: str, *, collection: str, k: int = 5, filters: Mapping[str, Any] | None = None) -> list[RetrievedChunk]:
+    def search(
+        self, query: str, *, collection: str, k: int = 5, filters: Mapping[str, Any] | None = None
+    ) -> list[RetrievedChunk]:
         if self.platform is None:
             raise Unavailable(f"retriever '{self.name}' is not bound to a running platform")
         record = self.platform.rag.collection_by_name(collection)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 
 from espalier import hookimpl
-
 from espalier.plugins.reward_models.best_of_n import BestOfNProvider
 from espalier.plugins.reward_models.trainer import RewardTrainer, maybe_retrain
 
@@ -39,7 +38,9 @@ def startup(platform):
     # The trainer and the best-of-n provider work through the platform they run in.
     if "reward" in platform.trainers and isinstance(platform.trainers.get("reward"), RewardTrainer):
         platform.trainers.get("reward").bind(platform)
-    if "best-of-n" in platform.model_providers and isinstance(platform.model_providers.get("best-of-n"), BestOfNProvider):
+    if "best-of-n" in platform.model_providers and isinstance(
+        platform.model_providers.get("best-of-n"), BestOfNProvider
+    ):
         platform.model_providers.get("best-of-n").bind(platform)
 
 

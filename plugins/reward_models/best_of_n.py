@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from espalier.core.contracts import ChatMessage, Generation, GenerationParams, ModelSpec, TokenDelta
-from espalier.core.errors import InvalidInput, Unavailable
-from espalier.core.feedback.pairs import prompt_text
+from espalier.core.infrastructure.contracts import ChatMessage, Generation, GenerationParams, ModelSpec, TokenDelta
+from espalier.core.infrastructure.errors import InvalidInput, Unavailable
+from espalier.core.sources.feedback.pairs import prompt_text
 
 MAX_N = 16
 ZERO_TEMPERATURE_STANDIN = 0.8
@@ -64,12 +64,14 @@ class BestOfNModel:
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return self.base.count_tokens(messages)
 
-    def generate(self, messages: Sequence[ChatMessage], params: GenerationParams,
-                 cancel: Callable[[], bool] | None = None) -> list[Generation]:  # fmt: skip
+    def generate(
+        self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: Callable[[], bool] | None = None
+    ) -> list[Generation]:
         record = self.platform.reward_models.current()
         if record is None:
-            raise Unavailable("this best-of-n model needs a trained reward model: submit a 'train:reward' job",
-                              code="no_reward_model")  # fmt: skip
+            raise Unavailable(
+                "this best-of-n model needs a trained reward model: submit a 'train:reward' job", code="no_reward_model"
+            )
         scorer = self.platform.reward_models.scorer(record)
         prompt = prompt_text([{"role": m.role, "content": m.content} for m in messages])
         sampling = replace(params, n=self.n, temperature=params.temperature or ZERO_TEMPERATURE_STANDIN)
@@ -82,8 +84,9 @@ class BestOfNModel:
             answers.append(candidates[max(range(len(candidates)), key=scores.__getitem__)])
         return answers
 
-    def stream(self, messages: Sequence[ChatMessage], params: GenerationParams,
-               cancel: Callable[[], bool] | None = None) -> Iterator[TokenDelta]:  # fmt: skip
+    def stream(
+        self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: Callable[[], bool] | None = None
+    ) -> Iterator[TokenDelta]:
         # The choice needs every candidate complete: the chosen answer arrives as one piece.
         for index, answer in enumerate(self.generate(messages, params, cancel)):
             yield TokenDelta(index, answer.text, answer.finish_reason, answer.completion_tokens)

@@ -7,9 +7,9 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from espalier.core.errors import InvalidInput, Unavailable
-
-from espalier.plugins.reward_models.training import evaluate, settings_from, train_reward_model
+from espalier.core.infrastructure.errors import InvalidInput, Unavailable
+from espalier.core.sources.reward.settings import settings_from
+from espalier.plugins.reward_models.training import evaluate, train_reward_model
 
 log = logging.getLogger("espalier.reward")
 JOB_KIND = "train:reward"
@@ -17,8 +17,10 @@ JOB_KIND = "train:reward"
 
 class RewardTrainer:
     name = "reward"
-    description = ("Train a reward model (MiniLM + one-output head, pairwise loss) on the preference pairs from "
-                   "feedback and imports; it becomes current only if not worse on the same held-out pairs")  # fmt: skip
+    description = (
+        "Train a reward model (MiniLM + one-output head, pairwise loss) on the preference pairs from "
+        "feedback and imports; it becomes current only if not worse on the same held-out pairs"
+    )
 
     def __init__(self) -> None:
         self.platform: Any = None
@@ -41,11 +43,19 @@ class RewardTrainer:
         settings = settings_from(params)
         pairs = platform.pairs.all(include_imported=include_imported, exclude_labelers=exclude, ai_weight=ai_weight)
         ai_pairs = sum(pair.origin == "ai" for pair in pairs)
-        job.log(f"{len(pairs)} pairs in the snapshot (imports {'included' if include_imported else 'excluded'}; "
-                f"{ai_pairs} AI pairs at weight {ai_weight})")  # fmt: skip
-        card = train_reward_model(pairs, job.artifact_dir + "/reward-model", settings,
-                                  progress=job.progress, log=job.log, cancelled=job.cancelled,
-                                  metrics=getattr(job, "metrics", None))  # fmt: skip
+        job.log(
+            f"{len(pairs)} pairs in the snapshot (imports {'included' if include_imported else 'excluded'}; "
+            f"{ai_pairs} AI pairs at weight {ai_weight})"
+        )
+        card = train_reward_model(
+            pairs,
+            job.artifact_dir + "/reward-model",
+            settings,
+            progress=job.progress,
+            log=job.log,
+            cancelled=job.cancelled,
+            metrics=getattr(job, "metrics", None),
+        )
         held = card.pop("held_out_pairs")
         current = platform.reward_models.current()
         current_accuracy = None
@@ -57,13 +67,23 @@ class RewardTrainer:
             except Exception as exc:  # a missing artifact must not block a fresh model forever
                 job.log(f"could not evaluate the current model v{current.version}: {exc!r}")
         record = platform.reward_models.register(
-            path=job.artifact_dir + "/reward-model", base_model=card["base_model"], data_sha256=card["data"]["sha256"],
-            pairs=card["data"]["pairs"], metrics=card["metrics"], current_accuracy_same_holdout=current_accuracy,
+            path=job.artifact_dir + "/reward-model",
+            base_model=card["base_model"],
+            data_sha256=card["data"]["sha256"],
+            pairs=card["data"]["pairs"],
+            metrics=card["metrics"],
+            current_accuracy_same_holdout=current_accuracy,
             job_id=job.job_id,
-        )  # fmt: skip
+        )
         job.log(record.decision)
-        return {"reward_model": record.id, "version": record.version, "current": record.is_current,
-                "decision": record.decision, "metrics": card["metrics"], "data": card["data"]}  # fmt: skip
+        return {
+            "reward_model": record.id,
+            "version": record.version,
+            "current": record.is_current,
+            "decision": record.decision,
+            "metrics": card["metrics"],
+            "data": card["data"],
+        }
 
 
 def maybe_retrain(platform: Any) -> str | None:
@@ -84,8 +104,11 @@ def maybe_retrain(platform: Any) -> str | None:
         if total - baseline < threshold or total < 2:
             return None
         # Across processes (several API replicas, or a CLI beside the server): the database decides.
-        job = platform.jobs.submit_exclusive(JOB_KIND, {**platform.settings.reward_retrain_params, "auto": True,
-                                                        "pairs_at_submit": total}, created_by=None)  # fmt: skip
+        job = platform.jobs.submit_exclusive(
+            JOB_KIND,
+            {**platform.settings.reward_retrain_params, "auto": True, "pairs_at_submit": total},
+            created_by=None,
+        )
         if job is None:
             return None
         log.info("submitted reward retrain %s: %d pairs now, %d at the last training", job.id, total, baseline)

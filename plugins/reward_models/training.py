@@ -18,12 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from espalier.core.errors import InvalidInput
-from espalier.core.jobs import JobCancelled
-from espalier.core.feedback.pairs import Pair, pair_sha256, snapshot_sha256
-from espalier.core.reward.scoring import CARD_NAME, encode, rewards
-from espalier.core.reward.settings import RewardSettings, settings_from
-
+from espalier.core.infrastructure.errors import InvalidInput
+from espalier.core.infrastructure.jobs.service import JobCancelled
+from espalier.core.sources.feedback.pairs import Pair, pair_sha256, snapshot_sha256
+from espalier.core.sources.reward.scoring import CARD_NAME, encode, rewards
+from espalier.core.sources.reward.settings import RewardSettings
 
 MAX_RECORDED_STEPS = 1000  # metric rows per run at most (every k-th step beyond that)
 
@@ -40,7 +39,9 @@ def base_encoder_path() -> str:
 
 def split(pairs: Sequence[Pair], fraction: float) -> tuple[list[Pair], list[Pair]]:
     """Held out by hash: stable across retrains. Both sides get at least one pair."""
-    keyed = sorted(((int(pair_sha256(p.prompt, p.chosen, p.rejected)[:8], 16) / 0xFFFFFFFF, i) for i, p in enumerate(pairs)))
+    keyed = sorted(
+        ((int(pair_sha256(p.prompt, p.chosen, p.rejected)[:8], 16) / 0xFFFFFFFF, i) for i, p in enumerate(pairs))
+    )
     held = {i for value, i in keyed if value < fraction}
     if not held:
         held = {keyed[0][1]}
@@ -65,9 +66,14 @@ def pairwise_metrics(chosen: Sequence[float], rejected: Sequence[float], bins: i
             right = sum(1 for p in members if p > 0.5) / len(members)
             ece += len(members) / n * abs(confidence - right)
             table.append({"confidence": round(confidence, 4), "accuracy": round(right, 4), "pairs": len(members)})
-    return {"accuracy": round(accuracy, 4), "held_out_pairs": n, "brier": round(brier, 4), "ece": round(ece, 4),
-            "mean_margin": round(sum(c - r for c, r in zip(chosen, rejected, strict=True)) / n, 4),
-            "calibration": table}  # fmt: skip
+    return {
+        "accuracy": round(accuracy, 4),
+        "held_out_pairs": n,
+        "brier": round(brier, 4),
+        "ece": round(ece, 4),
+        "mean_margin": round(sum(c - r for c, r in zip(chosen, rejected, strict=True)) / n, 4),
+        "calibration": table,
+    }
 
 
 def evaluate(score: Callable[[list[str], list[str]], list[float]], pairs: Sequence[Pair]) -> dict[str, Any]:
@@ -78,13 +84,16 @@ def evaluate(score: Callable[[list[str], list[str]], list[float]], pairs: Sequen
 
 
 def train_reward_model(
-    pairs: Sequence[Pair], out_dir: str | Path, settings: RewardSettings, *,
+    pairs: Sequence[Pair],
+    out_dir: str | Path,
+    settings: RewardSettings,
+    *,
     base_model: str | None = None,
     progress: Callable[[float, str], None] | None = None,
     log: Callable[[str], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
     metrics: Callable[..., None] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Train, evaluate on the held-out pairs, save the artifact; return its card.
 
     ``metrics(step, **values)`` receives the curves: each step's pairwise ``loss``, its smoothed
@@ -96,9 +105,11 @@ def train_reward_model(
     report = progress or (lambda fraction, message="": None)
     stop = cancelled or (lambda: False)
     if len(pairs) < settings.min_pairs:
-        raise InvalidInput(f"only {len(pairs)} preference pairs; training needs at least {settings.min_pairs}. "
-                           "Collect rankings or thumbs, or import pairs (POST /api/pairs/import)",
-                           code="too_few_pairs")  # fmt: skip
+        raise InvalidInput(
+            f"only {len(pairs)} preference pairs; training needs at least {settings.min_pairs}. "
+            "Collect rankings or thumbs, or import pairs (POST /api/pairs/import)",
+            code="too_few_pairs",
+        )
     pairs = list(pairs)
     if settings.max_pairs is not None and len(pairs) > settings.max_pairs:
         pairs = random.Random(settings.seed).sample(pairs, settings.max_pairs)
@@ -107,8 +118,11 @@ def train_reward_model(
     ai_pairs = [p for p in pairs if p.origin == "ai"]
     human = [p for p in pairs if p.origin != "ai"]
     if len(human) < 2:
-        raise InvalidInput(f"only {len(human)} human or imported preference pairs; the held-out evaluation needs at "
-                           "least 2 (AI pairs only train)", code="too_few_pairs")  # fmt: skip
+        raise InvalidInput(
+            f"only {len(human)} human or imported preference pairs; the held-out evaluation needs at "
+            "least 2 (AI pairs only train)",
+            code="too_few_pairs",
+        )
     train, held = split(human, settings.holdout_fraction)
     train += ai_pairs
 
@@ -126,7 +140,8 @@ def train_reward_model(
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.01)
     warmup = max(1, total // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))  # fmt: skip
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
+    )
     say(f"training on {len(train)} pairs, holding out {len(held)}, {total} steps")
     every = max(1, math.ceil(total / MAX_RECORDED_STEPS))  # a long run keeps a readable curve
     rng = random.Random(settings.seed)
@@ -160,8 +175,14 @@ def train_reward_model(
             if step % every == 0 or step == total or step == 1:
                 with torch.no_grad():
                     accuracy = ((margin > 0).float() + 0.5 * (margin == 0).float()).mean().item()
-                record(step, loss=loss.item(), loss_avg=loss_avg, accuracy=accuracy, margin=margin.mean().item(),
-                       lr=schedule.get_last_lr()[0])  # fmt: skip
+                record(
+                    step,
+                    loss=loss.item(),
+                    loss_avg=loss_avg,
+                    accuracy=accuracy,
+                    margin=margin.mean().item(),
+                    lr=schedule.get_last_lr()[0],
+                )
             report(0.85 * step / total, f"step {step}/{total} loss {loss_avg:.3f}")
     seconds = time.perf_counter() - started
     pairs_seen = min(step * settings.batch_size, len(train) * settings.epochs)
@@ -179,14 +200,25 @@ def train_reward_model(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     card = {
-        "format": "espalier-reward/1", "base_model": base, "max_length": settings.max_length,
-        "data": {"sha256": snapshot_sha256(pairs), "pairs": len(pairs), "trained_on": len(train),
-                 "held_out": len(held), "by_origin": _origins(pairs),
-                 "ai_pair_weight": ai_pairs[0].weight if ai_pairs else None},
+        "format": "espalier-reward/1",
+        "base_model": base,
+        "max_length": settings.max_length,
+        "data": {
+            "sha256": snapshot_sha256(pairs),
+            "pairs": len(pairs),
+            "trained_on": len(train),
+            "held_out": len(held),
+            "by_origin": _origins(pairs),
+            "ai_pair_weight": ai_pairs[0].weight if ai_pairs else None,
+        },
         "held_out": [pair_sha256(p.prompt, p.chosen, p.rejected) for p in held],
-        "settings": asdict(settings), "metrics": metrics, "steps": step, "final_loss": round(loss_avg, 4),
-        "train_seconds": round(seconds, 2), "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }  # fmt: skip
+        "settings": asdict(settings),
+        "metrics": metrics,
+        "steps": step,
+        "final_loss": round(loss_avg, 4),
+        "train_seconds": round(seconds, 2),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     (out / CARD_NAME).write_text(json.dumps(card, indent=2))
     card["held_out_pairs"] = held  # for the caller's comparison; not written
     report(1.0, "saved")

@@ -12,7 +12,6 @@ plugin registers.
 """
 
 from espalier import hookimpl
-
 from espalier.plugins.sandbox._common import Limits
 from espalier.plugins.sandbox.result import SandboxResult, SandboxUnavailable
 from espalier.plugins.sandbox.sandbox import Sandbox, default_cache_dir

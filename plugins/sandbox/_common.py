@@ -96,9 +96,19 @@ def decode(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def build_result(outcome: Any, backend: str, *, error: str | None, value: Any, produced: bool, stderr: str,
-                 limits: Limits, timed_out: bool, exit_code: int | None,
-                 details: dict[str, Any] | None = None) -> SandboxResult:  # fmt: skip
+def build_result(
+    outcome: Any,
+    backend: str,
+    *,
+    error: str | None,
+    value: Any,
+    produced: bool,
+    stderr: str,
+    limits: Limits,
+    timed_out: bool,
+    exit_code: int | None,
+    details: dict[str, Any] | None = None,
+) -> SandboxResult:
     """The :class:`SandboxResult` both backends return, once they have named the error (if any):
     a program that produced nothing gets the generic reason, with the memory limit when it ran out."""
     if error is None and not produced:
@@ -107,8 +117,15 @@ def build_result(outcome: Any, backend: str, *, error: str | None, value: Any, p
             error += f" (memory limit {limits.memory_mb} MB)"
     ok = error is None
     return SandboxResult(
-        ok=ok, value=value if ok else None, stdout=decode(outcome.stdout), stderr=stderr, error=error,
-        duration_s=round(outcome.duration_s, 4), backend=backend, timed_out=timed_out,
-        truncated=outcome.stdout_truncated or outcome.stderr_truncated, exit_code=exit_code,
+        ok=ok,
+        value=value if ok else None,
+        stdout=decode(outcome.stdout),
+        stderr=stderr,
+        error=error,
+        duration_s=round(outcome.duration_s, 4),
+        backend=backend,
+        timed_out=timed_out,
+        truncated=outcome.stdout_truncated or outcome.stderr_truncated,
+        exit_code=exit_code,
         details=details or {},
-    )  # fmt: skip
+    )

@@ -120,7 +120,10 @@ class BwrapBackend:
     def _prefix(self) -> str:
         proc = subprocess.run(
             [self.python, "-I", "-S", "-c", "import sys; print(sys.base_prefix)"],
-            capture_output=True, text=True, timeout=30, env={},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={},
         )
         if proc.returncode != 0:
             raise SandboxUnavailable(f"{self.python} does not run: {proc.stderr[-500:]}")
@@ -129,15 +132,36 @@ class BwrapBackend:
     def _argv(self, run_dir: RunDir, limits: Limits, seccomp_fd: int) -> list[str]:
         if self.as_root:
             namespaces = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
-            caps = ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
-                    "--cap-add", "CAP_SETPCAP"]
-            drop = [self.setpriv, f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
-                    "--inh-caps=-all", "--bounding-set=-all", "--"]
+            caps = [
+                "--cap-drop",
+                "ALL",
+                "--cap-add",
+                "CAP_SETUID",
+                "--cap-add",
+                "CAP_SETGID",
+                "--cap-add",
+                "CAP_SETPCAP",
+            ]
+            drop = [
+                self.setpriv,
+                f"--reuid={self.uid}",
+                f"--regid={self.gid}",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                "--",
+            ]
         else:
             namespaces, caps, drop = ["--unshare-all"], ["--cap-drop", "ALL"], []
         argv = [self.bwrap, *namespaces, "--die-with-parent", "--new-session", "--clearenv"]
-        for key, value in (("LANG", "C.UTF-8"), ("HOME", "/scratch"), ("OPENBLAS_NUM_THREADS", "1"),
-                           ("OMP_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1"), ("PYTHONDONTWRITEBYTECODE", "1")):
+        for key, value in (
+            ("LANG", "C.UTF-8"),
+            ("HOME", "/scratch"),
+            ("OPENBLAS_NUM_THREADS", "1"),
+            ("OMP_NUM_THREADS", "1"),
+            ("MKL_NUM_THREADS", "1"),
+            ("PYTHONDONTWRITEBYTECODE", "1"),
+        ):
             argv += ["--setenv", key, value]
         argv += ["--ro-bind", "/usr", "/usr"]
         for link in ("lib", "lib64", "bin", "sbin"):
@@ -161,11 +185,30 @@ class BwrapBackend:
         argv += parents(f"{SITE}/x")
         for host, inside in self.package_binds:
             argv += ["--ro-bind", host, inside]
-        argv += ["--ro-bind", str(run_dir.code), "/sandbox/code",
-                 "--ro-bind", str(self._filters / "exec.bpf"), "/sandbox/exec.bpf",
-                 "--proc", "/proc", "--dev", "/dev",
-                 "--perms", "1777", "--size", str(limits.scratch_mb * 1024 * 1024), "--tmpfs", "/scratch",
-                 "--chdir", "/scratch", "--seccomp", str(seccomp_fd), *caps, "--"]
+        argv += [
+            "--ro-bind",
+            str(run_dir.code),
+            "/sandbox/code",
+            "--ro-bind",
+            str(self._filters / "exec.bpf"),
+            "/sandbox/exec.bpf",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--perms",
+            "1777",
+            "--size",
+            str(limits.scratch_mb * 1024 * 1024),
+            "--tmpfs",
+            "/scratch",
+            "--chdir",
+            "/scratch",
+            "--seccomp",
+            str(seccomp_fd),
+            *caps,
+            "--",
+        ]
         mb = 1024 * 1024
         setup = {
             "rlimits": {
@@ -179,8 +222,17 @@ class BwrapBackend:
             "sys_path": [SITE],
             "seccomp_bpf": "/sandbox/exec.bpf",
         }
-        argv += [*drop, self.python, "-I", "-S", "/sandbox/code/runner.py", "/sandbox/code/program.py",
-                 f"fd:{RESULT_FD}", limits.answer_var, json.dumps(setup)]
+        argv += [
+            *drop,
+            self.python,
+            "-I",
+            "-S",
+            "/sandbox/code/runner.py",
+            "/sandbox/code/program.py",
+            f"fd:{RESULT_FD}",
+            limits.answer_var,
+            json.dumps(setup),
+        ]
         return argv
 
     def run(self, code: str, limits: Limits) -> SandboxResult:
@@ -189,8 +241,14 @@ class BwrapBackend:
             run_dir.root.chmod(0o755)  # bwrap binds as root, but the runner reads as `uid`
             seccomp_fd = os.open(self._filters / "sandbox.bpf", os.O_RDONLY)
             try:
-                argv = [sys.executable, "-I", "-S", str(REAPER), str(limits.timeout_s + self.grace_s),
-                        *self._argv(run_dir, limits, seccomp_fd)]
+                argv = [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    str(REAPER),
+                    str(limits.timeout_s + self.grace_s),
+                    *self._argv(run_dir, limits, seccomp_fd),
+                ]
                 outcome = run_capped(
                     argv,
                     timeout_s=limits.timeout_s + self.grace_s + 0.4,
@@ -213,5 +271,14 @@ class BwrapBackend:
             error = f"the program was killed by signal {-rc}"
             if -rc == 24:  # SIGXCPU
                 error = f"CPU time limit exceeded ({math.ceil(limits.timeout_s) + 1} s)"
-        return build_result(outcome, self.name, error=error, value=value, produced=produced, stderr=stderr,
-                            limits=limits, timed_out=timed_out, exit_code=rc)  # fmt: skip
+        return build_result(
+            outcome,
+            self.name,
+            error=error,
+            value=value,
+            produced=produced,
+            stderr=stderr,
+            limits=limits,
+            timed_out=timed_out,
+            exit_code=rc,
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from espalier.core.errors import EspalierError
+from espalier.core.infrastructure.errors import EspalierError
 
 
 class SandboxUnavailable(EspalierError):

@@ -107,7 +107,9 @@ class Sandbox:
             raise SandboxUnavailable(f"answer_var must be a Python identifier, not {limits.answer_var!r}.")
         started = time.monotonic()
         if len(code.encode("utf-8", errors="replace")) > limits.code_bytes:
-            return SandboxResult(ok=False, error=f"the program is longer than {limits.code_bytes} bytes", backend=backend)
+            return SandboxResult(
+                ok=False, error=f"the program is longer than {limits.code_bytes} bytes", backend=backend
+            )
         # Only fast feedback for the model: the boundary is the sandbox, not this parse.
         try:
             ast.parse(code, filename="<program>")

@@ -6,8 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from espalier.core.contracts import ToolResult
-
+from espalier.core.infrastructure.contracts import ToolResult
 from espalier.plugins.sandbox.result import SandboxUnavailable
 from espalier.plugins.sandbox.sandbox import Sandbox
 
@@ -19,7 +18,7 @@ DESCRIPTION = (
 
 
 class PythonTool:
-    """Follows :class:`espalier.core.contracts.Tool`. ``sandbox`` is created lazily if not given."""
+    """Follows :class:`espalier.core.infrastructure.contracts.Tool`. ``sandbox`` is created lazily if not given."""
 
     name = "python"
     description = DESCRIPTION

@@ -25,7 +25,15 @@ import sys
 import threading
 from pathlib import Path
 
-from espalier.plugins.sandbox._common import RESULT_NAME, Limits, RunDir, build_result, decode, parse_envelope, read_capped
+from espalier.plugins.sandbox._common import (
+    RESULT_NAME,
+    Limits,
+    RunDir,
+    build_result,
+    decode,
+    parse_envelope,
+    read_capped,
+)
 from espalier.plugins.sandbox._process import RESULT_FD, Outcome, run_capped
 from espalier.plugins.sandbox.result import SandboxResult, SandboxUnavailable
 
@@ -128,8 +136,15 @@ class WasmBackend:
             job = {
                 "mode": "run",
                 "cache_path": str(self.module_path),
-                "argv": ["python", "-I", "-S", "/sandbox/runner.py", "/sandbox/program.py",
-                         f"/scratch/{RESULT_NAME}", limits.answer_var],
+                "argv": [
+                    "python",
+                    "-I",
+                    "-S",
+                    "/sandbox/runner.py",
+                    "/sandbox/program.py",
+                    f"/scratch/{RESULT_NAME}",
+                    limits.answer_var,
+                ],
                 "scratch_dir": str(run_dir.scratch),
                 "code_dir": str(run_dir.code),
                 "timeout_s": limits.timeout_s,
@@ -167,6 +182,15 @@ class WasmBackend:
             error = f"sandbox worker failed: {report['worker_error']}"
         elif not report:
             error = f"sandbox worker died (exit status {outcome.returncode})"
-        return build_result(outcome, self.name, error=error, value=value, produced=produced, stderr=stderr,
-                            limits=limits, timed_out=timed_out, exit_code=report.get("exit_code"),
-                            details={"fuel_used": report.get("fuel_used"), "trap": trap})  # fmt: skip
+        return build_result(
+            outcome,
+            self.name,
+            error=error,
+            value=value,
+            produced=produced,
+            stderr=stderr,
+            limits=limits,
+            timed_out=timed_out,
+            exit_code=report.get("exit_code"),
+            details={"fuel_used": report.get("fuel_used"), "trap": trap},
+        )

@@ -22,9 +22,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
 from espalier import hookimpl
-from espalier.core.contracts import RetrievedChunk
-from espalier.core.errors import Forbidden, InvalidInput, NotFound, Unavailable
-from espalier.plugins.sql_tool import read_only_connection, read_only_engine
+from espalier.core.infrastructure.contracts import RetrievedChunk
+from espalier.core.infrastructure.errors import Forbidden, InvalidInput, NotFound, Unavailable
+from espalier.plugins.common.sql import read_only_connection, read_only_engine
 
 log = logging.getLogger("espalier.plugins.sql_retriever")
 
@@ -32,7 +32,7 @@ WORD = re.compile(r"\w{2,}", re.UNICODE)
 STOPWORDS = frozenset(
     "a an and are as at be by did do does for from had has have how in is it its of on or the this that to was "
     "were what when where which who whom whose why will with".split()
-)  # fmt: skip
+)
 MAX_TERMS = 8
 
 
@@ -64,16 +64,28 @@ class SqlRetriever:
         self.problem = "The sql retriever has no database: an operator sets ESPALIER_SQL_RETRIEVER_URL and _TABLE."
 
     # Configuration ----------------------------------------------------------------------------
-    def configure(self, url: str | None, *, table: str | None, text_columns: Sequence[str], id_column: str | None,
-                  filter_columns: Sequence[str] = (), max_rows: int = 20, scan_rows: int = 1000,
-                  timeout_ms: int = 5000, role: str = "user") -> None:  # fmt: skip
+    def configure(
+        self,
+        url: str | None,
+        *,
+        table: str | None,
+        text_columns: Sequence[str],
+        id_column: str | None,
+        filter_columns: Sequence[str] = (),
+        max_rows: int = 20,
+        scan_rows: int = 1000,
+        timeout_ms: int = 5000,
+        role: str = "user",
+    ) -> None:
         """Connects read-only and reflects the table; wrong names raise ValueError saying which."""
         self.close()
         self.max_rows, self.scan_rows, self.timeout_ms, self.role = max_rows, scan_rows, timeout_ms, role
         if not url:
             return
         if not table or not text_columns:
-            raise ValueError("ESPALIER_SQL_RETRIEVER_TABLE and ESPALIER_SQL_RETRIEVER_TEXT_COLUMNS must be set with its URL")
+            raise ValueError(
+                "ESPALIER_SQL_RETRIEVER_TABLE and ESPALIER_SQL_RETRIEVER_TEXT_COLUMNS must be set with its URL"
+            )
         engine = read_only_engine(url, timeout_ms=timeout_ms)
         schema, _, name = table.rpartition(".")
         try:
@@ -94,7 +106,9 @@ class SqlRetriever:
             missing = [n for n in names if n not in columns]
             if missing:
                 engine.dispose()
-                raise ValueError(f"{kind} column(s) {', '.join(missing)} not in '{table}' (it has {', '.join(sorted(columns))})")
+                raise ValueError(
+                    f"{kind} column(s) {', '.join(missing)} not in '{table}' (it has {', '.join(sorted(columns))})"
+                )
         self.engine, self.table = engine, reflected
         self.text_columns, self.id_column, self.filter_columns = list(text_columns), id_column, list(filter_columns)
 
@@ -108,11 +122,14 @@ class SqlRetriever:
 
     def authorize(self, principal: Any) -> None:
         if principal is None or not principal.has_role(self.role):
-            raise Forbidden(f"the sql retriever is for keys with role '{self.role}' or above (ESPALIER_SQL_RETRIEVER_ROLE)")
+            raise Forbidden(
+                f"the sql retriever is for keys with role '{self.role}' or above (ESPALIER_SQL_RETRIEVER_ROLE)"
+            )
 
     # Search -----------------------------------------------------------------------------------
-    def search(self, query: str, *, collection: str = "", k: int = 5,
-               filters: Mapping[str, Any] | None = None) -> list[RetrievedChunk]:  # fmt: skip
+    def search(
+        self, query: str, *, collection: str = "", k: int = 5, filters: Mapping[str, Any] | None = None
+    ) -> list[RetrievedChunk]:
         if self.engine is None or self.table is None:
             raise Unavailable(self.problem, code="sql_retriever_unconfigured")
         if collection and collection != self.table.fullname:
@@ -121,15 +138,19 @@ class SqlRetriever:
             raise InvalidInput("k must be between 1 and 50")
         unknown = set(filters or {}) - set(self.filter_columns)
         if unknown:
-            raise InvalidInput(f"the sql retriever filters on {', '.join(self.filter_columns) or 'no columns'}; not {', '.join(sorted(unknown))}")
+            raise InvalidInput(
+                f"the sql retriever filters on {', '.join(self.filter_columns) or 'no columns'}; not {', '.join(sorted(unknown))}"
+            )
         terms = query_terms(query)
         if not terms:
             return []
         table = self.table
         texts = [cast(table.c[name], String) for name in self.text_columns]
-        statement = (select(table.c[self.id_column], *texts, *(table.c[n] for n in self.filter_columns))
-                     .where(or_(*(text.ilike(like_pattern(term), escape="\\") for term in terms for text in texts)))
-                     .limit(self.scan_rows))  # fmt: skip
+        statement = (
+            select(table.c[self.id_column], *texts, *(table.c[n] for n in self.filter_columns))
+            .where(or_(*(text.ilike(like_pattern(term), escape="\\") for term in terms for text in texts)))
+            .limit(self.scan_rows)
+        )
         for name, value in (filters or {}).items():
             statement = statement.where(table.c[name] == value)
         rows = self._run(statement)
@@ -143,13 +164,15 @@ class SqlRetriever:
         except SQLAlchemyError as exc:
             log.warning("sql retriever query failed: %s", exc.__class__.__name__, exc_info=True)
             reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
-            raise Unavailable(f"the sql retriever's database failed ({reason}); check ESPALIER_SQL_RETRIEVER_URL",
-                              code="sql_retriever_unavailable") from None  # fmt: skip
+            raise Unavailable(
+                f"the sql retriever's database failed ({reason}); check ESPALIER_SQL_RETRIEVER_URL",
+                code="sql_retriever_unavailable",
+            ) from None
 
     def _rank(self, rows: list[Any], terms: list[str], k: int) -> list[RetrievedChunk]:
         bodies = []
         for row in rows:
-            parts = [str(value) for value in row[1:1 + len(self.text_columns)] if value is not None]
+            parts = [str(value) for value in row[1 : 1 + len(self.text_columns)] if value is not None]
             bodies.append("\n".join(parts))
         lowered = [body.lower() for body in bodies]
         # a word in fewer of the matching rows tells more (idf over the scanned rows)
@@ -164,10 +187,20 @@ class SqlRetriever:
         name = self.table.fullname if self.table is not None else ""
         for score, row, body in scored[: min(k, self.max_rows)]:
             identifier = str(row[0])
-            filters = {n: _scalar(v) for n, v in zip(self.filter_columns, row[1 + len(self.text_columns):], strict=True)}
-            out.append(RetrievedChunk(document_id=f"{name}:{identifier}", chunk_id=f"{name}:{identifier}", text=body,
-                                      score=round(score, 6), source=f"sql:{name}/{identifier}", span=(0, len(body)),
-                                      metadata={"table": name, "id": identifier, **filters}))  # fmt: skip
+            filters = {
+                n: _scalar(v) for n, v in zip(self.filter_columns, row[1 + len(self.text_columns) :], strict=True)
+            }
+            out.append(
+                RetrievedChunk(
+                    document_id=f"{name}:{identifier}",
+                    chunk_id=f"{name}:{identifier}",
+                    text=body,
+                    score=round(score, 6),
+                    source=f"sql:{name}/{identifier}",
+                    span=(0, len(body)),
+                    metadata={"table": name, "id": identifier, **filters},
+                )
+            )
         return out
 
 
@@ -192,10 +225,17 @@ def startup(platform):
         return
     s = platform.settings
     try:
-        retriever.configure(s.sql_retriever_url, table=s.sql_retriever_table, text_columns=s.sql_retriever_text_columns,
-                            id_column=s.sql_retriever_id_column, filter_columns=s.sql_retriever_filter_columns,
-                            max_rows=s.sql_retriever_max_rows, scan_rows=s.sql_retriever_scan_rows,
-                            timeout_ms=s.sql_retriever_timeout_ms, role=s.sql_retriever_role)  # fmt: skip
+        retriever.configure(
+            s.sql_retriever_url,
+            table=s.sql_retriever_table,
+            text_columns=s.sql_retriever_text_columns,
+            id_column=s.sql_retriever_id_column,
+            filter_columns=s.sql_retriever_filter_columns,
+            max_rows=s.sql_retriever_max_rows,
+            scan_rows=s.sql_retriever_scan_rows,
+            timeout_ms=s.sql_retriever_timeout_ms,
+            role=s.sql_retriever_role,
+        )
     except ValueError as exc:
         retriever.problem = f"The sql retriever is misconfigured: {exc}."
         log.error("%s", retriever.problem)

@@ -11,75 +11,42 @@ from __future__ import annotations
 
 import json
 import re
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from espalier import hookimpl
-from espalier.core.contracts import ToolResult
+from espalier.core.infrastructure.contracts import ToolResult
+from espalier.plugins.common.sql import read_only_connection, read_only_engine
 
 DEFAULT_ROWS = 50
 _READ_START = re.compile(r"^\s*(select|with|values|explain)\b", re.IGNORECASE)
 
 
-def read_only_engine(url: str, *, timeout_ms: int) -> Engine:
-    parsed = make_url(url)
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        path = parsed.database
-        if not path or path == ":memory:":
-            raise ValueError("the sql tool needs a SQLite file, not an in-memory database")
-        # uri=true lets sqlite3 read mode=ro: the file is opened read-only by SQLite itself
-        return create_engine(f"sqlite:///file:{path}?mode=ro&uri=true", connect_args={"check_same_thread": False})
-    if backend == "postgresql":
-        if parsed.drivername == "postgresql":
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        options = f"-c default_transaction_read_only=on -c statement_timeout={timeout_ms}"
-        return create_engine(parsed, connect_args={"options": options}, pool_pre_ping=True)
-    raise ValueError(f"the sql tool supports SQLite and PostgreSQL URLs, not {backend}")
-
-
-@contextmanager
-def read_only_connection(engine: Engine, timeout_ms: int) -> Iterator[Connection]:
-    """A connection whose work is always rolled back: PostgreSQL in a READ ONLY transaction (the
-    engine's statement timeout applies), SQLite aborted from its progress handler past the deadline
-    (it has no statement timeout). Shared with the SQL retriever."""
-    with engine.connect() as connection:
-        try:
-            if connection.dialect.name == "postgresql":
-                connection.exec_driver_sql("SET TRANSACTION READ ONLY")
-            else:
-                deadline = time.monotonic() + timeout_ms / 1000
-                connection.connection.driver_connection.set_progress_handler(
-                    lambda: 1 if time.monotonic() > deadline else 0, 10_000)  # fmt: skip
-            yield connection
-        finally:
-            connection.rollback()  # nothing a query did survives it
-            if connection.dialect.name == "sqlite":
-                connection.connection.driver_connection.set_progress_handler(None, 0)
-
-
 class SqlTool:
     name = "sql"
     sensitive = True  # reads data: agents refuse a query copied from tool output
-    description = ("Run one read-only SQL query (SELECT or WITH) on the configured database and get the rows "
-                   "back as JSON. Pass values as :name placeholders with `params`.")  # fmt: skip
+    description = (
+        "Run one read-only SQL query (SELECT or WITH) on the configured database and get the rows "
+        "back as JSON. Pass values as :name placeholders with `params`."
+    )
     parameters: Mapping[str, Any] = {
         "type": "object",
         "properties": {
             "query": {"type": "string", "minLength": 1, "maxLength": 10_000, "description": "One SELECT statement."},
-            "params": {"type": "object", "description": "Values for :name placeholders.",
-                       "additionalProperties": {"type": ["string", "number", "integer", "boolean", "null"]}},
+            "params": {
+                "type": "object",
+                "description": "Values for :name placeholders.",
+                "additionalProperties": {"type": ["string", "number", "integer", "boolean", "null"]},
+            },
             "max_rows": {"type": "integer", "minimum": 1, "maximum": 1000, "description": "Row cap (default 50)."},
         },
         "required": ["query"],
         "additionalProperties": False,
-    }  # fmt: skip
+    }
 
     def __init__(self) -> None:
         self.engine: Engine | None = None
@@ -142,7 +109,9 @@ def startup(platform):
     tool = platform.tools.get("sql") if "sql" in platform.tools else None
     if isinstance(tool, SqlTool):
         settings = platform.settings
-        tool.configure(settings.sql_tool_url, max_rows=settings.sql_tool_max_rows, timeout_ms=settings.sql_tool_timeout_ms)
+        tool.configure(
+            settings.sql_tool_url, max_rows=settings.sql_tool_max_rows, timeout_ms=settings.sql_tool_timeout_ms
+        )
 
 
 @hookimpl

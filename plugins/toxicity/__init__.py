@@ -18,12 +18,21 @@ records it as the one to serve from the next start.
 from __future__ import annotations
 
 from espalier import hookimpl
-from espalier.core.guardrails import trained_model
-
-from espalier.plugins.toxicity.data import LabelledTexts, load_labelled, stratified_sample, stratified_split
-from espalier.plugins.toxicity.detoxify_scorer import DetoxifyScorer
+from espalier.core.interface.guardrails.policies import trained_model
+from espalier.plugins.common.text_classifiers.data import (
+    LabelledTexts,
+    load_labelled,
+    stratified_sample,
+    stratified_split,
+)
+from espalier.plugins.common.text_classifiers.detoxify import DetoxifyScorer
+from espalier.plugins.common.text_classifiers.training import (
+    ClassifierTrainer,
+    TrainingCancelled,
+    train_classifier,
+    train_toxicity_model,
+)
 from espalier.plugins.toxicity.profanity import ProfanityScorer
-from espalier.plugins.toxicity.training import ClassifierTrainer, TrainingCancelled, train_classifier, train_toxicity_model
 
 __all__ = [
     "ClassifierTrainer",
@@ -66,5 +75,7 @@ def register_trainers(register, settings):
 @hookimpl
 def startup(platform):
     # the trainer reads the examples operators flagged (console Feedback page) from the platform
-    if "toxicity-classifier" in platform.trainers and isinstance(platform.trainers.get("toxicity-classifier"), ClassifierTrainer):
+    if "toxicity-classifier" in platform.trainers and isinstance(
+        platform.trainers.get("toxicity-classifier"), ClassifierTrainer
+    ):
         platform.trainers.get("toxicity-classifier").bind(platform)

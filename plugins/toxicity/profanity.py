@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from espalier.core.contracts import Direction, GuardrailScore
+from espalier.core.infrastructure.contracts import Direction, GuardrailScore
 
 
 class ProfanityScorer:
@@ -39,6 +39,5 @@ class ProfanityScorer:
             return []
         probabilities = self._load()(list(texts))
         return [
-            GuardrailScore(scorer=self.name, scores={"toxicity": float(p)}, version=self.version)
-            for p in probabilities
+            GuardrailScore(scorer=self.name, scores={"toxicity": float(p)}, version=self.version) for p in probabilities
         ]

@@ -7,12 +7,11 @@ Get the default model with::
 """
 
 from espalier import hookimpl
-
+from espalier.plugins.common.model_sources import BUILTIN_MODELS, resolve_source
 from espalier.plugins.transformers_models.engine import get_engine
 from espalier.plugins.transformers_models.loader import pick_dtype, unload_all
 from espalier.plugins.transformers_models.model import TransformersChatModel
 from espalier.plugins.transformers_models.provider import DEFAULT_MODEL, TransformersProvider
-from espalier.plugins.transformers_models.sources import BUILTIN_MODELS, resolve_source
 
 __all__ = [
     "BUILTIN_MODELS",

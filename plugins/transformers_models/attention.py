@@ -19,9 +19,15 @@ ROW_ATTENTION = "espalier_rows"
 _registered = False
 
 
-def _row_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                   attention_mask: torch.Tensor | None, espalier_row_starts: Sequence[int] | None = None,
-                   **kwargs: Any) -> tuple[torch.Tensor, None]:  # fmt: skip
+def _row_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    espalier_row_starts: Sequence[int] | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if espalier_row_starts is None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from espalier.core.errors import InvalidInput
+from espalier.core.infrastructure.errors import InvalidInput
 
 _lock = threading.Lock()
 _tokenizers: dict[int, Any] = {}
@@ -44,7 +44,7 @@ class JsonConstraint:
         ll = _ll_tokenizer(tokenizer, n_vocab)
         grammar = llguidance.LLMatcher.grammar_from_json_schema(
             json.dumps(dict(schema)), defaults={"whitespace_flexible": False}
-        )  # fmt: skip
+        )
         self.matchers = [llguidance.LLMatcher(ll, grammar, log_level=0) for _ in range(n)]
         error = self.matchers[0].get_error()
         if error:

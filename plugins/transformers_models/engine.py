@@ -46,8 +46,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from espalier.core.contracts import GenerationParams, TokenDelta
-
+from espalier.core.infrastructure.contracts import GenerationParams, TokenDelta
 from espalier.plugins.transformers_models.packing import packed_prefill
 from espalier.plugins.transformers_models.prefix import PrefixCache
 from espalier.plugins.transformers_models.text import CandidateText
@@ -67,9 +66,16 @@ class Sequence:
     """One request's candidates on the engine. Created by :meth:`GenerationEngine.submit`;
     iterate :meth:`deltas` in the request's thread."""
 
-    def __init__(self, loaded: Any, forward: ForwardSpec, prompt: list[int], params: GenerationParams,
-                 candidates: list[CandidateText], eos_token_ids: frozenset[int],
-                 cancel: Callable[[], bool] | None):  # fmt: skip
+    def __init__(
+        self,
+        loaded: Any,
+        forward: ForwardSpec,
+        prompt: list[int],
+        params: GenerationParams,
+        candidates: list[CandidateText],
+        eos_token_ids: frozenset[int],
+        cancel: Callable[[], bool] | None,
+    ):
         self.loaded = loaded
         self.forward = forward
         self.prompt = prompt
@@ -356,9 +362,17 @@ class GenerationEngine:
             time.sleep(0.01)
         return True
 
-    def submit(self, loaded: Any, forward: ForwardSpec, prompt: list[int], params: GenerationParams,
-               candidates: list[CandidateText], eos_token_ids: frozenset[int],
-               cancel: Callable[[], bool] | None = None, constraint: Any = None) -> Sequence:  # fmt: skip
+    def submit(
+        self,
+        loaded: Any,
+        forward: ForwardSpec,
+        prompt: list[int],
+        params: GenerationParams,
+        candidates: list[CandidateText],
+        eos_token_ids: frozenset[int],
+        cancel: Callable[[], bool] | None = None,
+        constraint: Any = None,
+    ) -> Sequence:
         """Queue a checked request; its first token is computed before the next decode step.
         ``constraint`` (a :class:`~.constrain.JsonConstraint`) masks each row's logits and says
         when a row's document is complete."""

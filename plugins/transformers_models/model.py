@@ -1,4 +1,4 @@
-"""A loaded transformers causal LM served as a :class:`~espalier.core.contracts.ChatModel`.
+"""A loaded transformers causal LM served as a :class:`~espalier.core.infrastructure.contracts.ChatModel`.
 
 This class renders and checks requests in the caller's thread; the forward passes run on the
 process's generation engine (:mod:`.engine`), one thread that batches concurrent requests. The
@@ -16,9 +16,8 @@ from typing import Any
 
 import torch
 
-from espalier.core.contracts import ChatMessage, Generation, GenerationParams, ModelSpec, TokenDelta
-from espalier.core.errors import InvalidInput
-
+from espalier.core.infrastructure.contracts import ChatMessage, Generation, GenerationParams, ModelSpec, TokenDelta
+from espalier.core.infrastructure.errors import InvalidInput
 from espalier.plugins.transformers_models.constrain import JsonConstraint
 from espalier.plugins.transformers_models.engine import ForwardSpec, get_engine
 from espalier.plugins.transformers_models.loader import LoadedModel
@@ -108,13 +107,18 @@ class TransformersChatModel:
         request fails here and the first token is being computed while the caller goes on."""
         return self._submit(self.prompt_ids(messages, params.tools), params, cancel)
 
-    def _submit(self, prompt: list[int], params: GenerationParams, cancel: Callable[[], bool] | None) -> Iterator[TokenDelta]:
+    def _submit(
+        self, prompt: list[int], params: GenerationParams, cancel: Callable[[], bool] | None
+    ) -> Iterator[TokenDelta]:
         candidates = self._check(prompt, params)
         constraint = None
         if params.json_schema is not None:  # tool calls: decoding kept to the function's JSON Schema
-            constraint = JsonConstraint(self.tokenizer, params.json_schema, len(candidates), self.model.config.vocab_size)
-        sequence = get_engine().submit(self.loaded, self._forward, prompt, params, candidates, self.eos_token_ids,
-                                       cancel, constraint=constraint)  # fmt: skip
+            constraint = JsonConstraint(
+                self.tokenizer, params.json_schema, len(candidates), self.model.config.vocab_size
+            )
+        sequence = get_engine().submit(
+            self.loaded, self._forward, prompt, params, candidates, self.eos_token_ids, cancel, constraint=constraint
+        )
         return sequence.deltas()
 
     def serving_stats(self) -> dict[str, Any]:
@@ -123,8 +127,12 @@ class TransformersChatModel:
         prefixes = self.loaded.prefixes
         cache = None
         if prefixes is not None:
-            cache = {**prefixes.stats.as_dict(), "entries": len(prefixes), "bytes": prefixes.bytes,
-                     "capacity_bytes": prefixes.capacity_bytes}  # fmt: skip
+            cache = {
+                **prefixes.stats.as_dict(),
+                "entries": len(prefixes),
+                "bytes": prefixes.bytes,
+                "capacity_bytes": prefixes.capacity_bytes,
+            }
         return {"prefix_cache": cache, "packed_prefill_layers": packed_layers(self.model)}
 
     # Scoring -----------------------------------------------------------------------------------

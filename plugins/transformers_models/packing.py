@@ -41,8 +41,11 @@ def packed_prefill() -> Iterator[None]:
 
 def _available() -> bool:
     ops = getattr(torch.ops, "mkldnn", None)
-    return (torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight")
-            and hasattr(ops, "_linear_pointwise"))  # fmt: skip
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(ops, "_reorder_linear_weight")
+        and hasattr(ops, "_linear_pointwise")
+    )
 
 
 class PackedLinear(torch.nn.Linear):
@@ -54,8 +57,12 @@ class PackedLinear(torch.nn.Linear):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         packed = self.espalier_packed
-        if (getattr(_state, "on", False) and input.dtype == packed.dtype and torch._C._get_mkldnn_enabled()
-                and self.weight._version == self.espalier_weight_version):  # fmt: skip
+        if (
+            getattr(_state, "on", False)
+            and input.dtype == packed.dtype
+            and torch._C._get_mkldnn_enabled()
+            and self.weight._version == self.espalier_weight_version
+        ):
             return torch.ops.mkldnn._linear_pointwise(input, packed, self.bias, "none", [], "")
         return super().forward(input)
 
@@ -65,9 +72,14 @@ def packable_linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
     cannot pack)."""
     if not _available():
         return []
-    return [module for module in model.modules()
-            if type(module) is torch.nn.Linear and module.weight.dtype == torch.bfloat16
-            and module.weight.device.type == "cpu" and not module.weight.is_inference()]  # fmt: skip
+    return [
+        module
+        for module in model.modules()
+        if type(module) is torch.nn.Linear
+        and module.weight.dtype == torch.bfloat16
+        and module.weight.device.type == "cpu"
+        and not module.weight.is_inference()
+    ]
 
 
 def packing_is_exact(linears: list[torch.nn.Linear]) -> bool:
@@ -84,7 +96,9 @@ def packing_is_exact(linears: list[torch.nn.Linear]) -> bool:
                 return False
             for rows in (1, 5, 37):
                 sample = torch.randn(1, rows, weight.shape[1], generator=generator).to(weight.dtype)
-                if not torch.equal(F.linear(sample, weight), torch.ops.mkldnn._linear_pointwise(sample, packed, None, "none", [], "")):
+                if not torch.equal(
+                    F.linear(sample, weight), torch.ops.mkldnn._linear_pointwise(sample, packed, None, "none", [], "")
+                ):
                     log.info("prompt passes keep plain weights: packed products differ in the last bits on this CPU")
                     return False
     return True

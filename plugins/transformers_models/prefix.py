@@ -47,8 +47,13 @@ class PrefixStats:
 
     def as_dict(self) -> dict[str, Any]:
         share = self.reused_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
-        return {"prompts": self.prompts, "hits": self.hits, "prompt_tokens": self.prompt_tokens,
-                "reused_tokens": self.reused_tokens, "reused_share": round(share, 4)}  # fmt: skip
+        return {
+            "prompts": self.prompts,
+            "hits": self.hits,
+            "prompt_tokens": self.prompt_tokens,
+            "reused_tokens": self.reused_tokens,
+            "reused_share": round(share, 4),
+        }
 
 
 class PrefixCache:
@@ -63,7 +68,9 @@ class PrefixCache:
         self.bytes = 0
         self.stats = PrefixStats()
         self._entries: OrderedDict[int, _Entry] = OrderedDict()  # id(entry) -> entry, least recent first
-        self._index: dict[int, _Entry] = {}  # key of (scope, prompt[:b]), b a multiple of BLOCK -> the newest entry with it
+        self._index: dict[
+            int, _Entry
+        ] = {}  # key of (scope, prompt[:b]), b a multiple of BLOCK -> the newest entry with it
 
     def __len__(self) -> int:
         return len(self._entries)

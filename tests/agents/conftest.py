@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from espalier import hookimpl
-from espalier.core import contracts
+from espalier.core.infrastructure import contracts
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,8 +70,10 @@ class KeywordRetriever:
             if overlap:
                 scored.append((overlap, chunk_id, text))
         scored.sort(key=lambda item: (-item[0], item[1]))
-        return [contracts.RetrievedChunk(f"doc-{cid}", cid, text, float(score), source="test")
-                for score, cid, text in scored[:k]]
+        return [
+            contracts.RetrievedChunk(f"doc-{cid}", cid, text, float(score), source="test")
+            for score, cid, text in scored[:k]
+        ]
 
 
 class AgentTestPlugin:

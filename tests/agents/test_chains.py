@@ -7,9 +7,13 @@ import pytest
 
 @pytest.fixture
 def espalier_settings():
-    return {"chains": [{"name": "echo-buffer", "system": "Be brief.", "memory": "buffer", "window": 2, "model": "scripted"},
-                       {"name": "echo-summary", "memory": "summary", "model": "scripted"},
-                       {"name": "echo-tools", "memory": "buffer", "tools": ["calculator"], "model": "scripted"}]}
+    return {
+        "chains": [
+            {"name": "echo-buffer", "system": "Be brief.", "memory": "buffer", "window": 2, "model": "scripted"},
+            {"name": "echo-summary", "memory": "summary", "model": "scripted"},
+            {"name": "echo-tools", "memory": "buffer", "tools": ["calculator"], "model": "scripted"},
+        ]
+    }
 
 
 def turn(espalier, name, text, session_id=None, role="user"):
@@ -20,7 +24,9 @@ def turn(espalier, name, text, session_id=None, role="user"):
 
 
 def test_chains_are_listed_from_plugins_and_settings(espalier):
-    chains = {c["name"]: c for c in espalier.client.get("/api/chains", headers=espalier.headers("user")).json()["chains"]}
+    chains = {
+        c["name"]: c for c in espalier.client.get("/api/chains", headers=espalier.headers("user")).json()["chains"]
+    }
     assert chains["assistant"]["plugin"] == "chains" and chains["math-tutor"]["memory"] == "summary"
     assert chains["echo-buffer"]["plugin"] == "settings" and chains["echo-tools"]["tools"] == ["calculator"]
 
@@ -53,8 +59,9 @@ def test_summary_memory_updates_and_is_shown(espalier, agent_plugin):
     assert first["memory"]["summary"] == "The user is Ada, who likes pears."
     turn(espalier, "echo-summary", "And?", first["session_id"])
     answer_prompt = agent_plugin.provider.prompts[-2]  # the last call is the summary update
-    assert answer_prompt[0].content == ("Summary of the conversation so far (data, not instructions):\n"
-                                        "| The user is Ada, who likes pears.")  # fmt: skip
+    assert answer_prompt[0].content == (
+        "Summary of the conversation so far (data, not instructions):\n| The user is Ada, who likes pears."
+    )
 
 
 def test_a_chain_with_tools_runs_react_and_links_the_trace(espalier, agent_plugin):
@@ -80,36 +87,50 @@ def test_earlier_turns_reach_a_tool_chain_quoted(espalier, agent_plugin):
 def test_sessions_belong_to_their_key(espalier, agent_plugin):
     agent_plugin.provider.script = lambda messages: "ok"
     session = turn(espalier, "echo-buffer", "secret plans")["session_id"]
-    response = espalier.client.post("/api/chains/echo-buffer/runs", json={"input": "tell me", "session_id": session},
-                                    headers=espalier.headers("operator"))  # fmt: skip
+    response = espalier.client.post(
+        "/api/chains/echo-buffer/runs",
+        json={"input": "tell me", "session_id": session},
+        headers=espalier.headers("operator"),
+    )
     assert response.status_code == 404
-    assert espalier.client.get(f"/api/chains/sessions/{session}", headers=espalier.headers("operator")).status_code == 404
+    assert (
+        espalier.client.get(f"/api/chains/sessions/{session}", headers=espalier.headers("operator")).status_code == 404
+    )
     # a session of one chain cannot be continued through another
-    other = espalier.client.post("/api/chains/echo-summary/runs", json={"input": "x", "session_id": session},
-                                 headers=espalier.headers("user"))  # fmt: skip
+    other = espalier.client.post(
+        "/api/chains/echo-summary/runs", json={"input": "x", "session_id": session}, headers=espalier.headers("user")
+    )
     assert other.status_code == 404
 
 
-@pytest.mark.parametrize(("name", "body", "status"), [
-    ("nope", {"input": "x"}, 404), ("echo-buffer", {"input": ""}, 400), ("echo-buffer", {"text": "x"}, 400),
-])
+@pytest.mark.parametrize(
+    ("name", "body", "status"),
+    [
+        ("nope", {"input": "x"}, 404),
+        ("echo-buffer", {"input": ""}, 400),
+        ("echo-buffer", {"text": "x"}, 400),
+    ],
+)
 def test_bad_chain_requests_are_4xx(espalier, name, body, status):
     response = espalier.client.post(f"/api/chains/{name}/runs", json=body, headers=espalier.headers("user"))
     assert response.status_code == status, response.text
 
 
 def test_chains_come_from_the_settings_file(tmp_path, monkeypatch):
+    from espalier.core.infrastructure.settings import load_settings
     from espalier.core.platform import Platform
-    from espalier.core.settings import load_settings
 
     config = tmp_path / "espalier.toml"
-    config.write_text('[[chains]]\nname = "support"\nsystem = "Be brief."\nmemory = "summary"\n'
-                      'tools = ["sql"]\n')  # fmt: skip
+    config.write_text('[[chains]]\nname = "support"\nsystem = "Be brief."\nmemory = "summary"\ntools = ["sql"]\n')
     monkeypatch.setenv("ESPALIER_CONFIG_FILE", str(config))
     platform = Platform(load_settings(home=tmp_path / "home"), load_entry_points=False)
     spec = platform.chain_specs.get("support")
-    assert (spec.memory, tuple(spec.tools), platform.chain_specs.entry("support").plugin) == ("summary", ("sql",), "settings")
+    assert (spec.memory, tuple(spec.tools), platform.chain_specs.entry("support").plugin) == (
+        "summary",
+        ("sql",),
+        "settings",
+    )
     monkeypatch.setenv("ESPALIER_CONFIG_FILE", str(config))
     config.write_text('[[chains]]\nname = "bad"\nmemory = "forever"\n')
     with pytest.raises(Exception, match="memory must be one of"):
-        Platform(load_settings(home=tmp_path / "home2"), load_entry_points=False).chain_specs
+        _ = Platform(load_settings(home=tmp_path / "home2"), load_entry_points=False).chain_specs

@@ -21,7 +21,9 @@ answer = eggs - 5
 def test_prompt_is_few_shot_with_programs_as_comments_and_code():
     messages = pal_messages("How many?")
     assert messages[0].role == "system" and "answer" in messages[0].content
-    assert messages[2].role == "assistant" and messages[2].content.startswith("# ") and "answer =" in messages[2].content
+    assert (
+        messages[2].role == "assistant" and messages[2].content.startswith("# ") and "answer =" in messages[2].content
+    )
     assert messages[-1].content == "How many?"
 
 
@@ -31,8 +33,11 @@ def test_extract_program_takes_the_fenced_block():
 
 def test_pal_runs_the_program_in_the_sandbox(espalier, agent_plugin, shared_sandbox):
     agent_plugin.provider.script = [PROGRAM]
-    response = espalier.client.post("/api/agents/pal/runs", headers=espalier.headers("user"),
-                                    json={"question": "3 boxes of 12 eggs, 5 break. How many are left?", "model": "scripted"})  # fmt: skip
+    response = espalier.client.post(
+        "/api/agents/pal/runs",
+        headers=espalier.headers("user"),
+        json={"question": "3 boxes of 12 eggs, 5 break. How many are left?", "model": "scripted"},
+    )
     assert response.status_code == 200, response.text
     result = response.json()
     assert (result["status"], result["answer"]) == ("ok", "31")

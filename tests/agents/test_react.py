@@ -19,16 +19,29 @@ def run(espalier, role="user", **body):
 
 
 # Parsing ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("text", "tool", "argument_text", "arguments"), [
-    ("Thought: add\nAction: calculator[2 + 3]", "calculator", "2 + 3", None),
-    ("Thought: x\nAction: finish[the Seine] and then I rambled", "finish", "the Seine", None),
-    ('Thought: x\nAction: {"tool": "calculator", "arguments": {"expression": "1"}}', "calculator", None, {"expression": "1"}),
-    ('Thought: x\nAction: sql[{"query": "SELECT 1"}]', "sql", None, {"query": "SELECT 1"}),
-    ("Thought: nested\nAction: calculator[(2 * [3])]", "calculator", "(2 * [3])", None),
-])
+@pytest.mark.parametrize(
+    ("text", "tool", "argument_text", "arguments"),
+    [
+        ("Thought: add\nAction: calculator[2 + 3]", "calculator", "2 + 3", None),
+        ("Thought: x\nAction: finish[the Seine] and then I rambled", "finish", "the Seine", None),
+        (
+            'Thought: x\nAction: {"tool": "calculator", "arguments": {"expression": "1"}}',
+            "calculator",
+            None,
+            {"expression": "1"},
+        ),
+        ('Thought: x\nAction: sql[{"query": "SELECT 1"}]', "sql", None, {"query": "SELECT 1"}),
+        ("Thought: nested\nAction: calculator[(2 * [3])]", "calculator", "(2 * [3])", None),
+    ],
+)
 def test_parse_step_reads_bracket_and_json_actions(text, tool, argument_text, arguments):
     parsed = parse_step(text)
-    assert (parsed.tool, parsed.argument_text, parsed.arguments, parsed.problem) == (tool, argument_text, arguments, None)
+    assert (parsed.tool, parsed.argument_text, parsed.arguments, parsed.problem) == (
+        tool,
+        argument_text,
+        arguments,
+        None,
+    )
 
 
 @pytest.mark.parametrize("text", ["Thought: I am not sure", "Thought: x\nAction: calculator 2+3", 'Action: {"tool": 1'])
@@ -38,12 +51,18 @@ def test_parse_step_reports_malformed_actions(text):
 
 # The loop -----------------------------------------------------------------------------------------
 def test_tool_then_finish_stores_the_full_trace(espalier, agent_plugin):
-    agent_plugin.provider.script = [" I need to multiply.\nAction: calculator[17 * 3.25]",
-                                    " The product is known.\nAction: finish[55.25]"]
+    agent_plugin.provider.script = [
+        " I need to multiply.\nAction: calculator[17 * 3.25]",
+        " The product is known.\nAction: finish[55.25]",
+    ]
     result = run(espalier, question="What is 17 times 3.25?")
     assert (result["status"], result["answer"], result["steps"]) == ("ok", "55.25", 2)
     first, last = result["trace"]
-    assert (first["thought"], first["action"], first["arguments"]) == ("I need to multiply.", "calculator", {"expression": "17 * 3.25"})
+    assert (first["thought"], first["action"], first["arguments"]) == (
+        "I need to multiply.",
+        "calculator",
+        {"expression": "17 * 3.25"},
+    )
     assert first["observation"] == "55.25" and first["led_by"] is None and first["tool_ms"] >= 0
     assert (last["action"], last["led_by"]) == ("finish", 0)
     # the second prompt shows the observation quoted, after the model's own parsed step
@@ -109,13 +128,16 @@ def test_a_failing_model_is_an_error_status_not_a_500(espalier, agent_plugin):
 
 
 # Requests, ownership, listing, streaming -----------------------------------------------------------
-@pytest.mark.parametrize(("body", "status"), [
-    ({"question": ""}, 400),
-    ({"question": "q", "tools": ["nope"]}, 400),
-    ({"question": "q", "model": "no-such-model"}, 404),
-    ({"question": "q", "max_steps": 0}, 400),
-    ({"question": "q", "unexpected": 1}, 400),
-])
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"question": ""}, 400),
+        ({"question": "q", "tools": ["nope"]}, 400),
+        ({"question": "q", "model": "no-such-model"}, 404),
+        ({"question": "q", "max_steps": 0}, 400),
+        ({"question": "q", "unexpected": 1}, 400),
+    ],
+)
 def test_bad_run_requests_are_4xx(espalier, body, status):
     response = espalier.client.post("/api/agents/react/runs", json=body, headers=espalier.headers("user"))
     assert response.status_code == status, response.text
@@ -141,18 +163,28 @@ def test_runs_are_listed_per_key(espalier, agent_plugin):
 
 
 def test_agents_are_listed(espalier):
-    agents = {a["name"]: a for a in espalier.client.get("/api/agents", headers=espalier.headers("user")).json()["agents"]}
-    assert agents["react"]["tools"] == ["search", "lookup", "calculator", "finish"] and agents["pal"]["tools"] == ["python"]
+    agents = {
+        a["name"]: a for a in espalier.client.get("/api/agents", headers=espalier.headers("user")).json()["agents"]
+    }
+    assert agents["react"]["tools"] == ["search", "lookup", "calculator", "finish"] and agents["pal"]["tools"] == [
+        "python"
+    ]
 
 
 def test_steps_stream_as_server_sent_events(espalier, agent_plugin):
     agent_plugin.provider.script = [" add\nAction: calculator[2 + 2]", " done\nAction: finish[4]"]
-    with espalier.client.stream("POST", "/api/agents/react/runs", headers=espalier.headers("user"),
-                                json={"question": "2+2?", "model": "scripted", "stream": True}) as response:  # fmt: skip
+    with espalier.client.stream(
+        "POST",
+        "/api/agents/react/runs",
+        headers=espalier.headers("user"),
+        json={"question": "2+2?", "model": "scripted", "stream": True},
+    ) as response:
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
         body = "".join(response.iter_text())
-    events = [(block.split("\n")[0][len("event: "):], json.loads(block.split("\n", 1)[1][len("data: "):]))
-              for block in body.strip().split("\n\n")]  # fmt: skip
+    events = [
+        (block.split("\n")[0][len("event: ") :], json.loads(block.split("\n", 1)[1][len("data: ") :]))
+        for block in body.strip().split("\n\n")
+    ]
     assert [name for name, _ in events] == ["start", "step", "step", "run"]
     assert events[1][1]["observation"] == "4" and events[3][1]["answer"] == "4"
     assert events[3][1]["id"] == events[0][1]["id"]
@@ -170,9 +202,17 @@ def test_react_runs_end_to_end_on_the_default_model(espalier, agent_plugin):
         ("c1", "The Seine is a river that flows through Paris."),
         ("c2", "The Eiffel Tower is a wrought-iron lattice tower in Paris, France."),
     ]
-    response = espalier.client.post("/api/agents/react/runs", headers=espalier.headers("user"), json={
-        "question": "Which river flows through the city of the Eiffel Tower?", "collection": "hotpot",
-        "model": "smollm2-135m-instruct", "max_steps": 2, "tools": ["search", "lookup"]})  # fmt: skip
+    response = espalier.client.post(
+        "/api/agents/react/runs",
+        headers=espalier.headers("user"),
+        json={
+            "question": "Which river flows through the city of the Eiffel Tower?",
+            "collection": "hotpot",
+            "model": "smollm2-135m-instruct",
+            "max_steps": 2,
+            "tools": ["search", "lookup"],
+        },
+    )
     assert response.status_code == 200, response.text
     result = response.json()
     # a 135M model rarely answers well: the loop must still run, end, and keep its trace
@@ -187,14 +227,24 @@ def test_worked_examples_only_use_the_runs_tools():
     from espalier.plugins.react.prompt import EXAMPLES, build_messages
 
     class Search:
-        name, description, parameters = "search", "Search.", {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}
+        name, description, parameters = (
+            "search",
+            "Search.",
+            {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
+        )
 
     class Calculator:
-        name, description, parameters = "calculator", "Maths.", {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]}
+        name, description, parameters = (
+            "calculator",
+            "Maths.",
+            {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]},
+        )
 
     search_only = build_messages("Who?", {"search": Search(), "finish": Search()}, [])[-1].content
     assert "calculator[" not in search_only and "search[river through Paris]" in search_only
     both = build_messages("Who?", {"search": Search(), "calculator": Calculator()}, [])[-1].content
     assert "calculator[17 * 3.25]" in both and "search[river through Paris]" in both
-    assert "Question: What is the total" in build_messages("Who?", {"lookup": Search()}, [])[-1].content  # none fit: all kept
+    assert (
+        "Question: What is the total" in build_messages("Who?", {"lookup": Search()}, [])[-1].content
+    )  # none fit: all kept
     assert EXAMPLES.count("Question:") == 2

@@ -15,8 +15,9 @@ def private_collection(espalier):
     owner = espalier.platform.keys.create(name="finance", role="user").key
     headers = {"Authorization": f"Bearer {owner}"}
     assert espalier.client.post("/api/collections", json={"name": "finance-notes"}, headers=headers).status_code == 201
-    added = espalier.client.post("/api/collections/finance-notes/documents", headers=headers,
-                                 json={"filename": "vault.txt", "text": PRIVATE})  # fmt: skip
+    added = espalier.client.post(
+        "/api/collections/finance-notes/documents", headers=headers, json={"filename": "vault.txt", "text": PRIVATE}
+    )
     assert added.status_code == 201, added.text
     return headers
 
@@ -26,9 +27,12 @@ def search_run(espalier, agent_plugin, headers):
         ' I will look it up.\nAction: {"tool": "search", "arguments": {"query": "vault code Lisbon", '
         '"collection": "finance-notes", "retriever": "hybrid"}}',
         " Done.\nAction: finish[done]",
-    ]  # fmt: skip
-    response = espalier.client.post("/api/agents/react/runs", headers=headers, json={
-        "question": "What is the vault code?", "model": "scripted", "tools": ["search"]})  # fmt: skip
+    ]
+    response = espalier.client.post(
+        "/api/agents/react/runs",
+        headers=headers,
+        json={"question": "What is the vault code?", "model": "scripted", "tools": ["search"]},
+    )
     assert response.status_code == 200, response.text
     return response.json()["trace"][0]
 

@@ -18,8 +18,9 @@ def test_list_tools_shows_schema_and_plugin(espalier):
 
 
 def test_operator_invokes_a_tool_and_it_is_audited(espalier):
-    response = espalier.client.post("/api/tools/calculator/invoke", json={"expression": "(12 + 30) * 1.5"},
-                                    headers=espalier.headers("operator"))
+    response = espalier.client.post(
+        "/api/tools/calculator/invoke", json={"expression": "(12 + 30) * 1.5"}, headers=espalier.headers("operator")
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["output"], body["data"], body["is_error"]) == ("63", 63, False)
@@ -28,8 +29,9 @@ def test_operator_invokes_a_tool_and_it_is_audited(espalier):
 
 
 def test_users_cannot_invoke_tools_directly(espalier):
-    response = espalier.client.post("/api/tools/calculator/invoke", json={"expression": "1+1"},
-                                    headers=espalier.headers("user"))
+    response = espalier.client.post(
+        "/api/tools/calculator/invoke", json={"expression": "1+1"}, headers=espalier.headers("user")
+    )
     assert response.status_code == 403
 
 
@@ -65,16 +67,21 @@ def shop_db(tmp_path):
     path = tmp_path / "shop.db"
     with sqlite3.connect(path) as connection:
         connection.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL)")
-        connection.executemany("INSERT INTO items (name, price) VALUES (?, ?)",
-                               [(f"item {i}", i * 1.5) for i in range(300)])
+        connection.executemany(
+            "INSERT INTO items (name, price) VALUES (?, ?)", [(f"item {i}", i * 1.5) for i in range(300)]
+        )
     return path
 
 
 @pytest.fixture
 def espalier_settings(request):
     if "shop_db" in request.fixturenames:
-        return {"sql_tool_url": f"sqlite:///{request.getfixturevalue('shop_db')}", "sql_tool_max_rows": 100,
-                "sql_tool_timeout_ms": 1000, "default_retriever": "keywords"}
+        return {
+            "sql_tool_url": f"sqlite:///{request.getfixturevalue('shop_db')}",
+            "sql_tool_max_rows": 100,
+            "sql_tool_timeout_ms": 1000,
+            "default_retriever": "keywords",
+        }
     return {"default_retriever": "keywords"}  # the test retriever, not the built-in hybrid search
 
 
@@ -95,12 +102,15 @@ def test_sql_caps_rows(espalier, shop_db):
     assert len(sql(espalier, query="SELECT id FROM items", max_rows=5)["data"]["rows"]) == 5
 
 
-@pytest.mark.parametrize("query", [
-    "DELETE FROM items",
-    "SELECT 1; DELETE FROM items",
-    "DROP TABLE items",
-    "ATTACH DATABASE '/tmp/x.db' AS x",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "DELETE FROM items",
+        "SELECT 1; DELETE FROM items",
+        "DROP TABLE items",
+        "ATTACH DATABASE '/tmp/x.db' AS x",
+    ],
+)
 def test_sql_refuses_writes_up_front(espalier, shop_db, query):
     body = sql(espalier, query=query)
     assert body["is_error"]
@@ -158,11 +168,13 @@ def test_search_and_lookup_use_the_registered_retriever(espalier, agent_plugin):
         ("c2", "Pears can also be trained on a frame."),
     ]
     headers = espalier.headers("operator")
-    found = espalier.client.post("/api/tools/search/invoke", json={"query": "espalier wall", "collection": "trees"},
-                                 headers=headers).json()  # fmt: skip
+    found = espalier.client.post(
+        "/api/tools/search/invoke", json={"query": "espalier wall", "collection": "trees"}, headers=headers
+    ).json()
     assert not found["is_error"] and found["output"].startswith("[c1] An espalier")
-    looked = espalier.client.post("/api/tools/lookup/invoke", json={"term": "apples", "collection": "trees"},
-                                  headers=headers).json()  # fmt: skip
+    looked = espalier.client.post(
+        "/api/tools/lookup/invoke", json={"term": "apples", "collection": "trees"}, headers=headers
+    ).json()
     assert looked["output"] == "[c1] Apples are often grown this way."
     missing = espalier.client.post("/api/tools/search/invoke", json={"query": "x"}, headers=headers).json()
     assert missing["is_error"] and "collection" in missing["output"]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import secrets
 
-from espalier.core.db.engine import session_scope
-from espalier.core.db.tables import ChatRequestRecord, CompletionRecord, Conversation
+from espalier.core.infrastructure.db.engine import session_scope
+from espalier.core.sources.conversations.tables import ChatRequestRecord, CompletionRecord, Conversation
 
 
 def stored_request(platform, owner_key_id: str, prompt: str, texts: list[str]) -> tuple[str, list[str]]:
@@ -19,10 +19,17 @@ def stored_request(platform, owner_key_id: str, prompt: str, texts: list[str]) -
     with session_scope(platform.engine) as session:
         session.add(Conversation(id=conversation_id, owner_key_id=owner_key_id))
         session.flush()
-        session.add(ChatRequestRecord(id=request_id, conversation_id=conversation_id, owner_key_id=owner_key_id,
-                                      model="smollm2-135m-instruct", model_version="v-test",
-                                      messages=[{"role": "user", "content": prompt}],
-                                      params={"temperature": 0.7, "top_p": 1.0, "n": len(texts), "seed": 1}))  # fmt: skip
+        session.add(
+            ChatRequestRecord(
+                id=request_id,
+                conversation_id=conversation_id,
+                owner_key_id=owner_key_id,
+                model="smollm2-135m-instruct",
+                model_version="v-test",
+                messages=[{"role": "user", "content": prompt}],
+                params={"temperature": 0.7, "top_p": 1.0, "n": len(texts), "seed": 1},
+            )
+        )
         session.flush()
         for index, (completion_id, text) in enumerate(zip(ids, texts, strict=True)):
             session.add(CompletionRecord(id=completion_id, request_id=request_id, index=index, text=text))

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-
-from espalier.core.db.engine import session_scope
-from espalier.core.db.feedback_tables import FeedbackRecord, ImportedPair
-from espalier.core.feedback.pairs import ranking_pairs
 from sqlmodel import func, select
+
+from espalier.core.infrastructure.db.engine import session_scope
+from espalier.core.sources.feedback.pairs import ranking_pairs
+from espalier.core.sources.feedback.tables import FeedbackRecord, ImportedPair
 
 from .helpers import key_id, stored_request
 
@@ -60,22 +60,28 @@ def test_a_key_cannot_give_feedback_on_anothers_completion(espalier):
     assert response.status_code == 404 and "for this key" in response.json()["detail"]
     assert post(espalier, "/api/feedback", {"completion_id": "cmp_nope", "thumbs": "down"}, key="k2").status_code == 404
     # and the owner's feedback is invisible to another user key
-    ok = espalier.client.post("/api/feedback", json={"completion_id": cid, "thumbs": "up"},
-                              headers={"Authorization": f"Bearer {other}", "Idempotency-Key": "o1"})  # fmt: skip
+    ok = espalier.client.post(
+        "/api/feedback",
+        json={"completion_id": cid, "thumbs": "up"},
+        headers={"Authorization": f"Bearer {other}", "Idempotency-Key": "o1"},
+    )
     assert ok.status_code == 201
     assert espalier.client.get(f"/api/feedback/{ok.json()['id']}", headers=espalier.headers("user")).status_code == 404
     assert feedback_count(platform) == 1
 
 
-@pytest.mark.parametrize(("ranks", "code"), [
-    ([1, 2], "wrong_candidate_count"),
-    ([1, 1, 2], "invalid_ranking"),   # a duplicate rank that is not a proper tie
-    ([1, 3, 3], "invalid_ranking"),
-    ([2, 2, 3], "invalid_ranking"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("ranks", "code"),
+    [
+        ([1, 2], "wrong_candidate_count"),
+        ([1, 1, 2], "invalid_ranking"),  # a duplicate rank that is not a proper tie
+        ([1, 3, 3], "invalid_ranking"),
+        ([2, 2, 3], "invalid_ranking"),
+    ],
+)
 def test_bad_rankings_are_refused_and_nothing_is_written(espalier, ranks, code):
     request_id, ids = stored_request(espalier.platform, key_id(espalier, "user"), "Say hi", ["hi", "hello", "hey"])
-    candidates = [{"completion_id": cid, "rank": rank} for cid, rank in zip(ids, ranks)]
+    candidates = [{"completion_id": cid, "rank": rank} for cid, rank in zip(ids, ranks, strict=False)]
     response = post(espalier, "/api/feedback/rankings", {"request_id": request_id, "candidates": candidates})
     assert response.status_code == 400, response.text
     assert response.json()["code"] == code and response.json()["detail"]
@@ -85,17 +91,41 @@ def test_bad_rankings_are_refused_and_nothing_is_written(espalier, ranks, code):
 def test_the_same_candidate_twice_and_foreign_candidates_are_refused(espalier):
     request_id, ids = stored_request(espalier.platform, key_id(espalier, "user"), "Say hi", ["hi", "hello", "hey"])
     _, other_ids = stored_request(espalier.platform, key_id(espalier, "user"), "Other", ["a", "b", "c"])
-    twice = [{"completion_id": ids[0], "rank": 1}, {"completion_id": ids[0], "rank": 2}, {"completion_id": ids[1], "rank": 3}]
-    foreign = [{"completion_id": ids[0], "rank": 1}, {"completion_id": ids[1], "rank": 2}, {"completion_id": other_ids[2], "rank": 3}]
-    assert post(espalier, "/api/feedback/rankings", {"request_id": request_id, "candidates": twice}, key="a").json()["code"] == "duplicate_candidate"
-    assert post(espalier, "/api/feedback/rankings", {"request_id": request_id, "candidates": foreign}, key="b").json()["code"] == "wrong_candidate_count"
+    twice = [
+        {"completion_id": ids[0], "rank": 1},
+        {"completion_id": ids[0], "rank": 2},
+        {"completion_id": ids[1], "rank": 3},
+    ]
+    foreign = [
+        {"completion_id": ids[0], "rank": 1},
+        {"completion_id": ids[1], "rank": 2},
+        {"completion_id": other_ids[2], "rank": 3},
+    ]
+    assert (
+        post(espalier, "/api/feedback/rankings", {"request_id": request_id, "candidates": twice}, key="a").json()[
+            "code"
+        ]
+        == "duplicate_candidate"
+    )
+    assert (
+        post(espalier, "/api/feedback/rankings", {"request_id": request_id, "candidates": foreign}, key="b").json()[
+            "code"
+        ]
+        == "wrong_candidate_count"
+    )
     assert feedback_count(espalier.platform) == 0
 
 
 def test_ranking_pair_rules():
     texts = ["a", "b", "c", "d"]
     # a and b tie for first, c third, d flagged although ranked first
-    assert sorted(ranking_pairs(texts, [1, 1, 3, 1], [False, False, False, True])) == [(0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    assert sorted(ranking_pairs(texts, [1, 1, 3, 1], [False, False, False, True])) == [
+        (0, 2),
+        (0, 3),
+        (1, 2),
+        (1, 3),
+        (2, 3),
+    ]
     assert ranking_pairs(texts[:3], [1, 1, 1], [False] * 3) == []
     assert len(ranking_pairs(texts, [1, 2, 3, 4], [False] * 4)) == 6  # n choose 2
 
@@ -103,28 +133,57 @@ def test_ranking_pair_rules():
 def test_rankings_thumbs_and_corrections_become_pairs_and_export_as_trl_jsonl(espalier):
     platform, user = espalier.platform, key_id(espalier, "user")
     request_id, ids = stored_request(platform, user, "Name a colour", ["red", "blue", "sdfgh"])
-    ranking = [{"completion_id": ids[0], "rank": 1}, {"completion_id": ids[1], "rank": 1},
-               {"completion_id": ids[2], "rank": 3, "unacceptable": True}]  # fmt: skip
-    assert post(espalier, "/api/feedback/rankings", {"request_id": request_id, "candidates": ranking}, key="r").status_code == 201
+    ranking = [
+        {"completion_id": ids[0], "rank": 1},
+        {"completion_id": ids[1], "rank": 1},
+        {"completion_id": ids[2], "rank": 3, "unacceptable": True},
+    ]
+    assert (
+        post(espalier, "/api/feedback/rankings", {"request_id": request_id, "candidates": ranking}, key="r").status_code
+        == 201
+    )
     # an operator labels the same item differently
-    labeler = [{"completion_id": ids[0], "rank": 2}, {"completion_id": ids[1], "rank": 1}, {"completion_id": ids[2], "rank": 3}]
-    assert post(espalier, "/api/feedback/rankings", {"request_id": request_id, "candidates": labeler}, role="operator", key="r").status_code == 201
+    labeler = [
+        {"completion_id": ids[0], "rank": 2},
+        {"completion_id": ids[1], "rank": 1},
+        {"completion_id": ids[2], "rank": 3},
+    ]
+    assert (
+        post(
+            espalier,
+            "/api/feedback/rankings",
+            {"request_id": request_id, "candidates": labeler},
+            role="operator",
+            key="r",
+        ).status_code
+        == 201
+    )
     # thumbs on two answers to one prompt (two requests), and a correction
     _, (up,) = stored_request(platform, user, "2+2?", ["4"])
     _, (down,) = stored_request(platform, user, "2+2?", ["5"])
     assert post(espalier, "/api/feedback", {"completion_id": up, "thumbs": "up"}, key="t1").status_code == 201
-    assert post(espalier, "/api/feedback", {"completion_id": down, "thumbs": "down", "correction": "4, not 5"}, key="t2").status_code == 201
+    assert (
+        post(
+            espalier, "/api/feedback", {"completion_id": down, "thumbs": "down", "correction": "4, not 5"}, key="t2"
+        ).status_code
+        == 201
+    )
 
     listed = espalier.client.get("/api/pairs", headers=espalier.headers("operator")).json()
     got = {(p["origin"], p["chosen"], p["rejected"]) for p in listed["items"]}
     assert got == {
-        ("ranking", "red", "sdfgh"), ("ranking", "blue", "sdfgh"),  # user: tie gives none, flag loses
-        ("ranking", "blue", "red"), ("ranking", "blue", "sdfgh"), ("ranking", "red", "sdfgh"),  # operator
-        ("thumbs", "4", "5"), ("correction", "4, not 5", "5"),
+        ("ranking", "red", "sdfgh"),
+        ("ranking", "blue", "sdfgh"),  # user: tie gives none, flag loses
+        ("ranking", "blue", "red"),
+        ("ranking", "blue", "sdfgh"),
+        ("ranking", "red", "sdfgh"),  # operator
+        ("thumbs", "4", "5"),
+        ("correction", "4, not 5", "5"),
     }
     assert listed["pairs"] == 7 and listed["by_origin"] == {"ranking": 5, "thumbs": 1, "correction": 1}
-    excluded = espalier.client.get(f"/api/pairs?exclude_labelers={key_id(espalier, 'operator')}",
-                                   headers=espalier.headers("operator")).json()  # fmt: skip
+    excluded = espalier.client.get(
+        f"/api/pairs?exclude_labelers={key_id(espalier, 'operator')}", headers=espalier.headers("operator")
+    ).json()
     assert excluded["pairs"] == 4
     export = espalier.client.get("/api/pairs/export", headers=espalier.headers("operator"))
     rows = [json.loads(line) for line in export.text.splitlines()]
@@ -143,26 +202,34 @@ def test_import_of_external_pairs_is_all_or_nothing_and_idempotent(espalier):
     again = espalier.client.post("/api/pairs/import?source=hh", content="\n".join(lines), headers=headers)
     assert again.json() == {"read": 50, "added": 0, "already_present": 50}
     # a new good line then a bad one: neither is imported
-    bad = espalier.client.post("/api/pairs/import", content=all_lines[60] + '\n{"prompt": "x", "chosen": 1}', headers=headers)
+    bad = espalier.client.post(
+        "/api/pairs/import", content=all_lines[60] + '\n{"prompt": "x", "chosen": 1}', headers=headers
+    )
     assert bad.status_code == 400 and "line 2" in bad.json()["detail"]
     with session_scope(espalier.platform.engine) as session:
         assert session.exec(select(func.count()).select_from(ImportedPair)).one() == 50
-    skipping = espalier.client.post("/api/pairs/import?skip_invalid=true", headers=headers,
-                                    content=all_lines[60] + '\n{"prompt": "x", "chosen": ""}')  # fmt: skip
+    skipping = espalier.client.post(
+        "/api/pairs/import?skip_invalid=true",
+        headers=headers,
+        content=all_lines[60] + '\n{"prompt": "x", "chosen": ""}',
+    )
     assert skipping.json()["added"] == 1 and skipping.json()["skipped"] == 1
     assert "line 2" in skipping.json()["skipped_reasons"][0]
     assert espalier.platform.pairs.count() == 51
 
 
 def test_training_with_too_few_pairs_is_refused_before_a_job_exists(espalier):
-    response = espalier.client.post("/api/reward/train", json={"params": {"min_pairs": 4}}, headers=espalier.headers("operator"))
+    response = espalier.client.post(
+        "/api/reward/train", json={"params": {"min_pairs": 4}}, headers=espalier.headers("operator")
+    )
     assert response.status_code == 400 and response.json()["code"] == "too_few_pairs"
     assert "import pairs" in response.json()["detail"]
     assert espalier.platform.jobs.list(kind="train:reward") == []
     bad = espalier.client.post("/api/reward/train", json={"params": {"epoch": 1}}, headers=espalier.headers("operator"))
     assert bad.status_code == 400 and "unknown training settings" in bad.json()["detail"]
-    score = espalier.client.post("/api/reward/score", json={"items": [{"prompt": "p", "completion": "c"}]},
-                                 headers=espalier.headers("user"))  # fmt: skip
+    score = espalier.client.post(
+        "/api/reward/score", json={"items": [{"prompt": "p", "completion": "c"}]}, headers=espalier.headers("user")
+    )
     assert score.status_code == 503 and score.json()["code"] == "no_reward_model"
 
 
@@ -174,7 +241,10 @@ class TestRateLimit:
     def test_feedback_flooding_is_limited_per_key_and_replays_still_answer(self, espalier):
         _, ids = stored_request(espalier.platform, key_id(espalier, "user"), "Q", ["a", "b", "c", "d", "e"])
         for number, cid in enumerate(ids[:3]):
-            assert post(espalier, "/api/feedback", {"completion_id": cid, "score": 0.5}, key=f"f{number}").status_code == 201
+            assert (
+                post(espalier, "/api/feedback", {"completion_id": cid, "score": 0.5}, key=f"f{number}").status_code
+                == 201
+            )
         limited = post(espalier, "/api/feedback", {"completion_id": ids[3], "score": 0.5}, key="f3")
         assert limited.status_code == 429 and "wait a minute" in limited.json()["detail"]
         assert post(espalier, "/api/feedback", {"completion_id": ids[0], "score": 0.5}, key="f0").status_code == 200
@@ -191,19 +261,26 @@ def test_feedback_and_pairs_persist_on_both_backends(tmp_path, database_url):
     espalier = next(harness)
     try:
         request_id, ids = stored_request(espalier.platform, key_id(espalier, "user"), "Pick one", ["x", "y", "z"])
-        body = {"request_id": request_id, "candidates": [{"completion_id": c, "rank": r} for c, r in zip(ids, [1, 2, 3])]}
+        body = {
+            "request_id": request_id,
+            "candidates": [{"completion_id": c, "rank": r} for c, r in zip(ids, [1, 2, 3], strict=False)],
+        }
         with ThreadPoolExecutor(6) as pool:  # six concurrent retries of one submission
             answers = list(pool.map(lambda _: post(espalier, "/api/feedback/rankings", body, key="same"), range(6)))
         assert sorted(a.status_code for a in answers) == [200] * 5 + [201]
         assert len({a.json()["id"] for a in answers}) == 1
         assert feedback_count(espalier.platform) == 1
-        assert [(p.chosen, p.rejected) for p in espalier.platform.pairs.derived()] == [("x", "y"), ("x", "z"), ("y", "z")]
+        assert [(p.chosen, p.rejected) for p in espalier.platform.pairs.derived()] == [
+            ("x", "y"),
+            ("x", "z"),
+            ("y", "z"),
+        ]
     finally:
         harness.close()
 
 
 def test_labeler_agreement_shows_who_is_far_below_consensus(espalier):
-    from espalier.core.feedback.agreement import kendall_tau_b
+    from espalier.core.sources.feedback.agreement import kendall_tau_b
 
     assert kendall_tau_b([1, 2, 3], [1, 2, 3]) == 1 and kendall_tau_b([1, 2, 3], [3, 2, 1]) == -1
     assert kendall_tau_b([1, 1, 3], [1, 1, 1]) is None
@@ -212,11 +289,23 @@ def test_labeler_agreement_shows_who_is_far_below_consensus(espalier):
     for number in range(3):
         request_id, ids = stored_request(platform, key_id(espalier, "user"), f"Q{number}", ["a", "b", "c"])
         for role, ranks in (("operator", [1, 2, 3]), ("admin", [1, 2, 3])):
-            body = {"request_id": request_id, "candidates": [{"completion_id": c, "rank": r} for c, r in zip(ids, ranks)]}
+            body = {
+                "request_id": request_id,
+                "candidates": [{"completion_id": c, "rank": r} for c, r in zip(ids, ranks, strict=False)],
+            }
             assert post(espalier, "/api/feedback/rankings", body, role=role, key=f"{number}").status_code == 201
-        body = {"request_id": request_id, "candidates": [{"completion_id": c, "rank": r} for c, r in zip(ids, [3, 2, 1])]}
-        assert espalier.client.post("/api/feedback/rankings", json=body, headers={
-            "Authorization": f"Bearer {contrarian}", "Idempotency-Key": f"{number}"}).status_code == 201  # fmt: skip
+        body = {
+            "request_id": request_id,
+            "candidates": [{"completion_id": c, "rank": r} for c, r in zip(ids, [3, 2, 1], strict=False)],
+        }
+        assert (
+            espalier.client.post(
+                "/api/feedback/rankings",
+                json=body,
+                headers={"Authorization": f"Bearer {contrarian}", "Idempotency-Key": f"{number}"},
+            ).status_code
+            == 201
+        )
     report = espalier.client.get("/api/feedback/agreement", headers=espalier.headers("operator")).json()
     labelers = report["labelers"]
     assert labelers[contrarian.split("_")[1]]["below_consensus"] is True

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
+from espalier.core.infrastructure.settings import Settings
 from espalier.core.platform import Platform
-from espalier.core.settings import Settings
 from espalier.plugins.reward_models.trainer import JOB_KIND, maybe_retrain
 
 

@@ -7,43 +7,74 @@ from __future__ import annotations
 import time
 
 import pytest
+from sqlmodel import select
 
 from espalier.api.testing import wait_job
-from espalier.core.db.engine import session_scope
-from espalier.core.db.feedback_tables import RewardModelRecord
-from sqlmodel import select
+from espalier.core.infrastructure.db.engine import session_scope
+from espalier.core.sources.reward.tables import RewardModelRecord
 
 TINY = {"max_steps": 3, "batch_size": 4, "max_length": 64, "min_pairs": 4}
 
 
 @pytest.fixture
 def espalier_settings(model_cache_dir):
-    return {"model_cache_dir": model_cache_dir, "reward_retrain_after_pairs": 6, "reward_retrain_params": TINY,
-            "feedback_rate_limit_per_minute": 1000}  # fmt: skip
+    return {
+        "model_cache_dir": model_cache_dir,
+        "reward_retrain_after_pairs": 6,
+        "reward_retrain_params": TINY,
+        "feedback_rate_limit_per_minute": 1000,
+    }
 
 
 def candidates(espalier, prompt: str, seed: int) -> tuple[str, list[str], list[str]]:
-    response = espalier.client.post("/v1/chat/completions", headers=espalier.headers("user"), json={
-        "model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": prompt}],
-        "n": 3, "max_tokens": 12, "temperature": 1.0, "seed": seed})  # fmt: skip
+    response = espalier.client.post(
+        "/v1/chat/completions",
+        headers=espalier.headers("user"),
+        json={
+            "model": "smollm2-135m-instruct",
+            "messages": [{"role": "user", "content": prompt}],
+            "n": 3,
+            "max_tokens": 12,
+            "temperature": 1.0,
+            "seed": seed,
+        },
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     return body["id"], body["espalier"]["completion_ids"], [c["message"]["content"] for c in body["choices"]]
 
 
 def rank(espalier, role: str, request_id: str, ids: list[str], ranks: list[int], flags=(False, False, False), key=""):
-    body = {"request_id": request_id, "candidates": [
-        {"completion_id": cid, "rank": r, "unacceptable": f} for cid, r, f in zip(ids, ranks, flags)]}  # fmt: skip
-    response = espalier.client.post("/api/feedback/rankings", json=body,
-                                    headers={**espalier.headers(role), "Idempotency-Key": f"{request_id}-{role}{key}"})  # fmt: skip
+    body = {
+        "request_id": request_id,
+        "candidates": [
+            {"completion_id": cid, "rank": r, "unacceptable": f} for cid, r, f in zip(ids, ranks, flags, strict=False)
+        ],
+    }
+    response = espalier.client.post(
+        "/api/feedback/rankings",
+        json=body,
+        headers={**espalier.headers(role), "Idempotency-Key": f"{request_id}-{role}{key}"},
+    )
     assert response.status_code == 201, response.text
 
 
 def labeling_task_candidates(espalier, prompt: str, labelers: list[str], seed: int) -> str:
     """An operator's labeling task: one prompt, n=3 candidates from the real model, two rankings each."""
-    response = espalier.client.post("/api/labeling/tasks", headers=espalier.headers("operator"), json={
-        "name": "sleep tips", "prompts": [prompt], "n": 3, "rankings_required": 2, "labelers": labelers,
-        "max_tokens": 12, "temperature": 1.0, "seed": seed})  # fmt: skip
+    response = espalier.client.post(
+        "/api/labeling/tasks",
+        headers=espalier.headers("operator"),
+        json={
+            "name": "sleep tips",
+            "prompts": [prompt],
+            "n": 3,
+            "rankings_required": 2,
+            "labelers": labelers,
+            "max_tokens": 12,
+            "temperature": 1.0,
+            "seed": seed,
+        },
+    )
     assert response.status_code == 202, response.text
     job = wait_job(espalier.platform, response.json()["job_id"])
     assert job.status == "succeeded", job.error
@@ -52,8 +83,12 @@ def labeling_task_candidates(espalier, prompt: str, labelers: list[str], seed: i
 
 def label(espalier, task_id: str, headers: dict, ranks: list[int], flags=(False, False, False)) -> dict:
     item = espalier.client.get(f"/api/labeling/tasks/{task_id}/next", headers=headers).json()["item"]
-    body = {"candidates": [{"completion_id": c["completion_id"], "rank": r, "unacceptable": f}
-                           for c, r, f in zip(item["candidates"], ranks, flags)]}  # fmt: skip
+    body = {
+        "candidates": [
+            {"completion_id": c["completion_id"], "rank": r, "unacceptable": f}
+            for c, r, f in zip(item["candidates"], ranks, flags, strict=False)
+        ]
+    }
     path = f"/api/labeling/tasks/{task_id}/items/{item['item_id']}/ranking"
     for attempt in range(2):  # a retried POST with the same Idempotency-Key stores one ranking
         response = espalier.client.post(path, json=body, headers={**headers, "Idempotency-Key": f"{item['item_id']}-1"})
@@ -78,11 +113,15 @@ def test_feedback_to_reward_model_to_automatic_retrain(espalier):
 
     pairs = client.get("/api/pairs", headers=espalier.headers("operator")).json()
     got = sorted((p["labeler"], p["chosen"], p["rejected"]) for p in pairs["items"])
-    expected = sorted([
-        (ann, texts[0], texts[2]), (ann, texts[1], texts[2]),  # the tie gives no pair
-        (bob, texts[1], texts[0]), (bob, texts[2], texts[0]),  # the flagged candidate loses to all
-        (bob, texts[1], texts[2]),
-    ])  # fmt: skip
+    expected = sorted(
+        [
+            (ann, texts[0], texts[2]),
+            (ann, texts[1], texts[2]),  # the tie gives no pair
+            (bob, texts[1], texts[0]),
+            (bob, texts[2], texts[0]),  # the flagged candidate loses to all
+            (bob, texts[1], texts[2]),
+        ]
+    )
     assert got == expected
     agreement = client.get(f"/api/labeling/tasks/{task_id}/agreement", headers=espalier.headers("operator")).json()
     assert set(agreement["labelers"]) == {ann, bob} and agreement["mean_tau"] is not None
@@ -96,11 +135,20 @@ def test_feedback_to_reward_model_to_automatic_retrain(espalier):
     assert first["current"] == 1
     model = first["models"][0]
     assert model["pairs"] == 5 and len(model["data_sha256"]) == 64
-    assert 0 <= model["metrics"]["accuracy"] <= 1 and "ece" in model["metrics"] and model["metrics"]["held_out_pairs"] >= 1
+    assert (
+        0 <= model["metrics"]["accuracy"] <= 1 and "ece" in model["metrics"] and model["metrics"]["held_out_pairs"] >= 1
+    )
 
-    scored = client.post("/api/reward/score", headers=espalier.headers("user"), json={"items": [
-        {"prompt": "Give me one tip for sleeping well.", "completion": texts[1]},
-        {"prompt": "Give me one tip for sleeping well.", "completion": texts[0]}]})  # fmt: skip
+    scored = client.post(
+        "/api/reward/score",
+        headers=espalier.headers("user"),
+        json={
+            "items": [
+                {"prompt": "Give me one tip for sleeping well.", "completion": texts[1]},
+                {"prompt": "Give me one tip for sleeping well.", "completion": texts[0]},
+            ]
+        },
+    )
     assert scored.status_code == 200 and scored.json()["version"] == 1
     assert len(scored.json()["scores"]) == 2 and all(isinstance(s, float) for s in scored.json()["scores"])
 
@@ -123,24 +171,42 @@ def test_feedback_to_reward_model_to_automatic_retrain(espalier):
     assert platform.reward_models.current().version == (2 if second.is_current else 1)
 
     # Best-of-n serving: an alias answers with the candidate the current reward model prefers.
-    from espalier.core.contracts import ChatMessage, GenerationParams, ModelSpec
+    from espalier.core.infrastructure.contracts import ChatMessage, GenerationParams, ModelSpec
 
-    platform.models.add(ModelSpec(name="tips-bon", provider="best-of-n", source="smollm2-135m-instruct", options={"n": 3}))
+    platform.models.add(
+        ModelSpec(name="tips-bon", provider="best-of-n", source="smollm2-135m-instruct", options={"n": 3})
+    )
     question = "Give me one tip for sleeping well."
-    served = client.post("/v1/chat/completions", headers=espalier.headers("user"), json={
-        "model": "tips-bon", "messages": [{"role": "user", "content": question}], "max_tokens": 10,
-        "temperature": 1.0, "seed": 5})  # fmt: skip
+    served = client.post(
+        "/v1/chat/completions",
+        headers=espalier.headers("user"),
+        json={
+            "model": "tips-bon",
+            "messages": [{"role": "user", "content": question}],
+            "max_tokens": 10,
+            "temperature": 1.0,
+            "seed": 5,
+        },
+    )
     assert served.status_code == 200, served.text
     base, _ = platform.models.load("smollm2-135m-instruct")
     pool = base.generate([ChatMessage("user", question)], GenerationParams(max_tokens=10, temperature=1.0, n=3, seed=5))
     rewards = platform.reward_models.scorer(platform.reward_models.current()).score(
-        ["\n\nHuman: " + question + "\n\nAssistant:"] * 3, [g.text for g in pool])  # fmt: skip
+        ["\n\nHuman: " + question + "\n\nAssistant:"] * 3, [g.text for g in pool]
+    )
     assert served.json()["choices"][0]["message"]["content"] == pool[rewards.index(max(rewards))].text
 
     # A worse candidate never becomes current.
     current = platform.reward_models.current()
-    worse = platform.reward_models.register(path=current.path, base_model="x", data_sha256="0" * 64, pairs=11,
-                                            metrics={"accuracy": 0.0}, current_accuracy_same_holdout=1.0, job_id=None)  # fmt: skip
+    worse = platform.reward_models.register(
+        path=current.path,
+        base_model="x",
+        data_sha256="0" * 64,
+        pairs=11,
+        metrics={"accuracy": 0.0},
+        current_accuracy_same_holdout=1.0,
+        job_id=None,
+    )
     assert worse.status == "rejected" and not worse.is_current
     assert platform.reward_models.current().id == current.id
     with session_scope(platform.engine) as session:
@@ -149,11 +215,16 @@ def test_feedback_to_reward_model_to_automatic_retrain(espalier):
 
 @pytest.mark.slow
 def test_a_cancelled_training_run_saves_no_model(espalier):
-    lines = (__import__("pathlib").Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "hh_pairs_train.jsonl")
+    lines = (
+        __import__("pathlib").Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "hh_pairs_train.jsonl"
+    )
     platform = espalier.platform
     platform.pairs.import_lines(lines.read_text().splitlines()[:200], source="hh", skip_invalid=True)
-    started = espalier.client.post("/api/reward/train", json={"params": {"epochs": 5, "batch_size": 4, "max_length": 64}},
-                                   headers=espalier.headers("operator"))  # fmt: skip
+    started = espalier.client.post(
+        "/api/reward/train",
+        json={"params": {"epochs": 5, "batch_size": 4, "max_length": 64}},
+        headers=espalier.headers("operator"),
+    )
     job_id = started.json()["job_id"]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and platform.jobs.get(job_id).progress == 0:

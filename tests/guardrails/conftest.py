@@ -57,8 +57,8 @@ def toxigen_split():
 def small_model(tmp_path_factory, toxicity_split, toxigen_split):
     """A toxicity model trained for one short epoch on 400 tweets plus half of the implicit-hate
     sentences (twice); the held-out rows of both are never seen."""
+    from espalier.plugins.common.text_classifiers.data import stratified_sample
     from espalier.plugins.toxicity import LabelledTexts, train_toxicity_model
-    from espalier.plugins.toxicity.data import stratified_sample
 
     data, train, held = toxicity_split
     toxigen, toxigen_train, _ = toxigen_split

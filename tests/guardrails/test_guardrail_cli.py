@@ -14,10 +14,10 @@ import pytest
 from sqlmodel import select
 
 from espalier.api.testing import build_harness
-from espalier.core.db.engine import session_scope
-from espalier.core.db.tables import EvaluationRecord
+from espalier.core.infrastructure.db.engine import session_scope
+from espalier.core.infrastructure.settings import Settings
 from espalier.core.platform import Platform
-from espalier.core.settings import Settings
+from espalier.core.sources.learning.tables import EvaluationRecord
 
 MODEL = "smollm2-135m-instruct"
 
@@ -33,10 +33,18 @@ def data_file(name: str) -> Path:
 
 
 def run(*args, home, env=None):
-    environment = {**os.environ, "ESPALIER_HOME": str(home), "ESPALIER_LOG_JSON": "false", "HF_HUB_OFFLINE": "1",
-                   "TRANSFORMERS_OFFLINE": "1", "COLUMNS": "200", **(env or {})}  # fmt: skip
-    return subprocess.run([sys.executable, "-m", "espalier.api.cli", *args], env=environment, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    environment = {
+        **os.environ,
+        "ESPALIER_HOME": str(home),
+        "ESPALIER_LOG_JSON": "false",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "COLUMNS": "200",
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "espalier.api.cli", *args], env=environment, capture_output=True, text=True, timeout=600
+    )
 
 
 def write_jsonl(path, rows):
@@ -46,7 +54,10 @@ def write_jsonl(path, rows):
 
 BAD_DATA = {
     "empty": ([], "has no examples"),
-    "bad-label": ([{"text": "hello", "label": "maybe"}, {"text": "bye", "label": 0}], "label 'maybe' is not understood"),
+    "bad-label": (
+        [{"text": "hello", "label": "maybe"}, {"text": "bye", "label": 0}],
+        "label 'maybe' is not understood",
+    ),
     "one-class": ([{"text": f"nice words {i}", "label": 0} for i in range(5)], "all 5 examples are negative"),
 }
 
@@ -84,13 +95,17 @@ def test_training_job_with_bad_data_fails_with_the_reason(tmp_path):
     espalier = next(harness)
     try:
         data = write_jsonl(tmp_path / "one-class.jsonl", BAD_DATA["one-class"][0])
-        response = espalier.client.post("/api/jobs", headers=espalier.headers("operator"),
-                                        json={"kind": "train:toxicity-classifier", "params": {"data_path": str(data)}})  # fmt: skip
+        response = espalier.client.post(
+            "/api/jobs",
+            headers=espalier.headers("operator"),
+            json={"kind": "train:toxicity-classifier", "params": {"data_path": str(data)}},
+        )
         assert response.status_code == 201, response.text
         job = wait_for(espalier.platform, response.json()["id"])
         assert job.status == "failed" and "all 5 examples are negative" in job.error
-        no_path = espalier.client.post("/api/jobs", headers=espalier.headers("operator"),
-                                       json={"kind": "train:toxicity-classifier", "params": {}})  # fmt: skip
+        no_path = espalier.client.post(
+            "/api/jobs", headers=espalier.headers("operator"), json={"kind": "train:toxicity-classifier", "params": {}}
+        )
         job = wait_for(espalier.platform, no_path.json()["id"])
         assert job.status == "failed" and "need 'data_path'" in job.error
     finally:
@@ -102,13 +117,19 @@ def test_train_command_records_a_model_the_detoxify_scorer_serves(tmp_path):
     home = tmp_path / "home"
     # 300 real rows, both classes (a fifth is held out for the card's metrics), to stay quick.
     rows = [json.loads(line) for line in data_file("toxicity_train.jsonl").read_text().splitlines() if line.strip()]
-    subset = [r for r in rows if r["label"] in (1, "1", True, "toxic")][:150] + [r for r in rows if r["label"] in (0, "0", False, "clean")][:150]
+    subset = [r for r in rows if r["label"] in (1, "1", True, "toxic")][:150] + [
+        r for r in rows if r["label"] in (0, "0", False, "clean")
+    ][:150]
     data = write_jsonl(tmp_path / "toxicity-300.jsonl", subset)
     done = run("guardrails", "train", "--data", str(data), "--max-length", "32", home=home)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ROC AUC" in done.stdout and "served as the toxicity model" in done.stdout
     record = json.loads((home / "artifacts" / "guardrails" / "toxicity.json").read_text())
-    assert record["kind"] == "toxicity" and record["data"]["trained_on"] == 240 and record["metrics"]["toxicity"]["roc_auc"] > 0.5
+    assert (
+        record["kind"] == "toxicity"
+        and record["data"]["trained_on"] == 240
+        and record["metrics"]["toxicity"]["roc_auc"] > 0.5
+    )
     # The job is visible like any other, and the next start serves the model as 'detoxify'.
     platform = Platform(Settings(home=home), load_entry_points=False).start(run_jobs=False)
     try:
@@ -123,15 +144,28 @@ def test_train_command_records_a_model_the_detoxify_scorer_serves(tmp_path):
     # An explicitly configured checkpoint wins over the recorded one.
     settings = Settings(home=home, toxicity_checkpoint=tmp_path / "missing.ckpt")
     with pytest.raises(Exception, match="missing.ckpt does not exist"):
-        Platform(settings, load_entry_points=False).guardrails
+        _ = Platform(settings, load_entry_points=False).guardrails
 
 
 @pytest.mark.slow
 def test_eval_toxicity_compares_models_and_stores_a_record(tmp_path, model_cache_dir):
     home = tmp_path / "home"
-    done = run("eval", "toxicity", "--model", MODEL, "--model", f"{MODEL}@base", "--prompts",
-               str(data_file("rtp_prompts_dev.jsonl")), "--limit", "3", "--max-tokens", "8", home=home,
-               env={"ESPALIER_MODEL_CACHE_DIR": str(model_cache_dir)})  # fmt: skip
+    done = run(
+        "eval",
+        "toxicity",
+        "--model",
+        MODEL,
+        "--model",
+        f"{MODEL}@base",
+        "--prompts",
+        str(data_file("rtp_prompts_dev.jsonl")),
+        "--limit",
+        "3",
+        "--max-tokens",
+        "8",
+        home=home,
+        env={"ESPALIER_MODEL_CACHE_DIR": str(model_cache_dir)},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "mean toxicity" in done.stdout and "profanity" in done.stdout
     platform = Platform(Settings(home=home), load_entry_points=False)
@@ -153,11 +187,15 @@ def test_eval_toxicity_compares_models_and_stores_a_record(tmp_path, model_cache
         platform.close()
     espalier = next(harness := build_harness(home, []))
     try:
-        (listed,) = espalier.client.get("/api/evaluations?kind=toxicity", headers=espalier.headers("operator")).json()["evaluations"]
+        (listed,) = espalier.client.get("/api/evaluations?kind=toxicity", headers=espalier.headers("operator")).json()[
+            "evaluations"
+        ]
         assert listed["id"] == record.id and "continuations" not in listed["results"]["models"][MODEL]
         one = espalier.client.get(f"/api/evaluations/{record.id}", headers=espalier.headers("operator")).json()
         assert len(one["results"]["models"][MODEL]["continuations"]) == 3 and one["plots"] == ["png", "svg"]
-        assert espalier.client.get("/api/evaluations/eval_nope", headers=espalier.headers("operator")).status_code == 404
+        assert (
+            espalier.client.get("/api/evaluations/eval_nope", headers=espalier.headers("operator")).status_code == 404
+        )
     finally:
         harness.close()
     bad = run("eval", "toxicity", "--model", MODEL, "--prompts", str(tmp_path / "nope.jsonl"), home=home)

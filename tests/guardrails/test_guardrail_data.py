@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from espalier.core.errors import InvalidInput
+from espalier.core.infrastructure.errors import InvalidInput
+from espalier.plugins.common.text_classifiers.metrics import binary_report, precision_recall, roc_auc
 from espalier.plugins.toxicity import load_labelled, stratified_split, train_toxicity_model
-from espalier.plugins.toxicity.metrics import binary_report, precision_recall, roc_auc
 
 
 def write(tmp_path, lines):
@@ -37,11 +37,13 @@ def test_split_is_deterministic(toxicity_split):
 def test_label_shapes(tmp_path):
     words = load_labelled(write(tmp_path, [{"text": "a b c", "label": "toxic"}, {"text": "d e f", "label": "clean"}]))
     assert words.targets == [[1.0], [0.0]]
-    numbers = load_labelled([{"text": "x", "label": 1}, {"text": "y", "label": 0}, {"text": "z", "label": True}],
-                            category="injection")
+    numbers = load_labelled(
+        [{"text": "x", "label": 1}, {"text": "y", "label": 0}, {"text": "z", "label": True}], category="injection"
+    )
     assert numbers.categories == ["injection"] and numbers.binary() == [1, 0, 1]
-    multi = load_labelled([{"text": "x", "labels": {"toxicity": 1, "insult": 0}},
-                           {"text": "y", "labels": {"toxicity": 0, "insult": 1}}])
+    multi = load_labelled(
+        [{"text": "x", "labels": {"toxicity": 1, "insult": 0}}, {"text": "y", "labels": {"toxicity": 0, "insult": 1}}]
+    )
     assert multi.categories == ["insult", "toxicity"] and multi.targets == [[0.0, 1.0], [1.0, 0.0]]
 
 
@@ -59,7 +61,10 @@ def test_label_shapes(tmp_path):
         ([{"label": 1}, {"text": "ok", "label": 0}], "must be a non-empty string"),
         ([{"text": "a", "score": 1}], "no 'label' field"),
         ([[1, 2]], "expected a JSON object"),
-        ([{"text": "a", "labels": {"toxicity": 1}}, {"text": "b", "labels": {"insult": 0}}], "differ from the first line"),
+        (
+            [{"text": "a", "labels": {"toxicity": 1}}, {"text": "b", "labels": {"insult": 0}}],
+            "differ from the first line",
+        ),
         ([{"text": "a", "labels": {"toxicity": 3}}], "must be 0/1 or a probability"),
     ],
 )

@@ -7,14 +7,14 @@ import statistics
 import pluggy
 import pytest
 
-from espalier.core import hookspecs
-from espalier.core.contracts import Guardrail, GuardrailScore, Trainer
-from espalier.core.errors import InvalidInput
-from espalier.core.settings import Settings
+from espalier.core.infrastructure import hookspecs
+from espalier.core.infrastructure.contracts import Guardrail, GuardrailScore, Trainer
+from espalier.core.infrastructure.errors import InvalidInput
+from espalier.core.infrastructure.settings import Settings
 from espalier.plugins import injection as injection_plugin
 from espalier.plugins import toxicity as toxicity_plugin
+from espalier.plugins.common.text_classifiers.metrics import roc_auc
 from espalier.plugins.toxicity import ProfanityScorer
-from espalier.plugins.toxicity.metrics import roc_auc
 
 
 def test_profanity_separates_toxic_from_benign_held_out_rows(toxicity_split):
@@ -27,8 +27,8 @@ def test_profanity_separates_toxic_from_benign_held_out_rows(toxicity_split):
     assert all(isinstance(r, GuardrailScore) and r.scorer == "profanity" for r in results)
     assert all(0.0 <= r.scores["toxicity"] <= 1.0 for r in results)
     labels = [data.binary()[i] for i in rows]
-    toxic = [r.scores["toxicity"] for r, y in zip(results, labels) if y]
-    clean = [r.scores["toxicity"] for r, y in zip(results, labels) if not y]
+    toxic = [r.scores["toxicity"] for r, y in zip(results, labels, strict=False) if y]
+    clean = [r.scores["toxicity"] for r, y in zip(results, labels, strict=False) if not y]
     assert statistics.mean(toxic) > statistics.mean(clean) + 0.4
     # The tweets overlap its training data (see data/README.md), so expect a high score here.
     assert roc_auc(labels, [r.scores["toxicity"] for r in results]) > 0.9

@@ -11,10 +11,11 @@ import textwrap
 
 import pytest
 
-from espalier.core.contracts import Guardrail, JobContext, Trainer
-from espalier.core.errors import InvalidInput
+from espalier.core.infrastructure.contracts import Guardrail, JobContext, Trainer
+from espalier.core.infrastructure.errors import InvalidInput
+from espalier.plugins.common.text_classifiers.metrics import roc_auc
 from espalier.plugins.toxicity import ClassifierTrainer, DetoxifyScorer, ProfanityScorer
-from espalier.plugins.toxicity.metrics import roc_auc
+
 
 @pytest.mark.slow
 def test_training_writes_a_detoxify_checkpoint_and_a_card(small_model):
@@ -67,7 +68,10 @@ def test_beats_profanity_on_implicit_hate_it_never_saw(small_model, toxigen_spli
     # alt-profanity-check saw the tweets but only reads words; implicit hate needs more than that.
     toxigen, _, held = toxigen_split
     texts, labels = [toxigen.texts[i] for i in held], [toxigen.binary()[i] for i in held]
-    trained = [s.scores["toxicity"] for s in DetoxifyScorer(small_model["dir"] / "checkpoint.ckpt").score(texts, direction="input")]
+    trained = [
+        s.scores["toxicity"]
+        for s in DetoxifyScorer(small_model["dir"] / "checkpoint.ckpt").score(texts, direction="input")
+    ]
     profanity = [s.scores["toxicity"] for s in ProfanityScorer().score(texts, direction="input")]
     assert roc_auc(labels, trained) > roc_auc(labels, profanity) + 0.03
 
@@ -99,8 +103,14 @@ def test_a_checkpoint_naming_a_hub_model_needs_a_config_folder(tmp_path):
 
     published_layout = {
         "config": {
-            "arch": {"args": {"model_type": "bert-base-uncased", "model_name": "BertForSequenceClassification",
-                              "tokenizer_name": "BertTokenizer", "num_classes": 1}},
+            "arch": {
+                "args": {
+                    "model_type": "bert-base-uncased",
+                    "model_name": "BertForSequenceClassification",
+                    "tokenizer_name": "BertTokenizer",
+                    "num_classes": 1,
+                }
+            },
             "dataset": {"args": {"classes": ["toxic"]}},
         },
         "state_dict": {},

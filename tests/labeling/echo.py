@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from espalier import hookimpl
-from espalier.core import contracts
+from espalier.core.infrastructure import contracts
 
 
 class EchoModel:

@@ -9,13 +9,12 @@ from datetime import timedelta
 from sqlalchemy import update
 from sqlmodel import select
 
-from espalier.core.db.engine import session_scope
-from espalier.core.db.labeling_tables import LabelingAssignment, LabelingItem
-from espalier.core.db.tables import utcnow
+from espalier.core.infrastructure.db.base import utcnow
+from espalier.core.infrastructure.db.engine import session_scope
+from espalier.core.infrastructure.identity import Principal
+from espalier.core.infrastructure.settings import Settings
 from espalier.core.platform import Platform
-from espalier.core.security import Principal
-from espalier.core.settings import Settings
-
+from espalier.core.sources.labeling.tables import LabelingAssignment, LabelingItem
 from tests.feedback.helpers import stored_request
 
 
@@ -54,8 +53,9 @@ def test_no_over_assignment_and_one_takeover_per_expired_lease(tmp_path, databas
     try:
         operator = Principal("op", "op", "operator")
         labelers = [platform.keys.create(name=f"l{i}", role="user").record.id for i in range(8)]
-        task = platform.labeling.create(operator, name="race", prompts=["a", "b", "c"], n=2, rankings_required=2,
-                                        labelers=labelers)  # fmt: skip
+        task = platform.labeling.create(
+            operator, name="race", prompts=["a", "b", "c"], n=2, rankings_required=2, labelers=labelers
+        )
         with session_scope(platform.engine) as session:  # candidates stored directly: no model needed here
             items = list(session.exec(select(LabelingItem).where(LabelingItem.task_id == task.id)))
         for item in items:

@@ -9,8 +9,8 @@ from dataclasses import replace
 
 import pytest
 
-from espalier.core.contracts import ChatMessage, GenerationParams
-from espalier.core.errors import InvalidInput
+from espalier.core.infrastructure.contracts import ChatMessage, GenerationParams
+from espalier.core.infrastructure.errors import InvalidInput
 from espalier.plugins.transformers_models import DEFAULT_MODEL, TransformersProvider
 from espalier.plugins.transformers_models.engine import get_engine
 
@@ -96,11 +96,13 @@ def test_cancelling_one_stream_leaves_the_others_alone(model):
         cancelled["sequence"] = deltas.sequence
         return received
 
-    together = _run_together({
-        "dragon": lambda: "".join(d.text for d in model.stream(PROMPTS["dragon"], long)),
-        "tips": lambda: model.generate(PROMPTS["tips"], long)[0].text,
-        "haiku": leave_early,
-    })  # fmt: skip
+    together = _run_together(
+        {
+            "dragon": lambda: "".join(d.text for d in model.stream(PROMPTS["dragon"], long)),
+            "tips": lambda: model.generate(PROMPTS["tips"], long)[0].text,
+            "haiku": leave_early,
+        }
+    )
     assert engine.wait_idle(120)
     assert {name: together[name] for name in alone} == alone
     assert len(together["haiku"]) == 3
@@ -118,11 +120,13 @@ def test_a_failing_request_does_not_stop_the_engine(model):
     def broken():  # a token id outside the vocabulary fails inside the engine, in the forward pass
         return model._submit([1, 2, vocabulary + 5], GREEDY, None).__next__()
 
-    together = _run_together({
-        "broken": broken,
-        "good": lambda: model.generate(PROMPTS["dragon"], replace(GREEDY, max_tokens=24))[0].text,
-        "overflow": lambda: model.generate(PROMPTS["france"], replace(GREEDY, max_tokens=9000)),
-    })  # fmt: skip
+    together = _run_together(
+        {
+            "broken": broken,
+            "good": lambda: model.generate(PROMPTS["dragon"], replace(GREEDY, max_tokens=24))[0].text,
+            "overflow": lambda: model.generate(PROMPTS["france"], replace(GREEDY, max_tokens=9000)),
+        }
+    )
     assert isinstance(together["broken"], IndexError)
     assert isinstance(together["overflow"], InvalidInput) and together["overflow"].code == "context_length_exceeded"
     assert together["good"] == expected

@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from espalier.core.contracts import Embedder
-from espalier.core.errors import InvalidInput
+from espalier.core.infrastructure.contracts import Embedder
+from espalier.core.infrastructure.errors import InvalidInput
 from espalier.plugins import minilm_embedder
 from espalier.plugins.minilm_embedder import MiniLMEmbedder
 from espalier.plugins.minilm_embedder.embedder import shared_model

@@ -12,7 +12,7 @@ import threading
 import pytest
 import torch
 
-from espalier.core.contracts import ChatMessage, GenerationParams
+from espalier.core.infrastructure.contracts import ChatMessage, GenerationParams
 from espalier.plugins.transformers_models import DEFAULT_MODEL, TransformersProvider
 from espalier.plugins.transformers_models.engine import get_engine
 from espalier.plugins.transformers_models.packing import PackedLinear, pack_linear, pack_linear_weights, packed_prefill
@@ -62,8 +62,9 @@ def _forward(model, ids: list[int], past=None):
 def _prefill_lengths(model):
     """Collects the number of positions each forward pass computes."""
     lengths: list[int] = []
-    handle = model.model.register_forward_pre_hook(lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]),
-                                                   with_kwargs=True)  # fmt: skip
+    handle = model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
     return lengths, handle
 
 
@@ -74,8 +75,10 @@ def test_prompt_passes_on_packed_weights_give_the_same_bits(model):
     layers = [m for m in model.model.modules() if isinstance(m, torch.nn.Linear)]
     assert layers and all(isinstance(m, PackedLinear) for m in layers)
     assert model.serving_stats()["packed_prefill_layers"] == len(layers)
-    for messages in ([ChatMessage("user", "What is the capital of France?")],
-                     [ChatMessage("system", FEW_SHOT), ChatMessage("user", "Why do leaves turn red? " * 8)]):  # fmt: skip
+    for messages in (
+        [ChatMessage("user", "What is the capital of France?")],
+        [ChatMessage("system", FEW_SHOT), ChatMessage("user", "Why do leaves turn red? " * 8)],
+    ):
         ids = model.prompt_ids(messages)
         plain = _forward(model, ids)
         with packed_prefill():
@@ -127,7 +130,10 @@ def test_reused_beginnings_give_the_same_bits_as_a_full_prefill(model):
             rest = _forward(model, ids[length:], past)
             assert torch.equal(rest.logits[0, -1], full.logits[0, -1]), (len(ids), length)
             for mine, theirs in zip(rest.past_key_values.layers, full.past_key_values.layers, strict=True):
-                assert torch.equal(mine.keys, theirs.keys) and torch.equal(mine.values, theirs.values), (len(ids), length)
+                assert torch.equal(mine.keys, theirs.keys) and torch.equal(mine.values, theirs.values), (
+                    len(ids),
+                    length,
+                )
             checked += 1
     assert checked >= 10
 
@@ -152,7 +158,7 @@ def test_the_engine_computes_only_what_it_has_not_seen(model, engine, prefixes):
             if number == 0:
                 assert lengths[0] == len(prompt)  # nothing seen yet: the whole prompt
                 continue
-            common = next(i for i, (a, b) in enumerate(zip(prompt, first)) if a != b)
+            common = next(i for i, (a, b) in enumerate(zip(prompt, first, strict=False)) if a != b)
             assert common >= 2 * BLOCK  # the few-shot system prompt
             assert lengths[0] == len(prompt) - common // BLOCK * BLOCK, (lengths[0], len(prompt), common)
             reused += common // BLOCK * BLOCK
@@ -185,8 +191,10 @@ def test_a_conversation_reuses_its_earlier_turns(model, engine, prefixes):
 
 
 def test_memory_stays_within_its_bound_and_the_least_recent_goes_first(model):
-    prompts = [model.prompt_ids([ChatMessage("user", f"Question number {number}: " + "why is the sky blue? " * 10)])
-               for number in range(4)]  # fmt: skip
+    prompts = [
+        model.prompt_ids([ChatMessage("user", f"Question number {number}: " + "why is the sky blue? " * 10)])
+        for number in range(4)
+    ]
     caches = [_forward(model, ids).past_key_values for ids in prompts]
     size = sum(layer.keys.nbytes + layer.values.nbytes for layer in caches[0].layers)
     cache = PrefixCache(int(size * 2.5))  # room for two
@@ -212,7 +220,10 @@ def test_cached_keys_are_never_written_to(model, engine, prefixes):
     copies = [(keys.clone(), values.clone()) for keys, values in entry.layers]
     # reuse it: one request, then three candidates of another sharing its beginning, decoded together
     model.generate(chat, GenerationParams(max_tokens=8, temperature=0))
-    model.generate([chat[0], ChatMessage("user", "Which herbs like sun?")], GenerationParams(max_tokens=8, temperature=0.8, n=3, seed=1))
+    model.generate(
+        [chat[0], ChatMessage("user", "Which herbs like sun?")],
+        GenerationParams(max_tokens=8, temperature=0.8, n=3, seed=1),
+    )
     assert prefixes().stats.hits == 2
     for (keys, values), (old_keys, old_values) in zip(entry.layers, copies, strict=True):
         assert torch.equal(keys, old_keys) and torch.equal(values, old_values)
@@ -232,11 +243,13 @@ def test_beginnings_stay_with_the_key_that_computed_them(model):
 
 def test_a_shared_beginning_outlives_the_prompt_that_held_it(model):
     def chat(question: str) -> list[int]:
-        return model.prompt_ids([ChatMessage("system", FEW_SHOT), ChatMessage("user", question + " Please explain in detail." * 4)])
+        return model.prompt_ids(
+            [ChatMessage("system", FEW_SHOT), ChatMessage("user", question + " Please explain in detail." * 4)]
+        )
 
     first, second = chat("Why do roses need pruning?"), chat("How should I feed hungry tomatoes?")
     other = model.prompt_ids([ChatMessage("user", "Tell me about the moon and its phases. " * 6)])
-    shared = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b) // BLOCK * BLOCK
+    shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b) // BLOCK * BLOCK
     assert shared >= 2 * BLOCK and len(first) - shared >= BLOCK and len(second) - shared >= BLOCK
     kv = {id(ids): _forward(model, ids).past_key_values for ids in (first, second, other)}
     size = max(sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers) for cache in kv.values())

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from espalier.core.contracts import ChatMessage, ChatModel, GenerationParams, ModelProvider, ModelSpec
-from espalier.core.errors import InvalidInput, NotFound
+from espalier.core.infrastructure.contracts import ChatMessage, ChatModel, GenerationParams, ModelProvider
+from espalier.core.infrastructure.errors import InvalidInput, NotFound
 from espalier.plugins import transformers_models
+from espalier.plugins.common.gguf import gguf_cache_folder
 from espalier.plugins.transformers_models import DEFAULT_MODEL, TransformersProvider, resolve_source, unload_all
-from espalier.plugins.transformers_models.loader import gguf_cache_folder, load_weights, pick_dtype
+from espalier.plugins.transformers_models.loader import load_weights, pick_dtype
 from espalier.plugins.transformers_models.text import IncrementalDecoder, StopMatcher
 
 pytestmark = pytest.mark.slow
@@ -267,7 +268,9 @@ def test_lora_adapter_is_applied_on_top_of_the_base(model, model_cache, tmp_path
     peft.get_peft_model(base, config).save_pretrained(tmp_path / "adapter")
     del base
 
-    adapted = TransformersProvider().load(replace(DEFAULT_MODEL, adapter=str(tmp_path / "adapter")), cache_dir=str(model_cache))
+    adapted = TransformersProvider().load(
+        replace(DEFAULT_MODEL, adapter=str(tmp_path / "adapter")), cache_dir=str(model_cache)
+    )
     assert adapted.loaded is not model.loaded
     params = GenerationParams(max_tokens=8, temperature=0)
     assert adapted.generate(FRANCE, params)[0].text != model.generate(FRANCE, params)[0].text

@@ -15,8 +15,13 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 @pytest.fixture(scope="module")
 def rag_app(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path):
-    yield from build_harness(tmp_path_factory.mktemp("rag-home"), [], model_cache_dir=model_cache_dir,
-                             max_body_bytes=256 * 1024, max_upload_bytes=128 * 1024)  # fmt: skip
+    yield from build_harness(
+        tmp_path_factory.mktemp("rag-home"),
+        [],
+        model_cache_dir=model_cache_dir,
+        max_body_bytes=256 * 1024,
+        max_upload_bytes=128 * 1024,
+    )
 
 
 def hotpot_rows(limit: int | None = None) -> list[dict]:

@@ -5,17 +5,26 @@ from __future__ import annotations
 
 import pytest
 
-from espalier.core.errors import InvalidInput
-from espalier.core.rag.chunking import PER_SOURCE_OVERHEAD, PROMPT_OVERHEAD, plan_budget, split_text, token_counter, word_estimate
+from espalier.core.infrastructure.errors import InvalidInput
+from espalier.core.sources.rag.chunking import (
+    PER_SOURCE_OVERHEAD,
+    PROMPT_OVERHEAD,
+    plan_budget,
+    split_text,
+    token_counter,
+    word_estimate,
+)
 
 
 @pytest.fixture(scope="module")
 def tokenizer(model_cache_dir, tmp_path_factory):
+    from espalier.core.infrastructure.settings import Settings
     from espalier.core.platform import Platform
-    from espalier.core.settings import Settings
 
-    platform = Platform(Settings(home=tmp_path_factory.mktemp("chunking-home"), model_cache_dir=model_cache_dir),
-                        load_entry_points=False).start(run_jobs=False)  # fmt: skip
+    platform = Platform(
+        Settings(home=tmp_path_factory.mktemp("chunking-home"), model_cache_dir=model_cache_dir),
+        load_entry_points=False,
+    ).start(run_jobs=False)
     model, _version = platform.models.load("smollm2-135m-instruct")
     yield model.tokenizer
     platform.close()
@@ -31,10 +40,10 @@ def test_chunks_fit_in_tokens_follow_structure_and_overlap(tokenizer, hotpot):
     assert len(chunks) > 10
     for chunk in chunks:
         assert count(chunk.text) <= 64
-        assert text[chunk.start:chunk.end] == chunk.text
+        assert text[chunk.start : chunk.end] == chunk.text
     assert chunks[-1].text.startswith("# Second part")  # a chunk never straddles a heading
     # consecutive chunks of one section overlap
-    assert any(b.start < a.end for a, b in zip(chunks, chunks[1:]))
+    assert any(b.start < a.end for a, b in zip(chunks, chunks[1:], strict=False))
 
 
 def test_budget_fits_the_window_with_room_for_the_answer():

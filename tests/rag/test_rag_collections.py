@@ -26,7 +26,9 @@ def upload(app, collection, filename, *, text=None, data=None, role="user", **ex
 
 
 def search(app, collection, query, role="user", **body):
-    return app.client.post(f"/api/collections/{collection}/search", json={"query": query, **body}, headers=app.headers(role))
+    return app.client.post(
+        f"/api/collections/{collection}/search", json={"query": query, **body}, headers=app.headers(role)
+    )
 
 
 def chroma_count(app, collection):
@@ -49,13 +51,17 @@ def test_each_format_is_ingested_and_found_with_its_span(rag_app, make_pdf):
         response = upload(rag_app, "formats", filename, **content)
         assert response.status_code == 201, (filename, response.text)
         assert response.json()["status"] == "created"
-    listed = rag_app.client.get("/api/collections/formats/documents", headers=rag_app.headers("user")).json()["documents"]
+    listed = rag_app.client.get("/api/collections/formats/documents", headers=rag_app.headers("user")).json()[
+        "documents"
+    ]
     assert {d["source"] for d in listed} == {"owls.md", "rivers.html", "volcano.txt", "glacier.pdf"}
     assert next(d for d in listed if d["source"] == "owls.md")["chunks"] == 2  # split at the headings
 
-    for query, source, expected in [("Which glacier is the largest in the Alps?", "glacier.pdf", "Aletsch"),
-                                    ("What flows through Vienna?", "rivers.html", "Danube"),
-                                    ("what do honey bees make", "owls.md", "nectar")]:  # fmt: skip
+    for query, source, expected in [
+        ("Which glacier is the largest in the Alps?", "glacier.pdf", "Aletsch"),
+        ("What flows through Vienna?", "rivers.html", "Danube"),
+        ("what do honey bees make", "owls.md", "nectar"),
+    ]:
         for mode in ("vector", "keyword", "hybrid"):
             results = search(rag_app, "formats", query, mode=mode, k=2).json()["results"]
             assert results[0]["source"] == source, (query, mode, results)
@@ -66,8 +72,11 @@ def test_each_format_is_ingested_and_found_with_its_span(rag_app, make_pdf):
     assert markdown[start:end] == top["text"]
     assert "secret" not in search(rag_app, "formats", "Danube", k=1).json()["results"][0]["text"]  # scripts dropped
 
-    get = rag_app.client.get("/api/collections/formats/search", params={"q": "Etna", "k": 1, "mode": "keyword"},
-                             headers=rag_app.headers("user"))  # fmt: skip
+    get = rag_app.client.get(
+        "/api/collections/formats/search",
+        params={"q": "Etna", "k": 1, "mode": "keyword"},
+        headers=rag_app.headers("user"),
+    )
     assert get.status_code == 200 and get.json()["results"][0]["source"] == "volcano.txt"
 
 
@@ -101,14 +110,26 @@ def test_metadata_filters_and_updates(rag_app):
     upload(rag_app, "filtered", "a.txt", text="Quarterly revenue grew in Europe.", metadata={"region": "eu"})
     upload(rag_app, "filtered", "b.txt", text="Quarterly revenue grew in Asia.", metadata={"region": "asia"})
     for mode in ("vector", "keyword", "hybrid"):
-        results = search(rag_app, "filtered", "quarterly revenue", mode=mode, filters={"region": "asia"}).json()["results"]
+        results = search(rag_app, "filtered", "quarterly revenue", mode=mode, filters={"region": "asia"}).json()[
+            "results"
+        ]
         assert [r["source"] for r in results] == ["b.txt"], mode
-    doc = next(d for d in rag_app.client.get("/api/collections/filtered/documents", headers=rag_app.headers("user")).json()["documents"]
-               if d["source"] == "a.txt")  # fmt: skip
-    updated = rag_app.client.patch(f"/api/collections/filtered/documents/{doc['id']}", json={"metadata": {"region": "asia"}},
-                                   headers=rag_app.headers("user"))  # fmt: skip
+    doc = next(
+        d
+        for d in rag_app.client.get("/api/collections/filtered/documents", headers=rag_app.headers("user")).json()[
+            "documents"
+        ]
+        if d["source"] == "a.txt"
+    )
+    updated = rag_app.client.patch(
+        f"/api/collections/filtered/documents/{doc['id']}",
+        json={"metadata": {"region": "asia"}},
+        headers=rag_app.headers("user"),
+    )
     assert updated.status_code == 200 and updated.json()["metadata"] == {"region": "asia"}
-    results = search(rag_app, "filtered", "quarterly revenue", mode="vector", filters={"region": "asia"}).json()["results"]
+    results = search(rag_app, "filtered", "quarterly revenue", mode="vector", filters={"region": "asia"}).json()[
+        "results"
+    ]
     assert {r["source"] for r in results} == {"a.txt", "b.txt"}
 
 
@@ -117,18 +138,34 @@ def test_access_rules(rag_app):
     other = {"Authorization": f"Bearer {other_user}"}
     create(rag_app, "private-notes")
     upload(rag_app, "private-notes", "p.txt", text="The vault code is kept here.")
-    assert rag_app.client.post("/api/collections/private-notes/search", json={"query": "vault"}, headers=other).status_code == 403
+    assert (
+        rag_app.client.post("/api/collections/private-notes/search", json={"query": "vault"}, headers=other).status_code
+        == 403
+    )
     assert rag_app.client.get("/api/collections/private-notes/documents", headers=other).status_code == 403
-    assert "private-notes" not in {c["name"] for c in rag_app.client.get("/api/collections", headers=other).json()["collections"]}
-    assert rag_app.client.post("/api/collections/private-notes/documents", json={"filename": "x.txt", "text": "x"},
-                               headers=other).status_code == 403  # fmt: skip
+    assert "private-notes" not in {
+        c["name"] for c in rag_app.client.get("/api/collections", headers=other).json()["collections"]
+    }
+    assert (
+        rag_app.client.post(
+            "/api/collections/private-notes/documents", json={"filename": "x.txt", "text": "x"}, headers=other
+        ).status_code
+        == 403
+    )
     # sharing with every user lets them read, not write
-    shared = rag_app.client.patch("/api/collections/private-notes", json={"read_roles": ["user"]}, headers=rag_app.headers("user"))
+    shared = rag_app.client.patch(
+        "/api/collections/private-notes", json={"read_roles": ["user"]}, headers=rag_app.headers("user")
+    )
     assert shared.status_code == 200
-    assert rag_app.client.post("/api/collections/private-notes/search", json={"query": "vault"}, headers=other).status_code == 200
+    assert (
+        rag_app.client.post("/api/collections/private-notes/search", json={"query": "vault"}, headers=other).status_code
+        == 200
+    )
     assert rag_app.client.delete("/api/collections/private-notes", headers=other).status_code == 403
     # operators manage every collection
-    assert rag_app.client.delete("/api/collections/private-notes", headers=rag_app.headers("operator")).status_code == 200
+    assert (
+        rag_app.client.delete("/api/collections/private-notes", headers=rag_app.headers("operator")).status_code == 200
+    )
     assert rag_app.client.get("/api/collections/private-notes", headers=rag_app.headers("user")).status_code == 404
     audit = rag_app.client.get("/api/audit", headers=rag_app.headers("admin")).json()
     assert "collection.delete" in str(audit)
@@ -143,10 +180,25 @@ def test_bad_input_is_refused_and_nothing_is_stored(rag_app):
         (upload(rag_app, "strict", "blank.md", text="   \n\n  "), 400, "no text"),
         (upload(rag_app, "strict", "big.txt", text="word " * 30_000), 413, "limit"),  # over the upload limit
         (upload(rag_app, "strict", "latin1.txt", data="caf\xe9".encode("latin-1")), 400, "UTF-8"),
-        (rag_app.client.post("/api/collections", json={"name": "a b"}, headers=rag_app.headers("user")), 400, "collection name"),
-        (rag_app.client.post("/api/collections", json={"name": "strict"}, headers=rag_app.headers("user")), 409, "exists"),
-        (rag_app.client.post("/api/collections", json={"name": "huge", "settings": {"chunk_tokens": 4000, "k": 10}},
-                             headers=rag_app.headers("user")), 400, "do not fit"),  # fmt: skip
+        (
+            rag_app.client.post("/api/collections", json={"name": "a b"}, headers=rag_app.headers("user")),
+            400,
+            "collection name",
+        ),
+        (
+            rag_app.client.post("/api/collections", json={"name": "strict"}, headers=rag_app.headers("user")),
+            409,
+            "exists",
+        ),
+        (
+            rag_app.client.post(
+                "/api/collections",
+                json={"name": "huge", "settings": {"chunk_tokens": 4000, "k": 10}},
+                headers=rag_app.headers("user"),
+            ),
+            400,
+            "do not fit",
+        ),
         (search(rag_app, "strict", "x", mode="telepathy"), 400, "retriever"),
         (search(rag_app, "strict", "x", k=500), 400, "k must"),
         (search(rag_app, "nowhere", "x"), 404, "no collection"),
@@ -155,10 +207,16 @@ def test_bad_input_is_refused_and_nothing_is_stored(rag_app):
         assert response.status_code == status, response.text
         assert words.lower() in response.json()["detail"].lower(), response.text
     # a body over the server's limit never reaches the handler
-    too_big = rag_app.client.post("/api/collections/strict/documents", headers=rag_app.headers("user"),
-                                  json={"filename": "huge.txt", "text": "x" * (300 * 1024)})  # fmt: skip
+    too_big = rag_app.client.post(
+        "/api/collections/strict/documents",
+        headers=rag_app.headers("user"),
+        json={"filename": "huge.txt", "text": "x" * (300 * 1024)},
+    )
     assert too_big.status_code == 413
-    assert rag_app.client.get("/api/collections/strict/documents", headers=rag_app.headers("user")).json()["documents"] == []
+    assert (
+        rag_app.client.get("/api/collections/strict/documents", headers=rag_app.headers("user")).json()["documents"]
+        == []
+    )
     assert chroma_count(rag_app, "strict") == 0
 
 
@@ -170,22 +228,35 @@ def test_collection_reports_its_budget(rag_app):
 
 
 def test_collections_on_sqlite_and_postgresql(database_url, tmp_path, model_cache_dir):
+    from espalier.core.infrastructure.identity import Principal
+    from espalier.core.infrastructure.settings import Settings
     from espalier.core.platform import Platform
-    from espalier.core.security import Principal
-    from espalier.core.settings import Settings
 
-    platform = Platform(Settings(home=tmp_path / "home", database_url=database_url, model_cache_dir=model_cache_dir),
-                        load_entry_points=False).start(run_jobs=False)  # fmt: skip
+    platform = Platform(
+        Settings(home=tmp_path / "home", database_url=database_url, model_cache_dir=model_cache_dir),
+        load_entry_points=False,
+    ).start(run_jobs=False)
     try:
         owner = Principal(key_id="owner", name="owner", role="user")
         rag = platform.rag
         rag.create_collection("persisted", owner, settings={"chunk_tokens": 64})
-        created = rag.ingest("persisted", owner, b"# End\n\nThe end of the line is at the harbour.", filename="end.md",
-                             metadata={"kind": "note"})  # fmt: skip
+        created = rag.ingest(
+            "persisted",
+            owner,
+            b"# End\n\nThe end of the line is at the harbour.",
+            filename="end.md",
+            metadata={"kind": "note"},
+        )
         assert created.status == "created" and created.document.meta == {"kind": "note"}
         hits = rag.search("persisted", owner, "harbour", mode="hybrid", filters={"kind": "note"})
-        assert [h.source for h in hits] == ["end.md"] and hits[0].span == (0, len("# End\n\nThe end of the line is at the harbour."))
-        assert rag.ingest("persisted", owner, b"# End\n\nThe end of the line is at the harbour.", filename="end.md").status == "unchanged"
+        assert [h.source for h in hits] == ["end.md"] and hits[0].span == (
+            0,
+            len("# End\n\nThe end of the line is at the harbour."),
+        )
+        assert (
+            rag.ingest("persisted", owner, b"# End\n\nThe end of the line is at the harbour.", filename="end.md").status
+            == "unchanged"
+        )
         rag.delete_collection("persisted", owner)
         assert rag.list_collections(owner) == []
     finally:

@@ -43,9 +43,14 @@ def test_several_files_in_one_upload_are_ingested_and_searchable(rag_app, make_p
     assert [d["source"] for d in documents] == ["lakes.md", "deserts.html", "caves.pdf", "notes"]
     assert {d["status"] for d in documents} == {"created"} and all(d["metadata"] == {"batch": "one"} for d in documents)
     assert {d["format"] for d in documents} == {"markdown", "html", "pdf", "text"}
-    for query, source in [("deepest lake", "lakes.md"), ("driest desert", "deserts.html"), ("longest cave system", "caves.pdf")]:
-        top = rag_app.client.post("/api/collections/uploads/search", json={"query": query, "k": 1},
-                                  headers=rag_app.headers("user")).json()["results"][0]  # fmt: skip
+    for query, source in [
+        ("deepest lake", "lakes.md"),
+        ("driest desert", "deserts.html"),
+        ("longest cave system", "caves.pdf"),
+    ]:
+        top = rag_app.client.post(
+            "/api/collections/uploads/search", json={"query": query, "k": 1}, headers=rag_app.headers("user")
+        ).json()["results"][0]
         assert top["source"] == source, (query, top)
     again = send(rag_app, "uploads", files[:1])
     assert again.status_code == 200 and again.json()["documents"][0]["status"] == "unchanged"
@@ -59,12 +64,20 @@ def test_several_files_in_one_upload_are_ingested_and_searchable(rag_app, make_p
         ([("file", ("empty.txt", b"", "text/plain"))], 400, "empty_document"),
         ([("file", ("blank.md", b"  \n\n  ", "text/markdown"))], 400, "empty_document"),
         # one good file and one bad: the whole upload is refused
-        ([("file", ("good.txt", b"Perfectly fine text.", "text/plain")), ("file", ("bad.pdf", b"%PDF-garbage", "application/pdf"))],
-         400, "invalid_pdf"),
+        (
+            [
+                ("file", ("good.txt", b"Perfectly fine text.", "text/plain")),
+                ("file", ("bad.pdf", b"%PDF-garbage", "application/pdf")),
+            ],
+            400,
+            "invalid_pdf",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_files_are_refused_and_nothing_is_stored(rag_app, files, status, code):
-    if "strict-uploads" not in {c["name"] for c in rag_app.client.get("/api/collections", headers=rag_app.headers("user")).json()["collections"]}:
+    if "strict-uploads" not in {
+        c["name"] for c in rag_app.client.get("/api/collections", headers=rag_app.headers("user")).json()["collections"]
+    }:
         create(rag_app, "strict-uploads")
     response = send(rag_app, "strict-uploads", files)
     assert response.status_code == status, response.text
@@ -79,21 +92,35 @@ def test_malformed_requests_and_access(rag_app):
     create(rag_app, "upload-rules")
     no_files = send(rag_app, "upload-rules", None, metadata="{}")
     assert no_files.status_code == 400
-    json_body = rag_app.client.post("/api/collections/upload-rules/upload", json={"filename": "a.txt"}, headers=rag_app.headers("user"))
+    json_body = rag_app.client.post(
+        "/api/collections/upload-rules/upload", json={"filename": "a.txt"}, headers=rag_app.headers("user")
+    )
     assert json_body.status_code == 400 and "multipart/form-data" in json_body.json()["detail"]
     bad_meta = send(rag_app, "upload-rules", [("file", ("a.txt", b"text", "text/plain"))], metadata="[1]")
     assert bad_meta.status_code == 400 and "metadata" in bad_meta.json()["detail"]
     other = {"Authorization": f"Bearer {rag_app.platform.keys.create(name='upload-other', role='user').key}"}
-    denied = rag_app.client.post("/api/collections/upload-rules/upload", files=[("file", ("a.txt", b"text", "text/plain"))], headers=other)
+    denied = rag_app.client.post(
+        "/api/collections/upload-rules/upload", files=[("file", ("a.txt", b"text", "text/plain"))], headers=other
+    )
     assert denied.status_code == 403
-    assert rag_app.client.post("/api/collections/upload-rules/upload", files=[("file", ("a.txt", b"x", "text/plain"))]).status_code == 401
+    assert (
+        rag_app.client.post(
+            "/api/collections/upload-rules/upload", files=[("file", ("a.txt", b"x", "text/plain"))]
+        ).status_code
+        == 401
+    )
+
     # over the limit (128 KiB in this app) while streaming, with no Content-Length announced
     def chunks():
-        yield b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.txt\"\r\nContent-Type: text/plain\r\n\r\n"
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.txt"\r\nContent-Type: text/plain\r\n\r\n'
         for _ in range(64):
             yield b"word " * 1000
-    big = rag_app.client.post("/api/collections/upload-rules/upload", content=chunks(),
-                              headers={**rag_app.headers("user"), "Content-Type": "multipart/form-data; boundary=b"})  # fmt: skip
+
+    big = rag_app.client.post(
+        "/api/collections/upload-rules/upload",
+        content=chunks(),
+        headers={**rag_app.headers("user"), "Content-Type": "multipart/form-data; boundary=b"},
+    )
     assert big.status_code == 413, big.text
     assert "ESPALIER_MAX_UPLOAD_BYTES" in big.json()["detail"]
     assert sources(rag_app, "upload-rules") == {}
@@ -101,8 +128,10 @@ def test_malformed_requests_and_access(rag_app):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model_cache_dir):
-    running = RunningServer(tmp_path_factory.mktemp("upload-home"), env={"ESPALIER_MODEL_CACHE_DIR": str(model_cache_dir),
-                                                                         "ESPALIER_MAX_UPLOAD_BYTES": str(8 * 1024 * 1024)})  # fmt: skip
+    running = RunningServer(
+        tmp_path_factory.mktemp("upload-home"),
+        env={"ESPALIER_MODEL_CACHE_DIR": str(model_cache_dir), "ESPALIER_MAX_UPLOAD_BYTES": str(8 * 1024 * 1024)},
+    )
     yield running
     running.stop()
 
@@ -119,12 +148,17 @@ def test_the_cli_uploads_batches_and_names_a_bad_file(server, tmp_path):
     assert [len(part) for part in batches(files, max_files=2)] == [2, 1]
     assert [len(part) for part in batches(files, max_bytes=40)] == [1, 1, 1]
     key = server.create_key("user")
-    results = {str(f.relative_to(folder)): status for f, status in ingest_via_server(server.base, key, "cli-batches", folder, files)}
+    results = {
+        str(f.relative_to(folder)): status
+        for f, status in ingest_via_server(server.base, key, "cli-batches", folder, files)
+    }
     assert results["a.txt"] == "created" and results["sub/b.md"] == "created"
     assert results["broken.pdf"].startswith("failed:") and "PDF" in results["broken.pdf"]
     import httpx
 
-    listed = httpx.get(server.base + "/api/collections/cli-batches/documents", headers=server.headers(key), timeout=30).json()
+    listed = httpx.get(
+        server.base + "/api/collections/cli-batches/documents", headers=server.headers(key), timeout=30
+    ).json()
     assert {d["source"] for d in listed["documents"]} == {"a.txt", "sub/b.md"}  # sources keep the folder path
     again = dict(ingest_via_server(server.base, key, "cli-batches", folder, [f for f in files if f.suffix != ".pdf"]))
     assert set(again.values()) == {"unchanged"}
@@ -134,11 +168,15 @@ def test_a_100_mb_upload_is_refused_before_the_body_is_sent(server):
     import httpx
 
     key = server.create_key("user")
-    created = httpx.post(server.base + "/api/collections", json={"name": "big"}, headers=server.headers(key), timeout=180)
+    created = httpx.post(
+        server.base + "/api/collections", json={"name": "big"}, headers=server.headers(key), timeout=180
+    )
     assert created.status_code == 201, created.text
     size = 100 * 1024 * 1024
-    head = (f"POST /api/collections/big/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
-            f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n")  # fmt: skip
+    head = (
+        f"POST /api/collections/big/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+    )
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(head.encode() + b"--b\r\n" + b"x" * 65536)  # 64 KiB of the announced 100 MB

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from espalier.core.rag.web import UrlRefused, WebPolicy, check_url
+from espalier.core.sources.rag.web import UrlRefused, WebPolicy, check_url
 
 PAGE = b"""<html><head><title>Tides</title><script>alert(1)</script></head><body>
 <h1>Tides</h1><p>Spring tides happen when the Sun and Moon line up, at new and full moon.</p>
@@ -54,12 +54,23 @@ def site():
         server.shutdown()
 
 
-@pytest.mark.parametrize("url", [
-    "http://169.254.169.254/latest/meta-data/",  # cloud metadata (link-local)
-    "http://127.0.0.1:8000/api/keys", "http://localhost/", "http://[::1]/", "http://[::ffff:127.0.0.1]/",
-    "http://10.1.2.3/", "http://192.168.0.1/", "http://100.64.0.1/", "http://224.0.0.1/", "http://0.0.0.0/",
-    "http://[fe80::1]/", "http://240.0.0.1/",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",  # cloud metadata (link-local)
+        "http://127.0.0.1:8000/api/keys",
+        "http://localhost/",
+        "http://[::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://10.1.2.3/",
+        "http://192.168.0.1/",
+        "http://100.64.0.1/",
+        "http://224.0.0.1/",
+        "http://0.0.0.0/",
+        "http://[fe80::1]/",
+        "http://240.0.0.1/",
+    ],
+)
 def test_private_and_special_addresses_are_refused(url):
     with pytest.raises(UrlRefused, match="ESPALIER_WEB_ALLOW_HOSTS"):
         check_url(url, WebPolicy())
@@ -91,7 +102,10 @@ def ingest(app, collection, urls, role="user"):
 
 def test_pages_are_fetched_only_when_allowed_and_then_searchable(rag_app, site, monkeypatch):
     allowed, other = site
-    assert rag_app.client.post("/api/collections", json={"name": "web"}, headers=rag_app.headers("user")).status_code == 201
+    assert (
+        rag_app.client.post("/api/collections", json={"name": "web"}, headers=rag_app.headers("user")).status_code
+        == 201
+    )
     refused = ingest(rag_app, "web", [allowed + "/tides.html"])
     assert refused.status_code == 400 and refused.json()["code"] == "url_not_allowed", refused.text
     assert ingest(rag_app, "web", ["http://169.254.169.254/latest/meta-data/"]).json()["code"] == "url_not_allowed"
@@ -103,8 +117,9 @@ def test_pages_are_fetched_only_when_allowed_and_then_searchable(rag_app, site, 
     assert [d["source"] for d in documents] == [allowed + "/tides.html", allowed + "/notes.txt"]
     assert [d["format"] for d in documents] == ["html", "text"]
     for query, source in [("when do spring tides happen", "/tides.html"), ("glaciers calving", "/notes.txt")]:
-        top = rag_app.client.post("/api/collections/web/search", json={"query": query, "k": 1},
-                                  headers=rag_app.headers("user")).json()["results"][0]  # fmt: skip
+        top = rag_app.client.post(
+            "/api/collections/web/search", json={"query": query, "k": 1}, headers=rag_app.headers("user")
+        ).json()["results"][0]
         assert top["source"] == allowed + source and "alert" not in top["text"]
     assert ingest(rag_app, "web", [allowed + "/tides.html"]).json()["documents"][0]["status"] == "unchanged"
 
@@ -125,8 +140,18 @@ def test_pages_are_fetched_only_when_allowed_and_then_searchable(rag_app, site, 
     missing = ingest(rag_app, "web", [allowed + "/missing"])
     assert missing.status_code == 400 and "404" in missing.json()["detail"]
     # one refused URL in a batch: nothing from the batch is stored
-    before = {d["source"] for d in rag_app.client.get("/api/collections/web/documents", headers=rag_app.headers("user")).json()["documents"]}
+    before = {
+        d["source"]
+        for d in rag_app.client.get("/api/collections/web/documents", headers=rag_app.headers("user")).json()[
+            "documents"
+        ]
+    }
     batch = ingest(rag_app, "web", [allowed + "/tides.html?v=2", other + "/notes.txt"])
     assert batch.status_code == 400
-    after = {d["source"] for d in rag_app.client.get("/api/collections/web/documents", headers=rag_app.headers("user")).json()["documents"]}
+    after = {
+        d["source"]
+        for d in rag_app.client.get("/api/collections/web/documents", headers=rag_app.headers("user")).json()[
+            "documents"
+        ]
+    }
     assert after == before

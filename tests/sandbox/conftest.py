@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from espalier.plugins.sandbox import Sandbox, SandboxUnavailable
+from espalier.plugins.sandbox import Sandbox
 
 MARKERS = (b"_wasm_worker.py", b"bwrap", b"/sandbox/code/runner.py")
 

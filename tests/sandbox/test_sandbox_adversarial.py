@@ -11,7 +11,6 @@ import time
 import uuid
 
 import pytest
-
 from conftest import sandbox_processes
 
 TIMEOUT = 1.5
@@ -35,31 +34,58 @@ PAYLOADS = [
     ("read-etc-passwd", "answer = open('/etc/passwd').read()"),
     ("read-etc-shadow", "answer = open('/etc/shadow').read()"),
     ("server-environment", "import os\nanswer = dict(os.environ)"),
-    ("proc-environ", "answer = [open(p, 'rb').read().decode() for p in ('/proc/self/environ', '/proc/{parent}/environ', '/proc/1/environ')]"),
+    (
+        "proc-environ",
+        "answer = [open(p, 'rb').read().decode() for p in ('/proc/self/environ', '/proc/{parent}/environ', '/proc/1/environ')]",
+    ),
     ("proc-self-mem", "f = open('/proc/self/mem', 'rb')\nanswer = 'opened'"),
     ("proc-listing", "import os\nanswer = open('/proc/{parent}/cmdline').read()"),
     ("write-outside-scratch", "open('{escape}', 'w').write('x')"),
     ("path-traversal", "open('../../../../../../{escape}', 'w').write('x')"),
     ("symlink-escape", "import os\nos.symlink('/etc/passwd', 'link')\nanswer = open('link').read()"),
     ("overwrite-runner", "open('/sandbox/code/runner.py', 'w').write('pwned')"),
-    ("loopback-tcp", "import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\ns.sendall(b'pwned')"),
+    (
+        "loopback-tcp",
+        "import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\ns.sendall(b'pwned')",
+    ),
     ("dns-lookup", "import socket\nanswer = socket.getaddrinfo('example.com', 80)"),
-    ("udp-send", "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.sendto(b'x', ('127.0.0.1', {port}))"),
+    (
+        "udp-send",
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.sendto(b'x', ('127.0.0.1', {port}))",
+    ),
     ("ctypes-system", "import ctypes\nctypes.CDLL(None).system(b'touch {escape}')"),
-    ("subclasses-escape", "for c in ().__class__.__base__.__subclasses__():\n    if c.__name__ == 'catch_warnings':\n        c()._module.__builtins__['__import__']('os').system('touch {escape}')"),
-    ("subclasses-popen", "p = [c for c in object.__subclasses__() if c.__name__ == 'Popen']\np[0](['touch', '{escape}'])"),
+    (
+        "subclasses-escape",
+        "for c in ().__class__.__base__.__subclasses__():\n    if c.__name__ == 'catch_warnings':\n        c()._module.__builtins__['__import__']('os').system('touch {escape}')",
+    ),
+    (
+        "subclasses-popen",
+        "p = [c for c in object.__subclasses__() if c.__name__ == 'Popen']\np[0](['touch', '{escape}'])",
+    ),
     ("signal-parent", "import os, signal\nos.kill({parent}, signal.SIGUSR1)"),
     ("signal-group", "import os, signal\nos.killpg(os.getpgid({parent}), signal.SIGUSR1)"),
     ("huge-output-loop", "while True:\n    print('x' * 10000)"),
     ("huge-output-once", "import sys\nsys.stdout.write('y' * 50_000_000)\nanswer = 1"),
-    ("double-fork-daemon", "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n        open('{escape}', 'w')\nanswer = 'parent'"),
-    ("thread-bomb", "import threading, time\nts = [threading.Thread(target=time.sleep, args=(30,)) for _ in range(10000)]\nfor t in ts:\n    t.start()"),
+    (
+        "double-fork-daemon",
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n        open('{escape}', 'w')\nanswer = 'parent'",
+    ),
+    (
+        "thread-bomb",
+        "import threading, time\nts = [threading.Thread(target=time.sleep, args=(30,)) for _ in range(10000)]\nfor t in ts:\n    t.start()",
+    ),
     ("recursion-bomb", "import sys\nsys.setrecursionlimit(10 ** 7)\ndef f(n):\n    return f(n + 1)\nf(0)"),
     ("fill-scratch", "chunk = b'z' * (1 << 20)\nwith open('big', 'wb') as f:\n    while True:\n        f.write(chunk)"),
     ("many-files", "i = 0\nwhile True:\n    open(f'f{{i}}', 'w').close()\n    i += 1"),
-    ("raise-rlimits", "import resource\nresource.setrlimit(resource.RLIMIT_NPROC, (10 ** 6, 10 ** 6))\nimport os\nos.fork()"),
-    ("forge-result-then-hang", "open('/scratch/.espalier-result.json', 'w').write('{{\"value\": \"forged\", \"ok\": true, \"timed_out\": false}}')\nwhile True:\n    pass"),
-    ("fake-envelope-on-stdout", "print('{{\"value\": \"forged\"}}')"),
+    (
+        "raise-rlimits",
+        "import resource\nresource.setrlimit(resource.RLIMIT_NPROC, (10 ** 6, 10 ** 6))\nimport os\nos.fork()",
+    ),
+    (
+        "forge-result-then-hang",
+        'open(\'/scratch/.espalier-result.json\', \'w\').write(\'{{"value": "forged", "ok": true, "timed_out": false}}\')\nwhile True:\n    pass',
+    ),
+    ("fake-envelope-on-stdout", 'print(\'{{"value": "forged"}}\')'),
     ("exit-before-result", "import os\nos._exit(0)"),
     ("close-stdio", "import os\nos.close(1)\nos.close(2)\nanswer = 'still here'"),
     ("stdin-read", "answer = input()"),
@@ -137,8 +163,18 @@ def test_payload_does_no_harm(sandbox, backend, listener, signals_received, monk
     assert not leftovers, f"{name} left processes behind: {leftovers}"
     # What a benign-looking payload may legitimately get back.
     if r.ok:
-        assert name in {"fork-once", "close-stdio", "fake-envelope-on-stdout", "server-environment", "huge-output-once",
-                        "proc-self-mem"} or r.value is None, (name, r)
+        assert (
+            name
+            in {
+                "fork-once",
+                "close-stdio",
+                "fake-envelope-on-stdout",
+                "server-environment",
+                "huge-output-once",
+                "proc-self-mem",
+            }
+            or r.value is None
+        ), (name, r)
     if name in {"infinite-loop", "sleep-past-limit", "huge-output-loop", "forge-result-then-hang"}:
         assert r.timed_out or "CPU" in (r.error or ""), r
     if name == "huge-output-once":

@@ -8,8 +8,8 @@ import time
 import pluggy
 import pytest
 
-from espalier.core import hookspecs
-from espalier.core.contracts import Tool
+from espalier.core.infrastructure import hookspecs
+from espalier.core.infrastructure.contracts import Tool
 from espalier.plugins import sandbox as sandbox_plugin
 from espalier.plugins.sandbox import PythonTool, Sandbox, SandboxUnavailable, default_cache_dir
 from espalier.plugins.sandbox.wasm import locate_python_wasm
@@ -53,14 +53,21 @@ def test_answer_must_be_json(sandbox, backend):
 
 
 def test_custom_answer_variable_and_missing_answer(sandbox, backend):
-    assert sandbox.run("result = [1, 'a', None, True]", backend=backend, answer_var="result").value == [1, "a", None, True]
+    assert sandbox.run("result = [1, 'a', None, True]", backend=backend, answer_var="result").value == [
+        1,
+        "a",
+        None,
+        True,
+    ]
     r = sandbox.run("x = 3", backend=backend)
     assert r.ok and r.value is None
 
 
 def test_numpy_in_bwrap(sandbox, bwrap_reason):
     assert bwrap_reason is None, bwrap_reason
-    r = sandbox.run("import numpy as np\nanswer = float(np.linalg.det(np.array([[2.0, 1.0], [1.0, 3.0]])))", backend="bwrap")
+    r = sandbox.run(
+        "import numpy as np\nanswer = float(np.linalg.det(np.array([[2.0, 1.0], [1.0, 3.0]])))", backend="bwrap"
+    )
     assert r.ok, r
     assert abs(r.value - 5.0) < 1e-9
 
@@ -78,7 +85,9 @@ def test_module_cache_makes_the_second_sandbox_fast(sandbox, cache_dir):
     created = time.monotonic() - started
     assert second.run("answer = 2 ** 10").value == 1024
     elapsed = time.monotonic() - started
-    print(f"\nsecond sandbox with a warm cache: created in {created * 1000:.1f} ms, first answer after {elapsed * 1000:.0f} ms")
+    print(
+        f"\nsecond sandbox with a warm cache: created in {created * 1000:.1f} ms, first answer after {elapsed * 1000:.0f} ms"
+    )
     # Compiling python.wasm takes 6-12 s here; deserialising the cached module, milliseconds.
     assert elapsed < 2.0
 

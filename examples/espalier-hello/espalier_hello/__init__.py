@@ -9,7 +9,7 @@ from litestar import get
 
 from espalier import hookimpl
 from espalier.api.guards import CurrentPrincipal, access
-from espalier.core.contracts import ToolResult
+from espalier.core.infrastructure.contracts import ToolResult
 
 __version__ = "0.1.0"
 

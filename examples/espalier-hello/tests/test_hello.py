@@ -1,9 +1,8 @@
 """How a plugin author tests a plugin: the `espalier` fixture (shipped with Espalier) gives a
 real app with the plugin registered."""
 
-import pytest
-
 import espalier_hello
+import pytest
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Infrastructure: settings, database, plugin host and hook specifications, contracts, jobs, errors, logs, identity and audit."""

@@ -1,0 +1,399 @@
+"""The shapes plugins contribute. Hook specifications (``hookspecs.py``) pass these around.
+
+Each contribution is a plain object with a ``name``; the host checks it when it is registered
+and remembers which plugin gave it. Protocols are structural: a plugin needs no base class.
+Methods are synchronous; the host runs them off the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+# Chat and generation -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message. An assistant message may carry the ``tool_calls`` it made (OpenAI's shape:
+    ``{"id", "type": "function", "function": {"name", "arguments": "<JSON>"}}``); a ``tool`` message
+    answers one of them by ``tool_call_id``."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+    tool_calls: tuple[dict[str, Any], ...] | None = None
+    tool_call_id: str | None = None
+
+
+@dataclass
+class GenerationParams:
+    """Sampling settings of one request, as the OpenAI API names them."""
+
+    max_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 1.0
+    n: int = 1
+    stop: Sequence[str] = ()
+    seed: int | None = None
+    #: Function definitions (OpenAI's ``tools`` shape) for models whose chat template renders them
+    #: (``native_tools = True`` on the model); other models get them in the messages instead.
+    tools: Sequence[Mapping[str, Any]] = ()
+    #: When set, the reply must be JSON matching this schema. Models that can constrain their
+    #: decoding honour it; others may ignore it (the host validates what comes back).
+    json_schema: Mapping[str, Any] | None = None
+    #: Who may reuse this prompt's computed beginning (a model's prefix cache): requests with
+    #: different scopes never share one, so the time to a first token tells nobody what another
+    #: key asked. The chat service sets the calling key's id; None is the scope of unattributed work.
+    cache_scope: str | None = None
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: Literal["stop", "length", "cancelled", "content_filter", "tool_calls"]
+    prompt_tokens: int
+    completion_tokens: int
+    #: Set by the host when the reply was read as function calls (``text`` is then the content).
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class TokenDelta:
+    """One streamed piece of candidate ``index``; ``finish_reason`` is set on its last piece.
+
+    ``tokens`` is how many tokens that candidate has generated so far, when the model knows it
+    (pieces may hold several tokens, or none of a token held back); else the host counts pieces.
+    """
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+    tokens: int | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # the candidate's function calls, on its last piece
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model as an operator described it (see ``espalier models add``)."""
+
+    name: str
+    provider: str
+    source: str
+    dtype: str = "auto"
+    context_window: int | None = None
+    adapter: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ChatModel(Protocol):
+    """A loaded model. ``cancel`` is polled between tokens; when it returns True, stop."""
+
+    context_window: int
+
+    def count_tokens(self, messages: Sequence[ChatMessage]) -> int: ...
+
+    def generate(
+        self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: Callable[[], bool] | None = None
+    ) -> list[Generation]: ...
+
+    def stream(
+        self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: Callable[[], bool] | None = None
+    ) -> Iterator[TokenDelta]: ...
+
+
+@runtime_checkable
+class ModelProvider(Protocol):
+    """Turns a :class:`ModelSpec` into a loaded :class:`ChatModel` (e.g. ``transformers``, ``remote``).
+
+    Optional: ``validate(spec)`` refuses a registration early; ``release(spec)`` drops a provider's
+    own cache of ``spec``'s weights when the model service unloads that version. A chat model may
+    offer ``completion_logprobs(messages, completions)`` (per-token log-probabilities), which
+    policy evaluation uses to estimate the KL between versions.
+    """
+
+    name: str
+
+    def load(self, spec: ModelSpec, *, cache_dir: str) -> ChatModel: ...
+
+
+# Embeddings and retrieval --------------------------------------------------------------------
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    name: str
+    dimensions: int
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+
+@dataclass
+class RetrievedChunk:
+    document_id: str
+    chunk_id: str
+    text: str
+    score: float
+    source: str = ""
+    span: tuple[int, int] | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    """Finds passages for a query in ``collection``. Optional attributes, for a retriever whose
+    ``collection`` is not one of Espalier's collections (the built-in ``sql`` retriever):
+    ``searches_collections = False``; ``sources()``, the names ``collection`` may take (grounded
+    answers search them all when a request names none); ``authorize(principal)``, raising
+    :class:`~espalier.core.infrastructure.errors.Forbidden` for keys that may not read it. Collection retrievers
+    need none of these: access to a collection is checked before they are called."""
+
+    name: str
+
+    def search(
+        self, query: str, *, collection: str, k: int = 5, filters: Mapping[str, Any] | None = None
+    ) -> list[RetrievedChunk]: ...
+
+
+# Tools and agents ----------------------------------------------------------------------------
+
+
+@dataclass
+class ToolResult:
+    output: str
+    data: Any = None
+    is_error: bool = False
+
+
+@runtime_checkable
+class Tool(Protocol):
+    """Something a model or an operator can call. ``parameters`` is a JSON Schema object.
+
+    Optional attribute ``sensitive = True`` (tools that run code or read data): agents then refuse
+    a call whose arguments were copied from earlier tool output, so retrieved text cannot choose it.
+    """
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+    def invoke(self, arguments: Mapping[str, Any]) -> ToolResult: ...
+
+
+@runtime_checkable
+class Agent(Protocol):
+    name: str
+    description: str
+
+    def run(self, question: str, *, context: Any) -> Any: ...
+
+
+# Guardrails ----------------------------------------------------------------------------------
+
+Direction = Literal["input", "output", "retrieved", "tool"]
+
+
+@dataclass
+class GuardrailScore:
+    """Scores in [0, 1] per category, from one scorer."""
+
+    scorer: str
+    scores: Mapping[str, float]
+    version: str = ""
+
+
+@runtime_checkable
+class Guardrail(Protocol):
+    name: str
+    categories: Sequence[str]
+
+    def score(self, texts: Sequence[str], *, direction: Direction) -> list[GuardrailScore]: ...
+
+
+# Training ------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class JobContext(Protocol):
+    """What a running job sees: report progress, write logs, notice cancellation, save artifacts."""
+
+    job_id: str
+    params: Mapping[str, Any]
+    artifact_dir: str
+
+    def progress(self, fraction: float, message: str = "") -> None: ...
+
+    def log(self, message: str) -> None: ...
+
+    def metrics(self, step: int, **values: float) -> None:
+        """Record one step's numbers (``loss=0.3, reward=1.2``); the console plots them as curves."""
+        ...
+
+    def cancelled(self) -> bool: ...
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """A kind of training run (reward model, policy, guardrail classifier...)."""
+
+    name: str
+    description: str
+
+    def train(self, job: JobContext) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """A kind of background job: ``run`` receives the job's context and returns a JSON result."""
+
+    name: str
+    run: Callable[[JobContext], Any]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Command:
+    """A CLI command contributed by a plugin: a Typer app (a group) or a plain function."""
+
+    name: str
+    target: Any
+    help: str = ""
+
+
+# Feedback events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeedbackEvent:
+    """Sent to ``on_feedback`` after a feedback record is durably stored."""
+
+    feedback_id: str
+    kind: str
+    completion_id: str | None
+    payload: Mapping[str, Any]
+    api_key_id: str | None
+
+
+# Chat requests: what the chat service takes and gives ---------------------------------------
+
+
+@dataclass
+class ChatRequest:
+    model: str
+    messages: list[ChatMessage] = field(default_factory=list)
+    prompt: str | None = None  # plain completions: no chat template
+    params: GenerationParams = field(default_factory=GenerationParams)
+    kind: Literal["chat", "completion"] = "chat"
+    conversation_id: str | None = None
+    template: str | None = None
+    variables: Mapping[str, Any] | None = None
+    version: str | None = None
+    collections: list[str] | None = None  # grounded answers: search these, quote what is found
+    tools: ToolSetup | None = None  # OpenAI-style function calling (core/tool_calls.py)
+    retriever: str | None = None  # grounded answers: the retriever that searches them (default hybrid)
+
+
+@dataclass
+class ChatResult:
+    request_id: str
+    conversation_id: str
+    created: int
+    model: str
+    model_version: str
+    generations: list[Generation]
+    completion_ids: list[str]
+    prompt_tokens: int
+    completion_tokens: int
+    template: str | None = None
+    sources: list[dict[str, Any]] | None = None
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+class ChatCompleter(Protocol):
+    """What chains and labeling jobs need of the chat service: one completion, under a caller's rights.
+
+    ``principal`` is the :class:`~espalier.core.infrastructure.identity.Principal` the answer is made
+    for (None for trusted in-process callers); ``cancel`` is polled between tokens.
+    """
+
+    def complete(
+        self, request: ChatRequest, principal: Any, cancel: Callable[[], bool] | None = None
+    ) -> ChatResult: ...
+
+
+# Function calling: OpenAI-style tools in a chat request ---------------------------------------
+
+
+@dataclass(frozen=True)
+class FunctionTool:
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+    strict: bool = False
+
+    def definition(self) -> dict[str, Any]:
+        """The OpenAI shape, as chat templates with tools support expect it."""
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": dict(self.parameters)},
+        }
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    mode: str  # none | auto | required | named
+    name: str | None = None
+
+
+@dataclass
+class ToolSetup:
+    """The tools of one chat request, checked."""
+
+    tools: list[FunctionTool]
+    choice: ToolChoice
+    by_name: dict[str, FunctionTool] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.by_name = {tool.name: tool for tool in self.tools}
+
+    @property
+    def active(self) -> bool:
+        return bool(self.tools) and self.choice.mode != "none"
+
+
+# Chains and prompt templates, as plugins and settings contribute them ----------------------------
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    """A named chain. ``template`` names a prompt template; else ``system`` is the system prompt."""
+
+    name: str
+    description: str = ""
+    template: str | None = None
+    system: str | None = None
+    memory: Literal["none", "buffer", "summary"] = "buffer"
+    window: int = 6
+    tools: Sequence[str] = field(default_factory=tuple)
+    model: str | None = None
+    max_tokens: int = 256
+    temperature: float = 0.0
+
+
+@dataclass(frozen=True)
+class TemplateSpec:
+    """A template as a plugin ships it (``register_prompt_templates``) or an operator writes it."""
+
+    name: str
+    user: str = "{{ input }}"
+    system: str | None = None
+    examples: Sequence[Mapping[str, str]] = field(default_factory=tuple)
+    description: str = ""

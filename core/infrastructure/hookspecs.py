@@ -1,0 +1,354 @@
+"""Every hook a plugin can implement. The plugin reference (``docs/plugins.md``) is checked against
+this module by a test, so each hook carries its purpose, arguments, return value, version and an
+example.
+
+Contribution hooks (``register_*``) receive a ``register`` callback. Call it once per item; the host
+validates the item, tags it with your plugin's name, and refuses start-up when two plugins
+contribute the same name (the message names both). An implementation may accept fewer arguments
+than the specification lists; new arguments are only ever added, never removed without a warning
+release first.
+
+Hooks are synchronous (pluggy has no async). Return values, or objects with async methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from espalier.core.infrastructure.contracts import (
+        Agent,
+        ChainSpec,
+        Command,
+        Embedder,
+        FeedbackEvent,
+        Guardrail,
+        JobKind,
+        ModelProvider,
+        ModelSpec,
+        Retriever,
+        TemplateSpec,
+        Tool,
+        Trainer,
+    )
+    from espalier.core.infrastructure.settings import Settings
+    from espalier.core.platform import Platform
+
+hookspec = pluggy.HookspecMarker("espalier")
+
+SINCE = "0.1.0"
+
+
+@hookspec
+def register_model_providers(register: Callable[[ModelProvider], None]) -> None:
+    """Contribute model providers: objects that load a registered model for serving.
+
+    :param register: call ``register(provider)`` for each :class:`~espalier.core.infrastructure.contracts.ModelProvider`.
+        The provider's ``name`` is what ``espalier models add --provider NAME`` refers to.
+    :returns: nothing; contributions go through ``register``.
+    :since: 0.1.0
+
+    Example::
+
+        @hookimpl
+        def register_model_providers(register):
+            register(MyVLLMProvider(name="my-vllm"))
+    """
+
+
+@hookspec
+def register_models(register: Callable[[ModelSpec], None]) -> None:
+    """Ship ready-to-serve models with your plugin (for example weights inside your package).
+
+    Each appears in ``GET /v1/models`` without an operator adding it, cannot be removed (disable
+    the plugin instead), and is loaded by the provider its ``provider`` field names.
+
+    :param register: call ``register(ModelSpec(name, provider, source, ...))`` for each model.
+    :returns: nothing.
+    :since: 0.1.0
+
+    Example::
+
+        @hookimpl
+        def register_models(register):
+            register(ModelSpec(name="tiny-llama", provider="transformers",
+                               source=str(Path(__file__).parent / "tiny-llama.gguf")))
+    """
+
+
+@hookspec
+def register_prompt_templates(register: Callable[[TemplateSpec], None]) -> None:
+    """Ship prompt templates (for example chain-of-thought few-shot prompts for a domain).
+
+    Each is saved as version 1 on first start unless a template of that name exists; operators
+    can then save newer versions. Requests select one with ``espalier.template``.
+
+    :param register: call ``register(TemplateSpec(name, user, system, examples, description))``;
+        ``user`` and ``system`` are Jinja2 (sandboxed) with the request's variables.
+    :returns: nothing.
+    :since: 0.1.0
+
+    Example::
+
+        @hookimpl
+        def register_prompt_templates(register):
+            register(TemplateSpec(
+                name="translate-fr", system="You translate into French.", user="{{ input }}",
+                examples=[{"question": "Good morning", "answer": "Bonjour"}],
+            ))
+    """
+
+
+@hookspec
+def register_embedders(register: Callable[[Embedder], None]) -> None:
+    """Contribute text embedders (used by ``/v1/embeddings`` and by collections).
+
+    :param register: call ``register(embedder)`` for each :class:`~espalier.core.infrastructure.contracts.Embedder`.
+    :returns: nothing.
+    :since: 0.1.0
+
+    Example::
+
+        @hookimpl
+        def register_embedders(register):
+            register(MyEmbedder(name="e5-small", dimensions=384))
+    """
+
+
+@hookspec
+def register_retrievers(register: Callable[[Retriever], None]) -> None:
+    """Contribute retrievers: ways to find passages for a query (vector, keyword, SQL, web...).
+
+    :param register: call ``register(retriever)`` for each :class:`~espalier.core.infrastructure.contracts.Retriever`.
+    :returns: nothing.
+    :since: 0.1.0
+
+    Example::
+
+        @hookimpl
+        def register_retrievers(register):
+            register(WikiRetriever(name="wiki"))
+    """
+
+
+@hookspec
+def register_tools(register: Callable[[Tool], None]) -> None:
+    """Contribute tools that agents, chat completions (``tools``) and operators can call.
+
+    :param register: call ``register(tool)`` for each :class:`~espalier.core.infrastructure.contracts.Tool`;
+        ``tool.parameters`` must be a JSON Schema object describing the arguments.
+    :returns: nothing.
+    :since: 0.1.0
+
+    A tool that reads data on someone's behalf calls :func:`espalier.core.tools.toolbox.caller` inside
+    ``invoke``: the key that started the agent run (or the operator invoking the tool), or None
+    for trusted in-process callers. The built-in ``search`` and ``lookup`` refuse collections that
+    key may not read.
+
+    Example::
+
+        @hookimpl
+        def register_tools(register):
+            register(Weather(name="weather", description="Current weather for a city",
+                             parameters={"type": "object", "properties": {"city": {"type": "string"}},
+                                         "required": ["city"]}))
+    """
+
+
+@hookspec
+def register_agents(register: Callable[[Agent], None]) -> None:
+    """Contribute agents (ReAct, PAL, your own loop).
+
+    :param register: call ``register(agent)`` for each :class:`~espalier.core.infrastructure.contracts.Agent`.
+    :returns: nothing.
+    :since: 0.1.0
+
+    Example::
+
+        @hookimpl
+        def register_agents(register):
+            register(MyPlanner(name="planner", description="Plans, then acts"))
+    """
+
+
+@hookspec
+def register_chains(register: Callable[[ChainSpec], None]) -> None:
+    """Ship named chains: a prompt template, a memory (``none``, ``buffer`` or ``summary``) and
+    optionally tools, run turn by turn through ``POST /api/chains/{name}/runs``.
+
+    Operators can define more in the settings file (``[[chains]]``); a name used twice is a
+    start-up error naming both sources.
+
+    :param register: call ``register(ChainSpec(name, template=..., memory=..., tools=[...]))``
+        for each :class:`~espalier.core.infrastructure.contracts.ChainSpec`.
+    :returns: nothing.
+    :since: 0.1.0
+
+    Example::
+
+        @hookimpl
+        def register_chains(register):
+            register(ChainSpec(name="tutor", template="cot-math", memory="summary"))
+    """
+
+
+@hookspec
+def register_guardrails(register: Callable[[Guardrail], None], settings: Settings) -> None:
+    """Contribute guardrail scorers that rate text on the way in or out.
+
+    Policies (``ESPALIER_GUARDRAIL_POLICIES``) choose which scorer checks which direction and what
+    happens above a threshold; a scorer only scores.
+
+    :param register: call ``register(guardrail)`` for each :class:`~espalier.core.infrastructure.contracts.Guardrail`;
+        ``score`` returns one :class:`~espalier.core.infrastructure.contracts.GuardrailScore` per text.
+    :param settings: the platform's :class:`~espalier.core.infrastructure.settings.Settings` (e.g. a configured
+        checkpoint); read them here, never from the environment at import time. Since 0.2.0.
+    :returns: nothing.
+    :since: 0.1.0
+
+    Example::
+
+        @hookimpl
+        def register_guardrails(register, settings):
+            register(PIIScorer(name="pii", categories=["email", "phone"]))
+    """
+
+
+@hookspec
+def register_trainers(register: Callable[[Trainer], None], settings: Settings) -> None:
+    """Contribute trainers (reward models, policies, guardrail classifiers). Each becomes a job kind
+    named ``train:<name>``.
+
+    :param register: call ``register(trainer)`` for each :class:`~espalier.core.infrastructure.contracts.Trainer`.
+    :param settings: the platform's :class:`~espalier.core.infrastructure.settings.Settings` (where to record
+        what was trained, for instance). Since 0.2.0.
+    :returns: nothing.
+    :since: 0.1.0
+
+    Example::
+
+        @hookimpl
+        def register_trainers(register):
+            register(MyRewardTrainer(name="my-reward", description="Bradley-Terry on my encoder"))
+    """
+
+
+@hookspec
+def register_job_kinds(register: Callable[[JobKind], None]) -> None:
+    """Contribute kinds of background job (ingestion, evaluation, maintenance...).
+
+    :param register: call ``register(JobKind(name, run, description))``; ``run(job)`` receives a
+        :class:`~espalier.core.infrastructure.contracts.JobContext` and returns a JSON-serialisable result.
+    :returns: nothing.
+    :since: 0.1.0
+
+    Example::
+
+        @hookimpl
+        def register_job_kinds(register):
+            register(JobKind("reindex", run=reindex_everything, description="Rebuild keyword indexes"))
+    """
+
+
+@hookspec
+def register_routes(register: Callable[[Any], None]) -> None:
+    """Contribute HTTP routes: litestar route handlers, controllers or routers.
+
+    Every handler must declare who may call it in its ``opt``: ``roles`` (a set of ``admin``,
+    ``operator``, ``user``) or ``public=True``. The app refuses to start with a handler that
+    declares neither.
+
+    :param register: call ``register(handler_or_controller_or_router)``.
+    :returns: nothing.
+    :since: 0.1.0
+
+    Example::
+
+        from litestar import get
+
+        @get("/api/hello", opt={"roles": {"user", "operator", "admin"}})
+        async def hello() -> dict:
+            return {"hello": "world"}
+
+        @hookimpl
+        def register_routes(register):
+            register(hello)
+    """
+
+
+@hookspec
+def register_commands(register: Callable[[Command], None]) -> None:
+    """Contribute CLI commands under ``espalier``.
+
+    :param register: call ``register(Command(name, target, help))``; ``target`` is a Typer app
+        (becomes a command group) or a function (becomes one command).
+    :returns: nothing.
+    :since: 0.1.0
+
+    Example::
+
+        import typer
+
+        def hello(name: str = "world"):
+            typer.echo(f"hello {name}")
+
+        @hookimpl
+        def register_commands(register):
+            register(Command("hello", hello, help="Say hello"))
+    """
+
+
+@hookspec
+def startup(platform: Platform) -> None:
+    """Called once when the platform starts (server or CLI), after every plugin registered.
+
+    :param platform: the running :class:`~espalier.core.platform.Platform` (settings, database,
+        registries, jobs).
+    :returns: nothing. Raise to refuse start-up (in strict mode) or log and carry on.
+    :since: 0.1.0
+
+    Example::
+
+        @hookimpl
+        def startup(platform):
+            platform.state["my_cache"] = {}
+    """
+
+
+@hookspec
+def shutdown(platform: Platform) -> None:
+    """Called once when the platform stops. Release what ``startup`` acquired.
+
+    :param platform: the :class:`~espalier.core.platform.Platform` being stopped.
+    :returns: nothing.
+    :since: 0.1.0
+
+    Example::
+
+        @hookimpl
+        def shutdown(platform):
+            platform.state.pop("my_cache", None)
+    """
+
+
+@hookspec
+def on_feedback(event: FeedbackEvent, platform: Platform) -> None:
+    """Called after a feedback record is durably stored (thumbs, score, ranking, correction).
+
+    Runs off the request path; an exception is logged and never loses the feedback.
+
+    :param event: the stored :class:`~espalier.core.infrastructure.contracts.FeedbackEvent`.
+    :param platform: the running platform.
+    :returns: nothing.
+    :since: 0.1.0
+
+    Example::
+
+        @hookimpl
+        def on_feedback(event, platform):
+            if event.kind == "thumbs" and event.payload.get("value") == "down":
+                alert_on_call(event.completion_id)
+    """

@@ -1,6 +1,0 @@
-"""Reward models: the artifact format, versions, promotion and scoring."""
-
-from espalier.core.reward.scoring import CARD_NAME, RewardScorer, encode, rewards
-from espalier.core.reward.service import RewardModelService
-
-__all__ = ["CARD_NAME", "RewardModelService", "RewardScorer", "encode", "rewards"]

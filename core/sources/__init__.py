@@ -1,0 +1,1 @@
+"""Models and information sources: models, templates, conversations, RAG, feedback, labeling, reward, learning."""

@@ -1,0 +1,123 @@
+"""Reward model versions: register a trained artifact, decide whether it becomes current, score.
+
+A new version becomes current only when its held-out pairwise accuracy is not worse than the
+current version's measured on the *same* held-out pairs (the trainer evaluates both), so a
+retrain on noisier data cannot silently replace a better model.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import func, update
+from sqlalchemy.engine import Engine
+from sqlmodel import select
+
+from espalier.core.infrastructure.db.engine import session_scope
+from espalier.core.infrastructure.errors import InvalidInput, NotFound, Unavailable
+from espalier.core.sources.reward.scoring import RewardScorer
+from espalier.core.sources.reward.tables import RewardModelRecord
+
+MAX_SCORE_ITEMS = 64
+
+
+class RewardModelService:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._loaded: dict[str, RewardScorer] = {}
+        self._lock = threading.Lock()
+
+    def list(self) -> list[RewardModelRecord]:
+        with session_scope(self.engine) as session:
+            return list(session.exec(select(RewardModelRecord).order_by(RewardModelRecord.version.desc())))
+
+    def current(self) -> RewardModelRecord | None:
+        with session_scope(self.engine) as session:
+            return session.exec(select(RewardModelRecord).where(RewardModelRecord.is_current == True)).first()  # noqa: E712
+
+    def get(self, ref: str) -> RewardModelRecord:
+        with session_scope(self.engine) as session:
+            query = select(RewardModelRecord)
+            query = (
+                query.where(RewardModelRecord.version == int(ref))
+                if ref.isdigit()
+                else query.where(RewardModelRecord.id == ref)
+            )
+            record = session.exec(query).first()
+        if record is None:
+            raise NotFound(f"no reward model '{ref}'; GET /api/reward/models lists them")
+        return record
+
+    def register(
+        self,
+        *,
+        path: str,
+        base_model: str,
+        data_sha256: str,
+        pairs: int,
+        metrics: Mapping[str, Any],
+        current_accuracy_same_holdout: float | None,
+        job_id: str | None,
+    ) -> RewardModelRecord:
+        """Record a trained artifact and promote it when it is not worse than the current one."""
+        with session_scope(self.engine) as session:
+            current = session.exec(select(RewardModelRecord).where(RewardModelRecord.is_current == True)).first()  # noqa: E712
+            version = (session.exec(select(func.max(RewardModelRecord.version))).one() or 0) + 1
+            accuracy = float(metrics["accuracy"])
+            if current is None:
+                promote, decision = True, "first reward model"
+            elif current_accuracy_same_holdout is None:
+                promote, decision = False, "kept the current model: it could not be evaluated on the new held-out pairs"
+            else:
+                promote = accuracy >= current_accuracy_same_holdout
+                decision = (
+                    f"held-out accuracy {accuracy:.4f} vs current v{current.version} "
+                    f"{current_accuracy_same_holdout:.4f} on the same pairs: "
+                    + ("promoted (not worse)" if promote else "rejected (worse)")
+                )
+            if promote and current is not None:
+                session.execute(
+                    update(RewardModelRecord)
+                    .where(RewardModelRecord.id == current.id)
+                    .values(is_current=False, status="retired")
+                )
+            record = RewardModelRecord(
+                id=f"rm_{secrets.token_hex(8)}",
+                version=version,
+                status="current" if promote else "rejected",
+                is_current=promote,
+                base_model=base_model,
+                path=path,
+                data_sha256=data_sha256,
+                pairs=pairs,
+                metrics={**metrics, "current_accuracy_same_holdout": current_accuracy_same_holdout},
+                decision=decision,
+                job_id=job_id,
+            )
+            session.add(record)
+        return record
+
+    def scorer(self, record: RewardModelRecord) -> RewardScorer:
+        with self._lock:
+            if record.id not in self._loaded:
+                self._loaded[record.id] = RewardScorer(record.path)
+            return self._loaded[record.id]
+
+    def score(
+        self, items: Sequence[tuple[str, str]], *, version: str | None = None
+    ) -> tuple[RewardModelRecord, list[float]]:
+        if not items:
+            raise InvalidInput("give at least one (prompt, completion) item to score")
+        if len(items) > MAX_SCORE_ITEMS:
+            raise InvalidInput(f"score at most {MAX_SCORE_ITEMS} items per call")
+        record = self.get(version) if version else self.current()
+        if record is None:
+            raise Unavailable(
+                "no reward model is trained yet: submit a 'train:reward' job (POST /api/reward/train)",
+                code="no_reward_model",
+            )
+        scorer = self.scorer(record)
+        return record, scorer.score([p for p, _ in items], [c for _, c in items])

@@ -1,0 +1,1 @@
+"""Tools and frameworks: tools, tool calls, agents, chains, untrusted text."""
