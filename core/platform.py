@@ -21,6 +21,7 @@ from espalier.core.infrastructure.contracts import ChainSpec, TemplateSpec
 from espalier.core.infrastructure.db.engine import create_db_engine
 from espalier.core.infrastructure.db.migrate import is_up_to_date, upgrade
 from espalier.core.infrastructure.errors import PluginError, Unavailable
+from espalier.core.infrastructure.events import announce_feedback
 from espalier.core.infrastructure.jobs.service import JobService, JobWorker
 from espalier.core.infrastructure.plugin_host import PluginHost, create_plugin_manager
 from espalier.core.infrastructure.registry import Registry
@@ -64,16 +65,22 @@ class Platform:
         self.keys = KeyService(self.engine)
         self.audit = AuditLog(self.engine)
         self.worker: JobWorker | None = None
+        #: Plugins hear of events before the call returns (the CLI) or off the request path (a server).
+        self.events_inline = False
         self.started = False
+
+    def _collect(self, hook: str, kind: str, protocol: type) -> Registry[Any]:
+        """One ``register_*`` hook's contributions; implementations get the settings and the platform."""
+        return self.plugins.collect(hook, kind, protocol, settings=self.settings, platform=self)
 
     # Contributions, collected once on first use ------------------------------------------
     @cached_property
     def model_providers(self) -> Registry[contracts.ModelProvider]:
-        return self.plugins.collect("register_model_providers", "model provider", contracts.ModelProvider)
+        return self._collect("register_model_providers", "model provider", contracts.ModelProvider)
 
     @cached_property
     def builtin_models(self) -> Registry[contracts.ModelSpec]:
-        return self.plugins.collect("register_models", "model", contracts.ModelSpec)
+        return self._collect("register_models", "model", contracts.ModelSpec)
 
     @cached_property
     def models(self) -> ModelService:
@@ -88,7 +95,7 @@ class Platform:
 
     @cached_property
     def builtin_templates(self) -> Registry[TemplateSpec]:
-        return self.plugins.collect("register_prompt_templates", "prompt template", TemplateSpec)
+        return self._collect("register_prompt_templates", "prompt template", TemplateSpec)
 
     @cached_property
     def templates(self) -> TemplateService:
@@ -113,7 +120,11 @@ class Platform:
 
     @cached_property
     def feedback(self) -> FeedbackService:
-        return FeedbackService(self.engine, rate_limit_per_minute=self.settings.feedback_rate_limit_per_minute)
+        return FeedbackService(
+            self.engine,
+            rate_limit_per_minute=self.settings.feedback_rate_limit_per_minute,
+            announce=lambda event: announce_feedback(self, event),
+        )
 
     @cached_property
     def labeling(self) -> LabelingService:
@@ -135,7 +146,7 @@ class Platform:
 
     @cached_property
     def pairs(self) -> PairStore:
-        return PairStore(self.engine)
+        return PairStore(self.engine, self.audit, announce=lambda event: announce_feedback(self, event))
 
     @cached_property
     def reward_models(self) -> RewardModelService:
@@ -143,11 +154,11 @@ class Platform:
 
     @cached_property
     def embedders(self) -> Registry[contracts.Embedder]:
-        return self.plugins.collect("register_embedders", "embedder", contracts.Embedder)
+        return self._collect("register_embedders", "embedder", contracts.Embedder)
 
     @cached_property
     def retrievers(self) -> Registry[contracts.Retriever]:
-        return self.plugins.collect("register_retrievers", "retriever", contracts.Retriever)
+        return self._collect("register_retrievers", "retriever", contracts.Retriever)
 
     @cached_property
     def rag(self) -> RagService:
@@ -164,11 +175,11 @@ class Platform:
 
     @cached_property
     def tools(self) -> Registry[contracts.Tool]:
-        return self.plugins.collect("register_tools", "tool", contracts.Tool)
+        return self._collect("register_tools", "tool", contracts.Tool)
 
     @cached_property
     def agents(self) -> Registry[contracts.Agent]:
-        return self.plugins.collect("register_agents", "agent", contracts.Agent)
+        return self._collect("register_agents", "agent", contracts.Agent)
 
     @cached_property
     def toolbox(self) -> ToolService:
@@ -182,7 +193,7 @@ class Platform:
 
     @cached_property
     def chain_specs(self) -> Registry[ChainSpec]:
-        registry = self.plugins.collect("register_chains", "chain", ChainSpec)
+        registry = self._collect("register_chains", "chain", ChainSpec)
         for entry in registry:
             validate_chain(entry.item)
         for spec in chains_from_settings(self.settings.chains):
@@ -196,7 +207,7 @@ class Platform:
 
     @cached_property
     def guardrails(self) -> Registry[contracts.Guardrail]:
-        return self.plugins.collect("register_guardrails", "guardrail", contracts.Guardrail, settings=self.settings)
+        return self._collect("register_guardrails", "guardrail", contracts.Guardrail)
 
     @cached_property
     def guardrail_service(self) -> GuardrailService:
@@ -212,11 +223,11 @@ class Platform:
 
     @cached_property
     def trainers(self) -> Registry[contracts.Trainer]:
-        return self.plugins.collect("register_trainers", "trainer", contracts.Trainer, settings=self.settings)
+        return self._collect("register_trainers", "trainer", contracts.Trainer)
 
     @cached_property
     def job_kinds(self) -> Registry[contracts.JobKind]:
-        kinds = self.plugins.collect("register_job_kinds", "job kind", contracts.JobKind)
+        kinds = self._collect("register_job_kinds", "job kind", contracts.JobKind)
         kinds.add(
             contracts.JobKind(
                 GENERATE_JOB,
@@ -235,11 +246,11 @@ class Platform:
 
     @cached_property
     def commands(self) -> Registry[contracts.Command]:
-        return self.plugins.collect("register_commands", "command", contracts.Command)
+        return self._collect("register_commands", "command", contracts.Command)
 
     @cached_property
     def routes(self) -> list[tuple[Any, str]]:
-        return self.plugins.collect_list("register_routes")
+        return self.plugins.collect_list("register_routes", platform=self)
 
     @cached_property
     def jobs(self) -> JobService:

@@ -63,6 +63,7 @@ def platform(*, migrate: bool = True):
     settings = load_settings()
     settings.ensure_dirs()
     instance = Platform(settings)
+    instance.events_inline = True  # a retrain that feedback starts is queued before the command exits
     if migrate:
         instance.migrate()
     return instance

@@ -48,7 +48,6 @@ def pairs_import(
     instance = platform()
     with file.open(encoding="utf-8") as handle:
         result = instance.pairs.import_lines(handle, source=source or file.name, skip_invalid=skip_invalid)
-    instance.audit.record(None, "pairs.import", source or file.name, read=result["read"], added=result["added"])
     print_json(result)
 
 

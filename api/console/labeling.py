@@ -129,27 +129,7 @@ async def labeling_rank(request: Request, task_id: str, item_id: str) -> Templat
             comment=comment,
         )
     )
-    if not submission.replayed:  # plugins hear of it (the retrain trigger), as with the API's POST
-        _notify(request, submission.record)
     return await anyio.to_thread.run_sync(_queue, request, task_id, submission.record.id)
-
-
-def _notify(request: Request, record) -> None:
-    import threading
-
-    from espalier.core.infrastructure.contracts import FeedbackEvent
-    from espalier.core.infrastructure.events import notify_feedback
-
-    event = FeedbackEvent(
-        feedback_id=record.id,
-        kind=record.kind,
-        completion_id=record.completion_id,
-        payload=dict(record.payload),
-        api_key_id=record.key_id,
-    )
-    threading.Thread(
-        target=notify_feedback, args=(request.app.state.platform, event), name="espalier-on-feedback", daemon=True
-    ).start()
 
 
 ROUTES = [labeling_page, labeling_task_page, labeling_exclude, labeling_queue_page, labeling_rank]

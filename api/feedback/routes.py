@@ -6,7 +6,6 @@ stored feedback (``200``, ``Idempotent-Replayed: true``) instead of a duplicate.
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -16,9 +15,7 @@ from litestar import Request, Response, get, post
 from litestar.params import FromQuery, JSONBody, Parameter
 
 from espalier.api.guards import CurrentPrincipal, access
-from espalier.core.infrastructure.contracts import FeedbackEvent
 from espalier.core.infrastructure.errors import InvalidInput
-from espalier.core.infrastructure.events import notify_feedback
 from espalier.core.sources.feedback import describe, export_lines
 from espalier.core.sources.feedback.agreement import agreement
 
@@ -67,19 +64,6 @@ def feedback_out(record: Any) -> FeedbackOut:
 
 def _respond(request: Request, submission: Any) -> Response[FeedbackOut]:
     record = submission.record
-    if not submission.replayed:
-        platform = request.app.state.platform
-        event = FeedbackEvent(
-            feedback_id=record.id,
-            kind=record.kind,
-            completion_id=record.completion_id,
-            payload=dict(record.payload),
-            api_key_id=record.key_id,
-        )
-        # Stored and committed already: plugins hear of it off the request path.
-        threading.Thread(
-            target=notify_feedback, args=(platform, event), name="espalier-on-feedback", daemon=True
-        ).start()
     return Response(
         feedback_out(record),
         status_code=200 if submission.replayed else 201,
@@ -288,10 +272,9 @@ async def import_pairs(
     platform = request.app.state.platform
     result = await anyio.to_thread.run_sync(
         lambda: platform.pairs.import_lines(
-            text.splitlines(), source=source, imported_by=principal.key_id, skip_invalid=skip_invalid
+            text.splitlines(), source=source, principal=principal, skip_invalid=skip_invalid
         )
     )
-    platform.audit.record(principal, "pairs.import", source, read=result["read"], added=result["added"])
     return result
 
 

@@ -266,7 +266,10 @@ class Command:
 
 @dataclass(frozen=True)
 class FeedbackEvent:
-    """Sent to ``on_feedback`` after a feedback record is durably stored."""
+    """Sent to ``on_feedback`` after feedback is durably stored, whatever the entry point (the API,
+    the console's playground and labeling queue, the CLI). ``kind`` is ``completion`` or
+    ``ranking`` for a feedback record (``feedback_id`` is its id), or ``import`` for a file of
+    preference pairs (``feedback_id`` names the import's source, ``payload`` holds ``added``)."""
 
     feedback_id: str
     kind: str

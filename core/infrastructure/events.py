@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING
 
 from espalier.core.infrastructure.contracts import FeedbackEvent
@@ -11,6 +12,16 @@ if TYPE_CHECKING:
     from espalier.core.platform import Platform
 
 log = logging.getLogger("espalier.events")
+
+
+def announce_feedback(platform: Platform, event: FeedbackEvent) -> None:
+    """Tell the plugins of stored feedback. A serving platform does it off the request path (a
+    thread of its own, so a slow plugin never delays an acknowledgement); a command-line one
+    before the command returns, so a retrain it starts is queued before the process exits."""
+    if platform.events_inline:
+        notify_feedback(platform, event)
+        return
+    threading.Thread(target=notify_feedback, args=(platform, event), name="espalier-on-feedback", daemon=True).start()
 
 
 def notify_feedback(platform: Platform, event: FeedbackEvent) -> list[BaseException]:

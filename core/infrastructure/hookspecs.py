@@ -43,11 +43,14 @@ SINCE = "0.1.0"
 
 
 @hookspec
-def register_model_providers(register: Callable[[ModelProvider], None]) -> None:
+def register_model_providers(register: Callable[[ModelProvider], None], platform: Platform) -> None:
     """Contribute model providers: objects that load a registered model for serving.
 
     :param register: call ``register(provider)`` for each :class:`~espalier.core.infrastructure.contracts.ModelProvider`.
         The provider's ``name`` is what ``espalier models add --provider NAME`` refers to.
+    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
+        the platform's services when it is called takes it here, in its constructor: there is no
+        binding step later. Since 0.2.0.
     :returns: nothing; contributions go through ``register``.
     :since: 0.1.0
 
@@ -60,13 +63,16 @@ def register_model_providers(register: Callable[[ModelProvider], None]) -> None:
 
 
 @hookspec
-def register_models(register: Callable[[ModelSpec], None]) -> None:
+def register_models(register: Callable[[ModelSpec], None], platform: Platform) -> None:
     """Ship ready-to-serve models with your plugin (for example weights inside your package).
 
     Each appears in ``GET /v1/models`` without an operator adding it, cannot be removed (disable
     the plugin instead), and is loaded by the provider its ``provider`` field names.
 
     :param register: call ``register(ModelSpec(name, provider, source, ...))`` for each model.
+    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
+        the platform's services when it is called takes it here, in its constructor: there is no
+        binding step later. Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -80,7 +86,7 @@ def register_models(register: Callable[[ModelSpec], None]) -> None:
 
 
 @hookspec
-def register_prompt_templates(register: Callable[[TemplateSpec], None]) -> None:
+def register_prompt_templates(register: Callable[[TemplateSpec], None], platform: Platform) -> None:
     """Ship prompt templates (for example chain-of-thought few-shot prompts for a domain).
 
     Each is saved as version 1 on first start unless a template of that name exists; operators
@@ -88,6 +94,9 @@ def register_prompt_templates(register: Callable[[TemplateSpec], None]) -> None:
 
     :param register: call ``register(TemplateSpec(name, user, system, examples, description))``;
         ``user`` and ``system`` are Jinja2 (sandboxed) with the request's variables.
+    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
+        the platform's services when it is called takes it here, in its constructor: there is no
+        binding step later. Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -103,10 +112,13 @@ def register_prompt_templates(register: Callable[[TemplateSpec], None]) -> None:
 
 
 @hookspec
-def register_embedders(register: Callable[[Embedder], None]) -> None:
+def register_embedders(register: Callable[[Embedder], None], platform: Platform) -> None:
     """Contribute text embedders (used by ``/v1/embeddings`` and by collections).
 
     :param register: call ``register(embedder)`` for each :class:`~espalier.core.infrastructure.contracts.Embedder`.
+    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
+        the platform's services when it is called takes it here, in its constructor: there is no
+        binding step later. Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -119,10 +131,13 @@ def register_embedders(register: Callable[[Embedder], None]) -> None:
 
 
 @hookspec
-def register_retrievers(register: Callable[[Retriever], None]) -> None:
+def register_retrievers(register: Callable[[Retriever], None], platform: Platform) -> None:
     """Contribute retrievers: ways to find passages for a query (vector, keyword, SQL, web...).
 
     :param register: call ``register(retriever)`` for each :class:`~espalier.core.infrastructure.contracts.Retriever`.
+    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
+        the platform's services when it is called takes it here, in its constructor: there is no
+        binding step later. Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -135,11 +150,14 @@ def register_retrievers(register: Callable[[Retriever], None]) -> None:
 
 
 @hookspec
-def register_tools(register: Callable[[Tool], None]) -> None:
+def register_tools(register: Callable[[Tool], None], platform: Platform) -> None:
     """Contribute tools that agents, chat completions (``tools``) and operators can call.
 
     :param register: call ``register(tool)`` for each :class:`~espalier.core.infrastructure.contracts.Tool`;
         ``tool.parameters`` must be a JSON Schema object describing the arguments.
+    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
+        the platform's services when it is called takes it here, in its constructor: there is no
+        binding step later. Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -159,10 +177,13 @@ def register_tools(register: Callable[[Tool], None]) -> None:
 
 
 @hookspec
-def register_agents(register: Callable[[Agent], None]) -> None:
+def register_agents(register: Callable[[Agent], None], platform: Platform) -> None:
     """Contribute agents (ReAct, PAL, your own loop).
 
     :param register: call ``register(agent)`` for each :class:`~espalier.core.infrastructure.contracts.Agent`.
+    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
+        the platform's services when it is called takes it here, in its constructor: there is no
+        binding step later. Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -175,7 +196,7 @@ def register_agents(register: Callable[[Agent], None]) -> None:
 
 
 @hookspec
-def register_chains(register: Callable[[ChainSpec], None]) -> None:
+def register_chains(register: Callable[[ChainSpec], None], platform: Platform) -> None:
     """Ship named chains: a prompt template, a memory (``none``, ``buffer`` or ``summary``) and
     optionally tools, run turn by turn through ``POST /api/chains/{name}/runs``.
 
@@ -184,6 +205,9 @@ def register_chains(register: Callable[[ChainSpec], None]) -> None:
 
     :param register: call ``register(ChainSpec(name, template=..., memory=..., tools=[...]))``
         for each :class:`~espalier.core.infrastructure.contracts.ChainSpec`.
+    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
+        the platform's services when it is called takes it here, in its constructor: there is no
+        binding step later. Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -196,7 +220,7 @@ def register_chains(register: Callable[[ChainSpec], None]) -> None:
 
 
 @hookspec
-def register_guardrails(register: Callable[[Guardrail], None], settings: Settings) -> None:
+def register_guardrails(register: Callable[[Guardrail], None], settings: Settings, platform: Platform) -> None:
     """Contribute guardrail scorers that rate text on the way in or out.
 
     Policies (``ESPALIER_GUARDRAIL_POLICIES``) choose which scorer checks which direction and what
@@ -206,6 +230,9 @@ def register_guardrails(register: Callable[[Guardrail], None], settings: Setting
         ``score`` returns one :class:`~espalier.core.infrastructure.contracts.GuardrailScore` per text.
     :param settings: the platform's :class:`~espalier.core.infrastructure.settings.Settings` (e.g. a configured
         checkpoint); read them here, never from the environment at import time. Since 0.2.0.
+    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
+        the platform's services when it is called takes it here, in its constructor: there is no
+        binding step later. Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -218,13 +245,16 @@ def register_guardrails(register: Callable[[Guardrail], None], settings: Setting
 
 
 @hookspec
-def register_trainers(register: Callable[[Trainer], None], settings: Settings) -> None:
+def register_trainers(register: Callable[[Trainer], None], settings: Settings, platform: Platform) -> None:
     """Contribute trainers (reward models, policies, guardrail classifiers). Each becomes a job kind
     named ``train:<name>``.
 
     :param register: call ``register(trainer)`` for each :class:`~espalier.core.infrastructure.contracts.Trainer`.
     :param settings: the platform's :class:`~espalier.core.infrastructure.settings.Settings` (where to record
         what was trained, for instance). Since 0.2.0.
+    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
+        the platform's services when it is called takes it here, in its constructor: there is no
+        binding step later. Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -237,11 +267,14 @@ def register_trainers(register: Callable[[Trainer], None], settings: Settings) -
 
 
 @hookspec
-def register_job_kinds(register: Callable[[JobKind], None]) -> None:
+def register_job_kinds(register: Callable[[JobKind], None], platform: Platform) -> None:
     """Contribute kinds of background job (ingestion, evaluation, maintenance...).
 
     :param register: call ``register(JobKind(name, run, description))``; ``run(job)`` receives a
         :class:`~espalier.core.infrastructure.contracts.JobContext` and returns a JSON-serialisable result.
+    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
+        the platform's services when it is called takes it here, in its constructor: there is no
+        binding step later. Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -254,7 +287,7 @@ def register_job_kinds(register: Callable[[JobKind], None]) -> None:
 
 
 @hookspec
-def register_routes(register: Callable[[Any], None]) -> None:
+def register_routes(register: Callable[[Any], None], platform: Platform) -> None:
     """Contribute HTTP routes: litestar route handlers, controllers or routers.
 
     Every handler must declare who may call it in its ``opt``: ``roles`` (a set of ``admin``,
@@ -262,6 +295,9 @@ def register_routes(register: Callable[[Any], None]) -> None:
     declares neither.
 
     :param register: call ``register(handler_or_controller_or_router)``.
+    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
+        the platform's services when it is called takes it here, in its constructor: there is no
+        binding step later. Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -280,11 +316,14 @@ def register_routes(register: Callable[[Any], None]) -> None:
 
 
 @hookspec
-def register_commands(register: Callable[[Command], None]) -> None:
+def register_commands(register: Callable[[Command], None], platform: Platform) -> None:
     """Contribute CLI commands under ``espalier``.
 
     :param register: call ``register(Command(name, target, help))``; ``target`` is a Typer app
         (becomes a command group) or a function (becomes one command).
+    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
+        the platform's services when it is called takes it here, in its constructor: there is no
+        binding step later. Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 

@@ -92,10 +92,10 @@ class PluginHost:
         self.each_impl(hook_name, lambda plugin: lambda item: registry.add(item, plugin=plugin), **arguments)
         return registry
 
-    def collect_list(self, hook_name: str) -> list[tuple[Any, str]]:
+    def collect_list(self, hook_name: str, **arguments: Any) -> list[tuple[Any, str]]:
         """Like :meth:`collect` for unnamed contributions (routes): ``[(item, plugin), ...]``."""
         items: list[tuple[Any, str]] = []
-        self.each_impl(hook_name, lambda plugin: lambda item: items.append((item, plugin)))
+        self.each_impl(hook_name, lambda plugin: lambda item: items.append((item, plugin)), **arguments)
         return items
 
     def each_impl(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
+from espalier.core.infrastructure.contracts import FeedbackEvent
 from espalier.core.infrastructure.db.base import utcnow
 from espalier.core.infrastructure.db.engine import session_scope
 from espalier.core.infrastructure.errors import Conflict, EspalierError, InvalidInput, NotFound
@@ -54,9 +55,19 @@ def may_label(principal: Principal) -> bool:
 
 
 class FeedbackService:
-    def __init__(self, engine: Engine, *, rate_limit_per_minute: int):
+    """Stores feedback and, once it is committed, announces it (``on_feedback``: the retrain
+    trigger listens), so every entry point behaves the same."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        rate_limit_per_minute: int,
+        announce: Callable[[FeedbackEvent], None] | None = None,
+    ):
         self.engine = engine
         self.rate_limit_per_minute = rate_limit_per_minute
+        self.announce = announce or (lambda event: None)
 
     # Submissions ---------------------------------------------------------------------------
     def submit_completion(
@@ -178,6 +189,15 @@ class FeedbackService:
             if replay is None:
                 raise
             return Submission(replay, True)
+        self.announce(
+            FeedbackEvent(
+                feedback_id=record.id,
+                kind=record.kind,
+                completion_id=record.completion_id,
+                payload=dict(record.payload),
+                api_key_id=record.key_id,
+            )
+        )
         return Submission(record, False)
 
     def _replay(self, principal: Principal, idempotency_key: str, digest: str) -> FeedbackRecord | None:

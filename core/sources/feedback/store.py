@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
+from espalier.core.infrastructure.audit import AuditLog
+from espalier.core.infrastructure.contracts import FeedbackEvent
 from espalier.core.infrastructure.db.engine import session_scope
+from espalier.core.infrastructure.identity import Principal
 from espalier.core.sources.conversations.tables import ChatRequestRecord, CompletionRecord
 from espalier.core.sources.feedback.pairs import (
     Pair,
@@ -26,8 +29,16 @@ IMPORT_BATCH = 1000
 
 
 class PairStore:
-    def __init__(self, engine: Engine):
+    def __init__(
+        self,
+        engine: Engine,
+        audit: AuditLog | None = None,
+        *,
+        announce: Callable[[FeedbackEvent], None] | None = None,
+    ):
         self.engine = engine
+        self.audit = audit
+        self.announce = announce or (lambda event: None)
 
     def derived(self, *, exclude_labelers: Iterable[str] = ()) -> list[Pair]:
         """Every pair the stored feedback implies, in a stable order."""
@@ -156,11 +167,15 @@ class PairStore:
         lines: Iterable[str],
         *,
         source: str,
-        imported_by: str | None = None,
+        principal: Principal | None = None,
         limit: int | None = None,
         skip_invalid: bool = False,
     ) -> dict[str, Any]:
-        """Import TRL-format JSONL in one transaction: a bad line imports nothing (unless skipped)."""
+        """Import TRL-format JSONL in one transaction: a bad line imports nothing (unless skipped).
+
+        ``principal`` is who imports (None: the command line). Once committed, the import is
+        audited and announced to ``on_feedback`` as an ``import`` event."""
+        imported_by = principal.key_id if principal else None
         rows: dict[str, tuple[str, str, str]] = {}
         skipped: list[str] | None = [] if skip_invalid else None
         for prompt, chosen, rejected in parse_pair_lines(lines, skipped=skipped):
@@ -188,6 +203,9 @@ class PairStore:
                     )
                 )
                 added += 1
+        if self.audit is not None:
+            self.audit.record(principal, "pairs.import", source, read=len(rows), added=added)
+        self.announce(FeedbackEvent(source, "import", None, {"added": added, "read": len(rows)}, imported_by))
         result: dict[str, Any] = {"read": len(rows), "added": added, "already_present": len(rows) - added}
         if skipped is not None:
             result["skipped"] = len(skipped)

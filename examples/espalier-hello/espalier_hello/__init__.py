@@ -7,9 +7,7 @@ from typing import Any
 
 from litestar import get
 
-from espalier import hookimpl
-from espalier.api.guards import CurrentPrincipal, access
-from espalier.core.infrastructure.contracts import ToolResult
+from espalier import CurrentPrincipal, ToolResult, access, hookimpl
 
 __version__ = "0.1.0"
 
