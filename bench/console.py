@@ -53,8 +53,8 @@ def seed_chat_requests(home: Path, rows: int) -> None:
         connection.execute(
             text(
                 "INSERT INTO chat_requests (id, conversation_id, kind, model, messages, params, prompt_tokens, "
-                "completion_tokens, latency_ms, status, created_at) VALUES (:id, 'conv_bench', 'chat', 'm', '[]', '{}', "
-                ":p, :c, :l, 'ok', :t)"
+                "completion_tokens, latency_ms, status, created_at) "
+                "VALUES (:id, 'conv_bench', 'chat', 'm', '[]', '{}', :p, :c, :l, 'ok', :t)"
             ),
             [
                 {

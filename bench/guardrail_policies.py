@@ -92,7 +92,8 @@ def main() -> int:
                 platform.close()
     base = results["default (profanity flag)"]  # the peer: what every request pays out of the box
     print(
-        f"guardrail policy overhead: {len(texts)} messages, {args.pieces} streamed pieces, load {os.getloadavg()[0]:.1f}"
+        f"guardrail policy overhead: {len(texts)} messages, {args.pieces} streamed pieces, "
+        f"load {os.getloadavg()[0]:.1f}"
     )
     print(f"{'setup':36} {'check p50 ms':>13} {'x default':>10} {'stream ms/piece':>16} {'x default':>10}")
     for name, row in results.items():

@@ -164,7 +164,8 @@ def print_table(title: str, rows: list[dict]) -> None:
     for r in rows:
         latency = f"{r['p50_ms']:8.2f}" if r["p50_ms"] is not None else f"{'-':>8}"
         print(
-            f"{r['set']:<10} {r['scorer']:<20} {r['n']:>5} {r['positives']:>5} {r['precision']:9.3f} {r['recall']:7.3f} {r['roc_auc']:8.3f} {latency}"
+            f"{r['set']:<10} {r['scorer']:<20} {r['n']:>5} {r['positives']:>5} "
+            f"{r['precision']:9.3f} {r['recall']:7.3f} {r['roc_auc']:8.3f} {latency}"
         )
 
 
@@ -283,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         card = results["toxicity"]["card"]
         print_table(
             f"Toxicity (trained: {card['data']['trained_on']} rows = {args.train_size} tweets + "
-            f"{results['toxicity']['toxigen_train_rows']} TOXIGEN sentences x{args.toxigen_repeat}, {card['settings']['epochs']} epoch(s), "
+            f"{results['toxicity']['toxigen_train_rows']} TOXIGEN sentences x{args.toxigen_repeat}, "
+            f"{card['settings']['epochs']} epoch(s), "
             f"max_length {card['settings']['max_length']}, training {card['train_seconds']}s)",
             results["toxicity"]["rows"],
         )
@@ -292,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         card = results["injection"]["card"]
         print_table(
             f"Injection (trained: {card['data']['trained_on']} prompts, held out {results['injection']['held_rows']} "
-            f"by near-duplicate clusters, {card['settings']['epochs']} epoch(s), max_length {card['settings']['max_length']}, "
+            f"by near-duplicate clusters, {card['settings']['epochs']} epoch(s), "
+            f"max_length {card['settings']['max_length']}, "
             f"training {card['train_seconds']}s)",
             results["injection"]["rows"],
         )

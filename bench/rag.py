@@ -1,6 +1,7 @@
 """Retrieval benchmark on the HotpotQA sample (../shared/data/hotpot_dev_sample.jsonl).
 
-    .venv/bin/python bench/rag.py [--questions 100] [--sizes 10000] [--queries 100] [--qa 30] [--repeats 2] [--parts abcd]
+    .venv/bin/python bench/rag.py [--questions 100] [--sizes 10000] [--queries 100] [--qa 30]
+                                  [--repeats 2] [--parts abcd]
 
 (a) recall@5 of vector, keyword and hybrid search: each question against its two supporting
     paragraphs, among every context paragraph of the questions (~10 per question);
@@ -382,13 +383,14 @@ def main() -> None:
         print(f"    {'chunks':>7} {'raw p50':>9} {'raw p95':>9} {'API p50':>9} {'API p95':>9} {'p50 ratio':>10}")
     for row in report["latency"]:
         print(
-            f"    {row['chunks']:>7} {row['raw_p50_ms']:>8.1f}ms {row['raw_p95_ms']:>8.1f}ms {row['api_p50_ms']:>8.1f}ms "
-            f"{row['api_p95_ms']:>8.1f}ms {row['ratio_p50']:>10.2f}"
+            f"    {row['chunks']:>7} {row['raw_p50_ms']:>8.1f}ms {row['raw_p95_ms']:>8.1f}ms "
+            f"{row['api_p50_ms']:>8.1f}ms {row['api_p95_ms']:>8.1f}ms {row['ratio_p50']:>10.2f}"
         )
     if "ingestion" in report:
         ing = report["ingestion"]
         print(
-            f"(c) ingestion of {ing['chunks']} chunks (median of {ing['repeats']}): Espalier {ing['espalier_chunks_per_s']:.1f}/s, "
+            f"(c) ingestion of {ing['chunks']} chunks (median of {ing['repeats']}): "
+            f"Espalier {ing['espalier_chunks_per_s']:.1f}/s, "
             f"raw encode+add {ing['raw_chunks_per_s']:.1f}/s, ratio {ing['ratio']:.2f}; CPU seconds "
             f"{ing['espalier_cpu_s']:.1f} vs {ing['raw_cpu_s']:.1f}, ratio per chunk {ing['cpu_ratio']:.2f}"
         )
@@ -396,7 +398,8 @@ def main() -> None:
         print(f"(d) answers of the default model on {args.qa} questions")
         for label, scores in report["answers"].items():
             print(
-                f"    {label:<18} EM {scores['exact_match']:.2f}  contains {scores['contains_answer']:.2f}  F1 {scores['f1']:.3f}"
+                f"    {label:<18} EM {scores['exact_match']:.2f}  contains {scores['contains_answer']:.2f}  "
+                f"F1 {scores['f1']:.3f}"
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

@@ -84,8 +84,8 @@ def seed(engine, rows: int, now) -> None:
                 connection.execute(
                     text(
                         "INSERT INTO chat_requests (id, conversation_id, kind, model, messages, params, prompt_tokens, "
-                        "completion_tokens, latency_ms, status, created_at) VALUES (:id, 'conv_bench', 'chat', 'm', '[]', "
-                        "'{}', :p, :c, :l, :s, :t)"
+                        "completion_tokens, latency_ms, status, created_at) "
+                        "VALUES (:id, 'conv_bench', 'chat', 'm', '[]', '{}', :p, :c, :l, :s, :t)"
                     ),
                     batch,
                 )
@@ -141,7 +141,8 @@ def main() -> None:
             for backend, url in targets:
                 result = measure(url, Path(home) / backend, rows, args.repeat)
                 print(
-                    f"{backend:<10} {rows:>8} {result['sql_ms']:>8.1f}ms {result['python_ms']:>8.1f}ms {result['ratio']:>10.2f}"
+                    f"{backend:<10} {rows:>8} {result['sql_ms']:>8.1f}ms {result['python_ms']:>8.1f}ms "
+                    f"{result['ratio']:>10.2f}"
                 )
                 if backend == "postgres":
                     engine = create_engine(url)

@@ -69,7 +69,8 @@ def test_valid_replies_become_calls(text):
 
 def test_text_around_calls_is_content_and_several_calls_are_kept():
     text = (
-        'Let me check.\n<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}</tool_call>\n'
+        "Let me check.\n"
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}</tool_call>\n'
         '<tool_call>{"name": "convert_currency", "arguments": {"amount": 3, "to": "EUR"}}</tool_call>'
     )
     content, calls = read_tool_calls(text, setup())
@@ -87,8 +88,9 @@ def test_text_around_calls_is_content_and_several_calls_are_kept():
         '<tool_call>{"name": "launch_rockets", "arguments": {}}</tool_call>',  # unknown function
         '<tool_call>{"name": "get_weather", "arguments": {"city": "Par',  # cut short
         '{"name": "convert_currency", "arguments": {"amount": -5, "to": "EUR"}}',  # minimum
+        # one bad: none
         '<tool_call>{"name": "get_weather", "arguments": {"city": "A", "unit": "celsius"}}</tool_call>'
-        '<tool_call>{"name": "convert_currency", "arguments": {"amount": 1, "to": "euro"}}</tool_call>',  # one bad: none
+        '<tool_call>{"name": "convert_currency", "arguments": {"amount": 1, "to": "euro"}}</tool_call>',
     ],
 )
 def test_invalid_replies_stay_plain_content(text):

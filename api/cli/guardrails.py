@@ -3,32 +3,19 @@ guardrail decisions, and evaluate models' toxicity."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from espalier.api.cli.progress import follow_job, progress_bar
 from espalier.core.infrastructure.errors import EspalierError, InvalidInput
 
 guardrails_app = typer.Typer(help="Guardrails: train classifiers, list decisions.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate models before they serve.", no_args_is_help=True)
 
 TRAINERS = {"toxicity": "train:toxicity-classifier", "injection": "train:injection-classifier"}
-
-
-def _progress() -> Progress:
-    from espalier.api.cli import console
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        console=console,
-    )
 
 
 @guardrails_app.command("train")
@@ -63,14 +50,7 @@ def train(
     try:
         job = instance.jobs.submit(TRAINERS[kind], params, created_by="cli")
         console.print(f"job {job.id} ({job.kind})")
-        with _progress() as bar:
-            task = bar.add_task("queued", total=1.0)
-            while True:
-                job = instance.jobs.get(job.id)
-                bar.update(task, completed=job.progress, description=(job.message or job.status)[:60])
-                if job.status not in ("queued", "running"):
-                    break
-                time.sleep(0.5)
+        job = follow_job(instance.jobs, job)
     finally:
         instance.close()
     if job.status != "succeeded":
@@ -147,7 +127,7 @@ def eval_toxicity(
         chosen = scorer or ("detoxify" if "detoxify" in instance.guardrails else "profanity")
         guardrail = instance.guardrails.get(chosen)
         rows = load_prompts(prompts, limit=limit)
-        with _progress() as bar:
+        with progress_bar() as bar:
             task = bar.add_task("generating", total=1.0)
             record = evaluate_toxicity(
                 instance.engine,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from espalier.api.cli.progress import follow_job
 from espalier.core.infrastructure.errors import EspalierError
 
 policy_app = typer.Typer(help="Policy updates: LoRA fine-tunes of a chat model from feedback.", no_args_is_help=True)
@@ -87,16 +87,7 @@ def train(
             f"job {job.id} ({job.kind}): model {summary['model']}, {summary['prompts']} prompts, "
             f"{pairs}, reward model {summary['reward_model'] or '-'}"
         )
-        from espalier.api.cli.guardrails import _progress
-
-        with _progress() as bar:
-            task = bar.add_task("queued", total=1.0)
-            while True:
-                job = instance.jobs.get(job.id)
-                bar.update(task, completed=job.progress, description=(job.message or job.status)[:60])
-                if job.status not in ("queued", "running"):
-                    break
-                time.sleep(0.5)
+        job = follow_job(instance.jobs, job)
     except KeyboardInterrupt:
         if job is not None:
             instance.jobs.cancel(job.id)

@@ -1,9 +1,10 @@
 """Documents: collections (list, create), a collection's documents (upload with a progress bar,
 delete) and a search playground that shows the chunks found, with their scores and sources.
 
-Uploads go to ``/console/documents/{c}/upload`` as multipart/form-data, read by the same code as
-the API's ``POST /api/collections/{c}/upload`` (same limit, same refusals); the page's script
-sends them with XMLHttpRequest so the browser reports upload progress.
+Uploads go to ``/console/documents/{c}/upload`` as multipart/form-data, read by the same code
+(``api/documents/uploads.py``) as the API's ``POST /api/collections/{c}/upload`` (same limit,
+same refusals); the page's script sends them with XMLHttpRequest so the browser reports upload
+progress.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from litestar.response import Template
 
 from espalier.api.console.render import NavItem, page, read_form
 from espalier.api.console.session import console
-from espalier.api.documents.routes import MULTIPART_OVERHEAD, read_multipart, uploads_from
-from espalier.core.infrastructure.errors import InvalidInput, PayloadTooLarge
+from espalier.api.documents.uploads import read_uploads
+from espalier.core.infrastructure.errors import InvalidInput
 
 NAV = NavItem("Documents", "/console/documents")
 MODES = ("hybrid", "vector", "keyword")
@@ -93,13 +94,7 @@ async def upload(request: Request, name: str) -> Template:
     if request.headers.get("x-csrf-token") is None:
         raise InvalidInput("send uploads with the X-CSRF-Token header, as the Documents page does")
     await anyio.to_thread.run_sync(lambda: platform.rag.collection(name, principal, write=True))
-    files, fields = await read_multipart(request, platform.settings.max_upload_bytes + MULTIPART_OVERHEAD)
-    for filename, _type, data in files:
-        if len(data) > platform.settings.max_upload_bytes:
-            raise PayloadTooLarge(
-                f"'{filename}' has {len(data)} bytes; the limit is {platform.settings.max_upload_bytes} (ESPALIER_MAX_UPLOAD_BYTES)"
-            )
-    uploads = uploads_from(files, fields)
+    uploads = await read_uploads(request, platform.settings.max_upload_bytes)
     results = await anyio.to_thread.run_sync(lambda: platform.rag.ingest_many(name, principal, uploads))
     documents = await anyio.to_thread.run_sync(lambda: platform.rag.list_documents(name, principal))
     return page(

@@ -36,10 +36,15 @@ class RankedCandidate(msgspec.Struct, forbid_unknown_fields=True):
     unacceptable: bool = False
 
 
-class RankingIn(msgspec.Struct, forbid_unknown_fields=True):
-    request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=60)]
+class CandidateRanking(msgspec.Struct, forbid_unknown_fields=True):
+    # A ranking of one request's candidates; labeling's ItemRankingIn is this as it is (the item
+    # names the request), RankingIn adds the request_id.
     candidates: Annotated[list[RankedCandidate], msgspec.Meta(min_length=1, max_length=16)]
     comment: Annotated[str, msgspec.Meta(max_length=10_000)] | None = None
+
+
+class RankingIn(CandidateRanking, kw_only=True):
+    request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=60)]
 
 
 class FeedbackOut(msgspec.Struct):

@@ -15,7 +15,7 @@ import msgspec
 from litestar import Request, Response, delete, get, post, put
 from litestar.params import JSONBody, Parameter
 
-from espalier.api.feedback.routes import IDEMPOTENCY_HEADER, FeedbackOut, RankedCandidate, _respond
+from espalier.api.feedback.routes import IDEMPOTENCY_HEADER, CandidateRanking, FeedbackOut, _respond
 from espalier.api.guards import CurrentPrincipal, access
 
 KeyId = Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
@@ -40,9 +40,8 @@ class KeyIdsIn(msgspec.Struct, forbid_unknown_fields=True):
     key_ids: Annotated[list[KeyId], msgspec.Meta(max_length=200)]
 
 
-class ItemRankingIn(msgspec.Struct, forbid_unknown_fields=True):
-    candidates: Annotated[list[RankedCandidate], msgspec.Meta(min_length=1, max_length=16)]
-    comment: Annotated[str, msgspec.Meta(max_length=10_000)] | None = None
+class ItemRankingIn(CandidateRanking):
+    pass  # its own name in the OpenAPI document
 
 
 class TaskOut(msgspec.Struct):

@@ -39,9 +39,9 @@ class EspalierOptions(msgspec.Struct, forbid_unknown_fields=True):
     retriever: str | None = None  # grounded answers: which retriever (default hybrid; e.g. "sql")
 
 
-class ChatCompletionRequest(msgspec.Struct, forbid_unknown_fields=True):
-    model: str
-    messages: list[Message]
+class GenerationOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # What chat completions and completions share: sampling, streaming, the caller's tag and the
+    # espalier extension. Keyword-only, so a request's own required fields may follow them.
     temperature: float | None = None
     top_p: float | None = None
     n: int | None = None
@@ -49,14 +49,20 @@ class ChatCompletionRequest(msgspec.Struct, forbid_unknown_fields=True):
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     max_tokens: int | None = None
-    max_completion_tokens: int | None = None
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    espalier: EspalierOptions | None = None
+
+
+class ChatCompletionRequest(GenerationOptions):
+    model: str
+    messages: list[Message]
+    max_completion_tokens: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
-    user: str | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -64,29 +70,15 @@ class ChatCompletionRequest(msgspec.Struct, forbid_unknown_fields=True):
     metadata: dict[str, str] | None = None
     store: bool | None = None
     service_tier: str | None = None
-    espalier: EspalierOptions | None = None
 
 
-class CompletionRequest(msgspec.Struct, forbid_unknown_fields=True):
+class CompletionRequest(GenerationOptions):
     model: str
     prompt: str | list[str]
-    temperature: float | None = None
-    top_p: float | None = None
-    n: int | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    max_tokens: int | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
     logprobs: int | None = None
     echo: bool | None = None
     best_of: int | None = None
     suffix: str | None = None
-    user: str | None = None
-    espalier: EspalierOptions | None = None
 
 
 class EmbeddingRequest(msgspec.Struct, forbid_unknown_fields=True):

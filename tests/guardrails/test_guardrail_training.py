@@ -38,7 +38,9 @@ def test_detoxify_loads_the_checkpoint_in_a_fresh_process(small_model):
         f"""
         import json
         from detoxify import Detoxify
-        model = Detoxify(checkpoint={str(out / "checkpoint.ckpt")!r}, huggingface_config_path={str(out / "hf_config")!r})
+        model = Detoxify(
+            checkpoint={str(out / "checkpoint.ckpt")!r}, huggingface_config_path={str(out / "hf_config")!r}
+        )
         assert len(model.tokenizer) > 30000, len(model.tokenizer)
         print(json.dumps(model.predict(["you are a worthless stupid bitch", "what a lovely morning for a walk"])))
         """
@@ -147,19 +149,29 @@ class FakeJob:
 
 @pytest.mark.slow
 def test_trainer_protocol_and_cancellation_between_batches(tmp_path):
-    trainer = ClassifierTrainer("toxicity-classifier", "test", category="toxicity", model_name="t")
-    assert isinstance(trainer, Trainer)
-    rows = [{"text": f"you are an idiot number {i}", "label": "toxic"} for i in range(40)]
-    rows += [{"text": f"the weather is nice on day {i}", "label": "clean"} for i in range(40)]
-    data = tmp_path / "data.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in rows))
-    job = FakeJob({"data_path": str(data), "batch_size": 8, "max_length": 16}, tmp_path / "artifacts", cancel_after=2)
-    assert isinstance(job, JobContext)
-    result = trainer.train(job)
-    assert result["status"] == "cancelled"
-    assert len(job.progress_calls) == 3  # stopped at the next batch boundary
-    assert not (tmp_path / "artifacts" / "checkpoint.ckpt").exists()
-    with pytest.raises(InvalidInput, match="data_path"):
-        trainer.train(FakeJob({}, tmp_path / "artifacts"))
-    with pytest.raises(InvalidInput, match="unknown params"):
-        trainer.train(FakeJob({"data_path": str(data), "epoch": 3}, tmp_path / "artifacts"))
+    from espalier.core.infrastructure.settings import Settings
+    from espalier.core.platform import Platform
+
+    platform = Platform(Settings(home=tmp_path / "home"), load_entry_points=False)
+    platform.migrate()  # the trainer reads the operators' flags (none here) from the platform's database
+    try:
+        trainer = platform.trainers.get("toxicity-classifier")
+        assert isinstance(trainer, ClassifierTrainer) and isinstance(trainer, Trainer)
+        rows = [{"text": f"you are an idiot number {i}", "label": "toxic"} for i in range(40)]
+        rows += [{"text": f"the weather is nice on day {i}", "label": "clean"} for i in range(40)]
+        data = tmp_path / "data.jsonl"
+        data.write_text("\n".join(json.dumps(r) for r in rows))
+        job = FakeJob(
+            {"data_path": str(data), "batch_size": 8, "max_length": 16}, tmp_path / "artifacts", cancel_after=2
+        )
+        assert isinstance(job, JobContext)
+        result = trainer.train(job)
+        assert result["status"] == "cancelled"
+        assert len(job.progress_calls) == 3  # stopped at the next batch boundary
+        assert not (tmp_path / "artifacts" / "checkpoint.ckpt").exists()
+        with pytest.raises(InvalidInput, match="data_path"):
+            trainer.train(FakeJob({}, tmp_path / "artifacts"))
+        with pytest.raises(InvalidInput, match="unknown params"):
+            trainer.train(FakeJob({"data_path": str(data), "epoch": 3}, tmp_path / "artifacts"))
+    finally:
+        platform.close()

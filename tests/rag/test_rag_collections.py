@@ -40,7 +40,10 @@ def chroma_count(app, collection):
 def test_each_format_is_ingested_and_found_with_its_span(rag_app, make_pdf):
     create(rag_app, "formats")
     markdown = "# Owls\n\nThe barn owl hunts mice at night.\n\n# Bees\n\nHoney bees make honey from nectar.\n"
-    html = "<html><head><title>x</title><script>var secret=1</script></head><body><h1>Rivers</h1><p>The Danube flows through Vienna.</p></body></html>"
+    html = (
+        "<html><head><title>x</title><script>var secret=1</script></head>"
+        "<body><h1>Rivers</h1><p>The Danube flows through Vienna.</p></body></html>"
+    )
     cases = [
         ("owls.md", {"text": markdown}),
         ("rivers.html", {"text": html}),

@@ -112,7 +112,10 @@ def test_malformed_requests_and_access(rag_app):
 
     # over the limit (128 KiB in this app) while streaming, with no Content-Length announced
     def chunks():
-        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.txt"\r\nContent-Type: text/plain\r\n\r\n'
+        yield (
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.txt"\r\n'
+            b"Content-Type: text/plain\r\n\r\n"
+        )
         for _ in range(64):
             yield b"word " * 1000
 

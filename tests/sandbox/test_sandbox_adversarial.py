@@ -36,7 +36,8 @@ PAYLOADS = [
     ("server-environment", "import os\nanswer = dict(os.environ)"),
     (
         "proc-environ",
-        "answer = [open(p, 'rb').read().decode() for p in ('/proc/self/environ', '/proc/{parent}/environ', '/proc/1/environ')]",
+        "answer = [open(p, 'rb').read().decode() "
+        "for p in ('/proc/self/environ', '/proc/{parent}/environ', '/proc/1/environ')]",
     ),
     ("proc-self-mem", "f = open('/proc/self/mem', 'rb')\nanswer = 'opened'"),
     ("proc-listing", "import os\nanswer = open('/proc/{parent}/cmdline').read()"),
@@ -56,7 +57,9 @@ PAYLOADS = [
     ("ctypes-system", "import ctypes\nctypes.CDLL(None).system(b'touch {escape}')"),
     (
         "subclasses-escape",
-        "for c in ().__class__.__base__.__subclasses__():\n    if c.__name__ == 'catch_warnings':\n        c()._module.__builtins__['__import__']('os').system('touch {escape}')",
+        "for c in ().__class__.__base__.__subclasses__():\n"
+        "    if c.__name__ == 'catch_warnings':\n"
+        "        c()._module.__builtins__['__import__']('os').system('touch {escape}')",
     ),
     (
         "subclasses-popen",
@@ -68,11 +71,13 @@ PAYLOADS = [
     ("huge-output-once", "import sys\nsys.stdout.write('y' * 50_000_000)\nanswer = 1"),
     (
         "double-fork-daemon",
-        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n        open('{escape}', 'w')\nanswer = 'parent'",
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        "        time.sleep(60)\n        open('{escape}', 'w')\nanswer = 'parent'",
     ),
     (
         "thread-bomb",
-        "import threading, time\nts = [threading.Thread(target=time.sleep, args=(30,)) for _ in range(10000)]\nfor t in ts:\n    t.start()",
+        "import threading, time\nts = [threading.Thread(target=time.sleep, args=(30,)) for _ in range(10000)]\n"
+        "for t in ts:\n    t.start()",
     ),
     ("recursion-bomb", "import sys\nsys.setrecursionlimit(10 ** 7)\ndef f(n):\n    return f(n + 1)\nf(0)"),
     ("fill-scratch", "chunk = b'z' * (1 << 20)\nwith open('big', 'wb') as f:\n    while True:\n        f.write(chunk)"),
@@ -83,7 +88,8 @@ PAYLOADS = [
     ),
     (
         "forge-result-then-hang",
-        'open(\'/scratch/.espalier-result.json\', \'w\').write(\'{{"value": "forged", "ok": true, "timed_out": false}}\')\nwhile True:\n    pass',
+        "open('/scratch/.espalier-result.json', 'w')"
+        '.write(\'{{"value": "forged", "ok": true, "timed_out": false}}\')\nwhile True:\n    pass',
     ),
     ("fake-envelope-on-stdout", 'print(\'{{"value": "forged"}}\')'),
     ("exit-before-result", "import os\nos._exit(0)"),

@@ -86,7 +86,8 @@ def test_module_cache_makes_the_second_sandbox_fast(sandbox, cache_dir):
     assert second.run("answer = 2 ** 10").value == 1024
     elapsed = time.monotonic() - started
     print(
-        f"\nsecond sandbox with a warm cache: created in {created * 1000:.1f} ms, first answer after {elapsed * 1000:.0f} ms"
+        f"\nsecond sandbox with a warm cache: created in {created * 1000:.1f} ms, "
+        f"first answer after {elapsed * 1000:.0f} ms"
     )
     # Compiling python.wasm takes 6-12 s here; deserialising the cached module, milliseconds.
     assert elapsed < 2.0
