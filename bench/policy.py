@@ -21,7 +21,7 @@ with toxicity read by two independent scorers.
    ``--samples-per-prompt`` completions per training prompt, best against worst);
    ``--dpo-pairs-source store`` trains on the HH pairs instead.
 4. The peer is the base model measured in the same run: every model continues the same held-out
-   prompts (half toxic, half not; never trained on) through core/evaluation.py's toxicity
+   prompts (half toxic, half not; never trained on) through core/sources/learning/evaluation.py's toxicity
    evaluation, the same sampling and seed; the reward model and both toxicity scorers read the
    same continuations. KL from the reference comes from each job's own held-out samples (sum over
    tokens of log pi - log pi_ref, averaged over completions sampled from the policy).

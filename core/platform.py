@@ -109,7 +109,7 @@ class Platform:
             self.engine,
             self.models,
             self.templates,
-            grounder=Grounder(self.rag, lambda: self.guardrails, lambda: self.retrievers),
+            grounder=Grounder(self.rag, lambda: self.guardrail_service, lambda: self.retrievers),
             default_model=self.settings.default_model,
             guardrails=self.guardrail_service,
         )
@@ -168,7 +168,7 @@ class Platform:
             VectorStore(path=self.settings.chroma_dir, url=self.settings.chroma_url),
             KeywordIndex(self.settings.rag_dir / "bm25"),
             self.audit,
-            embedder=lambda: self.embedders.get("minilm"),
+            embedder=lambda: self.embedders.choose(self.settings.embedder, "ESPALIER_EMBEDDER"),
             load_model=lambda name: self.models.load(name)[0],
             default_model=self.settings.default_model,
         )
@@ -189,7 +189,7 @@ class Platform:
     @cached_property
     def agent_runs(self) -> AgentService:
         """Runs agents under the platform's rules and keeps their traces."""
-        return AgentService(self.engine, self.agents, self.toolbox, self.models, self.guardrails, self.settings)
+        return AgentService(self.engine, self.agents, self.toolbox, self.models, self.guardrail_service, self.settings)
 
     @cached_property
     def chain_specs(self) -> Registry[ChainSpec]:

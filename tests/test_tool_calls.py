@@ -1,6 +1,6 @@
 """OpenAI-style function calling in /v1/chat/completions (``tools``, ``tool_choice``, ``tool_calls``),
 through the official ``openai`` SDK against a real server with the real default model, plus the
-reading of replies into calls (core/tool_calls.py), which never yields a malformed call."""
+reading of replies into calls (core/tools/tool_calls.py), which never yields a malformed call."""
 
 from __future__ import annotations
 

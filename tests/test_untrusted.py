@@ -1,4 +1,4 @@
-"""Retrieved text is data: one quoting function (core/untrusted.py) is the only way untrusted text
+"""Retrieved text is data: one quoting function (core/tools/untrusted.py) is the only way untrusted text
 enters a prompt, and nothing inside a passage can leave its quoted block: not instructions, not
 fake ``Action:`` / ``Observation:`` lines, not fake source numbers, not chat-template markers."""
 

@@ -26,8 +26,8 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
     [wheel] = dist.glob("espalier-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "espalier/__init__.py" in names and "espalier/setup.py" not in names
-    assert "espalier/core/db/migrations/versions/0001_foundation_keys_audit_jobs.py" in names
-    assert "espalier/core/db/migrations/script.py.mako" in names
+    assert "espalier/core/infrastructure/db/migrations/versions/0001_foundation_keys_audit_jobs.py" in names
+    assert "espalier/core/infrastructure/db/migrations/script.py.mako" in names
     for console_file in (
         "templates/base.html",
         "templates/_candidates.html",

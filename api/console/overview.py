@@ -1,5 +1,5 @@
 """Overview: traffic, latency, tokens, guardrail decisions and feedback per hour as charts (all
-aggregated in the database, see ``core/usage.py``), models loaded, jobs by status."""
+aggregated in the database, see ``core/interface/usage.py``), models loaded, jobs by status."""
 
 from __future__ import annotations
 

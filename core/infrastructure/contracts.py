@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 # Chat and generation -------------------------------------------------------------------------
@@ -110,7 +111,8 @@ class ModelProvider(Protocol):
     Optional: ``validate(spec)`` refuses a registration early; ``release(spec)`` drops a provider's
     own cache of ``spec``'s weights when the model service unloads that version. A chat model may
     offer ``completion_logprobs(messages, completions)`` (per-token log-probabilities), which
-    policy evaluation uses to estimate the KL between versions.
+    policy evaluation uses to estimate the KL between versions. ``trainable = True`` says its
+    models have local weights a policy update can fine-tune (the built-in ``transformers``).
     """
 
     name: str
@@ -154,6 +156,79 @@ class Retriever(Protocol):
     def search(
         self, query: str, *, collection: str, k: int = 5, filters: Mapping[str, Any] | None = None
     ) -> list[RetrievedChunk]: ...
+
+
+# Collections' storage: vectors, keywords, document text ---------------------------------------
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """Where collections keep their chunks' vectors (the built-in ``chroma``). ``collection`` is
+    the store's name for one Espalier collection; a store creates it on first use.
+
+    ``vectors`` are computed by Espalier's embedder (a float32 array, one row per id). ``where``
+    is None or a filter on the metadata in chromadb's form: ``{key: {"$eq": value}}``, or
+    ``{"$and": [...]}`` of such clauses. ``query`` returns up to ``k`` ``(id, cosine distance)``
+    pairs, nearest first. Every method raises
+    :class:`~espalier.core.infrastructure.errors.Unavailable` when the store cannot be reached;
+    ``add`` then leaves nothing half written, and ``delete(..., quiet=True)`` logs instead of
+    raising (vectors whose ids are not in the database are ignored by search). ``drop`` of a
+    collection that does not exist does nothing.
+    """
+
+    name: str
+
+    def add(
+        self,
+        collection: str,
+        ids: Sequence[str],
+        vectors: Any,
+        texts: Sequence[str],
+        metadatas: Sequence[Mapping[str, Any]],
+    ) -> None: ...
+
+    def delete(self, collection: str, ids: Sequence[str], *, quiet: bool = False) -> None: ...
+
+    def update_metadata(self, collection: str, ids: Sequence[str], metadatas: Sequence[Mapping[str, Any]]) -> None: ...
+
+    def query(
+        self, collection: str, vector: Sequence[float], k: int, where: Mapping[str, Any] | None
+    ) -> list[tuple[str, float]]: ...
+
+    def drop(self, collection: str) -> None: ...
+
+
+@runtime_checkable
+class KeywordIndex(Protocol):
+    """The keyword index of collections (the built-in ``bm25``). ``build`` indexes a collection's
+    chunks as ``version`` (it is rebuilt at ingestion, never per query) and may forget older
+    versions; ``search`` returns up to ``k`` ``(id, score)`` pairs, best first, with positive
+    scores only, and raises ``LookupError`` when ``version`` was never built (``has`` says so)."""
+
+    name: str
+
+    def build(self, collection_id: str, version: int, ids: Sequence[str], texts: Sequence[str]) -> None: ...
+
+    def has(self, collection_id: str, version: int) -> bool: ...
+
+    def search(self, collection_id: str, version: int, query: str, k: int) -> list[tuple[str, float]]: ...
+
+    def drop(self, collection_id: str) -> None: ...
+
+
+@runtime_checkable
+class DocumentExtractor(Protocol):
+    """Reads the text of documents of its ``media_types`` (short names such as ``html``, ``pdf``:
+    what ``format`` says in an upload and what a document's record keeps). Core reads ``text`` and
+    ``markdown`` itself. Optional ``suffixes``: the file name endings that mean each type
+    (``{".htm": "html"}``); without it, ``.<type>`` for each of its types. ``extract`` raises
+    :class:`~espalier.core.infrastructure.errors.InvalidInput` for a file it cannot read, saying what
+    to do; the host refuses text that is empty."""
+
+    name: str
+    media_types: tuple[str, ...]
+
+    def extract(self, data: bytes, filename: str) -> str: ...
 
 
 # Tools and agents ----------------------------------------------------------------------------
@@ -205,6 +280,10 @@ class GuardrailScore:
 
 @runtime_checkable
 class Guardrail(Protocol):
+    """A scorer: ``score`` returns one :class:`GuardrailScore` per text. Policies (settings) decide
+    what a score means. A scorer may offer ``default_policies``: policy tables without ``scorer``
+    (it is the one offering them), in force while an operator sets no ``guardrail_policies``."""
+
     name: str
     categories: Sequence[str]
 
@@ -259,6 +338,54 @@ class Command:
     name: str
     target: Any
     help: str = ""
+
+
+@dataclass(frozen=True)
+class Screened:
+    """One text after the guardrail policies for its direction: ``action`` is the strongest that
+    matched (``allow``, ``flag``, ``redact`` or ``block``), ``text`` what may be shown (redacted
+    where a policy redacts), ``scores`` each scorer's categories."""
+
+    action: str
+    text: str
+    scores: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    @property
+    def blocked(self) -> bool:
+        return self.action == "block"
+
+
+class TextScreen(Protocol):
+    """The guardrail policies as the layers below the interface use them: retrieved passages
+    (direction ``retrieved``) and tool output in agent runs (``tool``) are screened through the
+    same policies an operator configures for chat input and output."""
+
+    def screen(
+        self,
+        texts: Sequence[str],
+        *,
+        direction: Direction,
+        route: str,
+        principal: Any = None,
+        request_id: str | None = None,
+    ) -> list[Screened]: ...
+
+
+# Evaluation plots -----------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Plotter(Protocol):
+    """Draws the figures of evaluations of its ``kinds`` (``toxicity``: several models on one prompt
+    set; ``policy``: a candidate version against the serving one). ``plot`` receives the
+    evaluation's results (``data``) and the toxicity threshold, writes files into ``out_dir`` (which
+    it creates) and returns them by format (``{"png": path}``); the record keeps them as its
+    artifacts. With no plotter for a kind, evaluations still run and store no plot."""
+
+    name: str
+    kinds: Sequence[str]
+
+    def plot(self, kind: str, data: Mapping[str, Any], *, threshold: float, out_dir: Path) -> dict[str, Path]: ...
 
 
 # Feedback events ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from espalier.core.infrastructure import hookspecs
 
-START = "<!-- hooks:start (generated from core/hookspecs.py: do not edit by hand) -->"
+START = "<!-- hooks:start (generated from core/infrastructure/hookspecs.py: do not edit by hand) -->"
 END = "<!-- hooks:end -->"
 REQUIRED_PARTS = (":returns:", ":since:", "Example::")
 

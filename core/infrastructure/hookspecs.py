@@ -4,7 +4,10 @@ example.
 
 Contribution hooks (``register_*``) receive a ``register`` callback. Call it once per item; the host
 validates the item, tags it with your plugin's name, and refuses start-up when two plugins
-contribute the same name (the message names both). An implementation may accept fewer arguments
+contribute the same name (the message names both). ``register(item, default=True)`` offers the
+item as the one to use where a setting picks one of its kind and names none (the embedder, the
+agent chains run); the first offer wins, and built-ins offer theirs with ``trylast``. An
+implementation may accept fewer arguments
 than the specification lists; new arguments are only ever added, never removed without a warning
 release first.
 
@@ -115,7 +118,9 @@ def register_prompt_templates(register: Callable[[TemplateSpec], None], platform
 def register_embedders(register: Callable[[Embedder], None], platform: Platform) -> None:
     """Contribute text embedders (used by ``/v1/embeddings`` and by collections).
 
-    :param register: call ``register(embedder)`` for each :class:`~espalier.core.infrastructure.contracts.Embedder`.
+    :param register: call ``register(embedder)`` for each :class:`~espalier.core.infrastructure.contracts.Embedder`;
+        ``register(embedder, default=True)`` offers it as the one collections use while
+        ``ESPALIER_EMBEDDER`` is unset (since 0.2.0).
     :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
         the platform's services when it is called takes it here, in its constructor: there is no
         binding step later. Since 0.2.0.
@@ -180,7 +185,9 @@ def register_tools(register: Callable[[Tool], None], platform: Platform) -> None
 def register_agents(register: Callable[[Agent], None], platform: Platform) -> None:
     """Contribute agents (ReAct, PAL, your own loop).
 
-    :param register: call ``register(agent)`` for each :class:`~espalier.core.infrastructure.contracts.Agent`.
+    :param register: call ``register(agent)`` for each :class:`~espalier.core.infrastructure.contracts.Agent`;
+        ``register(agent, default=True)`` offers it as the one chains with tools run while
+        ``ESPALIER_CHAIN_AGENT`` is unset (since 0.2.0).
     :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
         the platform's services when it is called takes it here, in its constructor: there is no
         binding step later. Since 0.2.0.

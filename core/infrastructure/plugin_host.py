@@ -89,7 +89,11 @@ class PluginHost:
         implementations that accept them.
         """
         registry: Registry[Any] = Registry(kind, protocol)
-        self.each_impl(hook_name, lambda plugin: lambda item: registry.add(item, plugin=plugin), **arguments)
+        self.each_impl(
+            hook_name,
+            lambda plugin: lambda item, **options: registry.add(item, plugin=plugin, **options),
+            **arguments,
+        )
         return registry
 
     def collect_list(self, hook_name: str, **arguments: Any) -> list[tuple[Any, str]]:

@@ -28,8 +28,12 @@ class Registry(Generic[T]):
         self.kind = kind
         self.protocol = protocol
         self._entries: dict[str, Entry[T]] = {}
+        self._default: str | None = None
 
-    def add(self, item: T, *, plugin: str) -> None:
+    def add(self, item: T, *, plugin: str, default: bool = False) -> None:
+        """``default``: the plugin offers the item as the one to use when a setting names none.
+        The first offer wins (hooks run tryfirst, then plain, then trylast: a built-in offers
+        with ``trylast``, so an installed plugin's offer comes first)."""
         name = getattr(item, "name", None)
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise PluginError(
@@ -49,6 +53,28 @@ class Registry(Generic[T]):
                 f"disable one of them (ESPALIER_DISABLE_PLUGINS) or rename the {self.kind}"
             )
         self._entries[name] = Entry(name, item, plugin)
+        if default and self._default is None:
+            self._default = name
+
+    def choose(self, name: str | None, setting: str) -> T:
+        """The item a setting names, else the one a plugin offered as default, else the only one.
+
+        :param setting: the setting's environment variable, for the message when none applies.
+        """
+        from espalier.core.infrastructure.errors import Unavailable
+
+        if name:
+            return self.get(name)
+        if self._default is not None:
+            return self.get(self._default)
+        if len(self._entries) == 1:
+            return next(iter(self._entries.values())).item
+        raise Unavailable(
+            f"no {self.kind} is chosen: set {setting} to one of {', '.join(sorted(self._entries)) or 'none'}"
+        )
+
+    def default_name(self) -> str | None:
+        return self._default
 
     def get(self, name: str) -> T:
         from espalier.core.infrastructure.errors import NotFound

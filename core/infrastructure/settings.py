@@ -198,8 +198,9 @@ class Settings(BaseSettings):
     )
     guardrail_policies: list[dict[str, Any]] | None = Field(
         default=None,
-        description="Guardrail policies (a list of tables in TOML, JSON in the environment); unset: flag "
-        "toxic input and output with the 'profanity' scorer, never block.",
+        description="Guardrail policies (a list of tables in TOML, JSON in the environment); unset: the "
+        "policies the registered scorers offer (the built-ins flag toxic input and output, never block, "
+        "and leave out retrieved text and agents' tool output that read as instructions).",
     )
     guardrail_store_allowed: bool = Field(
         default=False, description="Also store 'allow' decisions as guardrail events (all are counted in /metrics)."
@@ -208,6 +209,13 @@ class Settings(BaseSettings):
     chains: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Named chains ([[chains]] tables: name, template or system, memory, window, tools, model).",
+    )
+
+    embedder: str | None = Field(
+        default=None, description="The embedder for collections; unset: the one a plugin offers (built-in: minilm)."
+    )
+    chain_agent: str | None = Field(
+        default=None, description="The agent a chain with tools runs; unset: the one a plugin offers (built-in: react)."
     )
 
     job_workers: int = Field(default=1, ge=1, le=16)

@@ -22,6 +22,24 @@ class InjectionScorer:
     :param use_rules: turn the rules off to score with the classifier alone (for comparisons).
     """
 
+    #: Leave retrieved passages that read like instructions out of grounded prompts, and withhold
+    #: such tool output from an agent's model.
+    default_policies = (
+        {
+            "name": "default-retrieved-injection",
+            "direction": "retrieved",
+            "thresholds": {"injection": 0.5},
+            "action": "block",
+        },
+        {
+            "name": "default-agent-tool-injection",
+            "direction": "tool",
+            "routes": ["agent"],
+            "thresholds": {"injection": 0.5},
+            "action": "block",
+        },
+    )
+
     def __init__(
         self,
         checkpoint: str | Path | None = None,

@@ -13,4 +13,4 @@ __all__ = ["DIMENSIONS", "MODEL_NAME", "MiniLMEmbedder"]
 
 @hookimpl
 def register_embedders(register):
-    register(MiniLMEmbedder())
+    register(MiniLMEmbedder(), default=True)  # the embedder collections use unless ESPALIER_EMBEDDER says

@@ -100,4 +100,4 @@ def _limit_message(status: str) -> str:
 
 @hookimpl(trylast=True)
 def register_agents(register):
-    register(ReActAgent())
+    register(ReActAgent(), default=True)  # the agent chains with tools run unless ESPALIER_CHAIN_AGENT says

@@ -17,6 +17,11 @@ class ProfanityScorer:
     """Guardrail ``profanity``: ``{"toxicity": p}`` with ``p`` the classifier's probability."""
 
     categories = ("toxicity",)
+    #: Flag toxic input and output, never block, until an operator writes policies of their own.
+    default_policies = (
+        {"name": "default-input", "direction": "input", "thresholds": {"toxicity": 0.5}, "action": "flag"},
+        {"name": "default-output", "direction": "output", "thresholds": {"toxicity": 0.5}, "action": "flag"},
+    )
 
     def __init__(self, name: str = "profanity"):
         self.name = name

@@ -41,7 +41,7 @@ class TransformersChatModel:
         self.context_window: int = int(context_window or config_window)
         self.eos_token_ids = _eos_token_ids(self.model, self.tokenizer)
         # Templates that render ``tools`` themselves (Qwen2.5, Llama 3.1...) get the definitions;
-        # for the others the host writes them into the messages (core/tool_calls.py).
+        # for the others the host writes them into the messages (core/tools/tool_calls.py).
         template = getattr(self.tokenizer, "chat_template", None)
         self.native_tools = isinstance(template, str) and "tools" in template and "tool_call" in template
         # transformers 5.x renamed ``past_key_values`` to ``cache``; older versions know only the former.

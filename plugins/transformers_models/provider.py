@@ -24,6 +24,7 @@ class TransformersProvider:
     by every model that names the same source, dtype and adapter."""
 
     name = "transformers"
+    trainable = True  # local weights: policy updates fine-tune them with LoRA
 
     def validate(self, spec: ModelSpec) -> None:
         """Refuse a registration whose weights are not on this machine (the error says what to do)."""

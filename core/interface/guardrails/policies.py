@@ -34,6 +34,7 @@ from espalier.core.infrastructure.contracts import (
     Generation,
     Guardrail,
     GuardrailScore,
+    Screened,
     TokenDelta,
 )
 from espalier.core.infrastructure.db.engine import session_scope
@@ -139,26 +140,19 @@ class Policy:
         return hits
 
 
-DEFAULT_POLICIES: tuple[Mapping[str, Any], ...] = (
-    {
-        "name": "default-input",
-        "direction": "input",
-        "scorer": "profanity",
-        "thresholds": {"toxicity": 0.5},
-        "action": "flag",
-    },
-    {
-        "name": "default-output",
-        "direction": "output",
-        "scorer": "profanity",
-        "thresholds": {"toxicity": 0.5},
-        "action": "flag",
-    },
-)
+def default_policies(scorers: Registry[Guardrail]) -> list[Mapping[str, Any]]:
+    """The policies in force when ``guardrail_policies`` is unset: those the registered scorers
+    offer (a scorer's optional ``default_policies``; each names no scorer, it is the one offering
+    it), in registration order. Core names no scorer: the plugins say how theirs is used."""
+    policies: list[Mapping[str, Any]] = []
+    for entry in scorers:
+        for policy in getattr(entry.item, "default_policies", ()) or ():
+            policies.append({**policy, "scorer": entry.name})
+    return policies
 
 
 def parse_policies(raw: Sequence[Mapping[str, Any]] | None, scorers: Registry[Guardrail]) -> list[Policy]:
-    policies = [Policy.parse(item, i) for i, item in enumerate(DEFAULT_POLICIES if raw is None else raw)]
+    policies = [Policy.parse(item, i) for i, item in enumerate(default_policies(scorers) if raw is None else raw)]
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
         raise InvalidInput(f"guardrail policy names must be unique (got {names})")
@@ -264,6 +258,28 @@ class GuardrailService:
             with session_scope(self.engine) as session:
                 session.add_all(events)
         return decisions
+
+    def screen(
+        self,
+        texts: Sequence[str],
+        *,
+        direction: Direction,
+        route: str,
+        principal: Principal | None = None,
+        request_id: str | None = None,
+    ) -> list[Screened]:
+        """:class:`~espalier.core.infrastructure.contracts.TextScreen`: grounding and agents screen
+        retrieved text and tool output through the policies, as chat does its messages. A scorer
+        that fails blocks the text (a broken scorer must not open the door)."""
+        context = CheckContext(route, request_id, principal)
+        try:
+            decisions = self.check(texts, direction=direction, context=context)
+        except Exception:
+            if not self.policies_for(direction, route):
+                raise
+            log.exception("a guardrail scorer failed on %s text; withholding it", direction)
+            return [Screened("block", REDACTED) for _ in texts]
+        return [Screened(d.action, d.text, d.scores) for d in decisions]
 
     # The chat path --------------------------------------------------------------------------
     def check_input(

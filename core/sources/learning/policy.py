@@ -35,7 +35,6 @@ PROMPT_FORMATS = ("chat", "text")
 PAIR_SOURCES = ("store", "sampled")
 MAX_PROMPTS = 5000
 MAX_PROMPT_CHARS = 4000
-TRAINABLE_PROVIDERS = ("transformers",)
 
 
 @dataclass
@@ -291,10 +290,11 @@ def preflight(platform: Any, settings: PolicySettings) -> PolicyPlan:
         spec, _ = platform.models.resolve(model, "base")
     except NotFound:
         raise NotFound(f"no model named '{model}' to train (see GET /v1/models)", code="model_not_found") from None
-    if spec.provider not in TRAINABLE_PROVIDERS:
+    trainable = [e.name for e in platform.model_providers if getattr(e.item, "trainable", False)]
+    if spec.provider not in trainable:
         raise InvalidInput(
             f"model '{model}' is served by provider '{spec.provider}'; policy training needs local "
-            f"weights ({', '.join(TRAINABLE_PROVIDERS)} provider)"
+            f"weights (a provider with trainable models: {', '.join(trainable) or 'none is loaded'})"
         )
     if settings.toxicity_scorer not in platform.guardrails:
         raise InvalidInput(

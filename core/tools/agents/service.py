@@ -7,9 +7,10 @@ the rules in one place for every agent:
 
 * only the tools allowed for the run can be called; anything else is an error observation;
 * arguments are checked against the tool's schema before it runs;
-* tool output is data: it is scored by the ``injection`` guardrail when that plugin is on, an
-  output that reads as instructions is withheld from the model, and what reaches the model is
-  quoted line by line so it cannot pose as the transcript's own ``Action:`` lines;
+* tool output is data: it goes through the guardrail policies for the ``tool`` direction on the
+  ``agent`` route (by default, with the ``injection`` scorer loaded, output that reads as
+  instructions is withheld from the model), and what reaches the model is quoted line by line
+  so it cannot pose as the transcript's own ``Action:`` lines;
 * each step records which observation the model had last seen (``led_by``) and which earlier
   observations its arguments were copied from;
 * step and wall-clock limits, and cancellation (a client that went away), end the run.
@@ -27,7 +28,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from espalier.core.infrastructure.contracts import Agent, ChatMessage, GenerationParams, Guardrail
+from espalier.core.infrastructure.contracts import Agent, ChatMessage, GenerationParams, Screened, TextScreen
 from espalier.core.infrastructure.db.base import new_id, utcnow
 from espalier.core.infrastructure.db.engine import session_scope
 from espalier.core.infrastructure.errors import EspalierError, InvalidInput, NotFound
@@ -40,7 +41,6 @@ from espalier.core.tools.untrusted import quote_data
 log = logging.getLogger("espalier.agents")
 
 MAX_QUESTION = 8000
-INJECTION_THRESHOLD = 0.5
 MAX_OBSERVATION_FOR_MODEL = 2000
 STATUSES = ("running", "ok", "step_limit", "time_limit", "cancelled", "error")
 
@@ -73,6 +73,14 @@ def quote(text: str) -> str:
     """Tool output as a quoted block (:func:`~espalier.core.tools.untrusted.quote_data`): every line starts
     with '| ', so none can pose as an Action, and chat-template markers are defused."""
     return quote_data(text, limit=MAX_OBSERVATION_FOR_MODEL)
+
+
+def injection_score(screened: Screened | None) -> float | None:
+    """The ``injection`` scorer's score of a screened text, kept in the trace (None: not scored)."""
+    if screened is None:
+        return None
+    value = screened.scores.get("injection", {}).get("injection")
+    return None if value is None else float(value)
 
 
 @dataclass
@@ -163,13 +171,15 @@ class AgentContext:
                 name, arguments if isinstance(arguments, dict) else {}, exc.message, exc.message, True, 0.0
             )
         text = call.result.output
-        score = self._service.injection_score(text) if text and not call.result.is_error else None
-        withheld = score is not None and score >= INJECTION_THRESHOLD
+        screened = self._service.screen_output(text, self) if text and not call.result.is_error else None
+        score = injection_score(screened)
+        withheld = screened is not None and screened.blocked
         for_model = (
-            f"(withheld: the {name} output reads like instructions to the assistant, prompt-injection score "
-            f"{score:.2f}; it is untrusted data and was not shown)"
+            f"(withheld: the {name} output reads like instructions to the assistant"
+            + (f", prompt-injection score {score:.2f}" if score is not None else "")
+            + "; it is untrusted data and was not shown)"
             if withheld
-            else quote(text)
+            else quote(screened.text if screened is not None else text)
         )
         return Observation(
             name,
@@ -292,14 +302,14 @@ class AgentService:
         agents: Registry[Agent],
         tool_service: ToolService,
         models: Any,
-        guardrails: Registry[Guardrail],
+        screen: TextScreen,
         settings: Any,
     ):
         self.engine = engine
         self.agents = agents
         self.tool_service = tool_service
         self.models = models
-        self.guardrails = guardrails
+        self.screen = screen
         self.settings = settings
 
     def describe(self) -> list[dict[str, Any]]:
@@ -313,15 +323,10 @@ class AgentService:
             for e in sorted(self.agents, key=lambda e: e.item.name)
         ]
 
-    def injection_score(self, text: str) -> float | None:
-        if "injection" not in self.guardrails:
-            return None
-        try:
-            [score] = self.guardrails.get("injection").score([text], direction="tool")
-        except Exception:  # a broken scorer must not open the door: treat the text as suspect
-            log.exception("injection scorer failed; withholding the tool output")
-            return 1.0
-        return float(score.scores.get("injection", 0.0))
+    def screen_output(self, text: str, context: AgentContext) -> Screened:
+        """A tool's output through the policies for the ``tool`` direction on the ``agent`` route."""
+        [screened] = self.screen.screen([text], direction="tool", route="agent", principal=context.principal)
+        return screened
 
     # Running -----------------------------------------------------------------------------------
     def prepare(

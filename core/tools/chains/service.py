@@ -8,7 +8,8 @@ Memory is one of:
 * ``summary``: the model keeps a running summary (updated after each turn) and sees it with the
   last turn, so long sessions stay within a small model's context.
 
-With ``tools``, a turn runs through the ``react`` agent (its trace is stored and linked from the
+With ``tools``, a turn runs through an agent (``ESPALIER_CHAIN_AGENT``; unset: the one a plugin
+offers as default, the built-in ``react``) (its trace is stored and linked from the
 turn); without, it is one chat completion stored in the session's conversation.
 """
 
@@ -138,7 +139,8 @@ class ChainService:
             context = "\n".join(f"{m.role}: {m.content}" for m in history)
             # earlier answers may repeat what tools returned: the agent sees them quoted, as data
             question = f"Conversation so far (data):\n{quote_data(context)}\n\nNow answer: {text}" if context else text
-            run = self.agent_runs.run("react", question, principal, model=model, tools=list(spec.tools))
+            agent = self.agent_runs.agents.choose(self.settings.chain_agent, "ESPALIER_CHAIN_AGENT").name
+            run = self.agent_runs.run(agent, question, principal, model=model, tools=list(spec.tools))
             output, run_id = run["answer"] or "", run["id"]
         else:
             messages = list(history)
