@@ -37,6 +37,7 @@ _EXPORTS: dict[str, str] = {
             "ChatModel",
             "Command",
             "Direction",
+            "DocumentExtractor",
             "Embedder",
             "FeedbackEvent",
             "Generation",
@@ -45,8 +46,10 @@ _EXPORTS: dict[str, str] = {
             "GuardrailScore",
             "JobContext",
             "JobKind",
+            "KeywordIndex",
             "ModelProvider",
             "ModelSpec",
+            "Plotter",
             "RetrievedChunk",
             "Retriever",
             "TemplateSpec",
@@ -54,6 +57,7 @@ _EXPORTS: dict[str, str] = {
             "Tool",
             "ToolResult",
             "Trainer",
+            "VectorStore",
         ),
         _CONTRACTS,
     ),
@@ -97,6 +101,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
+# ruff: noqa: F401  (the names below are re-exported: __all__ is built from _EXPORTS, which ruff cannot read)
 if TYPE_CHECKING:  # what type checkers and editors see
     from espalier.api.guards import PUBLIC, CurrentPrincipal, access
     from espalier.core.infrastructure import errors
@@ -107,6 +112,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
         ChatModel,
         Command,
         Direction,
+        DocumentExtractor,
         Embedder,
         FeedbackEvent,
         Generation,
@@ -115,8 +121,10 @@ if TYPE_CHECKING:  # what type checkers and editors see
         GuardrailScore,
         JobContext,
         JobKind,
+        KeywordIndex,
         ModelProvider,
         ModelSpec,
+        Plotter,
         RetrievedChunk,
         Retriever,
         TemplateSpec,
@@ -124,6 +132,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
         Tool,
         ToolResult,
         Trainer,
+        VectorStore,
     )
     from espalier.core.infrastructure.errors import (
         Conflict,

@@ -293,6 +293,7 @@ def main() -> int:
             temperature=0.7,
             seed=args.seed,
             source="rtp_prompts_dev.jsonl (held out)",
+            plotter=platform.plotter_for,
         )
         scorer = platform.reward_models.scorer(platform.reward_models.current())
         table, per_prompt = {}, {}

@@ -36,9 +36,8 @@ from espalier.core.sources.feedback import FeedbackService, PairStore
 from espalier.core.sources.labeling.service import GENERATE_JOB, LabelingService
 from espalier.core.sources.learning.evaluation import EvaluationService
 from espalier.core.sources.models.service import ModelService
-from espalier.core.sources.rag.keyword import KeywordIndex
+from espalier.core.sources.rag.extract import DocumentTypes
 from espalier.core.sources.rag.service import RagService
-from espalier.core.sources.rag.store import VectorStore
 from espalier.core.sources.reward import RewardModelService
 from espalier.core.sources.templates.service import TemplateService
 from espalier.core.tools.agents.service import AgentService
@@ -137,6 +136,7 @@ class Platform:
             submit_job=lambda *a, **k: self.jobs.submit(*a, **k),
             default_model=self.settings.default_model,
             check_model=self._check_model_name,
+            audit=self.audit,
         )
 
     def _check_model_name(self, name: str) -> None:
@@ -161,16 +161,34 @@ class Platform:
         return self._collect("register_retrievers", "retriever", contracts.Retriever)
 
     @cached_property
+    def vector_stores(self) -> Registry[contracts.VectorStore]:
+        return self._collect("register_vector_stores", "vector store", contracts.VectorStore)
+
+    @cached_property
+    def keyword_indexes(self) -> Registry[contracts.KeywordIndex]:
+        return self._collect("register_keyword_indexes", "keyword index", contracts.KeywordIndex)
+
+    @cached_property
+    def document_extractors(self) -> Registry[contracts.DocumentExtractor]:
+        return self._collect("register_document_extractors", "document extractor", contracts.DocumentExtractor)
+
+    @cached_property
+    def document_types(self) -> DocumentTypes:
+        """The formats ingestion reads: plain text and Markdown, and the registered extractors'."""
+        return DocumentTypes(entry.item for entry in self.document_extractors)
+
+    @cached_property
     def rag(self) -> RagService:
-        """Collections, documents, ingestion and search (vectors in chromadb, keywords in bm25s)."""
+        """Collections, documents, ingestion and search (the chosen vector store and keyword index)."""
         return RagService(
             self.engine,
-            VectorStore(path=self.settings.chroma_dir, url=self.settings.chroma_url),
-            KeywordIndex(self.settings.rag_dir / "bm25"),
+            lambda: self.vector_stores.choose(self.settings.vector_store, "ESPALIER_VECTOR_STORE"),
+            lambda: self.keyword_indexes.choose(self.settings.keyword_index, "ESPALIER_KEYWORD_INDEX"),
             self.audit,
             embedder=lambda: self.embedders.choose(self.settings.embedder, "ESPALIER_EMBEDDER"),
             load_model=lambda name: self.models.load(name)[0],
             default_model=self.settings.default_model,
+            document_types=lambda: self.document_types,
         )
 
     @cached_property
@@ -222,6 +240,14 @@ class Platform:
         return EvaluationService(self.engine)
 
     @cached_property
+    def plotters(self) -> Registry[contracts.Plotter]:
+        return self._collect("register_plotters", "plotter", contracts.Plotter)
+
+    def plotter_for(self, kind: str) -> contracts.Plotter | None:
+        """The first registered plotter that draws ``kind`` evaluations; None when none is loaded."""
+        return next((entry.item for entry in self.plotters if kind in entry.item.kinds), None)
+
+    @cached_property
     def trainers(self) -> Registry[contracts.Trainer]:
         return self._collect("register_trainers", "trainer", contracts.Trainer)
 
@@ -254,7 +280,7 @@ class Platform:
 
     @cached_property
     def jobs(self) -> JobService:
-        return JobService(self.engine, self.job_kinds, self.settings.artifacts_dir)
+        return JobService(self.engine, self.job_kinds, self.settings.artifacts_dir, self.audit)
 
     @cached_property
     def console_sessions(self) -> ConsoleSessionService:
@@ -268,7 +294,7 @@ class Platform:
 
     @cached_property
     def guardrail_flags(self) -> GuardrailFlagService:
-        return GuardrailFlagService(self.engine)
+        return GuardrailFlagService(self.engine, self.audit)
 
     def collect_all(self) -> None:
         """Collect every contribution now, so duplicate names fail at start-up, not on first use."""
@@ -278,11 +304,15 @@ class Platform:
             "builtin_templates",
             "embedders",
             "retrievers",
+            "vector_stores",
+            "keyword_indexes",
+            "document_extractors",
             "tools",
             "agents",
             "chain_specs",
             "guardrails",
             "guardrail_service",
+            "plotters",
             "trainers",
             "job_kinds",
             "commands",

@@ -394,3 +394,285 @@ def test_hook_register_chains(tmp_path):
     assert specs.entry("from-config").plugin == "settings" and "assistant" in specs  # built-ins alongside
     with pytest.raises(Exception, match="both plugin 'probe' and plugin 'settings'"):
         _ = platform_with(tmp_path / "dup", Plugin(), chains=[{"name": "tutor"}]).chain_specs
+
+
+# Collections' parts: vector stores, keyword indexes, document extractors ---------------------------
+class WideModel(Model):
+    context_window = 2048  # room for a collection's sources
+
+
+class WideProvider:
+    name = "wide"
+
+    def load(self, spec, *, cache_dir):
+        return WideModel()
+
+
+class Letters:
+    """Letter counts, unit length: texts sharing letters are near (enough for a real search)."""
+
+    name = "letters"
+    dimensions = 26
+
+    def embed(self, texts):
+        rows = []
+        for text in texts:
+            counts = [text.lower().count(chr(ord("a") + i)) for i in range(26)]
+            norm = sum(c * c for c in counts) ** 0.5 or 1.0
+            rows.append([c / norm for c in counts])
+        return rows
+
+
+class CollectionParts:
+    """A model to size chunks for and an embedder, both light, for the collection hooks' tests."""
+
+    @hookimpl
+    def register_model_providers(self, register):
+        register(WideProvider())
+
+    @hookimpl
+    def register_models(self, register):
+        register(contracts.ModelSpec(name="wide-1", provider="wide", source="memory"))
+
+    @hookimpl
+    def register_embedders(self, register):
+        register(Letters())
+
+
+def collections_platform(tmp_path, plugin, **settings):
+    platform = Platform(
+        Settings(home=tmp_path / "home", embedder="letters", default_model="wide-1", **settings),
+        extra_plugins=[("parts", CollectionParts()), ("probe", plugin)],
+        load_entry_points=False,
+    )
+    return platform.start(run_jobs=False)
+
+
+def operator():
+    from espalier.core.infrastructure.identity import Principal
+
+    return Principal(key_id="key_op", name="op", role="operator")
+
+
+def test_hook_register_vector_stores(tmp_path):
+    class MemoryStore:
+        name = "memory"
+
+        def __init__(self):
+            self.collections: dict[str, dict[str, tuple[list[float], dict]]] = {}
+            self.queries = 0
+
+        def add(self, collection, ids, vectors, texts, metadatas):
+            rows = self.collections.setdefault(collection, {})
+            for i, vector, meta in zip(ids, vectors, metadatas, strict=True):
+                rows[i] = ([float(x) for x in vector], dict(meta))
+
+        def delete(self, collection, ids, *, quiet=False):
+            for i in ids:
+                self.collections.get(collection, {}).pop(i, None)
+
+        def update_metadata(self, collection, ids, metadatas):
+            for i, meta in zip(ids, metadatas, strict=True):
+                self.collections[collection][i] = (self.collections[collection][i][0], dict(meta))
+
+        def query(self, collection, vector, k, where):
+            self.queries += 1
+            rows = self.collections.get(collection, {}).items()
+            distance = [(i, 1.0 - sum(a * b for a, b in zip(vector, v, strict=True))) for i, (v, _) in rows]
+            return sorted(distance, key=lambda pair: pair[1])[:k]
+
+        def drop(self, collection):
+            self.collections.pop(collection, None)
+
+    class Plugin:
+        @hookimpl
+        def register_vector_stores(self, register, settings):
+            seen.append(settings)
+            register(store, default=True)  # offered as default: chosen over the built-in 'chroma'
+
+    seen, store = [], MemoryStore()
+    platform = collections_platform(tmp_path, Plugin())
+    try:
+        assert seen == [platform.settings] and platform.vector_stores.entry("memory").plugin == "probe"
+        assert platform.rag.store is store and "chroma" in platform.vector_stores  # built-in alongside
+        rag, me = platform.rag, operator()
+        record = rag.create_collection("notes", me)
+        rag.ingest("notes", me, b"Owls hunt at night.", filename="owls.txt")
+        rag.ingest("notes", me, b"Zebras graze the savanna.", filename="zebras.txt")
+        assert len(store.collections[rag.chroma_name(record)]) == 2
+        [hit] = rag.search("notes", me, "owls hunting at night", k=1, mode="vector")
+        assert hit.source == "owls.txt" and store.queries == 1
+        assert not (tmp_path / "home" / "chroma").exists()  # nothing went to chromadb
+        rag.delete_collection("notes", me)
+        assert rag.chroma_name(record) not in store.collections
+    finally:
+        platform.close()
+    chosen = Platform(
+        Settings(home=tmp_path / "other", vector_store="chroma"),
+        extra_plugins=[("probe", Plugin())],
+        load_entry_points=False,
+    )
+    assert chosen.rag.store is chosen.vector_stores.get("chroma")  # the setting wins over an offer
+
+
+def test_hook_register_keyword_indexes(tmp_path):
+    class WordIndex:
+        """Counts the query's words in each chunk; ``built`` remembers every build."""
+
+        name = "words"
+
+        def __init__(self):
+            self.indexes: dict[tuple[str, int], list[tuple[str, str]]] = {}
+            self.built: list[tuple[str, int, int]] = []
+
+        def build(self, collection_id, version, ids, texts):
+            self.indexes[(collection_id, version)] = list(zip(ids, texts, strict=True))
+            self.built.append((collection_id, version, len(ids)))
+
+        def has(self, collection_id, version):
+            return (collection_id, version) in self.indexes
+
+        def search(self, collection_id, version, query, k):
+            words = set(query.lower().split())
+            scored = [
+                (i, float(len(words & set(t.lower().rstrip(".").split()))))
+                for i, t in self.indexes[(collection_id, version)]
+            ]
+            return sorted([pair for pair in scored if pair[1] > 0], key=lambda pair: -pair[1])[:k]
+
+        def drop(self, collection_id):
+            self.indexes = {key: value for key, value in self.indexes.items() if key[0] != collection_id}
+
+    class Plugin:
+        @hookimpl
+        def register_keyword_indexes(self, register, settings):
+            register(index)  # no default offered: ESPALIER_KEYWORD_INDEX picks it
+
+    index = WordIndex()
+    platform = collections_platform(tmp_path, Plugin(), keyword_index="words")
+    try:
+        assert platform.rag.keywords is index and platform.keyword_indexes.entry("bm25").plugin == "bm25_index"
+        rag, me = platform.rag, operator()
+        record = rag.create_collection("notes", me)
+        rag.ingest("notes", me, b"Owls hunt at night.", filename="owls.txt")
+        rag.ingest("notes", me, b"Zebras graze the savanna.", filename="zebras.txt")
+        assert index.built == [(record.id, 1, 1), (record.id, 2, 2)]  # rebuilt at each ingestion
+        [hit] = rag.search("notes", me, "zebras savanna", k=3, mode="keyword")
+        assert hit.source == "zebras.txt" and hit.score == 2.0
+        assert not (tmp_path / "home" / "rag" / "bm25" / record.id).exists()  # bm25 was not used
+        rag.delete_collection("notes", me)
+        assert not index.has(record.id, 2)
+    finally:
+        platform.close()
+
+
+def test_hook_register_document_extractors(tmp_path):
+    from espalier.core.infrastructure.errors import InvalidInput
+
+    class CsvExtractor:
+        name = "csv"
+        media_types = ("csv",)  # no suffixes: '.csv'
+
+        def extract(self, data, filename):
+            calls.append(filename)
+            return "\n".join(" ".join(line.split(",")) for line in data.decode().splitlines())
+
+    class Plugin:
+        @hookimpl
+        def register_document_extractors(self, register):
+            register(CsvExtractor())
+
+    calls = []
+    platform = collections_platform(tmp_path, Plugin())
+    try:
+        types = platform.document_types
+        assert types.media_type_for("birds.csv") == "csv" and types.media_type_for("a.pdf") == "pdf"  # built-ins too
+        assert types.kinds == ["text", "markdown", "csv", "html", "pdf"]  # core's, then in hook order
+        rag, me = platform.rag, operator()
+        rag.create_collection("tables", me)
+        result = rag.ingest("tables", me, b"bird,wingspan\nalbatross,3.5m", filename="birds.csv")
+        assert result.document.media_type == "csv" and calls == ["birds.csv"]
+        [hit] = rag.search("tables", me, "albatross wingspan", k=1, mode="keyword")
+        assert hit.text == "bird wingspan\nalbatross 3.5m"
+        with pytest.raises(InvalidInput, match=r"unsupported type \(\.xls\); supported: .*\.csv"):
+            rag.ingest("tables", me, b"x", filename="birds.xls")
+        with pytest.raises(InvalidInput, match="use text, markdown, csv, html or pdf"):
+            rag.ingest("tables", me, b"x", filename="birds", media_type="xls")
+    finally:
+        platform.close()
+    bare = Platform(
+        Settings(home=tmp_path / "bare", disable_plugins=["document_extractors"]),
+        extra_plugins=[("probe", Plugin())],
+        load_entry_points=False,
+    )
+    with pytest.raises(InvalidInput, match=r"unsupported type \(\.pdf\); supported: \.csv, \.markdown, \.md"):
+        bare.document_types.media_type_for("report.pdf")  # without the built-ins, no PDF
+
+
+# Evaluation plots ------------------------------------------------------------------------------
+def test_hook_register_plotters(tmp_path):
+    from espalier.core.sources.learning.evaluation import evaluate_toxicity
+
+    class Caps:
+        name = "caps"
+        categories = ["toxicity"]
+
+        def score(self, texts, *, direction):
+            return [GuardrailScore(self.name, {"toxicity": float(text.isupper())}) for text in texts]
+
+    class TextPlotter:
+        name = "text-plot"
+        kinds = ("toxicity",)
+
+        def plot(self, kind, data, *, threshold, out_dir):
+            out_dir.mkdir(parents=True)
+            path = out_dir / "means.txt"
+            path.write_text(" ".join(f"{m}={r['mean_toxicity']}" for m, r in data["models"].items()))
+            drawn.append((kind, threshold))
+            return {"txt": path}
+
+    class EchoModel:
+        @hookimpl
+        def register_model_providers(self, register):
+            register(Provider())
+
+        @hookimpl
+        def register_models(self, register):
+            register(contracts.ModelSpec(name="echo-1", provider="echo", source="memory"))
+
+    class Plugin(EchoModel):
+        @hookimpl
+        def register_plotters(self, register):
+            register(TextPlotter())
+
+    def evaluate(platform):
+        return evaluate_toxicity(
+            platform.engine,
+            platform.models,
+            Caps(),
+            ["echo-1"],
+            ["hi", "there"],
+            tmp_path / "evaluations",
+            threshold=0.5,
+            plotter=platform.plotter_for,
+        )
+
+    drawn = []
+    platform = platform_with(tmp_path, Plugin()).start(run_jobs=False)
+    try:
+        assert platform.plotter_for("toxicity") is platform.plotters.get("text-plot")  # asked before the built-in
+        assert platform.plotters.entry("matplotlib").plugin == "plots" and platform.plotter_for("policy") is not None
+        record = evaluate(platform)
+        assert drawn == [("toxicity", 0.5)] and set(record.artifacts) == {"txt"}
+        assert Path(record.artifacts["txt"]).read_text() == "echo-1=0.0" and "plot" not in record.results
+    finally:
+        platform.close()
+
+    platform = platform_with(tmp_path / "bare", EchoModel(), disable_plugins=["plots"]).start(run_jobs=False)
+    try:
+        assert platform.plotter_for("toxicity") is None
+        record = evaluate(platform)  # still runs and is stored, without a plot
+        assert record.artifacts == {} and "no plotter for 'toxicity'" in record.results["plot"]
+        assert platform.evaluations.get(record.id).results["models"]["echo-1"]["mean_toxicity"] == 0.0
+    finally:
+        platform.close()

@@ -141,6 +141,7 @@ def eval_toxicity(
                 seed=seed,
                 source=str(prompts),
                 progress=lambda fraction, message="": bar.update(task, completed=fraction, description=message[:60]),
+                plotter=instance.plotter_for,
             )
     finally:
         instance.close()
@@ -165,4 +166,5 @@ def eval_toxicity(
             f"{entry['share_difference_vs_first']:+.1%}",
         )
     console.print(table)
-    console.print(f"evaluation {record.id}; plots: {record.artifacts['png']}  {record.artifacts['svg']}")
+    plots = "  ".join(record.artifacts.values()) or record.results.get("plot", "none")
+    console.print(f"evaluation {record.id}; plots: {plots}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +42,27 @@ def running_server(home: Path) -> str | None:
     return None
 
 
-def files_under(path: Path) -> list[Path]:
-    from espalier.core.sources.rag.extract import MEDIA_TYPES
-
+def files_under(path: Path, suffixes: Collection[str] | None = None) -> list[Path]:
+    """``path`` itself, or the files under it whose name ends in one of ``suffixes`` (by default
+    those a platform with these settings reads: text, Markdown and its document extractors')."""
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise InvalidInput(f"{path} is neither a file nor a folder")
-    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_TYPES)
+    if suffixes is None:
+        suffixes = accepted_suffixes()
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def accepted_suffixes() -> set[str]:
+    from espalier.core.infrastructure.settings import load_settings
+    from espalier.core.platform import Platform
+
+    instance = Platform(load_settings())
+    try:
+        return set(instance.document_types.media_types)
+    finally:
+        instance.close()
 
 
 def source_name(root: Path, file: Path) -> str:
@@ -154,23 +167,24 @@ def run(path: Path, collection: str, key: str | None, console: Any) -> dict[str,
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from espalier.core.infrastructure.settings import load_settings
+    from espalier.core.platform import Platform
 
     settings = load_settings()
-    files = files_under(path)
+    instance = Platform(settings)  # its document extractors say which files are read
+    files = files_under(path, instance.document_types.media_types)
     if not files:
         raise InvalidInput(f"no supported files under {path} (.txt, .md, .html, .pdf)")
     url = running_server(settings.home)
     if url:
+        instance.close()
         key = key or os.environ.get("ESPALIER_API_KEY")
         if not key:
             raise InvalidInput(f"a server is running on this ESPALIER_HOME ({url}); pass --key or set ESPALIER_API_KEY")
         console.print(f"a server is running at {url}: ingesting through its API")
         results = ingest_via_server(url, key, collection, path, files)
     else:
-        from espalier.core.platform import Platform
-
         settings.ensure_dirs()
-        instance = Platform(settings).start(run_jobs=False)
+        instance.start(run_jobs=False)
         results = ingest_embedded(instance, collection, path, files)
     counts: dict[str, int] = {}
     with Progress(

@@ -66,8 +66,8 @@ def labeling_create(
         temperature=temperature,
         max_tokens=max_tokens,
         seed=seed,
+        via="cli",
     )
-    instance.audit.record(None, "labeling.create", task.id, job=task.job_id, via="cli")
     print_json({"task_id": task.id, "job_id": task.job_id, "progress": instance.labeling.progress(task.id)})
 
 

@@ -84,8 +84,7 @@ async def sign_in(request: Request) -> Response:
 @post("/console/sign-out", opt=console("operator"), include_in_schema=False, sync_to_thread=True)
 def sign_out(request: Request) -> Redirect:
     platform = request.app.state.platform
-    platform.console_sessions.sign_out(request.cookies.get(COOKIE))
-    platform.audit.record(request.scope["principal"], "console.sign_out")  # type: ignore[typeddict-item]
+    platform.console_sessions.sign_out(request.cookies.get(COOKIE), request.scope["principal"])  # type: ignore[typeddict-item]
     response = Redirect(SIGN_IN_PATH, status_code=303)
     response.cookies.append(_cookie(request, COOKIE, "", 0))
     return response

@@ -113,17 +113,8 @@ async def flag_text(request: Request) -> Template:
             label=form.label,
             request_id=form.request_id,
             completion_id=form.completion_id or None,
+            via="console",
         )
-    )
-    platform.audit.record(
-        principal,
-        "guardrail.flag",
-        flag.id,
-        category=flag.category,
-        label=flag.label,
-        request_id=flag.request_id,
-        completion_id=flag.completion_id,
-        via="console",
     )
     return page(
         request,

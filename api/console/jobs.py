@@ -75,8 +75,7 @@ def job_metrics(request: Request, job_id: str, after_step: Annotated[int, Parame
 )
 def cancel_job(request: Request, job_id: str) -> Template:
     platform = request.app.state.platform
-    job = platform.jobs.cancel(job_id)
-    platform.audit.record(request.scope["principal"], "job.cancel", job_id, via="console")  # type: ignore[typeddict-item]
+    job = platform.jobs.cancel(job_id, actor=request.scope["principal"], via="console")  # type: ignore[typeddict-item]
     return page(
         request, "_job_detail.html", active=NAV.path, job=job, logs=platform.jobs.logs(job_id), poll=POLL_SECONDS
     )

@@ -77,10 +77,7 @@ async def labeling_exclude(request: Request, task_id: str) -> Template:
     excluded = [k for k in task.excluded_labelers if k != key_id]
     if key_id not in task.excluded_labelers:
         excluded.append(key_id)
-    await anyio.to_thread.run_sync(service.set_excluded, task_id, excluded)
-    request.app.state.platform.audit.record(
-        _principal(request), "labeling.exclude", task_id, key_ids=excluded, via="console"
-    )
+    await anyio.to_thread.run_sync(lambda: service.set_excluded(task_id, excluded, _principal(request), via="console"))
     context = await anyio.to_thread.run_sync(_task_context, request, task_id)
     return page(request, "_labeling_labelers.html", active=NAV.path, **context)
 

@@ -67,8 +67,7 @@ class JobsController(Controller):
     @post(sync_to_thread=True, summary="Submit a job")
     def submit_job(self, request: Request, data: JSONBody[JobSubmit], principal: CurrentPrincipal) -> JobOut:
         platform = request.app.state.platform
-        job = platform.jobs.submit(data.kind, data.params, created_by=principal.key_id)
-        platform.audit.record(principal, "job.submit", job.id, kind=data.kind)
+        job = platform.jobs.submit(data.kind, data.params, actor=principal)
         return job_out(job)
 
     @get("/{job_id:str}", sync_to_thread=True, summary="One job with its progress")
@@ -90,8 +89,7 @@ class JobsController(Controller):
     @post("/{job_id:str}/cancel", status_code=200, sync_to_thread=True, summary="Cancel a job")
     def cancel_job(self, request: Request, job_id: str, principal: CurrentPrincipal) -> JobOut:
         platform = request.app.state.platform
-        job = platform.jobs.cancel(job_id)
-        platform.audit.record(principal, "job.cancel", job_id)
+        job = platform.jobs.cancel(job_id, actor=principal)
         return job_out(job)
 
 

@@ -92,7 +92,6 @@ def create_task(request: Request, data: JSONBody[TaskIn], principal: CurrentPrin
         seed=data.seed,
         lease_seconds=data.lease_seconds,
     )
-    request.app.state.platform.audit.record(principal, "labeling.create", task.id, job=task.job_id)
     return {"task": task_out(task), "job_id": task.job_id, "progress": _service(request).progress(task.id)}
 
 
@@ -106,7 +105,6 @@ def create_task(request: Request, data: JSONBody[TaskIn], principal: CurrentPrin
 )
 def regenerate(request: Request, task_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
     job = _service(request).regenerate(task_id, principal)
-    request.app.state.platform.audit.record(principal, "labeling.generate", task_id, job=job.id)
     return {"job_id": job.id}
 
 
@@ -150,7 +148,6 @@ def add_labelers(
     request: Request, task_id: str, data: JSONBody[KeyIdsIn], principal: CurrentPrincipal
 ) -> dict[str, Any]:
     labelers = _service(request).add_labelers(task_id, data.key_ids, principal)
-    request.app.state.platform.audit.record(principal, "labeling.labelers.add", task_id, key_ids=data.key_ids)
     return {"labelers": labelers}
 
 
@@ -163,8 +160,7 @@ def add_labelers(
     summary="Stop giving items to a labeler (their rankings stay)",
 )
 def remove_labeler(request: Request, task_id: str, key_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
-    labelers = _service(request).remove_labeler(task_id, key_id)
-    request.app.state.platform.audit.record(principal, "labeling.labelers.remove", task_id, key_id=key_id)
+    labelers = _service(request).remove_labeler(task_id, key_id, principal)
     return {"labelers": labelers}
 
 
@@ -178,8 +174,7 @@ def remove_labeler(request: Request, task_id: str, key_id: str, principal: Curre
 def exclude_labelers(
     request: Request, task_id: str, data: JSONBody[KeyIdsIn], principal: CurrentPrincipal
 ) -> dict[str, Any]:
-    excluded = _service(request).set_excluded(task_id, data.key_ids)
-    request.app.state.platform.audit.record(principal, "labeling.exclude", task_id, key_ids=excluded)
+    excluded = _service(request).set_excluded(task_id, data.key_ids, principal)
     return {"excluded_labelers": excluded}
 
 

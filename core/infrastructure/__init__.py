@@ -1,1 +1,2 @@
-"""Infrastructure: settings, database, plugin host and hook specifications, contracts, jobs, errors, logs, identity and audit."""
+"""Infrastructure: settings, database, plugin host and hook specifications, contracts, jobs, errors,
+logs, identity and audit."""

@@ -26,16 +26,20 @@ if TYPE_CHECKING:
         Agent,
         ChainSpec,
         Command,
+        DocumentExtractor,
         Embedder,
         FeedbackEvent,
         Guardrail,
         JobKind,
+        KeywordIndex,
         ModelProvider,
         ModelSpec,
+        Plotter,
         Retriever,
         TemplateSpec,
         Tool,
         Trainer,
+        VectorStore,
     )
     from espalier.core.infrastructure.settings import Settings
     from espalier.core.platform import Platform
@@ -155,6 +159,97 @@ def register_retrievers(register: Callable[[Retriever], None], platform: Platfor
 
 
 @hookspec
+def register_vector_stores(register: Callable[[VectorStore], None], settings: Settings, platform: Platform) -> None:
+    """Contribute vector stores: where collections keep their chunks' vectors (the built-in
+    ``chroma``: embedded chromadb in ``ESPALIER_HOME``, or a Chroma server by URL).
+
+    Collections use one store: the one ``ESPALIER_VECTOR_STORE`` names, else the one a plugin
+    offers as default. The built-in offers itself with ``trylast``, so an installed store that
+    offers itself takes its place (collections ingested into another store are not moved: ingest
+    them again).
+
+    :param register: call ``register(store)`` for each :class:`~espalier.core.infrastructure.contracts.VectorStore`;
+        ``register(store, default=True)`` offers it as the one collections use while
+        ``ESPALIER_VECTOR_STORE`` is unset.
+    :param settings: the platform's :class:`~espalier.core.infrastructure.settings.Settings` (where the
+        store lives, a server's URL); read them here, never from the environment at import time.
+    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
+        the platform's services when it is called takes it here, in its constructor.
+    :returns: nothing; contributions go through ``register``.
+    :since: 0.2.0
+
+    Example::
+
+        @hookimpl
+        def register_vector_stores(register, settings):
+            register(PgVectorStore(name="pgvector", url=settings.database_url), default=True)
+    """
+
+
+@hookspec
+def register_keyword_indexes(register: Callable[[KeywordIndex], None], settings: Settings, platform: Platform) -> None:
+    """Contribute keyword indexes: the keyword side of collection search (``keyword`` and
+    ``hybrid`` modes; the built-in ``bm25``, bm25s files under ``ESPALIER_HOME/rag/bm25``).
+
+    Collections use one index: the one ``ESPALIER_KEYWORD_INDEX`` names, else the one a plugin
+    offers as default (the built-in offers itself with ``trylast``). An index is rebuilt from the
+    database when a collection's version is missing from it, so replacing one loses nothing.
+
+    :param register: call ``register(index)`` for each :class:`~espalier.core.infrastructure.contracts.KeywordIndex`;
+        ``register(index, default=True)`` offers it as the one collections use while
+        ``ESPALIER_KEYWORD_INDEX`` is unset.
+    :param settings: the platform's :class:`~espalier.core.infrastructure.settings.Settings` (where the
+        index keeps its files); read them here, never from the environment at import time.
+    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
+        the platform's services when it is called takes it here, in its constructor.
+    :returns: nothing; contributions go through ``register``.
+    :since: 0.2.0
+
+    Example::
+
+        @hookimpl
+        def register_keyword_indexes(register, settings):
+            register(TantivyIndex(name="tantivy", root=settings.home / "tantivy"), default=True)
+    """
+
+
+@hookspec
+def register_document_extractors(register: Callable[[DocumentExtractor], None]) -> None:
+    """Contribute document extractors: readers of the text of a file format, for ingestion.
+
+    Core reads plain text and Markdown itself; every other format (the built-ins: ``html`` with
+    selectolax, ``pdf`` with pypdf) comes from an extractor. The formats uploads and
+    ``espalier ingest`` accept are core's plus the extractors' ``media_types``, found by file name
+    ending (``suffixes``); a format nothing reads is refused by name. The first extractor
+    registered for a media type reads it, and the built-ins register with ``trylast``.
+
+    :param register: call ``register(extractor)`` for each
+        :class:`~espalier.core.infrastructure.contracts.DocumentExtractor`: ``name``, ``media_types``
+        (a tuple), optional ``suffixes`` and ``extract(data, filename)``, which returns the text or
+        raises :class:`~espalier.core.infrastructure.errors.InvalidInput` saying what to do.
+    :returns: nothing; contributions go through ``register``.
+    :since: 0.2.0
+
+    Example::
+
+        import io
+
+        import docx2txt
+
+        class DocxExtractor:
+            name = "docx"
+            media_types = ("docx",)
+
+            def extract(self, data, filename):
+                return docx2txt.process(io.BytesIO(data))
+
+        @hookimpl
+        def register_document_extractors(register):
+            register(DocxExtractor())
+    """
+
+
+@hookspec
 def register_tools(register: Callable[[Tool], None], platform: Platform) -> None:
     """Contribute tools that agents, chat completions (``tools``) and operators can call.
 
@@ -270,6 +365,29 @@ def register_trainers(register: Callable[[Trainer], None], settings: Settings, p
         @hookimpl
         def register_trainers(register):
             register(MyRewardTrainer(name="my-reward", description="Bradley-Terry on my encoder"))
+    """
+
+
+@hookspec
+def register_plotters(register: Callable[[Plotter], None]) -> None:
+    """Contribute plotters: the figures of evaluations (the built-in draws them with matplotlib).
+
+    An evaluation asks for a plotter of its kind (``toxicity``, ``policy``): the first registered
+    whose ``kinds`` name it draws, and the built-in registers with ``trylast``. Its files become the
+    evaluation's artifacts. With no plotter for a kind the evaluation still runs and stores no
+    plot; its results say so (``results["plot"]``).
+
+    :param register: call ``register(plotter)`` for each :class:`~espalier.core.infrastructure.contracts.Plotter`;
+        ``plot(kind, data, threshold=..., out_dir=...)`` receives the evaluation's results and
+        returns the files it wrote by format (``{"png": path}``).
+    :returns: nothing; contributions go through ``register``.
+    :since: 0.2.0
+
+    Example::
+
+        @hookimpl
+        def register_plotters(register):
+            register(VegaPlotter(name="vega", kinds=("toxicity", "policy")))
     """
 
 

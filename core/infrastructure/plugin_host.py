@@ -38,6 +38,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "espalier.plugins.remote_models",
     "espalier.plugins.transformers_models",
     "espalier.plugins.minilm_embedder",
+    "espalier.plugins.chroma_store",
+    "espalier.plugins.bm25_index",
+    "espalier.plugins.document_extractors",
     "espalier.plugins.prompt_library",
     "espalier.plugins.toxicity",
     "espalier.plugins.injection",
@@ -45,6 +48,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "espalier.plugins.sql_retriever",
     "espalier.plugins.reward_models",
     "espalier.plugins.policy_eval",
+    "espalier.plugins.plots",
     "espalier.plugins.constitution",
     "espalier.plugins.policy_training",
 )

@@ -61,7 +61,8 @@ class Settings(BaseSettings):
     prefix_cache_mb: int = Field(
         default=128,
         ge=0,
-        description="Memory (per loaded model version) for the keys and values of recent prompts, so a key's prompts that begin alike "
+        description="Memory (per loaded model version) for the keys and values of recent prompts, "
+        "so a key's prompts that begin alike "
         "(system prompt, few-shot examples, earlier turns) are prefilled from there; 0 turns it off.",
     )
     pack_prefill_weights: bool = Field(
@@ -72,7 +73,8 @@ class Settings(BaseSettings):
 
     chroma_url: str | None = Field(
         default=None,
-        description="A Chroma server (http://host:port) for collections; the embedded store in ESPALIER_HOME/chroma when unset.",
+        description="A Chroma server (http://host:port) for collections; "
+        "the embedded store in ESPALIER_HOME/chroma when unset.",
     )
     max_upload_bytes: int = Field(
         default=32 * 1024 * 1024, ge=1, description="Largest document accepted for ingestion."
@@ -123,7 +125,8 @@ class Settings(BaseSettings):
         default=0.5,
         ge=0,
         le=1,
-        description="Weight of an AI preference pair in the reward model's loss (a human pair weighs 1); 0 leaves them out.",
+        description="Weight of an AI preference pair in the reward model's loss (a human pair weighs 1); "
+        "0 leaves them out.",
     )
     console_session_minutes: int = Field(
         default=60, ge=1, le=24 * 60, description="How long a console sign-in lasts before signing in again."
@@ -216,6 +219,14 @@ class Settings(BaseSettings):
     )
     chain_agent: str | None = Field(
         default=None, description="The agent a chain with tools runs; unset: the one a plugin offers (built-in: react)."
+    )
+    vector_store: str | None = Field(
+        default=None,
+        description="The vector store of collections; unset: the one a plugin offers (built-in: chroma).",
+    )
+    keyword_index: str | None = Field(
+        default=None,
+        description="The keyword index of collections; unset: the one a plugin offers (built-in: bm25).",
     )
 
     job_workers: int = Field(default=1, ge=1, le=16)

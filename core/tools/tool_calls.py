@@ -152,7 +152,8 @@ def parse_assistant_calls(raw: Any, number: int) -> tuple[dict[str, Any], ...]:
             or not isinstance(function.get("arguments", ""), str)
         ):
             raise _bad(
-                f'{where} must be {{"id": ..., "type": "function", "function": {{"name": ..., "arguments": "<JSON>"}}}}',
+                f'{where} must be {{"id": ..., "type": "function", '
+                f'"function": {{"name": ..., "arguments": "<JSON>"}}}}',
                 where,
             )
         calls.append(

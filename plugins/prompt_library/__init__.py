@@ -16,7 +16,9 @@ COT_MATH = TemplateSpec(
     user="{{ input }}",
     examples=(
         {
-            "question": "A baker makes 24 rolls and sells 9 in the morning and 8 in the afternoon. How many rolls are left?",
+            "question": (
+                "A baker makes 24 rolls and sells 9 in the morning and 8 in the afternoon. How many rolls are left?"
+            ),
             "reasoning": "She sold 9 + 8 = 17 rolls. 24 - 17 = 7 rolls are left.",
             "answer": "7",
         },

@@ -139,7 +139,8 @@ class SqlRetriever:
         unknown = set(filters or {}) - set(self.filter_columns)
         if unknown:
             raise InvalidInput(
-                f"the sql retriever filters on {', '.join(self.filter_columns) or 'no columns'}; not {', '.join(sorted(unknown))}"
+                f"the sql retriever filters on {', '.join(self.filter_columns) or 'no columns'}; "
+                f"not {', '.join(sorted(unknown))}"
             )
         terms = query_terms(query)
         if not terms:

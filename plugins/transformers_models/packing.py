@@ -6,8 +6,8 @@ a sizeable part of the time to the first token. :func:`pack_linear_weights` make
 at load, and the engine runs prompt passes (:func:`packed_prefill`) on them. The results are the
 same to the last bit (the same kernel runs on the same layout; :func:`packing_is_exact` checks
 every weight shape on the machine before anything is packed, and
-``tests/plugins/test_prompt_passes.py`` checks whole prompt passes). Decode steps keep the plain weights: they run on PyTorch's own
-kernels, so that a row's logits do not depend on its batch (see :mod:`.engine`).
+``tests/plugins/test_prompt_passes.py`` checks whole prompt passes). Decode steps keep the plain
+weights: they run on PyTorch's own kernels, so that a row's logits do not depend on its batch (see :mod:`.engine`).
 
 The packed copies cost as much memory again as the linear layers' weights (about 270 MB for the
 shipped model); ``ESPALIER_PACK_PREFILL_WEIGHTS=false`` leaves them out.

@@ -70,7 +70,10 @@ def wait_heard(heard: Heard, kind: str, timeout: float = 10.0) -> list:
 
 def test_a_ranking_sent_to_the_api_starts_a_retrain(espalier, heard):
     request_id, ids = stored_request(espalier.platform, key_id(espalier, "user"), "Say hi", ["a", "b", "c"])
-    body = {"request_id": request_id, "candidates": [{"completion_id": c, "rank": r} for c, r in zip(ids, [1, 2, 3])]}
+    body = {
+        "request_id": request_id,
+        "candidates": [{"completion_id": c, "rank": r} for c, r in zip(ids, [1, 2, 3], strict=True)],
+    }
     response = espalier.client.post(
         "/api/feedback/rankings", json=body, headers={**espalier.headers("user"), "Idempotency-Key": "api-1"}
     )
@@ -94,7 +97,11 @@ def test_a_ranking_made_in_the_console_playground_starts_a_retrain(espalier, hea
     ids = re.findall(r'name="rank_(cmp_[0-9a-f]+)"', shown.text)
     key = re.search(r'name="idempotency_key" value="([^"]+)"', shown.text).group(1)
     assert len(ids) == 3
-    form = {"request_id": request_id, "idempotency_key": key, **{f"rank_{c}": str(r) for c, r in zip(ids, [3, 1, 2])}}
+    form = {
+        "request_id": request_id,
+        "idempotency_key": key,
+        **{f"rank_{c}": str(r) for c, r in zip(ids, [3, 1, 2], strict=True)},
+    }
     ranked = client.post("/console/playground/rank", headers={"X-CSRF-Token": csrf}, data=form)
     assert ranked.status_code == 200, ranked.text
     [event] = wait_heard(heard, "ranking")
@@ -117,7 +124,7 @@ def test_a_ranking_from_the_console_labeling_queue_starts_a_retrain(espalier, he
     ids = re.findall(r'name="rank_(cmp_[0-9a-f]+)"', queue.text)
     item_id = re.search(r"/items/(li_[0-9a-f]+)/rank", queue.text).group(1)
     key = re.search(r'name="idempotency_key" value="([^"]+)"', queue.text).group(1)
-    form = {"idempotency_key": key, **{f"rank_{c}": str(r) for c, r in zip(ids, [2, 3, 1])}}
+    form = {"idempotency_key": key, **{f"rank_{c}": str(r) for c, r in zip(ids, [2, 3, 1], strict=True)}}
     saved = espalier.client.post(
         f"/console/labeling/{task_id}/items/{item_id}/rank", data=form, headers={"X-CSRF-Token": csrf}
     )

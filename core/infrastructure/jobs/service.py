@@ -23,10 +23,12 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
+from espalier.core.infrastructure.audit import AuditLog
 from espalier.core.infrastructure.contracts import JobKind
 from espalier.core.infrastructure.db.base import new_id, utcnow
 from espalier.core.infrastructure.db.engine import lock_transaction, session_scope
 from espalier.core.infrastructure.errors import Conflict, InvalidInput, NotFound
+from espalier.core.infrastructure.identity import Principal
 from espalier.core.infrastructure.jobs.tables import Job, JobLog, JobMetric
 from espalier.core.infrastructure.registry import Registry
 
@@ -57,14 +59,27 @@ class JobCancelled(Exception):
 
 
 class JobService:
-    def __init__(self, engine: Engine, kinds: Registry[JobKind], artifacts_dir: Path):
+    def __init__(self, engine: Engine, kinds: Registry[JobKind], artifacts_dir: Path, audit: AuditLog | None = None):
         self.engine = engine
         self.kinds = kinds
         self.artifacts_dir = artifacts_dir
+        self.audit = audit
         self.wakeup = threading.Event()
 
-    def submit(self, kind: str, params: Mapping[str, Any] | None = None, *, created_by: str | None = None) -> Job:
+    def submit(
+        self,
+        kind: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        created_by: str | None = None,
+        actor: Principal | None = None,
+        via: str | None = None,
+    ) -> Job:
+        """Queue a job. ``actor``: the key that asked for it directly (audited as ``job.submit``);
+        jobs the platform submits for its own reasons pass ``created_by`` alone."""
         self.kinds.get(kind)  # NotFound names the kinds there are
+        if actor is not None:
+            created_by = actor.key_id
         params = dict(params or {})
         try:
             encoded = json.dumps(params)
@@ -82,6 +97,8 @@ class JobService:
         )
         with session_scope(self.engine) as session:
             session.add(job)
+        if actor is not None and self.audit is not None:
+            self.audit.record(actor, "job.submit", job.id, kind=kind, **({"via": via} if via else {}))
         self.wakeup.set()
         return job
 
@@ -146,8 +163,9 @@ class JobService:
             )
             return list(session.exec(query))
 
-    def cancel(self, job_id: str) -> Job:
-        """Queued jobs stop at once; running ones are asked to stop at their next check."""
+    def cancel(self, job_id: str, *, actor: Principal | None = None, via: str | None = None) -> Job:
+        """Queued jobs stop at once; running ones are asked to stop at their next check (audited
+        as ``job.cancel`` when ``actor`` asked)."""
         with session_scope(self.engine) as session:
             job = session.get(Job, job_id)
             if job is None:
@@ -160,7 +178,9 @@ class JobService:
                 job.message = "cancelled before it started"
             job.cancel_requested = True
             session.add(job)
-            return job
+        if actor is not None and self.audit is not None:
+            self.audit.record(actor, "job.cancel", job_id, **({"via": via} if via else {}))
+        return job
 
     def fail_stale(self) -> int:
         """Mark running jobs whose worker stopped sending heartbeats as failed."""

@@ -313,7 +313,8 @@ class ChatService:
             if "input" in template.variables and "input" not in variables:
                 if not messages or messages[-1].role != "user":
                     raise InvalidInput(
-                        f"template '{template.name}' fills 'input' from the last user message; send one or pass variables.input"
+                        f"template '{template.name}' fills 'input' from the last user message; "
+                        f"send one or pass variables.input"
                     )
                 variables["input"] = messages[-1].content
                 history = messages[:-1]

@@ -83,7 +83,10 @@ class ConsoleSessionService:
             principal = Principal(key_id=key.id, name=key.name, role=key.role)
             return ActiveSession(principal, record.csrf_token)
 
-    def sign_out(self, token: str | None) -> None:
+    def sign_out(self, token: str | None, principal: Principal | None = None) -> None:
+        """End a session (audited as ``console.sign_out`` for ``principal``)."""
+        if principal is not None:
+            self.audit.record(principal, "console.sign_out")
         if not token:
             return
         with session_scope(self.engine) as session:

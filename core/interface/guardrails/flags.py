@@ -15,6 +15,7 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
+from espalier.core.infrastructure.audit import AuditLog
 from espalier.core.infrastructure.db.base import utcnow
 from espalier.core.infrastructure.db.engine import session_scope
 from espalier.core.infrastructure.errors import InvalidInput, NotFound
@@ -31,8 +32,9 @@ def text_sha256(text: str) -> str:
 
 
 class GuardrailFlagService:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, audit: AuditLog | None = None):
         self.engine = engine
+        self.audit = audit
 
     def flag(
         self,
@@ -43,8 +45,10 @@ class GuardrailFlagService:
         request_id: str,
         completion_id: str | None = None,
         message_index: int | None = None,
+        via: str | None = None,
     ) -> GuardrailFlag:
-        """Label a stored text: a completion of ``request_id`` or one of its messages (the prompt)."""
+        """Label a stored text: a completion of ``request_id`` or one of its messages (the prompt).
+        Audited as ``guardrail.flag``."""
         if category not in CATEGORIES:
             raise InvalidInput(f"category must be one of {', '.join(CATEGORIES)} (got {category!r})")
         if label not in (0, 1):
@@ -80,7 +84,17 @@ class GuardrailFlagService:
             session.add(row)
             session.flush()
             session.refresh(row)
-            return row
+        if self.audit is not None:
+            details = {"category": row.category, "label": row.label, "request_id": row.request_id}
+            self.audit.record(
+                principal,
+                "guardrail.flag",
+                row.id,
+                **details,
+                completion_id=row.completion_id,
+                **({"via": via} if via else {}),
+            )
+        return row
 
     def remove(self, flag_id: str) -> None:
         with session_scope(self.engine) as session:

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
+from espalier.core.infrastructure.audit import AuditLog
 from espalier.core.infrastructure.contracts import ChatCompleter, ChatMessage, ChatRequest, GenerationParams
 from espalier.core.infrastructure.db.base import utcnow
 from espalier.core.infrastructure.db.engine import session_scope
@@ -75,14 +76,21 @@ class LabelingService:
         submit_job: Callable[..., Any],
         default_model: str,
         check_model: Callable[[str], Any] | None = None,
+        audit: AuditLog | None = None,
     ):
         self.engine = engine
+        self.audit = audit
         self._chat = chat
         self.conversations = conversations
         self.feedback = feedback
         self._submit_job = submit_job
         self.default_model = default_model
         self._check_model = check_model
+
+    def _record(self, principal: Principal | None, action: str, task_id: str, via: str | None, **details: Any) -> None:
+        """The service writes its own audit records, whatever the entry point (API, console, CLI)."""
+        if self.audit is not None:
+            self.audit.record(principal, action, task_id, **details, **({"via": via} if via else {}))
 
     # Tasks -----------------------------------------------------------------------------------
     def create(
@@ -101,8 +109,9 @@ class LabelingService:
         max_tokens: int = 128,
         seed: int | None = None,
         lease_seconds: int = 900,
+        via: str | None = None,
     ) -> LabelingTask:
-        """Store the task and its items, then queue the generation of candidates."""
+        """Store the task and its items, then queue the generation of candidates (audited)."""
         name = (name or "").strip()
         if not 1 <= len(name) <= 200:
             raise InvalidInput("name must be 1-200 characters")
@@ -152,6 +161,7 @@ class LabelingService:
         with session_scope(self.engine) as session:
             session.execute(update(LabelingTask).where(LabelingTask.id == task.id).values(job_id=job.id))
         task.job_id = job.id
+        self._record(principal, "labeling.create", task.id, via, job=task.job_id)
         return task
 
     def _items_from(
@@ -228,16 +238,21 @@ class LabelingService:
                 )
             )
 
-    def add_labelers(self, task_id: str, key_ids: Sequence[str], principal: Principal) -> list[str]:
+    def add_labelers(
+        self, task_id: str, key_ids: Sequence[str], principal: Principal, *, via: str | None = None
+    ) -> list[str]:
         self.get(task_id)
         key_ids = self._known_keys(key_ids)
         with session_scope(self.engine) as session:
             for key_id in key_ids:
                 if session.get(LabelingLabeler, (task_id, key_id)) is None:
                     session.add(LabelingLabeler(task_id=task_id, key_id=key_id, added_by=principal.key_id))
+        self._record(principal, "labeling.labelers.add", task_id, via, key_ids=list(key_ids))
         return self.labelers(task_id)
 
-    def remove_labeler(self, task_id: str, key_id: str) -> list[str]:
+    def remove_labeler(
+        self, task_id: str, key_id: str, principal: Principal | None = None, *, via: str | None = None
+    ) -> list[str]:
         """The labeler gets no more items; open leases go back to the pool, finished rankings stay."""
         self.get(task_id)
         with session_scope(self.engine) as session:
@@ -254,9 +269,12 @@ class LabelingService:
                 )
                 .values(expires_at=utcnow())
             )
+        self._record(principal, "labeling.labelers.remove", task_id, via, key_id=key_id)
         return self.labelers(task_id)
 
-    def set_excluded(self, task_id: str, key_ids: Sequence[str]) -> list[str]:
+    def set_excluded(
+        self, task_id: str, key_ids: Sequence[str], principal: Principal | None = None, *, via: str | None = None
+    ) -> list[str]:
         """Leave these labelers' feedback on this task's items out of pairs and reward training."""
         self.get(task_id)
         key_ids = list(dict.fromkeys(k for k in key_ids if k))
@@ -264,6 +282,7 @@ class LabelingService:
             raise InvalidInput(f"at most {MAX_LABELERS} excluded labelers")
         with session_scope(self.engine) as session:
             session.execute(update(LabelingTask).where(LabelingTask.id == task_id).values(excluded_labelers=key_ids))
+        self._record(principal, "labeling.exclude", task_id, via, key_ids=key_ids)
         return key_ids
 
     # Candidates ------------------------------------------------------------------------------
@@ -310,7 +329,7 @@ class LabelingService:
         self._set_status(task_id, "ready")
         return {"generated": len(todo), "items": len(items)}
 
-    def regenerate(self, task_id: str, principal: Principal) -> Any:
+    def regenerate(self, task_id: str, principal: Principal, *, via: str | None = None) -> Any:
         """Queue the generation again for items still without candidates (after a failure or cancel)."""
         task = self.get(task_id)
         with session_scope(self.engine) as session:
@@ -322,6 +341,7 @@ class LabelingService:
             session.execute(
                 update(LabelingTask).where(LabelingTask.id == task_id).values(job_id=job.id, status="generating")
             )
+        self._record(principal, "labeling.generate", task_id, via, job=job.id)
         return job
 
     def _set_status(self, task_id: str, status: str) -> None:

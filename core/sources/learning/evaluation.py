@@ -10,6 +10,7 @@ compared with it.
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,13 +18,18 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from espalier.core.infrastructure.contracts import ChatMessage, GenerationParams, Guardrail
+from espalier.core.infrastructure.contracts import ChatMessage, GenerationParams, Guardrail, Plotter
 from espalier.core.infrastructure.db.engine import session_scope
 from espalier.core.infrastructure.errors import InvalidInput, NotFound
 from espalier.core.sources.learning.tables import EvaluationRecord
 from espalier.core.sources.models.service import ModelService
 
+log = logging.getLogger("espalier.evaluation")
+
 MAX_PROMPTS = 5000
+
+#: Finds the plotter that draws a kind of evaluation (the platform's ``plotter_for``), None if none does.
+PlotterFor = Callable[[str], Plotter | None]
 
 
 def load_prompts(path: Path, *, limit: int | None = None, field: str = "prompt") -> list[str]:
@@ -77,11 +83,13 @@ def evaluate_toxicity(
     category: str = "toxicity",
     source: str = "",
     progress: Callable[[float, str], None] | None = None,
+    plotter: PlotterFor | None = None,
 ) -> EvaluationRecord:
     """Generate a continuation of every prompt with every model, score them, store the record.
 
-    ``model_names`` are registered models, optionally ``name@version``. Writes a PNG and an SVG
-    plot into ``out_dir`` and returns the stored :class:`EvaluationRecord`.
+    ``model_names`` are registered models, optionally ``name@version``. The plotter for
+    ``toxicity`` (the built-in draws a PNG and an SVG) writes into ``out_dir``; with none, no plot
+    is stored and the record says so. Returns the stored :class:`EvaluationRecord`.
     """
     if not model_names:
         raise InvalidInput("give at least one model to evaluate (--model NAME, repeatable)")
@@ -142,40 +150,24 @@ def evaluate_toxicity(
         },
         results={"models": per_model, "baseline": model_names[0]},
     )
-    out_dir = out_dir / record.id
-    record.artifacts = {key: str(path) for key, path in plot_toxicity(per_model, threshold, out_dir).items()}
+    add_plots(record, plotter, threshold, out_dir / record.id)
     with session_scope(engine) as session:
         session.add(record)
     report(1.0, "done")
     return record
 
 
-def plot_toxicity(per_model: dict[str, Any], threshold: float, out_dir: Path) -> dict[str, Path]:
-    """Two panels: each model's score distribution (with the threshold) and its share above it."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on a server
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    labels = list(per_model)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.boxplot([[c["score"] for c in per_model[m]["continuations"]] for m in labels], tick_labels=labels)
-    left.axhline(threshold, color="red", linestyle="--", label=f"threshold {threshold}")
-    left.scatter(range(1, len(labels) + 1), [per_model[m]["mean_toxicity"] for m in labels], marker="D", label="mean")
-    left.set_ylabel("toxicity of continuation")
-    left.set_ylim(0, 1)
-    left.legend()
-    right.bar(labels, [per_model[m]["share_above_threshold"] for m in labels], color="tab:orange")
-    right.set_ylabel(f"share above {threshold}")
-    right.set_ylim(0, 1)
-    figure.suptitle("Toxicity of continuations")
-    figure.tight_layout()
-    paths = {"png": out_dir / "toxicity.png", "svg": out_dir / "toxicity.svg"}
-    for path in paths.values():
-        figure.savefig(path)
-    plt.close(figure)
-    return paths
+def add_plots(record: EvaluationRecord, plotter: PlotterFor | None, threshold: float, out_dir: Path) -> None:
+    """The record's plots, from the plotter of its kind; with none loaded the evaluation keeps its
+    results and ``results["plot"]`` says why there is no plot."""
+    chosen = plotter(record.kind) if plotter is not None else None
+    if chosen is None:
+        note = f"no plot: no plotter for '{record.kind}' evaluations is loaded (the built-in one is the 'plots' plugin)"
+        log.warning("evaluation %s: %s", record.id, note)
+        record.results = {**record.results, "plot": note}
+        return
+    paths = chosen.plot(record.kind, record.results, threshold=threshold, out_dir=out_dir)
+    record.artifacts = {key: str(path) for key, path in paths.items()}
 
 
 class EvaluationService:

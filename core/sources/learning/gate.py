@@ -5,7 +5,7 @@ report holds, per version: the mean reward of its answers (the current reward mo
 toxicity (mean and share above a threshold, one guardrail scorer), the KL from the reference (the
 base weights, no adapter) estimated on the version's own sampled answers, and a small task check
 (fixed questions with exact answers, greedy decoding). A gate compares the two and decides whether
-the candidate may be promoted; the record and a PNG plot are stored.
+the candidate may be promoted; the record and a PNG plot (from the plotter of ``policy``) are stored.
 
 KL estimate: for each answer y sampled from version p, ``log p(y|x) - log ref(y|x)`` summed over
 its tokens (a single-sample Monte Carlo estimate of KL(p || ref) per answer), averaged over the
@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 from espalier.core.infrastructure.contracts import ChatMessage, ChatModel, GenerationParams, Guardrail
 from espalier.core.infrastructure.db.engine import session_scope
 from espalier.core.infrastructure.errors import InvalidInput, Unavailable
+from espalier.core.sources.learning.evaluation import PlotterFor, add_plots
 from espalier.core.sources.learning.tables import EvaluationRecord
 from espalier.core.sources.models.service import BASE, ModelService
 
@@ -179,8 +180,12 @@ def evaluate_policy(
     progress: Callable[[float, str], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
     job_id: str | None = None,
+    plotter: PlotterFor | None = None,
 ) -> EvaluationRecord:
-    """Compare ``name@candidate`` with the version serving ``name`` now; store and return the record."""
+    """Compare ``name@candidate`` with the version serving ``name`` now; store and return the record.
+
+    The plotter for ``policy`` (the built-in draws a PNG) writes into ``out_dir``; with none, no
+    plot is stored and the record says so."""
     gate = gate or Gate()
     gate.check()
     prompts = check_prompts(prompts)
@@ -275,9 +280,7 @@ def evaluate_policy(
         },
     )
     report(0.95, "plotting")
-    record.artifacts = {
-        key: str(path) for key, path in plot_policy(record.results, threshold, out_dir / record.id).items()
-    }
+    add_plots(record, plotter, threshold, out_dir / record.id)
     with session_scope(engine) as session:
         session.add(record)
         session.flush()
@@ -289,38 +292,6 @@ def evaluate_policy(
 
 def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
-
-
-def plot_policy(results: dict[str, Any], threshold: float, out_dir: Path) -> dict[str, Path]:
-    """Four panels, current against candidate: reward, toxicity (with the threshold), KL, task accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on a server
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sides = [results["current"], results["candidate"]]
-    labels = [f"{s['version']} (serving)" if i == 0 else f"{s['version']} (candidate)" for i, s in enumerate(sides)]
-    figure, axes = plt.subplots(1, 4, figsize=(15, 4))
-    axes[0].boxplot([s["rewards"] for s in sides], tick_labels=labels)
-    axes[0].set_title("reward per answer")
-    axes[1].boxplot([s["toxicity"] for s in sides], tick_labels=labels)
-    axes[1].axhline(threshold, color="red", linestyle="--", label=f"threshold {threshold}")
-    axes[1].set_ylim(0, 1)
-    axes[1].set_title("toxicity per answer")
-    axes[1].legend()
-    axes[2].bar(labels, [s["kl"] or 0.0 for s in sides], color="tab:purple")
-    axes[2].set_title("KL from reference (nats/answer)")
-    axes[3].bar(labels, [s["task_accuracy"] or 0.0 for s in sides], color="tab:green")
-    axes[3].set_ylim(0, 1)
-    axes[3].set_title("task check accuracy")
-    verdict = "passed" if results["gate"]["passed"] else "failed"
-    figure.suptitle(f"{sides[1]['model']} against {sides[0]['model']}: gate {verdict}")
-    figure.tight_layout()
-    path = out_dir / "policy.png"
-    figure.savefig(path)
-    plt.close(figure)
-    return {"png": path}
 
 
 # Running it for a job or the CLI -----------------------------------------------------------------
@@ -436,6 +407,7 @@ def run(
         progress=progress,
         cancelled=cancelled,
         job_id=job_id,
+        plotter=platform.plotter_for,
     )
 
 

@@ -1,1 +1,2 @@
-"""Retrieval: collections, chunking, vectors (chromadb), keywords (BM25), grounding."""
+"""Retrieval: collections, chunking, grounding; vectors and keywords in the registered vector store
+and keyword index."""

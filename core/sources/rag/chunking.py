@@ -73,7 +73,8 @@ def plan_budget(
     room = context_window - answer_tokens - PROMPT_OVERHEAD
     if room < 32 + PER_SOURCE_OVERHEAD:
         raise InvalidInput(
-            f"a context window of {context_window} tokens leaves no room for sources after {answer_tokens} answer tokens; "
+            f"a context window of {context_window} tokens leaves no room for sources "
+            f"after {answer_tokens} answer tokens; "
             "lower answer_tokens or use a model with a larger window",
             code="context_too_small",
         )

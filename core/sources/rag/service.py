@@ -1,5 +1,6 @@
 """Collections, documents, ingestion and search. The database holds the truth (collections,
-documents, chunk texts and spans); chromadb holds the vectors and the BM25 index the keywords.
+documents, chunk texts and spans); a vector store holds the vectors and a keyword index the
+keywords (the built-ins: chromadb and BM25; plugins register others).
 
 Writes go vectors first, then one database transaction, then the old vectors are removed: a
 failure at any step leaves the previous version of the document searchable and nothing half
@@ -22,15 +23,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from espalier.core.infrastructure.audit import AuditLog
-from espalier.core.infrastructure.contracts import RetrievedChunk
+from espalier.core.infrastructure.contracts import KeywordIndex, RetrievedChunk, VectorStore
 from espalier.core.infrastructure.db.base import new_id, utcnow
 from espalier.core.infrastructure.db.engine import session_scope
 from espalier.core.infrastructure.errors import Conflict, Forbidden, InvalidInput, NotFound
 from espalier.core.infrastructure.identity import ROLES, Principal
 from espalier.core.sources.rag.chunking import Budget, plan_budget, split_text, token_counter
-from espalier.core.sources.rag.extract import extract_text, media_type_for
-from espalier.core.sources.rag.keyword import KeywordIndex, reciprocal_rank_fusion
-from espalier.core.sources.rag.store import VectorStore
+from espalier.core.sources.rag.extract import DocumentTypes
+from espalier.core.sources.rag.fusion import reciprocal_rank_fusion
 from espalier.core.sources.rag.tables import ChunkRecord, CollectionRecord, DocumentRecord
 
 log = logging.getLogger("espalier.rag")
@@ -102,23 +102,41 @@ def check_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 class RagService:
+    """``store``, ``keywords``, ``document_types`` and ``embedder`` are asked for when needed, so the
+    platform's choice (a setting, or the plugin that offers a default) is made on first use."""
+
     def __init__(
         self,
         engine: Engine,
-        store: VectorStore,
-        keywords: KeywordIndex,
+        store: Callable[[], VectorStore],
+        keywords: Callable[[], KeywordIndex],
         audit: AuditLog,
         embedder: Callable[[], Any],
         load_model: Callable[[str], Any],
         default_model: str,
+        document_types: Callable[[], DocumentTypes],
     ):
         self.engine = engine
-        self.store = store
-        self.keywords = keywords
+        self._store = store
+        self._keywords = keywords
         self.audit = audit
         self._embedder = embedder
         self._load_model = load_model
         self.default_model = default_model
+        self._document_types = document_types
+
+    @property
+    def store(self) -> VectorStore:
+        return self._store()
+
+    @property
+    def keywords(self) -> KeywordIndex:
+        return self._keywords()
+
+    @property
+    def document_types(self) -> DocumentTypes:
+        """The formats ingestion reads: text and Markdown, and those of the registered extractors."""
+        return self._document_types()
 
     def _embed(self, texts: list[str]) -> Any:
         import numpy as np
@@ -275,13 +293,14 @@ class RagService:
     def ingest_many(
         self, collection: str, principal: Principal, uploads: Sequence[Upload], *, reindex: bool = True
     ) -> list[IngestResult]:
-        """Ingests several documents with one embedding pass, batched chromadb adds and one
+        """Ingests several documents with one embedding pass, batched vector-store adds and one
         transaction. Every upload is checked first: one bad file refuses the batch, nothing stored."""
         record = self.collection(collection, principal, write=True)
         model = budget = counter = None
         prepared: list[_Prepared] = []
         results: list[IngestResult | None] = []
         seen: set[str] = set()
+        types = self.document_types
         sources = [u.source or u.filename for u in uploads]
         with session_scope(self.engine) as session:  # one query for the whole batch
             documents = {
@@ -306,9 +325,9 @@ class RagService:
             if source in seen:
                 raise InvalidInput(f"source '{source}' appears twice in one batch")
             seen.add(source)
-            kind = media_type_for(upload.filename, upload.media_type)
+            kind = types.media_type_for(upload.filename, upload.media_type)
             meta = check_metadata(upload.metadata)
-            text = extract_text(upload.data, kind, upload.filename)
+            text = types.extract(upload.data, kind, upload.filename)
             digest = hashlib.sha256(upload.data).hexdigest()
             existing = documents.get(source)
             old_ids = chunk_ids.get(existing.id, []) if existing else []

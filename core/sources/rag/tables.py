@@ -1,5 +1,5 @@
-"""Collections of documents for retrieval. Vectors live in chromadb; the chunk texts are kept here
-too, so the keyword index can be rebuilt and results carry their source spans."""
+"""Collections of documents for retrieval. Vectors live in the vector store; the chunk texts are kept
+here too, so the keyword index can be rebuilt and results carry their source spans."""
 
 from __future__ import annotations
 

@@ -45,7 +45,8 @@ def validate_spec(spec: TemplateSpec) -> list[str]:
         missing = {"question", "answer"} - set(example)
         if missing:
             raise InvalidInput(
-                f"example {number} lacks {', '.join(sorted(missing))} (each needs question and answer; reasoning is optional)"
+                f"example {number} lacks {', '.join(sorted(missing))} "
+                f"(each needs question and answer; reasoning is optional)"
             )
     variables = _variables(spec.user) | (_variables(spec.system) if spec.system else set())
     return sorted(variables)

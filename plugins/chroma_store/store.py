@@ -1,5 +1,6 @@
-"""The chromadb side of collections: an embedded ``PersistentClient`` in ``ESPALIER_HOME`` or an
-``HttpClient`` to a Chroma server (``ESPALIER_CHROMA_URL``).
+"""Collections' vectors in chromadb: an embedded ``PersistentClient`` in ``ESPALIER_HOME`` or an
+``HttpClient`` to a Chroma server (``ESPALIER_CHROMA_URL``). A
+:class:`~espalier.core.infrastructure.contracts.VectorStore`.
 
 Vectors are always computed by Espalier's embedder and passed in (``embeddings=`` and
 ``query_embeddings=``), and collections are created without an embedding function, so chromadb's
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from espalier.core.infrastructure.errors import EspalierError, Unavailable
+from espalier import EspalierError, Unavailable
 
 log = logging.getLogger("espalier.rag.store")
 
@@ -25,7 +26,11 @@ log = logging.getLogger("espalier.rag.store")
 DEFAULT_BATCH = 5000
 
 
-class VectorStore:
+class ChromaStore:
+    """The ``chroma`` vector store; each Espalier collection is one chromadb collection (cosine)."""
+
+    name = "chroma"
+
     def __init__(self, *, path: Path, url: str | None = None):
         self.path = path
         self.url = url
@@ -77,33 +82,38 @@ class VectorStore:
                         self._client = chromadb.PersistentClient(path=str(self.path), settings=chroma_settings)
             return self._client
 
-    def collection(self, name: str) -> Any:
-        cached = self._collections.get(name)
+    def collection(self, collection: str) -> Any:
+        cached = self._collections.get(collection)
         if cached is not None:
             return cached
         with self.guard("opening a collection"):
-            collection = self.client().get_or_create_collection(
-                name, embedding_function=None, metadata={"hnsw:space": "cosine"}
+            handle = self.client().get_or_create_collection(
+                collection, embedding_function=None, metadata={"hnsw:space": "cosine"}
             )
-        self._collections[name] = collection
-        return collection
+        self._collections[collection] = handle
+        return handle
 
     def batch_size(self) -> int:
         with self.guard("reading the batch limit"):
             return min(DEFAULT_BATCH, int(self.client().get_max_batch_size()))
 
     def add(
-        self, name: str, ids: Sequence[str], vectors: Any, texts: Sequence[str], metadatas: Sequence[Mapping[str, Any]]
+        self,
+        collection: str,
+        ids: Sequence[str],
+        vectors: Any,
+        texts: Sequence[str],
+        metadatas: Sequence[Mapping[str, Any]],
     ) -> None:
         """Adds in batches; on failure removes what was added, so nothing is left half-written."""
-        collection = self.collection(name)
+        handle = self.collection(collection)
         size = self.batch_size()
         done = 0
         try:
             with self.guard("adding vectors"):
                 for start in range(0, len(ids), size):
                     end = start + size
-                    collection.add(
+                    handle.add(
                         ids=list(ids[start:end]),
                         embeddings=vectors[start:end],
                         documents=list(texts[start:end]),
@@ -112,40 +122,42 @@ class VectorStore:
                     done = end
         except Unavailable:
             if done:
-                self.delete(name, ids[:done], quiet=True)
+                self.delete(collection, ids[:done], quiet=True)
             raise
 
-    def delete(self, name: str, ids: Sequence[str], *, quiet: bool = False) -> None:
+    def delete(self, collection: str, ids: Sequence[str], *, quiet: bool = False) -> None:
         if not ids:
             return
         try:
-            collection = self.collection(name)
+            handle = self.collection(collection)
             size = self.batch_size()
             with self.guard("deleting vectors"):
                 for start in range(0, len(ids), size):
-                    collection.delete(ids=list(ids[start : start + size]))
+                    handle.delete(ids=list(ids[start : start + size]))
         except Unavailable:
             if not quiet:
                 raise
-            log.warning("could not remove %d vectors from %s; they are ignored (not in the database)", len(ids), name)
+            log.warning(
+                "could not remove %d vectors from %s; they are ignored (not in the database)", len(ids), collection
+            )
 
-    def update_metadata(self, name: str, ids: Sequence[str], metadatas: Sequence[Mapping[str, Any]]) -> None:
-        collection = self.collection(name)
+    def update_metadata(self, collection: str, ids: Sequence[str], metadatas: Sequence[Mapping[str, Any]]) -> None:
+        handle = self.collection(collection)
         with self.guard("updating metadata"):
             size = self.batch_size()
             for start in range(0, len(ids), size):
-                collection.update(
+                handle.update(
                     ids=list(ids[start : start + size]), metadatas=[dict(m) for m in metadatas[start : start + size]]
                 )
 
     def query(
-        self, name: str, vector: Sequence[float], k: int, where: Mapping[str, Any] | None
+        self, collection: str, vector: Sequence[float], k: int, where: Mapping[str, Any] | None
     ) -> list[tuple[str, float]]:
-        collection = self.collection(name)
+        handle = self.collection(collection)
         with self.guard("searching"):
             import numpy as np
 
-            result = collection.query(
+            result = handle.query(
                 query_embeddings=np.asarray([vector], dtype="float32"),
                 n_results=k,
                 where=dict(where) if where else None,
@@ -153,11 +165,11 @@ class VectorStore:
             )
         return list(zip(result["ids"][0], result["distances"][0], strict=True))
 
-    def drop(self, name: str) -> None:
-        self._collections.pop(name, None)
+    def drop(self, collection: str) -> None:
+        self._collections.pop(collection, None)
         with self.guard("deleting a collection"):
             try:
-                self.client().delete_collection(name)
+                self.client().delete_collection(collection)
             except Exception as exc:  # already gone is fine
                 if "does not exist" not in str(exc) and "NotFound" not in type(exc).__name__:
                     raise

@@ -1,5 +1,6 @@
-"""The BM25 keyword index of a collection (bm25s). Rebuilt and saved when the collection's chunks
-change (at ingestion), loaded once per process and version, never rebuilt per query."""
+"""The BM25 keyword index of a collection (bm25s), a
+:class:`~espalier.core.infrastructure.contracts.KeywordIndex`. Rebuilt and saved when the collection's
+chunks change (at ingestion), loaded once per process and version, never rebuilt per query."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ from pathlib import Path
 from typing import Any
 
 
-class KeywordIndex:
+class BM25Index:
+    """The ``bm25`` keyword index: one folder per collection and version under ``root``."""
+
+    name = "bm25"
+
     def __init__(self, root: Path):
         self.root = root
         self._cache: dict[str, tuple[int, Any, list[str]]] = {}
@@ -77,12 +82,3 @@ class KeywordIndex:
         with self._lock:
             self._cache.pop(collection_id, None)
         shutil.rmtree(self.root / collection_id, ignore_errors=True)
-
-
-def reciprocal_rank_fusion(*rankings: Sequence[str], k: int = 60) -> list[tuple[str, float]]:
-    """Fuses ranked id lists: each id scores the sum of 1 / (k + rank) over the lists it is in."""
-    scores: dict[str, float] = {}
-    for ranking in rankings:
-        for rank, item in enumerate(ranking, start=1):
-            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
-    return sorted(scores.items(), key=lambda pair: pair[1], reverse=True)
