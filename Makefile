@@ -37,9 +37,9 @@ run: $(STAMP)
 test: $(STAMP) system-deps lint
 	$(VENV)/bin/python -m pytest
 
-# The tests that need no model, no browser and no database server: seconds, for while you work.
+# The tests that need no model, no app, no browser and no database server, for while you work.
 test-fast: $(STAMP) lint
-	$(VENV)/bin/python -m pytest -m "not slow and not browser and not postgres" -q
+	$(VENV)/bin/python -m pytest -m "not slow and not browser and not postgres and not platform" -q
 
 # The project's own habits: ruff (lint and format, line length 120) and the layer contracts.
 lint: $(STAMP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import uuid
 from collections.abc import Iterator
@@ -13,6 +14,61 @@ from sqlalchemy import create_engine, text
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 POSTGRES_ADMIN_URL = os.environ.get("ESPALIER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+# The fast tier (`make test-fast`): tests that need no model, no app and no server ---------------
+#: Fixtures that start the real platform, an app, a server, or sandboxed processes.
+PLATFORM_FIXTURES = frozenset(
+    {"espalier", "rag_app", "server", "client", "user_key", "app", "two_platforms", "model_cache_dir", "small_model"}
+    | {"sandbox", "shared_sandbox", "sandbox_cache", "backend"}
+)
+#: Calls that do the same, in a test's body or in a helper of its module it calls.
+PLATFORM_CALLS = ("build_harness(", "Platform(", "RunningServer(", "subprocess", "CliRunner", "Sandbox(")
+
+
+def _source(obj: object) -> str:
+    try:
+        return inspect.getsource(obj)  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return ""
+
+
+def _heavy_helpers(module: object) -> frozenset[str]:
+    """Module-level functions of a test module that start the platform, a server or a process."""
+    cached = getattr(module, "__espalier_heavy__", None)
+    if cached is None:
+        cached = frozenset(
+            name
+            for name, value in vars(module).items()
+            if inspect.isfunction(value)
+            and not name.startswith("test_")
+            and value.__module__ == getattr(module, "__name__", None)
+            and any(call in _source(value) for call in PLATFORM_CALLS)
+        )
+        module.__espalier_heavy__ = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def _needs_the_platform(item: pytest.Item) -> bool:
+    if PLATFORM_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    function = getattr(item, "function", None)
+    source = _source(function) if function is not None else ""
+    if not source or any(call in source for call in PLATFORM_CALLS):
+        return True
+    module = getattr(item, "module", None)
+    return module is not None and any(f"{name}(" in source for name in _heavy_helpers(module))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark what starts the platform ``platform``; ``make test-fast`` leaves those out (and the
+    ``slow``, ``browser`` and ``postgres`` ones), ``make test`` runs everything."""
+    for item in items:
+        if _needs_the_platform(item):
+            item.add_marker(pytest.mark.platform)
+        callspec = getattr(item, "callspec", None)
+        if "postgres_url" in getattr(item, "fixturenames", ()) and (callspec is None or "postgres" in callspec.id):
+            item.add_marker(pytest.mark.postgres)
 
 
 @pytest.fixture(autouse=True)
