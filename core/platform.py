@@ -207,7 +207,9 @@ class Platform:
     @cached_property
     def agent_runs(self) -> AgentService:
         """Runs agents under the platform's rules and keeps their traces."""
-        return AgentService(self.engine, self.agents, self.toolbox, self.models, self.guardrail_service, self.settings)
+        return AgentService(
+            self.engine, self.agents, self.toolbox, self.models, self.guardrail_service, self.settings, self.audit
+        )
 
     @cached_property
     def chain_specs(self) -> Registry[ChainSpec]:

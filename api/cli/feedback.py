@@ -25,7 +25,7 @@ def pairs_export(
     from espalier.api.cli import err, platform
     from espalier.core.sources.feedback import export_lines
 
-    pairs = platform().pairs.all(include_imported=include_imported, exclude_labelers=exclude_labeler or [])
+    pairs = platform().pairs.export(None, include_imported=include_imported, exclude_labelers=exclude_labeler or [])
     if out is None:
         sys.stdout.writelines(export_lines(pairs))
     else:

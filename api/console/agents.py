@@ -81,10 +81,10 @@ async def run_agent(request: Request, name: str) -> EventStream:
             collection=form.collection or None,
             cancel=cancel,
             on_step=lambda step: loop.call_soon_threadsafe(queue.put_nowait, ("step", step)),
+            via="console",
         )
 
     context = await anyio.to_thread.run_sync(prepare)
-    platform.audit.record(principal, "agent.run", context.run_id, agent=name, via="console")
     return EventStream(
         _stream_steps(service, context, cancel, queue), media_type="text/event-stream", headers=SSE_HEADERS
     )

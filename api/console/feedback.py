@@ -130,8 +130,8 @@ async def flag_text(request: Request) -> Template:
 def export_pairs(request: Request, include_imported: bool = False) -> Response[str]:
     """The same file as ``GET /api/pairs/export``, for a signed-in browser (no API key in it)."""
     platform = request.app.state.platform
-    pairs = platform.pairs.all(include_imported=include_imported)
-    platform.audit.record(request.scope["principal"], "pairs.export", None, pairs=len(pairs), via="console")  # type: ignore[typeddict-item]
+    principal = request.scope["principal"]  # type: ignore[typeddict-item]
+    pairs = platform.pairs.export(principal, include_imported=include_imported, via="console")
     return Response(
         "".join(export_lines(pairs)),
         media_type="application/x-ndjson",

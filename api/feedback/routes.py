@@ -244,10 +244,13 @@ def label_ai_pairs(request: Request, data: JSONBody[AILabelsIn], principal: Curr
     summary="Every pair as JSONL in TRL's prompt/chosen/rejected format",
 )
 def export_pairs(
-    request: Request, include_imported: FromQuery[bool] = False, exclude_labelers: FromQuery[str | None] = None
+    request: Request,
+    principal: CurrentPrincipal,
+    include_imported: FromQuery[bool] = False,
+    exclude_labelers: FromQuery[str | None] = None,
 ) -> Response[str]:
-    pairs = request.app.state.platform.pairs.all(
-        include_imported=include_imported, exclude_labelers=_labelers(exclude_labelers)
+    pairs = request.app.state.platform.pairs.export(
+        principal, include_imported=include_imported, exclude_labelers=_labelers(exclude_labelers)
     )
     return Response(
         "".join(export_lines(pairs)),

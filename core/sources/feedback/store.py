@@ -140,6 +140,20 @@ class PairStore:
                 added += 1
         return {"read": seen, "added": added, "already_present": seen - added}
 
+    def export(
+        self,
+        principal: Principal | None,
+        *,
+        include_imported: bool = False,
+        exclude_labelers: Iterable[str] = (),
+        via: str | None = None,
+    ) -> list[Pair]:
+        """The pairs an export file holds, audited as ``pairs.export`` (API, console or CLI)."""
+        pairs = self.all(include_imported=include_imported, exclude_labelers=exclude_labelers)
+        if self.audit is not None:
+            self.audit.record(principal, "pairs.export", None, pairs=len(pairs), **({"via": via} if via else {}))
+        return pairs
+
     def all(
         self, *, include_imported: bool = True, exclude_labelers: Iterable[str] = (), ai_weight: float = 0.0
     ) -> list[Pair]:

@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
+from espalier.core.infrastructure.audit import AuditLog
 from espalier.core.infrastructure.contracts import Agent, ChatMessage, GenerationParams, Screened, TextScreen
 from espalier.core.infrastructure.db.base import new_id, utcnow
 from espalier.core.infrastructure.db.engine import session_scope
@@ -304,12 +305,14 @@ class AgentService:
         models: Any,
         screen: TextScreen,
         settings: Any,
+        audit: AuditLog | None = None,
     ):
         self.engine = engine
         self.agents = agents
         self.tool_service = tool_service
         self.models = models
         self.screen = screen
+        self.audit = audit
         self.settings = settings
 
     def describe(self) -> list[dict[str, Any]]:
@@ -343,8 +346,10 @@ class AgentService:
         options: dict[str, Any] | None = None,
         cancel: threading.Event | None = None,
         on_step: Callable[[dict[str, Any]], None] | None = None,
+        via: str | None = None,
     ) -> AgentContext:
-        """Check the request (every problem is a 4xx before anything is stored) and open the run."""
+        """Check the request (every problem is a 4xx before anything is stored) and open the run
+        (audited as ``agent.run``, whatever the entry point)."""
         agent = self.agents.get(name)
         if not question.strip() or len(question) > MAX_QUESTION:
             raise InvalidInput(f"question must be 1-{MAX_QUESTION} characters", code="invalid_question")
@@ -374,6 +379,8 @@ class AgentService:
         )
         with session_scope(self.engine) as session:
             session.add(run)
+        if self.audit is not None and principal is not None:
+            self.audit.record(principal, "agent.run", run.id, agent=name, **({"via": via} if via else {}))
         return AgentContext(
             run_id=run.id,
             agent=name,
