@@ -51,7 +51,8 @@ def make_adapter(cache_dir: Path, out: Path) -> Path:
 def train_tiny_reward_model(platform, out: Path) -> None:
     """A real MiniLM reward model from the first HH pairs, a few steps: the evaluation's reward."""
     from espalier.core.sources.feedback.pairs import Pair
-    from espalier.plugins.reward_models.training import settings_from, train_reward_model
+    from espalier.core.sources.reward.settings import settings_from
+    from espalier.plugins.reward_models.training import train_reward_model
 
     rows = [json.loads(line) for line in (DATA / "hh_pairs_train.jsonl").read_text().splitlines()[:12]]
     pairs = [Pair(r["prompt"][-400:], r["chosen"][:400], r["rejected"][:400], "import") for r in rows]

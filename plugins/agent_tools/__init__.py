@@ -2,23 +2,27 @@
 from a collection through the registered retrievers).
 
 ``search`` and ``lookup`` are written against the ``Retriever`` protocol only: they work with
-whichever retrievers plugins register, and answer "no retriever" until one is. They are bound to
-their platform in ``startup`` (a tool object belongs to one platform's registry). They read
-with the rights of the key that started the run (:func:`espalier.core.tools.toolbox.caller`): a
-collection that key may not read, or a source retriever it may not use, is an error observation.
+whichever retrievers plugins register, and answer "no retriever" until one is. Each is made for
+the platform whose ``register_tools`` call it answers (a tool object belongs to one platform's
+registry). They read with the rights of the key that started the run
+(:func:`espalier.core.tools.toolbox.caller`): a collection that key may not read, or a source
+retriever it may not use, is an error observation.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from espalier import hookimpl
 from espalier.core.infrastructure.contracts import RetrievedChunk, ToolResult
 from espalier.core.infrastructure.errors import Forbidden, NotFound
 from espalier.core.tools.grounding import authorize_search
 from espalier.core.tools.toolbox import caller
+
+if TYPE_CHECKING:
+    from espalier.core.platform import Platform
 
 MAX_K = 20
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -42,15 +46,10 @@ class Finish:
 class _RetrievalTool:
     """Shared by ``search`` and ``lookup``: pick a retriever and a collection, run the query."""
 
-    def __init__(self) -> None:
-        self.platform: Any = None
-
-    def bind(self, platform: Any) -> None:
+    def __init__(self, platform: Platform) -> None:
         self.platform = platform
 
     def _retrieve(self, arguments: Mapping[str, Any], query: str, k: int) -> list[RetrievedChunk] | ToolResult:
-        if self.platform is None:
-            return ToolResult(output=f"The {self.name} tool is not attached to a running platform.", is_error=True)
         retrievers = self.platform.retrievers
         names = retrievers.names()
         if not names:
@@ -136,15 +135,7 @@ class Lookup(_RetrievalTool):
 
 
 @hookimpl(trylast=True)
-def register_tools(register):
+def register_tools(register, platform):
     register(Finish())
-    register(Search())
-    register(Lookup())
-
-
-@hookimpl
-def startup(platform):
-    for name in ("search", "lookup"):
-        tool = platform.tools.get(name) if name in platform.tools.names() else None
-        if isinstance(tool, _RetrievalTool):
-            tool.bind(platform)
+    register(Search(platform))
+    register(Lookup(platform))

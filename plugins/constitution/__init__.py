@@ -12,11 +12,10 @@ all), ``max_tokens`` (64), ``temperature`` (0.7), ``seed`` (0).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from espalier import hookimpl
 from espalier.core.infrastructure.contracts import JobKind
-from espalier.core.infrastructure.errors import Unavailable
 from espalier.core.sources.learning.constitution import (
     JOB_KIND,
     check_params,
@@ -26,18 +25,18 @@ from espalier.core.sources.learning.constitution import (
     summary,
 )
 
+if TYPE_CHECKING:
+    from espalier.core.platform import Platform
+
 
 class ConstitutionalLabeller:
-    def __init__(self) -> None:
-        self.platform: Any = None
+    """Runs ``cai:labels`` jobs on the platform that registered it."""
 
-    def bind(self, platform: Any) -> None:
+    def __init__(self, platform: Platform) -> None:
         self.platform = platform
 
     def __call__(self, job: Any) -> dict[str, Any]:
         platform = self.platform
-        if platform is None:
-            raise Unavailable("constitutional labelling runs inside a started platform (espalier serve)")
         params = check_params(dict(job.params))
         constitution = load_constitution(constitution_path(platform.settings))
         principles = constitution.pick(params.get("principles"))
@@ -90,22 +89,14 @@ class ConstitutionalLabeller:
 
 
 @hookimpl
-def register_job_kinds(register):
+def register_job_kinds(register, platform):
     register(
         JobKind(
             JOB_KIND,
-            run=ConstitutionalLabeller(),
+            run=ConstitutionalLabeller(platform),
             description=(
                 "Constitutional AI: the model critiques and revises its own answers by the constitution's principles; "
                 "revised-over-original pairs are stored as AI preference labels, apart from human ones"
             ),
         )
     )
-
-
-@hookimpl
-def startup(platform):
-    if JOB_KIND in platform.job_kinds:
-        runner = platform.job_kinds.get(JOB_KIND).run
-        if isinstance(runner, ConstitutionalLabeller):
-            runner.bind(platform)

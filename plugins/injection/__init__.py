@@ -54,22 +54,6 @@ def register_guardrails(register, settings):
 
 
 @hookimpl(trylast=True)
-def register_trainers(register, settings):
-    register(
-        ClassifierTrainer(
-            "injection-classifier",
-            "Fine-tune MiniLM on labelled prompts ({text, label: injection/benign}) into an injection checkpoint",
-            category="injection",
-            model_name="espalier-injection",
-            record_dir=settings.guardrail_models_dir,
-        )
-    )
-
-
-@hookimpl
-def startup(platform):
-    # the trainer reads the examples operators flagged (console Feedback page) from the platform
-    if "injection-classifier" in platform.trainers and isinstance(
-        platform.trainers.get("injection-classifier"), ClassifierTrainer
-    ):
-        platform.trainers.get("injection-classifier").bind(platform)
+def register_trainers(register, platform):
+    description = "Fine-tune MiniLM on labelled prompts ({text, label: injection/benign}) into an injection checkpoint"
+    register(ClassifierTrainer.for_guardrail(platform, "injection", description))

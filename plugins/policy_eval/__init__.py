@@ -6,24 +6,23 @@ report with its gate; promotion reads that gate (see :mod:`espalier.core.sources
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from espalier import hookimpl
 from espalier.core.infrastructure.contracts import JobKind
-from espalier.core.infrastructure.errors import Unavailable
 from espalier.core.sources.learning import gate as policy_evaluation
+
+if TYPE_CHECKING:
+    from espalier.core.platform import Platform
 
 
 class PolicyEvaluationJob:
-    def __init__(self) -> None:
-        self.platform: Any = None
+    """Runs ``eval:policy`` jobs on the platform that registered it."""
 
-    def bind(self, platform: Any) -> None:
+    def __init__(self, platform: Platform) -> None:
         self.platform = platform
 
     def __call__(self, job: Any) -> dict[str, Any]:
-        if self.platform is None:
-            raise Unavailable("policy evaluation runs inside a started platform (espalier serve)")
         record = policy_evaluation.run(
             self.platform,
             dict(job.params),
@@ -43,23 +42,14 @@ class PolicyEvaluationJob:
 
 
 @hookimpl
-def register_job_kinds(register):
-    # One runner per platform (register is called once per platform); startup binds it.
+def register_job_kinds(register, platform):
     register(
         JobKind(
             policy_evaluation.JOB_KIND,
-            run=PolicyEvaluationJob(),
+            run=PolicyEvaluationJob(platform),
             description=(
                 "Evaluate a candidate model version against the serving one: mean reward, toxicity, KL from the "
                 "reference and task checks, with a promotion gate"
             ),
         )
     )
-
-
-@hookimpl
-def startup(platform):
-    if policy_evaluation.JOB_KIND in platform.job_kinds:
-        runner = platform.job_kinds.get(policy_evaluation.JOB_KIND).run
-        if isinstance(runner, PolicyEvaluationJob):
-            runner.bind(platform)

@@ -21,20 +21,16 @@ __all__ = ["PolicyTrainer"]
 
 
 @hookimpl(trylast=True)
-def register_trainers(register):
+def register_trainers(register, platform):
+    # The trainers read models, reward models, pairs and guardrails through the platform.
     register(
         PolicyTrainer(
+            platform,
             "rl",
             "LoRA policy update by RL (RLOO) against the reward model with a KL penalty to the "
             "base model, optionally minus a weighted toxicity penalty",
         )
     )
-    register(PolicyTrainer("dpo", "LoRA policy update by DPO on the preference pairs (reference: the base model)"))
-
-
-@hookimpl
-def startup(platform):
-    # The trainers read models, reward models, pairs and guardrails through the running platform.
-    for name in ("policy-rl", "policy-dpo"):
-        if name in platform.trainers and isinstance(platform.trainers.get(name), PolicyTrainer):
-            platform.trainers.get(name).bind(platform)
+    register(
+        PolicyTrainer(platform, "dpo", "LoRA policy update by DPO on the preference pairs (reference: the base model)")
+    )

@@ -13,9 +13,8 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from espalier.core.infrastructure.errors import Unavailable
 from espalier.core.infrastructure.jobs.service import JobCancelled
 from espalier.core.sources.learning.policy import PolicySettings, preflight, settings_from
 from espalier.plugins.policy_training.common import (
@@ -29,24 +28,22 @@ from espalier.plugins.policy_training.common import (
     training_prompt,
 )
 
+if TYPE_CHECKING:
+    from espalier.core.platform import Platform
+
 ADAPTER_DIR = "adapter"
 PLOT_NAME = "curves.png"
 CARD_NAME = "policy_card.json"
 
 
 class PolicyTrainer:
-    def __init__(self, method: str, description: str):
+    def __init__(self, platform: Platform, method: str, description: str):
+        self.platform = platform
         self.method = method
         self.name = f"policy-{method}"
         self.description = description
-        self.platform: Any = None
-
-    def bind(self, platform: Any) -> None:
-        self.platform = platform
 
     def train(self, job: Any) -> dict[str, Any]:
-        if self.platform is None:
-            raise Unavailable("the policy trainers run inside a started platform (espalier serve)")
         settings = settings_from({**job.params, "method": self.method})
         plan = preflight(self.platform, settings)
         return run(self.platform, job, settings, plan)

@@ -24,24 +24,13 @@ __all__ = ["BestOfNProvider", "RewardTrainer", "maybe_retrain"]
 
 
 @hookimpl(trylast=True)
-def register_trainers(register):
-    register(RewardTrainer())
+def register_trainers(register, platform):
+    register(RewardTrainer(platform))
 
 
 @hookimpl(trylast=True)
-def register_model_providers(register):
-    register(BestOfNProvider())
-
-
-@hookimpl
-def startup(platform):
-    # The trainer and the best-of-n provider work through the platform they run in.
-    if "reward" in platform.trainers and isinstance(platform.trainers.get("reward"), RewardTrainer):
-        platform.trainers.get("reward").bind(platform)
-    if "best-of-n" in platform.model_providers and isinstance(
-        platform.model_providers.get("best-of-n"), BestOfNProvider
-    ):
-        platform.model_providers.get("best-of-n").bind(platform)
+def register_model_providers(register, platform):
+    register(BestOfNProvider(platform))
 
 
 @hookimpl

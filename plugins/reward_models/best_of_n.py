@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 from espalier.core.infrastructure.contracts import ChatMessage, Generation, GenerationParams, ModelSpec, TokenDelta
 from espalier.core.infrastructure.errors import InvalidInput, Unavailable
 from espalier.core.sources.feedback.pairs import prompt_text
+
+if TYPE_CHECKING:
+    from espalier.core.platform import Platform
 
 MAX_N = 16
 ZERO_TEMPERATURE_STANDIN = 0.8
@@ -34,27 +37,21 @@ def _n(spec: ModelSpec) -> int:
 class BestOfNProvider:
     name = "best-of-n"
 
-    def __init__(self) -> None:
-        self.platform: Any = None
-
-    def bind(self, platform: Any) -> None:
+    def __init__(self, platform: Platform) -> None:
         self.platform = platform
 
     def validate(self, spec: ModelSpec) -> None:
         _n(spec)
-        if self.platform is not None:
-            self.platform.models.resolve(spec.source, None)  # NotFound names the models there are
-            if self.platform.models.resolve(spec.source, None)[0].provider == self.name:
-                raise InvalidInput("a best-of-n alias must point at a model that samples, not at another alias")
+        source, _ = self.platform.models.resolve(spec.source, None)  # NotFound names the models there are
+        if source.provider == self.name:
+            raise InvalidInput("a best-of-n alias must point at a model that samples, not at another alias")
 
     def load(self, spec: ModelSpec, *, cache_dir: str) -> BestOfNModel:
-        if self.platform is None:
-            raise Unavailable("best-of-n models are served by a started platform")
         return BestOfNModel(self.platform, spec.source, _n(spec))
 
 
 class BestOfNModel:
-    def __init__(self, platform: Any, base: str, n: int):
+    def __init__(self, platform: Platform, base: str, n: int):
         self.platform = platform
         self.base_name = base
         self.n = n

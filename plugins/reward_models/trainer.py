@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from espalier.core.infrastructure.errors import InvalidInput, Unavailable
+from espalier.core.infrastructure.errors import InvalidInput
 from espalier.core.sources.reward.settings import settings_from
 from espalier.plugins.reward_models.training import evaluate, train_reward_model
+
+if TYPE_CHECKING:
+    from espalier.core.platform import Platform
 
 log = logging.getLogger("espalier.reward")
 JOB_KIND = "train:reward"
@@ -22,15 +25,10 @@ class RewardTrainer:
         "feedback and imports; it becomes current only if not worse on the same held-out pairs"
     )
 
-    def __init__(self) -> None:
-        self.platform: Any = None
-
-    def bind(self, platform: Any) -> None:
+    def __init__(self, platform: Platform) -> None:
         self.platform = platform
 
     def train(self, job: Any) -> Mapping[str, Any]:
-        if self.platform is None:
-            raise Unavailable("the reward trainer runs inside a started platform (espalier serve)")
         platform = self.platform
         params = dict(job.params)
         include_imported = bool(params.pop("include_imported", True))

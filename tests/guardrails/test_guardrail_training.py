@@ -152,8 +152,8 @@ def test_trainer_protocol_and_cancellation_between_batches(tmp_path):
     from espalier.core.infrastructure.settings import Settings
     from espalier.core.platform import Platform
 
-    platform = Platform(Settings(home=tmp_path / "home"), load_entry_points=False)
-    platform.migrate()  # the trainer reads the operators' flags (none here) from the platform's database
+    # The trainer reads the operators' flags (none here) from the platform's database.
+    platform = Platform(Settings(home=tmp_path / "home"), load_entry_points=False).start(run_jobs=False)
     try:
         trainer = platform.trainers.get("toxicity-classifier")
         assert isinstance(trainer, ClassifierTrainer) and isinstance(trainer, Trainer)

