@@ -5,7 +5,8 @@ pair Espalier holds (derived from feedback, plus imported files) and registers i
 version; it becomes current only when not worse than the current one on the same held-out pairs.
 
 ``on_feedback`` starts a retrain when ``ESPALIER_REWARD_RETRAIN_AFTER_PAIRS`` new pairs have
-arrived since the current model's data snapshot (0 turns this off).
+arrived since the current model's data snapshot (0 turns this off); a file of imported pairs
+starts none (the operator trains when the import is done).
 
 Model provider ``best-of-n``: an alias that samples n candidates from a base model and answers
 with the one the current reward model prefers.
@@ -35,4 +36,8 @@ def register_model_providers(register, platform):
 
 @hookimpl
 def on_feedback(event, platform):
+    # A file of imported pairs is an operator's deliberate act, usually followed by a training run
+    # of their own choosing: it is heard like any feedback, and the retrain stays their call.
+    if event.kind == "import":
+        return
     maybe_retrain(platform)
