@@ -2,11 +2,9 @@
 
 import ast
 import re
-from pathlib import Path
 
 import espalier
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO
 
 
 def deep_imports(source: str) -> list[str]:

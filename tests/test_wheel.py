@@ -11,8 +11,7 @@ import zipfile
 from pathlib import Path
 
 from espalier.core.infrastructure.db.migrate import head_revision
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO
 
 
 def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):

@@ -12,14 +12,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from test_console import SCRIPT, EchoPlugin, sign_in, wait_for
 
 from espalier import hookimpl
 from espalier.core.infrastructure.db.base import utcnow
 from espalier.core.infrastructure.db.engine import session_scope
 from espalier.core.interface.usage import percentile
+from tests.api.test_console import SCRIPT, EchoPlugin, sign_in, wait_for
+from tests.support import SHARED_DATA
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = SHARED_DATA
 
 
 class TracerAgent:

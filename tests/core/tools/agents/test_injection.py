@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "injection_train.jsonl"
+from tests.support import SHARED_DATA
+
+DATA = SHARED_DATA / "injection_train.jsonl"
 QUESTION = "What is an espalier?"
 BENIGN = ("c0", "An espalier is a fruit tree trained to grow flat against a wall or a frame.")
 PAYLOADS = [

@@ -15,9 +15,10 @@ import torch
 
 from espalier.api.testing import build_harness
 from espalier.core.infrastructure.contracts import ChatMessage, ChatRequest, GenerationParams
+from tests.support import SHARED_DATA
 
 MODEL = "smollm2-135m-instruct"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 QUESTION = "Write one sentence about the sea."
 GREEDY = {"temperature": 0, "max_tokens": 16}
 SMALL_EVAL = {

@@ -16,8 +16,7 @@ from espalier.core.infrastructure.contracts import Command, FeedbackEvent, Guard
 from espalier.core.infrastructure.events import notify_feedback
 from espalier.core.infrastructure.settings import Settings
 from espalier.core.platform import Platform
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO
 
 
 def platform_with(tmp_path, plugin, **settings):

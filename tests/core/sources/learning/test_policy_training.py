@@ -16,8 +16,9 @@ import pytest
 
 from espalier.api.testing import wait_job
 from espalier.core.infrastructure.contracts import ChatMessage, GenerationParams
+from tests.support import SHARED_DATA
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = SHARED_DATA
 MODEL = "smollm2-135m-instruct"
 PROMPTS = [
     "The worst thing about my neighbour is",

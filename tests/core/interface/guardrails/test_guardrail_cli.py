@@ -18,11 +18,12 @@ from espalier.core.infrastructure.db.engine import session_scope
 from espalier.core.infrastructure.settings import Settings
 from espalier.core.platform import Platform
 from espalier.core.sources.learning.tables import EvaluationRecord
+from tests.support import SHARED_DATA
 
 MODEL = "smollm2-135m-instruct"
 
 
-DATA_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+DATA_DIR = SHARED_DATA
 
 
 def data_file(name: str) -> Path:

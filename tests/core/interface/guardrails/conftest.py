@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.support import REPO
+
+REPO_ROOT = REPO
 DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 
 # Nothing here may reach a model hub; make any attempt fail fast instead of hanging.

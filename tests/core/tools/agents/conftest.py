@@ -11,8 +11,7 @@ import pytest
 
 from espalier import hookimpl
 from espalier.core.infrastructure import contracts
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 
 class ScriptedModel:

@@ -12,6 +12,7 @@ from sqlmodel import select
 from espalier.api.testing import wait_job
 from espalier.core.infrastructure.db.engine import session_scope
 from espalier.core.sources.reward.tables import RewardModelRecord
+from tests.support import SHARED_DATA
 
 TINY = {"max_steps": 3, "batch_size": 4, "max_length": 64, "min_pairs": 4}
 
@@ -215,9 +216,7 @@ def test_feedback_to_reward_model_to_automatic_retrain(espalier):
 
 @pytest.mark.slow
 def test_a_cancelled_training_run_saves_no_model(espalier):
-    lines = (
-        __import__("pathlib").Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "hh_pairs_train.jsonl"
-    )
+    lines = SHARED_DATA / "hh_pairs_train.jsonl"
     platform = espalier.platform
     platform.pairs.import_lines(lines.read_text().splitlines()[:200], source="hh", skip_invalid=True)
     started = espalier.client.post(

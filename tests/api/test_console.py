@@ -16,7 +16,7 @@ from espalier.core.infrastructure.db.base import utcnow
 from espalier.core.infrastructure.db.engine import session_scope
 from espalier.core.infrastructure.identity import Principal
 from espalier.core.interface.console_sessions.tables import ConsoleSession
-from tests.labeling.echo import EchoPlugin as LabelingEchoPlugin
+from tests.core.sources.labeling.echo import EchoPlugin as LabelingEchoPlugin
 
 SCRIPT = "<script>alert('pwned')</script>"
 
@@ -398,7 +398,7 @@ def test_console_services_persist_on_both_backends(database_url, tmp_path):
 
 
 def labeling_task(espalier, labelers, prompts=("Say <b>hi</b>", "Name a fruit")):
-    from tests.labeling.test_labeling import wait_for_generation
+    from tests.core.sources.labeling.test_labeling import wait_for_generation
 
     response = espalier.client.post(
         "/api/labeling/tasks",

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from espalier.api.testing import build_harness
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+from tests.support import SHARED_DATA
 
 
 @pytest.fixture(scope="module")

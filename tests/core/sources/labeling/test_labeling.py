@@ -1,7 +1,7 @@
 """Labeling tasks through the real app: generation as a job through the real chat service, leases,
 no over-assignment, rankings as idempotent feedback, progress, agreement (tau and alpha), per-task
 exclusion honoured by pairs, roles. The candidates come from a scripted model here (the control
-flow); tests/feedback/test_reward_loop.py runs the same flow on the real default model."""
+flow); tests/core/sources/feedback/test_reward_loop.py runs the same flow on the real default model."""
 
 from __future__ import annotations
 

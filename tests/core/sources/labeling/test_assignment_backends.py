@@ -15,7 +15,7 @@ from espalier.core.infrastructure.identity import Principal
 from espalier.core.infrastructure.settings import Settings
 from espalier.core.platform import Platform
 from espalier.core.sources.labeling.tables import LabelingAssignment, LabelingItem
-from tests.feedback.helpers import stored_request
+from tests.core.sources.feedback.helpers import stored_request
 
 
 def race(calls):

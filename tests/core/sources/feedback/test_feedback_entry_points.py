@@ -3,7 +3,7 @@ playground, the console's labeling queue. The feedback service announces what it
 entry point can forget to; the pair store announces imports the same way (the CLI's included).
 
 The candidates come from a scripted model (the control flow is under test here); the retrain
-itself on the real model is tests/feedback/test_reward_loop.py.
+itself on the real model is tests/core/sources/feedback/test_reward_loop.py.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import re
 import time
 
 import pytest
-from test_console import EchoPlugin, labeling_task, sign_in
 
 from espalier import hookimpl
 from espalier.plugins.reward_models.trainer import JOB_KIND
+from tests.api.test_console import EchoPlugin, labeling_task, sign_in
 
 from .helpers import key_id, stored_request
 

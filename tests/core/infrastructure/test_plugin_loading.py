@@ -16,8 +16,7 @@ from espalier.core.infrastructure.errors import PluginError
 from espalier.core.infrastructure.plugin_host import create_plugin_manager
 from espalier.core.infrastructure.settings import Settings
 from espalier.core.platform import Platform
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO
 
 
 @pytest.fixture(scope="session")

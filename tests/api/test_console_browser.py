@@ -5,17 +5,16 @@ every test fails on any browser console error or uncaught page error."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
 from espalier.api.testing import RunningServer
+from tests.support import REPO
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts" / "console"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

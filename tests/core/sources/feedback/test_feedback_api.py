@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from sqlmodel import func, select
@@ -11,10 +10,9 @@ from sqlmodel import func, select
 from espalier.core.infrastructure.db.engine import session_scope
 from espalier.core.sources.feedback.pairs import ranking_pairs
 from espalier.core.sources.feedback.tables import FeedbackRecord, ImportedPair
+from tests.support import SHARED_DATA
 
 from .helpers import key_id, stored_request
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """A streamed request whose model fails: before its first token the client gets an ordinary
 OpenAI-shaped HTTP error (the response has not started); after it, an error event and
 ``[DONE]``. Either way the request is stored. A scripted model fails on cue (error paths only:
-streaming itself is tested on the real model in tests/test_openai_api.py)."""
+streaming itself is tested on the real model in tests/api/test_openai_api.py)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Stored requests and candidates for feedback tests, without running a model.
 
 Feedback's precondition is a stored completion; how chat stores one is tested in
-tests/test_openai_api.py. The end-to-end test (test_reward_loop.py) uses the real model.
+tests/api/test_openai_api.py. The end-to-end test (test_reward_loop.py) uses the real model.
 """
 
 from __future__ import annotations

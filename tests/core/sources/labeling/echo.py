@@ -1,5 +1,5 @@
 """A scripted chat model for the labeling control flow: candidate i of a prompt is "<prompt> #i"
-(distinct, predictable). The real model runs the same flow in tests/feedback/test_reward_loop.py."""
+(distinct, predictable). The real model runs the same flow in tests/core/sources/feedback/test_reward_loop.py."""
 
 from __future__ import annotations
 
