@@ -53,8 +53,9 @@ SINCE = "0.1.0"
 def register_model_providers(register: Callable[[ModelProvider], None], platform: Platform) -> None:
     """Contribute model providers: objects that load a registered model for serving.
 
-    :param register: call ``register(provider)`` for each :class:`~espalier.core.infrastructure.contracts.ModelProvider`.
-        The provider's ``name`` is what ``espalier models add --provider NAME`` refers to.
+    :param register: call ``register(provider)`` for each
+        :class:`~espalier.core.infrastructure.contracts.ModelProvider`. The provider's ``name`` is
+        what ``espalier models add --provider NAME`` refers to.
     :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
         the platform's services when it is called takes it here, in its constructor: there is no
         binding step later. Since 0.2.0.

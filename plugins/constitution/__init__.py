@@ -1,9 +1,10 @@
 """Built-in plugin: constitutional AI labels (job ``cai:labels``).
 
 The job samples the model's answers to prompts, has the model critique and revise each by one
-principle of the constitution (``espalier/core/constitution_default.toml``, or ``ESPALIER_CONSTITUTION_PATH``), and stores
-each revision preferred to its original as an AI preference pair (``ai_pairs``), apart from human
-pairs. The reward trainer takes them at ``ESPALIER_AI_PAIR_WEIGHT``.
+principle of the constitution (``espalier/core/sources/learning/constitution_default.toml``, or
+``ESPALIER_CONSTITUTION_PATH``), and stores each revision preferred to its original as an AI
+preference pair (``ai_pairs``), apart from human pairs. The reward trainer takes them at
+``ESPALIER_AI_PAIR_WEIGHT``.
 
 Parameters: ``prompts`` (a list of strings; default the shipped evaluation prompts), ``limit``,
 ``model`` (a name or ``name@version``; default the default model), ``principles`` (names; default
