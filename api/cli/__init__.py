@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from espalier import __version__
+from espalier.api.cli.common import console, err, platform, print_json  # noqa: F401  (re-exported)
+from espalier.api.cli.feedback import pairs_app, reward_app
+from espalier.api.cli.guardrails import eval_app, guardrails_app
+from espalier.api.cli.labeling import labeling_app
+from espalier.api.cli.policy import policy_app
+from espalier.api.cli.promotion import register as _register_promotion
 from espalier.core.infrastructure.errors import EspalierError
-
-console = Console()
-err = Console(stderr=True)
 
 app = typer.Typer(
     name="espalier",
@@ -31,11 +32,9 @@ app.add_typer(keys_app, name="keys")
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
-from espalier.api.cli.feedback import pairs_app, reward_app  # noqa: E402  (after the shared helpers they import lazily)
 
 app.add_typer(pairs_app, name="pairs")
 app.add_typer(reward_app, name="reward")
-from espalier.api.cli.labeling import labeling_app  # noqa: E402
 
 app.add_typer(labeling_app, name="labeling")
 
@@ -53,24 +52,6 @@ def _root(
     ] = False,
 ) -> None:
     pass
-
-
-def platform(*, migrate: bool = True):
-    """The platform for one CLI command: settings from the environment, schema brought up to date."""
-    from espalier.core.infrastructure.settings import load_settings
-    from espalier.core.platform import Platform
-
-    settings = load_settings()
-    settings.ensure_dirs()
-    instance = Platform(settings)
-    instance.events_inline = True  # a retrain that feedback starts is queued before the command exits
-    if migrate:
-        instance.migrate()
-    return instance
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 # serve ---------------------------------------------------------------------------------------
@@ -301,8 +282,6 @@ def models_remove(name: str) -> None:
     console.print(f"removed model {name}")
 
 
-from espalier.api.cli.promotion import register as _register_promotion  # noqa: E402
-
 _register_promotion(models_app)
 
 
@@ -322,12 +301,9 @@ def _add_plugin_commands() -> None:
             app.command(name=command.name, help=command.help or None)(command.target)
 
 
-from espalier.api.cli.guardrails import eval_app, guardrails_app  # noqa: E402  (needs console and platform above)
-
 app.add_typer(guardrails_app, name="guardrails")
 app.add_typer(eval_app, name="eval")
 
-from espalier.api.cli.policy import policy_app  # noqa: E402
 
 app.add_typer(policy_app, name="policy")
 

@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from espalier.api.cli.common import console, err, platform, print_json
+
 pairs_app = typer.Typer(help="Preference pairs from feedback and imports.", no_args_is_help=True)
 reward_app = typer.Typer(help="Reward models.", no_args_is_help=True)
 
@@ -22,7 +24,6 @@ def pairs_export(
     ] = None,
 ) -> None:
     """Write every pair as JSONL in TRL's prompt/chosen/rejected format."""
-    from espalier.api.cli import err, platform
     from espalier.core.sources.feedback import export_lines
 
     pairs = platform().pairs.export(None, include_imported=include_imported, exclude_labelers=exclude_labeler or [])
@@ -43,7 +44,6 @@ def pairs_import(
     skip_invalid: Annotated[bool, typer.Option(help="Pass over bad lines instead of importing nothing.")] = False,
 ) -> None:
     """Import external pairs (e.g. Anthropic HH); pairs already present are not added twice."""
-    from espalier.api.cli import platform, print_json
 
     instance = platform()
     with file.open(encoding="utf-8") as handle:
@@ -54,7 +54,6 @@ def pairs_import(
 @reward_app.command("list")
 def reward_list() -> None:
     """Reward model versions with their held-out accuracy and promotion decision."""
-    from espalier.api.cli import console, platform
 
     table = Table("version", "status", "accuracy", "pairs", "data", "created", "decision")
     for record in platform().reward_models.list():
@@ -78,7 +77,6 @@ def reward_train(
     include_imported: Annotated[bool, typer.Option(help="Train on imported pairs too.")] = True,
 ) -> None:
     """Queue a train:reward job (a running server's workers pick it up)."""
-    from espalier.api.cli import console, platform
     from espalier.core.infrastructure.errors import InvalidInput
     from espalier.core.sources.reward.settings import settings_from
 

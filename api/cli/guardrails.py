@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from espalier.api.cli.common import console, platform
 from espalier.api.cli.progress import follow_job, progress_bar
 from espalier.core.infrastructure.errors import EspalierError, InvalidInput
 
@@ -32,7 +33,6 @@ def train(
     The trained model is recorded as the one the detoxify (or injection) scorer serves from the
     next start, unless a checkpoint is configured explicitly.
     """
-    from espalier.api.cli import console, platform
 
     if kind not in TRAINERS:
         raise InvalidInput(f"--kind must be one of {', '.join(TRAINERS)} (got {kind!r})")
@@ -79,7 +79,6 @@ def events(
     limit: int = 50,
 ) -> None:
     """Recent guardrail decisions, newest first."""
-    from espalier.api.cli import console, platform
 
     rows = (
         platform()
@@ -119,7 +118,6 @@ def eval_toxicity(
 ) -> None:
     """Continue a validation prompt set with each model; report mean toxicity, the share above the
     threshold and the difference to the first model; store the record and a PNG/SVG plot."""
-    from espalier.api.cli import console, platform
     from espalier.core.sources.learning.evaluation import evaluate_toxicity, load_prompts
 
     instance = platform().start(migrate=False, run_jobs=False)

@@ -12,6 +12,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from espalier.api.cli.common import console, platform, print_json
+
 labeling_app = typer.Typer(
     help="Labeling tasks: candidates to rank, labelers, progress, agreement.", no_args_is_help=True
 )
@@ -47,7 +49,6 @@ def labeling_create(
     seed: Annotated[int | None, typer.Option()] = None,
 ) -> None:
     """Build a task and queue the generation of its candidates."""
-    from espalier.api.cli import platform, print_json
 
     lines = (
         [line.strip() for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()] if prompts else []
@@ -77,7 +78,6 @@ def labeling_status(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON (progress and agreement).")] = False,
 ) -> None:
     """Progress of every task, or one task's progress, labelers and agreement."""
-    from espalier.api.cli import console, platform, print_json
 
     service = platform(migrate=True).labeling
     if task_id is None:

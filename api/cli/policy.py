@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from espalier.api.cli.common import console, platform
 from espalier.api.cli.progress import follow_job
 from espalier.core.infrastructure.errors import EspalierError
 
@@ -50,7 +51,6 @@ def train(
 ) -> None:
     """Check the settings, run the job here (a running server lists it too) and register the result
     as a candidate version of the model (promote it to serve it)."""
-    from espalier.api.cli import console, platform
     from espalier.core.sources.learning import policy
 
     params = {

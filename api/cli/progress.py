@@ -7,9 +7,10 @@ from typing import Any
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from espalier.api.cli.common import console
+
 
 def progress_bar() -> Progress:
-    from espalier.api.cli import console
 
     return Progress(
         TextColumn("{task.description}"),

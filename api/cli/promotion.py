@@ -10,9 +10,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from espalier.api.cli.common import console, platform, print_json
+
 
 def _models():
-    from espalier.api.cli import platform
 
     instance = platform()
     instance.models.sync_builtins()  # the shipped models exist before the server first ran
@@ -34,7 +35,6 @@ def register(models_app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json")] = False,
     ) -> None:
         """Compare NAME@CANDIDATE with the serving version: reward, toxicity, KL, task checks, gate."""
-        from espalier.api.cli import console, platform, print_json
         from espalier.core.sources.learning import gate as policy_evaluation
 
         instance = platform().start(migrate=False, run_jobs=False)
@@ -76,7 +76,6 @@ def register(models_app: typer.Typer) -> None:
         reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")] = "",
     ) -> None:
         """Serve VERSION from the next request on (running servers switch without a restart)."""
-        from espalier.api.cli import console
 
         info = _models().promote(name, version, evaluation=evaluation, force=force, reason=reason)
         console.print(f"{name} now serves version {info.serving_version}")
@@ -84,7 +83,6 @@ def register(models_app: typer.Typer) -> None:
     @models_app.command("rollback")
     def models_rollback(name: str, reason: Annotated[str, typer.Option(help="Why (audited).")] = "") -> None:
         """Serve the version that served before the current one (repeat to walk back further)."""
-        from espalier.api.cli import console
 
         info = _models().rollback(name, reason=reason)
         console.print(f"{name} now serves version {info.serving_version}")
@@ -92,7 +90,6 @@ def register(models_app: typer.Typer) -> None:
     @models_app.command("history")
     def models_history(name: str) -> None:
         """Promotions and rollbacks of NAME, newest first."""
-        from espalier.api.cli import console
 
         table = Table("at", "action", "version", "active", "evaluation", "reason")
         for change in _models().history(name):
