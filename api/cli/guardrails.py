@@ -122,8 +122,10 @@ def eval_toxicity(
 
     instance = platform().start(migrate=False, run_jobs=False)
     try:
-        chosen = scorer or ("detoxify" if "detoxify" in instance.guardrails else "profanity")
-        guardrail = instance.guardrails.get(chosen)
+        guardrail = instance.guardrails.choose(
+            scorer or instance.settings.evaluation_scorer, "ESPALIER_EVALUATION_SCORER"
+        )
+        chosen = guardrail.name
         rows = load_prompts(prompts, limit=limit)
         with progress_bar() as bar:
             task = bar.add_task("generating", total=1.0)

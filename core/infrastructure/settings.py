@@ -214,6 +214,11 @@ class Settings(BaseSettings):
         description="Named chains ([[chains]] tables: name, template or system, memory, window, tools, model).",
     )
 
+    evaluation_scorer: str | None = Field(
+        default=None,
+        description="The guardrail scorer candidate evaluations measure toxicity with; unset: the one a plugin "
+        "offers (built-in: detoxify when a checkpoint is configured or trained, else profanity).",
+    )
     embedder: str | None = Field(
         default=None, description="The embedder for collections; unset: the one a plugin offers (built-in: minilm)."
     )

@@ -50,13 +50,16 @@ __all__ = [
 
 @hookimpl(trylast=True)
 def register_guardrails(register, settings):
-    register(ProfanityScorer())
+    # The scorer evaluations measure toxicity with (unless ESPALIER_EVALUATION_SCORER names one):
+    # a detoxify checkpoint when there is one, else the word-based profanity classifier.
+    detoxify = None
     if settings.toxicity_checkpoint is not None:
-        register(DetoxifyScorer(settings.toxicity_checkpoint, settings.toxicity_config_dir))
-        return
-    card = trained_model(settings.guardrail_models_dir, "toxicity")
-    if card is not None:
-        register(DetoxifyScorer(card["artifacts"]["checkpoint"], card["artifacts"].get("config_dir")))
+        detoxify = DetoxifyScorer(settings.toxicity_checkpoint, settings.toxicity_config_dir)
+    elif (card := trained_model(settings.guardrail_models_dir, "toxicity")) is not None:
+        detoxify = DetoxifyScorer(card["artifacts"]["checkpoint"], card["artifacts"].get("config_dir"))
+    register(ProfanityScorer(), default=detoxify is None)
+    if detoxify is not None:
+        register(detoxify, default=True)
 
 
 @hookimpl(trylast=True)

@@ -385,8 +385,9 @@ def run(
     for key, value in (params.get("gate") or {}).items():
         setattr(gate, key, float(value))
     reward = platform.reward_models.current()
-    scorer_name = params.get("scorer") or ("detoxify" if "detoxify" in platform.guardrails else "profanity")
-    toxicity = platform.guardrails.get(scorer_name)
+    toxicity = platform.guardrails.choose(
+        params.get("scorer") or platform.settings.evaluation_scorer, "ESPALIER_EVALUATION_SCORER"
+    )
     return evaluate_policy(
         platform.engine,
         platform.models,
