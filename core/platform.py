@@ -150,7 +150,13 @@ class Platform:
 
     @cached_property
     def reward_models(self) -> RewardModelService:
-        return RewardModelService(self.engine)
+        return RewardModelService(
+            self.engine,
+            pairs=lambda: self.pairs,
+            jobs=lambda: self.jobs,
+            audit=self.audit,
+            ai_pair_weight=self.settings.ai_pair_weight,
+        )
 
     @cached_property
     def embedders(self) -> Registry[contracts.Embedder]:

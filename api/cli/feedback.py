@@ -77,14 +77,8 @@ def reward_train(
     include_imported: Annotated[bool, typer.Option(help="Train on imported pairs too.")] = True,
 ) -> None:
     """Queue a train:reward job (a running server's workers pick it up)."""
-    from espalier.core.infrastructure.errors import InvalidInput
-    from espalier.core.sources.reward.settings import settings_from
-
     params = {"epochs": epochs, "max_length": max_length, **({"max_steps": max_steps} if max_steps else {})}
-    settings = settings_from(params)
-    instance = platform()
-    count = len(instance.pairs.all(include_imported=include_imported))
-    if count < settings.min_pairs:
-        raise InvalidInput(f"only {count} preference pairs; training needs at least {settings.min_pairs}")
-    job = instance.jobs.submit("train:reward", {**params, "include_imported": include_imported})
+    job, count = platform().reward_models.queue_training(
+        {**params, "include_imported": include_imported}, None, via="cli"
+    )
     console.print(f"queued {job.id} on {count} pairs; follow it with: espalier jobs show {job.id}")

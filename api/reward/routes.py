@@ -10,8 +10,6 @@ from litestar import Request, get, post
 from litestar.params import JSONBody
 
 from espalier.api.guards import CurrentPrincipal, access
-from espalier.core.infrastructure.errors import InvalidInput
-from espalier.core.sources.reward.settings import settings_from
 
 
 class ScoreItem(msgspec.Struct, forbid_unknown_fields=True):
@@ -86,27 +84,8 @@ def list_models(request: Request) -> dict[str, Any]:
     summary="Start a reward model training job (train:reward) on the pairs held now",
 )
 def train(request: Request, data: JSONBody[TrainIn], principal: CurrentPrincipal) -> dict[str, Any]:
-    platform = request.app.state.platform
-    params = dict(data.params)
-    checked = {k: v for k, v in params.items() if k not in ("include_imported", "exclude_labelers", "ai_pair_weight")}
-    settings = settings_from(checked)  # bad settings fail here, not in the job
-    ai_weight = params.get("ai_pair_weight", platform.settings.ai_pair_weight)
-    if not isinstance(ai_weight, int | float) or not 0 <= ai_weight <= 1:
-        raise InvalidInput("ai_pair_weight must be a number between 0 and 1")
-    pairs = platform.pairs.all(
-        include_imported=bool(params.get("include_imported", True)),
-        exclude_labelers=params.get("exclude_labelers") or [],
-        ai_weight=ai_weight,
-    )
-    if len(pairs) < settings.min_pairs:
-        raise InvalidInput(
-            f"only {len(pairs)} preference pairs; training needs at least {settings.min_pairs}. "
-            "Collect rankings or thumbs, or import pairs (POST /api/pairs/import)",
-            code="too_few_pairs",
-        )
-    job = platform.jobs.submit("train:reward", params, created_by=principal.key_id)
-    platform.audit.record(principal, "reward.train", job.id, pairs=len(pairs))
-    return {"job_id": job.id, "pairs": len(pairs)}
+    job, pairs = request.app.state.platform.reward_models.queue_training(data.params, principal)
+    return {"job_id": job.id, "pairs": pairs}
 
 
 ROUTES = [score, list_models, train]

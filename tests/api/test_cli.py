@@ -165,3 +165,26 @@ def test_labeling_create_and_status(tmp_path):
     assert status["progress"]["items_generated"] == 0 and status["agreement"]["alpha"] is None  # a server generates
     bad = run("labeling", "create", "x", "--labeler", "nokey", "--prompts", str(prompts), home=tmp_path, check=False)
     assert bad.returncode == 2 and "no active API key with id nokey" in bad.stderr
+
+
+def test_reward_train_checks_like_the_api_and_is_audited(tmp_path):
+    """`espalier reward train` goes through the same service as POST /api/reward/train: too few
+    pairs are refused before a job exists, and a queued training is audited."""
+    refused = run("reward", "train", home=tmp_path, check=False)
+    assert refused.returncode == 2 and "training needs at least" in refused.stderr, refused.stderr
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(f'{{"prompt": "q{i}", "chosen": "good answer {i}", "rejected": "bad {i}"}}\n' for i in range(12))
+    )
+    run("pairs", "import", str(pairs), home=tmp_path)
+    queued = run("reward", "train", "--max-steps", "1", home=tmp_path)
+    assert "queued job_" in queued.stdout and "on 12 pairs" in queued.stdout
+    from espalier.core.infrastructure.audit import AuditLog
+    from espalier.core.infrastructure.db.engine import create_db_engine
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'espalier.db'}")
+    try:
+        actions = [(e.action, e.details.get("via")) for e in AuditLog(engine).list(limit=10)]
+    finally:
+        engine.dispose()
+    assert ("reward.train", "cli") in actions and ("pairs.import", None) in actions

@@ -9,24 +9,49 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
+from espalier.core.infrastructure.audit import AuditLog
 from espalier.core.infrastructure.db.engine import session_scope
 from espalier.core.infrastructure.errors import InvalidInput, NotFound, Unavailable
+from espalier.core.infrastructure.identity import Principal
 from espalier.core.sources.reward.scoring import RewardScorer
+from espalier.core.sources.reward.settings import settings_from
 from espalier.core.sources.reward.tables import RewardModelRecord
+
+if TYPE_CHECKING:
+    from espalier.core.infrastructure.jobs.service import JobService
+    from espalier.core.sources.feedback.store import PairStore
 
 MAX_SCORE_ITEMS = 64
 
 
+TRAIN_JOB = "train:reward"
+#: Job parameters about which pairs train, not how (the trainer reads them; the settings do not).
+PAIR_PARAMS = ("include_imported", "exclude_labelers", "ai_pair_weight")
+
+
 class RewardModelService:
-    def __init__(self, engine: Engine):
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        pairs: Callable[[], PairStore] | None = None,
+        jobs: Callable[[], JobService] | None = None,
+        audit: AuditLog | None = None,
+        ai_pair_weight: float = 0.5,
+    ):
+        """``pairs`` and ``jobs`` (given by the platform) let it queue trainings itself."""
         self.engine = engine
+        self._pairs = pairs
+        self._jobs = jobs
+        self.audit = audit
+        self.ai_pair_weight = ai_pair_weight
         self._loaded: dict[str, RewardScorer] = {}
         self._lock = threading.Lock()
 
@@ -121,3 +146,33 @@ class RewardModelService:
             )
         scorer = self.scorer(record)
         return record, scorer.score([p for p, _ in items], [c for _, c in items])
+
+    # Training ------------------------------------------------------------------------------
+    def queue_training(
+        self, params: Mapping[str, Any], principal: Principal | None, *, via: str | None = None
+    ) -> tuple[Any, int]:
+        """Check a training request against the pairs held now and queue ``train:reward``
+        (audited as ``reward.train``): bad settings and too few pairs fail here, not in the job.
+        The API and the CLI both start trainings this way. Returns the job and the pair count."""
+        if self._pairs is None or self._jobs is None:
+            raise Unavailable("this reward model service cannot queue trainings (no pair store or jobs)")
+        params = dict(params)
+        settings = settings_from({k: v for k, v in params.items() if k not in PAIR_PARAMS})
+        ai_weight = params.get("ai_pair_weight", self.ai_pair_weight)
+        if isinstance(ai_weight, bool) or not isinstance(ai_weight, int | float) or not 0 <= ai_weight <= 1:
+            raise InvalidInput("ai_pair_weight must be a number between 0 and 1")
+        pairs = self._pairs().all(
+            include_imported=bool(params.get("include_imported", True)),
+            exclude_labelers=params.get("exclude_labelers") or [],
+            ai_weight=ai_weight,
+        )
+        if len(pairs) < settings.min_pairs:
+            raise InvalidInput(
+                f"only {len(pairs)} preference pairs; training needs at least {settings.min_pairs}. "
+                "Collect rankings or thumbs, or import pairs (POST /api/pairs/import)",
+                code="too_few_pairs",
+            )
+        job = self._jobs().submit(TRAIN_JOB, params, created_by=principal.key_id if principal else None)
+        if self.audit is not None:
+            self.audit.record(principal, "reward.train", job.id, pairs=len(pairs), **({"via": via} if via else {}))
+        return job, len(pairs)
