@@ -12,12 +12,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from espalier.core.infrastructure.contracts import ChatMessage, RetrievedChunk, TextScreen
 from espalier.core.infrastructure.errors import InvalidInput
 from espalier.core.infrastructure.identity import Principal
 from espalier.core.tools.untrusted import quote_data
+
+if TYPE_CHECKING:
+    from espalier.core.sources.rag.service import RagService
 
 log = logging.getLogger("espalier.rag.grounding")
 
@@ -61,7 +64,7 @@ def authorize_search(rag: Any, searcher: Any, name: str | None, principal: Princ
 
 
 class Grounder:
-    def __init__(self, rag: Any, screen: Callable[[], TextScreen], retrievers: Callable[[], Any] | None = None):
+    def __init__(self, rag: RagService, screen: Callable[[], TextScreen], retrievers: Callable[[], Any] | None = None):
         self.rag = rag
         self._screen_with = screen
         self._retrievers = retrievers

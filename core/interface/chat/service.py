@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
@@ -44,6 +44,9 @@ from espalier.core.tools.tool_calls import (
     native_messages,
     read_tool_calls,
 )
+
+if TYPE_CHECKING:
+    from espalier.core.tools.grounding import Grounder
 
 log = logging.getLogger("espalier.chat")
 
@@ -162,7 +165,7 @@ class ChatService:
         engine: Engine,
         models: ModelService,
         templates: TemplateService,
-        grounder: Any = None,
+        grounder: Grounder | None = None,
         default_model: str | None = None,
         guardrails: GuardrailService | None = None,
     ):

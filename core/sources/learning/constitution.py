@@ -15,11 +15,14 @@ import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from espalier.core.infrastructure.contracts import ChatMessage, ChatModel, GenerationParams
 from espalier.core.infrastructure.errors import InvalidInput
 from espalier.core.infrastructure.registry import NAME_PATTERN
+
+if TYPE_CHECKING:
+    from espalier.core.infrastructure.settings import Settings
 
 JOB_KIND = "cai:labels"
 DEFAULT_CONSTITUTION = Path(__file__).with_name("constitution_default.toml")
@@ -145,7 +148,7 @@ def summary(items: Sequence[Labelled]) -> dict[str, Any]:
     return {"prompts": len(items), "usable": sum(by_principle.values()), "by_principle": by_principle}
 
 
-def constitution_path(settings: Any) -> Path:
+def constitution_path(settings: Settings) -> Path:
     """The operator's constitution (``ESPALIER_CONSTITUTION_PATH``) or the shipped default."""
     return Path(settings.constitution_path) if settings.constitution_path else DEFAULT_CONSTITUTION
 

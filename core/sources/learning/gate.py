@@ -19,7 +19,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
@@ -29,6 +29,9 @@ from espalier.core.infrastructure.errors import InvalidInput, Unavailable
 from espalier.core.sources.learning.evaluation import PlotterFor, add_plots
 from espalier.core.sources.learning.tables import EvaluationRecord
 from espalier.core.sources.models.service import BASE, ModelService
+
+if TYPE_CHECKING:
+    from espalier.core.platform import Platform
 
 KIND = "policy"
 MAX_PROMPTS = 2000
@@ -365,7 +368,7 @@ def prepare(params: dict[str, Any], *, default_model: str | None = None) -> dict
 
 
 def run(
-    platform: Any,
+    platform: Platform,
     params: dict[str, Any],
     *,
     out_dir: Path,

@@ -24,10 +24,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from espalier.core.infrastructure.errors import Conflict, InvalidInput, NotFound
 from espalier.core.infrastructure.registry import NAME_PATTERN
+
+if TYPE_CHECKING:
+    from espalier.core.platform import Platform
 
 METHODS = ("rl", "dpo")
 JOB_KINDS = {"rl": "train:policy-rl", "dpo": "train:policy-dpo"}
@@ -229,7 +232,7 @@ def conversation_prompts(engine: Any, limit: int) -> list[str]:
     return found
 
 
-def gather_prompts(platform: Any, settings: PolicySettings) -> list[str]:
+def gather_prompts(platform: Platform, settings: PolicySettings) -> list[str]:
     prompts = [p for p in settings.prompts if p.strip()]
     if settings.prompts_path:
         prompts += load_prompt_file(settings.prompts_path, limit=settings.max_prompts)
@@ -263,7 +266,7 @@ def reward_model_for(platform: Any, settings: PolicySettings, model: str) -> Any
     return record
 
 
-def chat_model_owning(platform: Any, base_model: str) -> str | None:
+def chat_model_owning(platform: Platform, base_model: str) -> str | None:
     """The registered chat model whose weights ``base_model`` names (by name or source), if any."""
     if not base_model:
         return None
@@ -283,7 +286,7 @@ def _norm(value: str) -> str:
         return value.strip()
 
 
-def preflight(platform: Any, settings: PolicySettings) -> PolicyPlan:
+def preflight(platform: Platform, settings: PolicySettings) -> PolicyPlan:
     """Every check that can be made before training; raises with what to do."""
     model = settings.model or platform.settings.default_model
     try:

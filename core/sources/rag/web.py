@@ -17,10 +17,13 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 from espalier.core.infrastructure.errors import InvalidInput, PayloadTooLarge, Unavailable
+
+if TYPE_CHECKING:
+    from espalier.core.infrastructure.settings import Settings
 
 ACCEPTED = {"text/html": "html", "application/xhtml+xml": "html", "text/plain": "text"}
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -54,7 +57,7 @@ class WebPolicy:
                 self._names.add(entry.rstrip("."))
 
     @classmethod
-    def from_settings(cls, settings: Any) -> WebPolicy:
+    def from_settings(cls, settings: Settings) -> WebPolicy:
         return cls(
             allow_hosts=settings.web_allow_hosts,
             public=settings.web_public,

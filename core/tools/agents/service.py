@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import select
@@ -38,6 +38,10 @@ from espalier.core.infrastructure.registry import Registry
 from espalier.core.tools.agents.tables import AgentRun, AgentStep
 from espalier.core.tools.toolbox import ToolService
 from espalier.core.tools.untrusted import quote_data
+
+if TYPE_CHECKING:
+    from espalier.core.infrastructure.settings import Settings
+    from espalier.core.sources.models.service import ModelService
 
 log = logging.getLogger("espalier.agents")
 
@@ -302,9 +306,9 @@ class AgentService:
         engine: Engine,
         agents: Registry[Agent],
         tool_service: ToolService,
-        models: Any,
+        models: ModelService,
         screen: TextScreen,
-        settings: Any,
+        settings: Settings,
         audit: AuditLog | None = None,
     ):
         self.engine = engine

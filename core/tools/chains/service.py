@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import select
@@ -30,6 +30,9 @@ from espalier.core.infrastructure.identity import Principal
 from espalier.core.infrastructure.registry import NAME_PATTERN, Registry
 from espalier.core.tools.chains.tables import ChainSession, ChainTurn
 from espalier.core.tools.untrusted import quote_data
+
+if TYPE_CHECKING:
+    from espalier.core.tools.agents.service import AgentService
 
 MEMORIES = ("none", "buffer", "summary")
 MAX_INPUT = 8000
@@ -60,7 +63,9 @@ def chains_from_settings(entries: Sequence[Mapping[str, Any]]) -> list[ChainSpec
 
 
 class ChainService:
-    def __init__(self, engine: Engine, specs: Registry[ChainSpec], chat: ChatCompleter, agent_runs: Any, settings: Any):
+    def __init__(
+        self, engine: Engine, specs: Registry[ChainSpec], chat: ChatCompleter, agent_runs: AgentService, settings: Any
+    ):
         self.engine = engine
         self.specs = specs
         self.chat = chat
