@@ -501,9 +501,14 @@ def shutdown(platform: Platform) -> None:
 
 @hookspec
 def on_feedback(event: FeedbackEvent, platform: Platform) -> None:
-    """Called after a feedback record is durably stored (thumbs, score, ranking, correction).
+    """Called after feedback is durably stored, whatever the entry point: a feedback record
+    (``event.kind`` ``completion``: thumbs, score, comment, correction; or ``ranking``) from the
+    API, the console's playground or labeling queue, or a file of preference pairs imported by the
+    API or the CLI (``kind`` ``import``: ``feedback_id`` names the import's source, ``payload``
+    holds ``added`` and ``read``).
 
-    Runs off the request path; an exception is logged and never loses the feedback.
+    A server calls it off the request path; the CLI before the command returns. An exception is
+    logged and never loses the feedback.
 
     :param event: the stored :class:`~espalier.core.infrastructure.contracts.FeedbackEvent`.
     :param platform: the running platform.
@@ -514,6 +519,6 @@ def on_feedback(event: FeedbackEvent, platform: Platform) -> None:
 
         @hookimpl
         def on_feedback(event, platform):
-            if event.kind == "thumbs" and event.payload.get("value") == "down":
+            if event.kind == "completion" and event.payload.get("thumbs") == "down":
                 alert_on_call(event.completion_id)
     """

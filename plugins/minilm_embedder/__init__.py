@@ -11,6 +11,6 @@ from espalier.plugins.minilm_embedder.embedder import DIMENSIONS, MODEL_NAME, Mi
 __all__ = ["DIMENSIONS", "MODEL_NAME", "MiniLMEmbedder"]
 
 
-@hookimpl
+@hookimpl(trylast=True)
 def register_embedders(register):
     register(MiniLMEmbedder(), default=True)  # the embedder collections use unless ESPALIER_EMBEDDER says

@@ -152,7 +152,17 @@ def default_policies(scorers: Registry[Guardrail]) -> list[Mapping[str, Any]]:
 
 
 def parse_policies(raw: Sequence[Mapping[str, Any]] | None, scorers: Registry[Guardrail]) -> list[Policy]:
-    policies = [Policy.parse(item, i) for i, item in enumerate(default_policies(scorers) if raw is None else raw)]
+    """The operator's policies, and the offered defaults for every direction they leave uncovered.
+
+    Writing input and output policies keeps retrieved passages and agents' tool output screened
+    as they always were; a policy on ``retrieved`` or ``tool`` replaces the offered ones of that
+    direction. An empty list turns every policy off, the offered ones included."""
+    if raw is not None and not raw:
+        return []
+    written = [Policy.parse(item, i) for i, item in enumerate(raw or ())]
+    covered = {policy.direction for policy in written}
+    offered = [item for item in default_policies(scorers) if item.get("direction") not in covered]
+    policies = written + [Policy.parse(item, len(written) + i) for i, item in enumerate(offered)]
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
         raise InvalidInput(f"guardrail policy names must be unique (got {names})")

@@ -140,20 +140,29 @@ def test_default_policy_flags_only(tmp_path):
     harness.close()
 
 
-def test_operators_policies_replace_the_offered_defaults(tmp_path):
-    harness = build_harness(
-        tmp_path,
-        [],
-        guardrail_policies=[{"direction": "retrieved", "scorer": "injection", "threshold": 0.9, "action": "flag"}],
-    )
-    espalier = next(harness)
-    [policy] = espalier.platform.guardrail_service.policies
-    assert (policy.direction, policy.scorer, policy.action, policy.thresholds) == (
-        "retrieved",
-        "injection",
-        "flag",
-        {"*": 0.9},
-    )
+def test_operators_policies_replace_the_offered_ones_of_their_direction_only(tmp_path):
+    """Policies an operator writes for input and output keep retrieved text and agents' tool
+    output screened (the screening was never theirs to lose by writing chat policies); a policy
+    on ``retrieved`` replaces the offered one there; an empty list turns everything off."""
+    written = [{"direction": "input", "scorer": "profanity", "threshold": 0.8, "action": "block"}]
+    harness = build_harness(tmp_path / "a", [], guardrail_policies=written)
+    policies = next(harness).platform.guardrail_service.policies
+    assert {(p.direction, p.scorer, p.action) for p in policies} == {
+        ("input", "profanity", "block"),
+        ("output", "profanity", "flag"),
+        ("retrieved", "injection", "block"),
+        ("tool", "injection", "block"),
+    }
+    harness.close()
+    relaxed = [{"direction": "retrieved", "scorer": "injection", "threshold": 0.9, "action": "flag"}]
+    harness = build_harness(tmp_path / "b", [], guardrail_policies=relaxed)
+    policies = next(harness).platform.guardrail_service.policies
+    [retrieved] = [p for p in policies if p.direction == "retrieved"]
+    assert (retrieved.scorer, retrieved.action, retrieved.thresholds) == ("injection", "flag", {"*": 0.9})
+    assert {p.direction for p in policies} == {"input", "output", "retrieved", "tool"}
+    harness.close()
+    harness = build_harness(tmp_path / "c", [], guardrail_policies=[])
+    assert next(harness).platform.guardrail_service.policies == []
     harness.close()
 
 
@@ -446,7 +455,10 @@ def test_retrieved_text_goes_through_the_policies_an_operator_writes(tmp_path):
     attack, fact = espalier.platform.guardrail_service.screen(texts, direction="retrieved", route="chat")
     assert (attack.action, attack.text) == ("redact", "[redacted]") and attack.scores["injection"]["injection"] >= 0.5
     assert (fact.action, fact.text) == ("allow", texts[1])
-    # the same texts on a direction no policy covers pass untouched
-    untouched = espalier.platform.guardrail_service.screen(texts, direction="tool", route="agent")
+    # tool messages in chat: no policy covers them (the offered tool policy is the agent route's)
+    untouched = espalier.platform.guardrail_service.screen(texts, direction="tool", route="chat")
     assert [s.action for s in untouched] == ["allow", "allow"]
+    # the agent route keeps the offered injection policy, since the operator wrote none for tool
+    withheld, _ = espalier.platform.guardrail_service.screen(texts, direction="tool", route="agent")
+    assert withheld.blocked
     harness.close()

@@ -1,6 +1,7 @@
 """Feedback starts a reward retrain whatever the door it came in by: the API, the console's
 playground, the console's labeling queue. The feedback service announces what it stored, so no
-entry point can forget to; the pair store announces imports the same way (the CLI's included).
+entry point can forget to; the pair store announces imports the same way (the API's and the
+CLI's imports go through it; the CLI's audit record is checked in tests/api/test_cli.py).
 
 The candidates come from a scripted model (the control flow is under test here); the retrain
 itself on the real model is tests/core/sources/feedback/test_reward_loop.py.
