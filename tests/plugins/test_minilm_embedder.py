@@ -32,9 +32,9 @@ def embedder() -> MiniLMEmbedder:
 
 def test_plugin_registers_minilm():
     registered = []
-    minilm_embedder.register_embedders(registered.append)
-    assert [(e.name, e.dimensions) for e in registered] == [("minilm", 384)]
-    assert isinstance(registered[0], Embedder)
+    minilm_embedder.register_embedders(lambda item, **options: registered.append((item, options)))
+    assert [(e.name, e.dimensions, options) for e, options in registered] == [("minilm", 384, {"default": True})]
+    assert isinstance(registered[0][0], Embedder)
 
 
 def test_vectors_have_384_unit_length_dimensions(embedder):
