@@ -156,7 +156,12 @@ class Platform:
             jobs=lambda: self.jobs,
             audit=self.audit,
             ai_pair_weight=self.settings.ai_pair_weight,
+            loader=lambda: self.reward_scorers.choose(self.settings.reward_scorer, "ESPALIER_REWARD_SCORER"),
         )
+
+    @cached_property
+    def reward_scorers(self) -> Registry[contracts.RewardScorerLoader]:
+        return self._collect("register_reward_scorers", "reward scorer", contracts.RewardScorerLoader)
 
     @cached_property
     def embedders(self) -> Registry[contracts.Embedder]:
@@ -321,6 +326,7 @@ class Platform:
             "guardrails",
             "guardrail_service",
             "plotters",
+            "reward_scorers",
             "trainers",
             "job_kinds",
             "commands",

@@ -388,6 +388,21 @@ class Plotter(Protocol):
     def plot(self, kind: str, data: Mapping[str, Any], *, threshold: float, out_dir: Path) -> dict[str, Path]: ...
 
 
+class RewardScorer(Protocol):
+    """A loaded reward model. Scores are unnormalised: compare them, do not threshold them."""
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]: ...
+
+
+@runtime_checkable
+class RewardScorerLoader(Protocol):
+    """Loads a reward model artifact (the folder a reward trainer wrote) as a :class:`RewardScorer`."""
+
+    name: str
+
+    def load(self, path: Path) -> RewardScorer: ...
+
+
 # Feedback events ------------------------------------------------------------------------------
 
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         ModelSpec,
         Plotter,
         Retriever,
+        RewardScorerLoader,
         TemplateSpec,
         Tool,
         Trainer,
@@ -366,6 +367,29 @@ def register_trainers(register: Callable[[Trainer], None], settings: Settings, p
         @hookimpl
         def register_trainers(register):
             register(MyRewardTrainer(name="my-reward", description="Bradley-Terry on my encoder"))
+    """
+
+
+@hookspec
+def register_reward_scorers(register: Callable[[RewardScorerLoader], None]) -> None:
+    """Contribute reward scorer loaders: what turns a stored reward model artifact into scores.
+
+    The reward model service loads every reward model version with the loader
+    ``ESPALIER_REWARD_SCORER`` names, else the one a plugin offers with ``default=True`` (the
+    built-in ``reward_models`` plugin offers ``sequence-classifier``: a transformers model with one
+    output and its ``reward_card.json``). Best-of-n, policy updates and evaluations score through it.
+
+    :param register: call ``register(loader)`` for each
+        :class:`~espalier.core.infrastructure.contracts.RewardScorerLoader`; ``load(path)`` returns
+        an object whose ``score(prompts, completions)`` gives one float per pair.
+    :returns: nothing; contributions go through ``register``.
+    :since: 0.2.0
+
+    Example::
+
+        @hookimpl
+        def register_reward_scorers(register):
+            register(OnnxRewardLoader(name="onnx"), default=True)
     """
 
 

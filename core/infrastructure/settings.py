@@ -219,6 +219,11 @@ class Settings(BaseSettings):
         description="The guardrail scorer candidate evaluations measure toxicity with; unset: the one a plugin "
         "offers (built-in: detoxify when a checkpoint is configured or trained, else profanity).",
     )
+    reward_scorer: str | None = Field(
+        default=None,
+        description="The plugin that loads reward models for scoring; unset: the one a plugin offers "
+        "(built-in: sequence-classifier, from reward_models).",
+    )
     embedder: str | None = Field(
         default=None, description="The embedder for collections; unset: the one a plugin offers (built-in: minilm)."
     )

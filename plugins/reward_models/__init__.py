@@ -18,6 +18,7 @@ import logging
 
 from espalier import hookimpl
 from espalier.plugins.reward_models.best_of_n import BestOfNProvider
+from espalier.plugins.reward_models.scoring import SequenceClassifierLoader
 from espalier.plugins.reward_models.trainer import RewardTrainer, maybe_retrain
 
 log = logging.getLogger("espalier.reward")
@@ -27,6 +28,11 @@ __all__ = ["BestOfNProvider", "RewardTrainer", "maybe_retrain"]
 @hookimpl(trylast=True)
 def register_trainers(register, platform):
     register(RewardTrainer(platform))
+
+
+@hookimpl(trylast=True)
+def register_reward_scorers(register):
+    register(SequenceClassifierLoader(), default=True)
 
 
 @hookimpl(trylast=True)

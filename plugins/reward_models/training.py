@@ -20,9 +20,9 @@ from typing import Any
 from espalier.core.infrastructure.errors import InvalidInput
 from espalier.core.infrastructure.jobs.service import JobCancelled
 from espalier.core.sources.feedback.pairs import Pair, pair_sha256, snapshot_sha256
-from espalier.core.sources.reward.scoring import CARD_NAME, encode, rewards
 from espalier.core.sources.reward.settings import RewardSettings
 from espalier.plugins.common.training_loop import Callbacks, Schedule, Step, base_encoder_path, train_steps
+from espalier.plugins.reward_models.scoring import CARD_NAME, encode, rewards
 
 MAX_RECORDED_STEPS = 1000  # metric rows per run at most (every k-th step beyond that)
 

@@ -1,6 +1,6 @@
-"""Reward models: the artifact format, versions, promotion and scoring."""
+"""Reward models: versions, promotion, and trainings queued from the pairs held (scoring is a
+plugin's: ``register_reward_scorers``; the built-in artifact format is the reward_models plugin's)."""
 
-from espalier.core.sources.reward.scoring import CARD_NAME, RewardScorer, encode, rewards
 from espalier.core.sources.reward.service import RewardModelService
 
-__all__ = ["CARD_NAME", "RewardModelService", "RewardScorer", "encode", "rewards"]
+__all__ = ["RewardModelService"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, update
@@ -17,10 +18,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from espalier.core.infrastructure.audit import AuditLog
+from espalier.core.infrastructure.contracts import RewardScorer, RewardScorerLoader
 from espalier.core.infrastructure.db.engine import session_scope
 from espalier.core.infrastructure.errors import InvalidInput, NotFound, Unavailable
 from espalier.core.infrastructure.identity import Principal
-from espalier.core.sources.reward.scoring import RewardScorer
 from espalier.core.sources.reward.settings import settings_from
 from espalier.core.sources.reward.tables import RewardModelRecord
 
@@ -45,6 +46,7 @@ class RewardModelService:
         jobs: Callable[[], JobService] | None = None,
         audit: AuditLog | None = None,
         ai_pair_weight: float = 0.5,
+        loader: Callable[[], RewardScorerLoader] | None = None,
     ):
         """``pairs`` and ``jobs`` (given by the platform) let it queue trainings itself."""
         self.engine = engine
@@ -52,6 +54,7 @@ class RewardModelService:
         self._jobs = jobs
         self.audit = audit
         self.ai_pair_weight = ai_pair_weight
+        self._loader = loader
         self._loaded: dict[str, RewardScorer] = {}
         self._lock = threading.Lock()
 
@@ -126,9 +129,12 @@ class RewardModelService:
         return record
 
     def scorer(self, record: RewardModelRecord) -> RewardScorer:
+        """The version's scorer, loaded once by the chosen reward scorer plugin."""
+        if self._loader is None:
+            raise Unavailable("no reward scorer plugin is loaded (the built-in one is reward_models)")
         with self._lock:
             if record.id not in self._loaded:
-                self._loaded[record.id] = RewardScorer(record.path)
+                self._loaded[record.id] = self._loader().load(Path(record.path))
             return self._loaded[record.id]
 
     def score(

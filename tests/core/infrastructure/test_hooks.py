@@ -675,3 +675,52 @@ def test_hook_register_plotters(tmp_path):
         assert platform.evaluations.get(record.id).results["models"]["echo-1"]["mean_toxicity"] == 0.0
     finally:
         platform.close()
+
+
+def test_hook_register_reward_scorers(tmp_path):
+    """The reward model service scores with the loader a plugin offers; the setting picks another."""
+
+    class LengthScorer:
+        def __init__(self, path):
+            self.path = path
+
+        def score(self, prompts, completions):
+            return [float(len(c)) for c in completions]
+
+    class LengthLoader:
+        name = "length"
+
+        def load(self, path):
+            loaded.append(path)
+            return LengthScorer(path)
+
+    class Plugin:
+        @hookimpl
+        def register_reward_scorers(self, register):
+            register(LengthLoader(), default=True)
+
+    loaded = []
+    platform = platform_with(tmp_path, Plugin()).start(run_jobs=False)
+    try:
+        assert platform.reward_scorers.names() == ["length", "sequence-classifier"]
+        record = platform.reward_models.register(
+            path=str(tmp_path / "artifact"),
+            base_model="x",
+            data_sha256="0" * 64,
+            pairs=2,
+            metrics={"accuracy": 1.0},
+            current_accuracy_same_holdout=None,
+            job_id=None,
+        )
+        _, scores = platform.reward_models.score([("q", "short"), ("q", "a longer answer")])
+        assert scores == [5.0, 15.0] and loaded == [tmp_path / "artifact"]
+        platform.reward_models.score([("q", "again")])
+        assert len(loaded) == 1  # one load per version
+        assert record.is_current
+    finally:
+        platform.close()
+    other = platform_with(tmp_path / "b", Plugin(), reward_scorer="sequence-classifier")
+    try:
+        assert other.reward_models._loader().name == "sequence-classifier"
+    finally:
+        other.close()

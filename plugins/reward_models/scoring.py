@@ -2,7 +2,7 @@
 
 An artifact is a folder: a Hugging Face sequence-classification model with one output
 (``save_pretrained``), its tokenizer, and ``reward_card.json`` (how inputs were encoded, data
-snapshot, metrics). Trainers write it; :class:`RewardScorer` reads it. Inputs are encoded as a
+snapshot, metrics). Trainers write it; :class:`SequenceClassifierScorer` reads it. Inputs are encoded as a
 text pair (prompt, completion); the prompt keeps its *end* (the latest turn) when it is long.
 """
 
@@ -50,7 +50,7 @@ def rewards(
     return out
 
 
-class RewardScorer:
+class SequenceClassifierScorer:
     """A loaded reward model. Scores are unnormalised: compare them, do not threshold them."""
 
     def __init__(self, path: str | Path):
@@ -67,3 +67,12 @@ class RewardScorer:
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         with self._lock:
             return rewards(self.model, self.tokenizer, prompts, completions, max_length=self.max_length)
+
+
+class SequenceClassifierLoader:
+    """Reward scorer loader ``sequence-classifier``: the artifact format the ``reward`` trainer writes."""
+
+    name = "sequence-classifier"
+
+    def load(self, path: Path) -> SequenceClassifierScorer:
+        return SequenceClassifierScorer(path)
