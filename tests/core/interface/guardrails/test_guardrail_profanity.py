@@ -54,7 +54,10 @@ def collect(plugin_module, hook, home, **settings):
     platform = Platform(configured, load_entry_points=False)  # the platform a register_* hook may take
     items = []
     try:
-        getattr(pm.hook, hook)(register=items.append, settings=configured, platform=platform)
+        # register(item, default=True) offers an item as its kind's default: accept the option
+        getattr(pm.hook, hook)(
+            register=lambda item, **options: items.append(item), settings=configured, platform=platform
+        )
     finally:
         platform.close()
     return items
@@ -82,3 +85,13 @@ def test_injection_plugin_registers_rules_scorer(tmp_path):
     assert scorer.score(["the zebra-4417 says hi"], direction="output")[0].scores == {"injection": 1.0, "canary": 1.0}
     (trainer,) = collect(injection_plugin, "register_trainers", tmp_path)
     assert trainer.name == "injection-classifier" and isinstance(trainer, Trainer)
+
+
+def test_evaluations_measure_with_profanity_until_a_detoxify_checkpoint_exists(tmp_path):
+    """The toxicity plugin offers the scorer evaluations use (ESPALIER_EVALUATION_SCORER unset)."""
+    platform = Platform(Settings(home=tmp_path), load_entry_points=False)
+    try:
+        assert platform.guardrails.choose(None, "ESPALIER_EVALUATION_SCORER").name == "profanity"
+        assert platform.guardrails.choose("injection", "ESPALIER_EVALUATION_SCORER").name == "injection"
+    finally:
+        platform.close()
