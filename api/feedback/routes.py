@@ -67,7 +67,7 @@ def feedback_out(record: Any) -> FeedbackOut:
     return FeedbackOut(**{name: getattr(record, name) for name in FeedbackOut.__struct_fields__})
 
 
-def _respond(request: Request, submission: Any) -> Response[FeedbackOut]:
+def _respond(submission: Any) -> Response[FeedbackOut]:
     record = submission.record
     return Response(
         feedback_out(record),
@@ -99,7 +99,7 @@ async def submit_feedback(
             correction=data.correction,
         )
     )
-    return _respond(request, submission)
+    return _respond(submission)
 
 
 @post(
@@ -121,7 +121,7 @@ async def submit_ranking(
             comment=data.comment,
         )
     )
-    return _respond(request, submission)
+    return _respond(submission)
 
 
 @get(

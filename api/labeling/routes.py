@@ -225,7 +225,7 @@ async def rank_item(
             comment=data.comment,
         )
     )
-    return _respond(request, submission)
+    return _respond(submission)
 
 
 ROUTES = [

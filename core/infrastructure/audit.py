@@ -40,9 +40,18 @@ class AuditLog:
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    def record(self, actor: Principal | None, action: str, target: str | None = None, **details: object) -> None:
+    def record(
+        self,
+        actor: Principal | None,
+        action: str,
+        target: str | None = None,
+        *,
+        via: str | None = None,
+        **details: object,
+    ) -> None:
+        """``via`` names the entry point (``console``, ``cli``) when it is not the API; kept only when given."""
         with session_scope(self.engine) as session:
-            session.add(_audit(actor, action, target, dict(details)))
+            session.add(_audit(actor, action, target, {**details, **({"via": via} if via else {})}))
 
     def list(self, *, limit: int = 100, action: str | None = None, before_id: int | None = None) -> list[AuditEvent]:
         with session_scope(self.engine) as session:

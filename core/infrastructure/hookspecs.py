@@ -11,6 +11,10 @@ implementation may accept fewer arguments
 than the specification lists; new arguments are only ever added, never removed without a warning
 release first.
 
+A ``register_*`` hook may take ``platform``, the running platform: a contribution that needs the
+platform's services when it is called takes it in its constructor, ``register(MyTrainer(platform))``;
+there is no binding step later.
+
 Hooks are synchronous (pluggy has no async). Return values, or objects with async methods.
 """
 
@@ -57,9 +61,8 @@ def register_model_providers(register: Callable[[ModelProvider], None], platform
     :param register: call ``register(provider)`` for each
         :class:`~espalier.core.infrastructure.contracts.ModelProvider`. The provider's ``name`` is
         what ``espalier models add --provider NAME`` refers to.
-    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
-        the platform's services when it is called takes it here, in its constructor: there is no
-        binding step later. Since 0.2.0.
+    :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
+        needs its services (it takes it in its constructor). Since 0.2.0.
     :returns: nothing; contributions go through ``register``.
     :since: 0.1.0
 
@@ -79,9 +82,8 @@ def register_models(register: Callable[[ModelSpec], None], platform: Platform) -
     the plugin instead), and is loaded by the provider its ``provider`` field names.
 
     :param register: call ``register(ModelSpec(name, provider, source, ...))`` for each model.
-    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
-        the platform's services when it is called takes it here, in its constructor: there is no
-        binding step later. Since 0.2.0.
+    :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
+        needs its services (it takes it in its constructor). Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -103,9 +105,8 @@ def register_prompt_templates(register: Callable[[TemplateSpec], None], platform
 
     :param register: call ``register(TemplateSpec(name, user, system, examples, description))``;
         ``user`` and ``system`` are Jinja2 (sandboxed) with the request's variables.
-    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
-        the platform's services when it is called takes it here, in its constructor: there is no
-        binding step later. Since 0.2.0.
+    :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
+        needs its services (it takes it in its constructor). Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -127,9 +128,8 @@ def register_embedders(register: Callable[[Embedder], None], platform: Platform)
     :param register: call ``register(embedder)`` for each :class:`~espalier.core.infrastructure.contracts.Embedder`;
         ``register(embedder, default=True)`` offers it as the one collections use while
         ``ESPALIER_EMBEDDER`` is unset (since 0.2.0).
-    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
-        the platform's services when it is called takes it here, in its constructor: there is no
-        binding step later. Since 0.2.0.
+    :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
+        needs its services (it takes it in its constructor). Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -146,9 +146,8 @@ def register_retrievers(register: Callable[[Retriever], None], platform: Platfor
     """Contribute retrievers: ways to find passages for a query (vector, keyword, SQL, web...).
 
     :param register: call ``register(retriever)`` for each :class:`~espalier.core.infrastructure.contracts.Retriever`.
-    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
-        the platform's services when it is called takes it here, in its constructor: there is no
-        binding step later. Since 0.2.0.
+    :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
+        needs its services (it takes it in its constructor). Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -175,8 +174,8 @@ def register_vector_stores(register: Callable[[VectorStore], None], settings: Se
         ``ESPALIER_VECTOR_STORE`` is unset.
     :param settings: the platform's :class:`~espalier.core.infrastructure.settings.Settings` (where the
         store lives, a server's URL); read them here, never from the environment at import time.
-    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
-        the platform's services when it is called takes it here, in its constructor.
+    :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
+        needs its services (it takes it in its constructor). Since 0.2.0.
     :returns: nothing; contributions go through ``register``.
     :since: 0.2.0
 
@@ -202,8 +201,8 @@ def register_keyword_indexes(register: Callable[[KeywordIndex], None], settings:
         ``ESPALIER_KEYWORD_INDEX`` is unset.
     :param settings: the platform's :class:`~espalier.core.infrastructure.settings.Settings` (where the
         index keeps its files); read them here, never from the environment at import time.
-    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
-        the platform's services when it is called takes it here, in its constructor.
+    :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
+        needs its services (it takes it in its constructor). Since 0.2.0.
     :returns: nothing; contributions go through ``register``.
     :since: 0.2.0
 
@@ -257,9 +256,8 @@ def register_tools(register: Callable[[Tool], None], platform: Platform) -> None
 
     :param register: call ``register(tool)`` for each :class:`~espalier.core.infrastructure.contracts.Tool`;
         ``tool.parameters`` must be a JSON Schema object describing the arguments.
-    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
-        the platform's services when it is called takes it here, in its constructor: there is no
-        binding step later. Since 0.2.0.
+    :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
+        needs its services (it takes it in its constructor). Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -285,9 +283,8 @@ def register_agents(register: Callable[[Agent], None], platform: Platform) -> No
     :param register: call ``register(agent)`` for each :class:`~espalier.core.infrastructure.contracts.Agent`;
         ``register(agent, default=True)`` offers it as the one chains with tools run while
         ``ESPALIER_CHAIN_AGENT`` is unset (since 0.2.0).
-    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
-        the platform's services when it is called takes it here, in its constructor: there is no
-        binding step later. Since 0.2.0.
+    :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
+        needs its services (it takes it in its constructor). Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -309,9 +306,8 @@ def register_chains(register: Callable[[ChainSpec], None], platform: Platform) -
 
     :param register: call ``register(ChainSpec(name, template=..., memory=..., tools=[...]))``
         for each :class:`~espalier.core.infrastructure.contracts.ChainSpec`.
-    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
-        the platform's services when it is called takes it here, in its constructor: there is no
-        binding step later. Since 0.2.0.
+    :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
+        needs its services (it takes it in its constructor). Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -334,9 +330,8 @@ def register_guardrails(register: Callable[[Guardrail], None], settings: Setting
         ``score`` returns one :class:`~espalier.core.infrastructure.contracts.GuardrailScore` per text.
     :param settings: the platform's :class:`~espalier.core.infrastructure.settings.Settings` (e.g. a configured
         checkpoint); read them here, never from the environment at import time. Since 0.2.0.
-    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
-        the platform's services when it is called takes it here, in its constructor: there is no
-        binding step later. Since 0.2.0.
+    :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
+        needs its services (it takes it in its constructor). Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -356,9 +351,8 @@ def register_trainers(register: Callable[[Trainer], None], settings: Settings, p
     :param register: call ``register(trainer)`` for each :class:`~espalier.core.infrastructure.contracts.Trainer`.
     :param settings: the platform's :class:`~espalier.core.infrastructure.settings.Settings` (where to record
         what was trained, for instance). Since 0.2.0.
-    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
-        the platform's services when it is called takes it here, in its constructor: there is no
-        binding step later. Since 0.2.0.
+    :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
+        needs its services (it takes it in its constructor). Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -422,9 +416,8 @@ def register_job_kinds(register: Callable[[JobKind], None], platform: Platform) 
 
     :param register: call ``register(JobKind(name, run, description))``; ``run(job)`` receives a
         :class:`~espalier.core.infrastructure.contracts.JobContext` and returns a JSON-serialisable result.
-    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
-        the platform's services when it is called takes it here, in its constructor: there is no
-        binding step later. Since 0.2.0.
+    :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
+        needs its services (it takes it in its constructor). Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -445,9 +438,8 @@ def register_routes(register: Callable[[Any], None], platform: Platform) -> None
     declares neither.
 
     :param register: call ``register(handler_or_controller_or_router)``.
-    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
-        the platform's services when it is called takes it here, in its constructor: there is no
-        binding step later. Since 0.2.0.
+    :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
+        needs its services (it takes it in its constructor). Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 
@@ -471,9 +463,8 @@ def register_commands(register: Callable[[Command], None], platform: Platform) -
 
     :param register: call ``register(Command(name, target, help))``; ``target`` is a Typer app
         (becomes a command group) or a function (becomes one command).
-    :param platform: the running :class:`~espalier.core.platform.Platform`. A contribution that needs
-        the platform's services when it is called takes it here, in its constructor: there is no
-        binding step later. Since 0.2.0.
+    :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
+        needs its services (it takes it in its constructor). Since 0.2.0.
     :returns: nothing.
     :since: 0.1.0
 

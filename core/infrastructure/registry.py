@@ -73,9 +73,6 @@ class Registry(Generic[T]):
             f"no {self.kind} is chosen: set {setting} to one of {', '.join(sorted(self._entries)) or 'none'}"
         )
 
-    def default_name(self) -> str | None:
-        return self._default
-
     def get(self, name: str) -> T:
         from espalier.core.infrastructure.errors import NotFound
 

@@ -98,7 +98,7 @@ class JobService:
         with session_scope(self.engine) as session:
             session.add(job)
         if actor is not None and self.audit is not None:
-            self.audit.record(actor, "job.submit", job.id, kind=kind, **({"via": via} if via else {}))
+            self.audit.record(actor, "job.submit", job.id, kind=kind, via=via)
         self.wakeup.set()
         return job
 
@@ -179,7 +179,7 @@ class JobService:
             job.cancel_requested = True
             session.add(job)
         if actor is not None and self.audit is not None:
-            self.audit.record(actor, "job.cancel", job_id, **({"via": via} if via else {}))
+            self.audit.record(actor, "job.cancel", job_id, via=via)
         return job
 
     def fail_stale(self) -> int:

@@ -92,7 +92,7 @@ class GuardrailFlagService:
                 row.id,
                 **details,
                 completion_id=row.completion_id,
-                **({"via": via} if via else {}),
+                via=via,
             )
         return row
 

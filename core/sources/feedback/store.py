@@ -151,7 +151,7 @@ class PairStore:
         """The pairs an export file holds, audited as ``pairs.export`` (API, console or CLI)."""
         pairs = self.all(include_imported=include_imported, exclude_labelers=exclude_labelers)
         if self.audit is not None:
-            self.audit.record(principal, "pairs.export", None, pairs=len(pairs), **({"via": via} if via else {}))
+            self.audit.record(principal, "pairs.export", None, pairs=len(pairs), via=via)
         return pairs
 
     def all(

@@ -90,7 +90,7 @@ class LabelingService:
     def _record(self, principal: Principal | None, action: str, task_id: str, via: str | None, **details: Any) -> None:
         """The service writes its own audit records, whatever the entry point (API, console, CLI)."""
         if self.audit is not None:
-            self.audit.record(principal, action, task_id, **details, **({"via": via} if via else {}))
+            self.audit.record(principal, action, task_id, **details, via=via)
 
     # Tasks -----------------------------------------------------------------------------------
     def create(

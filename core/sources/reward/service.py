@@ -180,5 +180,5 @@ class RewardModelService:
             )
         job = self._jobs().submit(TRAIN_JOB, params, created_by=principal.key_id if principal else None)
         if self.audit is not None:
-            self.audit.record(principal, "reward.train", job.id, pairs=len(pairs), **({"via": via} if via else {}))
+            self.audit.record(principal, "reward.train", job.id, pairs=len(pairs), via=via)
         return job, len(pairs)

@@ -384,7 +384,7 @@ class AgentService:
         with session_scope(self.engine) as session:
             session.add(run)
         if self.audit is not None and principal is not None:
-            self.audit.record(principal, "agent.run", run.id, agent=name, **({"via": via} if via else {}))
+            self.audit.record(principal, "agent.run", run.id, agent=name, via=via)
         return AgentContext(
             run_id=run.id,
             agent=name,
