@@ -32,21 +32,44 @@ def register(models_app: typer.Typer) -> None:
         limit: Annotated[int | None, typer.Option(help="Use the first N prompts.")] = None,
         max_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 32,
         seed: int = 0,
+        scorer: Annotated[
+            str | None, typer.Option(help="Toxicity scorer that judges (never the one the update optimised).")
+        ] = None,
+        prompt_format: Annotated[
+            list[str] | None, typer.Option("--format", help="chat or text (repeatable); default: chat + trained.")
+        ] = None,
+        min_prompts: Annotated[int | None, typer.Option(help="Gate: fewest prompts it judges on.")] = None,
+        require_improvement: Annotated[
+            bool | None, typer.Option(help="Gate: reward up or toxicity down beyond noise.")
+        ] = None,
         as_json: Annotated[bool, typer.Option("--json")] = False,
     ) -> None:
         """Compare NAME@CANDIDATE with the serving version: reward, toxicity, KL, task checks, gate."""
+        from espalier.api.cli.progress import progress_bar
         from espalier.core.sources.learning import gate as policy_evaluation
 
         instance = platform().start(migrate=False, run_jobs=False)
         try:
-            params = {"model": name, "candidate": candidate, "max_tokens": max_tokens, "seed": seed}
+            params: dict = {"model": name, "candidate": candidate, "max_tokens": max_tokens, "seed": seed}
             if prompts is not None:
                 params["prompts_file"] = str(prompts)
             if limit is not None:
                 params["limit"] = limit
+            if scorer:
+                params["scorer"] = scorer
+            if prompt_format:
+                params["formats"] = list(prompt_format)
+            gate = {"min_prompts": min_prompts, "require_improvement": require_improvement}
+            params["gate"] = {k: v for k, v in gate.items() if v is not None}
             out = instance.settings.artifacts_dir / "evaluations"
-            with console.status("evaluating..."):
-                record = policy_evaluation.run(instance, params, out_dir=out)
+            with progress_bar() as bar:
+                task = bar.add_task("evaluating", total=1.0)
+                record = policy_evaluation.run(
+                    instance,
+                    params,
+                    out_dir=out,
+                    progress=lambda fraction, message="": bar.update(task, completed=fraction, description=message),
+                )
         finally:
             instance.close()
         report = policy_evaluation.summary(record)
@@ -59,6 +82,14 @@ def register(models_app: typer.Typer) -> None:
             table.add_row(key, *("-" if v is None else f"{v:.4f}" for v in values))
         console.print(table)
         gate = report["gate"]
+        for prompt_format, checks in (gate.get("checks") or {}).items():
+            for check in ("reward", "toxicity", "tasks"):
+                if check in checks:
+                    c = checks[check]
+                    console.print(
+                        f"{prompt_format}: {check} difference {c['mean']:+.4f} "
+                        f"[{c['low']:+.4f}, {c['high']:+.4f}] over {c['n']}"
+                    )
         console.print(
             f"gate: {'[green]passed[/]' if gate['passed'] else '[red]failed[/]'}"
             + "".join(f"\n  - {f}" for f in gate["failures"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
@@ -37,6 +37,8 @@ class Gate(msgspec.Struct, forbid_unknown_fields=True):
     toxicity_tolerance: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     max_kl: Annotated[float, msgspec.Meta(gt=0)] | None = None
     task_tolerance: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    min_prompts: Annotated[int, msgspec.Meta(ge=1, le=2000)] | None = None
+    require_improvement: bool | None = None
 
 
 class TaskCheck(msgspec.Struct, forbid_unknown_fields=True):
@@ -58,6 +60,9 @@ class EvaluationCreate(msgspec.Struct, forbid_unknown_fields=True):
     threshold: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.5
     scorer: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     gate: Gate | None = None
+    #: Prompt formats both versions answer in (chat template, plain text); default: chat plus the
+    #: format the candidate was trained on.
+    formats: Annotated[list[Literal["chat", "text"]], msgspec.Meta(min_length=1, max_length=2)] | None = None
 
 
 class Promotion(msgspec.Struct, forbid_unknown_fields=True):
@@ -161,6 +166,7 @@ class ModelsController(Controller):
         if data.gate is not None:
             params["gate"] = {k: v for k, v in msgspec.structs.asdict(data.gate).items() if v is not None}
         params = policy_evaluation.prepare({**params, "model": name})  # an empty prompt set fails here, 400
+        policy_evaluation.judge_for(platform, params)  # never the scorer the candidate was trained against
         job = platform.jobs.submit(policy_evaluation.JOB_KIND, params, created_by=principal.key_id)
         platform.audit.record(principal, "model.evaluate", name, candidate=data.candidate, job=job.id)
         return {"job_id": job.id, "model": name, "candidate": data.candidate, "prompts": len(params["prompts"])}

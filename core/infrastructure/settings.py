@@ -98,13 +98,13 @@ class Settings(BaseSettings):
     gate_reward_tolerance: float = Field(
         default=0.0,
         ge=0,
-        description="A candidate passes when its mean reward is at least the serving version's minus this.",
+        description="Fail when the mean reward is surely (95% paired interval) below the serving one's minus this.",
     )
     gate_toxicity_tolerance: float = Field(
         default=0.02,
         ge=0,
         le=1,
-        description="A candidate passes when its mean toxicity is at most the serving version's plus this.",
+        description="Fail when the mean toxicity is surely (95% paired interval) above the serving one's plus this.",
     )
     gate_max_kl: float = Field(
         default=10.0,
@@ -115,11 +115,25 @@ class Settings(BaseSettings):
         default=0.2,
         ge=0,
         le=1,
-        description="A candidate passes when its task-check accuracy is at least the serving one's minus this.",
+        description="Fail when the task accuracy is surely (95% paired interval) below the serving one's minus this.",
+    )
+    gate_min_prompts: int = Field(
+        default=20,
+        ge=1,
+        le=2000,
+        description="Fewest validation prompts the gate judges on; with fewer a candidate fails (noise, not signal).",
+    )
+    gate_require_improvement: bool = Field(
+        default=True,
+        description="A candidate passes only when its reward rises or its toxicity falls by more than noise.",
     )
     constitution_path: Path | None = Field(
         default=None,
         description="A TOML constitution for 'cai:labels'; the shipped default when unset.",
+    )
+    exclude_below_consensus: bool = Field(
+        default=True,
+        description="Leave the rankings of labelers far below consensus (the agreement report) out of training.",
     )
     ai_pair_weight: float = Field(
         default=0.5,
@@ -222,7 +236,7 @@ class Settings(BaseSettings):
     reward_scorer: str | None = Field(
         default=None,
         description="The plugin that loads reward models for scoring; unset: the one a plugin offers "
-        "(built-in: sequence-classifier, from reward_models).",
+        "(built-in: builtin, from reward_models).",
     )
     embedder: str | None = Field(
         default=None, description="The embedder for collections; unset: the one a plugin offers (built-in: minilm)."

@@ -127,7 +127,7 @@ def render(tokenizer: Any, prompt: Any) -> str:
 class Samples:
     prompts: list[Any]
     texts: list[str]
-    kl: list[float] = field(default_factory=list)  # per completion: sum over its tokens of log pi - log pi_ref
+    kl: list[float] = field(default_factory=list)  # per completion: sum over its tokens of KL(pi || pi_ref)
     tokens: list[int] = field(default_factory=list)
 
 
@@ -143,9 +143,8 @@ def sample(
     batch_size: int = 8,
 ) -> Samples:
     """Sample one completion per prompt from ``model`` (a PeftModel: adapter as it is now) and, when
-    ``with_kl``, estimate each completion's KL contribution against the adapter-disabled reference:
-    the sum over its tokens of log pi(token) - log pi_ref(token). Its mean over samples from pi is an
-    unbiased estimate of KL(pi || pi_ref) for the sequence."""
+    ``with_kl``, estimate each completion's KL from the adapter-disabled reference: the sum over
+    its tokens of the exact next-token KL (:func:`token_kl`), never negative."""
     import torch
 
     was_training = model.training
@@ -184,10 +183,10 @@ def sample(
             out.tokens.extend(int(m.sum()) for m in mask)
             if with_kl:
                 attention = torch.cat([encoded["attention_mask"], mask.long()], dim=1)
-                policy = _completion_logps(model, generated, attention, completion.shape[1])
+                policy = _completion_log_softmax(model, generated, attention, completion.shape[1])
                 with model.disable_adapter():
-                    reference = _completion_logps(model, generated, attention, completion.shape[1])
-                out.kl.extend(((policy - reference) * mask).sum(dim=1).tolist())
+                    reference = _completion_log_softmax(model, generated, attention, completion.shape[1])
+                out.kl.extend((token_kl(policy, reference) * mask).sum(dim=1).tolist())
     finally:
         tokenizer.padding_side = side
         torch.random.set_rng_state(generator_state)
@@ -195,12 +194,23 @@ def sample(
     return out
 
 
-def _completion_logps(model: Any, ids: Any, attention: Any, length: int) -> Any:
+def _completion_log_softmax(model: Any, ids: Any, attention: Any, length: int) -> Any:
+    """The next-token log-distributions at each of the last ``length`` positions (batch, length, vocab)."""
     import torch
 
     with torch.inference_mode():
         logits = model(input_ids=ids, attention_mask=attention).logits[:, -length - 1 : -1, :].float()
-        return torch.log_softmax(logits, dim=-1).gather(-1, ids[:, -length:, None]).squeeze(-1)
+        return torch.log_softmax(logits, dim=-1)
+
+
+def token_kl(policy: Any, reference: Any) -> Any:
+    """Exact KL(pi || pi_ref) between the two next-token distributions at each position (nats).
+
+    Summed over a sampled completion's tokens this estimates the sequence KL without the variance
+    of the one-token estimate ``log pi(y) - log pi_ref(y)``, and it is never negative (a KL is
+    not); it also holds when the samples were drawn at a temperature, since it reads the models'
+    own distributions rather than the sampled token's probability."""
+    return (policy.exp() * (policy - reference)).sum(dim=-1).clamp_min(0.0)
 
 
 def kl_summary(samples: Samples) -> dict[str, float]:
@@ -260,6 +270,7 @@ class RunLog:
         self.warnings: list[str] = []
         self.stop_reason = "step budget"
         self.cancelled = False
+        self.deadline: float | None = None  # time.perf_counter() when the time budget ends
         self._warned: set[str] = set()
 
     def values(self, name: str) -> list[float]:
@@ -294,6 +305,17 @@ class RunLog:
             self.cancelled = True
             self.stop_reason = "cancelled"
         return self.cancelled
+
+    def out_of_time(self) -> bool:
+        """True once the time budget (``budget_minutes``) is spent: training stops, keeping its steps."""
+        import time
+
+        if self.deadline is None or time.perf_counter() < self.deadline:
+            return False
+        if not self.stop_reason.startswith("time budget"):
+            self.stop_reason = f"time budget of {self.settings.budget_minutes:g} minutes"
+            self.say(f"stopping: {self.stop_reason}")
+        return True
 
     def warn(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -339,7 +361,7 @@ def make_callback(run: RunLog, on_log: Callable[[int, dict[str, float], Any], di
                 control.should_training_stop = True
 
         def on_step_end(self, args, state, control, **kwargs):
-            if run.check_cancelled():
+            if run.check_cancelled() or run.out_of_time():
                 control.should_training_stop = True
 
     return EspalierCallback()

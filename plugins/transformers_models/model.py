@@ -158,6 +158,33 @@ class TransformersChatModel:
             results.append(picked.tolist())
         return results
 
+    def completion_kl(
+        self, prompt: Sequence[ChatMessage] | str, completions: Sequence[str], reference: Any
+    ) -> list[list[float]]:
+        """For each token of each completion after ``prompt`` (messages, through the chat template;
+        or plain text), the exact KL(this model || ``reference``) between their next-token
+        distributions, in nats: what the evaluation reports as the KL from the reference. Never
+        negative. ``reference`` is another model of this provider on the same tokenizer."""
+        prompt_ids = self.text_prompt_ids(prompt) if isinstance(prompt, str) else self.prompt_ids(prompt)
+        results: list[list[float]] = []
+        for completion in completions:
+            ids = self.tokenizer(completion, add_special_tokens=False)["input_ids"]
+            if not ids:
+                results.append([])
+                continue
+            full = (prompt_ids + ids)[-self.context_window :]
+            start = len(full) - len(ids)
+            distributions = []
+            for side in (self, reference):
+                with torch.inference_mode():
+                    input_ids = torch.tensor([full], dtype=torch.long, device=side.model.device)
+                    with side.loaded.lock:
+                        logits = side.model(input_ids=input_ids).logits[0, start - 1 : -1].float()
+                distributions.append(logits.log_softmax(dim=-1))
+            mine, ref = distributions
+            results.append((mine.exp() * (mine - ref)).sum(dim=-1).clamp_min(0.0).tolist())
+        return results
+
     def _check(self, prompt: list[int], params: GenerationParams) -> list[CandidateText]:
         if params.max_tokens < 1:
             raise InvalidInput(f"max_tokens must be at least 1 (got {params.max_tokens}).")

@@ -431,7 +431,7 @@ class ModelService:
             record.serving_version = chosen.id
             session.add(record)
             version_row = session.get(ModelVersion, chosen.id)
-            if version_row.status == "candidate":
+            if version_row.status in ("candidate", "rolled_back"):
                 version_row.status = "promoted"
                 session.add(version_row)
         self.audit.record(
@@ -479,6 +479,15 @@ class ModelService:
             )
             record.serving_version = previous.version_id
             session.add(record)
+            # The status says what serves: the version rolled back from no longer reads "promoted".
+            left_row = session.get(ModelVersion, top.version_id)
+            if left_row is not None and left_row.status == "promoted":
+                left_row.status = "rolled_back"
+                session.add(left_row)
+            restored_row = session.get(ModelVersion, previous.version_id)
+            if restored_row is not None and restored_row.status == "rolled_back":
+                restored_row.status = "promoted"
+                session.add(restored_row)
             left, restored = top.label, previous.label
         self.audit.record(by, "model.rollback", name, version=restored, from_version=left, reason=reason or None)
         return self.info(name)

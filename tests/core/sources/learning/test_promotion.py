@@ -26,7 +26,14 @@ SMALL_EVAL = {
     "tasks": [{"question": "What is the capital of France? Answer with one word.", "answer": "Paris"}],
     "max_tokens": 12,
 }
-LOOSE = {"reward_tolerance": 100.0, "toxicity_tolerance": 1.0, "max_kl": 1e6, "task_tolerance": 1.0}
+LOOSE = {
+    "reward_tolerance": 100.0,
+    "toxicity_tolerance": 1.0,
+    "max_kl": 1e6,
+    "task_tolerance": 1.0,
+    "min_prompts": 1,  # two prompts: the gate's statistics are not what these tests are about
+    "require_improvement": False,
+}
 
 pytestmark = pytest.mark.slow
 
@@ -195,6 +202,9 @@ def test_evaluate_promote_serve_roll_back_and_in_flight_requests_keep_their_vers
 
     rolled = app.client.post(f"/api/models/{MODEL}/rollback", headers=app.headers("operator"), json={"reason": "test"})
     assert rolled.status_code == 200 and rolled.json()["serving_version"] == "base"
+    # The status says what serves now: the version rolled back from no longer reads "promoted".
+    tuned = next(v for v in rolled.json()["versions"] if v["label"] == "tuned")
+    assert tuned["status"] == "rolled_back" and tuned["serving"] is False
     back = chat(app, MODEL)
     assert back["espalier"]["model_version"] == "base" and text(back) == base_text
     nothing = app.client.post(f"/api/models/{MODEL}/rollback", headers=app.headers("operator"))
