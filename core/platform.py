@@ -146,7 +146,12 @@ class Platform:
 
     @cached_property
     def pairs(self) -> PairStore:
-        return PairStore(self.engine, self.audit, announce=lambda event: announce_feedback(self, event))
+        return PairStore(
+            self.engine,
+            self.audit,
+            announce=lambda event: announce_feedback(self, event),
+            exclude_below_consensus=self.settings.exclude_below_consensus,
+        )
 
     @cached_property
     def reward_models(self) -> RewardModelService:
@@ -278,7 +283,12 @@ class Platform:
         for entry in self.trainers:
             trainer = entry.item
             kinds.add(
-                contracts.JobKind(f"train:{trainer.name}", run=trainer.train, description=trainer.description),
+                contracts.JobKind(
+                    f"train:{trainer.name}",
+                    run=trainer.train,
+                    description=trainer.description,
+                    finished=getattr(trainer, "finished", None),
+                ),
                 plugin=entry.plugin,
             )
         return kinds

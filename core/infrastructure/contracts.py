@@ -321,14 +321,23 @@ class Trainer(Protocol):
 
     def train(self, job: JobContext) -> Mapping[str, Any]: ...
 
+    # Optional: ``finished(job)``, called with the stored job row after each run of this trainer
+    # ends, whatever its outcome (see :class:`JobKind`).
+
 
 @dataclass(frozen=True)
 class JobKind:
-    """A kind of background job: ``run`` receives the job's context and returns a JSON result."""
+    """A kind of background job: ``run`` receives the job's context and returns a JSON result.
+
+    ``finished``, when given, is called with the job's stored row once its end (succeeded,
+    failed or cancelled) is recorded, on the worker: what should follow a run, such as the next
+    retrain when feedback arrived during this one. Its errors are logged; the job's outcome stands.
+    """
 
     name: str
     run: Callable[[JobContext], Any]
     description: str = ""
+    finished: Callable[[Any], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -370,8 +370,10 @@ def register_reward_scorers(register: Callable[[RewardScorerLoader], None]) -> N
 
     The reward model service loads every reward model version with the loader
     ``ESPALIER_REWARD_SCORER`` names, else the one a plugin offers with ``default=True`` (the
-    built-in ``reward_models`` plugin offers ``sequence-classifier``: a transformers model with one
-    output and its ``reward_card.json``). Best-of-n, policy updates and evaluations score through it.
+    built-in ``reward_models`` plugin offers ``builtin``, which reads both formats its trainer
+    writes, told apart by ``reward_card.json``: a transformers model with one output, or linear
+    heads on a chat model's frozen features). Best-of-n, policy updates and evaluations score
+    through it.
 
     :param register: call ``register(loader)`` for each
         :class:`~espalier.core.infrastructure.contracts.RewardScorerLoader`; ``load(path)`` returns

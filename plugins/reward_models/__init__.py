@@ -1,8 +1,10 @@
 """Built-in plugin: the reward model trainer and retraining from new feedback.
 
-Trainer ``reward`` (job kind ``train:reward``) trains a MiniLM reward model on every preference
-pair Espalier holds (derived from feedback, plus imported files) and registers it as a new
-version; it becomes current only when not worse than the current one on the same held-out pairs.
+Trainer ``reward`` (job kind ``train:reward``) trains a reward model on every preference pair
+Espalier holds (derived from feedback, plus imported files): by default an ensemble of linear
+heads on the chat model's frozen features (``features``), or the MiniLM cross-encoder
+(``cross-encoder``). It registers it as a new version, which becomes current only when not worse
+than the current one on the same held-out pairs. Retrains start from the current version.
 
 ``on_feedback`` starts a retrain when ``ESPALIER_REWARD_RETRAIN_AFTER_PAIRS`` new pairs have
 arrived since the current model's data snapshot (0 turns this off); a file of imported pairs
@@ -18,7 +20,7 @@ import logging
 
 from espalier import hookimpl
 from espalier.plugins.reward_models.best_of_n import BestOfNProvider
-from espalier.plugins.reward_models.scoring import SequenceClassifierLoader
+from espalier.plugins.reward_models.scoring import BuiltinLoader
 from espalier.plugins.reward_models.trainer import RewardTrainer, maybe_retrain
 
 log = logging.getLogger("espalier.reward")
@@ -32,7 +34,7 @@ def register_trainers(register, platform):
 
 @hookimpl(trylast=True)
 def register_reward_scorers(register):
-    register(SequenceClassifierLoader(), default=True)
+    register(BuiltinLoader(), default=True)
 
 
 @hookimpl(trylast=True)

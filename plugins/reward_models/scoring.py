@@ -69,10 +69,17 @@ class SequenceClassifierScorer:
             return rewards(self.model, self.tokenizer, prompts, completions, max_length=self.max_length)
 
 
-class SequenceClassifierLoader:
-    """Reward scorer loader ``sequence-classifier``: the artifact format the ``reward`` trainer writes."""
+class BuiltinLoader:
+    """Reward scorer loader ``builtin``: both artifact formats the ``reward`` trainer writes, told
+    apart by the card's ``format`` (``espalier-reward/1``: a sequence classifier;
+    ``espalier-reward-features/1``: feature heads on a chat model's backbone)."""
 
-    name = "sequence-classifier"
+    name = "builtin"
 
-    def load(self, path: Path) -> SequenceClassifierScorer:
+    def load(self, path: Path) -> Any:
+        card = json.loads((Path(path) / CARD_NAME).read_text())
+        if card.get("format") == "espalier-reward-features/1":
+            from espalier.plugins.reward_models.features import FeatureHeadScorer
+
+            return FeatureHeadScorer(path)
         return SequenceClassifierScorer(path)

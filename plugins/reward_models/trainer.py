@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from espalier.core.infrastructure.errors import InvalidInput
 from espalier.core.sources.reward.settings import settings_from
+from espalier.plugins.reward_models.features import FORMAT as FEATURES_FORMAT
+from espalier.plugins.reward_models.features import backbone_folder, train_feature_reward_model
+from espalier.plugins.reward_models.scoring import CARD_NAME
 from espalier.plugins.reward_models.training import evaluate, train_reward_model
 
 if TYPE_CHECKING:
@@ -16,46 +21,85 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("espalier.reward")
 JOB_KIND = "train:reward"
+FORMATS = {"features": FEATURES_FORMAT, "cross-encoder": "espalier-reward/1"}
 
 
 class RewardTrainer:
     name = "reward"
     description = (
-        "Train a reward model (MiniLM + one-output head, pairwise loss) on the preference pairs from "
-        "feedback and imports; it becomes current only if not worse on the same held-out pairs"
+        "Train a reward model (heads on the chat model's frozen features, or the MiniLM cross-encoder; "
+        "pairwise loss) on the preference pairs from feedback and imports; it becomes current only if "
+        "not worse on the same held-out pairs"
     )
 
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
+
+    def finished(self, job: Any) -> None:
+        """Feedback that arrived while this run trained starts the next one now, not at the next submission."""
+        maybe_retrain(self.platform)
 
     def train(self, job: Any) -> Mapping[str, Any]:
         platform = self.platform
         params = dict(job.params)
         include_imported = bool(params.pop("include_imported", True))
         exclude = params.pop("exclude_labelers", []) or []
-        params.pop("auto", None)
+        auto = bool(params.pop("auto", False))
+        warm_start = bool(params.pop("warm_start", True))
+        below_consensus = bool(params.pop("include_below_consensus", False))
         params.pop("pairs_at_submit", None)
         ai_weight = float(params.pop("ai_pair_weight", platform.settings.ai_pair_weight))
         if not 0 <= ai_weight <= 1:
             raise InvalidInput(f"ai_pair_weight must be between 0 and 1 (got {ai_weight})")
+        current = platform.reward_models.current()
+        previous = _card(current) if current is not None else None
+        if auto and previous is not None:
+            # An automatic retrain trains as the current version was trained, bar what the operator set.
+            params = {**previous.get("settings", {}), **params}
+            job.log(f"settings of the current v{current.version}: {params}")
         settings = settings_from(params)
-        pairs = platform.pairs.all(include_imported=include_imported, exclude_labelers=exclude, ai_weight=ai_weight)
+        init_from = None
+        if warm_start and previous is not None:
+            if previous.get("settings", {}).get("holdout_fraction") != settings.holdout_fraction:
+                # Another held-out fraction moves pairs between the sides: the current version may have
+                # trained on pairs that now judge it, so it cannot be the starting point.
+                job.log("training from scratch: the held-out fraction differs from the current version's")
+            elif previous.get("format") != FORMATS[settings.kind]:
+                job.log("training from scratch: the current version is of another kind")
+            else:
+                init_from = current.path
+        pairs = platform.pairs.all(
+            include_imported=include_imported,
+            exclude_labelers=exclude,
+            ai_weight=ai_weight,
+            exclude_below_consensus=False if below_consensus else None,
+        )
         ai_pairs = sum(pair.origin == "ai" for pair in pairs)
         job.log(
             f"{len(pairs)} pairs in the snapshot (imports {'included' if include_imported else 'excluded'}; "
             f"{ai_pairs} AI pairs at weight {ai_weight})"
         )
-        card = train_reward_model(
-            pairs,
-            job.artifact_dir + "/reward-model",
-            settings,
-            progress=job.progress,
-            log=job.log,
-            cancelled=job.cancelled,
-            metrics=getattr(job, "metrics", None),
-        )
+        callbacks = {
+            "progress": job.progress,
+            "log": job.log,
+            "cancelled": job.cancelled,
+            "metrics": getattr(job, "metrics", None),
+        }
+        if settings.kind == "features":
+            backbone = backbone_folder(platform, settings.backbone or platform.settings.default_model)
+            card = train_feature_reward_model(
+                pairs, job.artifact_dir + "/reward-model", settings, backbone=backbone, init_from=init_from, **callbacks
+            )
+        else:
+            card = train_reward_model(
+                pairs,
+                job.artifact_dir + "/reward-model",
+                settings,
+                base_model=previous.get("base_model") if init_from and previous else None,
+                init_from=init_from,
+                **callbacks,
+            )
         held = card.pop("held_out_pairs")
-        current = platform.reward_models.current()
         current_accuracy = None
         if current is not None:
             try:
@@ -81,7 +125,16 @@ class RewardTrainer:
             "decision": record.decision,
             "metrics": card["metrics"],
             "data": card["data"],
+            "warm_start": card["warm_start"],
         }
+
+
+def _card(record: Any) -> dict[str, Any] | None:
+    """A version's reward card (its settings, base model and format), or None when unreadable."""
+    try:
+        return json.loads((Path(record.path) / CARD_NAME).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def maybe_retrain(platform: Any) -> str | None:

@@ -20,6 +20,7 @@ from typing import Any
 from espalier.core.infrastructure.errors import InvalidInput
 from espalier.core.infrastructure.jobs.service import JobCancelled
 from espalier.core.sources.feedback.pairs import Pair, pair_sha256, snapshot_sha256
+from espalier.core.sources.reward.baselines import compare_with_rules, correctness
 from espalier.core.sources.reward.settings import RewardSettings
 from espalier.plugins.common.training_loop import Callbacks, Schedule, Step, base_encoder_path, train_steps
 from espalier.plugins.reward_models.scoring import CARD_NAME, encode, rewards
@@ -71,30 +72,23 @@ def pairwise_metrics(chosen: Sequence[float], rejected: Sequence[float], bins: i
 
 
 def evaluate(score: Callable[[list[str], list[str]], list[float]], pairs: Sequence[Pair]) -> dict[str, Any]:
+    """Held-out metrics, with the accuracy's bootstrap interval and the trivial rules on the same pairs."""
     prompts = [p.prompt for p in pairs]
-    chosen = score(prompts, [p.chosen for p in pairs])
-    rejected = score(prompts, [p.rejected for p in pairs])
-    return pairwise_metrics(chosen, rejected)
+    return evaluate_scores(
+        score(prompts, [p.chosen for p in pairs]), score(prompts, [p.rejected for p in pairs]), pairs
+    )
 
 
-def train_reward_model(
-    pairs: Sequence[Pair],
-    out_dir: str | Path,
-    settings: RewardSettings,
-    *,
-    base_model: str | None = None,
-    progress: Callable[[float, str], None] | None = None,
-    log: Callable[[str], None] | None = None,
-    cancelled: Callable[[], bool] | None = None,
-    metrics: Callable[..., None] | None = None,
-) -> dict[str, Any]:
-    """Train, evaluate on the held-out pairs, save the artifact; return its card.
+def evaluate_scores(chosen: Sequence[float], rejected: Sequence[float], pairs: Sequence[Pair]) -> dict[str, Any]:
+    """:func:`evaluate` on scores already computed for each pair's two answers."""
+    return pairwise_metrics(chosen, rejected) | compare_with_rules(correctness(chosen, rejected), pairs)
 
-    ``metrics(step, **values)`` receives the curves: each step's pairwise ``loss``, its smoothed
-    ``loss_avg``, the batch ``accuracy`` and mean reward ``margin``, the learning rate, and at the
-    end the held-out ``eval_accuracy`` (a job passes its own ``job.metrics``).
-    """
-    calls = Callbacks.of(progress, log, cancelled, metrics)
+
+def prepare_pairs(pairs: Sequence[Pair], settings: RewardSettings) -> tuple[list[Pair], list[Pair], list[Pair]]:
+    """Check there is enough to train, sample ``max_pairs``, and split: (pairs, train, held out).
+
+    AI pairs (constitutional AI) only train: the held-out pairs that decide promotion are human
+    (or imported) judgements, so a model is never rewarded for agreeing with its own labels."""
     if len(pairs) < settings.min_pairs:
         raise InvalidInput(
             f"only {len(pairs)} preference pairs; training needs at least {settings.min_pairs}. "
@@ -104,8 +98,6 @@ def train_reward_model(
     pairs = list(pairs)
     if settings.max_pairs is not None and len(pairs) > settings.max_pairs:
         pairs = random.Random(settings.seed).sample(pairs, settings.max_pairs)
-    # AI pairs (constitutional AI) only train: the held-out pairs that decide promotion are human
-    # (or imported) judgements, so a model is never rewarded for agreeing with its own labels.
     ai_pairs = [p for p in pairs if p.origin == "ai"]
     human = [p for p in pairs if p.origin != "ai"]
     if len(human) < 2:
@@ -115,15 +107,44 @@ def train_reward_model(
             code="too_few_pairs",
         )
     train, held = split(human, settings.holdout_fraction)
-    train += ai_pairs
+    return pairs, train + ai_pairs, held
+
+
+def train_reward_model(
+    pairs: Sequence[Pair],
+    out_dir: str | Path,
+    settings: RewardSettings,
+    *,
+    base_model: str | None = None,
+    init_from: str | Path | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    metrics: Callable[..., None] | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate on the held-out pairs, save the artifact; return its card.
+
+    ``init_from`` (a reward model artifact of this format) warm-starts: its weights are where
+    training begins, so a retrain refines the current version rather than starting over.
+
+    ``metrics(step, **values)`` receives the curves: each step's pairwise ``loss``, its smoothed
+    ``loss_avg``, the batch ``accuracy`` and mean reward ``margin``, the learning rate, and at the
+    end the held-out ``eval_accuracy`` (a job passes its own ``job.metrics``).
+    """
+    calls = Callbacks.of(progress, log, cancelled, metrics)
+    pairs, train, held = prepare_pairs(pairs, settings)
+    ai_pairs = [p for p in train if p.origin == "ai"]
 
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     base = base_model or base_encoder_path()
+    start_from = str(init_from) if init_from is not None else base
     torch.manual_seed(settings.seed)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(start_from)
+    model = AutoModelForSequenceClassification.from_pretrained(start_from, num_labels=1)
+    if init_from is not None:
+        calls.log(f"warm start from {init_from}")
     schedule = Schedule(
         epochs=settings.epochs,
         batch_size=settings.batch_size,
@@ -191,6 +212,7 @@ def train_reward_model(
     card = {
         "format": "espalier-reward/1",
         "base_model": base,
+        "warm_start": str(init_from) if init_from is not None else None,
         "max_length": settings.max_length,
         "data": {
             "sha256": snapshot_sha256(pairs),

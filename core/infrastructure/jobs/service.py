@@ -312,6 +312,7 @@ class JobWorker:
         with self._lock:
             self._running.add(job.id)
         status, result, error = "succeeded", None, None
+        kind = None
         try:
             kind = self.service.kinds.get(job.kind)
             context.log(f"started on {self.worker_id}")
@@ -341,6 +342,11 @@ class JobWorker:
                 elif status == "cancelled":
                     row.message = "cancelled"
                 session.add(row)
+        if kind is not None and kind.finished is not None:
+            try:
+                kind.finished(self.service.get(job.id))
+            except Exception:
+                log.exception("job %s (%s): its 'finished' step failed", job.id, job.kind)
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):

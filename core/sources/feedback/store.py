@@ -35,14 +35,32 @@ class PairStore:
         audit: AuditLog | None = None,
         *,
         announce: Callable[[FeedbackEvent], None] | None = None,
+        exclude_below_consensus: bool = True,
     ):
+        """``exclude_below_consensus``: leave out the rankings of labelers whose agreement with the
+        others is far below theirs (``below_consensus`` in the agreement report), unless a caller
+        says otherwise (``ESPALIER_EXCLUDE_BELOW_CONSENSUS``)."""
         self.engine = engine
         self.audit = audit
         self.announce = announce or (lambda event: None)
+        self.exclude_below_consensus = exclude_below_consensus
 
-    def derived(self, *, exclude_labelers: Iterable[str] = ()) -> list[Pair]:
-        """Every pair the stored feedback implies, in a stable order."""
+    def below_consensus(self) -> list[str]:
+        """Labelers the agreement over every stored ranking marks as far below the others."""
+        from espalier.core.sources.feedback.agreement import agreement_for
+
+        labelers = agreement_for(self.engine)["labelers"]
+        return sorted(key for key, stats in labelers.items() if stats.get("below_consensus"))
+
+    def derived(
+        self, *, exclude_labelers: Iterable[str] = (), exclude_below_consensus: bool | None = None
+    ) -> list[Pair]:
+        """Every pair the stored feedback implies, in a stable order, without the feedback of
+        ``exclude_labelers``, of labelers a labeling task excludes, and (by default, see the
+        constructor) of labelers below consensus."""
         excluded = set(exclude_labelers)
+        if self.exclude_below_consensus if exclude_below_consensus is None else exclude_below_consensus:
+            excluded.update(self.below_consensus())
         with session_scope(self.engine) as session:
             rows = list(session.exec(select(FeedbackRecord).order_by(FeedbackRecord.created_at, FeedbackRecord.id)))
             request_ids = {row.request_id for row in rows}
@@ -155,10 +173,15 @@ class PairStore:
         return pairs
 
     def all(
-        self, *, include_imported: bool = True, exclude_labelers: Iterable[str] = (), ai_weight: float = 0.0
+        self,
+        *,
+        include_imported: bool = True,
+        exclude_labelers: Iterable[str] = (),
+        ai_weight: float = 0.0,
+        exclude_below_consensus: bool | None = None,
     ) -> list[Pair]:
         """Human pairs (from feedback), imported ones, and AI pairs when ``ai_weight`` > 0."""
-        pairs = self.derived(exclude_labelers=exclude_labelers)
+        pairs = self.derived(exclude_labelers=exclude_labelers, exclude_below_consensus=exclude_below_consensus)
         if include_imported:
             pairs += self.imported()
         if ai_weight > 0:

@@ -34,7 +34,7 @@ MAX_SCORE_ITEMS = 64
 
 TRAIN_JOB = "train:reward"
 #: Job parameters about which pairs train, not how (the trainer reads them; the settings do not).
-PAIR_PARAMS = ("include_imported", "exclude_labelers", "ai_pair_weight")
+PAIR_PARAMS = ("include_imported", "exclude_labelers", "ai_pair_weight", "include_below_consensus", "warm_start")
 
 
 class RewardModelService:
@@ -171,6 +171,7 @@ class RewardModelService:
             include_imported=bool(params.get("include_imported", True)),
             exclude_labelers=params.get("exclude_labelers") or [],
             ai_weight=ai_weight,
+            exclude_below_consensus=False if params.get("include_below_consensus") else None,
         )
         if len(pairs) < settings.min_pairs:
             raise InvalidInput(

@@ -7,10 +7,17 @@ from typing import Any
 
 from espalier.core.infrastructure.errors import InvalidInput
 
+#: ``features``: heads on frozen features of a chat model's backbone (fast on a CPU, the default);
+#: ``cross-encoder``: the MiniLM cross-encoder fine-tuned end to end.
+KINDS = ("features", "cross-encoder")
+
 
 @dataclass
 class RewardSettings:
-    epochs: int = 1
+    kind: str = "features"
+    heads: int = 5  # features: an ensemble of this many heads (their spread is the uncertainty)
+    backbone: str | None = None  # features: the chat model whose backbone reads; None: the default model
+    epochs: int = 1  # cross-encoder: how long and how fast (the features kind fits its heads fully)
     batch_size: int = 16
     learning_rate: float = 5e-5
     max_length: int = 256
@@ -21,6 +28,10 @@ class RewardSettings:
     seed: int = 0
 
     def check(self) -> None:
+        if self.kind not in KINDS:
+            raise InvalidInput(f"kind must be one of {', '.join(KINDS)} (got {self.kind!r})")
+        if not 1 <= self.heads <= 32:
+            raise InvalidInput(f"heads must be 1-32 (got {self.heads})")
         if not 1 <= self.epochs <= 20:
             raise InvalidInput(f"epochs must be 1-20 (got {self.epochs})")
         if not 1 <= self.batch_size <= 256:

@@ -702,7 +702,7 @@ def test_hook_register_reward_scorers(tmp_path):
     loaded = []
     platform = platform_with(tmp_path, Plugin()).start(run_jobs=False)
     try:
-        assert platform.reward_scorers.names() == ["length", "sequence-classifier"]
+        assert platform.reward_scorers.names() == ["builtin", "length"]
         record = platform.reward_models.register(
             path=str(tmp_path / "artifact"),
             base_model="x",
@@ -719,8 +719,8 @@ def test_hook_register_reward_scorers(tmp_path):
         assert record.is_current
     finally:
         platform.close()
-    other = platform_with(tmp_path / "b", Plugin(), reward_scorer="sequence-classifier")
+    other = platform_with(tmp_path / "b", Plugin(), reward_scorer="builtin")
     try:
-        assert other.reward_models._loader().name == "sequence-classifier"
+        assert other.reward_models._loader().name == "builtin"
     finally:
         other.close()

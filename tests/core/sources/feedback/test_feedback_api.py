@@ -310,3 +310,15 @@ def test_labeler_agreement_shows_who_is_far_below_consensus(espalier):
     assert labelers[contrarian.split("_")[1]]["mean_tau"] == -1
     assert labelers[key_id(espalier, "operator")]["below_consensus"] is False
     assert len(report["items"]) == 3 and report["mean_tau"] == round(-1 / 3, 4)
+
+    # Training leaves the contrarian out by default (ESPALIER_EXCLUDE_BELOW_CONSENSUS): 3 requests
+    # x 3 pairs from each of the two who agree; the contrarian's 9 reversed pairs come back only
+    # when asked for.
+    who = key_id(espalier, "operator"), key_id(espalier, "admin")
+    kept = platform.pairs.all()
+    assert len(kept) == 18 and {p.labeler for p in kept} == set(who)
+    assert platform.pairs.below_consensus() == [contrarian.split("_")[1]]
+    everyone = platform.pairs.all(exclude_below_consensus=False)
+    assert len(everyone) == 27 and contrarian.split("_")[1] in {p.labeler for p in everyone}
+    platform.pairs.exclude_below_consensus = False  # the setting turned off
+    assert len(platform.pairs.all()) == 27

@@ -4,7 +4,9 @@ when not worse."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import pytest
 from sqlmodel import select
@@ -157,7 +159,7 @@ def test_feedback_to_reward_model_to_automatic_retrain(espalier):
     request_id, ids, texts = candidates(espalier, "Name a healthy breakfast.", seed=11)
     rank(espalier, "operator", request_id, ids, [1, 2, 3])
     assert platform.jobs.list(kind="train:reward", status="queued") == []
-    rank(espalier, "admin", request_id, ids, [3, 2, 1])
+    rank(espalier, "admin", request_id, ids, [2, 1, 3])  # broadly agreeing: nobody is below consensus
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and len(platform.jobs.list(kind="train:reward")) < 2:
         time.sleep(0.2)
@@ -167,6 +169,12 @@ def test_feedback_to_reward_model_to_automatic_retrain(espalier):
     assert auto.status == "succeeded", auto.error
     second = platform.reward_models.get("2")
     assert second.pairs == 11
+    # The retrain refined the current version with the settings it was trained with.
+    assert auto.result["warm_start"] == platform.reward_models.get("1").path
+    card = json.loads((Path(second.path) / "reward_card.json").read_text())
+    assert card["warm_start"] == auto.result["warm_start"]
+    assert {k: card["settings"][k] for k in TINY} == TINY
+    assert any("warm start from" in line.message for line in platform.jobs.logs(auto.id))
     same_holdout = second.metrics["current_accuracy_same_holdout"]
     assert second.is_current == (second.metrics["accuracy"] >= same_holdout), second.decision
     assert platform.reward_models.current().version == (2 if second.is_current else 1)
@@ -232,3 +240,39 @@ def test_a_cancelled_training_run_saves_no_model(espalier):
     job = wait_job(platform, job_id)
     assert job.status == "cancelled"
     assert platform.reward_models.list() == []
+
+
+@pytest.mark.slow
+def test_feedback_that_arrives_during_a_training_starts_the_next_when_it_ends(espalier):
+    """The retrain trigger passes over feedback while a training runs (one at a time); the run's end
+    looks again, so the waiting pairs start the next training without another submission."""
+    from .helpers import stored_request
+
+    platform = espalier.platform
+    lines = (SHARED_DATA / "hh_pairs_train.jsonl").read_text().splitlines()[:40]
+    platform.pairs.import_lines(lines, source="hh", skip_invalid=True)
+    started = espalier.client.post(
+        "/api/reward/train",
+        json={"params": {"epochs": 3, "batch_size": 4, "max_length": 64}},
+        headers=espalier.headers("operator"),
+    )
+    first = started.json()["job_id"]
+    deadline = time.monotonic() + 120
+    while platform.jobs.get(first).progress == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    owner = espalier.keys["user"].split("_")[1]
+    for number in range(3):  # 3 rankings of 3 candidates: 9 new pairs, past the threshold of 6
+        request_id, ids = stored_request(platform, owner, f"Question {number}?", ["one", "two", "three"])
+        rank(espalier, "operator", request_id, ids, [1, 2, 3])
+    assert platform.jobs.get(first).status == "running", "the training ended before the feedback arrived"
+    assert len(platform.jobs.list(kind="train:reward")) == 1  # nothing queued beside a running training
+    assert wait_job(platform, first).status == "succeeded"
+    deadline = time.monotonic() + 30
+    while len(platform.jobs.list(kind="train:reward")) < 2:
+        assert time.monotonic() < deadline, "no retrain followed the training"
+        time.sleep(0.2)
+    follow = platform.jobs.list(kind="train:reward")[0]
+    assert follow.id != first and follow.params.get("auto") is True
+    espalier.client.post(f"/api/jobs/{follow.id}/cancel", headers=espalier.headers("operator"))
+    wait_job(platform, follow.id)
