@@ -18,7 +18,11 @@ policy_app = typer.Typer(help="Policy updates: LoRA fine-tunes of a chat model f
 @policy_app.command("train")
 def train(
     method: Annotated[
-        str, typer.Option(help="rl (against the reward model, KL-penalised) or dpo (on the pairs).")
+        str,
+        typer.Option(
+            help="rl (against the reward model, KL-penalised), dpo (on pairs), rsft (best of n samples, "
+            "then fine-tuning) or sft (on curated demonstrations and corrections)."
+        ),
     ] = "rl",
     model: Annotated[str | None, typer.Option(help="Registered chat model; default: the default model.")] = None,
     reward_model: Annotated[
@@ -46,8 +50,15 @@ def train(
             help="dpo: 'store' (the pairs held) or 'sampled' (best vs worst of the policy's own samples by the reward)."
         ),
     ] = "store",
-    samples_per_prompt: Annotated[int, typer.Option(help="dpo with sampled pairs: completions per prompt.")] = 4,
+    samples_per_prompt: Annotated[
+        int, typer.Option(help="dpo with sampled pairs, rsft: completions sampled per prompt.")
+    ] = 4,
     label: Annotated[str | None, typer.Option(help="Version label of the result.")] = None,
+    budget: Annotated[
+        float | None, typer.Option(help="Minutes the run may take: sampling and training stop in time.")
+    ] = None,
+    sft_path: Annotated[Path | None, typer.Option(help="sft: JSONL of curated demonstrations.")] = None,
+    include_corrections: Annotated[bool, typer.Option(help="sft: train on users' corrections too.")] = True,
 ) -> None:
     """Check the settings, run the job here (a running server lists it too) and register the result
     as a candidate version of the model (promote it to serve it)."""
@@ -76,6 +87,9 @@ def train(
         "label": label,
         "pairs": pairs,
         "samples_per_prompt": samples_per_prompt,
+        "budget_minutes": budget,
+        "sft_path": str(sft_path.resolve()) if sft_path else None,
+        "include_corrections": include_corrections if method == "sft" else None,
     }
     instance = platform().start(migrate=False, run_jobs=True)
     job = None

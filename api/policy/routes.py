@@ -20,7 +20,7 @@ Prompt = Annotated[str, msgspec.Meta(max_length=policy.MAX_PROMPT_CHARS)]
 class PolicyTrainIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """The body of ``POST /api/policy/train``; unset fields take the defaults in docs/operators.md."""
 
-    method: Literal["rl", "dpo"] = "rl"
+    method: Literal["rl", "dpo", "rsft", "sft"] = "rl"
     model: str | None = None
     reward_model: str | None = None
     steps: int | None = None
@@ -48,6 +48,9 @@ class PolicyTrainIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     pairs: str | None = None  # checked by PolicySettings, whose message names both choices
     samples_per_prompt: int | None = None
     label: str | None = None
+    budget_minutes: float | None = None
+    sft_path: str | None = None
+    include_corrections: bool | None = None
     seed: int | None = None
 
 

@@ -49,6 +49,13 @@ class PolicyTrainer:
         return run(self.platform, job, settings, plan)
 
 
+def optimises_toxicity(settings: PolicySettings) -> bool:
+    """Whether the update was steered by the toxicity scorer (its penalty in the reward, or the
+    samples it kept or paired): that scorer then cannot judge the result."""
+    steered = settings.method in ("rl", "rsft") or (settings.method == "dpo" and settings.pairs == "sampled")
+    return steered and settings.toxicity_weight > 0
+
+
 def split_prompts(prompts: list[str], settings: PolicySettings) -> tuple[list[str], list[str]]:
     """(train, held out): a seeded shuffle, then the first ``eval_prompts`` are held out."""
     order = list(prompts)
@@ -78,8 +85,37 @@ def run(platform: Any, job: Any, settings: PolicySettings, plan: Any) -> dict[st
         task_type="CAUSAL_LM",
     )
 
+    if settings.budget_minutes is not None:
+        # Sampling and training stop in time for the held-out measurement and the save.
+        run_log.deadline = started + 0.85 * 60 * settings.budget_minutes
     pairs: list[Any] = []
-    if settings.method == "rl":
+    rows: list[Any] = []
+    if settings.method in ("rsft", "sft"):
+        from espalier.plugins.policy_training.sft import rejection_samples, train_sft
+
+        if settings.method == "rsft":
+            train_prompts, held = split_prompts(plan.prompts, settings)
+            sampling_deadline = (
+                started + 0.45 * 60 * settings.budget_minutes if settings.budget_minutes is not None else None
+            )
+            rows = rejection_samples(
+                platform,
+                plan.model,
+                tokenizer,
+                train_prompts,
+                scorers,
+                settings,
+                run_log,
+                out,
+                deadline=sampling_deadline,
+            )
+        else:
+            from espalier.core.sources.learning.demonstrations import demonstrations
+
+            rows = demonstrations(platform.pairs, settings.sft_path, include_corrections=settings.include_corrections)
+            held = split_prompts(plan.prompts, settings)[1] if plan.prompts and settings.eval_prompts else []
+        trainer = train_sft(model, tokenizer, rows, settings, lora, run_log, out)
+    elif settings.method == "rl":
         train_prompts, held = split_prompts(plan.prompts, settings)
         from espalier.plugins.policy_training.rl import train_rl
 
@@ -181,6 +217,10 @@ def run(platform: Any, job: Any, settings: PolicySettings, plan: Any) -> dict[st
         "lora_rank": settings.lora_rank,
         "learning_rate": settings.learning_rate,
         "prompt_format": settings.prompt_format,
+        # The gate refuses to judge toxicity with the scorer an update optimised.
+        "toxicity_scorer_optimised": settings.toxicity_scorer if optimises_toxicity(settings) else None,
+        "demonstrations": len(rows) if rows else None,
+        "budget_minutes": settings.budget_minutes,
         "train_seconds": round(train_seconds, 2),
         "pairs": pair_summary(settings, pairs, out),
         "final": {name: values[-1][1] for name, values in run_log.history.items() if values},

@@ -32,8 +32,10 @@ from espalier.core.infrastructure.registry import NAME_PATTERN
 if TYPE_CHECKING:
     from espalier.core.platform import Platform
 
-METHODS = ("rl", "dpo")
-JOB_KINDS = {"rl": "train:policy-rl", "dpo": "train:policy-dpo"}
+METHODS = ("rl", "dpo", "rsft", "sft")
+JOB_KINDS = {method: f"train:policy-{method}" for method in METHODS}
+#: Methods that sample answers of training prompts (and so need prompts).
+SAMPLING = ("rl", "rsft")
 PROMPT_FORMATS = ("chat", "text")
 PAIR_SOURCES = ("store", "sampled")
 MAX_PROMPTS = 5000
@@ -70,6 +72,9 @@ class PolicySettings:
     pairs: str = "store"  # dpo: "store" (the pairs Espalier holds) or "sampled" (built from the policy's samples)
     samples_per_prompt: int = 4  # dpo with sampled pairs: completions sampled per training prompt
     label: str | None = None  # the version label; default: <method>-<job id>
+    budget_minutes: float | None = None  # stop sampling and training in time to finish within this
+    sft_path: str | None = None  # sft: curated demonstrations (JSONL of messages, or prompt/completion)
+    include_corrections: bool = True  # sft: users' corrections of answers they disliked train too
     seed: int = 0
 
     def held_out(self, prompts: int) -> int:
@@ -136,6 +141,10 @@ class PolicySettings:
                 f"pairs must be 'store' (the preference pairs Espalier holds) or 'sampled' (pairs built "
                 f"from the policy's own samples ranked by the reward model) (got {self.pairs!r})"
             )
+        if self.budget_minutes is not None and not 1 <= self.budget_minutes <= 24 * 60:
+            raise InvalidInput(f"budget_minutes must be 1-1440 (got {self.budget_minutes})")
+        if self.sft_path is not None and self.method != "sft":
+            raise InvalidInput("sft_path applies to method sft only")
         if self.pairs == "sampled" and self.method != "dpo":
             raise InvalidInput("pairs='sampled' applies to method dpo only (rl samples by itself)")
         if not 2 <= self.samples_per_prompt <= 16:
@@ -172,7 +181,15 @@ def settings_from(params: dict[str, Any]) -> PolicySettings:
     ):
         if not isinstance(getattr(settings, name), int) or isinstance(getattr(settings, name), bool):
             raise InvalidInput(f"{name} must be a whole number (got {getattr(settings, name)!r})")
-    for name in ("learning_rate", "temperature", "toxicity_weight", "kl_bound", "beta", "target_reward"):
+    for name in (
+        "learning_rate",
+        "temperature",
+        "toxicity_weight",
+        "kl_bound",
+        "beta",
+        "target_reward",
+        "budget_minutes",
+    ):
         value = getattr(settings, name)
         if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
             raise InvalidInput(f"{name} must be a number (got {value!r})")
@@ -311,7 +328,36 @@ def preflight(platform: Platform, settings: PolicySettings) -> PolicyPlan:
     prompts: list[str] = []
     pairs: list[Any] = []
     reward = None
-    if settings.method == "rl":
+    if settings.method == "rsft":
+        if settings.reward_model or settings.toxicity_weight == 0:
+            reward = reward_model_for(platform, settings, model)  # keeps the best sample: required
+        else:  # the toxicity penalty alone may choose; the reward model, when there is one, too
+            reward = platform.reward_models.current()
+            if reward is not None and chat_model_owning(platform, reward.base_model) not in (None, model):
+                reward = None
+        prompts = gather_prompts(platform, settings)
+        held = settings.held_out(len(prompts))
+        if len(prompts) - held < settings.min_pairs:
+            raise InvalidInput(
+                f"rejection sampling keeps at most one answer per training prompt: {len(prompts)} prompts "
+                f"({held} held out) cannot give min_pairs={settings.min_pairs}; give more prompts",
+                code="too_few_prompts",
+            )
+    elif settings.method == "sft":
+        reward = platform.reward_models.current()  # optional: only for measuring before and after
+        if reward is not None and chat_model_owning(platform, reward.base_model) not in (None, model):
+            reward = None
+        from espalier.core.sources.learning.demonstrations import demonstrations
+
+        rows = demonstrations(platform.pairs, settings.sft_path, include_corrections=settings.include_corrections)
+        if len(rows) < settings.min_pairs:
+            raise InvalidInput(
+                f"only {len(rows)} demonstrations (curated file and users' corrections); supervised "
+                f"fine-tuning needs at least min_pairs={settings.min_pairs}: give sft_path, or collect corrections",
+                code="too_few_demonstrations",
+            )
+        prompts = gather_prompts(platform, settings)  # optional: measured before and after
+    elif settings.method == "rl":
         reward = reward_model_for(platform, settings, model)
         prompts = gather_prompts(platform, settings)
         if not prompts:

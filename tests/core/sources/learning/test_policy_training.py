@@ -175,7 +175,14 @@ def test_rl_and_dpo_jobs_record_curves_and_register_candidates_that_serve(espali
             "max_tokens": 8,
             "tasks": [{"question": "What is the capital of France? Answer with one word.", "answer": "Paris"}],
             # a two-step run moves little: the gate here only bounds how far it may move
-            "gate": {"reward_tolerance": 100.0, "toxicity_tolerance": 1.0, "max_kl": 1e6, "task_tolerance": 1.0},
+            "gate": {
+                "reward_tolerance": 100.0,
+                "toxicity_tolerance": 1.0,
+                "max_kl": 1e6,
+                "task_tolerance": 1.0,
+                "min_prompts": 1,
+                "require_improvement": False,
+            },
         },
     )
     assert queued.status_code == 202, queued.text
@@ -236,6 +243,85 @@ def test_dpo_on_sampled_pairs_ranks_the_policys_own_samples_by_the_reward(espali
     assert [row.step for row in platform.jobs.metrics(job.id)] == [1, 2]
     assert result["steps"] == 2 and result["metrics"]["loss"] > 0
     assert_trained_adapter_serves(espalier, result)
+
+
+@pytest.mark.slow
+def test_rejection_sampling_keeps_the_best_sample_and_the_gate_refuses_its_own_scorer(espalier, reward_artifact):
+    """rsft: samples of each training prompt from the serving engine, the best by reward minus
+    toxicity kept (never a held-out prompt), a LoRA fine-tuned on them; the version records the
+    scorer it optimised, and an evaluation judged by that scorer is refused before it is queued."""
+    from espalier.plugins.policy_training.common import Scorers
+
+    platform = espalier.platform
+    path, card = reward_artifact
+    register_reward_model(platform, path, card["base_model"])
+    body = {
+        "method": "rsft",
+        "steps": 2,
+        "batch_size": 2,
+        "samples_per_prompt": 3,
+        "prompts": PROMPTS,
+        "prompt_format": "text",
+        "max_completion_tokens": 8,
+        "max_prompt_tokens": 48,
+        "eval_prompts": 2,
+        "min_pairs": 2,
+        "learning_rate": 5e-3,
+        "toxicity_weight": 1.0,
+    }
+    job = wait_job(platform, start(espalier, body))
+    assert job.status == "succeeded", job.error
+    result = job.result
+    kept = [json.loads(line) for line in (Path(job.artifact_dir) / "kept_samples.jsonl").read_text().splitlines()]
+    held_out = {example["prompt"] for example in result["evaluation"]["examples"]}
+    assert len(held_out) == 2 and not held_out & {row["prompt"] for row in kept}
+    assert 2 <= len(kept) <= len(PROMPTS) - 2 and all(row["source"] == "sampled" for row in kept)
+    scorers = Scorers(platform, platform.reward_models.current(), "profanity")
+    again = scorers.objective([r["prompt"] for r in kept], [r["completion"] for r in kept], 1.0)
+    assert again == pytest.approx([r["score"] for r in kept], abs=1e-4)
+    assert result["steps"] == 2 and result["metrics"]["loss"] > 0
+    assert_trained_adapter_serves(espalier, result)
+    version = next(v for v in platform.models.info(MODEL).versions if v["label"] == result["label"])
+    assert version["metrics"]["toxicity_scorer_optimised"] == "profanity"
+    refused = espalier.client.post(
+        f"/api/models/{MODEL}/evaluations",
+        headers=espalier.headers("operator"),
+        json={"candidate": result["label"], "scorer": "profanity"},
+    )
+    assert refused.status_code == 400 and refused.json()["code"] == "judge_is_optimised_scorer", refused.text
+
+
+@pytest.mark.slow
+def test_sft_on_curated_demonstrations_stops_at_its_time_budget(espalier, tmp_path):
+    rows = [
+        {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": "Let us keep it kind."}]}
+        for p in PROMPTS[:3]
+    ] + [{"prompt": "Say something about tea.", "completion": "Tea is a warm and friendly drink."}]
+    demonstrations = tmp_path / "curated.jsonl"
+    demonstrations.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    body = {
+        "method": "sft",
+        "sft_path": str(demonstrations),
+        "steps": 100000,
+        "budget_minutes": 1,
+        "batch_size": 2,
+        "max_completion_tokens": 12,
+        "max_prompt_tokens": 48,
+        "eval_prompts": 0,
+        "min_pairs": 4,
+        "learning_rate": 5e-3,
+    }
+    started = time.monotonic()
+    job = wait_job(espalier.platform, start(espalier, body), timeout=600)
+    assert job.status == "succeeded", job.error
+    assert job.result["stop_reason"] == "time budget of 1 minutes" and 1 <= job.result["steps"] < 100000
+    assert time.monotonic() - started < 300
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    refused = espalier.client.post(
+        "/api/policy/train", json={**body, "sft_path": str(bad)}, headers=espalier.headers("operator")
+    )
+    assert refused.status_code == 400 and "line 1" in refused.json()["detail"], refused.text
 
 
 @pytest.mark.slow
