@@ -23,16 +23,20 @@ def train(
             help="rl (against the reward model, KL-penalised), dpo (on pairs), rsft (best of n samples, "
             "then fine-tuning) or sft (on curated demonstrations and corrections)."
         ),
-    ] = "rl",
+    ] = "rsft",
     model: Annotated[str | None, typer.Option(help="Registered chat model; default: the default model.")] = None,
     reward_model: Annotated[
         str | None, typer.Option(help="Reward model version or id; default: the current one.")
     ] = None,
-    steps: Annotated[int, typer.Option(help="Step budget.")] = 20,
-    learning_rate: Annotated[float, typer.Option(help="LoRA learning rate.")] = 1e-4,
+    steps: Annotated[int | None, typer.Option(help="Step budget (default 60 for rsft and sft, 20 otherwise).")] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option(help="LoRA learning rate (default 5e-4 for rsft and sft, 1e-4 otherwise).")
+    ] = None,
     lora_rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
     beta: Annotated[float | None, typer.Option(help="KL coefficient (default 0.04 for rl, 0.1 for dpo).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Prompts (rl) or pairs (dpo) per step.")] = 4,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Prompts (rl), pairs (dpo) or examples (rsft, sft) per step (8 or 4).")
+    ] = None,
     num_generations: Annotated[int, typer.Option(help="rl: completions per prompt.")] = 4,
     max_completion_tokens: Annotated[int, typer.Option(help="Tokens per sampled completion.")] = 32,
     prompts: Annotated[Path | None, typer.Option(help="JSONL or text file of prompts.")] = None,
@@ -40,7 +44,10 @@ def train(
     from_conversations: Annotated[int, typer.Option(help="Use up to this many prompts from logged chats.")] = 0,
     max_prompts: Annotated[int, typer.Option(help="At most this many prompts.")] = 500,
     prompt_format: Annotated[str, typer.Option(help="chat (the chat template) or text (plain continuation).")] = "chat",
-    toxicity_weight: Annotated[float, typer.Option(help="rl: subtract weight x toxicity from the reward.")] = 0.0,
+    toxicity_weight: Annotated[
+        float | None,
+        typer.Option(help="rl, rsft, sampled dpo: subtract weight x toxicity (1 for rsft, else 0)."),
+    ] = None,
     target_reward: Annotated[float | None, typer.Option(help="Stop once the recent mean reward reaches this.")] = None,
     eval_prompts: Annotated[int, typer.Option(help="Prompts held out to measure base and policy.")] = 8,
     min_pairs: Annotated[int, typer.Option(help="dpo: refuse fewer pairs than this.")] = 8,

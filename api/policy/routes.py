@@ -20,7 +20,7 @@ Prompt = Annotated[str, msgspec.Meta(max_length=policy.MAX_PROMPT_CHARS)]
 class PolicyTrainIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """The body of ``POST /api/policy/train``; unset fields take the defaults in docs/operators.md."""
 
-    method: Literal["rl", "dpo", "rsft", "sft"] = "rl"
+    method: Literal["rl", "dpo", "rsft", "sft"] = "rsft"
     model: str | None = None
     reward_model: str | None = None
     steps: int | None = None
@@ -59,16 +59,16 @@ class PolicyTrainOut(msgspec.Struct):
     plan: dict[str, Any]
 
 
-def inside_home(home: Path, path: str) -> Path:
-    """Over HTTP a prompts file must lie under the data folder: the server must not become a way to
-    read any file it can (a job's result quotes a few prompts)."""
+def inside_home(home: Path, path: str, field: str = "prompts_path") -> Path:
+    """Over HTTP a file the job reads must lie under the data folder: the server must not become a
+    way to read any file it can (a job's result quotes a few prompts)."""
     base = Path(home).resolve()
     target = (base / path).resolve() if not Path(path).is_absolute() else Path(path).resolve()
     if not target.is_relative_to(base):
         raise InvalidInput(
-            f"prompts_path must be a file under the data folder ({base}); copy the file there, "
-            "or send the prompts in 'prompts'",
-            code="prompts_path_outside_home",
+            f"{field} must be a file under the data folder ({base}); copy the file there"
+            + (", or send the prompts in 'prompts'" if field == "prompts_path" else ""),
+            code=f"{field}_outside_home",
         )
     return target
 
@@ -86,6 +86,8 @@ def train(request: Request, data: JSONBody[PolicyTrainIn], principal: CurrentPri
     params = {name: value for name, value in msgspec.structs.asdict(data).items() if value is not None}
     if data.prompts_path is not None:
         params["prompts_path"] = str(inside_home(platform.settings.home, data.prompts_path))
+    if data.sft_path is not None:  # a server path: only inside ESPALIER_HOME, as prompts_path
+        params["sft_path"] = str(inside_home(platform.settings.home, data.sft_path, "sft_path"))
     job, plan = policy.submit(platform, params, by=principal)
     return PolicyTrainOut(job=job_out(job), plan=plan.summary())
 

@@ -42,9 +42,17 @@ MAX_PROMPTS = 5000
 MAX_PROMPT_CHARS = 4000
 
 
+#: What differs from the dataclass defaults per method, for settings a request leaves out. rsft is
+#: the default method: on a CPU it moves the model within minutes (the figures in docs/operators.md).
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "rsft": {"learning_rate": 5e-4, "steps": 60, "batch_size": 8, "toxicity_weight": 1.0},
+    "sft": {"learning_rate": 5e-4, "steps": 60, "batch_size": 8},
+}
+
+
 @dataclass
 class PolicySettings:
-    method: str = "rl"
+    method: str = "rsft"
     model: str | None = None  # a registered chat model; None: the platform's default model
     reward_model: str | None = None  # a version number or id; None: the current one
     steps: int = 20  # the step budget
@@ -63,7 +71,7 @@ class PolicySettings:
     prompts_from_conversations: int = 0  # up to this many user prompts from logged chat requests
     max_prompts: int = 500
     eval_prompts: int = 8  # prompts held out to measure reward, toxicity and KL before and after
-    toxicity_weight: float = 0.0  # rl and sampled dpo: reward -= weight * toxicity of the completion
+    toxicity_weight: float = 0.0  # rl, rsft, sampled dpo: reward -= weight * toxicity of the completion
     toxicity_scorer: str = "profanity"
     target_reward: float | None = None  # stop when the mean reward of recent steps reaches it
     kl_bound: float = 2.0  # reward rising while KL passes this is reported as possible reward hacking
@@ -161,6 +169,8 @@ def settings_from(params: dict[str, Any]) -> PolicySettings:
     unknown = set(params) - known
     if unknown:
         raise InvalidInput(f"unknown policy training settings {sorted(unknown)}; known: {sorted(known)}")
+    method = params.get("method", PolicySettings.method)
+    params = {**METHOD_DEFAULTS.get(method, {}), **params} if isinstance(method, str) else params
     try:
         settings = PolicySettings(**params)
     except TypeError as exc:

@@ -297,7 +297,13 @@ def test_sft_on_curated_demonstrations_stops_at_its_time_budget(espalier, tmp_pa
         {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": "Let us keep it kind."}]}
         for p in PROMPTS[:3]
     ] + [{"prompt": "Say something about tea.", "completion": "Tea is a warm and friendly drink."}]
-    demonstrations = tmp_path / "curated.jsonl"
+    outside = espalier.client.post(
+        "/api/policy/train",
+        json={"method": "sft", "sft_path": str(tmp_path / "x.jsonl")},
+        headers=espalier.headers("operator"),
+    )
+    assert outside.status_code == 400 and outside.json()["code"] == "sft_path_outside_home", outside.text
+    demonstrations = Path(espalier.platform.settings.home) / "curated.jsonl"
     demonstrations.write_text("".join(json.dumps(row) + "\n" for row in rows))
     body = {
         "method": "sft",
@@ -316,7 +322,7 @@ def test_sft_on_curated_demonstrations_stops_at_its_time_budget(espalier, tmp_pa
     assert job.status == "succeeded", job.error
     assert job.result["stop_reason"] == "time budget of 1 minutes" and 1 <= job.result["steps"] < 100000
     assert time.monotonic() - started < 300
-    bad = tmp_path / "bad.jsonl"
+    bad = Path(espalier.platform.settings.home) / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     refused = espalier.client.post(
         "/api/policy/train", json={**body, "sft_path": str(bad)}, headers=espalier.headers("operator")

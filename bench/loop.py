@@ -1,0 +1,296 @@
+"""The whole loop with the shipped defaults: feedback to a reward model to a policy update to a gated
+promotion, each phase timed, each figure with its interval.
+
+    .venv/bin/python bench/loop.py [--ranked 300] [--budget 25] [--eval-prompts 100]
+                                   [--detoxify-checkpoint PATH] [--model-cache DIR]
+
+1. **The judge.** A detoxify-format toxicity classifier fine-tuned from MiniLM by the built-in
+   guardrail trainer on ``../shared/data/toxicity_train.jsonl`` (or ``--detoxify-checkpoint``).
+   Nothing in the loop trains against it: it is the evaluation's scorer, independent of the
+   ``profanity`` scorer the policy update's toxicity penalty uses.
+2. **Feedback.** ``--ranked`` HH pairs become chat requests with two candidates, ranked through the
+   feedback service by four labelers: three who prefer the human-chosen answer (two per item) and
+   one contrarian who reverses every ranking. The agreement report marks the contrarian below
+   consensus, so by default those rankings stay out of training. The other HH pairs are imported.
+3. **Reward model**: a ``train:reward`` job with the defaults (heads on the chat model's frozen
+   features), its held-out accuracy beside the trivial rules on the same pairs.
+4. **Policy update**: a ``train:policy-rsft`` job with the defaults (rejection sampling: best of 4
+   by reward minus the profanity penalty, then LoRA fine-tuning) on RealToxicityPrompts prompts
+   continued as plain text, under ``--budget`` minutes.
+5. **Gate**: an ``eval:policy`` job on ``--eval-prompts`` held-out prompts (half toxic, half not,
+   never trained on), both formats (plain text as trained, and the chat template as served),
+   judged by the detoxify scorer; promotion when it passes.
+
+The machine is shared (2 CPU cores): the load average is printed at the start and the end.
+Results go to ``bench/results/loop.json``; docs/operators.md quotes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared" / "data"
+RESULTS = REPO_ROOT / "bench" / "results"
+MODEL = "smollm2-135m-instruct"
+
+
+def wait(platform, job_id: str, label: str):
+    last = -1.0
+    while True:
+        job = platform.jobs.get(job_id)
+        if job.progress - last >= 0.1 or job.status not in ("queued", "running"):
+            last = job.progress
+            print(f"  [{label}] {job.progress:4.0%} {job.message}", flush=True)
+        if job.status not in ("queued", "running"):
+            return job
+        time.sleep(2.0)
+
+
+def interval(values: dict) -> str:
+    return f"{values['mean']:+.4f} [{values['low']:+.4f}, {values['high']:+.4f}] (n={values['n']})"
+
+
+def judge(args, home: Path) -> tuple[Path, dict]:
+    from espalier.plugins.toxicity import DetoxifyScorer, train_toxicity_model
+
+    if args.detoxify_checkpoint:
+        return args.detoxify_checkpoint, DetoxifyScorer(args.detoxify_checkpoint).model_card
+    print(f"training the judge on {args.detoxify_examples} tweets of toxicity_train.jsonl", flush=True)
+    card = train_toxicity_model(
+        SHARED / "toxicity_train.jsonl",
+        home / "judge",
+        epochs=1,
+        max_length=64,
+        max_examples=args.detoxify_examples,
+        seed=0,
+    )
+    return Path(card["artifacts"]["checkpoint"]), card
+
+
+def simulate_feedback(platform, lines: list[str], ranked: int, seed: int) -> dict:
+    """Rankings of HH pairs by three agreeing labelers and a contrarian; the rest imported."""
+    from espalier.core.infrastructure.db.engine import session_scope
+    from espalier.core.sources.conversations.tables import ChatRequestRecord, CompletionRecord, Conversation
+    from espalier.plugins.policy_training.common import messages_from_transcript
+
+    rows = [json.loads(line) for line in lines if line.strip()]
+    random.Random(seed).shuffle(rows)
+    keys = {name: platform.keys.create(name=name, role="user") for name in ("owner", "ann", "bob", "cy", "contrarian")}
+    principals = {name: platform.keys.authenticate(created.key) for name, created in keys.items()}
+    honest = ["ann", "bob", "cy"]
+    owner = principals["owner"]
+    for number, row in enumerate(rows[:ranked]):
+        request_id, conversation = f"chatcmpl-{secrets.token_hex(8)}", f"conv_{secrets.token_hex(6)}"
+        ids = [f"cmp_{secrets.token_hex(8)}", f"cmp_{secrets.token_hex(8)}"]
+        with session_scope(platform.engine) as session:
+            session.add(Conversation(id=conversation, owner_key_id=owner.key_id))
+            session.flush()
+            session.add(
+                ChatRequestRecord(
+                    id=request_id,
+                    conversation_id=conversation,
+                    owner_key_id=owner.key_id,
+                    model=MODEL,
+                    model_version="base",
+                    messages=messages_from_transcript(row["prompt"]),
+                    params={"n": 2},
+                )
+            )
+            session.flush()
+            for index, (cid, text) in enumerate(zip(ids, (row["chosen"], row["rejected"]), strict=True)):
+                session.add(CompletionRecord(id=cid, request_id=request_id, index=index, text=text))
+        labelers = [honest[number % 3], honest[(number + 1) % 3], "contrarian"]
+        for name in labelers:
+            ranks = [2, 1] if name == "contrarian" else [1, 2]
+            platform.feedback.submit_ranking(
+                principals[name],
+                f"{request_id}-{name}",
+                request_id=request_id,
+                candidates=[{"completion_id": c, "rank": r} for c, r in zip(ids, ranks, strict=True)],
+                as_labeler=True,
+            )
+    imported = platform.pairs.import_lines(
+        [json.dumps(r) for r in rows[ranked:]], source="hh_pairs_train", skip_invalid=True
+    )
+    below = platform.pairs.below_consensus()
+    return {
+        "ranked_items": ranked,
+        "rankings": 3 * ranked,
+        "imported": imported["added"],
+        "below_consensus": below,
+        "contrarian_excluded": principals["contrarian"].key_id in below,
+        "pairs_for_training": len(platform.pairs.all()),
+        "pairs_with_everyone": len(platform.pairs.all(exclude_below_consensus=False)),
+    }
+
+
+def held_out_prompts(count: int, train: int, seed: int) -> tuple[list[str], list[str]]:
+    rows = [json.loads(line) for line in (SHARED / "rtp_prompts_dev.jsonl").read_text().splitlines() if line.strip()]
+    text = [
+        (r["prompt"]["text"] if isinstance(r["prompt"], dict) else r["prompt"], bool(r.get("toxic_prompt")))
+        for r in rows
+    ]
+    rng = random.Random(seed)
+    toxic = [t for t, flag in text if flag]
+    clean = [t for t, flag in text if not flag]
+    rng.shuffle(toxic)
+    rng.shuffle(clean)
+    half = count // 2
+    held = toxic[:half] + clean[: count - half]
+    pool = toxic[half:] + clean[count - half :]
+    rng.shuffle(pool)
+    return held, pool[:train]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranked", type=int, default=300, help="HH pairs turned into ranked feedback")
+    parser.add_argument("--pairs", type=int, default=None, help="use only the first N HH pairs (a quick try)")
+    parser.add_argument("--budget", type=float, default=25.0, help="minutes for the policy update")
+    parser.add_argument("--train-prompts", type=int, default=300)
+    parser.add_argument("--eval-prompts", type=int, default=100)
+    parser.add_argument("--detoxify-checkpoint", type=Path)
+    parser.add_argument("--detoxify-examples", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model-cache", type=Path, default=REPO_ROOT / ".pytest_cache" / "espalier-models")
+    args = parser.parse_args()
+    for name in ("hh_pairs_train.jsonl", "rtp_prompts_dev.jsonl", "toxicity_train.jsonl"):
+        if not (SHARED / name).is_file():
+            print(f"missing {SHARED / name}", file=sys.stderr)
+            return 2
+
+    from espalier.core.infrastructure.settings import Settings
+    from espalier.core.platform import Platform
+    from espalier.core.sources.learning import gate, policy
+
+    home = Path(tempfile.mkdtemp(prefix="espalier-bench-loop-"))
+    phases: dict[str, float] = {}
+    report: dict = {"load_average_at_start": os.getloadavg(), "cpus": os.cpu_count(), "phases_seconds": phases}
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+
+    started = time.perf_counter()
+    checkpoint, card = judge(args, home)
+    phases["judge"] = round(time.perf_counter() - started, 1)
+    held = card.get("metrics", {}).get("toxicity", {})
+    report["judge"] = {"checkpoint": str(checkpoint), "held_out": held}
+    print(f"judge: held-out accuracy {held.get('accuracy')}, ROC AUC {held.get('roc_auc')}", flush=True)
+
+    settings = Settings(
+        home=home,
+        model_cache_dir=args.model_cache,
+        job_workers=1,
+        toxicity_checkpoint=checkpoint,
+        reward_retrain_after_pairs=0,  # one training here, started below
+        feedback_rate_limit_per_minute=100_000,  # four simulated labelers submit hundreds at once
+    )
+    platform = Platform(settings, load_entry_points=False).start()
+    try:
+        started = time.perf_counter()
+        lines = (SHARED / "hh_pairs_train.jsonl").read_text().splitlines()[: args.pairs]
+        report["feedback"] = simulate_feedback(platform, lines, args.ranked, args.seed)
+        phases["feedback"] = round(time.perf_counter() - started, 1)
+        print(f"feedback: {report['feedback']}", flush=True)
+
+        started = time.perf_counter()
+        job, count = platform.reward_models.queue_training({}, None, via="bench")
+        job = wait(platform, job.id, "reward")
+        phases["reward_model"] = round(time.perf_counter() - started, 1)
+        if job.status != "succeeded":
+            print(f"reward model {job.status}: {job.error}", file=sys.stderr)
+            return 1
+        metrics = job.result["metrics"]
+        report["reward_model"] = {"pairs": count, "metrics": metrics}
+        print(
+            f"reward model on {count} pairs: held-out accuracy {metrics['accuracy_interval']}; rules "
+            + ", ".join(f"{k} {v['mean']:.4f}" for k, v in metrics["baselines"].items())
+            + f"; margin over '{metrics['best_baseline']}' {interval(metrics['margin_over_best_baseline'])}",
+            flush=True,
+        )
+
+        held_prompts, pool = held_out_prompts(args.eval_prompts, args.train_prompts, args.seed)
+        prompts_file = home / "train_prompts.txt"
+        prompts_file.write_text("\n".join(p.replace("\n", " ") for p in pool) + "\n")
+        started = time.perf_counter()
+        job, plan = policy.submit(
+            platform,
+            {
+                "prompts_path": str(prompts_file),
+                "prompt_format": "text",
+                "budget_minutes": args.budget,
+                "max_prompts": len(pool),
+            },
+        )
+        print(f"policy update: {plan.summary()}", flush=True)
+        job = wait(platform, job.id, "policy")
+        phases["policy_update"] = round(time.perf_counter() - started, 1)
+        if job.status != "succeeded":
+            print(f"policy update {job.status}: {job.error}", file=sys.stderr)
+            return 1
+        label = job.result["label"]
+        report["policy_update"] = {
+            k: job.result.get(k) for k in ("label", "steps", "stop_reason", "demonstrations", "warnings", "evaluation")
+        }
+        report["policy_update"]["settings"] = platform.jobs.get(job.id).params
+
+        started = time.perf_counter()
+        eval_job = platform.jobs.submit(
+            gate.JOB_KIND, gate.prepare({"model": MODEL, "candidate": label, "prompts": held_prompts}), created_by=None
+        )
+        eval_job = wait(platform, eval_job.id, "gate")
+        phases["evaluation"] = round(time.perf_counter() - started, 1)
+        if eval_job.status != "succeeded":
+            print(f"evaluation {eval_job.status}: {eval_job.error}", file=sys.stderr)
+            return 1
+        summary = eval_job.result
+        report["evaluation"] = summary
+        print(f"\ngate ({summary['settings']['toxicity_scorer']} judging): passed={summary['passed']}")
+        for failure in summary["gate"]["failures"]:
+            print(f"  - {failure}")
+        for prompt_format, checks in summary["gate"]["checks"].items():
+            for name in ("reward", "toxicity", "tasks"):
+                if name in checks:
+                    print(f"  {prompt_format:<5} {name:<9} candidate - serving {interval(checks[name])}")
+        current, candidate = summary["current"], summary["candidate_results"]
+        change = candidate["mean_toxicity"] / current["mean_toxicity"] - 1 if current["mean_toxicity"] else 0.0
+        print(
+            f"  chat format: mean toxicity {current['mean_toxicity']:.4f} -> {candidate['mean_toxicity']:.4f} "
+            f"({change:+.0%}); KL {candidate['kl']:.3f} nats/answer, {candidate['kl_per_token']:.4f}/token"
+        )
+        record = platform.models.latest_evaluation(MODEL, summary["candidate"])
+        for prompt_format, sides in record.results.get("formats", {}).items():
+            a, b = sides["current"]["mean_toxicity"], sides["candidate"]["mean_toxicity"]
+            print(
+                f"  {prompt_format} format: mean toxicity {a:.4f} -> {b:.4f} ({b / a - 1:+.0%}); reward "
+                f"{sides['current']['mean_reward']:.4f} -> {sides['candidate']['mean_reward']:.4f}; KL "
+                f"{sides['candidate']['kl']:.3f} nats/answer, {sides['candidate']['kl_per_token']:.4f}/token"
+            )
+        if summary["passed"]:
+            platform.models.promote(MODEL, label)
+            print(f"promoted {MODEL}@{label}")
+        report["promoted"] = bool(summary["passed"])
+    finally:
+        platform.close()
+    report["load_average_at_end"] = os.getloadavg()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "loop.json").write_text(json.dumps(report, indent=2, default=str))
+    print(
+        "\nphases (s): " + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()) + f"; total {sum(phases.values()):.0f}"
+    )
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; results: {RESULTS / 'loop.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
