@@ -87,7 +87,9 @@ def engine_samples(
             chunk = list(pool.map(one, range(start, min(start + CONCURRENT_PROMPTS, len(prompts)))))
             if run.cancelled:
                 raise JobCancelled()
-            results.extend(c for c in chunk if c is not None)
+            # Keep prompts and samples aligned: the answers up to the first prompt left unsampled.
+            done = next((i for i, c in enumerate(chunk) if c is None), len(chunk))
+            results.extend(c for c in chunk[:done] if c is not None)
             run.job.progress(
                 0.01 + 0.3 * len(results) / len(prompts), f"sampled {len(results)}/{len(prompts)} prompts x {k}"
             )

@@ -8,9 +8,10 @@ models"), such heads beat the fine-tuned MiniLM cross-encoder and the trivial ru
 
 Features of an answer after a prompt (the prompt keeps its end, as the cross-encoder reads it):
 the backbone's last hidden state at the final token, its mean over the tokens, and the log of the
-answer's length in characters. A head is ``w . (x - mu) / sd``; an *ensemble* of heads trained on
-bootstrap resamples of the training pairs scores with their mean, and the spread of their scores
-is the model's uncertainty about an answer.
+answer's length in characters. A head is ``w . (x - mu) / sd``. The score is the head trained on
+all the training pairs; further heads, each trained on a bootstrap resample of them, measure the
+model's uncertainty about an answer (the spread of all heads' scores). Averaging the heads
+scored lower on held-out pairs than the head on all pairs (bench/reward.py), so they do not vote.
 
 Artifact (a folder): ``reward_card.json`` (format ``espalier-reward-features/1``, the backbone
 folder, settings, metrics), ``heads.npz`` (``mu``, ``sd``, ``weights`` of shape (heads, features))
@@ -174,7 +175,8 @@ class FeatureHeadScorer:
         return head_scores(self.backbone.features(list(prompts), list(completions)), self.mu, self.sd, self.weights)
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        return [float(v) for v in self.scores(prompts, completions).mean(axis=1)]
+        """The score of the head trained on all the pairs."""
+        return [float(v) for v in self.scores(prompts, completions)[:, 0]]
 
     def uncertainty(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """The heads' standard deviation per answer: large where the data did not settle the score."""
@@ -294,9 +296,10 @@ def train_feature_reward_model(
     calls.progress(0.9, "evaluating on held-out pairs")
     chosen = head_scores(matrix(held, "chosen"), mu, sd, weights)
     rejected = head_scores(matrix(held, "rejected"), mu, sd, weights)
-    result = evaluate_scores(chosen.mean(1).tolist(), rejected.mean(1).tolist(), held)
+    result = evaluate_scores(chosen[:, 0].tolist(), rejected[:, 0].tolist(), held)
     per_head = [float(np.mean(chosen[:, h] > rejected[:, h])) for h in range(weights.shape[0])]
     result["heads_accuracy"] = {"min": round(min(per_head), 4), "max": round(max(per_head), 4)}
+    result["ensemble_mean_accuracy"] = round(float(np.mean(chosen.mean(1) > rejected.mean(1))), 4)
     result["mean_uncertainty"] = round(float(np.concatenate([chosen.std(1), rejected.std(1)]).mean()), 4)
     result["train_pairs_per_second"] = round(len(train) / max(train_seconds, 1e-9), 2)
     result["inner_validation"] = {str(k): round(v, 4) for k, v in inner.items()}

@@ -497,11 +497,25 @@ def _passed_evaluation(platform, version_id: str) -> str:
         candidate=version_id,
         passed=True,
         models=["echo@base", "echo@v2"],
-        settings={"prompts": 2, "threshold": 0.5},
+        settings={
+            "prompts": 2,
+            "threshold": 0.5,
+            "toxicity_scorer": "detoxify",
+            "toxicity_scorer_optimised": "profanity",
+        },
         results={
             "current": side,
             "candidate": {**side, "model": "echo@v2", "version": "v2", "mean_reward": 0.4},
-            "gate": {"passed": True, "failures": []},
+            "gate": {
+                "passed": True,
+                "failures": [],
+                "checks": {
+                    "text": {
+                        "reward": {"mean": 0.3, "low": 0.1, "high": 0.5, "n": 2},
+                        "toxicity": {"mean": -0.07, "low": -0.09, "high": -0.05, "n": 2},
+                    }
+                },
+            },
         },
     )
     with session_scope(platform.engine) as session:
@@ -516,6 +530,7 @@ def test_models_page_shows_evaluations_and_promotes_and_rolls_back_with_csrf(esp
     csrf = sign_in(espalier, "operator")
     page = client.get("/console/models").text
     assert "echo@v2" in page and evaluation in page and 'data-metric="reward"' in page
+    assert "[-0.0900, -0.0500]" in page and "<code>profanity</code>" in page  # the gate's paired intervals
     assert 'hx-post="/console/models/echo/promote"' in page and "hx-confirm=" in page
     charts = json.loads(re.search(r'id="evaluation-data">(.*?)</script>', page, re.S).group(1))
     assert charts[evaluation]["reward"] == [0.1, 0.4] and charts[evaluation]["toxicity"] == [0.2, 0.2]

@@ -247,3 +247,17 @@ def test_old_versions_are_unloaded_beyond_the_limit_but_never_the_serving_one(ap
         assert tuned.generate([ChatMessage("user", QUESTION)], GenerationParams(max_tokens=4, temperature=0))[0].text
     finally:
         models.max_loaded_versions = 3
+
+
+def test_kl_from_the_reference_is_exact_per_token_and_never_negative(app):
+    """The transformers provider's exact next-token KL: zero against itself, positive and finite
+    against the adapter, on the version's own sampled answers in both prompt formats."""
+    tuned, _ = app.platform.models.load(MODEL, "tuned")
+    base, _ = app.platform.models.load(MODEL, "base")
+    messages = [ChatMessage("user", QUESTION)]
+    answer = tuned.generate(messages, GenerationParams(max_tokens=12, temperature=1.0, seed=3))[0].text
+    per_token = tuned.completion_kl(messages, [answer], base)[0]
+    assert per_token and all(value >= 0 for value in per_token) and sum(per_token) > 0
+    assert all(abs(value) < 1e-6 for value in base.completion_kl(messages, [answer], base)[0])
+    continued = tuned.completion_kl("The sea was", [" calm and grey."], base)[0]
+    assert continued and min(continued) >= 0
