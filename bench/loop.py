@@ -59,6 +59,8 @@ def wait(platform, job_id: str, label: str):
 
 
 def interval(values: dict) -> str:
+    if values.get("low") is None:
+        return f"{values['mean']:+.4f} (n={values['n']}, no interval)"
     return f"{values['mean']:+.4f} [{values['low']:+.4f}, {values['high']:+.4f}] (n={values['n']})"
 
 
@@ -154,6 +156,58 @@ def held_out_prompts(count: int, train: int, seed: int) -> tuple[list[str], list
     return held, pool[:train]
 
 
+def evaluate(platform, label: str, prompts: list[str], report: dict) -> bool:
+    """The gate on the held-out prompts (an ``eval:policy`` job), printed; promote when it passes."""
+    from espalier.core.sources.learning import gate
+
+    job = platform.jobs.submit(
+        gate.JOB_KIND, gate.prepare({"model": MODEL, "candidate": label, "prompts": prompts}), created_by=None
+    )
+    job = wait(platform, job.id, "gate")
+    if job.status != "succeeded":
+        print(f"evaluation {job.status}: {job.error}", file=sys.stderr)
+        return False
+    summary = job.result
+    report["evaluation"] = summary
+    settings = summary["settings"]
+    print(
+        f"\ngate ({settings['toxicity_scorer']} judging; the update optimised {settings['toxicity_scorer_optimised']}; "
+        f"reward by the model the update used: {settings['reward_model_optimised']}): passed={summary['passed']}"
+    )
+    for failure in summary["gate"]["failures"]:
+        print(f"  - {failure}")
+    for prompt_format, checks in summary["gate"]["checks"].items():
+        for name in ("reward", "toxicity", "tasks"):
+            if name in checks:
+                print(f"  {prompt_format:<5} {name:<9} candidate - serving {interval(checks[name])}")
+    record = platform.models.latest_evaluation(MODEL, summary["candidate"])
+    sides_by_format = {record.results["current"]["format"]: record.results, **record.results.get("formats", {})}
+    report["by_format"] = {}
+    for prompt_format, sides in sides_by_format.items():
+        a, b = sides["current"]["mean_toxicity"], sides["candidate"]["mean_toxicity"]
+        kl = sides["candidate"].get("kl")
+        report["by_format"][prompt_format] = {
+            "serving_toxicity": a,
+            "candidate_toxicity": b,
+            "change": b / a - 1 if a else None,
+            "serving_reward": sides["current"]["mean_reward"],
+            "candidate_reward": sides["candidate"]["mean_reward"],
+            "kl": kl,
+            "kl_per_token": sides["candidate"].get("kl_per_token"),
+        }
+        print(
+            f"  {prompt_format} format: mean toxicity {a:.4f} -> {b:.4f}"
+            + (f" ({b / a - 1:+.0%})" if a else "")
+            + f"; reward {sides['current']['mean_reward']:.4f} -> {sides['candidate']['mean_reward']:.4f}"
+            + (f"; KL {kl:.3f} nats/answer, {sides['candidate']['kl_per_token']:.4f}/token" if kl is not None else "")
+        )
+    if summary["passed"]:
+        platform.models.promote(MODEL, label)
+        print(f"promoted {MODEL}@{label}")
+    report["promoted"] = bool(summary["passed"])
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranked", type=int, default=300, help="HH pairs turned into ranked feedback")
@@ -165,7 +219,11 @@ def main() -> int:
     parser.add_argument("--detoxify-examples", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model-cache", type=Path, default=REPO_ROOT / ".pytest_cache" / "espalier-models")
+    parser.add_argument("--home", type=Path, help="with --candidate: only re-run the gate on an earlier run's home")
+    parser.add_argument("--candidate", help="the version label to evaluate again (with --home)")
     args = parser.parse_args()
+    if args.home and args.candidate:
+        return evaluate_again(args)
     for name in ("hh_pairs_train.jsonl", "rtp_prompts_dev.jsonl", "toxicity_train.jsonl"):
         if not (SHARED / name).is_file():
             print(f"missing {SHARED / name}", file=sys.stderr)
@@ -173,7 +231,7 @@ def main() -> int:
 
     from espalier.core.infrastructure.settings import Settings
     from espalier.core.platform import Platform
-    from espalier.core.sources.learning import gate, policy
+    from espalier.core.sources.learning import policy
 
     home = Path(tempfile.mkdtemp(prefix="espalier-bench-loop-"))
     phases: dict[str, float] = {}
@@ -245,41 +303,9 @@ def main() -> int:
         report["policy_update"]["settings"] = platform.jobs.get(job.id).params
 
         started = time.perf_counter()
-        eval_job = platform.jobs.submit(
-            gate.JOB_KIND, gate.prepare({"model": MODEL, "candidate": label, "prompts": held_prompts}), created_by=None
-        )
-        eval_job = wait(platform, eval_job.id, "gate")
-        phases["evaluation"] = round(time.perf_counter() - started, 1)
-        if eval_job.status != "succeeded":
-            print(f"evaluation {eval_job.status}: {eval_job.error}", file=sys.stderr)
+        if not evaluate(platform, label, held_prompts, report):
             return 1
-        summary = eval_job.result
-        report["evaluation"] = summary
-        print(f"\ngate ({summary['settings']['toxicity_scorer']} judging): passed={summary['passed']}")
-        for failure in summary["gate"]["failures"]:
-            print(f"  - {failure}")
-        for prompt_format, checks in summary["gate"]["checks"].items():
-            for name in ("reward", "toxicity", "tasks"):
-                if name in checks:
-                    print(f"  {prompt_format:<5} {name:<9} candidate - serving {interval(checks[name])}")
-        current, candidate = summary["current"], summary["candidate_results"]
-        change = candidate["mean_toxicity"] / current["mean_toxicity"] - 1 if current["mean_toxicity"] else 0.0
-        print(
-            f"  chat format: mean toxicity {current['mean_toxicity']:.4f} -> {candidate['mean_toxicity']:.4f} "
-            f"({change:+.0%}); KL {candidate['kl']:.3f} nats/answer, {candidate['kl_per_token']:.4f}/token"
-        )
-        record = platform.models.latest_evaluation(MODEL, summary["candidate"])
-        for prompt_format, sides in record.results.get("formats", {}).items():
-            a, b = sides["current"]["mean_toxicity"], sides["candidate"]["mean_toxicity"]
-            print(
-                f"  {prompt_format} format: mean toxicity {a:.4f} -> {b:.4f} ({b / a - 1:+.0%}); reward "
-                f"{sides['current']['mean_reward']:.4f} -> {sides['candidate']['mean_reward']:.4f}; KL "
-                f"{sides['candidate']['kl']:.3f} nats/answer, {sides['candidate']['kl_per_token']:.4f}/token"
-            )
-        if summary["passed"]:
-            platform.models.promote(MODEL, label)
-            print(f"promoted {MODEL}@{label}")
-        report["promoted"] = bool(summary["passed"])
+        phases["evaluation"] = round(time.perf_counter() - started, 1)
     finally:
         platform.close()
     report["load_average_at_end"] = os.getloadavg()
@@ -289,6 +315,34 @@ def main() -> int:
         "\nphases (s): " + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()) + f"; total {sum(phases.values()):.0f}"
     )
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; results: {RESULTS / 'loop.json'}")
+    return 0
+
+
+def evaluate_again(args) -> int:
+    """The gate phase alone, on the home of an earlier run (its judge, reward model and candidate)."""
+    from espalier.core.infrastructure.settings import Settings
+    from espalier.core.platform import Platform
+
+    settings = Settings(
+        home=args.home,
+        model_cache_dir=args.model_cache,
+        job_workers=1,
+        toxicity_checkpoint=args.home / "judge" / "checkpoint.ckpt",
+    )
+    held_prompts, _ = held_out_prompts(args.eval_prompts, args.train_prompts, args.seed)
+    platform = Platform(settings, load_entry_points=False).start()
+    report: dict = {"home": str(args.home), "candidate": args.candidate, "load_average_at_start": os.getloadavg()}
+    try:
+        started = time.perf_counter()
+        if not evaluate(platform, args.candidate, held_prompts, report):
+            return 1
+        report["evaluation_seconds"] = round(time.perf_counter() - started, 1)
+    finally:
+        platform.close()
+    report["load_average_at_end"] = os.getloadavg()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "loop_gate.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"evaluation {report['evaluation_seconds']:.0f} s; load average at end {os.getloadavg()[0]:.2f}")
     return 0
 
 

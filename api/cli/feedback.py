@@ -72,7 +72,12 @@ def reward_list() -> None:
 
 @reward_app.command("train")
 def reward_train(
-    epochs: Annotated[int | None, typer.Option(help="Passes over the training pairs.")] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="features (heads on the chat model's frozen features) or cross-encoder.")
+    ] = None,
+    heads: Annotated[int | None, typer.Option(help="features: heads (the extra ones measure uncertainty).")] = None,
+    backbone: Annotated[str | None, typer.Option(help="features: the chat model whose backbone reads.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="cross-encoder: passes over the training pairs.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
     max_length: Annotated[int | None, typer.Option(help="Tokens of prompt tail and answer read.")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
@@ -98,6 +103,9 @@ def reward_train(
     from espalier.api.cli.progress import follow_job
 
     settings = {
+        "kind": kind,
+        "heads": heads,
+        "backbone": backbone,
         "epochs": epochs,
         "max_steps": max_steps,
         "max_length": max_length,

@@ -10,6 +10,7 @@ from litestar import Controller, Request, get, post
 from litestar.params import FromQuery, JSONBody, Parameter
 
 from espalier.api.guards import CurrentPrincipal, access
+from espalier.api.paths import PATH_PARAMS, inside_home
 
 
 class JobSubmit(msgspec.Struct, forbid_unknown_fields=True):
@@ -67,7 +68,11 @@ class JobsController(Controller):
     @post(sync_to_thread=True, summary="Submit a job")
     def submit_job(self, request: Request, data: JSONBody[JobSubmit], principal: CurrentPrincipal) -> JobOut:
         platform = request.app.state.platform
-        job = platform.jobs.submit(data.kind, data.params, actor=principal)
+        params = dict(data.params)
+        for key in PATH_PARAMS & set(params):  # files the job reads: over HTTP only under ESPALIER_HOME
+            if isinstance(params[key], str):
+                params[key] = str(inside_home(platform.settings.home, params[key], key))
+        job = platform.jobs.submit(data.kind, params, actor=principal)
         return job_out(job)
 
     @get("/{job_id:str}", sync_to_thread=True, summary="One job with its progress")

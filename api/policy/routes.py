@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -11,7 +10,7 @@ from litestar.params import JSONBody
 
 from espalier.api.guards import CurrentPrincipal, access
 from espalier.api.jobs.routes import JobOut, job_out
-from espalier.core.infrastructure.errors import InvalidInput
+from espalier.api.paths import inside_home
 from espalier.core.sources.learning import policy
 
 Prompt = Annotated[str, msgspec.Meta(max_length=policy.MAX_PROMPT_CHARS)]
@@ -57,20 +56,6 @@ class PolicyTrainIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
 class PolicyTrainOut(msgspec.Struct):
     job: JobOut
     plan: dict[str, Any]
-
-
-def inside_home(home: Path, path: str, field: str = "prompts_path") -> Path:
-    """Over HTTP a file the job reads must lie under the data folder: the server must not become a
-    way to read any file it can (a job's result quotes a few prompts)."""
-    base = Path(home).resolve()
-    target = (base / path).resolve() if not Path(path).is_absolute() else Path(path).resolve()
-    if not target.is_relative_to(base):
-        raise InvalidInput(
-            f"{field} must be a file under the data folder ({base}); copy the file there"
-            + (", or send the prompts in 'prompts'" if field == "prompts_path" else ""),
-            code=f"{field}_outside_home",
-        )
-    return target
 
 
 @post(

@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     )
     exclude_below_consensus: bool = Field(
         default=True,
-        description="Leave the rankings of labelers far below consensus (the agreement report) out of training.",
+        description="Leave the feedback of labelers far below consensus (the agreement report) out of training.",
     )
     ai_pair_weight: float = Field(
         default=0.5,

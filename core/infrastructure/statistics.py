@@ -32,8 +32,11 @@ class Interval:
         return self.low > 0 or self.high < 0
 
     def as_dict(self, digits: int = 4) -> dict[str, Any]:
+        """JSON-ready: an unbounded side (one item: no interval) is ``None``."""
         values = asdict(self)
-        return {k: round(v, digits) if isinstance(v, float) else v for k, v in values.items()}
+        return {
+            k: (None if math.isinf(v) else round(v, digits)) if isinstance(v, float) else v for k, v in values.items()
+        }
 
     def __str__(self) -> str:
         return f"{self.mean:.4f} [{self.low:.4f}, {self.high:.4f}] (n={self.n})"
@@ -48,13 +51,13 @@ def bootstrap_mean(
         raise ValueError("no values to bootstrap")
     data = [float(v) for v in values]
     mean = math.fsum(data) / n
-    if n == 1:
-        return Interval(mean, mean, mean, 1, confidence)
+    if n == 1:  # one item says nothing about the spread: an interval that excludes nothing
+        return Interval(mean, -math.inf, math.inf, 1, confidence)
     rng = random.Random(seed)
     means = sorted(math.fsum(rng.choices(data, k=n)) / n for _ in range(resamples))
     tail = (1 - confidence) / 2
-    low = means[max(0, math.floor(tail * resamples))]
-    high = means[min(resamples - 1, math.ceil((1 - tail) * resamples) - 1)]
+    low = means[max(0, round(tail * resamples))]
+    high = means[min(resamples - 1, round((1 - tail) * resamples) - 1)]
     return Interval(mean, min(low, mean), max(high, mean), n, confidence)
 
 

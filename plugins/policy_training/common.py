@@ -208,8 +208,8 @@ def token_kl(policy: Any, reference: Any) -> Any:
 
     Summed over a sampled completion's tokens this estimates the sequence KL without the variance
     of the one-token estimate ``log pi(y) - log pi_ref(y)``, and it is never negative (a KL is
-    not); it also holds when the samples were drawn at a temperature, since it reads the models'
-    own distributions rather than the sampled token's probability."""
+    not). Along samples drawn at a temperature other than 1 it is the KL along those paths, not
+    exactly the KL of the untempered policy."""
     return (policy.exp() * (policy - reference)).sum(dim=-1).clamp_min(0.0)
 
 

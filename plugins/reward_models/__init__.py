@@ -35,6 +35,7 @@ def register_trainers(register, platform):
 @hookimpl(trylast=True)
 def register_reward_scorers(register):
     register(BuiltinLoader(), default=True)
+    register(BuiltinLoader("sequence-classifier"))  # its former name, for settings that still say it
 
 
 @hookimpl(trylast=True)

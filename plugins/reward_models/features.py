@@ -308,7 +308,8 @@ def train_feature_reward_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / HEADS_NAME, mu=mu, sd=sd, weights=weights)
-    stored_keys = sorted(cache)
+    # Only the texts of the pairs trained on and held out now: deleted or excluded feedback goes.
+    stored_keys = sorted({text_key(p.prompt, a) for p in [*train, *held] for a in (p.chosen, p.rejected)})
     np.savez(out / FEATURES_NAME, keys=np.array(stored_keys), matrix=np.stack([cache[k] for k in stored_keys]))
     card = {
         "format": FORMAT,

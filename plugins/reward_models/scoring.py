@@ -74,7 +74,8 @@ class BuiltinLoader:
     apart by the card's ``format`` (``espalier-reward/1``: a sequence classifier;
     ``espalier-reward-features/1``: feature heads on a chat model's backbone)."""
 
-    name = "builtin"
+    def __init__(self, name: str = "builtin") -> None:
+        self.name = name
 
     def load(self, path: Path) -> Any:
         card = json.loads((Path(path) / CARD_NAME).read_text())

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from espalier.core.infrastructure.errors import InvalidInput
+from espalier.core.infrastructure.errors import EspalierError, InvalidInput
 from espalier.core.sources.reward.settings import settings_from
 from espalier.plugins.reward_models.features import FORMAT as FEATURES_FORMAT
 from espalier.plugins.reward_models.features import backbone_folder, train_feature_reward_model
@@ -22,6 +22,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("espalier.reward")
 JOB_KIND = "train:reward"
 FORMATS = {"features": FEATURES_FORMAT, "cross-encoder": "espalier-reward/1"}
+KIND_OF_FORMAT = {fmt: kind for kind, fmt in FORMATS.items()}
+#: Settings a kind does not use (the features kind fits its heads fully; the cross-encoder has one head).
+IGNORED_BY = {
+    "features": ("epochs", "batch_size", "learning_rate", "max_steps"),
+    "cross-encoder": ("heads", "backbone"),
+}
 
 
 class RewardTrainer:
@@ -55,9 +61,15 @@ class RewardTrainer:
         previous = _card(current) if current is not None else None
         if auto and previous is not None:
             # An automatic retrain trains as the current version was trained, bar what the operator set.
-            params = {**previous.get("settings", {}), **params}
+            kind = previous.get("settings", {}).get("kind") or KIND_OF_FORMAT.get(
+                previous.get("format"), "cross-encoder"
+            )
+            params = {**previous.get("settings", {}), "kind": kind, **params}
             job.log(f"settings of the current v{current.version}: {params}")
         settings = settings_from(params)
+        ignored = sorted(set(params) & set(IGNORED_BY[settings.kind]) - {"auto"})
+        if ignored and not auto:
+            job.log(f"{settings.kind}: {', '.join(ignored)} do not apply to this kind and are ignored")
         init_from = None
         if warm_start and previous is not None:
             if previous.get("settings", {}).get("holdout_fraction") != settings.holdout_fraction:
@@ -86,7 +98,14 @@ class RewardTrainer:
             "metrics": getattr(job, "metrics", None),
         }
         if settings.kind == "features":
-            backbone = backbone_folder(platform, settings.backbone or platform.settings.default_model)
+            name = settings.backbone or platform.settings.default_model
+            try:
+                backbone = backbone_folder(platform, name)
+            except EspalierError as exc:
+                raise InvalidInput(
+                    f"the features kind reads the backbone of a local chat model, and '{name}' has none here "
+                    f"({exc}); give backbone=<a local chat model>, or train kind=cross-encoder"
+                ) from None
             card = train_feature_reward_model(
                 pairs, job.artifact_dir + "/reward-model", settings, backbone=backbone, init_from=init_from, **callbacks
             )

@@ -223,7 +223,7 @@ def train_reward_model(
             "ai_pair_weight": ai_pairs[0].weight if ai_pairs else None,
         },
         "held_out": [pair_sha256(p.prompt, p.chosen, p.rejected) for p in held],
-        "settings": asdict(settings),
+        "settings": asdict(settings) | {"kind": "cross-encoder"},
         "metrics": metrics,
         "steps": step,
         "final_loss": round(loss_avg, 4),

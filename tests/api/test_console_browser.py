@@ -207,7 +207,10 @@ def test_a_reward_training_job_draws_its_curves_while_it_runs(page, server):
     submitted = httpx.post(
         server.base + "/api/jobs",
         headers=server.headers(),
-        json={"kind": "train:reward", "params": {"epochs": 2, "batch_size": 4, "max_length": 48}},
+        json={
+            "kind": "train:reward",
+            "params": {"kind": "cross-encoder", "epochs": 2, "batch_size": 4, "max_length": 48},
+        },
     )
     assert submitted.status_code == 201, submitted.text
     job_id = submitted.json()["id"]

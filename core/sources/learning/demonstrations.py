@@ -60,7 +60,9 @@ def load_demonstrations(path: str) -> list[Demonstration]:
             raise InvalidInput(f"{path} line {number} is not JSON") from None
         if isinstance(row, dict) and isinstance(row.get("messages"), list) and row["messages"]:
             *context, answer = row["messages"]
-            if not isinstance(answer, dict) or answer.get("role") != "assistant" or not context:
+            if not all(isinstance(m, dict) for m in row["messages"]):
+                raise InvalidInput(f"{path} line {number}: every message must be an object with role and content")
+            if answer.get("role") != "assistant" or not context:
                 raise InvalidInput(f"{path} line {number}: the last message must be the assistant's, after others")
             prompt = "".join(
                 f"\n\n{'Human' if m.get('role') == 'user' else str(m.get('role', '')).title()}: {m.get('content', '')}"

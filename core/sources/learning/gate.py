@@ -10,7 +10,9 @@ the candidate may be promoted; the record and a PNG plot (from the plotter of ``
 KL: for each answer y sampled from the version, the sum over its tokens of the exact KL between
 the version's and the reference's next-token distributions (or, from a provider that only gives
 the sampled tokens' log-probabilities, the non-negative k3 estimator), averaged over the prompts;
-reported in nats per answer and, divided by tokens, per token. It never comes out negative.
+reported in nats per answer and, divided by tokens, per token. It never comes out negative. The
+answers are sampled at the evaluation's temperature, so it is the KL along those answers' paths,
+not exactly KL(version || reference) at temperature 1.
 
 Every gate check is a paired comparison on the same prompts with a bootstrap interval (see
 :class:`Gate`), so the verdict says whether a difference is more than noise.
@@ -32,6 +34,7 @@ from espalier.core.infrastructure.contracts import ChatMessage, ChatModel, Gener
 from espalier.core.infrastructure.db.engine import session_scope
 from espalier.core.infrastructure.errors import InvalidInput, Unavailable
 from espalier.core.infrastructure.statistics import paired_difference
+from espalier.core.sources.feedback.pairs import prompt_text
 from espalier.core.sources.learning.evaluation import PlotterFor, add_plots
 from espalier.core.sources.learning.policy import PROMPT_FORMATS
 from espalier.core.sources.learning.tables import EvaluationRecord
@@ -105,17 +108,26 @@ class Gate:
                 [float(r) for r in candidate["task_right"]], [float(r) for r in current["task_right"]]
             )
             checks["tasks"] = tasks.as_dict()
-            if tasks.high < -self.task_tolerance:
+            # Task checks are few and answered greedily: the difference on them is what it is, not a
+            # sample, so the point estimate decides (an interval over 6 tasks would pass anything).
+            if tasks.mean < -self.task_tolerance:
                 failures.append(
                     f"task accuracy is lower than the serving version's by {-tasks.mean:.2f} "
-                    f"(95% interval {tasks.low:.2f} to {tasks.high:.2f}; tolerance {self.task_tolerance})"
+                    f"(tolerance {self.task_tolerance}; {len(candidate['task_right'])} tasks)"
                 )
-        improved = reward.low > 0 or toxicity.high < 0
+        # A rise of the reward the update itself optimised (the same reward model) is not evidence:
+        # rejection sampling and RL raise it by construction. Only an independent signal counts.
+        improved = (reward.low > 0 and not candidate.get("reward_optimised")) or toxicity.high < 0
         checks["improved"] = improved
         if self.require_improvement and not improved:
             failures.append(
-                "no measurable improvement: neither the reward's rise nor the toxicity's fall has an interval "
-                f"that excludes zero (reward {reward}, toxicity {toxicity})"
+                "no measurable improvement: neither the reward's rise"
+                + (
+                    " (by the reward model the update optimised, which does not count)"
+                    if candidate.get("reward_optimised")
+                    else ""
+                )
+                + f" nor the toxicity's fall has an interval that excludes zero (reward {reward}, toxicity {toxicity})"
             )
         return {"passed": not failures, "failures": failures, "checks": checks, "thresholds": asdict(self)}
 
@@ -218,8 +230,8 @@ def _kl(
 
     With a provider that gives both next-token distributions (``completion_kl``), each token
     contributes the exact KL between them. Otherwise, from the sampled tokens' log-probabilities,
-    the estimator ``(r - 1) - log r`` with ``r = ref(y) / p(y)`` (Schulman's k3): unbiased and,
-    unlike ``log p - log ref``, never negative. Either way no estimate comes out below zero."""
+    the estimator ``(r - 1) - log r`` with ``r = ref(y) / p(y)`` (Schulman's k3), which unlike
+    ``log p - log ref`` is never negative. Either way no estimate comes out below zero."""
     if reference is None or reference is model:
         return {"kl": 0.0, "kl_per_token": 0.0, "kl_values": [0.0] * len(texts), "kl_estimator": "same model"}
     exact = getattr(model, "completion_kl", None)
@@ -318,6 +330,8 @@ def evaluate_policy(
             "another scorer (scorer, or ESPALIER_EVALUATION_SCORER)",
             code="judge_is_optimised_scorer",
         )
+    trained_with = (candidate_row.metrics or {}).get("reward_model_version")
+    reward_optimised = trained_with is not None and reward_version is not None and trained_with == reward_version
     from espalier.core.infrastructure.jobs.service import throttled
 
     stop = throttled(cancelled or (lambda: False))
@@ -343,7 +357,12 @@ def evaluate_policy(
             tick()
         for prompt_format in formats:
             texts = _answers(model, prompts, params, seed, tick, stop, prompt_format)
-            rewards = [float(r) for r in reward_scorer.score(list(prompts), texts)]
+            # The reward model reads prompts as it was trained and as policy updates score them:
+            # a chat prompt as a Human/Assistant transcript, a plain-text prompt as it is.
+            read = (
+                [prompt_text([{"role": "user", "content": p}]) for p in prompts] if prompt_format == "chat" else prompts
+            )
+            rewards = [float(r) for r in reward_scorer.score(list(read), texts)]
             scores = [s.scores[category] for s in toxicity.score(texts, direction="output")]
             kl = _kl(model, reference if row.adapter else None, prompts, texts, prompt_format)
             by_format[prompt_format][role] = {
@@ -351,6 +370,7 @@ def evaluate_policy(
                 "version": row.label,
                 "version_id": row.id,
                 "format": prompt_format,
+                "reward_optimised": role == "candidate" and reward_optimised,
                 "mean_reward": statistics.fmean(rewards),
                 "rewards": rewards,
                 "mean_toxicity": statistics.fmean(scores),
@@ -388,6 +408,7 @@ def evaluate_policy(
             "formats": formats,
             "toxicity_scorer": toxicity.name,
             "toxicity_scorer_optimised": optimised_scorer,
+            "reward_model_optimised": reward_optimised,
             "category": category,
             "threshold": threshold,
             "reward_model_version": reward_version,
@@ -494,6 +515,10 @@ def prepare(params: dict[str, Any], *, default_model: str | None = None) -> dict
         raise InvalidInput(f"gate must be an object with some of {sorted(asdict(Gate()))}")
     if not all(isinstance(value, int | float) for value in gate.values()):
         raise InvalidInput("gate values must be numbers")
+    if "min_prompts" in gate and (isinstance(gate["min_prompts"], bool) or not isinstance(gate["min_prompts"], int)):
+        raise InvalidInput("gate min_prompts must be a whole number")
+    if "require_improvement" in gate and not isinstance(gate["require_improvement"], bool):
+        raise InvalidInput("gate require_improvement must be true or false")
     formats = params.get("formats")
     if formats is not None and (
         not isinstance(formats, list) or not formats or any(f not in PROMPT_FORMATS for f in formats)
@@ -511,10 +536,15 @@ def judge_for(platform: Platform, params: dict[str, Any]) -> Guardrail:
     _, row = platform.models.resolve(params["model"], params["candidate"])
     optimised = (row.metrics or {}).get("toxicity_scorer_optimised")
     if optimised and optimised == toxicity.name:
-        others = [n for n in platform.guardrails.names() if n != optimised]
+        others = [e.name for e in platform.guardrails if e.name != optimised and "toxicity" in e.item.categories]
+        instead = (
+            f"pass another scorer ({', '.join(others)})"
+            if others
+            else "train an independent one first (a detoxify checkpoint: espalier guardrails train --data FILE)"
+        )
         raise InvalidInput(
             f"{params['model']}@{row.label} was trained against the toxicity scorer '{optimised}', so it cannot "
-            f"judge it: pass another scorer ({', '.join(others) or 'train one: espalier guardrails train'})",
+            f"judge it: {instead}",
             code="judge_is_optimised_scorer",
         )
     return toxicity
@@ -533,16 +563,15 @@ def run(
     params = prepare(params, default_model=platform.settings.default_model)
     settings = platform.settings
     gate = Gate(
-        settings.gate_reward_tolerance,
-        settings.gate_toxicity_tolerance,
-        settings.gate_max_kl,
-        settings.gate_task_tolerance,
-        settings.gate_min_prompts,
-        settings.gate_require_improvement,
+        reward_tolerance=settings.gate_reward_tolerance,
+        toxicity_tolerance=settings.gate_toxicity_tolerance,
+        max_kl=settings.gate_max_kl,
+        task_tolerance=settings.gate_task_tolerance,
+        min_prompts=settings.gate_min_prompts,
+        require_improvement=settings.gate_require_improvement,
     )
     for key, value in (params.get("gate") or {}).items():
-        kind = type(getattr(gate, key))
-        setattr(gate, key, kind(value))
+        setattr(gate, key, value if isinstance(getattr(gate, key), bool | int) else float(value))
     reward = platform.reward_models.current()
     toxicity = judge_for(platform, params)
     return evaluate_policy(

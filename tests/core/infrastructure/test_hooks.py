@@ -702,7 +702,7 @@ def test_hook_register_reward_scorers(tmp_path):
     loaded = []
     platform = platform_with(tmp_path, Plugin()).start(run_jobs=False)
     try:
-        assert platform.reward_scorers.names() == ["builtin", "length"]
+        assert platform.reward_scorers.names() == ["builtin", "length", "sequence-classifier"]
         record = platform.reward_models.register(
             path=str(tmp_path / "artifact"),
             base_model="x",

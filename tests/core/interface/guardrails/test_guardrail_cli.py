@@ -95,7 +95,13 @@ def test_training_job_with_bad_data_fails_with_the_reason(tmp_path):
     harness = build_harness(tmp_path / "home", [])
     espalier = next(harness)
     try:
-        data = write_jsonl(tmp_path / "one-class.jsonl", BAD_DATA["one-class"][0])
+        outside = espalier.client.post(
+            "/api/jobs",
+            headers=espalier.headers("operator"),
+            json={"kind": "train:toxicity-classifier", "params": {"data_path": str(tmp_path / "x.jsonl")}},
+        )
+        assert outside.status_code == 400 and outside.json()["code"] == "data_path_outside_home", outside.text
+        data = write_jsonl(tmp_path / "home" / "one-class.jsonl", BAD_DATA["one-class"][0])
         response = espalier.client.post(
             "/api/jobs",
             headers=espalier.headers("operator"),
