@@ -76,8 +76,13 @@ class Gate:
         if not 1 <= self.min_prompts <= MAX_PROMPTS:
             raise InvalidInput(f"gate min_prompts must be 1-{MAX_PROMPTS}")
 
-    def judge(self, current: dict[str, Any], candidate: dict[str, Any]) -> dict[str, Any]:
-        """The verdict on one prompt format: failures, and each check's paired interval."""
+    def judge(
+        self, current: dict[str, Any], candidate: dict[str, Any], *, improvement: bool | None = None
+    ) -> dict[str, Any]:
+        """The verdict on one prompt format: failures, and each check's paired interval.
+
+        ``improvement`` (default: ``require_improvement``) says whether this format itself must show
+        the improvement; across formats it is enough that one does (:func:`judge_formats`)."""
         failures: list[str] = []
         n = len(candidate["rewards"])
         if n < self.min_prompts:
@@ -119,7 +124,7 @@ class Gate:
         # rejection sampling and RL raise it by construction. Only an independent signal counts.
         improved = (reward.low > 0 and not candidate.get("reward_optimised")) or toxicity.high < 0
         checks["improved"] = improved
-        if self.require_improvement and not improved:
+        if (self.require_improvement if improvement is None else improvement) and not improved:
             failures.append(
                 "no measurable improvement: neither the reward's rise"
                 + (
@@ -130,6 +135,27 @@ class Gate:
                 + f" nor the toxicity's fall has an interval that excludes zero (reward {reward}, toxicity {toxicity})"
             )
         return {"passed": not failures, "failures": failures, "checks": checks, "thresholds": asdict(self)}
+
+
+def judge_formats(gate: Gate, by_format: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The gate over every prompt format: each must pass the checks against a regression, and the
+    improvement (when required) must show in at least one of them: an update trained on plain-text
+    continuations need not make chat answers better, only not worse."""
+    formats = list(by_format)
+    verdicts = {f: gate.judge(by_format[f]["current"], by_format[f]["candidate"], improvement=False) for f in formats}
+    failures = [
+        (f"{f} format: " if len(formats) > 1 else "") + failure for f in formats for failure in verdicts[f]["failures"]
+    ]
+    if gate.require_improvement and not any(verdicts[f]["checks"]["improved"] for f in formats):
+        lone = gate.judge(by_format[formats[0]]["current"], by_format[formats[0]]["candidate"], improvement=True)
+        reason = next(f for f in lone["failures"] if f.startswith("no measurable improvement"))
+        failures.append(reason + (f" in any of the formats ({', '.join(formats)})" if len(formats) > 1 else ""))
+    return {
+        "passed": not failures,
+        "failures": failures,
+        "checks": {f: verdicts[f]["checks"] for f in formats},
+        "thresholds": asdict(gate),
+    }
 
 
 @dataclass(frozen=True)
@@ -381,16 +407,7 @@ def evaluate_policy(
                 "task_right": right,
                 "samples": [{"prompt": p, "text": t} for p, t in zip(prompts[:20], texts[:20], strict=False)],
             }
-    verdicts = {f: gate.judge(by_format[f]["current"], by_format[f]["candidate"]) for f in formats}
-    failures = [
-        (f"{f} format: " if len(formats) > 1 else "") + failure for f in formats for failure in verdicts[f]["failures"]
-    ]
-    verdict = {
-        "passed": not failures,
-        "failures": failures,
-        "checks": {f: verdicts[f]["checks"] for f in formats},
-        "thresholds": asdict(gate),
-    }
+    verdict = judge_formats(gate, by_format)
     results = by_format["chat" if "chat" in by_format else formats[0]]
     record = EvaluationRecord(
         kind=KIND,

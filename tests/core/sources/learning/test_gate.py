@@ -121,3 +121,16 @@ def test_kl_from_sampled_tokens_is_never_negative():
         a = [-rng.uniform(0.01, 8) for _ in range(6)]
         b = [-rng.uniform(0.01, 8) for _ in range(6)]
         assert _kl(LogprobsOnly(a), LogprobsOnly(b), ["p"], ["y"])["kl"] >= 0
+
+
+def test_the_improvement_may_show_in_one_format_but_no_format_may_regress():
+    from espalier.core.sources.learning.gate import judge_formats
+
+    current = serving()
+    better_text = {"current": current, "candidate": side(current["rewards"], [t * 0.5 for t in current["toxicity"]])}
+    same_chat = {"current": current, "candidate": side(current["rewards"], current["toxicity"])}
+    assert judge_formats(Gate(), {"chat": same_chat, "text": better_text})["passed"]
+    assert not judge_formats(Gate(), {"chat": same_chat, "text": same_chat})["passed"]
+    worse_chat = {"current": current, "candidate": side(current["rewards"], [t + 0.2 for t in current["toxicity"]])}
+    verdict = judge_formats(Gate(), {"chat": worse_chat, "text": better_text})
+    assert not verdict["passed"] and verdict["failures"][0].startswith("chat format: mean toxicity is higher")
