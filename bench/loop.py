@@ -208,6 +208,42 @@ def evaluate(platform, label: str, prompts: list[str], report: dict) -> bool:
     return True
 
 
+def policy_and_gate(platform, args, home: Path, report: dict, phases: dict) -> bool:
+    """The policy update with the defaults on RealToxicityPrompts prompts, then the gate."""
+    from espalier.core.sources.learning import policy
+
+    held_prompts, pool = held_out_prompts(args.eval_prompts, args.train_prompts, args.seed)
+    prompts_file = home / "train_prompts.txt"
+    prompts_file.write_text("\n".join(p.replace("\n", " ") for p in pool) + "\n")
+    started = time.perf_counter()
+    job, plan = policy.submit(
+        platform,
+        {
+            "prompts_path": str(prompts_file),
+            "prompt_format": "text",
+            "budget_minutes": args.budget,
+            "max_prompts": len(pool),
+        },
+    )
+    print(f"policy update: {plan.summary()}", flush=True)
+    job = wait(platform, job.id, "policy")
+    phases["policy_update"] = round(time.perf_counter() - started, 1)
+    if job.status != "succeeded":
+        print(f"policy update {job.status}: {job.error}", file=sys.stderr)
+        return False
+    label = job.result["label"]
+    report["policy_update"] = {
+        k: job.result.get(k) for k in ("label", "steps", "stop_reason", "demonstrations", "warnings", "evaluation")
+    }
+    report["policy_update"]["settings"] = platform.jobs.get(job.id).params
+    print(f"policy update: {label}, {job.result['steps']} steps ({job.result['stop_reason']})", flush=True)
+    started = time.perf_counter()
+    if not evaluate(platform, label, held_prompts, report):
+        return False
+    phases["evaluation"] = round(time.perf_counter() - started, 1)
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranked", type=int, default=300, help="HH pairs turned into ranked feedback")
@@ -219,11 +255,17 @@ def main() -> int:
     parser.add_argument("--detoxify-examples", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model-cache", type=Path, default=REPO_ROOT / ".pytest_cache" / "espalier-models")
-    parser.add_argument("--home", type=Path, help="with --candidate: only re-run the gate on an earlier run's home")
+    parser.add_argument(
+        "--home",
+        type=Path,
+        help="an earlier run's home: re-run the policy update and gate (or, with --candidate, the gate)",
+    )
     parser.add_argument("--candidate", help="the version label to evaluate again (with --home)")
     args = parser.parse_args()
     if args.home and args.candidate:
         return evaluate_again(args)
+    if args.home:
+        return policy_again(args)
     for name in ("hh_pairs_train.jsonl", "rtp_prompts_dev.jsonl", "toxicity_train.jsonl"):
         if not (SHARED / name).is_file():
             print(f"missing {SHARED / name}", file=sys.stderr)
@@ -231,7 +273,6 @@ def main() -> int:
 
     from espalier.core.infrastructure.settings import Settings
     from espalier.core.platform import Platform
-    from espalier.core.sources.learning import policy
 
     home = Path(tempfile.mkdtemp(prefix="espalier-bench-loop-"))
     phases: dict[str, float] = {}
@@ -277,35 +318,8 @@ def main() -> int:
             flush=True,
         )
 
-        held_prompts, pool = held_out_prompts(args.eval_prompts, args.train_prompts, args.seed)
-        prompts_file = home / "train_prompts.txt"
-        prompts_file.write_text("\n".join(p.replace("\n", " ") for p in pool) + "\n")
-        started = time.perf_counter()
-        job, plan = policy.submit(
-            platform,
-            {
-                "prompts_path": str(prompts_file),
-                "prompt_format": "text",
-                "budget_minutes": args.budget,
-                "max_prompts": len(pool),
-            },
-        )
-        print(f"policy update: {plan.summary()}", flush=True)
-        job = wait(platform, job.id, "policy")
-        phases["policy_update"] = round(time.perf_counter() - started, 1)
-        if job.status != "succeeded":
-            print(f"policy update {job.status}: {job.error}", file=sys.stderr)
+        if not policy_and_gate(platform, args, home, report, phases):
             return 1
-        label = job.result["label"]
-        report["policy_update"] = {
-            k: job.result.get(k) for k in ("label", "steps", "stop_reason", "demonstrations", "warnings", "evaluation")
-        }
-        report["policy_update"]["settings"] = platform.jobs.get(job.id).params
-
-        started = time.perf_counter()
-        if not evaluate(platform, label, held_prompts, report):
-            return 1
-        phases["evaluation"] = round(time.perf_counter() - started, 1)
     finally:
         platform.close()
     report["load_average_at_end"] = os.getloadavg()
@@ -315,6 +329,34 @@ def main() -> int:
         "\nphases (s): " + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()) + f"; total {sum(phases.values()):.0f}"
     )
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; results: {RESULTS / 'loop.json'}")
+    return 0
+
+
+def policy_again(args) -> int:
+    """The policy update and the gate again, on the home of an earlier run (its judge, pairs and
+    reward model): what a change of the policy method's defaults does, without the rest."""
+    from espalier.core.infrastructure.settings import Settings
+    from espalier.core.platform import Platform
+
+    settings = Settings(
+        home=args.home,
+        model_cache_dir=args.model_cache,
+        job_workers=1,
+        toxicity_checkpoint=args.home / "judge" / "checkpoint.ckpt",
+        reward_retrain_after_pairs=0,
+    )
+    platform = Platform(settings, load_entry_points=False).start()
+    phases: dict[str, float] = {}
+    report: dict = {"home": str(args.home), "load_average_at_start": os.getloadavg(), "phases_seconds": phases}
+    try:
+        if not policy_and_gate(platform, args, args.home, report, phases):
+            return 1
+    finally:
+        platform.close()
+    report["load_average_at_end"] = os.getloadavg()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "loop_policy.json").write_text(json.dumps(report, indent=2, default=str))
+    print("phases (s): " + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()))
     return 0
 
 

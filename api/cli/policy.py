@@ -46,7 +46,7 @@ def train(
     prompt_format: Annotated[str, typer.Option(help="chat (the chat template) or text (plain continuation).")] = "chat",
     toxicity_weight: Annotated[
         float | None,
-        typer.Option(help="rl, rsft, sampled dpo: subtract weight x toxicity (1 for rsft, else 0)."),
+        typer.Option(help="rl, rsft, sampled dpo: subtract weight x toxicity (2 for rsft, else 0)."),
     ] = None,
     target_reward: Annotated[float | None, typer.Option(help="Stop once the recent mean reward reaches this.")] = None,
     eval_prompts: Annotated[int, typer.Option(help="Prompts held out to measure base and policy.")] = 8,

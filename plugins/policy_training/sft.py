@@ -99,6 +99,20 @@ def engine_samples(
     return results
 
 
+def selection_scores(
+    scorers: Scorers, prompts: list[Any], texts: list[str], toxicity_weight: float
+) -> tuple[list[float], list[float], list[float]]:
+    """What picks the answer to keep: the reward model's score in units of its spread over these
+    samples, minus ``toxicity_weight`` times the toxicity (0-1). Unscaled, a reward model whose
+    scores spread over several units would drown the toxicity penalty whatever its weight.
+    Returns (scores, rewards, toxicities)."""
+    rewards = scorers.rewards(prompts, texts) or [0.0] * len(texts)
+    spread = statistics.pstdev(rewards) if len(rewards) > 1 else 0.0
+    scaled = [r / spread for r in rewards] if spread > 0 else [0.0] * len(rewards)
+    toxicity = scorers.toxicities(texts)
+    return [r - toxicity_weight * t for r, t in zip(scaled, toxicity, strict=True)], rewards, toxicity
+
+
 def rejection_samples(
     platform: Any,
     model_name: str,
@@ -117,22 +131,28 @@ def rejection_samples(
     groups = engine_samples(platform, model_name, rendered, settings, run, deadline=deadline)
     flat_prompts = [rendered[i] for i, group in enumerate(groups) for _ in group]
     flat_texts = [text for group in groups for text in group]
-    scores = scorers.objective(flat_prompts, flat_texts, settings.toxicity_weight) if flat_texts else []
+    scores, rewards, toxicity = (
+        selection_scores(scorers, flat_prompts, flat_texts, settings.toxicity_weight) if flat_texts else ([], [], [])
+    )
     kept: list[Demonstration] = []
     spread: list[float] = []
     position = 0
     for index, group in enumerate(groups):
-        scored = list(zip(group, scores[position : position + len(group)], strict=True))
+        rows = range(position, position + len(group))
         position += len(group)
-        answers = [(text, score) for text, score in scored if text.strip()]
+        answers = [i for i in rows if flat_texts[i].strip()]
         if len(answers) < 2:
             continue
-        best, high = max(answers, key=lambda a: a[1])
-        low = min(score for _, score in answers)
+        best = max(answers, key=lambda i: scores[i])
+        high, low = scores[best], min(scores[i] for i in answers)
         if high - low <= 1e-6:
             continue
-        spread.append(high - statistics.fmean(score for _, score in answers))
-        kept.append(Demonstration(prompts[index], best, "sampled", high))
+        spread.append(high - statistics.fmean(scores[i] for i in answers))
+        kept.append(
+            Demonstration(
+                prompts[index], flat_texts[best], "sampled", high, reward=rewards[best], toxicity=toxicity[best]
+            )
+        )
     with (out / KEPT_NAME).open("w") as file:
         file.writelines(json.dumps(asdict(row)) + "\n" for row in kept)
     if len(kept) < settings.min_pairs:

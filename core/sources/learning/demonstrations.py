@@ -24,7 +24,9 @@ class Demonstration:
     prompt: str
     completion: str
     source: str  # sampled, curated, correction
-    score: float | None = None
+    score: float | None = None  # sampled: what chose it (see the rsft method)
+    reward: float | None = None  # sampled: the reward model's score
+    toxicity: float | None = None  # sampled: the toxicity scorer's
 
 
 def demonstrations(pairs: Any, sft_path: str | None, *, include_corrections: bool = True) -> list[Demonstration]:

@@ -276,9 +276,11 @@ def test_rejection_sampling_keeps_the_best_sample_and_the_gate_refuses_its_own_s
     held_out = {example["prompt"] for example in result["evaluation"]["examples"]}
     assert len(held_out) == 2 and not held_out & {row["prompt"] for row in kept}
     assert 2 <= len(kept) <= len(PROMPTS) - 2 and all(row["source"] == "sampled" for row in kept)
+    # What was recorded is the scorers' own reading of the kept answers.
     scorers = Scorers(platform, platform.reward_models.current(), "profanity")
-    again = scorers.objective([r["prompt"] for r in kept], [r["completion"] for r in kept], 1.0)
-    assert again == pytest.approx([r["score"] for r in kept], abs=1e-4)
+    texts = [r["completion"] for r in kept]
+    assert scorers.rewards([r["prompt"] for r in kept], texts) == pytest.approx([r["reward"] for r in kept], abs=1e-4)
+    assert scorers.toxicities(texts) == pytest.approx([r["toxicity"] for r in kept], abs=1e-4)
     assert result["steps"] == 2 and result["metrics"]["loss"] > 0
     assert_trained_adapter_serves(espalier, result)
     version = next(v for v in platform.models.info(MODEL).versions if v["label"] == result["label"])
