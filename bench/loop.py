@@ -208,6 +208,15 @@ def evaluate(platform, label: str, prompts: list[str], report: dict) -> bool:
     return True
 
 
+def parse_setting(item: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--policy``: the value as JSON when it parses (numbers, true), else text."""
+    key, _, value = item.partition("=")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
 def policy_and_gate(platform, args, home: Path, report: dict, phases: dict) -> bool:
     """The policy update with the defaults on RealToxicityPrompts prompts, then the gate."""
     from espalier.core.sources.learning import policy
@@ -223,6 +232,7 @@ def policy_and_gate(platform, args, home: Path, report: dict, phases: dict) -> b
             "prompt_format": "text",
             "budget_minutes": args.budget,
             "max_prompts": len(pool),
+            **dict(parse_setting(item) for item in args.policy or []),
         },
     )
     print(f"policy update: {plan.summary()}", flush=True)
@@ -254,6 +264,9 @@ def main() -> int:
     parser.add_argument("--detoxify-checkpoint", type=Path)
     parser.add_argument("--detoxify-examples", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--policy", action="append", metavar="KEY=VALUE", help="a policy setting other than the default (repeatable)"
+    )
     parser.add_argument("--model-cache", type=Path, default=REPO_ROOT / ".pytest_cache" / "espalier-models")
     parser.add_argument(
         "--home",
