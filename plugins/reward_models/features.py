@@ -219,7 +219,7 @@ def train_feature_reward_model(
 
     from espalier.core.sources.feedback.pairs import pair_sha256, snapshot_sha256
     from espalier.plugins.common.training_loop import Callbacks
-    from espalier.plugins.reward_models.training import evaluate_scores, prepare_pairs
+    from espalier.plugins.reward_models.training import evaluate_scores, origins_of, prepare_pairs
 
     calls = Callbacks.of(progress, log, cancelled, metrics)
     pairs, train, held = prepare_pairs(pairs, settings)
@@ -323,6 +323,8 @@ def train_feature_reward_model(
             "pairs": len(pairs),
             "trained_on": len(train),
             "held_out": len(held),
+            "by_origin": origins_of(pairs),
+            "ai_pair_weight": next((p.weight for p in pairs if p.origin == "ai"), None),
             "features_computed": len(keys),
         },
         "held_out": [pair_sha256(p.prompt, p.chosen, p.rejected) for p in held],

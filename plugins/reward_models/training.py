@@ -219,7 +219,7 @@ def train_reward_model(
             "pairs": len(pairs),
             "trained_on": len(train),
             "held_out": len(held),
-            "by_origin": _origins(pairs),
+            "by_origin": origins_of(pairs),
             "ai_pair_weight": ai_pairs[0].weight if ai_pairs else None,
         },
         "held_out": [pair_sha256(p.prompt, p.chosen, p.rejected) for p in held],
@@ -236,7 +236,7 @@ def train_reward_model(
     return card
 
 
-def _origins(pairs: Sequence[Pair]) -> dict[str, int]:
+def origins_of(pairs: Sequence[Pair]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for pair in pairs:
         counts[pair.origin] = counts.get(pair.origin, 0) + 1

@@ -38,7 +38,9 @@ TINY_RL = {
     "eval_prompts": 2,
     "prompts": PROMPTS,
     "learning_rate": 5e-3,
-    "toxicity_weight": 1.0,
+    # 0: the toxicity is still recorded every step, and profanity, the only toxicity scorer here, may
+    # then judge the candidate (a run that optimised it could not be judged by it).
+    "toxicity_weight": 0.0,
 }
 TINY_DPO = {
     "method": "dpo",
