@@ -252,7 +252,8 @@ def test_a_real_reward_training_run_draws_its_curve_on_the_job_page(espalier):
     imported = espalier.platform.pairs.import_lines(lines, source="hh-test")
     assert imported["added"] >= 20
     job = espalier.platform.jobs.submit(
-        "train:reward", {"epochs": 1, "batch_size": 3, "max_length": 40, "include_imported": True}
+        "train:reward",
+        {"kind": "cross-encoder", "epochs": 1, "batch_size": 3, "max_length": 40, "include_imported": True},
     )
     seen_running = []
 
