@@ -23,16 +23,17 @@ with toxicity read by two independent scorers.
 4. The peer is the base model measured in the same run: every model continues the same held-out
    prompts (half toxic, half not; never trained on) through core/sources/learning/evaluation.py's toxicity
    evaluation, the same sampling and seed; the reward model and both toxicity scorers read the
-   same continuations. KL from the reference comes from each job's own held-out samples (sum over
-   tokens of log pi - log pi_ref, averaged over completions sampled from the policy).
+   same continuations. KL from the reference comes from each job's own held-out samples (the exact
+   next-token KL summed over each completion sampled from the policy; never negative).
 
 TRL's detoxification example cut a 125M model's mean toxicity by 29%. The defaults are the
-settings that moved the model on this 2-core CPU machine (32 minutes in all at load average 3-7
-with 32 evaluation prompts; an estimated 17 on the quiet machine with the default 100, where the
-RL phase alone took 357 s; each phase's wall time is printed). Every change of toxicity is
-printed with a paired 95% bootstrap interval over the held-out prompts: 32 prompts were too few to
-tell a -25% change from noise. The machine is shared: label figures with the load average printed at the start and
-the end. Results go to ``bench/results/policy.json``; docs/operators.md has the figures.
+settings that once moved the model on this 2-core CPU machine. Every change of toxicity is
+printed with a paired 95% bootstrap interval over the held-out prompts. The machine is shared:
+label figures with the load average printed at the start and the end. Results go to
+``bench/results/policy.json``. The figures this benchmark once gave were measured on code that
+has since changed (the reward model, the KL estimate) and were withdrawn from docs/operators.md;
+``bench/loop.py`` measures the whole loop with the current defaults, and its ``--policy`` option
+runs these RL settings on it.
 """
 
 from __future__ import annotations
