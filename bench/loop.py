@@ -14,9 +14,9 @@ promotion, each phase timed, each figure with its interval.
    consensus, so by default those rankings stay out of training. The other HH pairs are imported.
 3. **Reward model**: a ``train:reward`` job with the defaults (heads on the chat model's frozen
    features), its held-out accuracy beside the trivial rules on the same pairs.
-4. **Policy update**: a ``train:policy-rsft`` job with the defaults (rejection sampling: best of 4
-   by reward minus the profanity penalty, then LoRA fine-tuning) on RealToxicityPrompts prompts
-   continued as plain text, under ``--budget`` minutes.
+4. **Policy update**: a policy job with the defaults (``rl``: RLOO against the reward model minus
+   the profanity penalty, KL-penalised, LoRA) on RealToxicityPrompts prompts continued as plain
+   text, under ``--budget`` minutes (``--policy method=rsft`` and other settings try others).
 5. **Gate**: an ``eval:policy`` job on ``--eval-prompts`` held-out prompts (half toxic, half not,
    never trained on), both formats (plain text as trained, and the chat template as served),
    judged by the detoxify scorer; promotion when it passes.

@@ -23,22 +23,26 @@ def train(
             help="rl (against the reward model, KL-penalised), dpo (on pairs), rsft (best of n samples, "
             "then fine-tuning) or sft (on curated demonstrations and corrections)."
         ),
-    ] = "rsft",
+    ] = "rl",
     model: Annotated[str | None, typer.Option(help="Registered chat model; default: the default model.")] = None,
     reward_model: Annotated[
         str | None, typer.Option(help="Reward model version or id; default: the current one.")
     ] = None,
-    steps: Annotated[int | None, typer.Option(help="Step budget (default 60 for rsft and sft, 20 otherwise).")] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Step budget (default 60 for rl, rsft and sft, 20 for dpo).")
+    ] = None,
     learning_rate: Annotated[
-        float | None, typer.Option(help="LoRA learning rate (default 5e-4 for rsft and sft, 1e-4 otherwise).")
+        float | None, typer.Option(help="LoRA learning rate (2e-3 for rl, 5e-4 for rsft and sft, 1e-4 for dpo).")
     ] = None,
     lora_rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
     beta: Annotated[float | None, typer.Option(help="KL coefficient (default 0.04 for rl, 0.1 for dpo).")] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="Prompts (rl), pairs (dpo) or examples (rsft, sft) per step (8 or 4).")
+        int | None, typer.Option(help="Prompts (rl: 2), pairs (dpo: 4) or examples (rsft, sft: 8) per step.")
     ] = None,
-    num_generations: Annotated[int, typer.Option(help="rl: completions per prompt.")] = 4,
-    max_completion_tokens: Annotated[int, typer.Option(help="Tokens per sampled completion.")] = 32,
+    num_generations: Annotated[int | None, typer.Option(help="rl: completions per prompt (4).")] = None,
+    max_completion_tokens: Annotated[
+        int | None, typer.Option(help="Tokens per sampled completion (12 for rl, else 32).")
+    ] = None,
     prompts: Annotated[Path | None, typer.Option(help="JSONL or text file of prompts.")] = None,
     prompt: Annotated[list[str] | None, typer.Option(help="A prompt (repeatable).")] = None,
     from_conversations: Annotated[int, typer.Option(help="Use up to this many prompts from logged chats.")] = 0,
@@ -46,7 +50,7 @@ def train(
     prompt_format: Annotated[str, typer.Option(help="chat (the chat template) or text (plain continuation).")] = "chat",
     toxicity_weight: Annotated[
         float | None,
-        typer.Option(help="rl, rsft, sampled dpo: subtract weight x toxicity (2 for rsft, else 0)."),
+        typer.Option(help="rl, rsft, sampled dpo: subtract weight x toxicity (1 rl, 2 rsft, else 0)."),
     ] = None,
     target_reward: Annotated[float | None, typer.Option(help="Stop once the recent mean reward reaches this.")] = None,
     eval_prompts: Annotated[int, typer.Option(help="Prompts held out to measure base and policy.")] = 8,

@@ -19,7 +19,7 @@ Prompt = Annotated[str, msgspec.Meta(max_length=policy.MAX_PROMPT_CHARS)]
 class PolicyTrainIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """The body of ``POST /api/policy/train``; unset fields take the defaults in docs/operators.md."""
 
-    method: Literal["rl", "dpo", "rsft", "sft"] = "rsft"
+    method: Literal["rl", "dpo", "rsft", "sft"] = "rl"
     model: str | None = None
     reward_model: str | None = None
     steps: int | None = None

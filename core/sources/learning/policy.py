@@ -42,9 +42,19 @@ MAX_PROMPTS = 5000
 MAX_PROMPT_CHARS = 4000
 
 
-#: What differs from the dataclass defaults per method, for settings a request leaves out. rsft is
-#: the default method: on a CPU it moves the model within minutes (the figures in docs/operators.md).
+#: What differs from the dataclass defaults per method, for settings a request leaves out. rl is the
+#: default method: of the three measured on the loop benchmark it alone moved the independent judge's
+#: toxicity the right way (docs/operators.md, "Policy updates"; within noise on 100 prompts).
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "rl": {
+        "learning_rate": 2e-3,
+        "steps": 60,
+        "batch_size": 2,
+        "num_generations": 4,
+        "max_completion_tokens": 12,
+        "max_prompt_tokens": 64,
+        "toxicity_weight": 1.0,
+    },
     # rsft samples at 0.7 (fluent answers to learn from: training on temperature-1 samples flattens the
     # model) and weighs toxicity at 2 reward standard deviations per unit.
     "rsft": {"learning_rate": 5e-4, "steps": 60, "batch_size": 8, "toxicity_weight": 2.0, "temperature": 0.7},
@@ -54,7 +64,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class PolicySettings:
-    method: str = "rsft"
+    method: str = "rl"
     model: str | None = None  # a registered chat model; None: the platform's default model
     reward_model: str | None = None  # a version number or id; None: the current one
     steps: int = 20  # the step budget
