@@ -51,12 +51,17 @@ class Backbone:
         self.max_length = max_length
         self.batch_size = batch_size
         self.dtype = dtype
-        self.tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
+        from espalier.plugins.common.gguf import LOAD_LOCK
+
+        # One load at a time in the process: transformers builds models on the meta device while
+        # loading, and a load in another thread at the same moment gets meta tensors.
+        with LOAD_LOCK:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
+            self.model = AutoModel.from_pretrained(self.folder, dtype=getattr(torch, dtype), local_files_only=True)
         self.tokenizer.padding_side = "left"
         self.tokenizer.truncation_side = "left"  # keep the answer and the latest turn
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModel.from_pretrained(self.folder, dtype=getattr(torch, dtype), local_files_only=True)
         self.model.eval()
         self.lock = threading.Lock()
 

@@ -59,8 +59,11 @@ class SequenceClassifierScorer:
         self.path = Path(path)
         self.card = json.loads((self.path / CARD_NAME).read_text())
         self.max_length = int(self.card.get("max_length", DEFAULT_MAX_LENGTH))
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.path)
+        from espalier.plugins.common.gguf import LOAD_LOCK
+
+        with LOAD_LOCK:  # one transformers load at a time in the process (see LOAD_LOCK)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+            self.model = AutoModelForSequenceClassification.from_pretrained(self.path)
         self.model.eval()
         self._lock = threading.Lock()  # one forward at a time: CPU threads are shared anyway
 

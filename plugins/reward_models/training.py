@@ -141,8 +141,11 @@ def train_reward_model(
     base = base_model or base_encoder_path()
     start_from = str(init_from) if init_from is not None else base
     torch.manual_seed(settings.seed)
-    tokenizer = AutoTokenizer.from_pretrained(start_from)
-    model = AutoModelForSequenceClassification.from_pretrained(start_from, num_labels=1)
+    from espalier.plugins.common.gguf import LOAD_LOCK
+
+    with LOAD_LOCK:  # one transformers load at a time in the process (see LOAD_LOCK)
+        tokenizer = AutoTokenizer.from_pretrained(start_from)
+        model = AutoModelForSequenceClassification.from_pretrained(start_from, num_labels=1)
     if init_from is not None:
         calls.log(f"warm start from {init_from}")
     schedule = Schedule(
