@@ -12,6 +12,7 @@ from rich.table import Table
 from espalier.api.cli.common import console, platform
 from espalier.api.cli.progress import follow_job, progress_bar
 from espalier.core.infrastructure.errors import EspalierError, InvalidInput
+from espalier.core.sources.learning.gate import evaluation_scorer
 
 guardrails_app = typer.Typer(help="Guardrails: train classifiers, list decisions.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate models before they serve.", no_args_is_help=True)
@@ -27,11 +28,20 @@ def train(
     epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 1,
     max_examples: Annotated[int | None, typer.Option(help="Train on at most this many rows (stratified).")] = 3000,
     max_length: Annotated[int, typer.Option(help="Tokens per text.")] = 64,
+    judge: Annotated[
+        bool,
+        typer.Option(
+            "--judge",
+            help="Record it as the independent 'judge' of evaluations (train it on other data than the "
+            "guardrail's); it guards nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Fine-tune MiniLM into a detoxify-format checkpoint, as a job (also listed by /api/jobs).
 
     The trained model is recorded as the one the detoxify (or injection) scorer serves from the
-    next start, unless a checkpoint is configured explicitly.
+    next start, unless a checkpoint is configured explicitly; with ``--judge``, as the ``judge``
+    scorer that evaluations use.
     """
 
     if kind not in TRAINERS:
@@ -46,6 +56,10 @@ def train(
     }
     if eval_data is not None:
         params["eval_path"] = str(eval_data.resolve())
+    if judge:
+        if kind != "toxicity":
+            raise InvalidInput("--judge trains a toxicity judge: leave --kind at toxicity")
+        params["judge"] = True
     instance = platform().start(migrate=False, run_jobs=True)
     try:
         job = instance.jobs.submit(TRAINERS[kind], params, created_by="cli")
@@ -69,7 +83,10 @@ def train(
         )
     console.print(table)
     console.print(f"checkpoint: {result.get('artifacts', {}).get('checkpoint')}")
-    console.print(f"served as the {kind} model from the next start (espalier serve)")
+    if judge:
+        console.print("the judge of evaluations from the next start (scorer 'judge')")
+    else:
+        console.print(f"served as the {kind} model from the next start (espalier serve)")
 
 
 @guardrails_app.command("events")
@@ -122,9 +139,7 @@ def eval_toxicity(
 
     instance = platform().start(migrate=False, run_jobs=False)
     try:
-        guardrail = instance.guardrails.choose(
-            scorer or instance.settings.evaluation_scorer, "ESPALIER_EVALUATION_SCORER"
-        )
+        guardrail = evaluation_scorer(instance, scorer)
         chosen = guardrail.name
         rows = load_prompts(prompts, limit=limit)
         with progress_bar() as bar:

@@ -204,6 +204,16 @@ class Settings(BaseSettings):
     toxicity_config_dir: Path | None = Field(
         default=None, description="Its offline config folder; hf_config/ beside it when unset."
     )
+    judge_checkpoint: Path | None = Field(
+        default=None,
+        description="A second detoxify-format .ckpt, trained apart from the guardrail's, served as the 'judge' "
+        "scorer: it judges evaluations and guards nothing, so a policy update that optimised the 'detoxify' "
+        "scorer can still be judged independently; unset uses the last one trained with "
+        "'espalier guardrails train --judge', if any.",
+    )
+    judge_config_dir: Path | None = Field(
+        default=None, description="Its offline config folder; hf_config/ beside it when unset."
+    )
     injection_checkpoint: Path | None = Field(
         default=None,
         description="An injection classifier checkpoint combined with the 'injection' rules; unset: last trained.",
@@ -230,8 +240,9 @@ class Settings(BaseSettings):
 
     evaluation_scorer: str | None = Field(
         default=None,
-        description="The guardrail scorer candidate evaluations measure toxicity with; unset: the one a plugin "
-        "offers (built-in: detoxify when a checkpoint is configured or trained, else profanity).",
+        description="The guardrail scorer candidate evaluations measure toxicity with; unset: 'judge' when one "
+        "is served, else the one a plugin offers (built-in: detoxify when a checkpoint is configured or "
+        "trained, else profanity).",
     )
     reward_scorer: str | None = Field(
         default=None,

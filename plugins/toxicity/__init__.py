@@ -9,6 +9,10 @@ Scorers:
   ``espalier guardrails train`` / the ``train:toxicity-classifier`` job (recorded under
   ``<artifacts>/guardrails/toxicity.json``). A configured path that does not exist stops start-up
   with a message naming it, rather than failing on the first message scored.
+* ``judge``: a second detoxify-format checkpoint, trained apart from the first (setting
+  ``judge_checkpoint``, or the last one trained with ``espalier guardrails train --judge``). It
+  offers no policy, so it guards nothing: evaluations use it by default, so a policy update that
+  optimised ``detoxify`` is still judged by a scorer it never saw.
 
 Trainer ``toxicity-classifier`` (job kind ``train:toxicity-classifier``) fine-tunes MiniLM on a
 JSONL file, writes a checkpoint that the ``detoxify`` scorer and detoxify itself load, and
@@ -33,6 +37,9 @@ from espalier.plugins.common.text_classifiers.training import (
     train_toxicity_model,
 )
 from espalier.plugins.toxicity.profanity import ProfanityScorer
+
+JUDGE = "judge"  # the scorer's name
+JUDGE_RECORD = "toxicity-judge"  # what `guardrails train --judge` records it as
 
 __all__ = [
     "ClassifierTrainer",
@@ -60,6 +67,10 @@ def register_guardrails(register, settings):
     register(ProfanityScorer(), default=detoxify is None)
     if detoxify is not None:
         register(detoxify, default=True)
+    if settings.judge_checkpoint is not None:
+        register(DetoxifyScorer(settings.judge_checkpoint, settings.judge_config_dir, name=JUDGE))
+    elif (card := trained_model(settings.guardrail_models_dir, JUDGE_RECORD)) is not None:
+        register(DetoxifyScorer(card["artifacts"]["checkpoint"], card["artifacts"].get("config_dir"), name=JUDGE))
 
 
 @hookimpl(trylast=True)

@@ -544,12 +544,21 @@ def prepare(params: dict[str, Any], *, default_model: str | None = None) -> dict
     return params
 
 
+JUDGE = "judge"  # the independent scorer evaluations prefer (see the toxicity plugin)
+
+
+def evaluation_scorer(platform: Platform, name: str | None = None) -> Guardrail:
+    """The toxicity scorer an evaluation measures with: ``name``, else ``ESPALIER_EVALUATION_SCORER``,
+    else the ``judge`` scorer when one is served (trained apart from the guardrail, guarding
+    nothing), else the default guardrail scorer."""
+    name = name or platform.settings.evaluation_scorer or (JUDGE if JUDGE in platform.guardrails else None)
+    return platform.guardrails.choose(name, "ESPALIER_EVALUATION_SCORER")
+
+
 def judge_for(platform: Platform, params: dict[str, Any]) -> Guardrail:
     """The toxicity scorer that will judge this evaluation, refused (400) when it is the one the
     candidate's update optimised: a model is never judged by the scorer it was trained against."""
-    toxicity = platform.guardrails.choose(
-        params.get("scorer") or platform.settings.evaluation_scorer, "ESPALIER_EVALUATION_SCORER"
-    )
+    toxicity = evaluation_scorer(platform, params.get("scorer"))
     _, row = platform.models.resolve(params["model"], params["candidate"])
     optimised = (row.metrics or {}).get("toxicity_scorer_optimised")
     if optimised and optimised == toxicity.name:

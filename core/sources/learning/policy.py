@@ -84,13 +84,14 @@ class PolicySettings:
     max_prompts: int = 500
     eval_prompts: int = 8  # prompts held out to measure reward, toxicity and KL before and after
     toxicity_weight: float = 0.0  # rl, rsft, sampled dpo: reward -= weight * toxicity of the completion
-    toxicity_scorer: str = "profanity"
+    toxicity_scorer: str | None = None  # None: the default toxicity guardrail (detoxify when served)
     target_reward: float | None = None  # stop when the mean reward of recent steps reaches it
     kl_bound: float = 2.0  # reward rising while KL passes this is reported as possible reward hacking
     min_pairs: int = 8  # dpo
     include_imported: bool = True  # dpo on stored pairs: imported pairs as well as those from feedback
     pairs: str = "store"  # dpo: "store" (the pairs Espalier holds) or "sampled" (built from the policy's samples)
-    samples_per_prompt: int = 4  # dpo with sampled pairs: completions sampled per training prompt
+    samples_per_prompt: int = 4  # rsft, dpo with sampled pairs: completions sampled per training prompt
+    max_kept_toxicity: float = 0.5  # rsft: a prompt whose best answer is still this toxic keeps none
     label: str | None = None  # the version label; default: <method>-<job id>
     budget_minutes: float | None = None  # stop sampling and training in time to finish within this
     sft_path: str | None = None  # sft: curated demonstrations (JSONL of messages, or prompt/completion)
@@ -134,6 +135,8 @@ class PolicySettings:
             raise InvalidInput(f"max_completion_tokens must be 1-1024 (got {self.max_completion_tokens})")
         if not 8 <= self.max_prompt_tokens <= 4096:
             raise InvalidInput(f"max_prompt_tokens must be 8-4096 (got {self.max_prompt_tokens})")
+        if not 0 < self.max_kept_toxicity <= 1:
+            raise InvalidInput(f"max_kept_toxicity must be in (0, 1] (got {self.max_kept_toxicity})")
         if not 0 < self.temperature <= 5:
             raise InvalidInput(f"temperature must be in (0, 5]: RL needs sampling (got {self.temperature})")
         if self.prompt_format not in PROMPT_FORMATS:
@@ -325,6 +328,15 @@ def _norm(value: str) -> str:
         return value.strip()
 
 
+def toxicity_scorer_for(platform: Platform, settings: PolicySettings) -> str:
+    """The guardrail scorer the toxicity penalty uses: the one named, else the one the platform
+    trusts most (a trained detoxify checkpoint when there is one, else the word-based profanity
+    classifier). Preflight records it in the job's settings as the one used."""
+    if settings.toxicity_scorer is not None:
+        return settings.toxicity_scorer
+    return platform.guardrails.choose(None, "the policy setting toxicity_scorer").name
+
+
 def preflight(platform: Platform, settings: PolicySettings) -> PolicyPlan:
     """Every check that can be made before training; raises with what to do."""
     model = settings.model or platform.settings.default_model
@@ -338,6 +350,7 @@ def preflight(platform: Platform, settings: PolicySettings) -> PolicyPlan:
             f"model '{model}' is served by provider '{spec.provider}'; policy training needs local "
             f"weights (a provider with trainable models: {', '.join(trainable) or 'none is loaded'})"
         )
+    settings.toxicity_scorer = toxicity_scorer_for(platform, settings)
     if settings.toxicity_scorer not in platform.guardrails:
         raise InvalidInput(
             f"no guardrail scorer '{settings.toxicity_scorer}' to measure toxicity; "

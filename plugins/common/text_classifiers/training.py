@@ -306,8 +306,10 @@ class ClassifierTrainer:
     Params: ``data_path`` (JSONL on the server), optional ``eval_path``, ``include_flags`` (default
     true: add the texts operators flagged for this category, see
     :class:`~espalier.core.interface.guardrails.flags.GuardrailFlagService`; with flags of both classes,
-    ``data_path`` may be left out) and any :class:`TrainingSettings` field. The checkpoint goes to
-    the job's ``artifact_dir``; each step's loss to the job's metrics.
+    ``data_path`` may be left out), ``judge`` (default false: record the model as the independent
+    ``judge`` that evaluations use, not as the guardrail; flags then stay out unless asked for) and
+    any :class:`TrainingSettings` field. The checkpoint goes to the job's ``artifact_dir``; each
+    step's loss to the job's metrics.
     """
 
     SETTINGS = frozenset(TrainingSettings.__dataclass_fields__)
@@ -374,7 +376,9 @@ class ClassifierTrainer:
     def train(self, job: Any) -> Mapping[str, Any]:
         params = dict(job.params or {})
         data_path = params.pop("data_path", None)
-        include_flags = bool(params.pop("include_flags", True))
+        # judge: record it as the independent scorer that judges evaluations, not as the guardrail.
+        judge = bool(params.pop("judge", False))
+        include_flags = bool(params.pop("include_flags", not judge))
         flags = self.flagged() if include_flags else []
         if not data_path and not flags:
             raise InvalidInput(
@@ -385,7 +389,7 @@ class ClassifierTrainer:
         unknown = set(params) - self.SETTINGS
         if unknown:
             raise InvalidInput(
-                f"unknown params {sorted(unknown)}; known: data_path, eval_path, include_flags, "
+                f"unknown params {sorted(unknown)}; known: data_path, eval_path, include_flags, judge, "
                 f"{', '.join(sorted(self.SETTINGS))}"
             )
         data = self.training_data(data_path, flags)
@@ -409,6 +413,10 @@ class ClassifierTrainer:
         if self.record_dir is not None:
             from espalier.core.interface.guardrails.policies import record_trained_model
 
-            record_trained_model(self.record_dir, self.category, card)
-            job.log(f"recorded as the {self.category} model served from the next start")
+            if judge:
+                record_trained_model(self.record_dir, f"{self.category}-judge", card)
+                job.log(f"recorded as the {self.category} judge of evaluations from the next start")
+            else:
+                record_trained_model(self.record_dir, self.category, card)
+                job.log(f"recorded as the {self.category} model served from the next start")
         return {"status": "trained", **card}

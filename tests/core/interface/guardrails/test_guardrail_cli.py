@@ -17,6 +17,8 @@ from espalier.api.testing import build_harness
 from espalier.core.infrastructure.db.engine import session_scope
 from espalier.core.infrastructure.settings import Settings
 from espalier.core.platform import Platform
+from espalier.core.sources.learning import policy
+from espalier.core.sources.learning.gate import evaluation_scorer
 from espalier.core.sources.learning.tables import EvaluationRecord
 from tests.support import SHARED_DATA
 
@@ -146,6 +148,31 @@ def test_train_command_records_a_model_the_detoxify_scorer_serves(tmp_path):
         assert str(scorer.checkpoint) == record["artifacts"]["checkpoint"]
         toxic, clean = scorer.score(["you are a worthless stupid bitch", "what a lovely morning"], direction="input")
         assert toxic.scores["toxicity"] > clean.scores["toxicity"]
+    finally:
+        platform.close()
+    # A judge trained on other rows is recorded apart: it judges evaluations, guards nothing, and is
+    # never what a policy update's toxicity penalty uses.
+    others = [r for r in rows if r["label"] in (1, "1", True, "toxic")][150:300] + [
+        r for r in rows if r["label"] in (0, "0", False, "clean")
+    ][150:300]
+    judge_data = write_jsonl(tmp_path / "toxicity-judge.jsonl", others)
+    done = run("guardrails", "train", "--data", str(judge_data), "--max-length", "32", "--judge", home=home)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "the judge of evaluations" in done.stdout
+    judge_record = json.loads((home / "artifacts" / "guardrails" / "toxicity-judge.json").read_text())
+    assert judge_record["artifacts"]["checkpoint"] != record["artifacts"]["checkpoint"]
+    assert json.loads((home / "artifacts" / "guardrails" / "toxicity.json").read_text()) == record
+    platform = Platform(Settings(home=home), load_entry_points=False).start(run_jobs=False)
+    try:
+        judge = platform.guardrails.get("judge")
+        assert str(judge.checkpoint) == judge_record["artifacts"]["checkpoint"]
+        assert platform.guardrails.choose(None, "ESPALIER_EVALUATION_SCORER").name == "detoxify"
+        assert evaluation_scorer(platform).name == "judge"
+        assert evaluation_scorer(platform, "profanity").name == "profanity"
+        assert all(p.scorer != "judge" for p in platform.guardrail_service.policies)
+        settings = policy.settings_from({"prompts": ["Hello there"], "toxicity_weight": 1.0})
+        assert settings.toxicity_scorer is None
+        assert policy.toxicity_scorer_for(platform, settings) == "detoxify"
     finally:
         platform.close()
     # An explicitly configured checkpoint wins over the recorded one.
