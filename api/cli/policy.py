@@ -64,6 +64,13 @@ def train(
     samples_per_prompt: Annotated[
         int, typer.Option(help="dpo with sampled pairs, rsft: completions sampled per prompt.")
     ] = 4,
+    max_kept_toxicity: Annotated[
+        float | None, typer.Option(help="rsft: a prompt whose best sample is still this toxic keeps none.")
+    ] = None,
+    toxicity_scorer: Annotated[
+        str | None,
+        typer.Option(help="The guardrail scorer the toxicity penalty uses; default: detoxify when served."),
+    ] = None,
     label: Annotated[str | None, typer.Option(help="Version label of the result.")] = None,
     budget: Annotated[
         float | None, typer.Option(help="Minutes the run may take: sampling and training stop in time.")
@@ -98,6 +105,8 @@ def train(
         "label": label,
         "pairs": pairs,
         "samples_per_prompt": samples_per_prompt,
+        "max_kept_toxicity": max_kept_toxicity,
+        "toxicity_scorer": toxicity_scorer,
         "budget_minutes": budget,
         "sft_path": str(sft_path.resolve()) if sft_path else None,
         "include_corrections": include_corrections if method == "sft" else None,

@@ -46,6 +46,7 @@ class PolicyTrainIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     include_imported: bool | None = None
     pairs: str | None = None  # checked by PolicySettings, whose message names both choices
     samples_per_prompt: int | None = None
+    max_kept_toxicity: float | None = None
     label: str | None = None
     budget_minutes: float | None = None
     sft_path: str | None = None

@@ -7,7 +7,8 @@
 * ``rsft``: rejection-sampling fine-tuning, the first alignment stage of Llama 2: sample
   ``samples_per_prompt`` answers of each training prompt on the serving engine (batched, the
   prompt's prefix computed once for its samples), keep the best one of each prompt by the reward
-  model minus ``toxicity_weight`` x the toxicity scorer, and fine-tune on those. Cheap on a CPU:
+  model minus ``toxicity_weight`` x the toxicity scorer (none when even the best is more toxic than
+  ``max_kept_toxicity``), and fine-tune on those. Cheap on a CPU:
   generation is done once, in batches, and the fine-tuning is ordinary next-token loss on the
   kept answers only.
 
@@ -136,6 +137,7 @@ def rejection_samples(
     )
     kept: list[Demonstration] = []
     spread: list[float] = []
+    too_toxic = 0
     position = 0
     for index, group in enumerate(groups):
         rows = range(position, position + len(group))
@@ -146,6 +148,9 @@ def rejection_samples(
         best = max(answers, key=lambda i: scores[i])
         high, low = scores[best], min(scores[i] for i in answers)
         if high - low <= 1e-6:
+            continue
+        if toxicity[best] > settings.max_kept_toxicity:
+            too_toxic += 1  # the best of a bad lot still teaches toxicity
             continue
         spread.append(high - statistics.fmean(scores[i] for i in answers))
         kept.append(
@@ -159,11 +164,13 @@ def rejection_samples(
         raise InvalidInput(
             f"only {len(kept)} of {len(groups)} sampled prompts kept an answer better than the rest "
             f"(min_pairs is {settings.min_pairs}): give more prompts or time, raise samples_per_prompt or "
-            "temperature, or set toxicity_weight"
+            "temperature, or set toxicity_weight or max_kept_toxicity"
         )
+    dropped = f"; {too_toxic} kept none (even the best answer's toxicity > {settings.max_kept_toxicity})"
     run.say(
         f"rejection sampling: kept the best of {settings.samples_per_prompt} for {len(kept)} of {len(groups)} "
-        f"prompts; the kept answer scores {statistics.fmean(spread):.4g} above its group's mean"
+        f"prompts; the kept answer scores {statistics.fmean(spread) if spread else 0:.4g} above its group's mean"
+        + (dropped if too_toxic else "")
     )
     return kept
 
