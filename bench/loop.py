@@ -4,10 +4,11 @@ promotion, each phase timed, each figure with its interval.
     .venv/bin/python bench/loop.py [--ranked 300] [--budget 25] [--eval-prompts 100]
                                    [--detoxify-checkpoint PATH] [--model-cache DIR]
 
-1. **The judge.** A detoxify-format toxicity classifier fine-tuned from MiniLM by the built-in
-   guardrail trainer on ``../shared/data/toxicity_train.jsonl`` (or ``--detoxify-checkpoint``).
-   Nothing in the loop trains against it: it is the evaluation's scorer, independent of the
-   ``profanity`` scorer the policy update's toxicity penalty uses.
+1. **Two classifiers.** The shared tweets (``../shared/data/toxicity_train.jsonl``) split in two
+   disjoint halves; the built-in guardrail trainer fine-tunes MiniLM into a detoxify-format
+   checkpoint on each: the **guardrail** (the ``detoxify`` scorer, whose score the policy update's
+   toxicity penalty uses) and the **judge** (the ``judge`` scorer, or ``--detoxify-checkpoint``),
+   which only the evaluation reads: the update never saw it or its training text.
 2. **Feedback.** ``--ranked`` HH pairs become chat requests with two candidates, ranked through the
    feedback service by four labelers: three who prefer the human-chosen answer (two per item) and
    one contrarian who reverses every ranking. The agreement report marks the contrarian below
@@ -15,11 +16,11 @@ promotion, each phase timed, each figure with its interval.
 3. **Reward model**: a ``train:reward`` job with the defaults (heads on the chat model's frozen
    features), its held-out accuracy beside the trivial rules on the same pairs.
 4. **Policy update**: a policy job with the defaults (``rl``: RLOO against the reward model minus
-   the profanity penalty, KL-penalised, LoRA) on RealToxicityPrompts prompts continued as plain
+   the guardrail's toxicity, KL-penalised, LoRA) on RealToxicityPrompts prompts continued as plain
    text, under ``--budget`` minutes (``--policy method=rsft`` and other settings try others).
 5. **Gate**: an ``eval:policy`` job on ``--eval-prompts`` held-out prompts (half toxic, half not,
    never trained on), both formats (plain text as trained, and the chat template as served),
-   judged by the detoxify scorer; promotion when it passes.
+   judged by the judge; promotion when it passes.
 
 The machine is shared (2 CPU cores): the load average is printed at the start and the end.
 Results go to ``bench/results/loop.json``; docs/operators.md quotes them.
@@ -64,21 +65,41 @@ def interval(values: dict) -> str:
     return f"{values['mean']:+.4f} [{values['low']:+.4f}, {values['high']:+.4f}] (n={values['n']})"
 
 
-def judge(args, home: Path) -> tuple[Path, dict]:
-    from espalier.plugins.toxicity import DetoxifyScorer, train_toxicity_model
+def split_tweets(home: Path) -> tuple[Path, Path]:
+    """The shared tweets in two disjoint halves (alternate rows): one trains the guardrail, the other
+    the judge, so the scorer an update optimises and the one that judges it never saw the same text."""
+    rows = [line for line in (SHARED / "toxicity_train.jsonl").read_text().splitlines() if line.strip()]
+    paths = (home / "tweets_guardrail.jsonl", home / "tweets_judge.jsonl")
+    for parity, path in enumerate(paths):
+        path.write_text("\n".join(rows[parity::2]) + "\n")
+    return paths
 
-    if args.detoxify_checkpoint:
-        return args.detoxify_checkpoint, DetoxifyScorer(args.detoxify_checkpoint).model_card
-    print(f"training the judge on {args.detoxify_examples} tweets of toxicity_train.jsonl", flush=True)
-    card = train_toxicity_model(
-        SHARED / "toxicity_train.jsonl",
-        home / "judge",
-        epochs=1,
-        max_length=64,
-        max_examples=args.detoxify_examples,
-        seed=0,
-    )
+
+def classifier(data: Path, out: Path, examples: int, role: str) -> tuple[Path, dict]:
+    from espalier.plugins.toxicity import train_toxicity_model
+
+    print(f"training the {role} on {examples} tweets of {data.name}", flush=True)
+    card = train_toxicity_model(data, out, epochs=1, max_length=64, max_examples=examples, seed=0)
     return Path(card["artifacts"]["checkpoint"]), card
+
+
+def classifiers(args, home: Path, report: dict) -> tuple[Path, Path]:
+    """(guardrail checkpoint, judge checkpoint): given, or trained on disjoint halves of the tweets."""
+    from espalier.plugins.toxicity import DetoxifyScorer
+
+    guardrail_data, judge_data = split_tweets(home)
+    cards = {}
+    if args.detoxify_checkpoint:
+        checkpoint, cards["judge"] = args.detoxify_checkpoint, DetoxifyScorer(args.detoxify_checkpoint).model_card
+    else:
+        checkpoint, cards["judge"] = classifier(judge_data, home / "judge", args.detoxify_examples, "judge")
+    guardrail, cards["guardrail"] = classifier(guardrail_data, home / "guardrail", args.detoxify_examples, "guardrail")
+    for role, card in cards.items():
+        held = card.get("metrics", {}).get("toxicity", {})
+        report[role] = {"held_out": held}
+        print(f"{role}: held-out accuracy {held.get('accuracy')}, ROC AUC {held.get('roc_auc')}", flush=True)
+    report["judge"]["checkpoint"], report["guardrail"]["checkpoint"] = str(checkpoint), str(guardrail)
+    return guardrail, checkpoint
 
 
 def simulate_feedback(platform, lines: list[str], ranked: int, seed: int) -> dict:
@@ -293,17 +314,15 @@ def main() -> int:
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
 
     started = time.perf_counter()
-    checkpoint, card = judge(args, home)
-    phases["judge"] = round(time.perf_counter() - started, 1)
-    held = card.get("metrics", {}).get("toxicity", {})
-    report["judge"] = {"checkpoint": str(checkpoint), "held_out": held}
-    print(f"judge: held-out accuracy {held.get('accuracy')}, ROC AUC {held.get('roc_auc')}", flush=True)
+    guardrail, checkpoint = classifiers(args, home, report)
+    phases["classifiers"] = round(time.perf_counter() - started, 1)
 
     settings = Settings(
         home=home,
         model_cache_dir=args.model_cache,
         job_workers=1,
-        toxicity_checkpoint=checkpoint,
+        toxicity_checkpoint=guardrail,
+        judge_checkpoint=checkpoint,
         reward_retrain_after_pairs=0,  # one training here, started below
         feedback_rate_limit_per_minute=100_000,  # four simulated labelers submit hundreds at once
     )
@@ -355,7 +374,8 @@ def policy_again(args) -> int:
         home=args.home,
         model_cache_dir=args.model_cache,
         job_workers=1,
-        toxicity_checkpoint=args.home / "judge" / "checkpoint.ckpt",
+        toxicity_checkpoint=args.home / "guardrail" / "checkpoint.ckpt",
+        judge_checkpoint=args.home / "judge" / "checkpoint.ckpt",
         reward_retrain_after_pairs=0,
     )
     platform = Platform(settings, load_entry_points=False).start()
@@ -382,7 +402,8 @@ def evaluate_again(args) -> int:
         home=args.home,
         model_cache_dir=args.model_cache,
         job_workers=1,
-        toxicity_checkpoint=args.home / "judge" / "checkpoint.ckpt",
+        toxicity_checkpoint=args.home / "guardrail" / "checkpoint.ckpt",
+        judge_checkpoint=args.home / "judge" / "checkpoint.ckpt",
     )
     held_prompts, _ = held_out_prompts(args.eval_prompts, args.train_prompts, args.seed)
     platform = Platform(settings, load_entry_points=False).start()
