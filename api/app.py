@@ -4,21 +4,18 @@ size limit, error mapping, request logging, OpenAPI and Prometheus."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from litestar import Litestar, Request
+from litestar import Litestar
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
-from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig
-from litestar.stores.memory import MemoryStore
 
 from espalier import __version__
 from espalier.api.admin.routes import ROUTES as ADMIN_ROUTES
@@ -32,7 +29,7 @@ from espalier.api.documents.routes import ROUTES as DOCUMENT_ROUTES
 from espalier.api.errors import EXCEPTION_HANDLERS
 from espalier.api.feedback.routes import ROUTES as FEEDBACK_ROUTES
 from espalier.api.guardrails.routes import ROUTES as GUARDRAIL_ROUTES
-from espalier.api.guards import auth_guard, bearer_token, check_route_access, provide_principal
+from espalier.api.guards import UNLIMITED_PATHS, auth_guard, check_route_access, provide_principal
 from espalier.api.jobs.routes import ROUTES as JOB_ROUTES
 from espalier.api.labeling.routes import ROUTES as LABELING_ROUTES
 from espalier.api.middleware import RequestLogMiddleware
@@ -44,7 +41,6 @@ from espalier.api.system.routes import ROUTES as SYSTEM_ROUTES
 from espalier.api.tools.routes import ROUTES as TOOL_ROUTES
 from espalier.core.infrastructure.logs import configure_logging
 from espalier.core.infrastructure.settings import Settings, load_settings
-from espalier.core.interface.keys import parse_key_id
 from espalier.core.platform import Platform
 
 CORE_ROUTES: list[Any] = [
@@ -65,26 +61,6 @@ CORE_ROUTES: list[Any] = [
     *CHAIN_ROUTES,
     *GUARDRAIL_ROUTES,
 ]
-UNLIMITED_PATHS = ["/healthz", "/readyz"]
-
-
-def rate_limit_identity(request: Request) -> str:
-    """Rate limits count per key (by its public id); anonymous calls count per client address."""
-    token = bearer_token(request)
-    key_id = parse_key_id(token) if token else None
-    if key_id:
-        return f"key:{key_id}"
-    if token:  # malformed keys share one bucket per address, never per random string
-        return "badkey:" + (request.client.host if request.client else "unknown")
-    return "addr:" + hashlib.sha256((request.client.host if request.client else "unknown").encode()).hexdigest()[:16]
-
-
-def _rate_limit_store(settings: Settings) -> Any:
-    if settings.redis_url:
-        from litestar.stores.redis import RedisStore
-
-        return RedisStore.with_client(url=settings.redis_url, namespace="espalier-rate-limit")
-    return MemoryStore()
 
 
 def create_app(settings: Settings | None = None, *, platform: Platform | None = None, **platform_args: Any) -> Litestar:
@@ -101,12 +77,9 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
             await anyio.to_thread.run_sync(platform.close)
 
     plugin_routes = [item for item, _plugin in platform.routes]
-    rate_limit = RateLimitConfig(
-        rate_limit=("minute", settings.rate_limit_per_minute),
-        identifier_for_request=rate_limit_identity,
-        exclude=UNLIMITED_PATHS,
+    prometheus = PrometheusConfig(
+        app_name="espalier", prefix="espalier", group_path=True, exclude=sorted(UNLIMITED_PATHS)
     )
-    prometheus = PrometheusConfig(app_name="espalier", prefix="espalier", group_path=True, exclude=UNLIMITED_PATHS)
 
     app = Litestar(
         route_handlers=[*CORE_ROUTES, *plugin_routes],
@@ -115,10 +88,8 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         middleware=[
             DefineMiddleware(RequestLogMiddleware),
-            rate_limit.middleware,
             prometheus.middleware,
         ],
-        stores={"rate_limit": _rate_limit_store(settings)},
         request_max_body_size=settings.max_body_bytes,
         template_config=TEMPLATE_CONFIG,
         openapi_config=OpenAPIConfig(

@@ -48,7 +48,10 @@ def problem(status: int, detail: str, *, code: str, request: Request | None = No
 
 
 def espalier_error_handler(request: Request, exc: EspalierError) -> Response:
-    return problem(exc.status, exc.message, code=exc.code, request=request, details=exc.details or None)
+    response = problem(exc.status, exc.message, code=exc.code, request=request, details=exc.details or None)
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, int(exc.retry_after)))
+    return response
 
 
 def validation_error_handler(request: Request, exc: ValidationException) -> Response:

@@ -1,7 +1,15 @@
-"""Who may call what. Every route handler declares it in ``opt``; one app-level guard enforces it.
+"""Who may call what, and how often. Every route handler declares its access rule in ``opt``; one
+app-level guard enforces it, and the rate limits with it.
 
 ``opt=access("operator")`` admits operators and admins; ``opt=PUBLIC`` admits anyone. A handler
 that declares neither makes the app refuse to start (see :func:`check_route_access`).
+
+Rate limits count after the key is checked, never before: a verified key spends its own budget
+(``ESPALIER_RATE_LIMIT_PER_MINUTE``), public routes count per client address, and a request that
+fails authentication counts against its client address only (``ESPALIER_AUTH_FAILURES_PER_MINUTE``),
+never against the key it names, since key ids are not secret. An address past its failures is
+refused before any key is checked, so forged keys cannot lock a real key out nor make the server
+run argon2 for each of them.
 """
 
 from __future__ import annotations
@@ -15,10 +23,13 @@ from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
 
 from espalier.api.console.session import authenticate_console
+from espalier.core.infrastructure.errors import RateLimited, Unauthenticated
 from espalier.core.infrastructure.identity import ROLE_RANK, Principal, require_role
+from espalier.core.interface.keys import VerificationSkipped
 
 PUBLIC: dict[str, Any] = {"public": True}
 PUBLIC_PATH_PREFIXES = ("/schema",)  # litestar's OpenAPI documents
+UNLIMITED_PATHS = frozenset({"/healthz", "/readyz"})  # probes are never rate limited
 
 
 def access(min_role: str) -> dict[str, Any]:
@@ -42,16 +53,70 @@ def _is_public(handler: BaseRouteHandler, path: str) -> bool:
     return getattr(handler, "http_methods", None) == {"OPTIONS"} and handler.handler_name == "options_handler"
 
 
+def client_address(connection: ASGIConnection) -> str:
+    """The peer's address (a proxy in front should be the only peer; forwarded headers are not trusted)."""
+    return connection.client.host if connection.client else "unknown"
+
+
+def _limit(platform: Any, key: str, per_minute: int, what: str) -> None:
+    decision = platform.limiter.hit(key, per_minute)
+    if not decision.allowed:
+        raise RateLimited(
+            f"rate limit reached: {per_minute} requests a minute {what}; retry in {decision.retry_after} s",
+            retry_after=decision.retry_after,
+        )
+
+
+def admit_key(platform: Any, token: str | None, address: str) -> Principal:
+    """The key's principal, with the failure limit of the address around the check (see the module).
+    An address past its limit still gets in with a key verified recently (no argon2 to run), so a
+    flood from a shared address does not lock out the keys already in use there."""
+    settings = platform.settings
+    failures = f"authfail:{address}"
+    blocked = platform.limiter.peek(failures, settings.auth_failures_per_minute)
+    try:
+        return platform.keys.authenticate(token, verify=blocked.allowed)
+    except VerificationSkipped:
+        raise RateLimited(
+            f"too many requests from this address failed authentication (the limit is "
+            f"{settings.auth_failures_per_minute} a minute); retry in {blocked.retry_after} s",
+            code="auth_failures_rate_limited",
+            retry_after=blocked.retry_after,
+        ) from None
+    except Unauthenticated:
+        platform.limiter.hit(failures, settings.auth_failures_per_minute)
+        raise
+
+
+def _admit_request(platform: Any, token: str | None, address: str) -> Principal:
+    principal = admit_key(platform, token, address)
+    _limit(platform, f"key:{principal.key_id}", platform.settings.rate_limit_per_minute, "for this key")
+    return principal
+
+
 async def auth_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
-    if _is_public(handler, connection.scope["path"]):
+    platform = connection.app.state.platform
+    path = connection.scope["path"]
+    if _is_public(handler, path):
+        if path not in UNLIMITED_PATHS:
+            args = (platform, f"addr:{client_address(connection)}", platform.settings.rate_limit_per_minute)
+            if platform.limiter.shared:  # a network round trip: off the event loop
+                await anyio.to_thread.run_sync(_limit, *args, "from this address")
+            else:
+                _limit(*args, "from this address")
         return
     minimum = handler.opt.get("min_role")
     if handler.opt.get("console"):
         # the console signs in with a cookie session, never a bearer key
         await authenticate_console(connection, minimum)
+        principal = connection.scope["principal"]
+        await anyio.to_thread.run_sync(
+            _limit, platform, f"key:{principal.key_id}", platform.settings.rate_limit_per_minute, "for this key"
+        )
         return
-    platform = connection.app.state.platform
-    principal: Principal = await anyio.to_thread.run_sync(platform.keys.authenticate, bearer_token(connection))
+    principal: Principal = await anyio.to_thread.run_sync(
+        _admit_request, platform, bearer_token(connection), client_address(connection)
+    )
     connection.scope["principal"] = principal  # read by the request logger and `provide_principal`
     require_role(principal, minimum)
 

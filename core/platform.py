@@ -24,6 +24,7 @@ from espalier.core.infrastructure.errors import PluginError, Unavailable
 from espalier.core.infrastructure.events import announce_feedback
 from espalier.core.infrastructure.jobs.service import JobService, JobWorker
 from espalier.core.infrastructure.plugin_host import PluginHost, create_plugin_manager
+from espalier.core.infrastructure.ratelimit import RateLimiter
 from espalier.core.infrastructure.registry import Registry
 from espalier.core.infrastructure.settings import Settings
 from espalier.core.interface.chat.service import ChatService, ConversationService
@@ -118,10 +119,16 @@ class Platform:
         return ConversationService(self.engine)
 
     @cached_property
+    def limiter(self) -> RateLimiter:
+        """Request and feedback rate limits, shared through Redis when it is set."""
+        return RateLimiter(self.settings.redis_url, when_store_down=self.settings.rate_limit_when_store_down)
+
+    @cached_property
     def feedback(self) -> FeedbackService:
         return FeedbackService(
             self.engine,
             rate_limit_per_minute=self.settings.feedback_rate_limit_per_minute,
+            limiter=self.limiter,
             announce=lambda event: announce_feedback(self, event),
         )
 

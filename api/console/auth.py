@@ -20,8 +20,8 @@ from espalier.api.console.session import (
     console,
 )
 from espalier.api.errors import problem
-from espalier.api.guards import PUBLIC
-from espalier.core.infrastructure.errors import Forbidden, Unauthenticated
+from espalier.api.guards import PUBLIC, admit_key, client_address
+from espalier.core.infrastructure.errors import Forbidden, RateLimited, Unauthenticated
 from espalier.core.interface.console_sessions.service import same_token
 
 
@@ -69,8 +69,13 @@ async def sign_in(request: Request) -> Response:
     if not same_token(request.cookies.get(PRE_SESSION_COOKIE, ""), form.get(CSRF_FIELD)):
         return _sign_in_form(request, error="The sign-in form expired; try again.", status=403)
     platform = request.app.state.platform
+    raw_key = form.get("key") if isinstance(form.get("key"), str) else None
     try:
-        signed = await anyio.to_thread.run_sync(platform.console_sessions.sign_in, form.get("key"))
+        # the address's failed sign-ins count like failed API calls (see api/guards.py)
+        await anyio.to_thread.run_sync(admit_key, platform, (raw_key or "").strip() or None, client_address(request))
+        signed = await anyio.to_thread.run_sync(platform.console_sessions.sign_in, raw_key)
+    except RateLimited as exc:
+        return _sign_in_form(request, error=exc.message, status=429)
     except Unauthenticated:
         return _sign_in_form(request, error="That key is not valid (or was revoked).", status=401)
     except Forbidden as exc:

@@ -35,7 +35,10 @@ def openai_error(
 
 
 def _espalier(request: Request, exc: EspalierError) -> Response:
-    return openai_error(exc.status, exc.message, code=exc.code, param=exc.details.get("param"), request=request)
+    response = openai_error(exc.status, exc.message, code=exc.code, param=exc.details.get("param"), request=request)
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, int(exc.retry_after)))
+    return response
 
 
 def _validation(request: Request, exc: ValidationException) -> Response:

@@ -17,11 +17,19 @@ async def healthz() -> dict[str, str]:
 
 
 @get(
-    "/readyz", opt=PUBLIC, tags=["system"], summary="Readiness: database reachable, plugins loaded", sync_to_thread=True
+    "/readyz",
+    opt=PUBLIC,
+    tags=["system"],
+    summary="Readiness: database reachable, plugins loaded, the shared rate-limit store (when set) answering",
+    sync_to_thread=True,
 )
 def readyz(request: Request) -> Response[dict[str, Any]]:
     platform = request.app.state.platform
-    checks = {"database": platform.database_ok(), "plugins": platform.started}
+    checks = {
+        "database": platform.database_ok(),
+        "plugins": platform.started,
+        "rate_limit_store": platform.limiter.store_ok(),
+    }
     ready = all(checks.values())
     return Response({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

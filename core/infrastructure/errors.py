@@ -14,12 +14,20 @@ class EspalierError(Exception):
     status = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
+        retry_after: int | None = None,
+    ):
         super().__init__(message)
         self.message = message
         if code:
             self.code = code
         self.details = details or {}
+        self.retry_after = retry_after  # seconds; the API sends it as Retry-After (429, 503)
 
 
 class InvalidInput(EspalierError):
@@ -55,6 +63,13 @@ class PayloadTooLarge(EspalierError):
 class Unavailable(EspalierError):
     status = 503
     code = "unavailable"
+
+
+class RateLimited(EspalierError):
+    """429: the key (or address) spent its requests for this window; ``retry_after`` says when."""
+
+    status = 429
+    code = "rate_limited"
 
 
 class PluginError(EspalierError):

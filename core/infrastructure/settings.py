@@ -53,6 +53,17 @@ class Settings(BaseSettings):
         default=600, ge=1, description="Requests per key (or client address) per minute."
     )
     redis_url: str | None = Field(default=None, description="Shared store for rate limits between workers.")
+    rate_limit_when_store_down: Literal["local", "refuse"] = Field(
+        default="local",
+        description="While Redis is away: 'local' counts per process (and /readyz says not ready); "
+        "'refuse' answers 503 with Retry-After.",
+    )
+    auth_failures_per_minute: int = Field(
+        default=30,
+        ge=1,
+        description="Requests failing authentication allowed per client address per minute; past it the "
+        "address gets 429 before any key is checked (never counted against the key a request names).",
+    )
 
     model_cache_dir: Path | None = Field(
         default=None, description="Where converted model weights are cached; ESPALIER_HOME/models when unset."

@@ -12,19 +12,18 @@ import json
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from espalier.core.infrastructure.contracts import FeedbackEvent
-from espalier.core.infrastructure.db.base import utcnow
 from espalier.core.infrastructure.db.engine import session_scope
-from espalier.core.infrastructure.errors import Conflict, EspalierError, InvalidInput, NotFound
+from espalier.core.infrastructure.errors import Conflict, InvalidInput, NotFound
+from espalier.core.infrastructure.errors import RateLimited as BaseRateLimited
 from espalier.core.infrastructure.identity import Principal
+from espalier.core.infrastructure.ratelimit import RateLimiter
 from espalier.core.sources.conversations.tables import ChatRequestRecord, CompletionRecord
 from espalier.core.sources.feedback.pairs import check_ranking
 from espalier.core.sources.feedback.tables import FeedbackRecord
@@ -34,8 +33,7 @@ MAX_COMMENT_CHARS = 10_000
 MAX_CORRECTION_CHARS = 100_000
 
 
-class RateLimited(EspalierError):
-    status = 429
+class RateLimited(BaseRateLimited):
     code = "feedback_rate_limited"
 
 
@@ -63,10 +61,12 @@ class FeedbackService:
         engine: Engine,
         *,
         rate_limit_per_minute: int,
+        limiter: RateLimiter | None = None,
         announce: Callable[[FeedbackEvent], None] | None = None,
     ):
         self.engine = engine
         self.rate_limit_per_minute = rate_limit_per_minute
+        self.limiter = limiter or RateLimiter()
         self.announce = announce or (lambda event: None)
 
     # Submissions ---------------------------------------------------------------------------
@@ -217,20 +217,14 @@ class FeedbackService:
         return existing
 
     def _check_rate(self, principal: Principal) -> None:
-        since = utcnow() - timedelta(minutes=1)
-        with session_scope(self.engine) as session:
-            recent = session.exec(
-                select(func.count())
-                .select_from(FeedbackRecord)
-                .where(
-                    FeedbackRecord.key_id == principal.key_id,
-                    FeedbackRecord.created_at >= since,
-                )
-            ).one()
-        if recent >= self.rate_limit_per_minute:
+        # One atomic hit of the shared limiter (Redis when set): counting stored rows and then
+        # inserting let concurrent submissions past the limit.
+        decision = self.limiter.hit(f"feedback:{principal.key_id}", self.rate_limit_per_minute)
+        if not decision.allowed:
             raise RateLimited(
-                f"this key gave {recent} feedback submissions in the last minute (the limit is "
-                f"{self.rate_limit_per_minute}); wait a minute and retry with the same Idempotency-Key",
+                f"this key reached its limit of {self.rate_limit_per_minute} feedback submissions a minute; "
+                f"wait {decision.retry_after} s (a minute at most) and retry with the same Idempotency-Key",
+                retry_after=decision.retry_after,
             )
 
     @staticmethod

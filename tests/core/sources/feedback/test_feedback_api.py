@@ -244,7 +244,8 @@ class TestRateLimit:
                 == 201
             )
         limited = post(espalier, "/api/feedback", {"completion_id": ids[3], "score": 0.5}, key="f3")
-        assert limited.status_code == 429 and "wait a minute" in limited.json()["detail"]
+        assert limited.status_code == 429 and "retry with the same Idempotency-Key" in limited.json()["detail"]
+        assert limited.json()["code"] == "feedback_rate_limited" and 1 <= int(limited.headers["retry-after"]) <= 60
         assert post(espalier, "/api/feedback", {"completion_id": ids[0], "score": 0.5}, key="f0").status_code == 200
         assert feedback_count(espalier.platform) == 3
 
