@@ -72,9 +72,35 @@ class WebPolicy:
     def address_allowed(self, address: Address) -> bool:
         if any(address in network for network in self._networks if network.version == address.version):
             return True
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            return False  # ::ffff:127.0.0.1 is loopback in disguise
+        embedded = embedded_ipv4(address)
+        if embedded:
+            # ::ffff:127.0.0.1, ::127.0.0.1, 64:ff9b::7f00:1, 2002:7f00:1::, Teredo: the IPv4 inside
+            # is where the packets go, so that is what is judged
+            return all(self.address_allowed(inner) for inner in embedded)
         return self.public and address.is_global and not address.is_multicast
+
+
+NAT64_PREFIXES = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+
+
+def embedded_ipv4(address: Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries: IPv4-mapped and IPv4-compatible forms, NAT64
+    (RFC 6052 well-known and RFC 8215 local-use prefixes, the IPv4 in the last 32 bits), 6to4 and
+    Teredo (its server and its client). Empty for a plain IPv6 or IPv4 address."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return []
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    value = int(address)
+    if value >> 32 == 0 and value > 1:  # ::a.b.c.d (:: and ::1 are IPv6's own)
+        return [ipaddress.IPv4Address(value & 0xFFFFFFFF)]
+    if any(address in prefix for prefix in NAT64_PREFIXES):
+        return [ipaddress.IPv4Address(value & 0xFFFFFFFF)]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    if address.teredo is not None:
+        return list(address.teredo)
+    return []
 
 
 @dataclass

@@ -62,6 +62,14 @@ def site():
         "http://localhost/",
         "http://[::1]/",
         "http://[::ffff:127.0.0.1]/",
+        "http://[::127.0.0.1]/",  # IPv4-compatible
+        "http://[::a9fe:a9fe]/",  # IPv4-compatible 169.254.169.254, written in hex
+        "http://[64:ff9b::7f00:1]/",  # NAT64 well-known prefix, 127.0.0.1
+        "http://[64:ff9b::a00:1]/",  # NAT64, 10.0.0.1
+        "http://[64:ff9b:1::a9fe:a9fe]/",  # NAT64 local-use prefix, 169.254.169.254
+        "http://[2002:7f00:1::]/",  # 6to4 of 127.0.0.1
+        "http://[2002:c0a8:1::1]/",  # 6to4 of 192.168.0.1
+        "http://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/",  # Teredo, client 10.0.0.1
         "http://10.1.2.3/",
         "http://192.168.0.1/",
         "http://100.64.0.1/",
@@ -94,6 +102,9 @@ def test_schemes_credentials_dns_and_the_allow_list():
     assert check_url("http://localhost/", WebPolicy(allow_hosts=["localhost"]))[0].host == "localhost"
     with pytest.raises(UrlRefused):
         check_url("http://93.184.215.14/", WebPolicy(public=False))
+    # an IPv6 form of a public IPv4 is judged by that IPv4, so it passes
+    assert check_url("http://[64:ff9b::5db8:d70e]/", WebPolicy())[1] == "64:ff9b::5db8:d70e"
+    assert check_url("http://[2002:5db8:d70e::1]/", WebPolicy())[1] == "2002:5db8:d70e::1"
 
 
 def ingest(app, collection, urls, role="user"):
