@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -67,12 +68,7 @@ def serve(
 
     instance = platform()
     if not instance.keys.list():
-        created = instance.keys.create(name="bootstrap-admin", role="admin")
-        console.rule("[bold]First start")
-        console.print("An admin API key was created. It is shown [bold]once[/]; store it now:\n")
-        console.print(f"    [bold green]{created.key}[/]\n", soft_wrap=True)
-        console.print("Use it as: Authorization: Bearer <key>   (create more with 'espalier keys create')")
-        console.rule()
+        _bootstrap_admin_key(instance)
     settings = instance.settings
     application = create_app(settings, platform=instance)
     from espalier.api.cli.ingest import write_server_file
@@ -84,6 +80,32 @@ def serve(
         uvicorn.run(application, host=host or settings.host, port=port or settings.port, log_level="warning")
     finally:
         server_file.unlink(missing_ok=True)
+
+
+BOOTSTRAP_KEY_FILE = "bootstrap-admin.key"
+
+
+def _bootstrap_admin_key(instance: Any) -> None:
+    """The first admin key: shown once on a terminal; with no terminal (a container, a service
+    manager, a pipe), written to a file only this user can read, so it never lands in logs."""
+    created = instance.keys.create(name="bootstrap-admin", role="admin")
+    console.rule("[bold]First start")
+    if sys.stdout.isatty():
+        console.print("An admin API key was created. It is shown [bold]once[/]; store it now:\n")
+        console.print(f"    [bold green]{created.key}[/]\n", soft_wrap=True)
+    else:
+        path = instance.settings.home / BOOTSTRAP_KEY_FILE
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(created.key + "\n")
+        console.print(
+            f"An admin API key was created and written to {path} (readable by this user only; "
+            "not printed, as this output is not a terminal). Store it elsewhere and delete the file.",
+            soft_wrap=True,
+            highlight=False,
+        )
+    console.print("Use it as: Authorization: Bearer <key>   (create more with 'espalier keys create')")
+    console.rule()
 
 
 # ingest --------------------------------------------------------------------------------------

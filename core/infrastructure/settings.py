@@ -356,8 +356,29 @@ class Settings(BaseSettings):
         return self.artifacts_dir / "guardrails"
 
     def ensure_dirs(self) -> None:
+        """Create the data folders, private to this user: what lives here (the database and its
+        WAL, key material, artifacts, caches) is the operator's alone.
+
+        The process umask becomes 077, so every file Espalier and the libraries it drives create
+        from here on (SQLite's WAL, chromadb's files, checkpoints) is 0600 and every folder 0700;
+        a home made by an earlier version is tightened in place."""
+        os.umask(0o077)
         for path in (self.home, self.artifacts_dir, self.models_dir):
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _make_private(self.home)
+        database = self.home / "espalier.db"
+        for path in (database, database.with_name("espalier.db-wal"), database.with_name("espalier.db-shm")):
+            _make_private(path)
+
+
+def _make_private(path: Path) -> None:
+    """Drop group and other permissions of a file or folder this user owns (a no-op otherwise)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        path.chmod(info.st_mode & 0o700)
 
 
 def load_settings(**overrides: Any) -> Settings:

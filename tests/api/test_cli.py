@@ -116,21 +116,30 @@ def stop(process):
         process.wait(timeout=20)
 
 
-def test_serve_prints_bootstrap_key_once_and_serves(tmp_path):
-    base, output, process = start_server(tmp_path / "home")
+def test_serve_writes_the_bootstrap_key_to_a_private_file_not_the_log(tmp_path):
+    home = tmp_path / "home"
+    base, output, process = start_server(home)
     try:
-        match = re.search(r"esp_[0-9a-f]{12}_[A-Za-z0-9-]+", output)
-        assert match, output
-        headers = {"Authorization": f"Bearer {match.group(0)}"}
+        # stdout is a pipe here, as under a container runtime or a service manager: no key in it
+        key_file = home / "bootstrap-admin.key"
+        assert "esp_" not in output and str(key_file) in output, output
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        key = key_file.read_text().strip()
+        assert re.fullmatch(r"esp_[0-9a-f]{12}_[A-Za-z0-9-]+", key)
+        headers = {"Authorization": f"Bearer {key}"}
         response = httpx.get(base + "/api/plugins", headers=headers)
         assert response.status_code == 200
         assert "calculator" in {p["name"] for p in response.json()["plugins"]}
         assert httpx.get(base + "/api/plugins").status_code == 401
     finally:
         stop(process)
-    base, output, process = start_server(tmp_path / "home")
+    base, output, process = start_server(home)
     try:
-        assert "Serving on" in output and "esp_" not in output  # shown once, on the first start only
+        assert "Serving on" in output and "bootstrap-admin.key" not in output  # the first start only
+        # ESPALIER_HOME and what is in it are this user's alone
+        assert home.stat().st_mode & 0o777 == 0o700
+        for path in [home / "espalier.db", *home.glob("espalier.db-*"), *(home / "artifacts").rglob("*")]:
+            assert path.stat().st_mode & 0o077 == 0, f"{path} is {oct(path.stat().st_mode)}"
         assert httpx.get(base + "/api/me", headers=headers).json()["role"] == "admin"
     finally:
         stop(process)
