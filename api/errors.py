@@ -73,6 +73,7 @@ def http_error_handler(request: Request, exc: HTTPException) -> Response:
         404: "not_found",
         405: "method_not_allowed",
         413: "payload_too_large",
+        415: "unsupported_media_type",
         429: "rate_limited",
     }.get(status, "http_error")
     detail = exc.detail
@@ -99,7 +100,18 @@ def _caused_by_bad_json(exc: BaseException) -> bool:
     return False
 
 
+def body_too_deep(exc: BaseException) -> bool:
+    """A JSON body nested past what the decoder recurses into (msgspec stops at the interpreter's
+    recursion limit, about a thousand levels): the client's error, answered 400."""
+    return isinstance(exc, RecursionError) and "deserializing" in str(exc)
+
+
+TOO_DEEP = "malformed JSON body: nested too deeply (keep bodies under a few hundred levels of nesting)"
+
+
 def internal_error_handler(request: Request, exc: Exception) -> Response:
+    if body_too_deep(exc):
+        return problem(400, TOO_DEEP, code="json_too_deep", request=request)
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(
         500,

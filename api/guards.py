@@ -20,6 +20,7 @@ import anyio
 from litestar import Litestar, Request
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
+from litestar.exceptions import HTTPException
 from litestar.handlers.base import BaseRouteHandler
 
 from espalier.api.console.session import authenticate_console
@@ -51,6 +52,36 @@ def _is_public(handler: BaseRouteHandler, path: str) -> bool:
         return True
     # litestar's automatic OPTIONS answer (an Allow header, no data)
     return getattr(handler, "http_methods", None) == {"OPTIONS"} and handler.handler_name == "options_handler"
+
+
+JSON_MEDIA = ("application/json",)
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def accepts(*media: str, untyped: bool = False) -> dict[str, Any]:
+    """``opt`` for a handler whose body is not JSON: the media types it reads (and, with
+    ``untyped``, a body sent without a Content-Type). Every other handler takes JSON only."""
+    return {"body_media": tuple(media), "body_untyped": untyped}
+
+
+def check_body_media(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """415 for a body whose Content-Type the handler does not read: a JSON route answers only a
+    body declared JSON (``application/json`` or ``application/*+json``), never text, a form or XML."""
+    if connection.scope["method"] not in BODY_METHODS or handler.opt.get("console"):
+        return  # console forms are checked by their own CSRF rule
+    headers = connection.headers
+    if headers.get("content-length", "0").strip() in ("", "0") and "transfer-encoding" not in headers:
+        return
+    media = headers.get("content-type", "").partition(";")[0].strip().lower()
+    allowed = handler.opt.get("body_media", JSON_MEDIA)
+    if not media and handler.opt.get("body_untyped"):
+        return
+    if media in allowed or (allowed == JSON_MEDIA and media.startswith("application/") and media.endswith("+json")):
+        return
+    raise HTTPException(
+        status_code=415,
+        detail=f"send this body as {' or '.join(allowed)} (Content-Type header); got {media or 'no Content-Type'}",
+    )
 
 
 def client_address(connection: ASGIConnection) -> str:
@@ -104,6 +135,7 @@ async def auth_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> N
                 await anyio.to_thread.run_sync(_limit, *args, "from this address")
             else:
                 _limit(*args, "from this address")
+        check_body_media(connection, handler)
         return
     minimum = handler.opt.get("min_role")
     if handler.opt.get("console"):
@@ -119,6 +151,7 @@ async def auth_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> N
     )
     connection.scope["principal"] = principal  # read by the request logger and `provide_principal`
     require_role(principal, minimum)
+    check_body_media(connection, handler)
 
 
 def provide_principal(request: Request) -> Principal:

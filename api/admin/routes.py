@@ -9,6 +9,7 @@ from litestar.params import FromQuery, JSONBody, Parameter
 
 from espalier.api.admin.schemas import AuditOut, KeyCreate, KeyCreated, KeyOut, key_out
 from espalier.api.guards import CurrentPrincipal, access
+from espalier.api.schema_types import INT64_MAX
 
 
 class KeysController(Controller):
@@ -37,7 +38,7 @@ def list_audit(
     request: Request,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     action: FromQuery[str | None] = None,
-    before_id: FromQuery[int | None] = None,
+    before_id: Annotated[int | None, Parameter(ge=1, le=INT64_MAX)] = None,
 ) -> dict[str, list[AuditOut]]:
     events = request.app.state.platform.audit.list(limit=limit, action=action, before_id=before_id)
     return {

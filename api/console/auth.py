@@ -20,7 +20,7 @@ from espalier.api.console.session import (
     console,
 )
 from espalier.api.errors import problem
-from espalier.api.guards import PUBLIC, admit_key, client_address
+from espalier.api.guards import PUBLIC, accepts, admit_key, client_address
 from espalier.core.infrastructure.errors import Forbidden, RateLimited, Unauthenticated
 from espalier.core.interface.console_sessions.service import same_token
 
@@ -63,7 +63,11 @@ async def sign_in_page(request: Request, next: str | None = None) -> Template:  
     return _sign_in_form(request, next_path=next or "/console")
 
 
-@post(SIGN_IN_PATH, opt=PUBLIC, include_in_schema=False)
+@post(
+    SIGN_IN_PATH,
+    opt={**PUBLIC, **accepts("application/x-www-form-urlencoded", "multipart/form-data")},
+    include_in_schema=False,
+)
 async def sign_in(request: Request) -> Response:
     form = await request.form()
     if not same_token(request.cookies.get(PRE_SESSION_COOKIE, ""), form.get(CSRF_FIELD)):

@@ -16,10 +16,11 @@ from typing import Annotated, Any
 import anyio
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post
-from litestar.params import JSONBody
+from litestar.params import JSONBody, Parameter
 
 from espalier.api.documents.uploads import read_uploads
-from espalier.api.guards import CurrentPrincipal, access
+from espalier.api.guards import CurrentPrincipal, accepts, access
+from espalier.api.schema_types import INT64_MAX, INT64_MIN, Count
 from espalier.core.infrastructure.errors import InvalidInput, PayloadTooLarge
 
 Name = Annotated[str, msgspec.Meta(min_length=3, max_length=63)]
@@ -61,7 +62,7 @@ class DocumentUpdate(msgspec.Struct, forbid_unknown_fields=True):
 
 class SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
     query: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
-    k: int = 5
+    k: Count = 5
     mode: str = "hybrid"
     filters: dict[str, Scalar] | None = None
 
@@ -183,6 +184,7 @@ class CollectionsController(Controller):
 
     @post(
         "/{name:str}/upload",
+        opt=accepts("multipart/form-data"),
         request_max_body_size=None,
         summary="Upload files (multipart/form-data, one or several 'file' parts)",
     )
@@ -250,7 +252,13 @@ class CollectionsController(Controller):
 
     @get("/{name:str}/search", summary="Search a collection: ?q=...&k=5&mode=hybrid")
     async def search_get(
-        self, request: Request, name: str, principal: CurrentPrincipal, q: str, k: int = 5, mode: str = "hybrid"
+        self,
+        request: Request,
+        name: str,
+        principal: CurrentPrincipal,
+        q: str,
+        k: Annotated[int, Parameter(ge=INT64_MIN, le=INT64_MAX)] = 5,
+        mode: str = "hybrid",
     ) -> dict[str, Any]:
         return await _search(request, name, principal, q, k, mode, None)
 

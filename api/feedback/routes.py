@@ -14,7 +14,8 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.params import FromQuery, JSONBody, Parameter
 
-from espalier.api.guards import CurrentPrincipal, access
+from espalier.api.guards import CurrentPrincipal, accepts, access
+from espalier.api.schema_types import Int64
 from espalier.core.infrastructure.errors import InvalidInput
 from espalier.core.sources.feedback import describe, export_lines
 from espalier.core.sources.feedback.agreement import agreement
@@ -212,7 +213,7 @@ class AILabelsIn(msgspec.Struct, forbid_unknown_fields=True):
     principles: list[str] | None = None
     max_tokens: Annotated[int, msgspec.Meta(ge=1, le=256)] = 64
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.7
-    seed: int = 0
+    seed: Int64 = 0
 
 
 @post(
@@ -261,7 +262,10 @@ def export_pairs(
 
 @post(
     "/api/pairs/import",
-    opt=access("operator"),
+    opt={
+        **access("operator"),
+        **accepts("application/x-ndjson", "application/jsonl", "application/json", "text/plain", untyped=True),
+    },
     tags=["pairs"],
     status_code=200,
     summary="Import a JSONL file of prompt/chosen/rejected pairs (the request body); all or nothing",

@@ -11,6 +11,7 @@ from litestar.params import FromQuery, JSONBody, Parameter
 
 from espalier.api.guards import CurrentPrincipal, access
 from espalier.api.paths import PATH_PARAMS, inside_home
+from espalier.api.schema_types import INT64_MAX
 
 
 class JobSubmit(msgspec.Struct, forbid_unknown_fields=True):
@@ -80,13 +81,15 @@ class JobsController(Controller):
         return job_out(request.app.state.platform.jobs.get(job_id))
 
     @get("/{job_id:str}/logs", sync_to_thread=True, summary="A job's log lines")
-    def get_logs(self, request: Request, job_id: str, after_id: FromQuery[int] = 0) -> dict[str, list[JobLogOut]]:
+    def get_logs(
+        self, request: Request, job_id: str, after_id: Annotated[int, Parameter(ge=0, le=INT64_MAX)] = 0
+    ) -> dict[str, list[JobLogOut]]:
         logs = request.app.state.platform.jobs.logs(job_id, after_id=after_id)
         return {"logs": [JobLogOut(id=line.id, at=line.at, message=line.message) for line in logs]}
 
     @get("/{job_id:str}/metrics", sync_to_thread=True, summary="A job's per-step metrics (training curves)")
     def get_metrics(
-        self, request: Request, job_id: str, after_step: FromQuery[int] = -1
+        self, request: Request, job_id: str, after_step: Annotated[int, Parameter(ge=-1, le=INT64_MAX)] = -1
     ) -> dict[str, list[JobMetricOut]]:
         rows = request.app.state.platform.jobs.metrics(job_id, after_step=after_step)
         return {"metrics": [JobMetricOut(step=row.step, at=row.at, values=row.values) for row in rows]}

@@ -17,6 +17,7 @@ from litestar.params import JSONBody, Parameter
 
 from espalier.api.feedback.routes import IDEMPOTENCY_HEADER, CandidateRanking, FeedbackOut, _respond
 from espalier.api.guards import CurrentPrincipal, access
+from espalier.api.schema_types import Count, Int64
 
 KeyId = Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
 
@@ -32,7 +33,7 @@ class TaskIn(msgspec.Struct, forbid_unknown_fields=True):
     labelers: Annotated[list[KeyId], msgspec.Meta(max_length=200)] = []
     temperature: Annotated[float, msgspec.Meta(gt=0, le=2)] = 1.0
     max_tokens: Annotated[int, msgspec.Meta(ge=1, le=2048)] = 128
-    seed: int | None = None
+    seed: Int64 | None = None
     lease_seconds: Annotated[int, msgspec.Meta(ge=30, le=604_800)] = 900
 
 
@@ -49,10 +50,10 @@ class TaskOut(msgspec.Struct):
     name: str
     instructions: str
     model: str
-    n: int
-    rankings_required: int
+    n: Count
+    rankings_required: Count
     sampling: dict[str, Any]
-    lease_seconds: int
+    lease_seconds: Count
     status: str
     job_id: str | None
     excluded_labelers: list[str]

@@ -10,6 +10,7 @@ from litestar import Controller, Request, delete, get, post
 from litestar.params import JSONBody
 
 from espalier.api.guards import CurrentPrincipal, access
+from espalier.api.schema_types import Count, Int64
 from espalier.core.infrastructure.contracts import ModelSpec, TemplateSpec
 from espalier.core.infrastructure.errors import NotFound
 from espalier.core.sources.learning import gate as policy_evaluation
@@ -22,7 +23,7 @@ class ModelCreate(msgspec.Struct, forbid_unknown_fields=True):
     source: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
     provider: str = "transformers"
     dtype: str = "auto"
-    context_window: int | None = None
+    context_window: Count | None = None
     adapter: str | None = None
     options: dict[str, Any] = {}
     description: str = ""
@@ -56,7 +57,7 @@ class EvaluationCreate(msgspec.Struct, forbid_unknown_fields=True):
     tasks: Annotated[list[TaskCheck], msgspec.Meta(max_length=200)] | None = None
     max_tokens: Annotated[int, msgspec.Meta(ge=1, le=512)] = 32
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.7
-    seed: int = 0
+    seed: Int64 = 0
     threshold: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.5
     scorer: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     gate: Gate | None = None

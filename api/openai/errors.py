@@ -7,7 +7,7 @@ import logging
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from espalier.api.errors import _caused_by_bad_json
+from espalier.api.errors import TOO_DEEP, _caused_by_bad_json, body_too_deep
 from espalier.core.infrastructure.errors import EspalierError
 
 log = logging.getLogger("espalier.api.openai")
@@ -19,6 +19,7 @@ _TYPES = {
     404: "invalid_request_error",
     409: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_error",
     503: "server_error",
 }
@@ -53,7 +54,13 @@ def _http(request: Request, exc: HTTPException) -> Response:
     message = exc.detail
     if status == 400 and _caused_by_bad_json(exc):
         message = f"malformed JSON body: {message}"
-    code = {401: "invalid_api_key", 404: "not_found", 413: "request_too_large", 429: "rate_limit_exceeded"}.get(status)
+    code = {
+        401: "invalid_api_key",
+        404: "not_found",
+        413: "request_too_large",
+        415: "unsupported_media_type",
+        429: "rate_limit_exceeded",
+    }.get(status)
     response = openai_error(status, message, code=code, request=request)
     for name, value in (exc.headers or {}).items():
         response.headers[name] = value
@@ -61,6 +68,8 @@ def _http(request: Request, exc: HTTPException) -> Response:
 
 
 def _internal(request: Request, exc: Exception) -> Response:
+    if body_too_deep(exc):
+        return openai_error(400, TOO_DEEP, code="json_too_deep", request=request)
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return openai_error(
         500,

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from espalier.api.schema_types import Count, Int64
+
 Text = Annotated[str, msgspec.Meta(max_length=2_000_000)]
 
 
@@ -44,12 +46,12 @@ class GenerationOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     # espalier extension. Keyword-only, so a request's own required fields may follow them.
     temperature: float | None = None
     top_p: float | None = None
-    n: int | None = None
+    n: Count | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    max_tokens: int | None = None
-    seed: int | None = None
+    max_tokens: Count | None = None
+    seed: Int64 | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
@@ -60,9 +62,9 @@ class GenerationOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
 class ChatCompletionRequest(GenerationOptions):
     model: str
     messages: list[Message]
-    max_completion_tokens: int | None = None
+    max_completion_tokens: Count | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: Count | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -75,9 +77,9 @@ class ChatCompletionRequest(GenerationOptions):
 class CompletionRequest(GenerationOptions):
     model: str
     prompt: str | list[str]
-    logprobs: int | None = None
+    logprobs: Count | None = None
     echo: bool | None = None
-    best_of: int | None = None
+    best_of: Count | None = None
     suffix: str | None = None
 
 
@@ -85,5 +87,5 @@ class EmbeddingRequest(msgspec.Struct, forbid_unknown_fields=True):
     model: str
     input: str | list[Any]  # strings; token arrays are refused with a clear message
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    dimensions: Count | None = None
     user: str | None = None

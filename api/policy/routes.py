@@ -11,6 +11,7 @@ from litestar.params import JSONBody
 from espalier.api.guards import CurrentPrincipal, access
 from espalier.api.jobs.routes import JobOut, job_out
 from espalier.api.paths import inside_home
+from espalier.api.schema_types import Count, Int64
 from espalier.core.sources.learning import policy
 
 Prompt = Annotated[str, msgspec.Meta(max_length=policy.MAX_PROMPT_CHARS)]
@@ -22,36 +23,36 @@ class PolicyTrainIn(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     method: Literal["rl", "dpo", "rsft", "sft"] = "rl"
     model: str | None = None
     reward_model: str | None = None
-    steps: int | None = None
+    steps: Count | None = None
     learning_rate: float | None = None
-    lora_rank: int | None = None
-    lora_alpha: int | None = None
+    lora_rank: Count | None = None
+    lora_alpha: Count | None = None
     beta: float | None = None
-    batch_size: int | None = None
-    num_generations: int | None = None
-    max_completion_tokens: int | None = None
-    max_prompt_tokens: int | None = None
+    batch_size: Count | None = None
+    num_generations: Count | None = None
+    max_completion_tokens: Count | None = None
+    max_prompt_tokens: Count | None = None
     temperature: float | None = None
     prompt_format: Literal["chat", "text"] | None = None
     prompts: Annotated[list[Prompt], msgspec.Meta(max_length=policy.MAX_PROMPTS)] | None = None
     prompts_path: str | None = None
-    prompts_from_conversations: int | None = None
-    max_prompts: int | None = None
-    eval_prompts: int | None = None
+    prompts_from_conversations: Count | None = None
+    max_prompts: Count | None = None
+    eval_prompts: Count | None = None
     toxicity_weight: float | None = None
     toxicity_scorer: str | None = None
     target_reward: float | None = None
     kl_bound: float | None = None
-    min_pairs: int | None = None
+    min_pairs: Count | None = None
     include_imported: bool | None = None
     pairs: str | None = None  # checked by PolicySettings, whose message names both choices
-    samples_per_prompt: int | None = None
+    samples_per_prompt: Count | None = None
     max_kept_toxicity: float | None = None
     label: str | None = None
     budget_minutes: float | None = None
     sft_path: str | None = None
     include_corrections: bool | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
 
 
 class PolicyTrainOut(msgspec.Struct):

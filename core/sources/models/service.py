@@ -134,7 +134,13 @@ class ModelService:
             raise InvalidInput("context_window must be at least 16 tokens")
         validate = getattr(provider, "validate", None)
         if callable(validate):
-            validate(spec)  # providers raise InvalidInput with what is wrong
+            try:
+                validate(spec)  # providers raise InvalidInput with what is wrong
+            except OSError as exc:  # a path the system refuses to look at (too long, a loop, no access)
+                raise InvalidInput(
+                    f"model source {spec.source[:80]!r}{'...' if len(spec.source) > 80 else ''} cannot be "
+                    f"read: {exc.strerror or exc}"
+                ) from None
         with session_scope(self.engine) as session:
             if session.get(ModelRecord, spec.name) is not None:
                 raise Conflict(f"a model named '{spec.name}' already exists; remove it first or pick another name")
