@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, Request, delete, get, post
-from litestar.params import FromQuery, JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
 from espalier.api.admin.schemas import AuditOut, KeyCreate, KeyCreated, KeyOut, key_out
 from espalier.api.guards import CurrentPrincipal, access
@@ -29,7 +29,7 @@ class KeysController(Controller):
         return KeyCreated(**{f: getattr(out, f) for f in out.__struct_fields__}, key=created.key)
 
     @delete("/{key_id:str}", status_code=200, sync_to_thread=True, summary="Revoke a key")
-    def revoke_key(self, request: Request, key_id: str, principal: CurrentPrincipal) -> KeyOut:
+    def revoke_key(self, request: Request, key_id: FromPath[str], principal: CurrentPrincipal) -> KeyOut:
         return key_out(request.app.state.platform.keys.revoke(key_id, by=principal))
 
 

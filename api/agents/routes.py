@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import anyio
 import msgspec
 from litestar import Request, get, post
-from litestar.params import JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
 from espalier.api.guards import CurrentPrincipal, access
 from espalier.api.openai.streaming import EventStream
@@ -81,7 +81,9 @@ def list_agents(request: Request) -> dict[str, Any]:
     status_code=200,
     summary="Run an agent: the answer and its full trace, or (stream=true) its steps as server-sent events",
 )
-async def run_agent(request: Request, name: str, data: JSONBody[AgentRunCreate], principal: CurrentPrincipal) -> Any:
+async def run_agent(
+    request: Request, name: FromPath[str], data: JSONBody[AgentRunCreate], principal: CurrentPrincipal
+) -> Any:
     service: AgentService = request.app.state.platform.agent_runs
     cancel = threading.Event()
     loop = asyncio.get_running_loop()
@@ -123,9 +125,9 @@ async def run_agent(request: Request, name: str, data: JSONBody[AgentRunCreate],
 def list_runs(
     request: Request,
     principal: CurrentPrincipal,
-    agent: str | None = None,
+    agent: FromQuery[str | None] = None,
     limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
-    all: bool = False,
+    all: FromQuery[bool] = False,
 ) -> dict[str, Any]:
     return {"runs": request.app.state.platform.agent_runs.list(principal, agent=agent, limit=limit, all_keys=all)}
 
@@ -137,7 +139,7 @@ def list_runs(
     sync_to_thread=True,
     summary="One agent run with its full trace",
 )
-def get_run(request: Request, run_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
+def get_run(request: Request, run_id: FromPath[str], principal: CurrentPrincipal) -> dict[str, Any]:
     return request.app.state.platform.agent_runs.get(run_id, principal)
 
 

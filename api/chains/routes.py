@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, get, post
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 
 from espalier.api.guards import CurrentPrincipal, access
 
@@ -30,7 +30,7 @@ def list_chains(request: Request) -> dict[str, Any]:
     summary="Run one turn of a chain; pass session_id to continue a session (its memory)",
 )
 def run_chain(
-    request: Request, name: str, data: JSONBody[ChainRunCreate], principal: CurrentPrincipal
+    request: Request, name: FromPath[str], data: JSONBody[ChainRunCreate], principal: CurrentPrincipal
 ) -> dict[str, Any]:
     return request.app.state.platform.chains.run(name, data.input, principal, session_id=data.session_id)
 
@@ -42,7 +42,7 @@ def run_chain(
     sync_to_thread=True,
     summary="A chain session: its turns and summary",
 )
-def get_session(request: Request, session_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
+def get_session(request: Request, session_id: FromPath[str], principal: CurrentPrincipal) -> dict[str, Any]:
     return request.app.state.platform.chains.session(session_id, principal)
 
 

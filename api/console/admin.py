@@ -7,6 +7,7 @@ from typing import Annotated
 import anyio
 import msgspec
 from litestar import Request, get, post
+from litestar.params import FromPath, FromQuery
 from litestar.response import Template
 
 from espalier import __version__
@@ -60,14 +61,14 @@ async def create_key(request: Request) -> Template:
     sync_to_thread=True,
     status_code=200,
 )
-def revoke_key(request: Request, key_id: str) -> Template:
+def revoke_key(request: Request, key_id: FromPath[str]) -> Template:
     platform = request.app.state.platform
     platform.keys.revoke(key_id, by=request.scope["principal"])  # type: ignore[typeddict-item]
     return page(request, "_keys.html", active=KEYS_NAV.path, keys=platform.keys.list())
 
 
 @get("/console/audit", opt=console("admin"), include_in_schema=False, sync_to_thread=True)
-def audit_page(request: Request, action: str | None = None) -> Template:
+def audit_page(request: Request, action: FromQuery[str | None] = None) -> Template:
     events = request.app.state.platform.audit.list(limit=200, action=action or None)
     return page(request, "audit.html", active=AUDIT_NAV.path, events=events, action=action or "")
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import anyio
 import msgspec
 from litestar import Request, get, post
+from litestar.params import FromPath
 from litestar.response import Template
 
 from espalier.api.agents.routes import SSE_HEADERS, _stream_steps
@@ -55,13 +56,13 @@ def agents_page(request: Request) -> Template:
 
 
 @get("/console/agents/runs/{run_id:str}", opt=console("operator"), include_in_schema=False, sync_to_thread=True)
-def run_page(request: Request, run_id: str) -> Template:
+def run_page(request: Request, run_id: FromPath[str]) -> Template:
     run = request.app.state.platform.agent_runs.get(run_id, request.scope["principal"])  # type: ignore[typeddict-item]
     return page(request, "agent_run.html", active=NAV.path, run=run)
 
 
 @post("/console/agents/{name:str}/runs", opt=console("operator"), include_in_schema=False, status_code=200)
-async def run_agent(request: Request, name: str) -> EventStream:
+async def run_agent(request: Request, name: FromPath[str]) -> EventStream:
     """Server-sent events: ``start``, one ``step`` per step, then ``run`` (the stored run) or ``error``."""
     form = await read_form(request, AgentRunForm)
     platform = request.app.state.platform

@@ -9,6 +9,7 @@ from urllib.parse import quote
 import anyio
 from litestar import Request, Response, get, post
 from litestar.datastructures import Cookie
+from litestar.params import FromQuery
 from litestar.response import Redirect, Template
 
 from espalier.api.console.session import (
@@ -59,7 +60,7 @@ def _sign_in_form(request: Request, *, error: str = "", status: int = 200, next_
 
 
 @get(SIGN_IN_PATH, opt=PUBLIC, include_in_schema=False)
-async def sign_in_page(request: Request, next: str | None = None) -> Template:  # noqa: A002
+async def sign_in_page(request: Request, next: FromQuery[str | None] = None) -> Template:  # noqa: A002
     return _sign_in_form(request, next_path=next or "/console")
 
 

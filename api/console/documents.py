@@ -14,6 +14,7 @@ from typing import Annotated
 import anyio
 import msgspec
 from litestar import Request, get, post
+from litestar.params import FromPath
 from litestar.response import Template
 
 from espalier.api.console.render import NavItem, page, read_form
@@ -70,7 +71,7 @@ async def create_collection(request: Request) -> Template:
 
 
 @get("/console/documents/{name:str}", opt=console("operator"), include_in_schema=False, sync_to_thread=True)
-def collection_page(request: Request, name: str) -> Template:
+def collection_page(request: Request, name: FromPath[str]) -> Template:
     rag = request.app.state.platform.rag
     record = rag.collection(name, _principal(request))
     return page(
@@ -86,7 +87,7 @@ def collection_page(request: Request, name: str) -> Template:
 
 
 @post("/console/documents/{name:str}/upload", opt=console("operator"), include_in_schema=False, status_code=200)
-async def upload(request: Request, name: str) -> Template:
+async def upload(request: Request, name: FromPath[str]) -> Template:
     """Needs the X-CSRF-Token header (the page's script sends it): a token in the form would make
     the session check read the body before this handler can stream it."""
     platform = request.app.state.platform
@@ -113,7 +114,7 @@ async def upload(request: Request, name: str) -> Template:
     status_code=200,
     sync_to_thread=True,
 )
-def delete_document(request: Request, name: str, document_id: str) -> Template:
+def delete_document(request: Request, name: FromPath[str], document_id: FromPath[str]) -> Template:
     rag = request.app.state.platform.rag
     rag.delete_document(name, document_id, _principal(request))
     return page(
@@ -126,7 +127,7 @@ def delete_document(request: Request, name: str, document_id: str) -> Template:
 
 
 @post("/console/documents/{name:str}/search", opt=console("operator"), include_in_schema=False, status_code=200)
-async def search(request: Request, name: str) -> Template:
+async def search(request: Request, name: FromPath[str]) -> Template:
     form = await read_form(request, SearchForm)
     rag = request.app.state.platform.rag
     chunks = await anyio.to_thread.run_sync(

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 import anyio
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, Parameter
 from litestar.response import Template
 
 from espalier.api.console.render import NavItem, page, read_form
@@ -42,12 +42,12 @@ def _day(value: str | None, name: str) -> date | None:
 @get("/console/feedback", opt=console("operator"), include_in_schema=False, sync_to_thread=True)
 def feedback_page(
     request: Request,
-    kind: str | None = None,
-    labeler: str | None = None,
-    model: str | None = None,
-    request_id: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
+    kind: FromQuery[str | None] = None,
+    labeler: FromQuery[str | None] = None,
+    model: FromQuery[str | None] = None,
+    request_id: FromQuery[str | None] = None,
+    since: FromQuery[str | None] = None,
+    until: FromQuery[str | None] = None,
     offset: Annotated[int, Parameter(ge=0)] = 0,
 ) -> Template:
     platform = request.app.state.platform
@@ -94,7 +94,7 @@ def feedback_page(
 @get(
     "/console/feedback/requests/{request_id:str}", opt=console("operator"), include_in_schema=False, sync_to_thread=True
 )
-def request_page(request: Request, request_id: str) -> Template:
+def request_page(request: Request, request_id: FromPath[str]) -> Template:
     view = request_view(request.app.state.platform.engine, request_id)
     view["chat_request"] = view.pop("request")  # ``request`` is litestar's own in a template
     return page(request, "feedback_request.html", active=NAV.path, request_id=request_id, **view)
@@ -127,7 +127,7 @@ async def flag_text(request: Request) -> Template:
 
 
 @get("/console/feedback/pairs.jsonl", opt=console("operator"), include_in_schema=False, sync_to_thread=True)
-def export_pairs(request: Request, include_imported: bool = False) -> Response[str]:
+def export_pairs(request: Request, include_imported: FromQuery[bool] = False) -> Response[str]:
     """The same file as ``GET /api/pairs/export``, for a signed-in browser (no API key in it)."""
     platform = request.app.state.platform
     principal = request.scope["principal"]  # type: ignore[typeddict-item]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Request, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, Parameter
 from litestar.response import Template
 
 from espalier.api.console.render import NavItem, page
@@ -20,7 +20,7 @@ ACTIVE = ("queued", "running")
 
 
 @get("/console/jobs", opt=console("operator"), include_in_schema=False, sync_to_thread=True)
-def jobs_page(request: Request, status: str | None = None) -> Template:
+def jobs_page(request: Request, status: FromQuery[str | None] = None) -> Template:
     platform = request.app.state.platform
     fragment = bool(request.headers.get("hx-request"))
     return page(
@@ -35,7 +35,7 @@ def jobs_page(request: Request, status: str | None = None) -> Template:
 
 
 @get("/console/jobs/{job_id:str}", opt=console("operator"), include_in_schema=False, sync_to_thread=True)
-def job_page(request: Request, job_id: str) -> Template:
+def job_page(request: Request, job_id: FromPath[str]) -> Template:
     platform = request.app.state.platform
     job = platform.jobs.get(job_id)
     fragment = bool(request.headers.get("hx-request"))
@@ -53,7 +53,9 @@ def job_page(request: Request, job_id: str) -> Template:
 
 
 @get("/console/jobs/{job_id:str}/metrics", opt=console("operator"), include_in_schema=False, sync_to_thread=True)
-def job_metrics(request: Request, job_id: str, after_step: Annotated[int, Parameter(ge=-1)] = -1) -> dict[str, Any]:
+def job_metrics(
+    request: Request, job_id: FromPath[str], after_step: Annotated[int, Parameter(ge=-1)] = -1
+) -> dict[str, Any]:
     """The same rows as ``GET /api/jobs/{id}/metrics`` for the signed-in browser, with the job's
     status so the page knows when to stop asking."""
     platform = request.app.state.platform
@@ -73,7 +75,7 @@ def job_metrics(request: Request, job_id: str, after_step: Annotated[int, Parame
     sync_to_thread=True,
     status_code=200,
 )
-def cancel_job(request: Request, job_id: str) -> Template:
+def cancel_job(request: Request, job_id: FromPath[str]) -> Template:
     platform = request.app.state.platform
     job = platform.jobs.cancel(job_id, actor=request.scope["principal"], via="console")  # type: ignore[typeddict-item]
     return page(

@@ -11,6 +11,7 @@ import secrets
 
 import anyio
 from litestar import Request, get, post
+from litestar.params import FromPath
 from litestar.response import Template
 
 from espalier.api.console.render import NavItem, page, ranked_candidates
@@ -61,12 +62,12 @@ def _task_context(request: Request, task_id: str) -> dict:
 
 
 @get("/console/labeling/{task_id:str}", opt=console("operator"), include_in_schema=False, sync_to_thread=True)
-def labeling_task_page(request: Request, task_id: str) -> Template:
+def labeling_task_page(request: Request, task_id: FromPath[str]) -> Template:
     return page(request, "labeling_task.html", active=NAV.path, **_task_context(request, task_id))
 
 
 @post("/console/labeling/{task_id:str}/exclude", opt=console("operator"), include_in_schema=False, status_code=200)
-async def labeling_exclude(request: Request, task_id: str) -> Template:
+async def labeling_exclude(request: Request, task_id: FromPath[str]) -> Template:
     """Toggle one labeler's exclusion from training data (the form names the key id)."""
     form = await request.form()
     key_id = str(form.get("key_id") or "")
@@ -99,7 +100,7 @@ def _queue(request: Request, task_id: str, saved: str | None = None) -> Template
 
 
 @get("/console/labeling/{task_id:str}/label", opt=console("operator"), include_in_schema=False, sync_to_thread=True)
-def labeling_queue_page(request: Request, task_id: str) -> Template:
+def labeling_queue_page(request: Request, task_id: FromPath[str]) -> Template:
     return page(request, "labeling_queue.html", active=NAV.path, **_queue_context(request, task_id))
 
 
@@ -109,7 +110,7 @@ def labeling_queue_page(request: Request, task_id: str) -> Template:
     include_in_schema=False,
     status_code=200,
 )
-async def labeling_rank(request: Request, task_id: str, item_id: str) -> Template:
+async def labeling_rank(request: Request, task_id: FromPath[str], item_id: FromPath[str]) -> Template:
     """Stores the ranking through the labeling service (ranking feedback, idempotent), then shows the
     next item."""
     form = await request.form()

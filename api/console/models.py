@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import anyio
 import msgspec
 from litestar import Request, get, post
+from litestar.params import FromPath
 from litestar.response import Template
 
 from espalier.api.console.render import NavItem, page, read_form
@@ -56,7 +57,7 @@ def models_page(request: Request) -> Template:
 
 
 @post("/console/models/{name:str}/promote", opt=console("operator"), include_in_schema=False, status_code=200)
-async def promote(request: Request, name: str) -> Template:
+async def promote(request: Request, name: FromPath[str]) -> Template:
     form = await read_form(request, PromoteForm)
     platform = request.app.state.platform
     principal = request.scope["principal"]  # type: ignore[typeddict-item]
@@ -66,7 +67,7 @@ async def promote(request: Request, name: str) -> Template:
 
 
 @post("/console/models/{name:str}/rollback", opt=console("operator"), include_in_schema=False, status_code=200)
-async def rollback(request: Request, name: str) -> Template:
+async def rollback(request: Request, name: FromPath[str]) -> Template:
     form = await read_form(request, RollbackForm)
     platform = request.app.state.platform
     principal = request.scope["principal"]  # type: ignore[typeddict-item]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from litestar import Request, get
+from litestar.params import FromQuery
 from litestar.response import Template
 
 from espalier.api.console.render import NavItem, page
@@ -15,7 +16,7 @@ NAV = NavItem("Overview", "/console")
 
 
 @get("/console", opt=console("operator"), include_in_schema=False, sync_to_thread=True)
-def overview(request: Request, hours: int = 24) -> Template:
+def overview(request: Request, hours: FromQuery[int] = 24) -> Template:
     platform = request.app.state.platform
     hourly = platform.usage.hourly(hours)
     chart = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Request, get
-from litestar.params import FromQuery, Parameter
+from litestar.params import FromPath, FromQuery, Parameter
 
 from espalier.api.guards import CurrentPrincipal, access
 
@@ -39,7 +39,7 @@ def list_conversations(
     sync_to_thread=True,
     summary="One conversation with every request and candidate shown",
 )
-def get_conversation(request: Request, conversation_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
+def get_conversation(request: Request, conversation_id: FromPath[str], principal: CurrentPrincipal) -> dict[str, Any]:
     return request.app.state.platform.conversations.get(conversation_id, principal)
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import anyio
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post
-from litestar.params import JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
 from espalier.api.documents.uploads import read_uploads
 from espalier.api.guards import CurrentPrincipal, accepts, access
@@ -135,7 +135,7 @@ class CollectionsController(Controller):
         return collection_out(record)
 
     @get("/{name:str}", sync_to_thread=True, summary="One collection, with its computed chunk budget")
-    def get_collection(self, request: Request, name: str, principal: CurrentPrincipal) -> dict[str, Any]:
+    def get_collection(self, request: Request, name: FromPath[str], principal: CurrentPrincipal) -> dict[str, Any]:
         rag = request.app.state.platform.rag
         record = rag.collection(name, principal)
         budget = rag.budget(record.settings)
@@ -143,7 +143,7 @@ class CollectionsController(Controller):
 
     @patch("/{name:str}", sync_to_thread=True, summary="Change access, description or settings")
     def update_collection(
-        self, request: Request, name: str, data: JSONBody[CollectionUpdate], principal: CurrentPrincipal
+        self, request: Request, name: FromPath[str], data: JSONBody[CollectionUpdate], principal: CurrentPrincipal
     ) -> dict[str, Any]:
         rag = request.app.state.platform.rag
         return collection_out(
@@ -155,17 +155,19 @@ class CollectionsController(Controller):
     @delete(
         "/{name:str}", status_code=200, sync_to_thread=True, summary="Delete a collection, its documents and vectors"
     )
-    def delete_collection(self, request: Request, name: str, principal: CurrentPrincipal) -> dict[str, str]:
+    def delete_collection(self, request: Request, name: FromPath[str], principal: CurrentPrincipal) -> dict[str, str]:
         request.app.state.platform.rag.delete_collection(name, principal)
         return {"deleted": name}
 
     @get("/{name:str}/documents", sync_to_thread=True, summary="Documents of a collection")
-    def list_documents(self, request: Request, name: str, principal: CurrentPrincipal) -> dict[str, Any]:
+    def list_documents(self, request: Request, name: FromPath[str], principal: CurrentPrincipal) -> dict[str, Any]:
         rag = request.app.state.platform.rag
         return {"documents": [document_out(d) for d in rag.list_documents(name, principal)]}
 
     @post("/{name:str}/documents", sync_to_thread=True, summary="Ingest a document (same content again is a no-op)")
-    def ingest(self, request: Request, name: str, data: JSONBody[DocumentUpload], principal: CurrentPrincipal) -> Any:
+    def ingest(
+        self, request: Request, name: FromPath[str], data: JSONBody[DocumentUpload], principal: CurrentPrincipal
+    ) -> Any:
         from litestar import Response
 
         platform = request.app.state.platform
@@ -188,7 +190,7 @@ class CollectionsController(Controller):
         request_max_body_size=None,
         summary="Upload files (multipart/form-data, one or several 'file' parts)",
     )
-    async def upload(self, request: Request, name: str, principal: CurrentPrincipal) -> Any:
+    async def upload(self, request: Request, name: FromPath[str], principal: CurrentPrincipal) -> Any:
         """Each file is one document (its name is its source). The whole request is limited to
         ESPALIER_MAX_UPLOAD_BYTES (413, refused from Content-Length before reading); one bad file
         refuses the batch and nothing is stored."""
@@ -205,7 +207,9 @@ class CollectionsController(Controller):
         return Response(body, status_code=status)
 
     @post("/{name:str}/urls", sync_to_thread=True, summary="Fetch web pages (text/html, text/plain) and ingest them")
-    def ingest_urls(self, request: Request, name: str, data: JSONBody[UrlIngest], principal: CurrentPrincipal) -> Any:
+    def ingest_urls(
+        self, request: Request, name: FromPath[str], data: JSONBody[UrlIngest], principal: CurrentPrincipal
+    ) -> Any:
         """Private, loopback and link-local addresses are refused unless ESPALIER_WEB_ALLOW_HOSTS
         allows them; every redirect is checked again. All pages are fetched before any is stored."""
         from litestar import Response
@@ -221,14 +225,19 @@ class CollectionsController(Controller):
 
     @get("/{name:str}/documents/{document_id:str}", sync_to_thread=True, summary="One document")
     def get_document(
-        self, request: Request, name: str, document_id: str, principal: CurrentPrincipal
+        self, request: Request, name: FromPath[str], document_id: FromPath[str], principal: CurrentPrincipal
     ) -> dict[str, Any]:
         _record, document = request.app.state.platform.rag.document(name, document_id, principal)
         return document_out(document)
 
     @patch("/{name:str}/documents/{document_id:str}", sync_to_thread=True, summary="Replace a document's metadata")
     def update_document(
-        self, request: Request, name: str, document_id: str, data: JSONBody[DocumentUpdate], principal: CurrentPrincipal
+        self,
+        request: Request,
+        name: FromPath[str],
+        document_id: FromPath[str],
+        data: JSONBody[DocumentUpdate],
+        principal: CurrentPrincipal,
     ) -> dict[str, Any]:
         return document_out(request.app.state.platform.rag.update_document(name, document_id, principal, data.metadata))
 
@@ -239,14 +248,14 @@ class CollectionsController(Controller):
         summary="Delete a document and its vectors",
     )
     def delete_document(
-        self, request: Request, name: str, document_id: str, principal: CurrentPrincipal
+        self, request: Request, name: FromPath[str], document_id: FromPath[str], principal: CurrentPrincipal
     ) -> dict[str, str]:
         request.app.state.platform.rag.delete_document(name, document_id, principal)
         return {"deleted": document_id}
 
     @post("/{name:str}/search", status_code=200, summary="Search a collection (vector, keyword or hybrid)")
     async def search(
-        self, request: Request, name: str, data: JSONBody[SearchRequest], principal: CurrentPrincipal
+        self, request: Request, name: FromPath[str], data: JSONBody[SearchRequest], principal: CurrentPrincipal
     ) -> dict[str, Any]:
         return await _search(request, name, principal, data.query, data.k, data.mode, data.filters)
 
@@ -254,11 +263,11 @@ class CollectionsController(Controller):
     async def search_get(
         self,
         request: Request,
-        name: str,
+        name: FromPath[str],
         principal: CurrentPrincipal,
-        q: str,
+        q: FromQuery[str],
         k: Annotated[int, Parameter(ge=INT64_MIN, le=INT64_MAX)] = 5,
-        mode: str = "hybrid",
+        mode: FromQuery[str] = "hybrid",
     ) -> dict[str, Any]:
         return await _search(request, name, principal, q, k, mode, None)
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import anyio
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.params import FromQuery, JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
 from espalier.api.guards import CurrentPrincipal, accepts, access
 from espalier.api.schema_types import Int64
@@ -150,7 +150,7 @@ def list_feedback(
     sync_to_thread=True,
     summary="One feedback record with its provenance",
 )
-def get_feedback(request: Request, feedback_id: str, principal: CurrentPrincipal) -> FeedbackOut:
+def get_feedback(request: Request, feedback_id: FromPath[str], principal: CurrentPrincipal) -> FeedbackOut:
     return feedback_out(request.app.state.platform.feedback.get(feedback_id, principal))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Request, get
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, Parameter
 
 from espalier.api.guards import access
 
@@ -19,7 +19,7 @@ from espalier.api.guards import access
 )
 def list_events(
     request: Request,
-    request_id: str | None = None,
+    request_id: FromQuery[str | None] = None,
     action: Annotated[str | None, Parameter(pattern="^(allow|flag|redact|block)$")] = None,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
@@ -68,7 +68,7 @@ def list_policies(request: Request) -> dict[str, Any]:
     summary="Evaluation records (e.g. toxicity), newest first, without the per-prompt details",
 )
 def list_evaluations(
-    request: Request, kind: str | None = None, limit: Annotated[int, Parameter(ge=1, le=500)] = 50
+    request: Request, kind: FromQuery[str | None] = None, limit: Annotated[int, Parameter(ge=1, le=500)] = 50
 ) -> dict[str, Any]:
     records = request.app.state.platform.evaluations.list(kind=kind, limit=limit)
     summaries = []
@@ -97,7 +97,7 @@ def list_evaluations(
     sync_to_thread=True,
     summary="One evaluation record with every continuation and its score",
 )
-def get_evaluation(request: Request, evaluation_id: str) -> dict[str, Any]:
+def get_evaluation(request: Request, evaluation_id: FromPath[str]) -> dict[str, Any]:
     record = request.app.state.platform.evaluations.get(evaluation_id)
     return record.model_dump(exclude={"artifacts"}) | {"plots": sorted(record.artifacts)}
 

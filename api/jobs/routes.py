@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.params import FromQuery, JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
 from espalier.api.guards import CurrentPrincipal, access
 from espalier.api.paths import PATH_PARAMS, inside_home
@@ -77,25 +77,25 @@ class JobsController(Controller):
         return job_out(job)
 
     @get("/{job_id:str}", sync_to_thread=True, summary="One job with its progress")
-    def get_job(self, request: Request, job_id: str) -> JobOut:
+    def get_job(self, request: Request, job_id: FromPath[str]) -> JobOut:
         return job_out(request.app.state.platform.jobs.get(job_id))
 
     @get("/{job_id:str}/logs", sync_to_thread=True, summary="A job's log lines")
     def get_logs(
-        self, request: Request, job_id: str, after_id: Annotated[int, Parameter(ge=0, le=INT64_MAX)] = 0
+        self, request: Request, job_id: FromPath[str], after_id: Annotated[int, Parameter(ge=0, le=INT64_MAX)] = 0
     ) -> dict[str, list[JobLogOut]]:
         logs = request.app.state.platform.jobs.logs(job_id, after_id=after_id)
         return {"logs": [JobLogOut(id=line.id, at=line.at, message=line.message) for line in logs]}
 
     @get("/{job_id:str}/metrics", sync_to_thread=True, summary="A job's per-step metrics (training curves)")
     def get_metrics(
-        self, request: Request, job_id: str, after_step: Annotated[int, Parameter(ge=-1, le=INT64_MAX)] = -1
+        self, request: Request, job_id: FromPath[str], after_step: Annotated[int, Parameter(ge=-1, le=INT64_MAX)] = -1
     ) -> dict[str, list[JobMetricOut]]:
         rows = request.app.state.platform.jobs.metrics(job_id, after_step=after_step)
         return {"metrics": [JobMetricOut(step=row.step, at=row.at, values=row.values) for row in rows]}
 
     @post("/{job_id:str}/cancel", status_code=200, sync_to_thread=True, summary="Cancel a job")
-    def cancel_job(self, request: Request, job_id: str, principal: CurrentPrincipal) -> JobOut:
+    def cancel_job(self, request: Request, job_id: FromPath[str], principal: CurrentPrincipal) -> JobOut:
         platform = request.app.state.platform
         job = platform.jobs.cancel(job_id, actor=principal)
         return job_out(job)

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import anyio
 import msgspec
 from litestar import Request, Response, delete, get, post, put
-from litestar.params import JSONBody, Parameter
+from litestar.params import FromPath, JSONBody, Parameter
 
 from espalier.api.feedback.routes import IDEMPOTENCY_HEADER, CandidateRanking, FeedbackOut, _respond
 from espalier.api.guards import CurrentPrincipal, access
@@ -104,7 +104,7 @@ def create_task(request: Request, data: JSONBody[TaskIn], principal: CurrentPrin
     sync_to_thread=True,
     summary="Generate candidates again for items that have none (after a failed or cancelled job)",
 )
-def regenerate(request: Request, task_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
+def regenerate(request: Request, task_id: FromPath[str], principal: CurrentPrincipal) -> dict[str, Any]:
     job = _service(request).regenerate(task_id, principal)
     return {"job_id": job.id}
 
@@ -127,7 +127,7 @@ def list_tasks(request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
     sync_to_thread=True,
     summary="One task with its progress (operators: with its labelers)",
 )
-def get_task(request: Request, task_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
+def get_task(request: Request, task_id: FromPath[str], principal: CurrentPrincipal) -> dict[str, Any]:
     service = _service(request)
     task = service.get(task_id, principal)
     body: dict[str, Any] = {"task": task_out(task)}
@@ -146,7 +146,7 @@ def get_task(request: Request, task_id: str, principal: CurrentPrincipal) -> dic
     summary="Make API keys (by id) labelers of the task",
 )
 def add_labelers(
-    request: Request, task_id: str, data: JSONBody[KeyIdsIn], principal: CurrentPrincipal
+    request: Request, task_id: FromPath[str], data: JSONBody[KeyIdsIn], principal: CurrentPrincipal
 ) -> dict[str, Any]:
     labelers = _service(request).add_labelers(task_id, data.key_ids, principal)
     return {"labelers": labelers}
@@ -160,7 +160,9 @@ def add_labelers(
     sync_to_thread=True,
     summary="Stop giving items to a labeler (their rankings stay)",
 )
-def remove_labeler(request: Request, task_id: str, key_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
+def remove_labeler(
+    request: Request, task_id: FromPath[str], key_id: FromPath[str], principal: CurrentPrincipal
+) -> dict[str, Any]:
     labelers = _service(request).remove_labeler(task_id, key_id, principal)
     return {"labelers": labelers}
 
@@ -173,7 +175,7 @@ def remove_labeler(request: Request, task_id: str, key_id: str, principal: Curre
     summary="Leave these labelers' rankings of this task out of pairs and reward training",
 )
 def exclude_labelers(
-    request: Request, task_id: str, data: JSONBody[KeyIdsIn], principal: CurrentPrincipal
+    request: Request, task_id: FromPath[str], data: JSONBody[KeyIdsIn], principal: CurrentPrincipal
 ) -> dict[str, Any]:
     excluded = _service(request).set_excluded(task_id, data.key_ids, principal)
     return {"excluded_labelers": excluded}
@@ -187,7 +189,7 @@ def exclude_labelers(
     summary="Agreement in the task: Kendall's tau-b and Krippendorff's alpha, per item and per labeler",
 )
 def task_agreement(
-    request: Request, task_id: str, outlier_gap: Annotated[float, Parameter(ge=0, le=2)] = 0.3
+    request: Request, task_id: FromPath[str], outlier_gap: Annotated[float, Parameter(ge=0, le=2)] = 0.3
 ) -> dict[str, Any]:
     return _service(request).agreement(task_id, outlier_gap=outlier_gap)
 
@@ -199,7 +201,7 @@ def task_agreement(
     sync_to_thread=True,
     summary="The calling labeler's next item (leased to it until lease_expires_at); item is null when done",
 )
-def next_item(request: Request, task_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
+def next_item(request: Request, task_id: FromPath[str], principal: CurrentPrincipal) -> dict[str, Any]:
     service = _service(request)
     item = service.next_item(task_id, principal)
     return {"item": item, "progress": service.progress(task_id) if item is None else None}
@@ -214,7 +216,11 @@ def next_item(request: Request, task_id: str, principal: CurrentPrincipal) -> di
     summary="Rank a leased item's candidates (ties allowed, unacceptable flags); needs Idempotency-Key",
 )
 async def rank_item(
-    request: Request, task_id: str, item_id: str, data: JSONBody[ItemRankingIn], principal: CurrentPrincipal
+    request: Request,
+    task_id: FromPath[str],
+    item_id: FromPath[str],
+    data: JSONBody[ItemRankingIn],
+    principal: CurrentPrincipal,
 ) -> Response[FeedbackOut]:
     submission = await anyio.to_thread.run_sync(
         lambda: _service(request).submit(

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 
 from espalier.api.guards import CurrentPrincipal, access
 from espalier.api.schema_types import Count, Int64
@@ -134,7 +134,7 @@ class ModelsController(Controller):
         }
 
     @get("/{name:str}", sync_to_thread=True, summary="One model")
-    def get_model(self, request: Request, name: str) -> dict[str, Any]:
+    def get_model(self, request: Request, name: FromPath[str]) -> dict[str, Any]:
         return asdict(request.app.state.platform.models.info(name))
 
     @post(sync_to_thread=True, summary="Register a model (a GGUF file, a Hugging Face folder, a remote URL)")
@@ -157,7 +157,7 @@ class ModelsController(Controller):
         summary="Evaluate a candidate version against the serving one (job eval:policy)",
     )
     def evaluate(
-        self, request: Request, name: str, data: JSONBody[EvaluationCreate], principal: CurrentPrincipal
+        self, request: Request, name: FromPath[str], data: JSONBody[EvaluationCreate], principal: CurrentPrincipal
     ) -> dict[str, Any]:
         platform = request.app.state.platform
         platform.models.resolve(name, data.candidate)  # 404 before queueing
@@ -173,14 +173,14 @@ class ModelsController(Controller):
         return {"job_id": job.id, "model": name, "candidate": data.candidate, "prompts": len(params["prompts"])}
 
     @get("/{name:str}/evaluations", sync_to_thread=True, summary="Policy evaluations of this model, newest first")
-    def list_evaluations(self, request: Request, name: str) -> dict[str, Any]:
+    def list_evaluations(self, request: Request, name: FromPath[str]) -> dict[str, Any]:
         platform = request.app.state.platform
         platform.models.info(name)
         records = [r for r in platform.evaluations.list(kind=policy_evaluation.KIND, limit=200) if r.subject == name]
         return {"evaluations": [policy_evaluation.summary(r) for r in records]}
 
     @get("/{name:str}/evaluations/{evaluation_id:str}", sync_to_thread=True, summary="One evaluation with every answer")
-    def get_evaluation(self, request: Request, name: str, evaluation_id: str) -> dict[str, Any]:
+    def get_evaluation(self, request: Request, name: FromPath[str], evaluation_id: FromPath[str]) -> dict[str, Any]:
         record = request.app.state.platform.evaluations.get(evaluation_id)
         if record.subject != name:
             raise NotFound(f"no evaluation '{evaluation_id}' of '{name}'")
@@ -193,7 +193,7 @@ class ModelsController(Controller):
         summary="Serve a version from the next request on (needs a passed evaluation; admins may force)",
     )
     def promote(
-        self, request: Request, name: str, data: JSONBody[Promotion], principal: CurrentPrincipal
+        self, request: Request, name: FromPath[str], data: JSONBody[Promotion], principal: CurrentPrincipal
     ) -> dict[str, Any]:
         info = request.app.state.platform.models.promote(
             name, data.version, evaluation=data.evaluation, force=data.force, reason=data.reason, by=principal
@@ -207,17 +207,17 @@ class ModelsController(Controller):
         summary="Serve the version that served before the current one",
     )
     def rollback(
-        self, request: Request, name: str, principal: CurrentPrincipal, data: JSONBody[Rollback | None] = None
+        self, request: Request, name: FromPath[str], principal: CurrentPrincipal, data: JSONBody[Rollback | None] = None
     ) -> dict[str, Any]:
         info = request.app.state.platform.models.rollback(name, reason=data.reason if data else "", by=principal)
         return asdict(info)
 
     @get("/{name:str}/history", sync_to_thread=True, summary="Promotions and rollbacks of this model, newest first")
-    def history(self, request: Request, name: str) -> dict[str, Any]:
+    def history(self, request: Request, name: FromPath[str]) -> dict[str, Any]:
         return {"history": [change_out(c) for c in request.app.state.platform.models.history(name)]}
 
     @delete("/{name:str}", status_code=200, sync_to_thread=True, summary="Remove a model")
-    def remove_model(self, request: Request, name: str, principal: CurrentPrincipal) -> dict[str, str]:
+    def remove_model(self, request: Request, name: FromPath[str], principal: CurrentPrincipal) -> dict[str, str]:
         request.app.state.platform.models.remove(name, by=principal)
         return {"removed": name}
 
@@ -240,7 +240,7 @@ def list_templates(request: Request) -> dict[str, Any]:
     sync_to_thread=True,
     summary="A template by name (latest) or name@version",
 )
-def get_template(request: Request, reference: str) -> dict[str, Any]:
+def get_template(request: Request, reference: FromPath[str]) -> dict[str, Any]:
     return template_out(request.app.state.platform.templates.get(reference))
 
 

@@ -43,10 +43,11 @@ def _espalier(request: Request, exc: EspalierError) -> Response:
 
 
 def _validation(request: Request, exc: ValidationException) -> Response:
-    errors = exc.extra if isinstance(exc.extra, list) else []
-    parts = [f"{e.get('message')}" for e in errors if isinstance(e, dict)]
+    errors = [e for e in (exc.extra if isinstance(exc.extra, list) else []) if isinstance(e, dict)]
+    parts = [f"{e['key']}: {e.get('message')}" if e.get("key") else f"{e.get('message')}" for e in errors]
     message = "invalid request: " + "; ".join(parts) if parts else str(exc.detail)
-    return openai_error(400, message, code="invalid_request", request=request)
+    param = next((str(e["key"]) for e in errors if e.get("key")), None)
+    return openai_error(400, message, code="invalid_request", param=param, request=request)
 
 
 def _http(request: Request, exc: HTTPException) -> Response:

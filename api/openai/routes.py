@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import numpy as np
 from litestar import Request, Response, Router, get, post
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 
 from espalier.api.guards import CurrentPrincipal, access
 from espalier.api.openai import convert
@@ -253,7 +253,7 @@ def list_models(request: Request) -> dict[str, Any]:
     summary="One model or one version (name@label; OpenAI-compatible)",
     sync_to_thread=True,
 )
-def get_model(request: Request, model_id: str) -> dict[str, Any]:
+def get_model(request: Request, model_id: FromPath[str]) -> dict[str, Any]:
     platform = request.app.state.platform
     if model_id == RAG_ALIAS and platform.retrievers.names():
         return _rag_entry(platform)

@@ -6,7 +6,7 @@ from typing import Any
 
 import anyio
 from litestar import Request, get, post
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 
 from espalier.api.guards import CurrentPrincipal, access
 
@@ -30,7 +30,7 @@ def list_tools(request: Request) -> dict[str, Any]:
     summary="Call a tool with a JSON object of its arguments (checked against its schema)",
 )
 async def invoke_tool(
-    request: Request, name: str, data: JSONBody[dict[str, Any]], principal: CurrentPrincipal
+    request: Request, name: FromPath[str], data: JSONBody[dict[str, Any]], principal: CurrentPrincipal
 ) -> dict[str, Any]:
     toolbox = request.app.state.platform.toolbox
     call = await anyio.to_thread.run_sync(lambda: toolbox.invoke(name, data, by=principal))
