@@ -9,6 +9,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from sqlmodel import select
 
 from espalier import hookimpl
 from espalier.core.infrastructure import contracts
@@ -169,7 +170,7 @@ def test_revoking_the_key_or_expiry_ends_its_sessions(espalier):
     client = espalier.client
     assert client.get("/console/jobs", follow_redirects=False).status_code == 200
     with session_scope(espalier.platform.engine) as session:
-        for record in session.query(ConsoleSession).all():
+        for record in session.exec(select(ConsoleSession)).all():
             record.expires_at = utcnow() - timedelta(seconds=1)
             session.add(record)
     assert client.get("/console/jobs", follow_redirects=False).status_code == 303
