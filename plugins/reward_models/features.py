@@ -43,14 +43,18 @@ def text_key(prompt: str, completion: str) -> str:
 class Backbone:
     """A frozen causal LM that turns (prompt, answer) into feature vectors, in batches."""
 
-    def __init__(self, folder: str | Path, *, max_length: int = 256, batch_size: int = 16, dtype: str = "bfloat16"):
+    def __init__(self, folder: str | Path, *, max_length: int = 256, batch_size: int = 16, dtype: str = "auto"):
         import torch
         from transformers import AutoModel, AutoTokenizer
+
+        from espalier.plugins.common.dtypes import fast_cpu_dtype
 
         self.folder = str(folder)
         self.max_length = max_length
         self.batch_size = batch_size
-        self.dtype = dtype
+        # bfloat16 only where the CPU has it natively: emulated, it made features 30x slower than float32
+        self.dtype = fast_cpu_dtype() if dtype == "auto" else fast_cpu_dtype(dtype)
+        dtype = self.dtype
         from espalier.plugins.common.gguf import LOAD_LOCK
 
         # One load at a time in the process: transformers builds models on the meta device while
@@ -171,6 +175,8 @@ class FeatureHeadScorer:
             folder,
             max_length=int(self.card["max_length"]),
             batch_size=int(self.card["backbone"].get("batch_size", 16)),
+            # the training's dtype where this CPU computes it fast, else float32 (features agree to
+            # about 1e-2, what the standardised linear heads barely feel)
             dtype=self.card["backbone"].get("dtype", "bfloat16"),
         )
         heads = np.load(self.path / HEADS_NAME)
@@ -237,12 +243,14 @@ def train_feature_reward_model(
     if init_from is not None:
         try:
             stored = np.load(Path(init_from) / FEATURES_NAME)
-            if stored["matrix"].shape[1] == model.size and _same_backbone(init_from, folder, settings.max_length):
+            if stored["matrix"].shape[1] == model.size and _same_backbone(
+                init_from, folder, settings.max_length, model.dtype
+            ):
                 cache = dict(zip(stored["keys"].tolist(), stored["matrix"], strict=True))
                 previous_heads = np.load(Path(init_from) / HEADS_NAME)["weights"]
                 calls.log(f"warm start from {init_from}: {len(cache)} cached features, its heads")
             else:
-                calls.log(f"training from scratch: {init_from} read another backbone or length")
+                calls.log(f"training from scratch: {init_from} read another backbone, length or dtype")
         except (OSError, KeyError, ValueError) as exc:
             calls.log(f"training from scratch: could not read {init_from} ({exc})")
     texts = {}
@@ -350,6 +358,11 @@ def train_feature_reward_model(
     return card
 
 
-def _same_backbone(path: str | Path, folder: str, max_length: int) -> bool:
+def _same_backbone(path: str | Path, folder: str, max_length: int, dtype: str) -> bool:
     card = json.loads((Path(path) / "reward_card.json").read_text())
-    return card.get("backbone", {}).get("folder") == folder and int(card.get("max_length", 0)) == max_length
+    backbone = card.get("backbone", {})
+    return (
+        backbone.get("folder") == folder
+        and int(card.get("max_length", 0)) == max_length
+        and backbone.get("dtype", "bfloat16") == dtype
+    )

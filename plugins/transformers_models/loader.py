@@ -13,13 +13,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from espalier.core.infrastructure.errors import InvalidInput, NotFound
+from espalier.plugins.common.dtypes import cpu_has_fast_bfloat16
 from espalier.plugins.common.gguf import LOAD_LOCK, convert_gguf, is_converted
 from espalier.plugins.common.model_sources import ResolvedSource, resolve_source
 from espalier.plugins.transformers_models.attention import enable_row_attention
@@ -54,22 +54,6 @@ class LoadedModel:
     #: The generation engine's cache of recent prompts' keys and values (:mod:`.prefix`), made
     #: on first use; it goes with the weights.
     prefixes: Any = None
-
-
-@lru_cache(maxsize=1)
-def cpu_has_fast_bfloat16() -> bool:
-    """True when the CPU has native bfloat16 instructions (AVX512-BF16 or AMX); bfloat16 without
-    them is emulated and slower than float32."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def pick_dtype(requested: str | None) -> torch.dtype:
