@@ -120,8 +120,33 @@ def test_sql_refuses_writes_up_front(espalier, shop_db, query):
 def test_sql_read_only_holds_even_past_the_keyword_check(espalier, shop_db):
     # WITH ... INSERT passes "starts with WITH": the database itself must refuse it.
     body = sql(espalier, query="WITH x AS (SELECT 1) INSERT INTO items (name, price) SELECT 'evil', 0 FROM x")
-    assert body["is_error"] and "readonly" in body["output"].replace("-", "").replace(" ", "").lower()
+    reason = body["output"].replace("-", "").replace(" ", "").lower()
+    assert body["is_error"] and ("readonly" in reason or "notauthorized" in reason)
     assert sql(espalier, query="SELECT count(*) AS n FROM items")["data"]["rows"] == [{"n": 300}]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT length(zeroblob(900000000)) AS n",
+        "SELECT length(randomblob(900000000)) AS n",
+        "SELECT hex(fts3_tokenizer('simple')) AS t",
+        "SELECT load_extension('/tmp/evil.so') AS x",
+        "SELECT * FROM pragma_compile_options",
+        "WITH RECURSIVE r(s) AS (SELECT 'x' UNION ALL SELECT s || s FROM r) SELECT length(s) FROM r",
+    ],
+)
+def test_sqlite_admits_only_functions_that_read_and_bounded_values(espalier, shop_db, query):
+    body = sql(espalier, query=query)
+    assert body["is_error"], body
+    assert any(word in body["output"] for word in ("not authorized", "too big", "interrupted")), body["output"]
+    # what a reader needs still works
+    rows = sql(
+        espalier,
+        query="SELECT upper(name) AS n, round(avg(price), 1) AS p, json_object('k', count(*)) AS j, "
+        "row_number() OVER (ORDER BY id) AS r FROM items WHERE id < 3 GROUP BY id ORDER BY id",
+    )
+    assert not rows["is_error"] and rows["data"]["rows"][0] == {"n": "ITEM 0", "p": 0.0, "j": '{"k":1}', "r": 1}
 
 
 def test_sql_runaway_query_is_stopped(espalier, shop_db):
