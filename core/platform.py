@@ -367,12 +367,14 @@ class Platform:
         self.models.sync_builtins()
         for entry in self.builtin_templates:
             self.templates.ensure(entry.item)
-        try:
-            self.plugins.pm.hook.startup(platform=self)
-        except Exception as exc:
-            if self.settings.strict_plugins:
-                raise PluginError(f"a plugin's startup failed: {exc!r}") from exc
-            log.exception("a plugin's startup hook failed; carrying on (ESPALIER_STRICT_PLUGINS is off)")
+        failed = self.plugins.call_each("startup", platform=self)
+        if failed and self.settings.strict_plugins:
+            raise PluginError(
+                "plugin startup failed: "
+                + "; ".join(f"'{f.name}': {f.error}" for f in failed)
+                + " (ESPALIER_STRICT_PLUGINS is on)"
+            )
+        self.plugins.failures.extend(failed)  # /readyz and /api/plugins report them
         if run_jobs:
             self.worker = JobWorker(self.jobs, threads=self.settings.job_workers)
             self.worker.start()
@@ -384,10 +386,7 @@ class Platform:
             self.worker.stop()
             self.worker = None
         if self.started:
-            try:
-                self.plugins.pm.hook.shutdown(platform=self)
-            except Exception:
-                log.exception("a plugin's shutdown hook failed")
+            self.plugins.call_each("shutdown", platform=self)  # each on its own, failures logged by name
         self.started = False
         self.engine.dispose()
 

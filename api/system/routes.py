@@ -25,13 +25,17 @@ async def healthz() -> dict[str, str]:
 )
 def readyz(request: Request) -> Response[dict[str, Any]]:
     platform = request.app.state.platform
+    startup_failures = [f.name for f in platform.plugins.failures if f.hook == "startup"]
     checks = {
         "database": platform.database_ok(),
-        "plugins": platform.started,
+        "plugins": platform.started and not startup_failures,
         "rate_limit_store": platform.limiter.store_ok(),
     }
     ready = all(checks.values())
-    return Response({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    body: dict[str, Any] = {"ready": ready, "checks": checks}
+    if startup_failures:
+        body["plugins_failed_startup"] = startup_failures
+    return Response(body, status_code=200 if ready else 503)
 
 
 @get("/api/plugins", opt=access("operator"), tags=["system"], summary="Loaded plugins with versions and hooks")

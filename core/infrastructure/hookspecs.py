@@ -489,7 +489,9 @@ def startup(platform: Platform) -> None:
 
     :param platform: the running :class:`~espalier.core.platform.Platform` (settings, database,
         registries, jobs).
-    :returns: nothing. Raise to refuse start-up (in strict mode) or log and carry on.
+    :returns: nothing. A raise is logged with your plugin's name and traceback, reported in
+        ``/readyz`` (503, ``plugins_failed_startup``) and ``/api/plugins``, and the other plugins
+        still start; with ``ESPALIER_STRICT_PLUGINS`` it stops start-up.
     :since: 0.1.0
 
     Example::

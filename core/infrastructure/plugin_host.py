@@ -74,6 +74,7 @@ class PluginFailure:
     name: str
     distribution: str | None
     error: str
+    hook: str = "load"  # where it failed: loading, or a lifecycle hook such as startup
 
 
 @dataclass
@@ -121,6 +122,21 @@ class PluginHost:
                 raise
             except Exception as exc:  # a plugin's own bug: name it
                 raise PluginError(f"plugin '{impl.plugin_name}' failed in {hook_name}: {exc!r}") from exc
+
+    def call_each(self, hook_name: str, **arguments: Any) -> list[PluginFailure]:
+        """Call every implementation of a lifecycle hook (``startup``, ``shutdown``) on its own:
+        one that raises is logged with its plugin's name and traceback, recorded, and the others
+        still run (pluggy alone stops at the first exception). Returns the failures."""
+        failed = []
+        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+            try:
+                impl.function(*[arguments[name] for name in impl.argnames])
+            except Exception as exc:
+                log.exception("plugin '%s' failed in %s; the other plugins carry on", impl.plugin_name, hook_name)
+                info = self.info.get(impl.plugin_name)
+                distribution = getattr(info, "distribution", None)
+                failed.append(PluginFailure(impl.plugin_name, distribution, repr(exc), hook=hook_name))
+        return failed
 
     # Introspection ------------------------------------------------------------------------
     def describe(self) -> list[dict[str, Any]]:

@@ -724,3 +724,37 @@ def test_hook_register_reward_scorers(tmp_path):
         assert other.reward_models._loader().name == "builtin"
     finally:
         other.close()
+
+
+def test_a_failing_startup_is_named_reported_and_the_others_still_start(tmp_path, capsys):
+    from espalier.api.testing import build_harness
+
+    started = []
+
+    class Broken:
+        @hookimpl(tryfirst=True)
+        def startup(self, platform):
+            raise RuntimeError("cannot warm up")
+
+    class Healthy:
+        @hookimpl
+        def startup(self, platform):
+            started.append(platform.started)
+
+    harness = build_harness(tmp_path / "home", [Broken(), Healthy()])
+    espalier = next(harness)
+    try:
+        assert started == [False]  # ran although the first startup raised
+        logged = capsys.readouterr().err  # the app's JSON log lines, traceback included
+        assert "plugin 'Broken' failed in startup" in logged and "cannot warm up" in logged
+        ready = espalier.client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["plugins_failed_startup"] == ["Broken"]
+        assert ready.json()["checks"]["plugins"] is False
+        failures = espalier.client.get("/api/plugins", headers=espalier.headers("operator")).json()["failures"]
+        assert [(f["name"], f["hook"]) for f in failures] == [("Broken", "startup")]
+        # the built-ins started: a collection can be made and searched
+        admin = espalier.headers("admin")
+        created = espalier.client.post("/api/collections", json={"name": "notes"}, headers=admin)
+        assert created.status_code == 201, created.text
+    finally:
+        harness.close()
