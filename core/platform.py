@@ -225,7 +225,7 @@ class Platform:
     @cached_property
     def toolbox(self) -> ToolService:
         """Lists, checks and calls the registered tools (the API, agents and chains use it)."""
-        return ToolService(self.tools, self.audit)
+        return ToolService(self.tools, self.audit, roles=self.settings.tool_roles)
 
     @cached_property
     def agent_runs(self) -> AgentService:

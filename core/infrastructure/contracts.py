@@ -247,6 +247,10 @@ class Tool(Protocol):
 
     Optional attribute ``sensitive = True`` (tools that run code or read data): agents then refuse
     a call whose arguments were copied from earlier tool output, so retrieved text cannot choose it.
+
+    Optional attribute ``min_role`` (``"user"`` when absent): the least role of a key on whose
+    behalf the tool may run, checked on every path that runs a tool (direct invoke, agent runs,
+    chains); an operator overrides it per tool with ``ESPALIER_TOOL_ROLES``.
     """
 
     name: str

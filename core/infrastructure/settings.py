@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         description="While Redis is away: 'local' counts per process (and /readyz says not ready); "
         "'refuse' answers 503 with Retry-After.",
     )
+    tool_roles: dict[str, Role] = Field(
+        default_factory=dict,
+        description="Least role that may run each tool, over the tool's own (JSON), "
+        'e.g. {"sql": "user", "sandbox": "operator"}.',
+    )
     auth_failures_per_minute: int = Field(
         default=30,
         ge=1,

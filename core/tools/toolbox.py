@@ -22,7 +22,7 @@ import jsonschema
 
 from espalier.core.infrastructure.audit import AuditLog
 from espalier.core.infrastructure.contracts import Tool, ToolResult
-from espalier.core.infrastructure.errors import InvalidInput
+from espalier.core.infrastructure.errors import Forbidden, InvalidInput
 from espalier.core.infrastructure.identity import Principal
 from espalier.core.infrastructure.registry import Registry
 
@@ -81,9 +81,34 @@ class ToolCall:
 
 
 class ToolService:
-    def __init__(self, tools: Registry[Tool], audit: AuditLog):
+    def __init__(self, tools: Registry[Tool], audit: AuditLog, roles: Mapping[str, str] | None = None):
         self.tools = tools
         self.audit = audit
+        self.roles = dict(roles or {})  # the operator's ESPALIER_TOOL_ROLES, over each tool's min_role
+
+    def required_role(self, name: str) -> str:
+        return self.roles.get(name) or getattr(self.get(name), "min_role", None) or "user"
+
+    def authorize(self, name: str, principal: Principal | None) -> None:
+        """The one access check of a tool, made by :meth:`call` on every path (direct invoke,
+        agent runs, chains) and up front by entry points that take a list of tools. ``None`` is a
+        trusted in-process caller (the CLI, a benchmark)."""
+        if principal is None:
+            return
+        role = self.required_role(name)
+        if not principal.has_role(role):
+            raise Forbidden(
+                f"tool '{name}' is for keys with role '{role}' or above (ESPALIER_TOOL_ROLES); "
+                f"this key is '{principal.role}'",
+                code="tool_forbidden",
+                details={"tool": name, "min_role": role},
+            )
+
+    def allowed(self, principal: Principal | None) -> set[str]:
+        names = {entry.item.name for entry in self.tools}
+        if principal is None:
+            return names
+        return {name for name in names if principal.has_role(self.required_role(name))}
 
     def describe(self) -> list[dict[str, Any]]:
         return [
@@ -92,6 +117,7 @@ class ToolService:
                 "description": entry.item.description,
                 "parameters": dict(entry.item.parameters),
                 "plugin": entry.plugin,
+                "min_role": self.required_role(entry.item.name),
             }
             for entry in sorted(self.tools, key=lambda e: e.item.name)
         ]
@@ -103,6 +129,7 @@ class ToolService:
         """Check and run one call for ``by`` (see :func:`caller`). A tool that raises becomes an
         error result, never a crash."""
         tool = self.get(name)
+        self.authorize(name, by)
         checked = check_arguments(tool, arguments)
         started = time.perf_counter()
         token = _caller.set(by)

@@ -29,6 +29,7 @@ _READ_START = re.compile(r"^\s*(select|with|values|explain)\b", re.IGNORECASE)
 class SqlTool:
     name = "sql"
     sensitive = True  # reads data: agents refuse a query copied from tool output
+    min_role = "operator"  # an operator's database: users reach it only if ESPALIER_TOOL_ROLES says so
     description = (
         "Run one read-only SQL query (SELECT or WITH) on the configured database and get the rows "
         "back as JSON. Pass values as :name placeholders with `params`."

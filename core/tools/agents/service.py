@@ -364,6 +364,12 @@ class AgentService:
         unknown = [t for t in wanted if t not in self.tool_service.tools]
         if unknown:
             raise InvalidInput(f"unknown tools {unknown}; GET /api/tools lists them", code="invalid_tools")
+        if tools is not None:
+            for tool in wanted:  # asked for by name: a tool this key may not run is a 403 now
+                self.tool_service.authorize(tool, principal)
+        else:  # the agent's defaults: those this key may not run are left out of its run
+            allowed = self.tool_service.allowed(principal)
+            wanted = [t for t in wanted if t in allowed]
         if "finish" in self.tool_service.tools and "finish" not in wanted and getattr(agent, "needs_finish", True):
             wanted.append("finish")
         limit_steps = max_steps or self.settings.agent_max_steps
