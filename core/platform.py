@@ -310,7 +310,14 @@ class Platform:
 
     @cached_property
     def jobs(self) -> JobService:
-        return JobService(self.engine, self.job_kinds, self.settings.artifacts_dir, self.audit)
+        return JobService(
+            self.engine,
+            self.job_kinds,
+            self.settings.artifacts_dir,
+            self.audit,
+            max_queued_per_kind=self.settings.max_queued_jobs_per_kind,
+            max_queued_per_key=self.settings.max_queued_jobs_per_key,
+        )
 
     @cached_property
     def console_sessions(self) -> ConsoleSessionService:

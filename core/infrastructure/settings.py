@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=32 * 1024 * 1024, ge=1, description="Largest document accepted for ingestion."
     )
+    max_queued_jobs_per_kind: int = Field(
+        default=8, ge=1, description="Jobs of one kind that may wait at once; the next gets 429 job_queue_full."
+    )
+    max_queued_jobs_per_key: int = Field(
+        default=4, ge=1, description="Jobs one key may have waiting at once; the next gets 429 job_queue_full."
+    )
     feedback_rate_limit_per_minute: int = Field(
         default=60, ge=1, description="Feedback submissions per key per minute (on top of the request limit)."
     )

@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
@@ -27,7 +27,7 @@ from espalier.core.infrastructure.audit import AuditLog
 from espalier.core.infrastructure.contracts import JobKind
 from espalier.core.infrastructure.db.base import new_id, utcnow
 from espalier.core.infrastructure.db.engine import lock_transaction, session_scope
-from espalier.core.infrastructure.errors import Conflict, InvalidInput, NotFound
+from espalier.core.infrastructure.errors import Conflict, InvalidInput, NotFound, RateLimited
 from espalier.core.infrastructure.identity import Principal
 from espalier.core.infrastructure.jobs.tables import Job, JobLog, JobMetric
 from espalier.core.infrastructure.registry import Registry
@@ -59,11 +59,22 @@ class JobCancelled(Exception):
 
 
 class JobService:
-    def __init__(self, engine: Engine, kinds: Registry[JobKind], artifacts_dir: Path, audit: AuditLog | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        kinds: Registry[JobKind],
+        artifacts_dir: Path,
+        audit: AuditLog | None = None,
+        *,
+        max_queued_per_kind: int = 8,
+        max_queued_per_key: int = 4,
+    ):
         self.engine = engine
         self.kinds = kinds
         self.artifacts_dir = artifacts_dir
         self.audit = audit
+        self.max_queued_per_kind = max_queued_per_kind
+        self.max_queued_per_key = max_queued_per_key
         self.wakeup = threading.Event()
 
     def submit(
@@ -96,11 +107,37 @@ class JobService:
             artifact_dir=str(self.artifacts_dir / "jobs" / job_id),
         )
         with session_scope(self.engine) as session:
+            # the counts and the insert under one database lock, so concurrent submissions (any
+            # process) cannot pass the bounds together
+            lock_transaction(session, "jobs:queue")
+            self._check_queue(session, kind, created_by)
             session.add(job)
         if actor is not None and self.audit is not None:
             self.audit.record(actor, "job.submit", job.id, kind=kind, via=via)
         self.wakeup.set()
         return job
+
+    def _check_queue(self, session: Any, kind: str, created_by: str | None) -> None:
+        """A bounded queue: at most ``max_queued_per_kind`` jobs of one kind and
+        ``max_queued_per_key`` jobs of one key wait at once (running ones do not count)."""
+        queued = Job.status == "queued"
+        of_kind = session.exec(select(func.count()).select_from(Job).where(queued, Job.kind == kind)).one()
+        if of_kind >= self.max_queued_per_kind:
+            raise RateLimited(
+                f"{of_kind} '{kind}' jobs are already waiting (ESPALIER_MAX_QUEUED_JOBS_PER_KIND="
+                f"{self.max_queued_per_kind}); wait for one to start or cancel one",
+                code="job_queue_full",
+                retry_after=30,
+            )
+        if created_by is not None:
+            mine = session.exec(select(func.count()).select_from(Job).where(queued, Job.created_by == created_by)).one()
+            if mine >= self.max_queued_per_key:
+                raise RateLimited(
+                    f"this key has {mine} jobs waiting (ESPALIER_MAX_QUEUED_JOBS_PER_KEY={self.max_queued_per_key}); "
+                    "wait for one to start or cancel one",
+                    code="job_queue_full",
+                    retry_after=30,
+                )
 
     def submit_exclusive(
         self, kind: str, params: Mapping[str, Any] | None = None, *, created_by: str | None = None

@@ -146,3 +146,39 @@ def test_queued_job_cancelled_before_it_starts(database_url, tmp_path):
         assert platform.jobs.list(status="cancelled")[0].id == job.id
     finally:
         platform.close()
+
+
+def test_the_queue_is_bounded_per_kind_and_per_key(database_url, tmp_path):
+    """On SQLite and PostgreSQL: 40 concurrent submissions never pass the bounds together."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from espalier.core.infrastructure.errors import RateLimited
+
+    settings = Settings(
+        home=tmp_path / "home", database_url=database_url, max_queued_jobs_per_kind=6, max_queued_jobs_per_key=4
+    )
+    platform = Platform(settings, extra_plugins=[("jobs-test", JobsPlugin())], load_entry_points=False)
+    platform.start(run_jobs=False)  # nothing starts: every job stays queued
+
+    def submit(created_by):
+        try:
+            return platform.jobs.submit("count", created_by=created_by).id
+        except RateLimited as exc:
+            return exc
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = list(pool.map(submit, ["key-a"] * 20 + ["key-b"] * 20))
+        queued = [o for o in outcomes if isinstance(o, str)]
+        refused = [o for o in outcomes if isinstance(o, RateLimited)]
+        assert len(queued) == 6 and len(refused) == 34
+        assert all(r.code == "job_queue_full" and r.retry_after for r in refused)
+        jobs = platform.jobs.list(kind="count")
+        per_key = {k: sum(j.created_by == k for j in jobs) for k in ("key-a", "key-b")}
+        assert max(per_key.values()) <= 4 and sum(per_key.values()) == 6
+        # another kind has its own bound; a cancelled job frees its place
+        assert platform.jobs.submit("wait").status == "queued"
+        platform.jobs.cancel(queued[0])
+        assert isinstance(submit("key-c"), str)
+    finally:
+        platform.close()
