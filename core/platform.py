@@ -61,7 +61,9 @@ class Platform:
         self.plugins: PluginHost = create_plugin_manager(
             settings, extra_plugins=extra_plugins, load_entry_points=load_entry_points
         )
-        self.engine: Engine = create_db_engine(settings.resolved_database_url)
+        self.engine: Engine = create_db_engine(
+            settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
+        )
         self.keys = KeyService(self.engine)
         self.audit = AuditLog(self.engine)
         self.worker: JobWorker | None = None

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     )
     config_file: Path | None = Field(default=None, description="Optional TOML file read under the environment.")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite in ESPALIER_HOME when unset.")
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL",
+        description="SQLite: FULL syncs every commit (acknowledged writes survive power loss); NORMAL is "
+        "faster and survives a process kill but not a power cut.",
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

@@ -14,15 +14,20 @@ SQLITE_BUSY_TIMEOUT_MS = 15_000
 READ_ONLY = "espalier_read_only"
 
 
-def create_db_engine(url: str) -> Engine:
+def create_db_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
+    """``sqlite_synchronous``: ``FULL`` (the default) syncs the WAL at every commit, so an
+    acknowledged write survives power loss; ``NORMAL`` syncs only at checkpoints (it survives a
+    process kill, not a power cut) and commits faster (bench/durability.py measures by how much)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        if sqlite_synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"sqlite_synchronous must be FULL or NORMAL (got {sqlite_synchronous!r})")
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
             pool_pre_ping=True,
         )
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, sqlite_synchronous)
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         # psycopg 3 is the driver we ship; a bare postgresql:// URL would look for psycopg2.
@@ -30,7 +35,7 @@ def create_db_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, synchronous: str) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):  # pragma: no cover - exercised by every test
         # Let SQLAlchemy, not pysqlite, decide when transactions begin.
@@ -39,7 +44,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

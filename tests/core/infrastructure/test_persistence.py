@@ -135,3 +135,23 @@ def test_migrations_match_the_tables(engine):
         context = MigrationContext.configure(connection, opts={"compare_type": False})
         diff = compare_metadata(context, metadata)
     assert diff == [], f"tables and migrations differ: {diff}"
+
+
+def test_sqlite_commits_are_durable_on_power_loss_by_default(tmp_path):
+    from espalier.core.infrastructure.settings import Settings
+    from espalier.core.platform import Platform
+
+    def synchronous(engine):
+        with engine.connect() as connection:
+            return connection.execute(text("PRAGMA synchronous")).scalar()
+
+    for home in ("a", "b"):
+        (tmp_path / home).mkdir()
+    platform = Platform(Settings(home=tmp_path / "a"), load_entry_points=False)
+    assert synchronous(platform.engine) == 2  # FULL: the WAL is synced at every commit
+    platform.engine.dispose()
+    faster = Platform(Settings(home=tmp_path / "b", sqlite_synchronous="NORMAL"), load_entry_points=False)
+    assert synchronous(faster.engine) == 1
+    faster.engine.dispose()
+    with pytest.raises(ValueError, match="FULL or NORMAL"):
+        create_db_engine(f"sqlite:///{tmp_path / 'c.db'}", sqlite_synchronous="OFF")
