@@ -245,8 +245,14 @@ class ToolResult:
 class Tool(Protocol):
     """Something a model or an operator can call. ``parameters`` is a JSON Schema object.
 
-    Optional attribute ``sensitive = True`` (tools that run code or read data): agents then refuse
-    a call whose arguments were copied from earlier tool output, so retrieved text cannot choose it.
+    Optional attribute ``sensitive = True`` (tools that run code or read data): once a run has read
+    untrusted text (the output of any tool without ``trusted_output = True``: search results,
+    documents, web pages, query rows), agents refuse sensitive tools for the rest of that run, so
+    retrieved text cannot steer them however it is worded (the operator can allow named tools with
+    ``ESPALIER_AGENT_SENSITIVE_AFTER_UNTRUSTED``).
+
+    Optional attribute ``trusted_output = True``: the tool's output is computed from its arguments
+    alone (a calculator), so reading it leaves a run's sensitive tools on.
 
     Optional attribute ``min_role`` (``"user"`` when absent): the least role of a key on whose
     behalf the tool may run, checked on every path that runs a tool (direct invoke, agent runs,

@@ -221,6 +221,11 @@ class Settings(BaseSettings):
         default=5, ge=0, le=20, description="Most redirects followed per URL (each is checked again)."
     )
     agent_max_steps: int = Field(default=8, ge=1, le=50, description="Most steps an agent run may take.")
+    agent_sensitive_after_untrusted: list[str] = Field(
+        default_factory=list,
+        description="Sensitive tools an agent may still call after its run read untrusted text (JSON list); "
+        "by default none: retrieved text must not steer code or data access.",
+    )
     agent_timeout_s: float = Field(default=120.0, gt=0, le=3600, description="Wall-clock limit of one agent run.")
     # Guardrails (see docs/operators.md, "Guardrails") ----------------------------------------
     toxicity_checkpoint: Path | None = Field(

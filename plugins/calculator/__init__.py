@@ -61,6 +61,7 @@ def _eval(node: ast.AST) -> float | int:
 
 class Calculator:
     name = "calculator"
+    trusted_output = True  # computed from the caller's own arguments, never outside text
     description = "Evaluate an arithmetic expression exactly, e.g. '(12 + 30) * 1.5'."
     parameters: Mapping[str, Any] = {
         "type": "object",

@@ -32,7 +32,7 @@ from espalier.core.infrastructure.audit import AuditLog
 from espalier.core.infrastructure.contracts import Agent, ChatMessage, GenerationParams, Screened, TextScreen
 from espalier.core.infrastructure.db.base import new_id, utcnow
 from espalier.core.infrastructure.db.engine import session_scope
-from espalier.core.infrastructure.errors import EspalierError, InvalidInput, NotFound
+from espalier.core.infrastructure.errors import EspalierError, Forbidden, InvalidInput, NotFound
 from espalier.core.infrastructure.identity import Principal
 from espalier.core.infrastructure.registry import Registry
 from espalier.core.tools.agents.tables import AgentRun, AgentStep
@@ -106,6 +106,8 @@ class AgentContext:
     _on_step: Callable[[dict[str, Any]], None] | None = None
     principal: Principal | None = None  # whose run: tools read data with this key's rights
     steps: list[dict[str, Any]] = field(default_factory=list)
+    #: the step whose output first brought untrusted text into the run (None: none yet)
+    untrusted_since: int | None = None
     _model_ms: float = 0.0
     deadline: float = float("inf")  # set when the run starts, after the model is loaded
 
@@ -159,23 +161,30 @@ class AgentContext:
             return Observation(name, {}, text, text, True, 0.0)
         if self.collection and name in ("search", "lookup") and isinstance(arguments, dict):
             arguments = {"collection": self.collection, **arguments}
-        copied = self._argument_sources(arguments) if isinstance(arguments, dict) else {}
-        if copied and getattr(self.tools[name], "sensitive", False):
-            # retrieved text must not choose what code runs or what data is read
-            steps = sorted({n for hits in copied.values() for n in hits})
+        tool = self.tools[name]
+        if (
+            self.untrusted_since is not None
+            and getattr(tool, "sensitive", False)
+            and name not in self._service.settings.agent_sensitive_after_untrusted
+        ):
+            # A control-flow rule, not string matching: once retrieved text is in the context, it
+            # could steer any wording of a call, so code and data tools stay off for this run.
             text = (
-                f"Refused: the {name} arguments ({', '.join(sorted(copied))}) were copied from earlier tool "
-                f"output (step {', '.join(map(str, steps))}), which is untrusted data. Write your own input "
-                f"from the Question."
+                f"Refused: this run has read untrusted text (the output of step {self.untrusted_since}), so the "
+                f"sensitive tool {name} is off for the rest of the run. Answer from what you have; a new run "
+                "can call it before reading documents."
             )
-            return Observation(name, arguments, text, text, True, 0.0, data={"refused": True, "copied_from": steps})
+            data = {"refused": True, "untrusted_since": self.untrusted_since}
+            return Observation(name, arguments if isinstance(arguments, dict) else {}, text, text, True, 0.0, data=data)
         try:
             call = self._service.tool_service.call(name, arguments, by=self.principal)
-        except InvalidInput as exc:
+        except (InvalidInput, Forbidden) as exc:
             return Observation(
                 name, arguments if isinstance(arguments, dict) else {}, exc.message, exc.message, True, 0.0
             )
         text = call.result.output
+        if text and not getattr(tool, "trusted_output", False) and self.untrusted_since is None:
+            self.untrusted_since = len(self.steps)  # the step this observation is recorded as
         screened = self._service.screen_output(text, self) if text and not call.result.is_error else None
         score = injection_score(screened)
         withheld = screened is not None and screened.blocked
