@@ -243,7 +243,7 @@ class TestSensitiveToolsAfterUntrustedText:
             agent_plugin,
             [
                 ' Look it up.\nAction: {"tool": "search", "arguments": {"query": "inventory secrets"}}',
-                ' The note says so.\nAction: ' + json.dumps({"tool": "sql", "arguments": {"query": query}}),
+                " The note says so.\nAction: " + json.dumps({"tool": "sql", "arguments": {"query": query}}),
                 " Done.\nAction: finish[unknown]",
             ],
         )
