@@ -29,12 +29,13 @@ from espalier.api.documents.routes import ROUTES as DOCUMENT_ROUTES
 from espalier.api.errors import EXCEPTION_HANDLERS
 from espalier.api.feedback.routes import ROUTES as FEEDBACK_ROUTES
 from espalier.api.guardrails.routes import ROUTES as GUARDRAIL_ROUTES
-from espalier.api.guards import UNLIMITED_PATHS, auth_guard, check_route_access, provide_principal
+from espalier.api.guards import UNLIMITED_PATHS, _is_public, auth_guard, check_route_access, provide_principal
 from espalier.api.jobs.routes import ROUTES as JOB_ROUTES
 from espalier.api.labeling.routes import ROUTES as LABELING_ROUTES
 from espalier.api.middleware import RequestLogMiddleware
 from espalier.api.models.routes import ROUTES as MODEL_ROUTES
 from espalier.api.openai.routes import ROUTES as OPENAI_ROUTES
+from espalier.api.openapi import install as install_openapi
 from espalier.api.policy.routes import ROUTES as POLICY_ROUTES
 from espalier.api.reward.routes import ROUTES as REWARD_ROUTES
 from espalier.api.system.routes import ROUTES as SYSTEM_ROUTES
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
     app.state.settings = settings
     app.state.console_nav = CONSOLE_NAV
     check_route_access(app)
+    install_openapi(app, UNLIMITED_PATHS, _is_public)
     return app
 
 

@@ -20,7 +20,7 @@ from sqlmodel import select
 from espalier.core.infrastructure.audit import AuditLog
 from espalier.core.infrastructure.contracts import RewardScorer, RewardScorerLoader
 from espalier.core.infrastructure.db.engine import session_scope
-from espalier.core.infrastructure.errors import InvalidInput, NotFound, Unavailable
+from espalier.core.infrastructure.errors import Conflict, InvalidInput, NotFound, Unavailable
 from espalier.core.infrastructure.identity import Principal
 from espalier.core.sources.reward.settings import settings_from
 from espalier.core.sources.reward.tables import RewardModelRecord
@@ -145,8 +145,8 @@ class RewardModelService:
         if len(items) > MAX_SCORE_ITEMS:
             raise InvalidInput(f"score at most {MAX_SCORE_ITEMS} items per call")
         record = self.get(version) if version else self.current()
-        if record is None:
-            raise Unavailable(
+        if record is None:  # a state to change, not a server fault: 409 as policy updates answer it
+            raise Conflict(
                 "no reward model is trained yet: submit a 'train:reward' job (POST /api/reward/train)",
                 code="no_reward_model",
             )

@@ -228,7 +228,7 @@ def test_training_with_too_few_pairs_is_refused_before_a_job_exists(espalier):
     score = espalier.client.post(
         "/api/reward/score", json={"items": [{"prompt": "p", "completion": "c"}]}, headers=espalier.headers("user")
     )
-    assert score.status_code == 503 and score.json()["code"] == "no_reward_model"
+    assert score.status_code == 409 and score.json()["code"] == "no_reward_model"
 
 
 class TestRateLimit:
