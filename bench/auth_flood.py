@@ -45,6 +45,7 @@ def main() -> None:
             timed_get(client, url, real)  # verified once, as a key in use would be
             for round_ in range(args.rounds):
                 quiet.append(timed_get(client, url, real)[1])
+
                 def forge(n: int, round_: int = round_) -> int:
                     headers = {"Authorization": f"Bearer esp_{key_id}_forged{round_}x{n}"}
                     with httpx.Client(timeout=120) as own:
@@ -61,7 +62,8 @@ def main() -> None:
         print(f"real request alone:        p50 {statistics.median(quiet):7.1f} ms (n={len(quiet)})")
         print(f"real request during flood: p50 {statistics.median(flooded):7.1f} ms (n={len(flooded)})")
         print(f"flooded / alone: {statistics.median(flooded) / statistics.median(quiet):.2f}")
-        print(f"forged requests answered: {statuses} (401: checked, 429: refused before any check, 503: waited past the bound on concurrent checks)")
+        print(f"forged requests answered: {statuses}")
+        print("  (401: checked; 429: refused before any check; 503: waited past the bound on concurrent checks)")
         left = sum(httpx.get(url, headers=real).status_code == 200 for _ in range(5))
         print(f"the real key afterwards: {left}/5 requests answered 200")
     finally:
