@@ -22,7 +22,10 @@ class PythonTool:
 
     name = "python"
     description = DESCRIPTION
-    sensitive = True  # runs code: agents refuse arguments copied from tool output
+    sensitive = True  # runs code: off for the rest of a run once it has read untrusted text
+    # The sandbox reads no file and no network: its output follows from the code alone, so reading
+    # it brings no outside text into the run (a run already tainted stays so).
+    trusted_output = True
     parameters: Mapping[str, Any] = {
         "type": "object",
         "properties": {
