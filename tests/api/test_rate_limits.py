@@ -243,34 +243,48 @@ def wait_for(check, seconds: float = 15.0) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_losing_redis_counts_locally_says_not_ready_and_recovers(tmp_path):
+    """Two real server processes share a Redis the test starts, kills and starts again."""
     port = free_port()
     server = start_redis(port)
-    url = f"redis://127.0.0.1:{port}/0"
-    harness = build_harness(tmp_path / "home", [], rate_limit_per_minute=50, redis_url=url)
-    espalier = next(harness)
+    env = {
+        "ESPALIER_DATABASE_URL": f"sqlite:///{tmp_path / 'shared.db'}",
+        "ESPALIER_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+        "ESPALIER_RATE_LIMIT_PER_MINUTE": "50",
+    }
+    first = RunningServer(tmp_path / "a", env=env)
+    second = None
     try:
-        headers = espalier.headers("user")
-        assert espalier.client.get("/api/me", headers=headers).status_code == 200
-        assert espalier.client.get("/readyz").json()["checks"]["rate_limit_store"] is True
+        second = RunningServer(tmp_path / "b", env=env)
+        headers = {"Authorization": f"Bearer {first.create_key('user', 'during-outage')}"}
+        workers = (first.base, second.base)
+        for base in workers:
+            assert httpx.get(base + "/api/me", headers=headers).status_code == 200
+            assert httpx.get(base + "/readyz").json()["checks"]["rate_limit_store"] is True
         assert redis.Redis(port=port).keys("espalier-limits*")
         kill(server)
         # No 500: each process counts alone, and readiness says the shared store is away.
-        assert [espalier.client.get("/api/me", headers=headers).status_code for _ in range(5)] == [200] * 5
-        ready = espalier.client.get("/readyz")
-        assert ready.status_code == 503 and ready.json()["checks"]["rate_limit_store"] is False
-        assert espalier.client.get("/healthz").status_code == 200
+        for base in workers:
+            assert [httpx.get(base + "/api/me", headers=headers).status_code for _ in range(5)] == [200] * 5
+            ready = httpx.get(base + "/readyz")
+            assert ready.status_code == 503 and ready.json()["checks"]["rate_limit_store"] is False
+            assert httpx.get(base + "/healthz").status_code == 200
         # Back: limits are shared again, without a restart.
         server = start_redis(port)
-        assert wait_for(lambda: espalier.client.get("/readyz").status_code == 200)
+        for base in workers:
+            assert wait_for(lambda base=base: httpx.get(base + "/readyz").status_code == 200)
+        redis.Redis(port=port).flushall()
         assert wait_for(
             lambda: (
-                espalier.client.get("/api/me", headers=headers).status_code == 200
+                httpx.get(second.base + "/api/me", headers=headers).status_code == 200
                 and bool(redis.Redis(port=port).keys("espalier-limits*"))
             )
         )
     finally:
-        harness.close()
+        first.stop()
+        if second is not None:
+            second.stop()
         kill(server)
 
 
