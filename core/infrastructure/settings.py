@@ -46,11 +46,13 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 
-    plugins: list[str] | None = Field(
+    plugins: Annotated[list[str] | None, NoDecode] = Field(
         default=None,
         description="Allow-list of distributions whose entry-point plugins load; unset loads all, empty loads none.",
     )
-    disable_plugins: list[str] = Field(default_factory=list, description="Plugin names to block, built-ins included.")
+    disable_plugins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Plugin names to block, built-ins included."
+    )
     strict_plugins: bool = Field(default=False, description="Fail start-up when a plugin fails to load.")
 
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
@@ -221,7 +223,7 @@ class Settings(BaseSettings):
         default=5, ge=0, le=20, description="Most redirects followed per URL (each is checked again)."
     )
     agent_max_steps: int = Field(default=8, ge=1, le=50, description="Most steps an agent run may take.")
-    agent_sensitive_after_untrusted: list[str] = Field(
+    agent_sensitive_after_untrusted: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Sensitive tools an agent may still call after its run read untrusted text (JSON list); "
         "by default none: retrieved text must not steer code or data access.",
@@ -300,35 +302,24 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
-    @field_validator("sql_retriever_text_columns", "sql_retriever_filter_columns", "web_allow_hosts", mode="before")
+    @field_validator(
+        "sql_retriever_text_columns",
+        "sql_retriever_filter_columns",
+        "web_allow_hosts",
+        "injection_canaries",
+        "plugins",
+        "disable_plugins",
+        "agent_sensitive_after_untrusted",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
+        # ``a,b`` as well as a JSON list (for an item with a comma in it, e.g. a canary);
+        # ``ESPALIER_PLUGINS=`` means "none".
         if isinstance(value, str):
             value = value.strip()
             if value.startswith("["):
                 return json.loads(value)
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value
-
-    @field_validator("injection_canaries", mode="before")
-    @classmethod
-    def _canaries(cls, value: Any) -> Any:
-        # Canaries are secrets: a comma-separated list or a JSON list (when one contains a comma).
-        if isinstance(value, str):
-            value = value.strip()
-            if value.startswith("["):
-                return json.loads(value)
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value
-
-    @field_validator("plugins", "disable_plugins", mode="before")
-    @classmethod
-    def _split_list(cls, value: Any) -> Any:
-        # ``ESPALIER_PLUGINS=a,b`` as well as JSON lists; ``ESPALIER_PLUGINS=`` means "none".
-        if isinstance(value, str):
-            value = value.strip()
-            if value.startswith("["):
-                return value
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 

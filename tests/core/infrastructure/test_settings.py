@@ -56,3 +56,16 @@ def test_settings_are_not_read_at_import_time():
     for module in (app_module, platform_module):
         assert not any(isinstance(value, Settings) for value in vars(module).values())
     assert isinstance(Path(Settings().home), Path)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("calculator", ["calculator"]), ("calculator, pal", ["calculator", "pal"]), ('["calculator"]', ["calculator"])],
+)
+def test_plugin_lists_take_the_documented_comma_form_and_json(monkeypatch, value, expected):
+    monkeypatch.setenv("ESPALIER_DISABLE_PLUGINS", value)
+    monkeypatch.setenv("ESPALIER_PLUGINS", value)
+    settings = Settings()
+    assert settings.disable_plugins == expected and settings.plugins == expected
+    monkeypatch.setenv("ESPALIER_PLUGINS", "")
+    assert Settings().plugins == []  # set and empty: load none
