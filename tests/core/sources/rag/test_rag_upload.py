@@ -90,12 +90,12 @@ def test_bad_files_are_refused_and_nothing_is_stored(rag_app, files, status, cod
 
 def test_malformed_requests_and_access(rag_app):
     create(rag_app, "upload-rules")
-    no_files = send(rag_app, "upload-rules", None, metadata="{}")
-    assert no_files.status_code == 400
+    no_files = send(rag_app, "upload-rules", None, metadata="{}")  # a plain form, not multipart
+    assert no_files.status_code == 415 and "multipart/form-data" in no_files.json()["detail"]
     json_body = rag_app.client.post(
         "/api/collections/upload-rules/upload", json={"filename": "a.txt"}, headers=rag_app.headers("user")
     )
-    assert json_body.status_code == 400 and "multipart/form-data" in json_body.json()["detail"]
+    assert json_body.status_code == 415 and "multipart/form-data" in json_body.json()["detail"]
     bad_meta = send(rag_app, "upload-rules", [("file", ("a.txt", b"text", "text/plain"))], metadata="[1]")
     assert bad_meta.status_code == 400 and "metadata" in bad_meta.json()["detail"]
     other = {"Authorization": f"Bearer {rag_app.platform.keys.create(name='upload-other', role='user').key}"}
