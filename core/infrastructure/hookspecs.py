@@ -448,10 +448,13 @@ def register_routes(register: Callable[[Any], None], platform: Platform) -> None
     Example::
 
         from litestar import get
+        from litestar.params import FromQuery
 
-        @get("/api/hello", opt={"roles": {"user", "operator", "admin"}})
-        async def hello() -> dict:
-            return {"hello": "world"}
+        from espalier import access
+
+        @get("/api/hello", opt=access("user"))  # users, operators and admins
+        async def hello(name: FromQuery[str] = "world") -> dict:
+            return {"hello": name}
 
         @hookimpl
         def register_routes(register):

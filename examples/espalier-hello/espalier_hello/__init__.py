@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from litestar import get
+from litestar.params import FromQuery
 
 from espalier import CurrentPrincipal, ToolResult, access, hookimpl
 
@@ -30,7 +31,7 @@ class WordCount:
 
 # Every route says who may call it: access("user") admits users, operators and admins.
 @get("/api/hello", opt=access("user"), tags=["hello"])
-async def hello(principal: CurrentPrincipal, name: str = "world") -> dict[str, str]:
+async def hello(principal: CurrentPrincipal, name: FromQuery[str] = "world") -> dict[str, str]:
     return {"message": f"Hello, {name}!", "from_key": principal.name}
 
 
