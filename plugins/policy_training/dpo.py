@@ -156,7 +156,7 @@ def train_dpo(
         save_strategy="no",
         report_to=[],
         bf16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         use_cpu=not torch.cuda.is_available(),
         seed=settings.seed,
         data_seed=settings.seed,

@@ -220,7 +220,7 @@ def train_sft(
         save_strategy="no",
         report_to=[],
         bf16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         use_cpu=not torch.cuda.is_available(),
         seed=settings.seed,
         data_seed=settings.seed,
