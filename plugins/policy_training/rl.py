@@ -17,19 +17,52 @@ from espalier.core.sources.learning.policy import PolicySettings
 from espalier.plugins.policy_training.common import RunLog, Scorers, completion_text, make_callback, quiet
 
 
-def reward_functions(scorers: Scorers) -> list[Any]:
-    """TRL reward functions: the reward model's score, and minus the toxicity of the completion.
+class RunningScale:
+    """A signal's spread over every sample seen so far (Welford's running variance), to express
+    each score in units of it. Raw, a reward model whose scores spread over several units drowns a
+    0-1 toxicity penalty whatever its weight (the loop benchmark's RL runs grew more toxic under a
+    penalty of weight 1); in units of their spread, ``toxicity_weight`` is the penalty's importance
+    relative to the reward model's. The spread is floored at ``floor`` so that a run of alike
+    samples early on does not magnify noise. ``last_mean`` is the latest batch's raw mean (the
+    curves record raw values)."""
+
+    def __init__(self, floor: float):
+        self.floor = floor
+        self.count = 0
+        self.mean = 0.0
+        self._m2 = 0.0
+        self.last_mean: float | None = None
+
+    def scaled(self, values: list[float]) -> list[float]:
+        for value in values:
+            self.count += 1
+            delta = value - self.mean
+            self.mean += delta / self.count
+            self._m2 += delta * (value - self.mean)
+        if values:
+            self.last_mean = sum(values) / len(values)
+        spread = max(self.floor, (self._m2 / self.count) ** 0.5 if self.count > 1 else 0.0)
+        return [v / spread for v in values]
+
+
+def reward_functions(scorers: Scorers) -> tuple[list[Any], dict[str, RunningScale]]:
+    """TRL reward functions: the reward model's score, and minus the toxicity of the completion,
+    each in units of its running spread (:class:`RunningScale`); and those scales, whose
+    ``last_mean`` is the raw value for the curves.
 
     Both always run: the toxicity curve is how rising toxicity is noticed even at weight 0.
     """
+    scales = {"reward_model": RunningScale(floor=1e-3), "toxicity": RunningScale(floor=0.05)}
 
     def reward_model(prompts, completions, **kwargs):
-        return scorers.rewards(prompts, [completion_text(c) for c in completions])
+        rewards = scorers.rewards(prompts, [completion_text(c) for c in completions])
+        return scales["reward_model"].scaled(rewards) if rewards else rewards
 
     def toxicity_penalty(prompts, completions, **kwargs):
-        return [-t for t in scorers.toxicities([completion_text(c) for c in completions])]
+        toxicity = scorers.toxicities([completion_text(c) for c in completions])
+        return [-t for t in scales["toxicity"].scaled(toxicity)]
 
-    return [reward_model, toxicity_penalty]
+    return [reward_model, toxicity_penalty], scales
 
 
 def train_rl(
@@ -70,21 +103,22 @@ def train_rl(
         log_completions=False,
     )
 
+    functions, scales = reward_functions(scorers)
+
     def on_log(step: int, logs: dict[str, float], _model: Any) -> dict[str, float | None]:
-        toxicity = logs.get("rewards/toxicity_penalty/mean")
         return {
             "reward": logs.get("reward"),
             "kl": logs.get("kl"),
             "loss": logs.get("loss"),
-            "reward_model": logs.get("rewards/reward_model/mean"),
-            "toxicity": -toxicity if toxicity is not None else None,
+            "reward_model": scales["reward_model"].last_mean,
+            "toxicity": scales["toxicity"].last_mean,
             "reward_std": logs.get("reward_std"),
             "completion_tokens": logs.get("completions/mean_length"),
         }
 
     trainer = RLOOTrainer(
         model=model,
-        reward_funcs=reward_functions(scorers),
+        reward_funcs=functions,
         args=config,
         train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
         processing_class=tokenizer,

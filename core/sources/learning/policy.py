@@ -46,14 +46,18 @@ MAX_PROMPT_CHARS = 4000
 #: default method: of the three measured on the loop benchmark it alone moved the independent judge's
 #: toxicity the right way (docs/operators.md, "Policy updates"; within noise on 100 prompts).
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    # rl's reward model score and toxicity count in units of their running spread (rl.RunningScale),
+    # so the weight 2 makes a unit of the toxicity's spread twice a unit of the reward's; 150 steps at
+    # 1e-3 with beta 0.1 fill about 20 of a 25-minute budget here while holding the KL.
     "rl": {
-        "learning_rate": 2e-3,
-        "steps": 60,
+        "learning_rate": 1e-3,
+        "steps": 150,
+        "beta": 0.1,
         "batch_size": 2,
         "num_generations": 4,
         "max_completion_tokens": 12,
         "max_prompt_tokens": 64,
-        "toxicity_weight": 1.0,
+        "toxicity_weight": 2.0,
     },
     # rsft samples at 0.7 (fluent answers to learn from: training on temperature-1 samples flattens the
     # model) and weighs toxicity at 2 reward standard deviations per unit.

@@ -145,7 +145,7 @@ def test_rl_and_dpo_jobs_record_curves_and_register_candidates_that_serve(espali
         version = next(v for v in platform.models.info(MODEL).versions if v["label"] == result["label"])
         assert version["metrics"]["method"] == method and version["metrics"]["warnings"] == result["warnings"]
     listed = espalier.client.get(f"/api/jobs/{rl_id}", headers=espalier.headers("operator")).json()
-    assert listed["params"]["beta"] == 0.04  # the RL run's KL penalty was on
+    assert listed["params"]["beta"] == 0.1  # the RL run's KL penalty was on (rl's default)
 
     # The rest of the loop on what the RL run produced: evaluation against the serving version,
     # promotion, the promoted version served (the response names it), rollback, the base again.
