@@ -7,7 +7,7 @@ from typing import Any
 from espalier.api.openai.schemas import ChatCompletionRequest, CompletionRequest, Message
 from espalier.core.infrastructure.contracts import ChatMessage, ChatRequest, ChatResult, GenerationParams, TokenDelta
 from espalier.core.infrastructure.errors import InvalidInput
-from espalier.core.tools import tool_calls
+from espalier.core.tools import structured, tool_calls
 
 
 def unsupported(field: str, why: str) -> InvalidInput:
@@ -65,8 +65,7 @@ def chat_request(body: ChatCompletionRequest) -> ChatRequest:
         raise unsupported("logprobs", "not implemented")
     tools = tool_calls.parse_tools(body.tools or [])
     choice = tool_calls.parse_tool_choice(body.tool_choice, tools)
-    if body.response_format and body.response_format.get("type") not in (None, "text"):
-        raise unsupported("response_format", "only {'type': 'text'} is supported")
+    response_format = structured.parse_response_format(body.response_format)
     roles = {"system", "developer", "user", "assistant", "tool", "function"}
     messages = []
     for number, message in enumerate(body.messages):
@@ -107,6 +106,7 @@ def chat_request(body: ChatCompletionRequest) -> ChatRequest:
         collections=options.collections if options else None,
         tools=tool_calls.ToolSetup(tools, choice) if tools else None,
         retriever=options.retriever if options else None,
+        response_format=response_format,
     )
 
 

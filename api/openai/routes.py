@@ -25,10 +25,22 @@ from espalier.core.sources.models.service import split_model_id
 
 MAX_EMBEDDING_INPUTS = 2048
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+IGNORED_HEADER = "x-espalier-ignored"
+
+
+def _ignored(data: ChatCompletionRequest) -> dict[str, str]:
+    """OpenAI fields a request may set that change nothing here, named in a header rather than
+    refused (the official SDK and agent frameworks send them by default): calls are returned as the
+    model writes them whatever ``parallel_tool_calls`` says, there is one service tier, and every
+    request is stored (``store``, ``metadata``)."""
+    names = [
+        name for name in ("parallel_tool_calls", "service_tier", "store", "metadata") if getattr(data, name) is not None
+    ]
+    return {IGNORED_HEADER: ", ".join(names)} if names else {}
 
 
 async def _stream_response(
-    session: StreamSession, cancel: threading.Event, kind: str, include_usage: bool
+    session: StreamSession, cancel: threading.Event, kind: str, include_usage: bool, headers: dict[str, str]
 ) -> EventStream:
     base = {
         "id": session.request_id,
@@ -80,7 +92,7 @@ async def _stream_response(
     return EventStream(
         await open_events(session, cancel, first, chunk, usage if include_usage else None),
         media_type="text/event-stream",
-        headers={**SSE_HEADERS, "x-espalier-model-version": session.version.label},
+        headers={**SSE_HEADERS, "x-espalier-model-version": session.version.label, **headers},
     )
 
 
@@ -92,9 +104,11 @@ async def chat_completions(request: Request, data: JSONBody[ChatCompletionReques
         cancel = threading.Event()
         session = await anyio.to_thread.run_sync(lambda: platform.chat.stream(chat_request, principal, cancel.is_set))
         include_usage = bool(data.stream_options and data.stream_options.include_usage)
-        return await _stream_response(session, cancel, "chat", include_usage)
+        return await _stream_response(session, cancel, "chat", include_usage, _ignored(data))
     result = await anyio.to_thread.run_sync(lambda: platform.chat.complete(chat_request, principal))
-    return Response(convert.chat_response(result), headers={"x-espalier-model-version": result.model_version})
+    return Response(
+        convert.chat_response(result), headers={"x-espalier-model-version": result.model_version, **_ignored(data)}
+    )
 
 
 @post(
@@ -109,7 +123,7 @@ async def completions(request: Request, data: JSONBody[CompletionRequest], princ
         cancel = threading.Event()
         session = await anyio.to_thread.run_sync(lambda: platform.chat.stream(requests[0], principal, cancel.is_set))
         include_usage = bool(data.stream_options and data.stream_options.include_usage)
-        return await _stream_response(session, cancel, "completion", include_usage)
+        return await _stream_response(session, cancel, "completion", include_usage, {})
 
     def run_all() -> list:
         return [platform.chat.complete(item, principal) for item in requests]

@@ -23,6 +23,13 @@ class Message(msgspec.Struct, forbid_unknown_fields=True):
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
+    # What the official SDK sends back when a client appends the assistant message it received
+    # (``messages.append(completion.choices[0].message)``): accepted and ignored, as they do not
+    # change what the model reads.
+    refusal: str | None = None
+    audio: dict[str, Any] | None = None
+    annotations: list[Any] | None = None
+    function_call: dict[str, Any] | None = None
 
 
 class StreamOptions(msgspec.Struct, forbid_unknown_fields=True):

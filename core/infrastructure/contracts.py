@@ -442,6 +442,18 @@ class FeedbackEvent:
 # Chat requests: what the chat service takes and gives ---------------------------------------
 
 
+@dataclass(frozen=True)
+class ResponseFormat:
+    """Structured output (OpenAI's ``response_format``): the reply is one JSON document matching
+    ``schema``, decoded under it by a model that can constrain its decoding
+    (``constrained_decoding = True``); ``json_object`` is the schema ``{"type": "object"}``."""
+
+    kind: Literal["json_object", "json_schema"]
+    schema: Mapping[str, Any]
+    name: str = "response"
+    strict: bool = True
+
+
 @dataclass
 class ChatRequest:
     model: str
@@ -456,6 +468,7 @@ class ChatRequest:
     collections: list[str] | None = None  # grounded answers: search these, quote what is found
     tools: ToolSetup | None = None  # OpenAI-style function calling (core/tool_calls.py)
     retriever: str | None = None  # grounded answers: the retriever that searches them (default hybrid)
+    response_format: ResponseFormat | None = None  # structured output: the reply is JSON under a schema
 
 
 @dataclass

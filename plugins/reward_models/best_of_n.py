@@ -57,6 +57,8 @@ class BestOfNModel:
         self.n = n
         self.base, _ = platform.models.load(base)
         self.context_window = self.base.context_window
+        # Structured output: every candidate is decoded under the schema by the model it samples from.
+        self.constrained_decoding = getattr(self.base, "constrained_decoding", False)
 
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return self.base.count_tokens(messages)

@@ -33,6 +33,69 @@ def _ll_tokenizer(tokenizer: Any, n_vocab: int) -> Any:
         return _tokenizers[key]
 
 
+SAFE_INTEGER = 2**53 - 1
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
+_SUBSCHEMAS = ("items", "additionalProperties", "contains", "propertyNames", "unevaluatedProperties")
+
+
+def bounded(schema: Any) -> Any:
+    """What the decoder keeps to: a narrower schema whose every document is valid under ``schema``,
+    without the open ends a small model runs into until ``max_tokens`` cuts the document short
+    (both seen with the shipped 135M model):
+
+    * an integer without a bound is held to JSON's interoperable range, plus or minus 2**53 - 1
+      (RFC 8259, section 6): JSON's number grammar is unbounded (``population: int`` went on for
+      a hundred digits);
+    * an object that names its ``properties`` and says nothing of others gets only those (as
+      ``strict`` schemas say with ``additionalProperties: false``): under JSON Schema's default an
+      extra ``"description"`` property went on for the rest of the tokens.
+
+    A bound or an ``additionalProperties`` the schema gives is kept."""
+    if isinstance(schema, list):
+        return [bounded(item) for item in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    out = dict(schema)
+    types = out.get("type")
+    if types == "integer" or (isinstance(types, list) and "integer" in types):
+        if "minimum" not in out and "exclusiveMinimum" not in out:
+            out["minimum"] = -SAFE_INTEGER
+        if "maximum" not in out and "exclusiveMaximum" not in out:
+            out["maximum"] = SAFE_INTEGER
+    if isinstance(out.get("properties"), Mapping) and not any(
+        key in out for key in ("additionalProperties", "patternProperties", "unevaluatedProperties")
+    ):
+        out["additionalProperties"] = False
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [bounded(item) for item in out[key]]
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(out.get(key), Mapping):
+            out[key] = {name: bounded(sub) for name, sub in out[key].items()}
+    for key in _SUBSCHEMAS:
+        if isinstance(out.get(key), Mapping):
+            out[key] = bounded(out[key])
+    return out
+
+
+def check_schema(grammar: str) -> None:
+    """Refuse a schema llguidance cannot enforce, naming what it cannot (``Unimplemented keys:
+    ["not"]``, a look-around in a ``pattern``, ``Unknown format: ...``): decoding under a schema
+    with parts left unenforced would return JSON the client's own validation rejects."""
+    import llguidance
+
+    error = llguidance.LLMatcher.validate_grammar(grammar)
+    if not error:
+        _, warnings = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+        error = "; ".join(warnings)
+    if error:
+        raise InvalidInput(
+            f"the JSON Schema cannot be enforced by constrained decoding: {error.strip()}",
+            code="invalid_schema",
+        )
+
+
 class JsonConstraint:
     """One matcher per candidate; ``mask`` before sampling, ``advance`` after."""
 
@@ -43,8 +106,9 @@ class JsonConstraint:
         self._torch = llguidance.torch
         ll = _ll_tokenizer(tokenizer, n_vocab)
         grammar = llguidance.LLMatcher.grammar_from_json_schema(
-            json.dumps(dict(schema)), defaults={"whitespace_flexible": False}
+            json.dumps(bounded(dict(schema))), defaults={"whitespace_flexible": False}
         )
+        check_schema(grammar)
         self.matchers = [llguidance.LLMatcher(ll, grammar, log_level=0) for _ in range(n)]
         error = self.matchers[0].get_error()
         if error:

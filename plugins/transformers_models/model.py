@@ -44,6 +44,7 @@ class TransformersChatModel:
         # for the others the host writes them into the messages (core/tools/tool_calls.py).
         template = getattr(self.tokenizer, "chat_template", None)
         self.native_tools = isinstance(template, str) and "tools" in template and "tool_call" in template
+        self.constrained_decoding = True  # params.json_schema is enforced token by token (constrain.py)
         # transformers 5.x renamed ``past_key_values`` to ``cache``; older versions know only the former.
         forward_args = inspect.signature(self.model.forward).parameters
         self._forward = ForwardSpec(

@@ -36,6 +36,7 @@ from espalier.core.sources.conversations.tables import ChatRequestRecord, Comple
 from espalier.core.sources.models.service import ModelService, split_model_id
 from espalier.core.sources.models.tables import ModelVersion
 from espalier.core.sources.templates.service import TemplateService, render
+from espalier.core.tools.structured import reply_schema, with_instructions
 from espalier.core.tools.tool_calls import (
     RetrievedTextGuard,
     call_schema,
@@ -213,12 +214,30 @@ class ChatService:
 
     @staticmethod
     def _tool_prompt(request: ChatRequest, model: ChatModel, messages: list[ChatMessage]) -> list[ChatMessage]:
-        """Function definitions and earlier calls and results, in the model's format or the generic one."""
+        """Function definitions and earlier calls and results, in the model's format or the generic
+        one; and for structured output, the schema stated in the prompt and kept by the decoder."""
+        fmt = request.response_format
+        if fmt is not None:
+            if request.kind != "chat":
+                raise InvalidInput("response_format is for chat completions", details={"param": "response_format"})
+            if not getattr(model, "constrained_decoding", False):
+                raise InvalidInput(
+                    f"'response_format' is not supported by model '{request.model}': it cannot keep its decoding "
+                    "to a JSON Schema (the local transformers models can)",
+                    code="unsupported_parameter",
+                    details={"param": "response_format"},
+                )
+            messages = with_instructions(messages, fmt)
         setup = request.tools
         if request.kind != "chat" or (setup is None and not any(m.tool_calls or m.role == "tool" for m in messages)):
+            if fmt is not None:
+                request.params.json_schema = fmt.schema
             return messages
-        if setup is not None and setup.active:
-            request.params.json_schema = call_schema(setup)
+        call = call_schema(setup) if setup is not None and setup.active else None
+        if fmt is not None:
+            request.params.json_schema = reply_schema(fmt, call, setup)
+        elif call is not None:
+            request.params.json_schema = call
         if getattr(model, "native_tools", False):
             if setup is not None and setup.active:
                 request.params.tools = [tool.definition() for tool in setup.tools]
