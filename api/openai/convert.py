@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from espalier.api.openai.schemas import ChatCompletionRequest, CompletionRequest, Message
-from espalier.core.infrastructure.contracts import ChatMessage, ChatRequest, ChatResult, GenerationParams, TokenDelta
+from espalier.core.infrastructure.contracts import (
+    ChatMessage,
+    ChatRequest,
+    ChatResult,
+    GenerationParams,
+    TokenDelta,
+    TokenLogprob,
+)
 from espalier.core.infrastructure.errors import InvalidInput
 from espalier.core.tools import structured, tool_calls
 
@@ -59,10 +67,25 @@ def message_text(message: Message, number: int) -> str:
     return "".join(texts)
 
 
+MAX_TOP_LOGPROBS = 20
+
+
+def _chat_logprobs(body: ChatCompletionRequest) -> int | None:
+    """``GenerationParams.logprobs`` from ``logprobs`` and ``top_logprobs`` (0-20, needs logprobs)."""
+    if body.top_logprobs is not None:
+        if not body.logprobs:
+            raise InvalidInput("top_logprobs needs logprobs: true", details={"param": "top_logprobs"})
+        if body.top_logprobs > MAX_TOP_LOGPROBS:
+            raise InvalidInput(
+                f"top_logprobs must be 0-{MAX_TOP_LOGPROBS} (got {body.top_logprobs})",
+                details={"param": "top_logprobs"},
+            )
+    return (body.top_logprobs or 0) if body.logprobs else None
+
+
 def chat_request(body: ChatCompletionRequest) -> ChatRequest:
     _common_checks(body)
-    if body.logprobs or body.top_logprobs:
-        raise unsupported("logprobs", "not implemented")
+    logprobs = _chat_logprobs(body)
     tools = tool_calls.parse_tools(body.tools or [])
     choice = tool_calls.parse_tool_choice(body.tool_choice, tools)
     response_format = structured.parse_response_format(body.response_format)
@@ -94,10 +117,12 @@ def chat_request(body: ChatCompletionRequest) -> ChatRequest:
     tool_calls.check_conversation(messages, frozenset(i for i, m in enumerate(body.messages) if m.role == "function"))
     options = body.espalier
     max_tokens = body.max_completion_tokens or body.max_tokens
+    params = _params(body, max_tokens, 0)  # 0: fit the context
+    params.logprobs = logprobs
     return ChatRequest(
         model=body.model,
         messages=messages,
-        params=_params(body, max_tokens, 0),  # 0: fit the context
+        params=params,
         kind="chat",
         conversation_id=options.conversation_id if options else None,
         template=options.template if options else None,
@@ -111,15 +136,24 @@ def chat_request(body: ChatCompletionRequest) -> ChatRequest:
 
 
 def completion_requests(body: CompletionRequest) -> list[ChatRequest]:
+    """One request per prompt. ``max_tokens`` 0 is for scoring a prompt (``echo`` with ``logprobs``)."""
     _common_checks(body)
-    if body.echo:
-        raise unsupported("echo", "not implemented")
     if body.best_of not in (None, 1):
         raise unsupported("best_of", "use n and rank the candidates, or a best-of-n model alias")
     if body.suffix:
         raise unsupported("suffix", "not implemented")
-    if body.logprobs:
-        raise unsupported("logprobs", "not implemented")
+    if body.logprobs is not None and body.logprobs > MAX_TOP_LOGPROBS:
+        raise InvalidInput(
+            f"logprobs must be 0-{MAX_TOP_LOGPROBS} (got {body.logprobs})", details={"param": "logprobs"}
+        )
+    if body.echo and body.stream:
+        raise unsupported("echo", "not with stream: ask without streaming")
+    if body.max_tokens == 0 and not (body.echo and body.logprobs is not None):
+        raise InvalidInput(
+            "max_tokens must be at least 1 (0 is for scoring the prompt: echo with logprobs)",
+            code="invalid_max_tokens",
+            details={"param": "max_tokens"},
+        )
     prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
     if not prompts or len(prompts) > 16:
         raise InvalidInput("prompt must be a string or a list of 1-16 strings", details={"param": "prompt"})
@@ -128,7 +162,7 @@ def completion_requests(body: CompletionRequest) -> list[ChatRequest]:
         raise unsupported("espalier.collections", "grounded answers are for /v1/chat/completions")
     if options and options.retriever is not None:
         raise unsupported("espalier.retriever", "grounded answers are for /v1/chat/completions")
-    return [
+    requests = [
         ChatRequest(
             model=body.model,
             prompt=prompt,
@@ -139,6 +173,9 @@ def completion_requests(body: CompletionRequest) -> list[ChatRequest]:
         )
         for prompt in prompts
     ]
+    for request in requests:
+        request.params.logprobs = body.logprobs
+    return requests
 
 
 def _finish(reason: str | None) -> str | None:
@@ -166,6 +203,39 @@ def espalier_extension(result: ChatResult) -> dict[str, Any]:
     }
 
 
+def _entry(scored: TokenLogprob) -> dict[str, Any]:
+    return {"token": scored.token, "logprob": scored.logprob, "bytes": list(scored.bytes)}
+
+
+def chat_logprobs(logprobs: list[TokenLogprob] | None, finish_reason: str | None = None) -> dict[str, Any] | None:
+    """OpenAI's chat ``logprobs``: each token with its bytes and its ``top_logprobs``. A reply a
+    guardrail replaced has none (the tokens scored are not the text sent)."""
+    if logprobs is None or finish_reason == "content_filter":
+        return None
+    return {
+        "content": [{**_entry(scored), "top_logprobs": [_entry(other) for other in scored.top]} for scored in logprobs],
+        "refusal": None,
+    }
+
+
+def completion_logprobs(scored: list[TokenLogprob]) -> dict[str, Any]:
+    """The legacy ``/v1/completions`` shape: parallel lists of tokens, their log-probabilities
+    (None for a prompt's first token, which nothing precedes), the alternatives as token -> logprob
+    maps, and each token's character offset in the returned text."""
+    offsets, offset = [], 0
+    for item in scored:
+        offsets.append(offset)
+        offset += len(item.token)
+    return {
+        "tokens": [item.token for item in scored],
+        "token_logprobs": [item.logprob for item in scored],
+        "top_logprobs": [
+            {other.token: other.logprob for other in item.top} if item.logprob is not None else None for item in scored
+        ],
+        "text_offset": offsets,
+    }
+
+
 def chat_response(result: ChatResult) -> dict[str, Any]:
     return {
         "id": result.request_id,
@@ -178,7 +248,7 @@ def chat_response(result: ChatResult) -> dict[str, Any]:
                 "index": index,
                 "message": _message(generation),
                 "finish_reason": _finish(generation.finish_reason),
-                "logprobs": None,
+                "logprobs": chat_logprobs(generation.logprobs, generation.finish_reason),
             }
             for index, generation in enumerate(result.generations)
         ],
@@ -187,16 +257,23 @@ def chat_response(result: ChatResult) -> dict[str, Any]:
     }
 
 
-def completion_response(results: list[ChatResult]) -> dict[str, Any]:
+def completion_response(
+    results: list[ChatResult], echoed: list[tuple[str, list[TokenLogprob] | None]] | None = None
+) -> dict[str, Any]:
+    """``echoed`` (with ``echo``): each result's prompt and, with ``logprobs``, its tokens scored."""
     first = results[0]
     choices = []
-    for result in results:
+    for number, result in enumerate(results):
+        prompt, prompt_scores = echoed[number] if echoed else ("", None)
         for generation in result.generations:
+            logprobs = None
+            if generation.logprobs is not None and generation.finish_reason != "content_filter":
+                logprobs = completion_logprobs(list(prompt_scores or []) + list(generation.logprobs))
             choices.append(
                 {
                     "index": len(choices),
-                    "text": generation.text,
-                    "logprobs": None,
+                    "text": prompt + generation.text,
+                    "logprobs": logprobs,
                     "finish_reason": _finish(generation.finish_reason),
                 }
             )
@@ -222,6 +299,33 @@ def completion_response(results: list[ChatResult]) -> dict[str, Any]:
     }
 
 
+def scored_response(
+    requests: list[ChatRequest], scored: list[tuple[Any, list[TokenLogprob]]], request_id: str, model: str
+) -> dict[str, Any]:
+    """``/v1/completions`` with ``max_tokens`` 0, ``echo`` and ``logprobs``: each prompt back with its
+    tokens scored, nothing generated."""
+    choices = [
+        {
+            "index": index,
+            "text": request.prompt,
+            "logprobs": completion_logprobs(tokens),
+            "finish_reason": "length",
+        }
+        for index, (request, (_, tokens)) in enumerate(zip(requests, scored, strict=True))
+    ]
+    prompt_tokens = sum(len(tokens) for _, tokens in scored)
+    return {
+        "id": request_id,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": f"espalier-{scored[0][0].label}",
+        "choices": choices,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 0, "total_tokens": prompt_tokens},
+        "espalier": {"model_version": scored[0][0].label},
+    }
+
+
 def chat_chunk(base: dict[str, Any], delta: TokenDelta) -> dict[str, Any]:
     body: dict[str, Any] = {"content": delta.text} if delta.text else {}
     if delta.tool_calls:
@@ -230,7 +334,12 @@ def chat_chunk(base: dict[str, Any], delta: TokenDelta) -> dict[str, Any]:
     return {
         **base,
         "choices": [
-            {"index": delta.index, "delta": body, "finish_reason": _finish(delta.finish_reason), "logprobs": None}
+            {
+                "index": delta.index,
+                "delta": body,
+                "finish_reason": _finish(delta.finish_reason),
+                "logprobs": chat_logprobs(delta.logprobs, delta.finish_reason),
+            }
         ],
     }
 
@@ -239,6 +348,11 @@ def completion_chunk(base: dict[str, Any], delta: TokenDelta) -> dict[str, Any]:
     return {
         **base,
         "choices": [
-            {"index": delta.index, "text": delta.text, "logprobs": None, "finish_reason": _finish(delta.finish_reason)}
+            {
+                "index": delta.index,
+                "text": delta.text,
+                "logprobs": completion_logprobs(delta.logprobs) if delta.logprobs is not None else None,
+                "finish_reason": _finish(delta.finish_reason),
+            }
         ],
     }

@@ -20,7 +20,7 @@ from espalier.api.openai.moderations import moderations
 from espalier.api.openai.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from espalier.api.openai.streaming import EventStream, open_events
 from espalier.core.infrastructure.errors import InvalidInput, NotFound
-from espalier.core.interface.chat.service import RAG_ALIAS, StreamSession, served_model_id
+from espalier.core.interface.chat.service import RAG_ALIAS, StreamSession, new_request_id, served_model_id
 from espalier.core.sources.models.service import split_model_id
 
 MAX_EMBEDDING_INPUTS = 2048
@@ -125,12 +125,34 @@ async def completions(request: Request, data: JSONBody[CompletionRequest], princ
         include_usage = bool(data.stream_options and data.stream_options.include_usage)
         return await _stream_response(session, cancel, "completion", include_usage, {})
 
-    def run_all() -> list:
-        return [platform.chat.complete(item, principal) for item in requests]
+    top = data.logprobs or 0
+    if data.max_tokens == 0:  # scoring the prompts (echo with logprobs): nothing generated
 
-    results = await anyio.to_thread.run_sync(run_all)
+        def score_all() -> list:
+            return [platform.chat.prompt_logprobs(item, principal, top) for item in requests]
+
+        scored = await anyio.to_thread.run_sync(score_all)
+        body = convert.scored_response(
+            requests, scored, new_request_id("completion"), served_model_id(requests[0], scored[0][0])
+        )
+        return Response(body, headers={"x-espalier-model-version": scored[0][0].label})
+
+    def run_all() -> tuple[list, list | None]:
+        results = [platform.chat.complete(item, principal) for item in requests]
+        echoed = None
+        if data.echo:
+            echoed = [
+                (
+                    item.prompt,
+                    platform.chat.prompt_logprobs(item, principal, top)[1] if data.logprobs is not None else None,
+                )
+                for item in requests
+            ]
+        return results, echoed
+
+    results, echoed = await anyio.to_thread.run_sync(run_all)
     return Response(
-        convert.completion_response(results), headers={"x-espalier-model-version": results[0].model_version}
+        convert.completion_response(results, echoed), headers={"x-espalier-model-version": results[0].model_version}
     )
 
 

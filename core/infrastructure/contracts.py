@@ -43,10 +43,26 @@ class GenerationParams:
     #: When set, the reply must be JSON matching this schema. Models that can constrain their
     #: decoding honour it; others may ignore it (the host validates what comes back).
     json_schema: Mapping[str, Any] | None = None
+    #: When set, each generated token's log-probability is returned (``TokenLogprob``) with this
+    #: many of the most likely alternatives at its position (0-20). Models that cannot may refuse.
+    logprobs: int | None = None
     #: Who may reuse this prompt's computed beginning (a model's prefix cache): requests with
     #: different scopes never share one, so the time to a first token tells nobody what another
     #: key asked. The chat service sets the calling key's id; None is the scope of unattributed work.
     cache_scope: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token as the model chose it: its text, its bytes (a token may hold part of a character),
+    the natural log of its probability under the model's own next-token distribution (before the
+    sampler's temperature, nucleus or schema mask), and the most likely alternatives at its place.
+    A prompt's first token, which nothing precedes, has no log-probability (None)."""
+
+    token: str
+    logprob: float | None
+    bytes: tuple[int, ...]
+    top: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass
@@ -57,6 +73,8 @@ class Generation:
     completion_tokens: int
     #: Set by the host when the reply was read as function calls (``text`` is then the content).
     tool_calls: list[dict[str, Any]] | None = None
+    #: Each generated token's log-probability, when ``GenerationParams.logprobs`` asked for them.
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -72,6 +90,7 @@ class TokenDelta:
     finish_reason: str | None = None
     tokens: int | None = None
     tool_calls: list[dict[str, Any]] | None = None  # the candidate's function calls, on its last piece
+    logprobs: list[TokenLogprob] | None = None  # the tokens behind this piece, when asked for
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ class BestOfNModel:
         self.context_window = self.base.context_window
         # Structured output: every candidate is decoded under the schema by the model it samples from.
         self.constrained_decoding = getattr(self.base, "constrained_decoding", False)
+        self.reports_logprobs = getattr(self.base, "reports_logprobs", False)  # of the chosen candidate
 
     def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return self.base.count_tokens(messages)
@@ -88,4 +89,6 @@ class BestOfNModel:
     ) -> Iterator[TokenDelta]:
         # The choice needs every candidate complete: the chosen answer arrives as one piece.
         for index, answer in enumerate(self.generate(messages, params, cancel)):
-            yield TokenDelta(index, answer.text, answer.finish_reason, answer.completion_tokens)
+            yield TokenDelta(
+                index, answer.text, answer.finish_reason, answer.completion_tokens, logprobs=answer.logprobs
+            )

@@ -106,10 +106,14 @@ class Sequence:
     def should_stop(self) -> bool:
         return self.abandoned.is_set() or (self.cancel is not None and bool(self.cancel()))
 
-    def take(self, tokens: list[int]) -> list[TokenDelta]:
+    def take(self, tokens: list[int], logits: torch.Tensor | None = None) -> list[TokenDelta]:
         """Turn one token per candidate into deltas; the last delta of a candidate carries its
-        ``finish_reason``. Deltas with no text are only made when they finish a candidate."""
+        ``finish_reason``. Deltas with no text are only made when they finish a candidate.
+        ``logits`` (one row per candidate, before the sampler) score the tokens when the request
+        asked for logprobs; each delta carries the scores of the tokens behind it."""
         self.generated += 1
+        if logits is not None and self.params.logprobs is not None:
+            self._score(tokens, logits)
         deltas = []
         for index, token in enumerate(tokens):
             candidate = self.candidates[index]
@@ -117,25 +121,45 @@ class Sequence:
                 continue
             if token in self.eos_token_ids:
                 candidate.completion_tokens += 1
-                deltas.append(TokenDelta(index, candidate.finish("stop"), "stop", candidate.completion_tokens))
+                deltas.append(self._delta(index, candidate.finish("stop")))
                 continue
             text = candidate.push(token)
             if self.constraint is not None and self.constraint.advance(index, token) and not candidate.done:
                 text += candidate.finish("stop")  # the JSON document is complete
-            if candidate.done:
-                deltas.append(TokenDelta(index, text, candidate.finish_reason, candidate.completion_tokens))
-            elif text:
-                deltas.append(TokenDelta(index, text, None, candidate.completion_tokens))
+            if candidate.done or text:
+                deltas.append(self._delta(index, text))
         if not self.done and self.generated >= self.params.max_tokens:
             deltas.extend(self.finish_all("length"))
         return deltas
+
+    def _delta(self, index: int, text: str) -> TokenDelta:
+        candidate = self.candidates[index]
+        return TokenDelta(
+            index, text, candidate.finish_reason, candidate.completion_tokens, logprobs=candidate.take_logprobs()
+        )
+
+    def _score(self, tokens: list[int], logits: torch.Tensor) -> None:
+        """Each row's chosen token's log-probability under the model's own distribution (the raw
+        logits' log-softmax: no temperature, nucleus or schema mask), and the ``logprobs`` most
+        likely alternatives. End-of-sequence tokens are not reported (OpenAI reports none)."""
+        logprobs = logits.float().log_softmax(dim=-1)
+        chosen = logprobs.gather(-1, torch.tensor(tokens, device=logprobs.device)[:, None]).squeeze(-1).tolist()
+        k = int(self.params.logprobs or 0)
+        if k:
+            values, ids = logprobs.topk(k, dim=-1)
+            tops = [list(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
+        else:
+            tops = [[] for _ in tokens]
+        for index, token in enumerate(tokens):
+            if token not in self.eos_token_ids:
+                self.candidates[index].score(token, chosen[index], tops[index])
 
     def finish_all(self, reason: str) -> list[TokenDelta]:
         deltas = []
         for index, candidate in enumerate(self.candidates):
             if not candidate.done:
                 tail = candidate.finish(reason)
-                deltas.append(TokenDelta(index, tail, candidate.finish_reason, candidate.completion_tokens))
+                deltas.append(self._delta(index, tail))
         return deltas
 
     def emit(self, deltas: list[TokenDelta]) -> None:
@@ -492,7 +516,7 @@ class GenerationEngine:
                 cache.batch_repeat_interleave(sequence.n)
                 logits = logits.expand(sequence.n, -1)
             tokens = sequence.sampler(logits).tolist()
-            sequence.emit(sequence.take(tokens))
+            sequence.emit(sequence.take(tokens, logits))
             if sequence.done:
                 return
             if batch.members and not (batch.mergeable and _can_merge(cache) and _can_merge(batch.cache)):
@@ -531,7 +555,7 @@ class GenerationEngine:
                 sampler = member.sampler
                 plain_greedy = sampler.generator is None and sampler.constraint is None
                 tokens = greedy[rows] if plain_greedy else sampler(logits[rows]).tolist()
-                member.emit(member.take(tokens))
+                member.emit(member.take(tokens, logits[rows]))
             except Exception as error:
                 member.fail(error)
                 continue

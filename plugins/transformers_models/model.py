@@ -16,13 +16,20 @@ from typing import Any
 
 import torch
 
-from espalier.core.infrastructure.contracts import ChatMessage, Generation, GenerationParams, ModelSpec, TokenDelta
+from espalier.core.infrastructure.contracts import (
+    ChatMessage,
+    Generation,
+    GenerationParams,
+    ModelSpec,
+    TokenDelta,
+    TokenLogprob,
+)
 from espalier.core.infrastructure.errors import InvalidInput
 from espalier.plugins.transformers_models.constrain import JsonConstraint
 from espalier.plugins.transformers_models.engine import ForwardSpec, get_engine
 from espalier.plugins.transformers_models.loader import LoadedModel
 from espalier.plugins.transformers_models.packing import packed_layers
-from espalier.plugins.transformers_models.text import CandidateText
+from espalier.plugins.transformers_models.text import MAX_TOP_LOGPROBS, CandidateText, TokenPieces
 
 MAX_CANDIDATES = 16
 
@@ -45,6 +52,8 @@ class TransformersChatModel:
         template = getattr(self.tokenizer, "chat_template", None)
         self.native_tools = isinstance(template, str) and "tools" in template and "tool_call" in template
         self.constrained_decoding = True  # params.json_schema is enforced token by token (constrain.py)
+        self.pieces = TokenPieces(self.tokenizer)  # token texts and bytes, for logprobs
+        self.reports_logprobs = True  # params.logprobs: each token scored by the engine (engine.py)
         # transformers 5.x renamed ``past_key_values`` to ``cache``; older versions know only the former.
         forward_args = inspect.signature(self.model.forward).parameters
         self._forward = ForwardSpec(
@@ -159,6 +168,33 @@ class TransformersChatModel:
             results.append(picked.tolist())
         return results
 
+    def prompt_logprobs(self, prompt: str, top: int = 0) -> list[TokenLogprob]:
+        """Each token of a plain-text ``prompt`` scored by the model given the tokens before it (the
+        first has nothing before it: its ``logprob`` is None), with ``top`` alternatives: what ``echo`` with
+        ``logprobs`` on ``/v1/completions`` returns, so that evaluation harnesses can score given
+        text by its log-likelihood."""
+        if not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise InvalidInput(f"top logprobs must be 0-{MAX_TOP_LOGPROBS} (got {top}).")
+        ids = self.text_prompt_ids(prompt)
+        if len(ids) > self.context_window:
+            raise InvalidInput(
+                f"This model's context window is {self.context_window} tokens; the prompt has {len(ids)}.",
+                code="context_length_exceeded",
+            )
+        with torch.inference_mode():
+            input_ids = torch.tensor([ids], dtype=torch.long, device=self.model.device)
+            with self.loaded.lock:
+                logits = self.model(input_ids=input_ids).logits[0, :-1].float()
+        logprobs = logits.log_softmax(dim=-1)
+        chosen = logprobs.gather(-1, input_ids[0, 1:, None]).squeeze(-1).tolist()
+        tops: list[list[tuple[int, float]]] = [[] for _ in chosen]
+        if top:
+            values, indices = logprobs.topk(top, dim=-1)
+            tops = [list(zip(i, v, strict=True)) for i, v in zip(indices.tolist(), values.tolist(), strict=True)]
+        text, data = self.pieces.piece(ids[0])
+        first = TokenLogprob(text, None, data)
+        return [first, *(self.pieces.logprob(t, v, alt) for t, v, alt in zip(ids[1:], chosen, tops, strict=True))]
+
     def completion_kl(
         self, prompt: Sequence[ChatMessage] | str, completions: Sequence[str], reference: Any
     ) -> list[list[float]]:
@@ -208,20 +244,26 @@ class TransformersChatModel:
                     "max_tokens": params.max_tokens,
                 },
             )
-        return [CandidateText(self.tokenizer, params.stop) for _ in range(params.n)]
+        if params.logprobs is not None and not 0 <= params.logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidInput(f"top logprobs must be 0-{MAX_TOP_LOGPROBS} (got {params.logprobs}).")
+        pieces = self.pieces if params.logprobs is not None else None
+        return [CandidateText(self.tokenizer, params.stop, pieces) for _ in range(params.n)]
 
 
 def _collect(deltas: Iterator[TokenDelta], n: int, prompt_tokens: int) -> list[Generation]:
     texts, reasons, tokens = [""] * n, [None] * n, [0] * n
+    scored: list[list[TokenLogprob] | None] = [None] * n
     for delta in deltas:
         texts[delta.index] += delta.text
         if delta.tokens is not None:
             tokens[delta.index] = delta.tokens
         if delta.finish_reason:
             reasons[delta.index] = delta.finish_reason
+        if delta.logprobs is not None:
+            scored[delta.index] = (scored[delta.index] or []) + delta.logprobs
     return [
-        Generation(text, reason or "cancelled", prompt_tokens, count)
-        for text, reason, count in zip(texts, reasons, tokens, strict=True)
+        Generation(text, reason or "cancelled", prompt_tokens, count, logprobs=logprobs)
+        for text, reason, count, logprobs in zip(texts, reasons, tokens, scored, strict=True)
     ]
 
 

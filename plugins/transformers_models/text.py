@@ -6,8 +6,14 @@ candidate always add up to the text ``generate`` returns for it.
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Sequence
 from typing import Any
+
+from espalier.core.infrastructure.contracts import TokenLogprob
+
+MAX_TOP_LOGPROBS = 20
 
 
 class IncrementalDecoder:
@@ -45,6 +51,49 @@ class IncrementalDecoder:
         full = self._decode(self.ids[self.prefix_offset :])
         self.prefix_offset = self.read_offset = len(self.ids)
         return full[len(prefix) :]
+
+
+@functools.cache
+def _byte_level_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, reversed: the character a byte-level BPE vocabulary writes for
+    each byte (``Ġ`` for a space...), to that byte."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}
+
+
+class TokenPieces:
+    """Token ids to the text and bytes of each token on its own, as logprobs report them. A
+    byte-level vocabulary (GPT-2's, SmolLM2's) gives each token's exact bytes, also of one that
+    holds part of a character; others give the token's decoded text in UTF-8."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self._pieces: dict[int, tuple[str, tuple[int, ...]]] = {}
+        self._lock = threading.Lock()
+
+    def piece(self, token_id: int) -> tuple[str, tuple[int, ...]]:
+        with self._lock:
+            known = self._pieces.get(token_id)
+        if known is not None:
+            return known
+        raw = self.tokenizer.convert_ids_to_tokens(token_id)
+        decoder = _byte_level_decoder()
+        if isinstance(raw, str) and raw and all(char in decoder for char in raw):
+            data = bytes(decoder[char] for char in raw)
+            text = data.decode("utf-8", errors="replace")
+        else:
+            text = self.tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
+            data = text.encode("utf-8")
+        entry = (text, tuple(data))
+        with self._lock:
+            self._pieces[token_id] = entry
+        return entry
+
+    def logprob(self, token_id: int, value: float, top: Sequence[tuple[int, float]] = ()) -> TokenLogprob:
+        alternatives = tuple(self.logprob(other, other_value) for other, other_value in top)
+        text, data = self.piece(token_id)
+        return TokenLogprob(text, value, data, alternatives)
 
 
 class StopMatcher:
@@ -89,12 +138,25 @@ class StopMatcher:
 class CandidateText:
     """The text of one candidate so far: decoded, cut at stop strings, counted."""
 
-    def __init__(self, tokenizer: Any, stops: Sequence[str]):
+    def __init__(self, tokenizer: Any, stops: Sequence[str], pieces: TokenPieces | None = None):
         self.decoder = IncrementalDecoder(tokenizer)
         self.matcher = StopMatcher(stops)
         self.parts: list[str] = []
         self.completion_tokens = 0
         self.finish_reason: str | None = None
+        self.pieces = pieces  # set when the request asked for logprobs
+        self.logprobs: list[TokenLogprob] = []  # scored tokens not yet handed out with a piece
+
+    def score(self, token_id: int, value: float, top: Sequence[tuple[int, float]]) -> None:
+        """Record a generated token's log-probability (and its alternatives) for the next piece."""
+        if self.pieces is not None and not self.done:
+            self.logprobs.append(self.pieces.logprob(token_id, value, top))
+
+    def take_logprobs(self) -> list[TokenLogprob] | None:
+        if self.pieces is None:
+            return None
+        taken, self.logprobs = self.logprobs, []
+        return taken
 
     @property
     def done(self) -> bool:

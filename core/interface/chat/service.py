@@ -25,6 +25,7 @@ from espalier.core.infrastructure.contracts import (
     Generation,
     GenerationParams,
     TokenDelta,
+    TokenLogprob,
     ToolSetup,
 )
 from espalier.core.infrastructure.db.base import utcnow
@@ -160,6 +161,29 @@ class StreamSession:
         return result
 
 
+def _check_capabilities(request: ChatRequest, model: ChatModel) -> None:
+    """Refuse what the model cannot do rather than answer without it: structured output from a
+    model that cannot keep its decoding to a schema (``constrained_decoding``), logprobs from one
+    that does not report them (``reports_logprobs``)."""
+    if request.response_format is not None:
+        if request.kind != "chat":
+            raise InvalidInput("response_format is for chat completions", details={"param": "response_format"})
+        if not getattr(model, "constrained_decoding", False):
+            raise InvalidInput(
+                f"'response_format' is not supported by model '{request.model}': it cannot keep its decoding "
+                "to a JSON Schema (the local transformers models can)",
+                code="unsupported_parameter",
+                details={"param": "response_format"},
+            )
+    if request.params.logprobs is not None and not getattr(model, "reports_logprobs", False):
+        raise InvalidInput(
+            f"'logprobs' is not supported by model '{request.model}': it does not report its tokens' "
+            "probabilities (the local transformers models do)",
+            code="unsupported_parameter",
+            details={"param": "logprobs"},
+        )
+
+
 class ChatService:
     def __init__(
         self,
@@ -216,17 +240,9 @@ class ChatService:
     def _tool_prompt(request: ChatRequest, model: ChatModel, messages: list[ChatMessage]) -> list[ChatMessage]:
         """Function definitions and earlier calls and results, in the model's format or the generic
         one; and for structured output, the schema stated in the prompt and kept by the decoder."""
+        _check_capabilities(request, model)
         fmt = request.response_format
         if fmt is not None:
-            if request.kind != "chat":
-                raise InvalidInput("response_format is for chat completions", details={"param": "response_format"})
-            if not getattr(model, "constrained_decoding", False):
-                raise InvalidInput(
-                    f"'response_format' is not supported by model '{request.model}': it cannot keep its decoding "
-                    "to a JSON Schema (the local transformers models can)",
-                    code="unsupported_parameter",
-                    details={"param": "response_format"},
-                )
             messages = with_instructions(messages, fmt)
         setup = request.tools
         if request.kind != "chat" or (setup is None and not any(m.tool_calls or m.role == "tool" for m in messages)):
@@ -280,16 +296,20 @@ class ChatService:
         setup = request.tools
         assert setup is not None
         held: dict[int, str] = {}
+        scored: dict[int, list[TokenLogprob]] = {}
         for delta in deltas:
             held[delta.index] = held.get(delta.index, "") + delta.text
+            if delta.logprobs is not None:
+                scored.setdefault(delta.index, []).extend(delta.logprobs)
             if delta.finish_reason is None:
                 continue
             text = held.pop(delta.index)
+            logprobs = scored.pop(delta.index, None)
             content, calls = self._calls(setup, guard, text, delta.finish_reason, request_id)
             if calls:
-                yield TokenDelta(delta.index, content or "", "tool_calls", delta.tokens, calls)
+                yield TokenDelta(delta.index, content or "", "tool_calls", delta.tokens, calls, logprobs)
             else:
-                yield TokenDelta(delta.index, text, delta.finish_reason, delta.tokens)
+                yield TokenDelta(delta.index, text, delta.finish_reason, delta.tokens, logprobs=logprobs)
 
     def _check_input(
         self, request: ChatRequest, messages: list[ChatMessage], context: CheckContext
@@ -367,6 +387,28 @@ class ChatService:
                 details={"context_window": model.context_window, "prompt_tokens": used},
             )
         request.params.max_tokens = min(DEFAULT_MAX_TOKENS, room)
+
+    def prompt_logprobs(
+        self, request: ChatRequest, principal: Principal | None, top: int = 0
+    ) -> tuple[ModelVersion, list[TokenLogprob]]:
+        """Score a plain-text prompt token by token, generating nothing (``/v1/completions`` with
+        ``echo`` and ``logprobs``: evaluation harnesses score given text by its log-likelihood).
+        The input guardrails run as for a completion; nothing is stored, as nothing was answered."""
+        messages, _ = self._prepare(request, principal)
+        context = CheckContext(request.kind, new_request_id(request.kind), principal)
+        messages, flag_input = self._check_input(request, messages, context)
+        try:
+            model, version, _, _ = self._load(request, principal, messages)
+            scorer = getattr(_text_model(model, request.model), "prompt_logprobs", None)
+            if scorer is None:
+                raise InvalidInput(
+                    f"'echo' with 'logprobs' is not supported by model '{request.model}': it does not score prompts",
+                    code="unsupported_parameter",
+                    details={"param": "echo"},
+                )
+            return version, scorer(request.prompt, top)
+        finally:
+            flag_input()
 
     def _claim_conversation(self, request: ChatRequest, conversation_id: str, principal: Principal | None) -> None:
         """Open the consumer's conversation for ``principal``, or check that it is theirs (NotFound
