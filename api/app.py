@@ -32,6 +32,8 @@ from espalier.api.guardrails.routes import ROUTES as GUARDRAIL_ROUTES
 from espalier.api.guards import UNLIMITED_PATHS, _is_public, auth_guard, check_route_access, provide_principal
 from espalier.api.jobs.routes import ROUTES as JOB_ROUTES
 from espalier.api.labeling.routes import ROUTES as LABELING_ROUTES
+from espalier.api.mcp import ROUTES as MCP_ROUTES
+from espalier.api.mcp import McpEndpoint
 from espalier.api.middleware import RequestLogMiddleware
 from espalier.api.models.routes import ROUTES as MODEL_ROUTES
 from espalier.api.openai.routes import ROUTES as OPENAI_ROUTES
@@ -61,6 +63,7 @@ CORE_ROUTES: list[Any] = [
     *AGENT_ROUTES,
     *CHAIN_ROUTES,
     *GUARDRAIL_ROUTES,
+    *MCP_ROUTES,
 ]
 
 
@@ -77,6 +80,7 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
         finally:
             await anyio.to_thread.run_sync(platform.close)
 
+    mcp = McpEndpoint(platform)
     plugin_routes = [item for item, _plugin in platform.routes]
     prometheus = PrometheusConfig(
         app_name="espalier", prefix="espalier", group_path=True, exclude=sorted(UNLIMITED_PATHS)
@@ -105,9 +109,10 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
             ),
             security=[{"bearer": []}],
         ),
-        lifespan=[lifespan],
+        lifespan=[lifespan, mcp.lifespan],
     )
     app.state.platform = platform
+    app.state.mcp = mcp
     app.state.settings = settings
     app.state.console_nav = CONSOLE_NAV
     check_route_access(app)

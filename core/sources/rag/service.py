@@ -530,6 +530,24 @@ class RagService:
             raise NotFound(f"no document '{document_id}' in collection '{collection}'")
         return record, document
 
+    def document_text(self, collection: str, document_id: str, principal: Principal) -> str:
+        """A document's extracted text, rebuilt from its chunks in order (they overlap: each adds
+        what lies past the end of the text so far)."""
+        _record, document = self.document(collection, document_id, principal)
+        with session_scope(self.engine) as session:
+            rows = session.exec(
+                select(ChunkRecord.text, ChunkRecord.start, ChunkRecord.end)
+                .where(ChunkRecord.document_id == document.id)
+                .order_by(ChunkRecord.start)  # type: ignore[arg-type]
+            ).all()
+        text, end = "", 0
+        for chunk_text, start, stop in rows:
+            if stop <= end:
+                continue
+            text += chunk_text[max(0, end - start) :]
+            end = stop
+        return text
+
     def update_document(
         self, collection: str, document_id: str, principal: Principal, metadata: Mapping[str, Any]
     ) -> DocumentRecord:
