@@ -32,6 +32,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "espalier.plugins.sandbox",
     "espalier.plugins.agent_tools",
     "espalier.plugins.sql_tool",
+    "espalier.plugins.mcp_client",
     "espalier.plugins.react",
     "espalier.plugins.pal",
     "espalier.plugins.chains",

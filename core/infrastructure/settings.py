@@ -267,6 +267,13 @@ class Settings(BaseSettings):
         default=False, description="Also store 'allow' decisions as guardrail events (all are counted in /metrics)."
     )
 
+    mcp_servers: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="MCP servers whose tools become Espalier tools ([[mcp_servers]] tables, JSON in the "
+        "environment): name, url (streamable HTTP) with headers, or command with args and env (stdio); "
+        "min_role (default operator), timeout_seconds (default 30).",
+    )
+
     chains: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Named chains ([[chains]] tables: name, template or system, memory, window, tools, model).",
