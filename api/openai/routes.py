@@ -17,6 +17,7 @@ from espalier.api.guards import CurrentPrincipal, access
 from espalier.api.openai import convert
 from espalier.api.openai.errors import OPENAI_EXCEPTION_HANDLERS
 from espalier.api.openai.moderations import moderations
+from espalier.api.openai.responses import ROUTES as RESPONSES_ROUTES
 from espalier.api.openai.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from espalier.api.openai.streaming import EventStream, open_events
 from espalier.core.infrastructure.errors import InvalidInput, NotFound
@@ -305,7 +306,7 @@ def get_model(request: Request, model_id: FromPath[str]) -> dict[str, Any]:
 
 openai_router = Router(
     path="/v1",
-    route_handlers=[chat_completions, completions, embeddings, list_models, get_model, moderations],
+    route_handlers=[chat_completions, completions, embeddings, list_models, get_model, moderations, *RESPONSES_ROUTES],
     exception_handlers=OPENAI_EXCEPTION_HANDLERS,  # type: ignore[arg-type]
     tags=["openai"],
 )

@@ -80,14 +80,25 @@ class _Producer:
                 await anyio.to_thread.run_sync(self.worker.join, 30)
 
 
+Events = dict[str, Any] | list[dict[str, Any]]
+
+
+def _sse_all(events: Events) -> bytes:
+    return b"".join(sse(e) for e in events) if isinstance(events, list) else sse(events)
+
+
 async def open_events(
     session: StreamSession,
     cancel: threading.Event,
     first: list[dict[str, Any]],
-    chunk: Callable[[TokenDelta], dict[str, Any]],
-    usage_chunk: Callable[[], dict[str, Any]] | None,
+    chunk: Callable[[TokenDelta], Events],
+    usage_chunk: Callable[[], Events] | None,
+    *,
+    done_marker: bool = True,
 ) -> AsyncIterator[bytes]:
     """Start generating and wait for the first piece; then the events, opening chunks first.
+    ``chunk`` and ``usage_chunk`` (the closing events) give one event or a list; ``done_marker``
+    ends the stream with ``data: [DONE]`` (chat completions do; the Responses API does not).
 
     :raises EspalierError: generation failed before its first token (the caller answers with
         the error's status instead of a stream).
@@ -104,15 +115,16 @@ async def open_events(
             raise item
         log.error("stream %s failed: %r", session.request_id, item)
         raise EspalierError("generation failed") from item
-    return _events(producer, item, first, chunk, usage_chunk)
+    return _events(producer, item, first, chunk, usage_chunk, done_marker)
 
 
 async def _events(
     producer: _Producer,
     item: Any,
     first: list[dict[str, Any]],
-    chunk: Callable[[TokenDelta], dict[str, Any]],
-    usage_chunk: Callable[[], dict[str, Any]] | None,
+    chunk: Callable[[TokenDelta], Events],
+    usage_chunk: Callable[[], Events] | None,
+    done_marker: bool,
 ) -> AsyncIterator[bytes]:
     try:
         opening = b"".join(sse(event) for event in first)
@@ -134,13 +146,14 @@ async def _events(
                     }
                 )
             else:
-                yield opening + sse(chunk(item))
+                yield opening + _sse_all(chunk(item))
             opening = b""
             item = await producer.queue.get()
         if opening:
             yield opening
         if usage_chunk is not None:
-            yield sse(usage_chunk())
-        yield b"data: [DONE]\n\n"
+            yield _sse_all(usage_chunk())
+        if done_marker:
+            yield b"data: [DONE]\n\n"
     finally:
         await producer.close()

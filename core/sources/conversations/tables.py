@@ -54,3 +54,21 @@ class CompletionRecord(SQLModel, table=True):
     finish_reason: str = Field(default="stop", max_length=20)
     completion_tokens: int = 0
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class ResponseRecord(SQLModel, table=True):
+    """One ``/v1/responses`` answer, kept so that ``GET /v1/responses/{id}`` and a later request's
+    ``previous_response_id`` find it: the conversation as the consumer wrote it (``messages``, the
+    earlier turns included), the output items, and the whole response object."""
+
+    __tablename__ = "responses"
+
+    id: str = Field(primary_key=True, max_length=60)
+    owner_key_id: str | None = Field(default=None, max_length=40, index=True)
+    conversation_id: str = Field(foreign_key="conversations.id", index=True, max_length=80)
+    request_id: str | None = Field(default=None, max_length=60)
+    previous_response_id: str | None = Field(default=None, max_length=60)
+    model: str = Field(max_length=100)
+    messages: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    body: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
