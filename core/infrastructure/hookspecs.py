@@ -62,7 +62,7 @@ def register_model_providers(register: Callable[[ModelProvider], None], platform
         :class:`~espalier.core.infrastructure.contracts.ModelProvider`. The provider's ``name`` is
         what ``espalier models add --provider NAME`` refers to.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor). Since 0.2.0.
+        needs its services (it takes it in its constructor)..
     :returns: nothing; contributions go through ``register``.
     :since: 0.1.0
 
@@ -83,7 +83,7 @@ def register_models(register: Callable[[ModelSpec], None], platform: Platform) -
 
     :param register: call ``register(ModelSpec(name, provider, source, ...))`` for each model.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor). Since 0.2.0.
+        needs its services (it takes it in its constructor)..
     :returns: nothing.
     :since: 0.1.0
 
@@ -106,7 +106,7 @@ def register_prompt_templates(register: Callable[[TemplateSpec], None], platform
     :param register: call ``register(TemplateSpec(name, user, system, examples, description))``;
         ``user`` and ``system`` are Jinja2 (sandboxed) with the request's variables.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor). Since 0.2.0.
+        needs its services (it takes it in its constructor)..
     :returns: nothing.
     :since: 0.1.0
 
@@ -127,9 +127,9 @@ def register_embedders(register: Callable[[Embedder], None], platform: Platform)
 
     :param register: call ``register(embedder)`` for each :class:`~espalier.core.infrastructure.contracts.Embedder`;
         ``register(embedder, default=True)`` offers it as the one collections use while
-        ``ESPALIER_EMBEDDER`` is unset (since 0.2.0).
+        ``ESPALIER_EMBEDDER`` is unset.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor). Since 0.2.0.
+        needs its services (it takes it in its constructor)..
     :returns: nothing.
     :since: 0.1.0
 
@@ -147,7 +147,7 @@ def register_retrievers(register: Callable[[Retriever], None], platform: Platfor
 
     :param register: call ``register(retriever)`` for each :class:`~espalier.core.infrastructure.contracts.Retriever`.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor). Since 0.2.0.
+        needs its services (it takes it in its constructor)..
     :returns: nothing.
     :since: 0.1.0
 
@@ -175,9 +175,9 @@ def register_vector_stores(register: Callable[[VectorStore], None], settings: Se
     :param settings: the platform's :class:`~espalier.core.infrastructure.settings.Settings` (where the
         store lives, a server's URL); read them here, never from the environment at import time.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor). Since 0.2.0.
+        needs its services (it takes it in its constructor)..
     :returns: nothing; contributions go through ``register``.
-    :since: 0.2.0
+    :since: 0.1.0
 
     Example::
 
@@ -202,9 +202,9 @@ def register_keyword_indexes(register: Callable[[KeywordIndex], None], settings:
     :param settings: the platform's :class:`~espalier.core.infrastructure.settings.Settings` (where the
         index keeps its files); read them here, never from the environment at import time.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor). Since 0.2.0.
+        needs its services (it takes it in its constructor)..
     :returns: nothing; contributions go through ``register``.
-    :since: 0.2.0
+    :since: 0.1.0
 
     Example::
 
@@ -229,7 +229,7 @@ def register_document_extractors(register: Callable[[DocumentExtractor], None]) 
         (a tuple), optional ``suffixes`` and ``extract(data, filename)``, which returns the text or
         raises :class:`~espalier.core.infrastructure.errors.InvalidInput` saying what to do.
     :returns: nothing; contributions go through ``register``.
-    :since: 0.2.0
+    :since: 0.1.0
 
     Example::
 
@@ -257,7 +257,7 @@ def register_tools(register: Callable[[Tool], None], platform: Platform) -> None
     :param register: call ``register(tool)`` for each :class:`~espalier.core.infrastructure.contracts.Tool`;
         ``tool.parameters`` must be a JSON Schema object describing the arguments.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor). Since 0.2.0.
+        needs its services (it takes it in its constructor)..
     :returns: nothing.
     :since: 0.1.0
 
@@ -282,9 +282,9 @@ def register_agents(register: Callable[[Agent], None], platform: Platform) -> No
 
     :param register: call ``register(agent)`` for each :class:`~espalier.core.infrastructure.contracts.Agent`;
         ``register(agent, default=True)`` offers it as the one chains with tools run while
-        ``ESPALIER_CHAIN_AGENT`` is unset (since 0.2.0).
+        ``ESPALIER_CHAIN_AGENT`` is unset.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor). Since 0.2.0.
+        needs its services (it takes it in its constructor)..
     :returns: nothing.
     :since: 0.1.0
 
@@ -307,7 +307,7 @@ def register_chains(register: Callable[[ChainSpec], None], platform: Platform) -
     :param register: call ``register(ChainSpec(name, template=..., memory=..., tools=[...]))``
         for each :class:`~espalier.core.infrastructure.contracts.ChainSpec`.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor). Since 0.2.0.
+        needs its services (it takes it in its constructor)..
     :returns: nothing.
     :since: 0.1.0
 
@@ -329,9 +329,9 @@ def register_guardrails(register: Callable[[Guardrail], None], settings: Setting
     :param register: call ``register(guardrail)`` for each :class:`~espalier.core.infrastructure.contracts.Guardrail`;
         ``score`` returns one :class:`~espalier.core.infrastructure.contracts.GuardrailScore` per text.
     :param settings: the platform's :class:`~espalier.core.infrastructure.settings.Settings` (e.g. a configured
-        checkpoint); read them here, never from the environment at import time. Since 0.2.0.
+        checkpoint); read them here, never from the environment at import time..
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor). Since 0.2.0.
+        needs its services (it takes it in its constructor)..
     :returns: nothing.
     :since: 0.1.0
 
@@ -350,9 +350,9 @@ def register_trainers(register: Callable[[Trainer], None], settings: Settings, p
 
     :param register: call ``register(trainer)`` for each :class:`~espalier.core.infrastructure.contracts.Trainer`.
     :param settings: the platform's :class:`~espalier.core.infrastructure.settings.Settings` (where to record
-        what was trained, for instance). Since 0.2.0.
+        what was trained, for instance)..
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor). Since 0.2.0.
+        needs its services (it takes it in its constructor)..
     :returns: nothing.
     :since: 0.1.0
 
@@ -379,7 +379,7 @@ def register_reward_scorers(register: Callable[[RewardScorerLoader], None]) -> N
         :class:`~espalier.core.infrastructure.contracts.RewardScorerLoader`; ``load(path)`` returns
         an object whose ``score(prompts, completions)`` gives one float per pair.
     :returns: nothing; contributions go through ``register``.
-    :since: 0.2.0
+    :since: 0.1.0
 
     Example::
 
@@ -402,7 +402,7 @@ def register_plotters(register: Callable[[Plotter], None]) -> None:
         ``plot(kind, data, threshold=..., out_dir=...)`` receives the evaluation's results and
         returns the files it wrote by format (``{"png": path}``).
     :returns: nothing; contributions go through ``register``.
-    :since: 0.2.0
+    :since: 0.1.0
 
     Example::
 
@@ -419,7 +419,7 @@ def register_job_kinds(register: Callable[[JobKind], None], platform: Platform) 
     :param register: call ``register(JobKind(name, run, description))``; ``run(job)`` receives a
         :class:`~espalier.core.infrastructure.contracts.JobContext` and returns a JSON-serialisable result.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor). Since 0.2.0.
+        needs its services (it takes it in its constructor)..
     :returns: nothing.
     :since: 0.1.0
 
@@ -441,7 +441,7 @@ def register_routes(register: Callable[[Any], None], platform: Platform) -> None
 
     :param register: call ``register(handler_or_controller_or_router)``.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor). Since 0.2.0.
+        needs its services (it takes it in its constructor)..
     :returns: nothing.
     :since: 0.1.0
 
@@ -469,7 +469,7 @@ def register_commands(register: Callable[[Command], None], platform: Platform) -
     :param register: call ``register(Command(name, target, help))``; ``target`` is a Typer app
         (becomes a command group) or a function (becomes one command).
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor). Since 0.2.0.
+        needs its services (it takes it in its constructor)..
     :returns: nothing.
     :since: 0.1.0
 

@@ -30,6 +30,22 @@ def test_every_hook_is_fully_documented():
     assert hookdocs.missing_docs() == {}
 
 
+def test_no_hook_is_newer_than_the_package():
+    """A hook marked as arriving in a version after the installed one misleads a plugin author."""
+    import re
+
+    from espalier import __version__
+    from espalier.core.infrastructure import hookspecs
+
+    def version(text: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in text.split("."))
+
+    source = Path(hookspecs.__file__).read_text()
+    marked = re.findall(r"(?i)since:?\s+(\d+\.\d+\.\d+)", source)
+    assert marked, "hooks carry :since: markers"
+    assert all(version(v) <= version(__version__) for v in marked), sorted(set(marked))
+
+
 def test_plugin_reference_is_generated_from_the_specs():
     text = (REPO / "docs" / "plugins.md").read_text()
     assert hookdocs.rewrite(text) == text, (
