@@ -5,8 +5,11 @@ What a key sees there is what it may use through the REST API, checked by the sa
 Espalier API key as ``Authorization: Bearer``, its role, its rate limit):
 
 * **tools**: every Espalier tool the key's role allows (``ToolService.allowed``), with its JSON
-  Schema; a call goes through ``ToolService.call`` (the same argument check, role check and
-  caller context as ``/api/tools``) and is recorded in the audit log as ``mcp.call``;
+  Schema, except that sensitive tools (the sandbox, SQL, other MCP servers') are for operators
+  here unless ``ESPALIER_TOOL_ROLES`` names them: REST's direct invoke is operator-only, and a
+  call here is as direct; a call goes through ``ToolService.call`` (the same argument check, role
+  check and caller context as ``/api/tools``) and every outcome is recorded in the audit log as
+  ``mcp.call`` (argument names only);
 * ``search_collection``: hybrid search of a collection the key may read, the passages returned as
   quoted data (``untrusted`` in the result's metadata: text found in documents is never an
   instruction to the client's model);
@@ -33,7 +36,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 
 from espalier import __version__
 from espalier.api.guards import access
-from espalier.core.infrastructure.errors import EspalierError, NotFound
+from espalier.core.infrastructure.errors import EspalierError, Forbidden, NotFound
 from espalier.core.infrastructure.identity import Principal
 
 SEARCH_TOOL = "search_collection"
@@ -68,29 +71,53 @@ def _search_tool() -> types.Tool:
 def build_server(platform: Any) -> Server[Any]:
     """The MCP server over ``platform``'s tools and collections."""
 
+    def allowed(principal: Principal) -> set[str]:
+        """The tools a key may call directly here: those its role allows, less the sensitive ones
+        (code, queries, other servers' actions) for keys below operator, unless the operator named
+        the tool in ESPALIER_TOOL_ROLES (as REST's direct invoke is operator-only)."""
+        toolbox = platform.toolbox
+        names = toolbox.allowed(principal)
+        if principal.has_role("operator"):
+            return names
+        return {name for name in names if name in toolbox.roles or not getattr(toolbox.get(name), "sensitive", False)}
+
     async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         principal = _principal(ctx)
         toolbox = platform.toolbox
-        allowed = toolbox.allowed(principal)
+        allowed_here = allowed(principal)
         tools = [
             types.Tool(name=row["name"], description=row["description"], input_schema=row["parameters"])
             for row in toolbox.describe()
-            if row["name"] in allowed
+            if row["name"] in allowed_here
         ]
         return types.ListToolsResult(tools=[*tools, _search_tool()])
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         principal = _principal(ctx)
         arguments = dict(params.arguments or {})
+
+        async def audit(outcome: str) -> None:  # argument names only: values may hold code or SQL
+            names = sorted(arguments)
+            await anyio.to_thread.run_sync(
+                lambda: platform.audit.record(principal, "mcp.call", params.name, arguments=names, outcome=outcome)
+            )
+
         try:
             if params.name == SEARCH_TOOL:
-                return await anyio.to_thread.run_sync(_search, platform, principal, arguments)
+                result = await anyio.to_thread.run_sync(_search, platform, principal, arguments)
+                await audit("error" if result.is_error else "ok")
+                return result
+            if params.name not in allowed(principal) and params.name in platform.toolbox.allowed(principal):
+                raise Forbidden(
+                    f"tool '{params.name}' is sensitive: over MCP it is for operators, unless ESPALIER_TOOL_ROLES "
+                    "names it (agents may still use it for this key)",
+                    code="tool_forbidden",
+                )
             call = await anyio.to_thread.run_sync(lambda: platform.toolbox.call(params.name, arguments, by=principal))
         except EspalierError as error:
+            await audit(f"refused: {type(error).__name__}")
             return types.CallToolResult(content=[types.TextContent(type="text", text=str(error))], is_error=True)
-        platform.audit.record(
-            principal, "mcp.call", params.name, arguments=sorted(call.arguments), is_error=call.result.is_error
-        )
+        await audit("error" if call.result.is_error else "ok")
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=call.result.output)],
             structured_content=call.result.data if isinstance(call.result.data, dict) else None,

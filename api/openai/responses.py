@@ -197,6 +197,8 @@ def _tool_choice(raw: str | dict[str, Any] | None) -> str | dict[str, Any] | Non
 
 def _text_format(raw: dict[str, Any] | None) -> Any:
     fmt = (raw or {}).get("format")
+    if fmt is not None and not isinstance(fmt, dict):
+        raise _bad("text.format must be an object with a 'type'", "text.format")
     if fmt is None or fmt.get("type") in (None, "text"):
         return None
     if fmt.get("type") == "json_schema":
@@ -214,7 +216,9 @@ def chat_request(body: ResponsesRequest, history: list[dict[str, Any]], conversa
     tool_calls.check_conversation(chat)
     functions, collections = _tools(body.tools)
     tools = tool_calls.parse_tools(functions)
-    choice = tool_calls.parse_tool_choice(_tool_choice(body.tool_choice), tools)
+    # With file_search alone there is no function to choose: its tool_choice (auto, file_search) is moot.
+    raw_choice = _tool_choice(body.tool_choice) if tools else None
+    choice = tool_calls.parse_tool_choice(raw_choice, tools)
     options = body.espalier
     return ChatRequest(
         model=body.model,
@@ -451,7 +455,9 @@ async def _stream(
         return events
 
     return EventStream(
-        await open_events(session, cancel, first, state.on_delta, closing, done_marker=False),
+        await open_events(
+            session, cancel, first, state.on_delta, closing, done_marker=False, error_events=state.failed
+        ),
         media_type="text/event-stream",
         headers={
             "Cache-Control": "no-cache",
@@ -472,6 +478,7 @@ class _StreamState:
         self.message_id: str | None = None
         self.items: list[dict[str, Any]] = []
         self.finish = "stop"
+        self.error: dict[str, str] | None = None
         if session.sources is not None:
             self.items.append(_search_item(_last_user_text(session.request), session.sources))
 
@@ -576,7 +583,21 @@ class _StreamState:
             self.event("response.output_item.done", output_index=index, item=item),
         ]
 
+    def failed(self, message: str, code: str) -> list[dict[str, Any]]:
+        """A failure after the first piece: OpenAI's ``error`` event, then ``response.failed``."""
+        self.error = {"code": code, "message": message}
+        body = self.snapshot("failed")
+        body["error"] = self.error
+        return [
+            self.event("error", code=code, message=message, param=None),
+            self.event("response.failed", response=body),
+        ]
+
     def close(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        if self.error is not None:  # response.failed was sent; what is stored says so
+            body = self.snapshot("failed")
+            body["error"] = self.error
+            return [], body
         events: list[dict[str, Any]] = []
         if self.message_id is None and not any(i["type"] in ("message", "function_call") for i in self.items):
             events += self._open_message()  # an empty answer is still a message

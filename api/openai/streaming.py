@@ -95,10 +95,13 @@ async def open_events(
     usage_chunk: Callable[[], Events] | None,
     *,
     done_marker: bool = True,
+    error_events: Callable[[str, str], Events] | None = None,
 ) -> AsyncIterator[bytes]:
     """Start generating and wait for the first piece; then the events, opening chunks first.
     ``chunk`` and ``usage_chunk`` (the closing events) give one event or a list; ``done_marker``
-    ends the stream with ``data: [DONE]`` (chat completions do; the Responses API does not).
+    ends the stream with ``data: [DONE]`` (chat completions do; the Responses API does not);
+    ``error_events(message, code)`` gives the events of a failure after the first piece (default:
+    chat completions' ``{"error": ...}`` chunk).
 
     :raises EspalierError: generation failed before its first token (the caller answers with
         the error's status instead of a stream).
@@ -115,7 +118,11 @@ async def open_events(
             raise item
         log.error("stream %s failed: %r", session.request_id, item)
         raise EspalierError("generation failed") from item
-    return _events(producer, item, first, chunk, usage_chunk, done_marker)
+    return _events(producer, item, first, chunk, usage_chunk, done_marker, error_events)
+
+
+def _error_chunk(message: str, code: str) -> Events:
+    return {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
 
 
 async def _events(
@@ -125,6 +132,7 @@ async def _events(
     chunk: Callable[[TokenDelta], Events],
     usage_chunk: Callable[[], Events] | None,
     done_marker: bool,
+    error_events: Callable[[str, str], Events] | None,
 ) -> AsyncIterator[bytes]:
     try:
         opening = b"".join(sse(event) for event in first)
@@ -135,16 +143,8 @@ async def _events(
                 message = item.message if isinstance(item, EspalierError) else "generation failed"
                 if not isinstance(item, EspalierError):
                     log.error("stream %s failed: %r", producer.session.request_id, item)
-                yield opening + sse(
-                    {
-                        "error": {
-                            "message": message,
-                            "type": "server_error",
-                            "param": None,
-                            "code": getattr(item, "code", "internal_error"),
-                        }
-                    }
-                )
+                code = getattr(item, "code", "internal_error")
+                yield opening + _sse_all((error_events or _error_chunk)(message, code))
             else:
                 yield opening + _sse_all(chunk(item))
             opening = b""

@@ -267,16 +267,22 @@ def call_schema(setup: ToolSetup) -> dict[str, Any] | None:
         tools = setup.tools
     else:
         return None
+    from espalier.core.tools.structured import _hoist  # the tools' own $defs, moved to the root
+
+    defs: dict[str, Any] = {}
     options = [
         {
             "type": "object",
-            "properties": {"name": {"const": tool.name}, "arguments": dict(tool.parameters)},
+            "properties": {"name": {"const": tool.name}, "arguments": _hoist(tool.parameters, f"tool{number}_", defs)},
             "required": ["name", "arguments"],
             "additionalProperties": False,
         }
-        for tool in tools
+        for number, tool in enumerate(tools)
     ]
-    return options[0] if len(options) == 1 else {"anyOf": options}
+    schema: dict[str, Any] = options[0] if len(options) == 1 else {"anyOf": options}
+    if defs:
+        schema["$defs"] = defs
+    return schema
 
 
 # 4. Reading the reply ------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ quote it as data and, once it is read, refuse sensitive tools for the rest of th
 are ``sensitive`` themselves (a remote server may act on the world).
 
 Each call opens its own session (a stdio server is started for it): nothing is shared between
-callers and a server that went away and came back needs no reconnection logic. A server that
+callers and a server that went away and came back needs no reconnection logic. Servers are asked
+for their tools one after another at start-up, each within its ``timeout_seconds``. A server that
 cannot be reached answers its tools' calls with an error result saying so ("unavailable"), never
 a failed request; one unreachable at start-up contributes no tools (logged), and is asked again
 at the next start. Secrets in ``headers`` and ``env`` are never logged.
@@ -96,9 +97,19 @@ class ServerConfig:
             raise InvalidInput(f"{where}.timeout_seconds must be in (0, 600]")
         return cls(name, url, dict(headers), command, tuple(args), dict(env) if env else None, role, float(timeout))
 
-    def __repr__(self) -> str:  # headers and env may hold secrets
-        target = self.url or f"{self.command} {' '.join(self.args)}"
-        return f"ServerConfig(name={self.name!r}, target={target!r}, min_role={self.min_role!r})"
+    def __repr__(self) -> str:
+        return f"ServerConfig(name={self.name!r}, target={self.target!r}, min_role={self.min_role!r})"
+
+    @property
+    def target(self) -> str:
+        """Where the server is, fit for a log: the URL without user info, query or fragment (they
+        may hold keys), or the command without its arguments (so may they); headers and env never."""
+        if self.url is not None:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(self.url)
+            return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
+        return f"{self.command} (stdio)"
 
 
 class Unreachable(RuntimeError):
@@ -150,8 +161,12 @@ class McpConnection:
                 async with self._session() as session:
                     return await work(session)
 
+        from mcp.shared.exceptions import MCPError
+
         try:
             return anyio.run(go)
+        except MCPError:
+            raise  # the server answered, with an error of its own: the call failed, the server is there
         except Exception as error:  # connection refused, a timeout, a server that exited...
             raise Unreachable(f"{type(error).__name__}: {_short(error)}") from error
 
@@ -166,6 +181,14 @@ class McpConnection:
             return await session.call_tool(name, dict(arguments))
 
         return self.run(work)
+
+
+def _scrub(text: str, config: ServerConfig) -> str:
+    """``text`` with the configured URL, header values and env values replaced by the safe target."""
+    for secret in [config.url or "", *config.headers.values(), *(config.env or {}).values(), *config.args]:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, config.target if secret == config.url else "***")
+    return text
 
 
 def _short(error: BaseException) -> str:
@@ -192,16 +215,25 @@ class McpTool:
         self.available = True
 
     def invoke(self, arguments: Mapping[str, Any]) -> ToolResult:
+        from mcp.shared.exceptions import MCPError
+
+        server = self.connection.config.name
         try:
             result = self.connection.call(self.remote_name, arguments)
+        except MCPError as error:
+            return ToolResult(output=f"The MCP server '{server}' refused the call: {_short(error)}", is_error=True)
         except Unreachable as error:
             with self._lock:
                 self.available = False
-            log.warning("MCP server %s unavailable for %s: %s", self.connection.config.name, self.remote_name, error)
-            return ToolResult(
-                output=f"The MCP server '{self.connection.config.name}' is unavailable ({error}); try again later.",
-                is_error=True,
+            # The detail (it may quote the URL) goes to the log only; the caller, and the model, learn
+            # that the server is away.
+            log.warning(
+                "MCP server %s unavailable for %s: %s",
+                server,
+                self.remote_name,
+                _scrub(str(error), self.connection.config),
             )
+            return ToolResult(output=f"The MCP server '{server}' is unavailable; try again later.", is_error=True)
         with self._lock:
             self.available = True
         texts = [getattr(part, "text", None) for part in result.content]
@@ -226,7 +258,9 @@ def discover(raw_servers: list[Any]) -> list[Tool]:
         try:
             remote = connection.list_tools()
         except Unreachable as error:
-            log.warning("MCP server %s unreachable at start-up, no tools from it: %s", config.name, error)
+            log.warning(
+                "MCP server %s unreachable at start-up, no tools from it: %s", config.name, _scrub(str(error), config)
+            )
             continue
         if len(remote) > MAX_TOOLS_PER_SERVER:
             log.warning(

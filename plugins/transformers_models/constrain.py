@@ -39,7 +39,7 @@ _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "d
 _SUBSCHEMAS = ("items", "additionalProperties", "contains", "propertyNames", "unevaluatedProperties")
 
 
-def bounded(schema: Any) -> Any:
+def bounded(schema: Any, *, close: bool = True) -> Any:
     """What the decoder keeps to: a narrower schema whose every document is valid under ``schema``,
     without the open ends a small model runs into until ``max_tokens`` cuts the document short
     (both seen with the shipped 135M model):
@@ -51,9 +51,11 @@ def bounded(schema: Any) -> Any:
       ``strict`` schemas say with ``additionalProperties: false``): under JSON Schema's default an
       extra ``"description"`` property went on for the rest of the tokens.
 
-    A bound or an ``additionalProperties`` the schema gives is kept."""
+    A bound or an ``additionalProperties`` the schema gives is kept. Objects are not closed inside
+    ``allOf`` branches nor beside a ``$ref`` (``close=False``): each branch names only part of the
+    properties, and closing one would refuse the others'."""
     if isinstance(schema, list):
-        return [bounded(item) for item in schema]
+        return [bounded(item, close=close) for item in schema]
     if not isinstance(schema, Mapping):
         return schema
     out = dict(schema)
@@ -63,13 +65,17 @@ def bounded(schema: Any) -> Any:
             out["minimum"] = -SAFE_INTEGER
         if "maximum" not in out and "exclusiveMaximum" not in out:
             out["maximum"] = SAFE_INTEGER
-    if isinstance(out.get("properties"), Mapping) and not any(
-        key in out for key in ("additionalProperties", "patternProperties", "unevaluatedProperties")
+    composed = any(key in out for key in ("allOf", "$ref", "dependentSchemas", "if"))
+    if (
+        close
+        and not composed
+        and isinstance(out.get("properties"), Mapping)
+        and not any(key in out for key in ("additionalProperties", "patternProperties", "unevaluatedProperties"))
     ):
         out["additionalProperties"] = False
     for key in _SUBSCHEMA_LISTS:
         if isinstance(out.get(key), list):
-            out[key] = [bounded(item) for item in out[key]]
+            out[key] = [bounded(item, close=key != "allOf") for item in out[key]]
     for key in _SUBSCHEMA_MAPS:
         if isinstance(out.get(key), Mapping):
             out[key] = {name: bounded(sub) for name, sub in out[key].items()}

@@ -32,6 +32,8 @@ from espalier.plugins.transformers_models.packing import packed_layers
 from espalier.plugins.transformers_models.text import MAX_TOP_LOGPROBS, CandidateText, TokenPieces
 
 MAX_CANDIDATES = 16
+MAX_SCORED_TOKENS = 4096  # echo with logprobs: prompt tokens scored in one request
+SCORE_BLOCK = 256  # positions projected onto the vocabulary at once when scoring a prompt
 
 
 class TransformersChatModel:
@@ -181,16 +183,30 @@ class TransformersChatModel:
                 f"This model's context window is {self.context_window} tokens; the prompt has {len(ids)}.",
                 code="context_length_exceeded",
             )
+        if len(ids) > MAX_SCORED_TOKENS:
+            raise InvalidInput(
+                f"echo with logprobs scores at most {MAX_SCORED_TOKENS} prompt tokens; this prompt has {len(ids)}",
+                code="context_length_exceeded",
+            )
+        chosen: list[float] = []
+        tops: list[list[tuple[int, float]]] = []
         with torch.inference_mode():
             input_ids = torch.tensor([ids], dtype=torch.long, device=self.model.device)
             with self.loaded.lock:
-                logits = self.model(input_ids=input_ids).logits[0, :-1].float()
-        logprobs = logits.log_softmax(dim=-1)
-        chosen = logprobs.gather(-1, input_ids[0, 1:, None]).squeeze(-1).tolist()
-        tops: list[list[tuple[int, float]]] = [[] for _ in chosen]
-        if top:
-            values, indices = logprobs.topk(top, dim=-1)
-            tops = [list(zip(i, v, strict=True)) for i, v in zip(indices.tolist(), values.tolist(), strict=True)]
+                hidden = self.model.model(input_ids=input_ids).last_hidden_state[0, :-1]
+            # The vocabulary projection and its log-softmax a block of positions at a time: the
+            # whole [positions x vocabulary] matrix in float32 would take gigabytes.
+            for start in range(0, hidden.shape[0], SCORE_BLOCK):
+                logprobs = self.model.lm_head(hidden[start : start + SCORE_BLOCK]).float().log_softmax(dim=-1)
+                targets = input_ids[0, start + 1 : start + 1 + logprobs.shape[0], None]
+                chosen.extend(logprobs.gather(-1, targets).squeeze(-1).tolist())
+                if top:
+                    values, indices = logprobs.topk(top, dim=-1)
+                    tops.extend(
+                        list(zip(i, v, strict=True)) for i, v in zip(indices.tolist(), values.tolist(), strict=True)
+                    )
+                else:
+                    tops.extend([] for _ in range(logprobs.shape[0]))
         text, data = self.pieces.piece(ids[0])
         first = TokenLogprob(text, None, data)
         return [first, *(self.pieces.logprob(t, v, alt) for t, v, alt in zip(ids[1:], chosen, tops, strict=True))]

@@ -62,6 +62,13 @@ def _byte_level_decoder() -> dict[str, int]:
     return {char: byte for byte, char in bytes_to_unicode().items()}
 
 
+def _is_byte_level(tokenizer: Any) -> bool:
+    """Whether the tokenizer writes bytes in GPT-2's byte-level alphabet (its decoder says so)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    decoder = getattr(backend, "decoder", None)
+    return decoder is not None and "ByteLevel" in repr(decoder)
+
+
 class TokenPieces:
     """Token ids to the text and bytes of each token on its own, as logprobs report them. A
     byte-level vocabulary (GPT-2's, SmolLM2's) gives each token's exact bytes, also of one that
@@ -71,6 +78,7 @@ class TokenPieces:
         self.tokenizer = tokenizer
         self._pieces: dict[int, tuple[str, tuple[int, ...]]] = {}
         self._lock = threading.Lock()
+        self.byte_level = _is_byte_level(tokenizer)
 
     def piece(self, token_id: int) -> tuple[str, tuple[int, ...]]:
         with self._lock:
@@ -79,8 +87,11 @@ class TokenPieces:
             return known
         raw = self.tokenizer.convert_ids_to_tokens(token_id)
         decoder = _byte_level_decoder()
-        if isinstance(raw, str) and raw and all(char in decoder for char in raw):
+        if self.byte_level and isinstance(raw, str) and raw and all(char in decoder for char in raw):
             data = bytes(decoder[char] for char in raw)
+            text = data.decode("utf-8", errors="replace")
+        elif isinstance(raw, str) and len(raw) == 6 and raw.startswith("<0x") and raw.endswith(">"):
+            data = bytes([int(raw[3:5], 16)])  # SentencePiece's byte fallback: one raw byte
             text = data.decode("utf-8", errors="replace")
         else:
             text = self.tokenizer.decode([token_id], clean_up_tokenization_spaces=False)

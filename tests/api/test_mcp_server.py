@@ -80,6 +80,18 @@ def test_roles_decide_which_tools_a_key_sees_and_calls(server, user_key):
     admin_listed = run(server, server.admin_key, lambda session: session.list_tools())
     assert set(above_user) <= {tool.name for tool in admin_listed.tools}
 
+    # Sensitive tools (the sandbox) are for operators over MCP, as REST's direct invoke is.
+    assert "python" not in {tool.name for tool in listed.tools} and "python" in {t.name for t in admin_listed.tools}
+
+    async def python(session):
+        return await session.call_tool("python", {"code": "answer = 6 * 7"})
+
+    refused = run(server, user_key, python)
+    assert refused.is_error and "sensitive" in refused.content[0].text
+    audit = httpx.get(server.base + "/api/audit?action=mcp.call", headers=server.headers()).json()
+    outcomes = [event["details"].get("outcome") for event in audit["events"]]
+    assert any(str(o).startswith("refused") for o in outcomes) and "ok" in outcomes
+
 
 def test_no_key_no_mcp(server):
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}

@@ -148,6 +148,7 @@ def test_file_search_grounds_the_answer_in_a_collection(client, server):
         model=MODEL,
         input="When was the oldest tree planted?",
         tools=[{"type": "file_search", "vector_store_ids": ["orchard"]}],
+        tool_choice="auto",  # moot with no function tools, and accepted
         temperature=0,
         max_output_tokens=24,
     )
@@ -176,6 +177,7 @@ def test_file_search_grounds_the_answer_in_a_collection(client, server):
         ),
         ({"input": [{"type": "function_call_output", "call_id": "call_x", "output": "1"}]}, "call_x"),
         ({"previous_response_id": "resp_000"}, "resp_000"),
+        ({"text": {"format": "json_object"}}, "text.format must be"),
     ],
 )
 def test_bad_requests_are_refused_with_the_reason(client, kwargs, fragment):

@@ -35,3 +35,10 @@ def test_only_objects_that_name_their_properties_are_closed():
     assert bounded(open_) == open_
     patterned = {"type": "object", "properties": {"a": {}}, "patternProperties": {"^x": {}}}
     assert bounded(patterned) == patterned
+
+
+def test_parts_of_a_composed_object_are_not_closed():
+    composed = {"allOf": [{"properties": {"a": {}}}, {"properties": {"b": {}}}]}
+    assert bounded(composed) == composed  # each branch names part: closing one would refuse the other's
+    referenced = {"$ref": "#/$defs/x", "properties": {"a": {}}}
+    assert bounded(referenced) == referenced

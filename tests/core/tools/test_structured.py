@@ -79,3 +79,33 @@ def test_a_model_that_cannot_constrain_refuses_rather_than_answer_free_text(espa
         espalier.platform.chat.complete(request, None)
     assert "cannot keep its decoding to a JSON Schema" in str(error.value)
     assert error.value.code == "unsupported_parameter"
+
+
+def test_references_hold_when_the_answer_and_the_tools_share_one_schema():
+    import jsonschema
+
+    answer = {
+        "type": "object",
+        "properties": {"steps": {"type": "array", "items": {"$ref": "#/$defs/Step"}}},
+        "required": ["steps"],
+        "$defs": {"Step": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}},
+    }
+    fmt = structured.parse_response_format({"type": "json_schema", "json_schema": {"name": "a", "schema": answer}})
+    parameters = {
+        "type": "object",
+        "properties": {"p": {"$ref": "#/$defs/Step"}},
+        "$defs": {"Step": {"type": "string"}},
+    }
+    tools = tool_calls.parse_tools([{"type": "function", "function": {"name": "f", "parameters": parameters}}])
+    auto = tool_calls.ToolSetup(tools, tool_calls.parse_tool_choice("auto", tools))
+    combined = structured.reply_schema(fmt, None, auto)
+    jsonschema.Draft202012Validator.check_schema(combined)
+    validator = jsonschema.Draft202012Validator(combined)
+    assert validator.is_valid({"steps": [{"n": 1}]})
+    assert not validator.is_valid({"steps": [{"n": "x"}]})  # the answer's Step, not the tool's
+    assert validator.is_valid({"name": "f", "arguments": {"p": "text"}})
+    assert not validator.is_valid({"name": "f", "arguments": {"p": 3}})  # the tool's Step is a string
+    required = tool_calls.ToolSetup(tools, tool_calls.parse_tool_choice("required", tools))
+    assert jsonschema.Draft202012Validator(tool_calls.call_schema(required)).is_valid(
+        {"name": "f", "arguments": {"p": "x"}}
+    )

@@ -160,7 +160,7 @@ def test_a_server_that_goes_away_gives_error_results_not_failures(espalier, demo
     )
     assert response.status_code == 200
     body = response.json()
-    assert body["is_error"] and "unavailable" in body["output"]
+    assert body["is_error"] and "unavailable" in body["output"] and "127.0.0.1" not in body["output"]
     assert next(t for t in tools if t.name == "brief__add").available is False
 
 
@@ -179,7 +179,12 @@ def test_bad_server_entries_are_refused_naming_the_field(raw, fragment):
     with pytest.raises(InvalidInput) as error:
         ServerConfig.parse(raw, 0)
     assert fragment in str(error.value)
-    assert "s3cret" not in repr(ServerConfig.parse({"name": "ok", "url": "http://a", "headers": {"k": "s3cret"}}, 0))
+    config = ServerConfig.parse(
+        {"name": "ok", "url": "https://u:pw@h:9/mcp?api_key=s3cret", "headers": {"k": "s3cret"}}, 0
+    )
+    assert "s3cret" not in repr(config) and "pw" not in repr(config) and config.target == "https://h:9/mcp"
+    stdio = ServerConfig.parse({"name": "ok", "command": "srv", "args": ["--token", "s3cret"]}, 0)
+    assert "s3cret" not in repr(stdio)
 
 
 def test_the_demo_server_speaks_mcp(demo_port):
