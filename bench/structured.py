@@ -4,8 +4,9 @@ constraint costs against the same requests unconstrained.
     .venv/bin/python bench/structured.py [--requests 50] [--max-tokens 120]
 
 A real ``espalier serve`` on loopback with the shipped SmolLM2-135M. The requests: questions of the
-shared HotpotQA sample, each with one of five schemas in turn (an answer with a confidence, a list
-of entities, a nested record, an enum, a JSON object). Each request runs twice, alternating which
+shared HotpotQA sample, each with one of five JSON Schemas in turn (an answer with a confidence, a
+list of entities, a nested record, an enum, a verdict with a reason); then ``--json-object``
+requests with ``{"type": "json_object"}`` (any object), reported apart. Each request runs twice, alternating which
 side goes first: with ``response_format`` (decoded under the schema) and without it (the peer: the
 same messages, the schema stated in the same system message the server adds, free decoding), both
 at temperature 0 with the same ``max_tokens``. Printed: the share of replies that parse and validate
@@ -86,8 +87,19 @@ SCHEMAS = [
             "required": ["kind"],
         },
     ),
-    ("object", None),  # {"type": "json_object"}
+    (
+        "verdict",
+        {
+            "type": "object",
+            "properties": {
+                "answerable": {"type": "boolean"},
+                "reason": {"type": "string", "maxLength": 100},
+            },
+            "required": ["answerable", "reason"],
+        },
+    ),
 ]
+JSON_OBJECT = ("object", None)  # {"type": "json_object"}: any object, measured on its own (--json-object)
 
 
 def response_format(name: str, schema: dict | None) -> dict:
@@ -113,6 +125,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--max-tokens", type=int, default=120)
     parser.add_argument(
+        "--json-object", type=int, default=10, help="then this many json_object requests, reported apart"
+    )
+    parser.add_argument(
         "--model-cache", default=str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "espalier-models")
     )
     args = parser.parse_args()
@@ -128,8 +143,8 @@ def main() -> int:
                 s: {"valid": [], "seconds": [], "tokens": []} for s in ("constrained", "free")
             }
             by_schema: dict[str, list[bool]] = {}
-            for number in range(args.requests):
-                name, schema = SCHEMAS[number % len(SCHEMAS)]
+            for number in range(args.requests + args.json_object):
+                name, schema = SCHEMAS[number % len(SCHEMAS)] if number < args.requests else JSON_OBJECT
                 question = questions[number % len(questions)]
                 fmt = parse_response_format(response_format(name, schema))
                 prompted = with_instructions([ChatMessage("user", question)], fmt)
@@ -142,6 +157,8 @@ def main() -> int:
                     "free": {"model": MODEL, "messages": [{"role": m.role, "content": m.content} for m in prompted]},
                 }
                 order = ("constrained", "free") if number % 2 == 0 else ("free", "constrained")
+                if number >= args.requests:
+                    order = ("constrained",)  # json_object: the validity of the constrained side only
                 for side in order:
                     body = {**bodies[side], "temperature": 0, "max_tokens": args.max_tokens}
                     started = time.perf_counter()
@@ -155,7 +172,7 @@ def main() -> int:
                     sides[side]["tokens"].append(reply["usage"]["completion_tokens"])
                     if side == "constrained":
                         by_schema.setdefault(name, []).append(ok)
-                last = {side: sides[side]["valid"][-1] for side in sides}
+                last = {side: sides[side]["valid"][-1] if side in order else "-" for side in sides}
                 print(
                     f"  {number + 1:3d}/{args.requests} {name:<9} constrained valid {last['constrained']!s:<5} "
                     f"free valid {last['free']!s:<5}",
@@ -163,7 +180,12 @@ def main() -> int:
                 )
         finally:
             server.stop()
-    print(f"\n{args.requests} requests, temperature 0, max_tokens {args.max_tokens}, {MODEL}")
+    objects = by_schema.pop("object", [])
+    n = args.requests
+    for row in sides.values():  # the json_schema requests alone, both sides
+        for key in row:
+            row[key] = row[key][:n]
+    print(f"\n{n} json_schema requests, temperature 0, max_tokens {args.max_tokens}, {MODEL}")
     print(f"{'side':<12} {'schema-valid':>13} {'median s':>9} {'total s':>8} {'tokens/reply':>13}")
     for side, row in sides.items():
         share = sum(row["valid"]) / len(row["valid"])
@@ -177,6 +199,8 @@ def main() -> int:
         f"per request, {per_token['constrained'] / per_token['free']:.2f} per generated token"
     )
     print("constrained validity by schema: " + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in by_schema.items()))
+    if objects:
+        print(f"json_object (any object, no schema to close it): {sum(objects)}/{len(objects)} valid")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
