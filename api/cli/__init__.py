@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -75,11 +77,25 @@ def serve(
 
     # tells `espalier ingest` on this ESPALIER_HOME to go through this server (see api/cli/ingest.py)
     server_file = write_server_file(settings.home, host or settings.host, port or settings.port)
-    console.print(f"Serving on http://{host or settings.host}:{port or settings.port}  (API docs at /schema)")
+    server = uvicorn.Server(
+        uvicorn.Config(application, host=host or settings.host, port=port or settings.port, log_level="warning")
+    )
+
+    def announce() -> None:
+        # "Serving on" only once start-up succeeded (the platform, the plugins) and the port is
+        # bound: scripts that wait for the line then find a server that answers.
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        if server.started:
+            console.print(f"Serving on http://{host or settings.host}:{port or settings.port}  (API docs at /schema)")
+
+    threading.Thread(target=announce, name="espalier-announce", daemon=True).start()
     try:
-        uvicorn.run(application, host=host or settings.host, port=port or settings.port, log_level="warning")
+        server.run()
     finally:
         server_file.unlink(missing_ok=True)
+    if not server.started:
+        raise typer.Exit(1)
 
 
 BOOTSTRAP_KEY_FILE = "bootstrap-admin.key"

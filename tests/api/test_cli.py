@@ -197,3 +197,17 @@ def test_reward_train_checks_like_the_api_and_is_audited(tmp_path):
     finally:
         engine.dispose()
     assert ("reward.train", "cli") in actions and ("pairs.import", None) in actions
+
+
+def test_serving_on_is_printed_only_when_the_server_answers(tmp_path):
+    # A port someone else holds: start-up fails, and no "Serving on" line says otherwise.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "ESPALIER_HOME": str(tmp_path / "home"), "ESPALIER_PORT": str(port)}
+        result = subprocess.run(
+            [sys.executable, "-m", "espalier.api.cli", "serve"], env=env, capture_output=True, text=True, timeout=300
+        )
+    assert result.returncode != 0
+    assert "Serving on" not in result.stdout + result.stderr
