@@ -238,10 +238,27 @@ def _load_entry_points(host: PluginHost, disabled: set[str]) -> None:
         host.info[ep.name] = PluginInfo(ep.name, ep.dist.version if ep.dist else None, dist, False)
 
 
+def _where(exc: BaseException) -> str:
+    """The file and line a failure was raised at (the innermost frame), for the log and the
+    failure report: "failed to load: NameError(...)" alone sends a plugin author searching."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}:{exc.lineno}"
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+
+
 def _fail(host: PluginHost, name: str, dist: str | None, exc: BaseException, settings: Settings) -> None:
-    message = f"plugin '{name}'" + (f" from distribution '{dist}'" if dist else "") + f" failed to load: {exc!r}"
+    where = _where(exc)
+    message = (
+        f"plugin '{name}'"
+        + (f" from distribution '{dist}'" if dist else "")
+        + f" failed to load: {exc!r}"
+        + (f" at {where}" if where else "")
+    )
     if settings.strict_plugins:
         raise PluginError(message + " (ESPALIER_STRICT_PLUGINS is on)") from exc
-    log.error(message + "; skipped")
-    host.failures.append(PluginFailure(name, dist, repr(exc)))
+    log.error(message + "; skipped", exc_info=exc)  # with the traceback
+    host.failures.append(PluginFailure(name, dist, repr(exc) + (f" at {where}" if where else "")))
     return None

@@ -115,6 +115,15 @@ def test_broken_plugin_is_reported_by_name_and_skipped(site, tmp_path):
     assert "espalier_broken" not in names(host)
     [failure] = [f for f in host.failures if f.name == "espalier_broken"]
     assert failure.distribution == "espalier-broken" and "needs libfoo" in failure.error
+    assert "espalier_broken" in failure.error and ":1" in failure.error  # the file and line it was raised at
+
+
+def test_a_broken_plugins_traceback_is_logged(site, tmp_path, caplog):
+    fake_distribution(site, "espalier-broken", "espalier_broken", "x = 1\ny = undefined_name\n")
+    with caplog.at_level("ERROR", logger="espalier.plugins"):
+        create_plugin_manager(Settings(home=tmp_path))
+    [record] = [r for r in caplog.records if "espalier_broken" in r.getMessage()]
+    assert record.exc_info is not None and "NameError" in record.getMessage() and ":2" in record.getMessage()
 
 
 def test_broken_plugin_fails_start_up_in_strict_mode(site, tmp_path):
