@@ -205,21 +205,82 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (see 'e
 
 
 # plugins -------------------------------------------------------------------------------------
+CONTRIBUTIONS = {  # platform attribute: what it holds, as `espalier plugins` names it
+    "model_providers": "model provider",
+    "builtin_models": "model",
+    "builtin_templates": "prompt template",
+    "embedders": "embedder",
+    "retrievers": "retriever",
+    "vector_stores": "vector store",
+    "keyword_indexes": "keyword index",
+    "document_extractors": "document extractor",
+    "tools": "tool",
+    "agents": "agent",
+    "chain_specs": "chain",
+    "guardrails": "guardrail",
+    "plotters": "plotter",
+    "reward_scorers": "reward scorer",
+    "trainers": "trainer",
+    "job_kinds": "job kind",
+    "commands": "command",
+}
+
+
+def _contributions(instance: Any) -> dict[str, dict[str, list[str]]]:
+    by_plugin: dict[str, dict[str, list[str]]] = {}
+    for attribute, kind in CONTRIBUTIONS.items():
+        for entry in getattr(instance, attribute):
+            by_plugin.setdefault(entry.plugin, {}).setdefault(kind, []).append(str(entry.item.name))
+    for item, plugin in instance.routes:
+        paths = getattr(item, "paths", None) or [getattr(item, "path", "?")]
+        by_plugin.setdefault(plugin, {}).setdefault("route", []).extend(sorted(str(path) for path in paths))
+    return by_plugin
+
+
+def plugins_check(instance: Any) -> list[str]:
+    """What ``serve`` would refuse to start on: every contribution collected (duplicate or invalid
+    names, items that are not what their hook registers) and the app built (routes that declare no
+    access rule), without serving anything."""
+    from espalier.api.app import create_app
+
+    problems: list[str] = []
+    try:
+        instance.collect_all()
+        create_app(instance.settings, platform=instance)
+    except (EspalierError, RuntimeError) as exc:
+        problems.append(str(exc))
+    return problems
+
+
 @app.command("plugins")
 def plugins_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """List loaded plugins with versions and the hooks they implement."""
+    """List loaded plugins with versions, the hooks they implement and what each contributes; check
+    what `serve` checks (exit 1 if it would refuse to start)."""
     instance = platform(migrate=False)
     rows = instance.plugins.describe()
+    problems = plugins_check(instance)
+    contributions = {} if problems else _contributions(instance)
     failures = [vars(failure) for failure in instance.plugins.failures]
     if as_json:
-        print_json({"espalier_version": __version__, "plugins": rows, "failures": failures})
-        return
-    table = Table("plugin", "version", "distribution", "hooks")
-    for row in rows:
-        table.add_row(row["name"], row["version"] or "-", row["distribution"] or "-", ", ".join(row["hooks"]))
-    console.print(table)
-    for failure in failures:
-        err.print(f"[red]failed to load[/] {failure['name']}: {failure['error']}")
+        for row in rows:
+            row["contributes"] = contributions.get(row["name"], {})
+        print_json({"espalier_version": __version__, "plugins": rows, "failures": failures, "problems": problems})
+    else:
+        table = Table("plugin", "version", "distribution", "hooks", "contributes")
+        for row in rows:
+            given = "; ".join(
+                f"{kind}: {', '.join(names)}" for kind, names in contributions.get(row["name"], {}).items()
+            )
+            table.add_row(
+                row["name"], row["version"] or "-", row["distribution"] or "-", ", ".join(row["hooks"]), given or "-"
+            )
+        console.print(table)
+        for failure in failures:
+            err.print(f"[red]failed to load[/] {failure['name']}: {failure['error']}")
+        for problem in problems:
+            err.print(f"[red]serve would refuse to start:[/] {problem}")
+    if problems:
+        raise typer.Exit(1)
 
 
 # jobs ----------------------------------------------------------------------------------------

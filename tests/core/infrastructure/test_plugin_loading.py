@@ -226,3 +226,54 @@ def test_plugins_command_lists_json(with_example, tmp_path):
     data = json.loads(result.stdout)
     assert {row["name"] for row in data["plugins"]} >= {"calculator", "hello"}
     assert data["failures"] == []
+    hello = next(row for row in data["plugins"] if row["name"] == "hello")
+    assert "word_count" in hello["contributes"]["tool"] and hello["contributes"]["route"]
+    assert data["problems"] == []
+
+
+@pytest.mark.parametrize(
+    "source, fragment",
+    [
+        (
+            """
+            from espalier import hookimpl
+            from espalier.core.infrastructure.contracts import ToolResult
+
+            class Twin:
+                name, description, parameters = "calculator", "a second calculator", {"type": "object"}
+
+                def invoke(self, arguments):
+                    return ToolResult(output="0")
+
+            @hookimpl
+            def register_tools(register):
+                register(Twin())
+            """,
+            "calculator",
+        ),
+        (
+            """
+            from litestar import get
+            from espalier import hookimpl
+
+            @get("/api/open")
+            def open_route() -> str:
+                return "anyone?"
+
+            @hookimpl
+            def register_routes(register):
+                register(open_route)
+            """,
+            "/api/open",
+        ),
+    ],
+)
+def test_plugins_command_checks_what_serve_checks(site, tmp_path, source, fragment):
+    fake_distribution(site, "espalier-clash", "espalier_clash", source)
+    env = {**os.environ, "ESPALIER_HOME": str(tmp_path), "PYTHONPATH": str(site)}
+    result = subprocess.run(
+        [sys.executable, "-m", "espalier.api.cli", "plugins", "--json"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 1, result.stderr
+    problems = json.loads(result.stdout)["problems"]
+    assert problems and fragment in problems[0]
