@@ -392,8 +392,15 @@ def _add_plugin_commands() -> None:
     except Exception as exc:  # a broken environment must not hide --help
         err.print(f"[yellow]plugin commands unavailable:[/] {exc}")
         return
+    taken = BUILTIN_COMMANDS
     for entry in commands:
         command = entry.item
+        if command.name in taken:
+            err.print(
+                f"[yellow]plugin '{entry.plugin}':[/] its command '{command.name}' has the name of a built-in "
+                "command; skipped (rename it)"
+            )
+            continue
         if isinstance(command.target, typer.Typer):
             app.add_typer(command.target, name=command.name, help=command.help or None)
         else:
@@ -407,10 +414,18 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(policy_app, name="policy")
 
 
+def _builtin_commands() -> set[str]:
+    names = {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands}
+    return names | {group.name for group in app.registered_groups if group.name}
+
+
+BUILTIN_COMMANDS = _builtin_commands()  # before any plugin's are mounted
+
+
 def main() -> None:
-    builtin = {"--version", "--help"} | {c.name or c.callback.__name__ for c in app.registered_commands}
-    builtin |= {group.name for group in app.registered_groups}
-    if len(sys.argv) > 1 and sys.argv[1] not in builtin:
+    # Plugin commands are mounted for anything but a built-in command, so that `espalier --help`
+    # (and `espalier` alone) lists them too; a built-in runs without loading plugins.
+    if len(sys.argv) < 2 or sys.argv[1] not in BUILTIN_COMMANDS | {"--version"}:
         _add_plugin_commands()
     try:
         app()

@@ -62,7 +62,7 @@ def register_model_providers(register: Callable[[ModelProvider], None], platform
         :class:`~espalier.core.infrastructure.contracts.ModelProvider`. The provider's ``name`` is
         what ``espalier models add --provider NAME`` refers to.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor)..
+        needs its services (it takes it in its constructor).
     :returns: nothing; contributions go through ``register``.
     :since: 0.1.0
 
@@ -83,7 +83,7 @@ def register_models(register: Callable[[ModelSpec], None], platform: Platform) -
 
     :param register: call ``register(ModelSpec(name, provider, source, ...))`` for each model.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor)..
+        needs its services (it takes it in its constructor).
     :returns: nothing.
     :since: 0.1.0
 
@@ -106,7 +106,7 @@ def register_prompt_templates(register: Callable[[TemplateSpec], None], platform
     :param register: call ``register(TemplateSpec(name, user, system, examples, description))``;
         ``user`` and ``system`` are Jinja2 (sandboxed) with the request's variables.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor)..
+        needs its services (it takes it in its constructor).
     :returns: nothing.
     :since: 0.1.0
 
@@ -129,7 +129,7 @@ def register_embedders(register: Callable[[Embedder], None], platform: Platform)
         ``register(embedder, default=True)`` offers it as the one collections use while
         ``ESPALIER_EMBEDDER`` is unset.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor)..
+        needs its services (it takes it in its constructor).
     :returns: nothing.
     :since: 0.1.0
 
@@ -147,7 +147,7 @@ def register_retrievers(register: Callable[[Retriever], None], platform: Platfor
 
     :param register: call ``register(retriever)`` for each :class:`~espalier.core.infrastructure.contracts.Retriever`.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor)..
+        needs its services (it takes it in its constructor).
     :returns: nothing.
     :since: 0.1.0
 
@@ -175,7 +175,7 @@ def register_vector_stores(register: Callable[[VectorStore], None], settings: Se
     :param settings: the platform's :class:`~espalier.core.infrastructure.settings.Settings` (where the
         store lives, a server's URL); read them here, never from the environment at import time.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor)..
+        needs its services (it takes it in its constructor).
     :returns: nothing; contributions go through ``register``.
     :since: 0.1.0
 
@@ -202,7 +202,7 @@ def register_keyword_indexes(register: Callable[[KeywordIndex], None], settings:
     :param settings: the platform's :class:`~espalier.core.infrastructure.settings.Settings` (where the
         index keeps its files); read them here, never from the environment at import time.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor)..
+        needs its services (it takes it in its constructor).
     :returns: nothing; contributions go through ``register``.
     :since: 0.1.0
 
@@ -257,7 +257,7 @@ def register_tools(register: Callable[[Tool], None], platform: Platform) -> None
     :param register: call ``register(tool)`` for each :class:`~espalier.core.infrastructure.contracts.Tool`;
         ``tool.parameters`` must be a JSON Schema object describing the arguments.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor)..
+        needs its services (it takes it in its constructor).
     :returns: nothing.
     :since: 0.1.0
 
@@ -284,7 +284,7 @@ def register_agents(register: Callable[[Agent], None], platform: Platform) -> No
         ``register(agent, default=True)`` offers it as the one chains with tools run while
         ``ESPALIER_CHAIN_AGENT`` is unset.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor)..
+        needs its services (it takes it in its constructor).
     :returns: nothing.
     :since: 0.1.0
 
@@ -307,7 +307,7 @@ def register_chains(register: Callable[[ChainSpec], None], platform: Platform) -
     :param register: call ``register(ChainSpec(name, template=..., memory=..., tools=[...]))``
         for each :class:`~espalier.core.infrastructure.contracts.ChainSpec`.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor)..
+        needs its services (it takes it in its constructor).
     :returns: nothing.
     :since: 0.1.0
 
@@ -331,7 +331,7 @@ def register_guardrails(register: Callable[[Guardrail], None], settings: Setting
     :param settings: the platform's :class:`~espalier.core.infrastructure.settings.Settings` (e.g. a configured
         checkpoint); read them here, never from the environment at import time..
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor)..
+        needs its services (it takes it in its constructor).
     :returns: nothing.
     :since: 0.1.0
 
@@ -352,7 +352,7 @@ def register_trainers(register: Callable[[Trainer], None], settings: Settings, p
     :param settings: the platform's :class:`~espalier.core.infrastructure.settings.Settings` (where to record
         what was trained, for instance)..
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor)..
+        needs its services (it takes it in its constructor).
     :returns: nothing.
     :since: 0.1.0
 
@@ -419,7 +419,7 @@ def register_job_kinds(register: Callable[[JobKind], None], platform: Platform) 
     :param register: call ``register(JobKind(name, run, description))``; ``run(job)`` receives a
         :class:`~espalier.core.infrastructure.contracts.JobContext` and returns a JSON-serialisable result.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor)..
+        needs its services (it takes it in its constructor).
     :returns: nothing.
     :since: 0.1.0
 
@@ -441,7 +441,7 @@ def register_routes(register: Callable[[Any], None], platform: Platform) -> None
 
     :param register: call ``register(handler_or_controller_or_router)``.
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor)..
+        needs its services (it takes it in its constructor).
     :returns: nothing.
     :since: 0.1.0
 
@@ -464,12 +464,13 @@ def register_routes(register: Callable[[Any], None], platform: Platform) -> None
 
 @hookspec
 def register_commands(register: Callable[[Command], None], platform: Platform) -> None:
-    """Contribute CLI commands under ``espalier``.
+    """Contribute CLI commands under ``espalier`` (listed in ``espalier --help``). A command with the
+    name of a built-in one (``models``, ``serve``...) is skipped with a warning naming the plugin.
 
     :param register: call ``register(Command(name, target, help))``; ``target`` is a Typer app
         (becomes a command group) or a function (becomes one command).
     :param platform: the running :class:`~espalier.core.platform.Platform`, for a contribution that
-        needs its services (it takes it in its constructor)..
+        needs its services (it takes it in its constructor).
     :returns: nothing.
     :since: 0.1.0
 

@@ -201,10 +201,21 @@ def create_plugin_manager(
         pm.register(plugin, name=name)
         host.info[name] = PluginInfo(name, getattr(plugin, "__version__", None), None, False)
 
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"{exc} (is the hook name misspelt? see docs/plugins.md for the hooks)") from exc
+    # A hook implementation no spec names (a misspelt hook) fails its own plugin only, as an import
+    # error does: that plugin is unregistered and reported; the others keep every contribution.
+    while True:
+        try:
+            pm.check_pending()
+            break
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin) or "?"
+            error = PluginError(f"{exc} (is the hook name misspelt? see docs/plugins.md for the hooks)")
+            if settings.strict_plugins or exc.plugin is None:
+                raise error from exc
+            pm.unregister(exc.plugin)
+            info = host.info.pop(name, None)
+            log.error("plugin '%s' skipped: %s", name, error)
+            host.failures.append(PluginFailure(name, getattr(info, "distribution", None), str(error)))
     return host
 
 

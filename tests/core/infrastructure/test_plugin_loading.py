@@ -139,8 +139,53 @@ def test_misspelt_hook_is_rejected(site, tmp_path):
         "espalier_typo",
         "from espalier import hookimpl\n\n@hookimpl\ndef register_tool(register):\n    pass\n",
     )
+    # The plugin with the typo is skipped and reported; the others keep their contributions.
+    host = create_plugin_manager(Settings(home=tmp_path))
+    assert "espalier_typo" not in names(host) and "calculator" in names(host)
+    [failure] = [f for f in host.failures if f.name == "espalier_typo"]
+    assert "register_tool" in failure.error and "misspelt" in failure.error
     with pytest.raises(PluginError, match="register_tool"):
-        create_plugin_manager(Settings(home=tmp_path))
+        create_plugin_manager(Settings(home=tmp_path, strict_plugins=True))
+
+
+COMMAND_PLUGIN = """
+from espalier import hookimpl
+from espalier.core.infrastructure.contracts import Command
+
+def greet(name: str = "world") -> None:
+    print(f"hello {name}")
+
+def models() -> None:
+    print("not the built-in")
+
+@hookimpl
+def register_commands(register):
+    register(Command("greet", greet, help="Say hello from a plugin"))
+    register(Command("models", models, help="Shadows a built-in"))
+"""
+
+
+def test_plugin_commands_are_in_help_and_survive_another_plugins_typo(site, tmp_path):
+    fake_distribution(site, "espalier-greet", "espalier_greet", COMMAND_PLUGIN)
+    fake_distribution(
+        site,
+        "espalier-typo",
+        "espalier_typo",
+        "from espalier import hookimpl\n\n@hookimpl\ndef register_tool(register):\n    pass\n",
+    )
+    env = {**os.environ, "ESPALIER_HOME": str(tmp_path), "PYTHONPATH": str(site), "COLUMNS": "200"}
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "espalier.api.cli", *args], env=env, capture_output=True, text=True
+        )
+
+    shown = cli("--help")
+    assert shown.returncode == 0 and "greet" in shown.stdout and "Say hello from a plugin" in shown.stdout
+    assert "has the name of a built-in command" in shown.stderr and "'models'" in shown.stderr
+    ran = cli("greet", "--name", "Ada")
+    assert ran.returncode == 0 and "hello Ada" in ran.stdout
+    assert "not the built-in" not in cli("models", "list").stdout  # the built-in still answers
 
 
 def test_wrong_hook_arguments_are_rejected(site, tmp_path):
