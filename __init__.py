@@ -2,7 +2,7 @@
 
 This module is the one import surface for plugin authors::
 
-    from espalier import hookimpl, Tool, ToolResult, Retriever, Guardrail, ModelProvider, Principal, access
+    from espalier import hookimpl, tool, Tool, ToolResult, Retriever, Guardrail, ModelProvider, Principal, access
 
 Everything here is stable: names are added, never removed without a deprecation first. The
 names resolve on first use (so importing ``espalier`` loads nothing heavy, and the platform's own
@@ -76,6 +76,9 @@ _EXPORTS: dict[str, str] = {
     "access": "espalier.api.guards",
     "CurrentPrincipal": "espalier.api.guards",
     "PUBLIC": "espalier.api.guards",
+    # tools from plain typed functions: ``@espalier.tool``
+    "tool": "espalier.core.tools.functions",
+    "FunctionTool": "espalier.core.tools.functions",
     # the running platform (the type hooks receive) and its settings
     "Platform": "espalier.core.platform",
     "Settings": "espalier.core.infrastructure.settings",

@@ -266,6 +266,10 @@ def register_tools(register: Callable[[Tool], None], platform: Platform) -> None
     for trusted in-process callers. The built-in ``search`` and ``lookup`` refuse collections that
     key may not read.
 
+    A plain typed function becomes a tool with ``@espalier.tool``: the schema from its type hints,
+    the description from its docstring, each argument's from the docstring's ``Args:`` section
+    (the second form below).
+
     Example::
 
         @hookimpl
@@ -273,6 +277,20 @@ def register_tools(register: Callable[[Tool], None], platform: Platform) -> None
             register(Weather(name="weather", description="Current weather for a city",
                              parameters={"type": "object", "properties": {"city": {"type": "string"}},
                                          "required": ["city"]}))
+
+        @tool(min_role="user")
+        def forecast(city: str, days: Annotated[int, Field(ge=1, le=7)] = 3) -> str:
+            \"\"\"The forecast for a city.
+
+            Args:
+                city: the city's name
+                days: how many days ahead
+            \"\"\"
+            return lookup(city, days)
+
+        @hookimpl
+        def register_tools(register):  # in another plugin module
+            register(forecast)
     """
 
 
