@@ -1,7 +1,9 @@
 """A pytest plugin for plugin authors (loaded through the ``pytest11`` entry point).
 
 Override ``espalier_plugins`` in your ``conftest.py`` with the plugin objects (modules or
-instances) to register, then use the ``espalier`` fixture: a real app on a temporary SQLite file,
+instances, or ``(name, plugin)`` pairs) to register; a module your distribution declares as an
+``espalier`` entry point is named by its entry-point name, as in production. Then use the
+``espalier`` fixture: a real app on a temporary SQLite file,
 with a real HTTP client and keys for each role.
 
 Example::
@@ -41,6 +43,24 @@ class EspalierHarness:
         return {"Authorization": f"Bearer {self.keys[role]}"}
 
 
+def plugin_entry(plugin: Any) -> tuple[str, Any]:
+    """(name, plugin) as production names it: a ``(name, plugin)`` pair as given; a module that an
+    installed distribution declares as an ``espalier`` entry point by its entry-point name (what
+    ``espalier plugins``, ``ESPALIER_DISABLE_PLUGINS`` and the logs call it); otherwise the module's
+    last name or the object's class name."""
+    if isinstance(plugin, tuple) and len(plugin) == 2 and isinstance(plugin[0], str):
+        return plugin
+    module = getattr(plugin, "__name__", None)
+    if isinstance(module, str):
+        from importlib.metadata import entry_points
+
+        for entry in entry_points(group="espalier"):
+            if entry.value == module or entry.module == module and not entry.attr:
+                return entry.name, plugin
+        return module.rsplit(".", 1)[-1], plugin
+    return type(plugin).__name__, plugin
+
+
 def build_harness(
     home: Path, plugins: list[Any], *, load_entry_points: bool = False, **settings: Any
 ) -> Iterator[EspalierHarness]:
@@ -51,7 +71,7 @@ def build_harness(
     from espalier.core.platform import Platform
 
     config = Settings(home=home, **settings)
-    extra = [(getattr(p, "__name__", type(p).__name__).rsplit(".", 1)[-1], p) for p in plugins]
+    extra = [plugin_entry(p) for p in plugins]
     platform = Platform(config, extra_plugins=extra, load_entry_points=load_entry_points)
     app = create_app(config, platform=platform)
     with TestClient(app) as client:

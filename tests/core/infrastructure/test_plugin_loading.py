@@ -322,3 +322,14 @@ def test_plugins_command_checks_what_serve_checks(site, tmp_path, source, fragme
     assert result.returncode == 1, result.stderr
     problems = json.loads(result.stdout)["problems"]
     assert problems and fragment in problems[0]
+
+
+def test_the_fixture_names_an_installed_plugin_by_its_entry_point(with_example, tmp_path):
+    import espalier_hello
+
+    from espalier.api.testing import build_harness, plugin_entry
+
+    assert plugin_entry(espalier_hello) == ("hello", espalier_hello)  # as `espalier plugins` names it
+    assert plugin_entry(("custom", espalier_hello)) == ("custom", espalier_hello)
+    for harness in build_harness(tmp_path / "h", [espalier_hello]):
+        assert "hello" in {row["name"] for row in harness.platform.plugins.describe()}
