@@ -115,7 +115,12 @@ def create_app(settings: Settings | None = None, *, platform: Platform | None = 
     app.state.mcp = mcp
     app.state.settings = settings
     app.state.console_nav = CONSOLE_NAV
-    check_route_access(app)
+    owners: dict[str, str] = {}
+    for item, plugin in platform.routes:
+        for handler in getattr(item, "route_handlers", None) or [item]:  # a handler, or a router/controller's
+            function = getattr(handler, "fn", None) or getattr(handler, "handler_name", None)
+            owners[getattr(function, "__name__", str(function))] = plugin
+    check_route_access(app, owners)
     install_openapi(app, UNLIMITED_PATHS, _is_public)
     return app
 

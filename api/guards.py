@@ -162,8 +162,9 @@ def provide_principal(request: Request) -> Principal:
 CurrentPrincipal = NamedDependency[Principal]
 
 
-def check_route_access(app: Litestar) -> None:
-    """Refuse to start when a route does not say who may call it."""
+def check_route_access(app: Litestar, owners: dict[str, str] | None = None) -> None:
+    """Refuse to start when a route does not say who may call it; ``owners`` (handler function
+    names to plugin names) lets the message name the plugin that gave the route."""
     undeclared = []
     for route in app.routes:
         for handler in getattr(route, "route_handlers", ()):
@@ -171,7 +172,10 @@ def check_route_access(app: Litestar) -> None:
                 continue
             minimum = handler.opt.get("min_role")
             if minimum not in ROLE_RANK:
-                undeclared.append(f"{route.path} ({handler.handler_name})")
+                owner = (owners or {}).get(handler.handler_name)
+                undeclared.append(
+                    f"{route.path} ({handler.handler_name}" + (f", from plugin '{owner}')" if owner else ")")
+                )
     if undeclared:
         raise RuntimeError(
             "these routes declare no access rule (opt=access(role) or opt=PUBLIC): " + ", ".join(undeclared)

@@ -309,7 +309,7 @@ def test_plugins_command_lists_json(with_example, tmp_path):
             def register_routes(register):
                 register(open_route)
             """,
-            "/api/open",
+            "/api/open (open_route, from plugin 'espalier_clash')",
         ),
     ],
 )
