@@ -30,6 +30,8 @@ from typing import Any
 
 import pytest
 
+from espalier import hookimpl
+
 
 @dataclass
 class EspalierHarness:
@@ -205,3 +207,108 @@ def espalier(
 ) -> Iterator[EspalierHarness]:
     """A real Espalier app with your plugins registered; torn down after the test."""
     yield from build_harness(tmp_path / "espalier-home", espalier_plugins, **espalier_settings)
+
+
+# A module-scoped app, for a test module whose tests can share one ----------------------------------
+@pytest.fixture(scope="module")
+def espalier_module_plugins() -> list[Any]:
+    """Override (module scope) with the plugins the module-scoped app registers."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def espalier_module_settings() -> dict[str, Any]:
+    """Override (module scope) to pass settings to the module-scoped app."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def espalier_module(
+    tmp_path_factory: pytest.TempPathFactory,
+    espalier_module_plugins: list[Any],
+    espalier_module_settings: dict[str, Any],
+) -> Iterator[EspalierHarness]:
+    """Like ``espalier``, built once for the whole test module (start-up costs seconds; a module
+    of many small tests shares it). Tests then share its database: give each its own names."""
+    home = tmp_path_factory.mktemp("espalier-module") / "espalier-home"
+    yield from build_harness(home, espalier_module_plugins, **espalier_module_settings)
+
+
+# A scripted chat model, for the control flow of a plugin that calls a model -------------------------
+class ScriptedChatModel:
+    """Answers with the next text of ``script`` (or ``script(messages)`` when it is a function), cut
+    at the request's stop strings, as a real model would; ``prompts`` keeps every prompt it saw.
+    For control flow only (a plugin's retries, parsing, routing): never the proof that a feature
+    works with a real model."""
+
+    context_window = 4096
+
+    def __init__(self, script: Any = None):
+        self.script: Any = list(script or [])
+        self.prompts: list[list[Any]] = []
+
+    def count_tokens(self, messages: Any) -> int:
+        return sum(len(str(m.content).split()) for m in messages)
+
+    def _next(self, messages: Any) -> str:
+        self.prompts.append(list(messages))
+        if callable(self.script):
+            return str(self.script(messages))
+        if not self.script:
+            raise AssertionError("the scripted model ran out of answers (give it more in `script`)")
+        return str(self.script.pop(0))
+
+    def generate(self, messages: Any, params: Any, cancel: Any = None) -> list[Any]:
+        from espalier.core.infrastructure.contracts import Generation
+
+        out = []
+        for _ in range(params.n):
+            text = self._next(messages)
+            for stop in params.stop:
+                if stop in text:
+                    text = text[: text.index(stop)]
+            out.append(Generation(text, "stop", self.count_tokens(messages), len(text.split())))
+        return out
+
+    def stream(self, messages: Any, params: Any, cancel: Any = None) -> Iterator[Any]:
+        from espalier.core.infrastructure.contracts import TokenDelta
+
+        for index, generation in enumerate(self.generate(messages, params, cancel)):
+            yield TokenDelta(index, generation.text, "stop", generation.completion_tokens)
+
+
+class _ScriptedProvider:
+    name = "scripted"
+
+    def __init__(self, model: ScriptedChatModel):
+        self.model = model
+
+    def load(self, spec: Any, *, cache_dir: str) -> ScriptedChatModel:
+        return self.model
+
+
+class ScriptedModels:
+    """A plugin registering one :class:`ScriptedChatModel` as the chat model ``name`` (provider
+    ``scripted``). Register it beside your own::
+
+        scripted = ScriptedModels(["Thought: I add.\nAction: calculator[2 + 3]", "Action: finish[5]"])
+
+        @pytest.fixture
+        def espalier_plugins():
+            return [my_plugin, scripted]
+
+    then ask for ``"model": "scripted"``; ``scripted.model.prompts`` holds what it was shown."""
+
+    def __init__(self, script: Any = None, *, name: str = "scripted"):
+        self.model = ScriptedChatModel(script)
+        self.name = name
+
+    @hookimpl
+    def register_model_providers(self, register: Any) -> None:
+        register(_ScriptedProvider(self.model))
+
+    @hookimpl
+    def register_models(self, register: Any) -> None:
+        from espalier.core.infrastructure.contracts import ModelSpec
+
+        register(ModelSpec(name=self.name, provider="scripted", source="memory"))
