@@ -267,6 +267,11 @@ class Settings(BaseSettings):
         default=False, description="Also store 'allow' decisions as guardrail events (all are counted in /metrics)."
     )
 
+    plugin_settings: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="A section per plugin ([plugin_settings.<plugin>] tables in TOML, JSON in the environment), "
+        "read by the plugin with settings.for_plugin(name, Model).",
+    )
     mcp_servers: list[dict[str, Any]] = Field(
         default_factory=list,
         description="MCP servers whose tools become Espalier tools ([[mcp_servers]] tables, JSON in the "
@@ -356,6 +361,30 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.home / "artifacts"
+
+    def for_plugin(self, name: str, schema: type[Any] | None = None) -> Any:
+        """Plugin ``name``'s own section of the settings (``[plugin_settings.<name>]``): a dict, or an
+        instance of ``schema`` (a pydantic model) validated from it, whose errors name the section::
+
+            class HelloSettings(BaseModel):
+                greeting: str = "Hello"
+
+            greeting = platform.settings.for_plugin("hello", HelloSettings).greeting
+        """
+        raw = dict(self.plugin_settings.get(name) or {})
+        if schema is None:
+            return raw
+        from pydantic import ValidationError
+
+        from espalier.core.infrastructure.errors import InvalidInput
+
+        try:
+            return schema.model_validate(raw)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(section)'}: {e['msg']}" for e in error.errors()
+            )
+            raise InvalidInput(f"settings of plugin '{name}' ([plugin_settings.{name}]): {problems}") from None
 
     @property
     def models_dir(self) -> Path:

@@ -69,3 +69,27 @@ def test_plugin_lists_take_the_documented_comma_form_and_json(monkeypatch, value
     assert settings.disable_plugins == expected and settings.plugins == expected
     monkeypatch.setenv("ESPALIER_PLUGINS", "")
     assert Settings().plugins == []  # set and empty: load none
+
+
+def test_each_plugin_reads_its_own_section(monkeypatch, tmp_path):
+    from pydantic import BaseModel
+
+    from espalier.core.infrastructure.errors import InvalidInput
+
+    class HelloSettings(BaseModel):
+        greeting: str = "Hello"
+        repeat: int = 1
+
+    config = tmp_path / "espalier.toml"
+    config.write_text(
+        '[plugin_settings.hello]\ngreeting = "Bonjour"\nrepeat = 2\n\n[plugin_settings.broken]\nrepeat = "x"\n'
+    )
+    monkeypatch.setenv("ESPALIER_CONFIG_FILE", str(config))
+    settings = Settings()
+    assert settings.for_plugin("hello", HelloSettings) == HelloSettings(greeting="Bonjour", repeat=2)
+    assert settings.for_plugin("hello") == {"greeting": "Bonjour", "repeat": 2}
+    assert settings.for_plugin("absent", HelloSettings) == HelloSettings()
+    with pytest.raises(InvalidInput, match=r"plugin_settings\.broken.*repeat"):
+        settings.for_plugin("broken", HelloSettings)
+    monkeypatch.setenv("ESPALIER_PLUGIN_SETTINGS", '{"hello": {"greeting": "Hallo"}}')
+    assert Settings().for_plugin("hello", HelloSettings).greeting == "Hallo"  # the environment wins
