@@ -71,6 +71,12 @@ class Platform:
         self.events_inline = False
         self.started = False
 
+    def _announce(self, hook: str, event: object) -> None:
+        """An ``on_*`` event for the plugins (core/infrastructure/events.py)."""
+        from espalier.core.infrastructure.events import announce
+
+        announce(self, hook, event)
+
     def _collect(self, hook: str, kind: str, protocol: type) -> Registry[Any]:
         """One ``register_*`` hook's contributions; implementations get the settings and the platform."""
         return self.plugins.collect(hook, kind, protocol, settings=self.settings, platform=self)
@@ -114,6 +120,7 @@ class Platform:
             grounder=Grounder(self.rag, lambda: self.guardrail_service, lambda: self.retrievers),
             default_model=self.settings.default_model,
             guardrails=self.guardrail_service,
+            announce=self._announce,
         )
 
     @cached_property
@@ -259,7 +266,11 @@ class Platform:
         """Policies over the registered scorers; a bad policy stops start-up with its message."""
         policies = parse_policies(self.settings.guardrail_policies, self.guardrails)
         return GuardrailService(
-            self.engine, self.guardrails, policies, store_allowed=self.settings.guardrail_store_allowed
+            self.engine,
+            self.guardrails,
+            policies,
+            store_allowed=self.settings.guardrail_store_allowed,
+            announce=self._announce,
         )
 
     @cached_property
@@ -319,6 +330,7 @@ class Platform:
             self.audit,
             max_queued_per_kind=self.settings.max_queued_jobs_per_kind,
             max_queued_per_key=self.settings.max_queued_jobs_per_key,
+            announce=self._announce,
         )
 
     @cached_property

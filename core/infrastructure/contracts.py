@@ -458,6 +458,56 @@ class FeedbackEvent:
     api_key_id: str | None
 
 
+@dataclass(frozen=True)
+class CompletionEvent:
+    """Sent to ``on_completion`` after a chat or text completion is stored (streamed ones when the
+    stream ends): who asked, which model version answered, what it cost, how each candidate ended.
+    The texts are in the database under ``completion_ids`` (the conversations API reads them)."""
+
+    request_id: str
+    kind: str  # chat or completion
+    conversation_id: str
+    model: str
+    model_version: str
+    api_key_id: str | None
+    completion_ids: tuple[str, ...]
+    finish_reasons: tuple[str, ...]
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    status: str
+
+
+@dataclass(frozen=True)
+class GuardrailDecisionEvent:
+    """Sent to ``on_guardrail_decision`` for each stored guardrail event (a policy that flagged,
+    redacted or blocked, or allowed when ``ESPALIER_GUARDRAIL_STORE_ALLOWED`` keeps those)."""
+
+    event_id: str
+    request_id: str | None
+    api_key_id: str | None
+    direction: str
+    route: str
+    policy: str
+    scorer: str
+    action: str
+    categories: tuple[str, ...]
+    scores: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """Sent to ``on_job_finished`` when a background job ends: ``status`` is ``succeeded``,
+    ``failed`` (``error`` says why) or ``cancelled``; ``result`` is the job's result when it succeeded."""
+
+    job_id: str
+    kind: str
+    status: str
+    created_by: str | None
+    result: Mapping[str, Any] | None
+    error: str | None
+
+
 # Chat requests: what the chat service takes and gives ---------------------------------------
 
 

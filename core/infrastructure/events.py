@@ -35,3 +35,28 @@ def notify_feedback(platform: Platform, event: FeedbackEvent) -> list[BaseExcept
             log.exception("plugin '%s' failed in on_feedback for %s", impl.plugin_name, event.feedback_id)
             errors.append(exc)
     return errors
+
+
+def announce(platform: Platform, hook: str, event: object) -> None:
+    """Send ``event`` to every implementation of the ``on_*`` hook ``hook``, as :func:`announce_feedback`
+    does: off the caller's path on a server, before returning in the CLI; failures are logged."""
+    caller = getattr(platform.plugins.pm.hook, hook, None)
+    if caller is None or not caller.get_hookimpls():
+        return  # nobody listens: no thread
+    if platform.events_inline:
+        notify(platform, hook, event)
+        return
+    threading.Thread(target=notify, args=(platform, hook, event), name=f"espalier-{hook}", daemon=True).start()
+
+
+def notify(platform: Platform, hook: str, event: object) -> list[BaseException]:
+    """Call every implementation of ``hook`` with ``event``; return the errors (each already logged)."""
+    errors: list[BaseException] = []
+    for impl in reversed(getattr(platform.plugins.pm.hook, hook).get_hookimpls()):
+        arguments = {"event": event, "platform": platform}
+        try:
+            impl.function(*[arguments[name] for name in impl.argnames])
+        except Exception as exc:
+            log.exception("plugin '%s' failed in %s", impl.plugin_name, hook)
+            errors.append(exc)
+    return errors

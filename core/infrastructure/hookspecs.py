@@ -30,10 +30,13 @@ if TYPE_CHECKING:
         Agent,
         ChainSpec,
         Command,
+        CompletionEvent,
         DocumentExtractor,
         Embedder,
         FeedbackEvent,
         Guardrail,
+        GuardrailDecisionEvent,
+        JobEvent,
         JobKind,
         KeywordIndex,
         ModelProvider,
@@ -537,6 +540,72 @@ def shutdown(platform: Platform) -> None:
         @hookimpl
         def shutdown(platform):
             platform.state.pop("my_cache", None)
+    """
+
+
+@hookspec
+def on_completion(event: CompletionEvent, platform: Platform) -> None:
+    """Called after a chat or text completion is stored (a streamed one when its stream ends),
+    whatever the entry point (the API, the console's playground, agents and chains that call the
+    chat service): for usage accounting, alerts, mirroring to a warehouse.
+
+    Called off the request path on a server (its own thread), before the command returns in the
+    CLI. An exception is logged; the completion is stored and answered all the same.
+
+    :param event: the :class:`~espalier.core.infrastructure.contracts.CompletionEvent` (ids, model
+        version, key, tokens, finish reasons, latency; the texts are in the database).
+    :param platform: the running platform.
+    :returns: nothing.
+    :since: 0.1.0
+
+    Example::
+
+        @hookimpl
+        def on_completion(event, platform):
+            if "content_filter" in event.finish_reasons:
+                alert_on_call(event.request_id)
+    """
+
+
+@hookspec
+def on_guardrail_decision(event: GuardrailDecisionEvent, platform: Platform) -> None:
+    """Called for each stored guardrail event: a policy that flagged, redacted or blocked (and,
+    with ``ESPALIER_GUARDRAIL_STORE_ALLOWED``, allowed), on input, output, tool or retrieved text.
+    Off the request path on a server; an exception is logged and changes no decision.
+
+    :param event: the :class:`~espalier.core.infrastructure.contracts.GuardrailDecisionEvent`
+        (policy, scorer, action, categories, scores, request and key).
+    :param platform: the running platform.
+    :returns: nothing.
+    :since: 0.1.0
+
+    Example::
+
+        @hookimpl
+        def on_guardrail_decision(event, platform):
+            if event.action == "block":
+                security_log.write(event.request_id, event.policy, dict(event.scores))
+    """
+
+
+@hookspec
+def on_job_finished(event: JobEvent, platform: Platform) -> None:
+    """Called when a background job ends (``succeeded``, ``failed`` or ``cancelled``): a reward
+    training, a policy update, an evaluation, an ingestion, a plugin's own job kind. Called on the
+    worker after the job's record is final; an exception is logged and changes nothing.
+
+    :param event: the :class:`~espalier.core.infrastructure.contracts.JobEvent` (id, kind, status,
+        result or error, who submitted it).
+    :param platform: the running platform.
+    :returns: nothing.
+    :since: 0.1.0
+
+    Example::
+
+        @hookimpl
+        def on_job_finished(event, platform):
+            if event.kind.startswith("train:") and event.status == "failed":
+                notify_team(f"{event.kind} {event.job_id} failed: {event.error}")
     """
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from espalier.core.infrastructure.audit import AuditLog
-from espalier.core.infrastructure.contracts import JobKind
+from espalier.core.infrastructure.contracts import JobEvent, JobKind
 from espalier.core.infrastructure.db.base import new_id, utcnow
 from espalier.core.infrastructure.db.engine import lock_transaction, session_scope
 from espalier.core.infrastructure.errors import Conflict, InvalidInput, NotFound, RateLimited
@@ -68,8 +68,10 @@ class JobService:
         *,
         max_queued_per_kind: int = 8,
         max_queued_per_key: int = 4,
+        announce: Callable[[str, object], None] | None = None,
     ):
         self.engine = engine
+        self.announce = announce or (lambda hook, event: None)  # on_job_finished
         self.kinds = kinds
         self.artifacts_dir = artifacts_dir
         self.audit = audit
@@ -384,6 +386,17 @@ class JobWorker:
                 kind.finished(self.service.get(job.id))
             except Exception:
                 log.exception("job %s (%s): its 'finished' step failed", job.id, job.kind)
+        self.service.announce(
+            "on_job_finished",
+            JobEvent(
+                job_id=job.id,
+                kind=job.kind,
+                status=status,
+                created_by=job.created_by,
+                result=result if status == "succeeded" else None,
+                error=error,
+            ),
+        )
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):

@@ -22,6 +22,7 @@ from espalier.core.infrastructure.contracts import (
     ChatModel,
     ChatRequest,
     ChatResult,
+    CompletionEvent,
     Generation,
     GenerationParams,
     TokenDelta,
@@ -193,6 +194,7 @@ class ChatService:
         grounder: Grounder | None = None,
         default_model: str | None = None,
         guardrails: GuardrailService | None = None,
+        announce: Callable[[str, object], None] | None = None,
     ):
         self.engine = engine
         self.models = models
@@ -200,6 +202,7 @@ class ChatService:
         self.grounder = grounder
         self.default_model = default_model
         self.guardrails = guardrails
+        self.announce = announce or (lambda hook, event: None)  # on_completion, once stored
 
     def _load(
         self, request: ChatRequest, principal: Principal | None, messages: list[ChatMessage]
@@ -588,6 +591,23 @@ class ChatService:
                         completion_tokens=generation.completion_tokens,
                     )
                 )
+        self.announce(
+            "on_completion",
+            CompletionEvent(
+                request_id=request_id,
+                kind=request.kind,
+                conversation_id=conversation_id,
+                model=request.model,
+                model_version=version.label,
+                api_key_id=principal.key_id if principal else None,
+                completion_ids=tuple(completion_ids),
+                finish_reasons=tuple(g.finish_reason for g in generations),
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                latency_ms=round((time.perf_counter() - started) * 1000, 2),
+                status=status,
+            ),
+        )
         return ChatResult(
             request_id=request_id,
             conversation_id=conversation_id,

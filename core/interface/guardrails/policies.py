@@ -20,7 +20,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +33,7 @@ from espalier.core.infrastructure.contracts import (
     Direction,
     Generation,
     Guardrail,
+    GuardrailDecisionEvent,
     GuardrailScore,
     Screened,
     TokenDelta,
@@ -201,9 +202,16 @@ class CheckContext:
 
 class GuardrailService:
     def __init__(
-        self, engine: Engine, scorers: Registry[Guardrail], policies: list[Policy], *, store_allowed: bool = False
+        self,
+        engine: Engine,
+        scorers: Registry[Guardrail],
+        policies: list[Policy],
+        *,
+        store_allowed: bool = False,
+        announce: Callable[[str, object], None] | None = None,
     ):
         self.engine = engine
+        self.announce = announce or (lambda hook, event: None)  # on_guardrail_decision, once stored
         self.scorers = scorers
         self.policies = policies
         self.store_allowed = store_allowed
@@ -267,6 +275,22 @@ class GuardrailService:
         if events:
             with session_scope(self.engine) as session:
                 session.add_all(events)
+            for event in events:
+                self.announce(
+                    "on_guardrail_decision",
+                    GuardrailDecisionEvent(
+                        event_id=event.id,
+                        request_id=event.request_id,
+                        api_key_id=event.owner_key_id,
+                        direction=event.direction,
+                        route=event.route,
+                        policy=event.policy,
+                        scorer=event.scorer,
+                        action=event.action,
+                        categories=tuple(event.categories),
+                        scores=dict(event.scores),
+                    ),
+                )
         return decisions
 
     def screen(

@@ -321,6 +321,84 @@ def test_hook_on_feedback(tmp_path):
     assert [str(e) for e in errors] == ["listener bug"]
 
 
+def test_hook_on_completion(tmp_path):
+    from espalier.api.testing import ScriptedModels
+
+    received = []
+    scripted = ScriptedModels(["Hello there.", "Again."])
+
+    class Listener:
+        @hookimpl
+        def on_completion(self, event, platform):
+            received.append(event)
+
+    for harness in build_harness(tmp_path / "h", [Listener(), scripted]):
+        harness.platform.events_inline = True  # delivered before the response, for the test to read
+        body = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}]}
+        reply = harness.client.post("/v1/chat/completions", json=body, headers=harness.headers("user")).json()
+        streamed = harness.client.post(
+            "/v1/chat/completions", json={**body, "stream": True}, headers=harness.headers("user")
+        )
+        assert streamed.status_code == 200
+    first, second = received
+    assert first.request_id == reply["id"] and first.kind == "chat" and first.model == "scripted"
+    assert first.completion_ids == tuple(reply["espalier"]["completion_ids"]) and first.finish_reasons == ("stop",)
+    assert first.api_key_id and first.completion_tokens == 2 and first.status == "ok"
+    assert second.request_id != first.request_id  # the streamed one, once its stream ended
+
+
+def test_hook_on_guardrail_decision(tmp_path):
+    from espalier.api.testing import ScriptedModels
+
+    received = []
+    policies = [{"name": "swearing", "direction": "input", "scorer": "profanity", "threshold": 0.5, "action": "flag"}]
+
+    class Listener:
+        @hookimpl
+        def on_guardrail_decision(self, event, platform):
+            received.append(event)
+
+    for harness in build_harness(tmp_path / "h", [Listener(), ScriptedModels(["ok"])], guardrail_policies=policies):
+        harness.platform.events_inline = True
+        body = {"model": "scripted", "messages": [{"role": "user", "content": "you are a fucking idiot"}]}
+        reply = harness.client.post("/v1/chat/completions", json=body, headers=harness.headers("user")).json()
+    [event] = received
+    assert (event.policy, event.scorer, event.action, event.direction) == ("swearing", "profanity", "flag", "input")
+    assert event.request_id == reply["id"] and max(event.scores.values()) > 0.5 and event.event_id
+
+
+def test_hook_on_job_finished(tmp_path):
+    received = []
+
+    def explode(job):
+        raise ValueError("no such input")
+
+    class Plugin:
+        @hookimpl
+        def register_job_kinds(self, register):
+            register(JobKind("double", run=lambda job: {"value": job.params["x"] * 2}))
+            register(JobKind("explode", run=explode))
+
+        @hookimpl
+        def on_job_finished(self, event, platform):
+            received.append(event)
+
+    platform = platform_with(tmp_path, Plugin()).start()
+    platform.events_inline = True
+    try:
+        good = wait_for(platform, platform.jobs.submit("double", {"x": 21}, created_by="key1").id)
+        bad = wait_for(platform, platform.jobs.submit("explode", {}).id)
+        deadline = time.monotonic() + 10
+        while len(received) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        platform.close()
+    by_id = {event.job_id: event for event in received}
+    assert by_id[good.id].status == "succeeded" and by_id[good.id].result == {"value": 42}
+    assert by_id[good.id].created_by == "key1" and by_id[good.id].kind == "double"
+    assert by_id[bad.id].status == "failed" and "no such input" in by_id[bad.id].error and by_id[bad.id].result is None
+
+
 def test_startup_failure_is_fatal_only_in_strict_mode(tmp_path):
     class Plugin:
         @hookimpl
