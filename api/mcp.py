@@ -36,7 +36,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 
 from espalier import __version__
 from espalier.api.guards import access
-from espalier.core.infrastructure.errors import EspalierError, Forbidden, NotFound
+from espalier.core.infrastructure.errors import EspalierError, NotFound
 from espalier.core.infrastructure.identity import Principal
 
 SEARCH_TOOL = "search_collection"
@@ -72,14 +72,7 @@ def build_server(platform: Any) -> Server[Any]:
     """The MCP server over ``platform``'s tools and collections."""
 
     def allowed(principal: Principal) -> set[str]:
-        """The tools a key may call directly here: those its role allows, less the sensitive ones
-        (code, queries, other servers' actions) for keys below operator, unless the operator named
-        the tool in ESPALIER_TOOL_ROLES (as REST's direct invoke is operator-only)."""
-        toolbox = platform.toolbox
-        names = toolbox.allowed(principal)
-        if principal.has_role("operator"):
-            return names
-        return {name for name in names if name in toolbox.roles or not getattr(toolbox.get(name), "sensitive", False)}
+        return platform.toolbox.direct(principal)  # the rule of REST's direct invoke
 
     async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         principal = _principal(ctx)
@@ -107,12 +100,7 @@ def build_server(platform: Any) -> Server[Any]:
                 result = await anyio.to_thread.run_sync(_search, platform, principal, arguments)
                 await audit("error" if result.is_error else "ok")
                 return result
-            if params.name not in allowed(principal) and params.name in platform.toolbox.allowed(principal):
-                raise Forbidden(
-                    f"tool '{params.name}' is sensitive: over MCP it is for operators, unless ESPALIER_TOOL_ROLES "
-                    "names it (agents may still use it for this key)",
-                    code="tool_forbidden",
-                )
+            platform.toolbox.authorize_direct(params.name, principal)
             call = await anyio.to_thread.run_sync(lambda: platform.toolbox.call(params.name, arguments, by=principal))
         except EspalierError as error:
             await audit(f"refused: {type(error).__name__}")

@@ -1,4 +1,5 @@
-"""Tools: consumers list them; operators call any of them directly (the console's tool playground)."""
+"""Tools: consumers list them and call directly those their role allows (sensitive ones only operators,
+unless ESPALIER_TOOL_ROLES names them); the console's tool playground is this call."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def list_tools(request: Request) -> dict[str, Any]:
 
 @post(
     "/api/tools/{name:str}/invoke",
-    opt=access("operator"),
+    opt=access("user"),
     tags=["tools"],
     status_code=200,
     summary="Call a tool with a JSON object of its arguments (checked against its schema)",

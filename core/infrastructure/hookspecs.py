@@ -255,7 +255,10 @@ def register_document_extractors(register: Callable[[DocumentExtractor], None]) 
 
 @hookspec
 def register_tools(register: Callable[[Tool], None], platform: Platform) -> None:
-    """Contribute tools that agents, chat completions (``tools``) and operators can call.
+    """Contribute tools that agents and chains call, and that keys call directly as their role
+    allows (``POST /api/tools/{name}/invoke``, MCP at ``/mcp``; a ``sensitive`` tool directly only
+    by operators). Chat completions' ``tools`` are the consumer's own functions: Espalier runs none
+    of them, and a consumer may run these tools with the same key to answer a call.
 
     :param register: call ``register(tool)`` for each :class:`~espalier.core.infrastructure.contracts.Tool`;
         ``tool.parameters`` must be a JSON Schema object describing the arguments.

@@ -110,6 +110,27 @@ class ToolService:
             return names
         return {name for name in names if principal.has_role(self.required_role(name))}
 
+    def direct(self, principal: Principal | None) -> set[str]:
+        """The tools ``principal`` may call directly (``POST /api/tools/{name}/invoke``, ``/mcp``),
+        not through an agent: those its role allows, less the sensitive ones (code, queries, other
+        servers' actions) for keys below operator unless the operator named the tool in
+        ``ESPALIER_TOOL_ROLES``. An agent's run keeps its own rule for them (untrusted text
+        switches them off), which a direct call has no run to apply."""
+        names = self.allowed(principal)
+        if principal is None or principal.has_role("operator"):
+            return names
+        return {name for name in names if name in self.roles or not getattr(self.get(name), "sensitive", False)}
+
+    def authorize_direct(self, name: str, principal: Principal | None) -> None:
+        self.authorize(name, principal)
+        if name not in self.direct(principal):
+            raise Forbidden(
+                f"tool '{name}' is sensitive: called directly it is for operators, unless ESPALIER_TOOL_ROLES "
+                "names it (an agent may still use it for this key)",
+                code="tool_forbidden",
+                details={"tool": name},
+            )
+
     def describe(self) -> list[dict[str, Any]]:
         return [
             {
@@ -149,7 +170,10 @@ class ToolService:
         return ToolCall(name, checked, result, round((time.perf_counter() - started) * 1000, 2))
 
     def invoke(self, name: str, arguments: Any, *, by: Principal | None) -> ToolCall:
-        """An operator's direct call (the console's tool playground); recorded in the audit log."""
+        """A direct call (``POST /api/tools/{name}/invoke``, the console's tool playground), under
+        :meth:`authorize_direct`; recorded in the audit log."""
+        self.get(name)  # 404 before 403 for a name that is no tool
+        self.authorize_direct(name, by)
         call = self.call(name, arguments, by=by)
         # argument values may hold secrets (SQL literals, code): record their names only
         self.audit.record(by, "tool.invoke", name, arguments=sorted(call.arguments), is_error=call.result.is_error)

@@ -28,11 +28,20 @@ def test_operator_invokes_a_tool_and_it_is_audited(espalier):
     assert event.target == "calculator" and event.details["arguments"] == ["expression"]
 
 
-def test_users_cannot_invoke_tools_directly(espalier):
+def test_users_invoke_the_tools_their_role_allows_but_not_sensitive_ones(espalier):
+    # A user finishes a function-calling round trip with the tools its role allows...
     response = espalier.client.post(
         "/api/tools/calculator/invoke", json={"expression": "1+1"}, headers=espalier.headers("user")
     )
-    assert response.status_code == 403
+    assert response.status_code == 200 and response.json()["output"] == "2"
+    # ...while code and queries (sensitive) stay an operator's to run directly,
+    sandboxed = espalier.client.post(
+        "/api/tools/python/invoke", json={"code": "answer = 1"}, headers=espalier.headers("user")
+    )
+    assert sandboxed.status_code == 403 and "sensitive" in sandboxed.json()["detail"]
+    # and a tool above the key's role is refused as before.
+    query = espalier.client.post("/api/tools/sql/invoke", json={"query": "select 1"}, headers=espalier.headers("user"))
+    assert query.status_code == 403 and "operator" in query.json()["detail"]
 
 
 @pytest.mark.parametrize(
