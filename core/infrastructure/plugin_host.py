@@ -176,7 +176,7 @@ def create_plugin_manager(
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
     host = PluginHost(pm=pm, settings=settings)
-    disabled = set(settings.disable_plugins)
+    disabled = _disabled_names(settings)
     for name in disabled & ESSENTIAL_PLUGINS:
         raise PluginError(f"plugin '{name}' is essential and cannot be disabled")
     for name in disabled:
@@ -226,12 +226,38 @@ def _import_builtin(module_name: str, settings: Settings, host: PluginHost) -> M
         return _fail(host, module_name.rsplit(".", 1)[-1], "espalier", exc, settings)
 
 
+def _disabled_names(settings: Settings) -> set[str]:
+    """``ESPALIER_DISABLE_PLUGINS`` as plugin names: each entry is a plugin's name (a built-in's, or
+    an entry point's) or a distribution's, whose entry points it then names. A name that is none of
+    these is logged, as it blocks nothing."""
+    given = set(settings.disable_plugins)
+    names = {name for name in given}
+    by_dist: dict[str, set[str]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.dist is not None:
+            by_dist.setdefault(_normalise(ep.dist.name), set()).add(ep.name)
+    known = {module.rsplit(".", 1)[-1] for module in DEFAULT_PLUGINS} | {n for v in by_dist.values() for n in v}
+    for name in given:
+        names |= by_dist.get(_normalise(name), set())
+        if name not in known and _normalise(name) not in by_dist:
+            log.warning(
+                "ESPALIER_DISABLE_PLUGINS names '%s', which is no plugin or distribution here; it blocks nothing", name
+            )
+    return names
+
+
 def _load_entry_points(host: PluginHost, disabled: set[str]) -> None:
     settings = host.settings
-    allowed = None if settings.plugins is None else {_normalise(name) for name in settings.plugins}
+    raw_allowed = None if settings.plugins is None else set(settings.plugins)
+    allowed = None if raw_allowed is None else {_normalise(name) for name in raw_allowed}
+    seen: set[str] = set()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist is not None else None
-        if allowed is not None and (dist is None or _normalise(dist) not in allowed):
+        seen |= {ep.name, _normalise(dist)} if dist else {ep.name}
+        # the allow-list takes distributions' names and plugins' (entry-point) names alike
+        if allowed is not None and not (
+            (dist is not None and _normalise(dist) in allowed) or ep.name in (raw_allowed or set())
+        ):
             continue
         if ep.name in disabled or host.pm.get_plugin(ep.name) is not None:
             if ep.name not in disabled:
@@ -247,6 +273,11 @@ def _load_entry_points(host: PluginHost, disabled: set[str]) -> None:
             _fail(host, ep.name, dist, exc, settings)
             continue
         host.info[ep.name] = PluginInfo(ep.name, ep.dist.version if ep.dist else None, dist, False)
+    for name in sorted(raw_allowed or set()):
+        if name not in seen and _normalise(name) not in seen:
+            log.warning(
+                "ESPALIER_PLUGINS names '%s', which is no installed plugin or distribution; it allows nothing", name
+            )
 
 
 def _where(exc: BaseException) -> str:

@@ -333,3 +333,15 @@ def test_the_fixture_names_an_installed_plugin_by_its_entry_point(with_example, 
     assert plugin_entry(("custom", espalier_hello)) == ("custom", espalier_hello)
     for harness in build_harness(tmp_path / "h", [espalier_hello]):
         assert "hello" in {row["name"] for row in harness.platform.plugins.describe()}
+
+
+def test_both_lists_take_plugin_and_distribution_names_and_warn_on_unknown_ones(with_example, tmp_path, caplog):
+    # the example's distribution is espalier-hello, its entry point (plugin name) hello
+    assert "hello" in names(create_plugin_manager(Settings(home=tmp_path, plugins=["hello"])))
+    assert "hello" in names(create_plugin_manager(Settings(home=tmp_path, plugins=["espalier-hello"])))
+    assert "hello" not in names(create_plugin_manager(Settings(home=tmp_path, disable_plugins=["hello"])))
+    assert "hello" not in names(create_plugin_manager(Settings(home=tmp_path, disable_plugins=["espalier-hello"])))
+    with caplog.at_level("WARNING", logger="espalier.plugins"):
+        create_plugin_manager(Settings(home=tmp_path, plugins=["helo"], disable_plugins=["calculater"]))
+    text = caplog.text
+    assert "ESPALIER_PLUGINS names 'helo'" in text and "ESPALIER_DISABLE_PLUGINS names 'calculater'" in text
