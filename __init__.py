@@ -79,6 +79,8 @@ _EXPORTS: dict[str, str] = {
     "access": "espalier.api.guards",
     "CurrentPrincipal": "espalier.api.guards",
     "PUBLIC": "espalier.api.guards",
+    # testing a plugin: a scripted chat model plugin for control-flow tests (needs pytest installed)
+    "ScriptedModels": "espalier.api.testing",
     # tools from plain typed functions: ``@espalier.tool``
     "tool": "espalier.core.tools.functions",
     "FunctionTool": "espalier.core.tools.functions",

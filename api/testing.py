@@ -289,7 +289,7 @@ class _ScriptedProvider:
 
 class ScriptedModels:
     """A plugin registering one :class:`ScriptedChatModel` as the chat model ``name`` (provider
-    ``scripted``). Register it beside your own::
+    ``scripted``); ``from espalier import ScriptedModels``. Register it beside your own::
 
         scripted = ScriptedModels(["Thought: I add.\nAction: calculator[2 + 3]", "Action: finish[5]"])
 
