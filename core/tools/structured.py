@@ -30,6 +30,7 @@ import jsonschema
 
 from espalier.core.infrastructure.contracts import ChatMessage, ResponseFormat, ToolSetup
 from espalier.core.infrastructure.errors import InvalidInput
+from espalier.core.tools.tool_calls import call_options, hoist_defs
 
 MAX_SCHEMA_CHARS = 32_000
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -89,41 +90,6 @@ def parse_response_format(raw: Any) -> ResponseFormat | None:
     return ResponseFormat("json_schema", dict(schema), name=name, strict=bool(strict))
 
 
-def _hoist(schema: Mapping[str, Any], prefix: str, defs: dict[str, Any]) -> Any:
-    """``schema`` with its ``$defs`` (and ``definitions``) moved into ``defs`` under ``prefix``-ed
-    names and its local references rewritten to them, so that it can sit inside another schema
-    (a reference ``#/$defs/X`` resolves against the root document)."""
-    names: dict[str, str] = {}
-    for key in ("$defs", "definitions"):
-        for name in (schema.get(key) or {}) if isinstance(schema.get(key), Mapping) else {}:
-            names[f"#/{key}/{name}"] = f"#/$defs/{prefix}{name}"
-
-    def rewrite(node: Any) -> Any:
-        if isinstance(node, list):
-            return [rewrite(item) for item in node]
-        if not isinstance(node, Mapping):
-            return node
-        out = {k: rewrite(v) for k, v in node.items() if k not in ("$defs", "definitions") or node is not schema}
-        ref = out.get("$ref")
-        if isinstance(ref, str):
-            if ref == "#":
-                out["$ref"] = f"#/$defs/{prefix}root"
-                defs.setdefault(f"{prefix}root", None)
-            else:
-                head = next((k for k in names if ref == k or ref.startswith(k + "/")), None)
-                if head is not None:
-                    out["$ref"] = names[head] + ref[len(head) :]
-        return out
-
-    body = rewrite(schema)
-    for key in ("$defs", "definitions"):
-        for name, sub in (schema.get(key) or {}).items() if isinstance(schema.get(key), Mapping) else ():
-            defs[f"{prefix}{name}"] = rewrite(sub)
-    if f"{prefix}root" in defs and defs[f"{prefix}root"] is None:
-        defs[f"{prefix}root"] = body
-    return body
-
-
 def reply_schema(fmt: ResponseFormat, call: Mapping[str, Any] | None, setup: ToolSetup | None) -> Mapping[str, Any]:
     """What the decoder keeps the reply to. ``call`` is the schema of a required call (None when
     the model may choose); with tools it may call, a call of any of them or the structured answer.
@@ -133,16 +99,8 @@ def reply_schema(fmt: ResponseFormat, call: Mapping[str, Any] | None, setup: Too
     if setup is None or not setup.active:
         return fmt.schema
     defs: dict[str, Any] = {}
-    calls = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": tool.name}, "arguments": _hoist(tool.parameters, f"tool{number}_", defs)},
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
-        for number, tool in enumerate(setup.tools)
-    ]
-    combined: dict[str, Any] = {"anyOf": [*calls, _hoist(fmt.schema, "answer_", defs)]}
+    calls = call_options(setup.tools, defs)
+    combined: dict[str, Any] = {"anyOf": [*calls, hoist_defs(fmt.schema, "answer_", defs)]}
     if defs:
         combined["$defs"] = defs
     return combined

@@ -259,6 +259,57 @@ def native_messages(messages: Sequence[ChatMessage], setup: ToolSetup | None) ->
 
 
 # 3. Constrained replies ----------------------------------------------------------------------------
+def hoist_defs(schema: Mapping[str, Any], prefix: str, defs: dict[str, Any]) -> Any:
+    """``schema`` with its ``$defs`` (and ``definitions``) moved into ``defs`` under ``prefix``-ed
+    names and its local references rewritten to them, so that it can sit inside another schema
+    (a reference ``#/$defs/X`` resolves against the root document)."""
+    names: dict[str, str] = {}
+    for key in ("$defs", "definitions"):
+        for name in (schema.get(key) or {}) if isinstance(schema.get(key), Mapping) else {}:
+            names[f"#/{key}/{name}"] = f"#/$defs/{prefix}{name}"
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, list):
+            return [rewrite(item) for item in node]
+        if not isinstance(node, Mapping):
+            return node
+        out = {k: rewrite(v) for k, v in node.items() if k not in ("$defs", "definitions") or node is not schema}
+        ref = out.get("$ref")
+        if isinstance(ref, str):
+            if ref == "#":
+                out["$ref"] = f"#/$defs/{prefix}root"
+                defs.setdefault(f"{prefix}root", None)
+            else:
+                head = next((k for k in names if ref == k or ref.startswith(k + "/")), None)
+                if head is not None:
+                    out["$ref"] = names[head] + ref[len(head) :]
+        return out
+
+    body = rewrite(schema)
+    for key in ("$defs", "definitions"):
+        for name, sub in (schema.get(key) or {}).items() if isinstance(schema.get(key), Mapping) else ():
+            defs[f"{prefix}{name}"] = rewrite(sub)
+    if f"{prefix}root" in defs and defs[f"{prefix}root"] is None:
+        defs[f"{prefix}root"] = body
+    return body
+
+
+def call_options(tools: Sequence[Any], defs: dict[str, Any]) -> list[dict[str, Any]]:
+    """One ``{"name": ..., "arguments": ...}`` object schema per tool, their ``$defs`` moved into ``defs``."""
+    return [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": tool.name},
+                "arguments": hoist_defs(tool.parameters, f"tool{number}_", defs),
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for number, tool in enumerate(tools)
+    ]
+
+
 def call_schema(setup: ToolSetup) -> dict[str, Any] | None:
     """The JSON Schema a reply must match when a call is required (or one function is named)."""
     if setup.choice.mode == "named":
@@ -267,18 +318,8 @@ def call_schema(setup: ToolSetup) -> dict[str, Any] | None:
         tools = setup.tools
     else:
         return None
-    from espalier.core.tools.structured import _hoist  # the tools' own $defs, moved to the root
-
     defs: dict[str, Any] = {}
-    options = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": tool.name}, "arguments": _hoist(tool.parameters, f"tool{number}_", defs)},
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
-        for number, tool in enumerate(tools)
-    ]
+    options = call_options(tools, defs)
     schema: dict[str, Any] = options[0] if len(options) == 1 else {"anyOf": options}
     if defs:
         schema["$defs"] = defs
